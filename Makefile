@@ -1,0 +1,38 @@
+# obd — see README.md. `make test` is the test command CI runs.
+GO       ?= go
+BIN      ?= bin
+FUZZTIME ?= 10s
+# Installs for end-to-end work are cached under this prefix (see scripts/setup.sh).
+OBD_DEPS ?= /opt/obd-deps
+export OBD_DEPS
+
+.PHONY: all build test unit fuzz bench vet lint deps clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+deps:
+	bash scripts/setup.sh
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+unit:
+	$(GO) test -race -timeout 25m ./...
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+test: deps build lint unit fuzz
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./... | tee bench.out
+
+clean:
+	rm -rf $(BIN)

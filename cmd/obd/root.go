@@ -1,0 +1,17 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// newRootCmd assembles the command tree. Each command family lives in its own file
+// and contributes one constructor here.
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "obd",
+		Short:         "overlaybd images: lazy block-device container images",
+		Long:          "obd builds, inspects and serves overlaybd (DADI) images: ZFile-compressed LSMT layers\nthat containers and function sandboxes read lazily from a registry.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand()
+	return root
+}
