@@ -36,3 +36,9 @@ bench: build
 
 clean:
 	rm -rf $(BIN)
+
+# proto regenerates the committed gRPC code of bdd's control API (needs protoc,
+# protoc-gen-go v1.36.12 and protoc-gen-go-grpc v1.5.1 on PATH; CI does not run it).
+.PHONY: proto
+proto:
+	cd api/bdd/v1 && protoc -I. --go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. bdd.proto
