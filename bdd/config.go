@@ -1,0 +1,232 @@
+package bdd
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/pflag"
+)
+
+// DefaultConfigPath is where bdd looks for its configuration file.
+const DefaultConfigPath = "/etc/obd/bdd.toml"
+
+// Config is bdd's configuration: a TOML file whose values command-line flags override.
+type Config struct {
+	// StateDir holds one JSON file per attached device, so devices survive restarts.
+	StateDir string `toml:"state_dir"`
+	// Socket is the unix socket of the control API.
+	Socket string `toml:"socket"`
+	// LogLevel is one of debug, info, warn, error.
+	LogLevel string `toml:"log_level"`
+	// MetricsAddr is the host:port of the Prometheus listener; empty disables it.
+	MetricsAddr string `toml:"metrics_addr"`
+	// Transport is used when an Attach request leaves it unspecified: fuse or nbd.
+	Transport string `toml:"transport"`
+	// FuseDir is where the one-file FUSE filesystems of the devices are mounted.
+	FuseDir string `toml:"fuse_dir"`
+
+	Cache    CacheConfig    `toml:"cache"`
+	Registry RegistryConfig `toml:"registry"`
+}
+
+// CacheConfig configures the persistent cache of remote blobs.
+type CacheConfig struct {
+	Dir  string   `toml:"dir"`
+	Size ByteSize `toml:"size"`
+}
+
+// RegistryConfig configures how remote blobs are fetched.
+type RegistryConfig struct {
+	// CertsDir is a containerd-style hosts directory (certs.d).
+	CertsDir string `toml:"certs_dir"`
+	// DockerConfig is a docker config.json holding registry credentials.
+	DockerConfig string `toml:"docker_config"`
+	// ReadTimeout bounds one read of a remote blob, retries included.
+	ReadTimeout Duration `toml:"read_timeout"`
+}
+
+// DefaultConfig returns the configuration used when neither file nor flag says otherwise.
+func DefaultConfig() Config {
+	return Config{
+		StateDir:  "/var/lib/obd/bdd",
+		Socket:    "/run/obd/bdd.sock",
+		LogLevel:  "info",
+		Transport: "fuse",
+		FuseDir:   "/run/obd/bdd/fuse",
+		Cache:     CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30},
+		Registry: RegistryConfig{
+			CertsDir:    "/etc/containerd/certs.d",
+			ReadTimeout: Duration(30 * time.Second),
+		},
+	}
+}
+
+// RegisterFlags adds one flag per setting to fs, writing into c.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory holding the state of attached devices")
+	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the control API")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port of the Prometheus metrics listener (empty: off)")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "default transport: fuse or nbd")
+	fs.StringVar(&c.FuseDir, "fuse-dir", c.FuseDir, "directory for the FUSE mounts backing the devices")
+	fs.StringVar(&c.Cache.Dir, "cache-dir", c.Cache.Dir, "directory of the remote blob cache")
+	fs.Var(&c.Cache.Size, "cache-size", "size limit of the blob cache (e.g. 10GiB)")
+	fs.StringVar(&c.Registry.CertsDir, "certs-dir", c.Registry.CertsDir, "containerd-style hosts directory (certs.d)")
+	fs.StringVar(&c.Registry.DockerConfig, "docker-config", c.Registry.DockerConfig, "docker config.json with registry credentials")
+	fs.Var(&c.Registry.ReadTimeout, "read-timeout", "time limit of one remote read, retries included")
+}
+
+// Load builds the configuration: c's current values (DefaultConfig), then the TOML
+// file at path, then the flags that were set on the command line (flags must have
+// been filled by RegisterFlags on c and parsed; nil means none). A missing file is an error unless path is
+// DefaultConfigPath.
+func (c *Config) Load(path string, flags *pflag.FlagSet) error {
+	set := map[string]string{}
+	if flags != nil {
+		flags.Visit(func(f *pflag.Flag) { set[f.Name] = f.Value.String() })
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && path == DefaultConfigPath:
+	case err != nil:
+		return fmt.Errorf("bdd: config: %w", err)
+	default:
+		dec := toml.NewDecoder(strings.NewReader(string(data)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(c); err != nil {
+			return fmt.Errorf("bdd: config %s: %w", path, describeTOMLError(err))
+		}
+	}
+	for name, value := range set {
+		if err := flags.Set(name, value); err != nil {
+			return fmt.Errorf("bdd: flag --%s: %w", name, err)
+		}
+	}
+	return c.Validate()
+}
+
+// describeTOMLError adds the position or unknown key names go-toml knows about.
+func describeTOMLError(err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var keys []string
+		for _, e := range strict.Errors {
+			keys = append(keys, strings.Join(e.Key(), "."))
+		}
+		return fmt.Errorf("unknown setting(s) %s", strings.Join(keys, ", "))
+	}
+	var decErr *toml.DecodeError
+	if errors.As(err, &decErr) {
+		row, col := decErr.Position()
+		return fmt.Errorf("line %d column %d: %w", row, col, err)
+	}
+	return err
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	for _, d := range []struct{ name, value string }{
+		{"state_dir", c.StateDir}, {"socket", c.Socket}, {"fuse_dir", c.FuseDir}, {"cache.dir", c.Cache.Dir},
+	} {
+		if d.value == "" {
+			return fmt.Errorf("bdd: config: %s must not be empty", d.name)
+		}
+	}
+	if _, err := c.SlogLevel(); err != nil {
+		return err
+	}
+	if _, err := ParseTransport(c.Transport); err != nil {
+		return fmt.Errorf("bdd: config: %w", err)
+	}
+	if c.Cache.Size <= 0 {
+		return fmt.Errorf("bdd: config: cache.size must be positive, got %d", c.Cache.Size)
+	}
+	if c.Registry.ReadTimeout <= 0 {
+		return fmt.Errorf("bdd: config: registry.read_timeout must be positive, got %s", c.Registry.ReadTimeout)
+	}
+	return nil
+}
+
+// SlogLevel returns LogLevel as a slog.Level.
+func (c *Config) SlogLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("bdd: config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+// ByteSize is a size in bytes written as a plain number or with a unit suffix
+// (KiB, MiB, GiB, TiB, or K, M, G, T meaning the same binary units).
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	shift  uint
+}{
+	{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10},
+	{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}, {"B", 0},
+}
+
+// Set parses s; it implements pflag.Value.
+func (b *ByteSize) Set(s string) error {
+	t := strings.TrimSpace(s)
+	shift := uint(0)
+	for _, u := range byteUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, shift = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return fmt.Errorf("invalid size %q: want a number with an optional unit (KiB, MiB, GiB, TiB)", s)
+	}
+	*b = ByteSize(n << shift)
+	return nil
+}
+
+// UnmarshalText lets TOML hold sizes as strings ("10GiB").
+func (b *ByteSize) UnmarshalText(p []byte) error { return b.Set(string(p)) }
+
+// String formats the size in the largest unit that divides it.
+func (b ByteSize) String() string {
+	for _, u := range byteUnits[:4] {
+		if b != 0 && int64(b)%(1<<u.shift) == 0 {
+			return strconv.FormatInt(int64(b)>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+// Type implements pflag.Value.
+func (*ByteSize) Type() string { return "size" }
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// Set parses s; it implements pflag.Value.
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: want e.g. 30s or 1m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalText lets TOML hold durations as strings.
+func (d *Duration) UnmarshalText(p []byte) error { return d.Set(string(p)) }
+
+// String formats the duration like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Type implements pflag.Value.
+func (*Duration) Type() string { return "duration" }

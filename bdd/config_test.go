@@ -1,0 +1,100 @@
+package bdd
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bdd.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigFileThenFlags(t *testing.T) {
+	path := writeConfig(t, `
+state_dir = "/srv/state"
+log_level = "debug"
+[cache]
+dir = "/srv/cache"
+size = "2GiB"
+[registry]
+read_timeout = "5s"
+docker_config = "/root/.docker/config.json"
+`)
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("bdd", pflag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse([]string{"--cache-size", "512MiB", "--socket", "/tmp/x.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Load(path, fs); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StateDir != "/srv/state" || cfg.Cache.Dir != "/srv/cache" || cfg.LogLevel != "debug" {
+		t.Errorf("file values not applied: %+v", cfg)
+	}
+	if cfg.Cache.Size != 512<<20 || cfg.Socket != "/tmp/x.sock" {
+		t.Errorf("flags must override the file: size %v socket %q", cfg.Cache.Size, cfg.Socket)
+	}
+	if time.Duration(cfg.Registry.ReadTimeout) != 5*time.Second {
+		t.Errorf("read timeout %v", cfg.Registry.ReadTimeout)
+	}
+	if cfg.Registry.CertsDir != "/etc/containerd/certs.d" {
+		t.Errorf("unset value lost its default: %q", cfg.Registry.CertsDir)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ name, text, want string }{
+		{"unknown key", "stat_dir = \"/x\"\n", "stat_dir"},
+		{"syntax", "state_dir = \n", "line 1"},
+		{"bad size", "[cache]\nsize = \"ten gigs\"\n", "invalid size"},
+		{"bad duration", "[registry]\nread_timeout = \"soon\"\n", "invalid duration"},
+		{"bad level", "log_level = \"loud\"\n", "log_level"},
+		{"bad transport", "transport = \"carrier pigeon\"\n", "unknown transport"},
+		{"empty state", "state_dir = \"\"\n", "state_dir must not be empty"},
+		{"zero cache", "[cache]\nsize = \"0\"\n", "cache.size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			err := cfg.Load(writeConfig(t, tc.text), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigMissingFile(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Load(filepath.Join(t.TempDir(), "none.toml"), nil); err == nil {
+		t.Fatal("an explicitly named missing config file must be an error")
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"4096": 4096, "10GiB": 10 << 30, "3 M": 3 << 20, "1K": 1024, "7B": 7} {
+		var b ByteSize
+		if err := b.Set(in); err != nil || b != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "1.5GiB", "GiB", "99999999999TiB"} {
+		var b ByteSize
+		if err := b.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted as %d", bad, b)
+		}
+	}
+	if s := ByteSize(10 << 30).String(); s != "10GiB" {
+		t.Errorf("String = %q", s)
+	}
+}

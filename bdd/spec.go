@@ -1,0 +1,119 @@
+package bdd
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/opencontainers/go-digest"
+)
+
+// maxLayers is the most lower layers one stack may hold (the LSMT tag is a byte,
+// and the upper takes one).
+const maxLayers = 255
+
+// ErrInvalidRequest marks requests that can never succeed as given.
+var ErrInvalidRequest = errors.New("invalid request")
+
+// Transport names accepted in the config and on the command line.
+const (
+	TransportFUSE = "fuse"
+	TransportNBD  = "nbd"
+)
+
+// ParseTransport maps a transport name to its API value.
+func ParseTransport(name string) (bddv1.Transport, error) {
+	switch name {
+	case TransportFUSE:
+		return bddv1.Transport_TRANSPORT_FUSE, nil
+	case TransportNBD:
+		return bddv1.Transport_TRANSPORT_NBD, nil
+	}
+	return 0, fmt.Errorf("unknown transport %q: want %s or %s", name, TransportFUSE, TransportNBD)
+}
+
+// TransportName is the inverse of ParseTransport; TRANSPORT_UNSPECIFIED gives "".
+func TransportName(t bddv1.Transport) string {
+	switch t {
+	case bddv1.Transport_TRANSPORT_FUSE:
+		return TransportFUSE
+	case bddv1.Transport_TRANSPORT_NBD:
+		return TransportNBD
+	}
+	return ""
+}
+
+// specFromRequest checks an Attach request and turns it into a spec with the given
+// id, filling the transport with defaultTransport when the request leaves it open.
+func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport string) (DeviceSpec, error) {
+	spec := DeviceSpec{
+		ID:        id,
+		UpperDir:  req.GetUpperDir(),
+		UpperSize: req.GetUpperSize(),
+		ReadOnly:  req.GetReadOnly(),
+		Transport: TransportName(req.GetTransport()),
+	}
+	if spec.Transport == "" {
+		if req.GetTransport() != bddv1.Transport_TRANSPORT_UNSPECIFIED {
+			return spec, fmt.Errorf("%w: unknown transport %d", ErrInvalidRequest, req.GetTransport())
+		}
+		spec.Transport = defaultTransport
+	}
+	if len(req.GetLayers()) == 0 && spec.UpperDir == "" {
+		return spec, fmt.Errorf("%w: no layers and no upper directory", ErrInvalidRequest)
+	}
+	if len(req.GetLayers()) > maxLayers {
+		return spec, fmt.Errorf("%w: %d layers, at most %d", ErrInvalidRequest, len(req.GetLayers()), maxLayers)
+	}
+	if spec.UpperDir != "" && !filepath.IsAbs(spec.UpperDir) {
+		return spec, fmt.Errorf("%w: upper dir %q is not an absolute path", ErrInvalidRequest, spec.UpperDir)
+	}
+	if spec.UpperDir == "" && spec.UpperSize != 0 {
+		return spec, fmt.Errorf("%w: upper size given without an upper dir", ErrInvalidRequest)
+	}
+	if spec.UpperSize < 0 || spec.UpperSize%512 != 0 {
+		return spec, fmt.Errorf("%w: upper size %d is not a non-negative multiple of 512", ErrInvalidRequest, spec.UpperSize)
+	}
+	for i, l := range req.GetLayers() {
+		ls, err := layerSpecFromAPI(l)
+		if err != nil {
+			return spec, fmt.Errorf("%w: layer %d: %w", ErrInvalidRequest, i, err)
+		}
+		spec.Layers = append(spec.Layers, ls)
+	}
+	return spec, nil
+}
+
+func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
+	if p := l.GetPath(); p != "" {
+		if !filepath.IsAbs(p) {
+			return LayerSpec{}, fmt.Errorf("path %q is not absolute", p)
+		}
+		return LayerSpec{Path: filepath.Clean(p)}, nil
+	}
+	b := l.GetBlob()
+	if b == nil {
+		return LayerSpec{}, errors.New("neither a path nor a blob")
+	}
+	if b.GetRef() == "" || strings.ContainsAny(b.GetRef(), " \t\n@") {
+		return LayerSpec{}, fmt.Errorf("blob ref %q is not a repository reference", b.GetRef())
+	}
+	d, err := digest.Parse(b.GetDigest())
+	if err != nil {
+		return LayerSpec{}, fmt.Errorf("blob digest %q: %w", b.GetDigest(), err)
+	}
+	if b.GetSize() <= 0 {
+		return LayerSpec{}, fmt.Errorf("blob %s: size %d is not positive", d, b.GetSize())
+	}
+	return LayerSpec{Ref: b.GetRef(), Digest: d.String(), Size: b.GetSize()}, nil
+}
+
+// toAPI describes the layer in API terms.
+func (l LayerSpec) toAPI() *bddv1.Layer {
+	if l.Path != "" {
+		return &bddv1.Layer{Source: &bddv1.Layer_Path{Path: l.Path}}
+	}
+	return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size}}}
+}
