@@ -1,0 +1,74 @@
+package tarapply_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/obdproject/obd/convert/internal/fixture"
+	"github.com/obdproject/obd/convert/internal/fstree"
+	"github.com/obdproject/obd/convert/tarapply"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: device nodes, ownership and security.capability")
+	}
+}
+
+// TestApplyMatchesUmoci applies the fixture image's layers onto a plain
+// directory and compares the tree with `umoci unpack` of the same image.
+func TestApplyMatchesUmoci(t *testing.T) {
+	requireRoot(t)
+	umoci, err := exec.LookPath("umoci")
+	if err != nil {
+		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
+	}
+	tmp := t.TempDir()
+	layers, err := fixture.Layers(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(tmp, "layout")
+	if err := fixture.WriteLayout(layout, "v1", layers); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(tmp, "bundle")
+	if out, err := exec.Command(umoci, "unpack", "--image", layout+":v1", bundle).CombinedOutput(); err != nil {
+		t.Fatalf("umoci unpack: %v\n%s", err, out)
+	}
+	root := filepath.Join(tmp, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range layers {
+		if _, err := tarapply.Apply(context.Background(), root, bytes.NewReader(l), tarapply.Options{}); err != nil {
+			t.Fatalf("layer %d: %v", i+1, err)
+		}
+	}
+	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fstree.Snapshot(root, fstree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(want, ".")
+	delete(got, ".")
+	for _, d := range fstree.Diff(want, got) {
+		t.Error(d)
+	}
+	// Sparse input stays sparse: 8 MiB with three short runs of data.
+	var st = mustStat(t, filepath.Join(root, "data/sparse"))
+	if st.Size() != 8<<20 {
+		t.Errorf("data/sparse size %d", st.Size())
+	}
+	if blocks := blocksOf(st); blocks*512 > 64<<10 {
+		t.Errorf("data/sparse uses %d bytes on disk, want holes", blocks*512)
+	}
+}
