@@ -54,3 +54,22 @@ func TestSpecFromRequestRejects(t *testing.T) {
 		}
 	}
 }
+
+func TestParseBlobLayer(t *testing.T) {
+	l, err := ParseBlobLayer("127.0.0.1:5000/lib/app@" + goodDigest + ":1234")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := l.GetBlob()
+	if b.GetRef() != "127.0.0.1:5000/lib/app" || b.GetDigest() != goodDigest || b.GetSize() != 1234 {
+		t.Fatalf("parsed %+v", b)
+	}
+	if LayerName(l) != "127.0.0.1:5000/lib/app@"+goodDigest {
+		t.Errorf("LayerName = %q", LayerName(l))
+	}
+	for _, bad := range []string{"", "app", "app@" + goodDigest, "app@" + goodDigest + ":x", "@" + goodDigest + ":1", "app@sha256:00:5"} {
+		if _, err := ParseBlobLayer(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}

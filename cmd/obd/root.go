@@ -13,5 +13,6 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand()
+	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
 	return root
 }
