@@ -1,0 +1,46 @@
+// Package blockdev is the last box of the read path in DESIGN.md: it names what a
+// transport serves (a Backend, in practice the merged *lsmt.Stack) and what a transport
+// produces (a Device the kernel exposes as /dev/loopN or /dev/nbdN, on which ext4 is
+// mounted).
+//
+// The transports live in subpackages:
+//   - fuseloop: a one-file FUSE filesystem attached to a loop device (the default where
+//     there is no NBD module), with crash recovery through fdkeeper;
+//   - nbdexport: an NBD server on a unix socket, for any NBD client;
+//   - kernelnbd: kernel NBD (/dev/nbdN) fed by nbdexport over a socketpair.
+package blockdev
+
+import (
+	"errors"
+	"io"
+)
+
+// Backend is the byte range a transport serves. Reads and writes may be concurrent.
+// *lsmt.Stack implements it.
+type Backend interface {
+	io.ReaderAt
+	io.WriterAt
+	// Size is the device size in bytes; it does not change while a device is attached.
+	Size() int64
+	// Sync makes every completed write durable.
+	Sync() error
+	// Discard drops the range [off, off+n): afterwards it reads as zeros. Used for
+	// trim and write-zeroes.
+	Discard(off, n int64) error
+}
+
+// Device is a kernel block device backed by a Backend.
+type Device interface {
+	// Path is the block device node, e.g. /dev/loop3 or /dev/nbd0.
+	Path() string
+	// Close detaches the device and stops serving it. It fails with ErrBusy, and
+	// leaves the device working, while the device is mounted or otherwise claimed.
+	Close() error
+}
+
+var (
+	// ErrBusy is returned when detaching a device that is mounted or held.
+	ErrBusy = errors.New("blockdev: device is busy (mounted or held)")
+	// ErrReadOnly is returned for writes to a read-only device.
+	ErrReadOnly = errors.New("blockdev: device is read-only")
+)
