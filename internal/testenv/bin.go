@@ -1,0 +1,55 @@
+// Package testenv runs the real programs obd's end-to-end tests need: a private containerd v2,
+// nerdctl and ctr against it, and tiny OCI images built offline. It sits outside the read path of
+// DESIGN.md, at testing level 3: the top of the process picture (nerdctl → containerd → proxy
+// snapshotter → bdd) assembled from the binaries scripts/setup.sh installs under OBD_DEPS.
+//
+// Tests using it skip, with the reason, when a program is not installed or they are not root;
+// every process and directory they start is stopped and removed in t.Cleanup.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// DefaultDepsDir is where scripts/setup.sh installs built binaries when OBD_DEPS is unset.
+const DefaultDepsDir = "/opt/obd-deps"
+
+// DepsDir returns the install prefix of scripts/setup.sh: $OBD_DEPS or DefaultDepsDir.
+func DepsDir() string {
+	if dir := os.Getenv("OBD_DEPS"); dir != "" {
+		return dir
+	}
+	return DefaultDepsDir
+}
+
+// RequireRoot skips the test unless it runs as root (mounts, loop devices, containerd).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("testenv: needs root (mounts, loop devices, containerd)")
+	}
+}
+
+// Bin returns the path of the program name, looked up first in DepsDir()/bin and then in PATH.
+// It skips the test, saying how to install it, when the program is absent.
+func Bin(t testing.TB, name string) string {
+	t.Helper()
+	candidate := filepath.Join(DepsDir(), "bin", name)
+	if info, err := os.Stat(candidate); err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
+		return candidate
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("testenv: %s not found in %s/bin or PATH (run `make deps`)", name, DepsDir())
+	}
+	return path
+}
+
+// pathWithDeps returns a PATH value with DepsDir()/bin first, so that processes started by tests
+// find the binaries setup.sh built (containerd looks up containerd-shim-runc-v2 on PATH).
+func pathWithDeps() string {
+	return filepath.Join(DepsDir(), "bin") + string(os.PathListSeparator) + os.Getenv("PATH")
+}

@@ -1,0 +1,274 @@
+package testenv
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ProxyPlugin is one `[proxy_plugins.<Name>]` entry of containerd's config.
+type ProxyPlugin struct {
+	Name    string // e.g. "overlaybd"
+	Type    string // e.g. "snapshot"
+	Address string // unix socket of the plugin's gRPC server
+}
+
+// ContainerdOptions configures StartContainerd.
+type ContainerdOptions struct {
+	// ProxyPlugins are registered in the config; containerd connects to them lazily.
+	ProxyPlugins []ProxyPlugin
+	// StartTimeout bounds the wait for containerd's socket; 30 s when zero.
+	StartTimeout time.Duration
+}
+
+// Containerd is a containerd process private to one test: its own config, root, state dir,
+// socket and namespace. Its log is printed when the test fails.
+type Containerd struct {
+	Address   string // gRPC unix socket
+	Namespace string // containerd namespace used by Nerdctl and Ctr
+	Dir       string // holds config.toml, root/, state/, the socket, the log and nerdctl's data
+	LogPath   string
+
+	cmd  *exec.Cmd
+	done chan error // receives cmd.Wait's result once
+}
+
+// commandTimeout bounds one nerdctl or ctr invocation so a wedged daemon fails the test
+// instead of hanging it.
+const commandTimeout = 3 * time.Minute
+
+var namespaceSeq atomic.Int64
+
+// StartContainerd starts containerd with a private `version = 3` config and waits until its
+// socket accepts connections. CRI and NRI are disabled; the default runtime is runc via
+// containerd-shim-runc-v2 from DepsDir()/bin. The process is stopped, its leftover mounts
+// unmounted and its directories removed in t.Cleanup.
+func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+	t.Helper()
+	RequireRoot(t)
+	binary := Bin(t, "containerd")
+	Bin(t, "containerd-shim-runc-v2")
+	Bin(t, "runc")
+
+	// The socket path must stay under the 108-byte unix limit, so no t.TempDir() here.
+	dir, err := os.MkdirTemp("", "obd-ctrd-")
+	if err != nil {
+		t.Fatalf("testenv: containerd dir: %v", err)
+	}
+	c := &Containerd{
+		Address:   filepath.Join(dir, "containerd.sock"),
+		Namespace: fmt.Sprintf("obdtest-%d-%d", os.Getpid(), namespaceSeq.Add(1)),
+		Dir:       dir,
+		LogPath:   filepath.Join(dir, "containerd.log"),
+		done:      make(chan error, 1),
+	}
+	t.Cleanup(func() { c.cleanup(t) })
+
+	configPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(configPath, []byte(c.config(opts.ProxyPlugins)), 0o600); err != nil {
+		t.Fatalf("testenv: containerd config: %v", err)
+	}
+	logFile, err := os.Create(c.LogPath)
+	if err != nil {
+		t.Fatalf("testenv: containerd log: %v", err)
+	}
+	defer logFile.Close() // the child holds its own descriptor
+
+	c.cmd = exec.Command(binary, "--config", configPath)
+	c.cmd.Stdout = logFile
+	c.cmd.Stderr = logFile
+	c.cmd.Env = append(os.Environ(), "PATH="+pathWithDeps())
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("testenv: start containerd: %v", err)
+	}
+	go func() { c.done <- c.cmd.Wait() }()
+
+	timeout := opts.StartTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	if err := c.waitReady(timeout); err != nil {
+		t.Fatalf("testenv: containerd not ready: %v\n%s", err, c.logTail())
+	}
+	return c
+}
+
+func (c *Containerd) config(plugins []ProxyPlugin) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "version = 3\nroot = %q\nstate = %q\n", filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"))
+	b.WriteString(`disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]` + "\n")
+	fmt.Fprintf(&b, "[grpc]\n  address = %q\n", c.Address)
+	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n", c.Address+".ttrpc")
+	for _, p := range plugins {
+		fmt.Fprintf(&b, "[proxy_plugins.%q]\n  type = %q\n  address = %q\n", p.Name, p.Type, p.Address)
+	}
+	return b.String()
+}
+
+func (c *Containerd) waitReady(timeout time.Duration) error {
+	deadline := time.After(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-c.done:
+			c.done <- err // keep it for cleanup
+			return fmt.Errorf("containerd exited during start: %v", err)
+		case <-deadline:
+			return fmt.Errorf("socket %s did not accept connections within %v", c.Address, timeout)
+		case <-tick.C:
+			conn, err := net.Dial("unix", c.Address)
+			if err == nil {
+				conn.Close()
+				return nil
+			}
+		}
+	}
+}
+
+// Nerdctl runs nerdctl against this containerd in its namespace, with its own data root, and
+// returns its standard output. A non-zero exit fails the test with both output streams.
+func (c *Containerd) Nerdctl(t testing.TB, args ...string) string {
+	t.Helper()
+	global := []string{
+		"--address", c.Address,
+		"--namespace", c.Namespace,
+		"--data-root", filepath.Join(c.Dir, "nerdctl"),
+		"--cgroup-manager", "cgroupfs",
+	}
+	return c.run(t, Bin(t, "nerdctl"), append(global, args...))
+}
+
+// Ctr runs ctr against this containerd in its namespace and returns its standard output.
+// A non-zero exit fails the test with both output streams.
+func (c *Containerd) Ctr(t testing.TB, args ...string) string {
+	t.Helper()
+	global := []string{"--address", c.Address, "--namespace", c.Namespace}
+	return c.run(t, Bin(t, "ctr"), append(global, args...))
+}
+
+func (c *Containerd) run(t testing.TB, binary string, args []string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	// An empty nerdctl.toml keeps a host-wide /etc/nerdctl/nerdctl.toml out of the test.
+	toml := filepath.Join(c.Dir, "nerdctl.toml")
+	if _, err := os.Stat(toml); errors.Is(err, os.ErrNotExist) {
+		if err := os.WriteFile(toml, nil, 0o600); err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+	}
+	cmd.Env = append(os.Environ(), "PATH="+pathWithDeps(), "NERDCTL_TOML="+toml)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("testenv: %s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(binary), strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// logTail returns the last lines of containerd's log for failure messages.
+func (c *Containerd) logTail() string {
+	const maxLines = 80
+	f, err := os.Open(c.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(no containerd log: %v)", err)
+	}
+	defer f.Close()
+	var lines []string
+	scanner := bufio.NewScanner(f)
+	scanner.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for scanner.Scan() {
+		lines = append(lines, scanner.Text())
+		if len(lines) > maxLines {
+			lines = lines[1:]
+		}
+	}
+	return "containerd log (" + c.LogPath + ", last lines):\n" + strings.Join(lines, "\n")
+}
+
+func (c *Containerd) cleanup(t testing.TB) {
+	if c.cmd != nil && c.cmd.Process != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(15 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	}
+	if t.Failed() {
+		t.Log(c.logTail())
+	}
+	if err := UnmountAll(c.Dir); err != nil {
+		t.Errorf("testenv: %v", err)
+	}
+	// The runc shim keeps per-namespace state outside containerd's state dir.
+	_ = os.RemoveAll(filepath.Join("/run/containerd/runc", c.Namespace))
+	if err := os.RemoveAll(c.Dir); err != nil {
+		t.Errorf("testenv: remove %s: %v", c.Dir, err)
+	}
+}
+
+// UnmountAll lazily unmounts every mount point at or below dir, deepest first, so that a test
+// that failed half-way does not leave mounts behind that block removing its directories.
+func UnmountAll(dir string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		point := unescapeMountPath(fields[4])
+		if point == dir || strings.HasPrefix(point, dir+"/") {
+			points = append(points, point)
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	var errs []error
+	for _, p := range points {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space, etc.).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

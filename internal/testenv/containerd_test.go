@@ -1,0 +1,100 @@
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestNerdctlRunBusybox is the end-to-end smoke test of the environment itself: a private
+// containerd, an image built offline, `nerdctl load` and `nerdctl run` through runc.
+func TestNerdctlRunBusybox(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts containerd and runs a container")
+	}
+	ctrd := StartContainerd(t, ContainerdOptions{})
+	img := BuildBusyboxImage(t)
+
+	out := ctrd.Nerdctl(t, "load", "-i", img.Archive)
+	if !strings.Contains(out, "Loaded image") {
+		t.Fatalf("nerdctl load: unexpected output:\n%s", out)
+	}
+	if got := ctrd.Ctr(t, "images", "ls", "-q"); !strings.Contains(got, img.Ref) {
+		t.Fatalf("ctr images ls does not list %s:\n%s", img.Ref, got)
+	}
+
+	out = ctrd.Nerdctl(t, "run", "--rm", "--net", "none", img.Ref, "sh", "-c", "echo hello-from-$(cat /proc/1/comm)")
+	if strings.TrimSpace(out) != "hello-from-sh" {
+		t.Fatalf("nerdctl run output = %q, want %q", out, "hello-from-sh")
+	}
+	if got := ctrd.Nerdctl(t, "ps", "-a", "-q"); strings.TrimSpace(got) != "" {
+		t.Fatalf("container left behind after --rm: %q", got)
+	}
+}
+
+func TestConfigListsProxyPlugins(t *testing.T) {
+	c := &Containerd{Dir: "/d", Address: "/d/c.sock"}
+	cfg := c.config([]ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: "/s/obd.sock"}})
+	for _, want := range []string{
+		"version = 3\n",
+		`root = "/d/root"`,
+		`state = "/d/state"`,
+		"[grpc]\n  address = \"/d/c.sock\"",
+		"[proxy_plugins.\"overlaybd\"]\n  type = \"snapshot\"\n  address = \"/s/obd.sock\"",
+	} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("config lacks %q:\n%s", want, cfg)
+		}
+	}
+}
+
+func TestUnmountAllUnmountsNested(t *testing.T) {
+	RequireRoot(t)
+	dir := t.TempDir()
+	outer := filepath.Join(dir, "a b") // a space exercises mountinfo's escaping
+	inner := filepath.Join(outer, "inner")
+	if err := os.MkdirAll(outer, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountTmpfs(t, outer)
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mountTmpfs(t, inner)
+
+	if err := UnmountAll(dir); err != nil {
+		t.Fatalf("UnmountAll: %v", err)
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), dir) {
+		t.Fatalf("mounts under %s remain:\n%s", dir, data)
+	}
+}
+
+func TestBinSkipsWhenAbsent(t *testing.T) {
+	t.Setenv("OBD_DEPS", t.TempDir())
+	t.Setenv("PATH", t.TempDir())
+	skipped := true
+	t.Run("absent", func(t *testing.T) {
+		Bin(t, "no-such-program")
+		skipped = false
+	})
+	if !skipped {
+		t.Fatal("Bin returned for a program that does not exist")
+	}
+
+	bin := filepath.Join(DepsDir(), "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "tool"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := Bin(t, "tool"); got != filepath.Join(bin, "tool") {
+		t.Fatalf("Bin(tool) = %q, want the OBD_DEPS copy", got)
+	}
+}
