@@ -1,7 +1,6 @@
 package tarblob
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -146,15 +145,9 @@ func readExtension(r io.ReaderAt, off, n, blobSize int64) ([]byte, error) {
 	return data, nil
 }
 
-// readFull fills p from r at off; an io.EOF that comes with a full buffer is success.
+// readFull fills p from r at off; a short read is io.ErrUnexpectedEOF.
 func readFull(r io.ReaderAt, p []byte, off int64) error {
-	n, err := r.ReadAt(p, off)
-	if n == len(p) {
-		return nil
-	}
-	if err == nil || errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
+	_, err := io.ReadFull(io.NewSectionReader(r, off, int64(len(p))), p)
 	return err
 }
 

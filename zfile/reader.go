@@ -1,0 +1,362 @@
+package zfile
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+)
+
+const (
+	// checkpointEvery is the spacing, in blocks, of the stored cumulative offsets: a block's
+	// start is its checkpoint plus fewer than this many lengths.
+	checkpointEvery = 64
+	// maxFetch bounds the original bytes one internal fetch covers, so a huge ReadAt does
+	// not stage its whole compressed range in memory at once.
+	maxFetch = 16 << 20
+	// minParallelBlocks is the fewest blocks a fetch must span to be decoded in parallel;
+	// below it goroutine handoff costs more than it saves.
+	minParallelBlocks = 8
+)
+
+// Info describes an open ZFile.
+type Info struct {
+	Algorithm     Algorithm
+	Level         int // the level byte as stored (upstream writes 0)
+	BlockSize     int
+	Blocks        int
+	OriginalSize  int64
+	StoredSize    int64 // the ZFile's own size
+	HeaderFlags   uint64
+	TrailerFlags  uint64 // 0 when the header carries the info and no trailer was needed
+	Verify        bool   // blocks carry CRCs
+	HeaderHasInfo bool   // header flag bit 3: the header holds the final info
+}
+
+// Reader reads the original bytes of a ZFile. It is safe for concurrent use.
+type Reader struct {
+	r           io.ReaderAt
+	name        string
+	info        Info
+	blockSize   int64
+	dataStart   int64    // file offset of block 0
+	lengths     []uint32 // stored length of each block, CRC included
+	checkpoints []int64  // file offset of block k*checkpointEvery
+	concurrency int      // decode goroutines per fetch; 0 means GOMAXPROCS
+}
+
+// OpenOption configures Open.
+type OpenOption func(*Reader)
+
+// WithName sets the name errors use for the ZFile, e.g. a blob digest or a path.
+func WithName(name string) OpenOption { return func(r *Reader) { r.name = name } }
+
+// WithConcurrency sets how many goroutines decode the blocks of one large ReadAt; n <= 0
+// means runtime.GOMAXPROCS(0) at the time of the read (the default).
+func WithConcurrency(n int) OpenOption { return func(r *Reader) { r.concurrency = n } }
+
+// HasMagic reports whether r holds the ZFile magic at offset 0.
+func HasMagic(r io.ReaderAt) bool {
+	b := make([]byte, len(magic0)+len(magic1))
+	n, _ := r.ReadAt(b, 0)
+	return n == len(b) && hasMagic(b)
+}
+
+// Open validates the ZFile of the given size held by r (header, trailer, jump table) and
+// returns a Reader of its original bytes. It reads only the header, trailer and jump table.
+// Invalid input gives an error wrapping ErrFormat.
+func Open(r io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
+	zr := &Reader{r: r}
+	for _, o := range opts {
+		o(zr)
+	}
+	if size < 2*structSize {
+		return nil, zr.formatErr("file of %d bytes is shorter than header and trailer", size)
+	}
+	buf := make([]byte, structSize)
+	if err := readFull(r, buf, 0); err != nil {
+		return nil, fmt.Errorf("%s: read header: %w", prefix(zr.name), err)
+	}
+	header, err := parseStructure(buf)
+	if err != nil {
+		return nil, zr.formatErr("header: %v", err)
+	}
+	if !header.has(flagHeader) {
+		return nil, zr.formatErr("header flags %#x lack the header bit", header.flags)
+	}
+	zr.info.HeaderFlags = header.flags
+	zr.info.HeaderHasInfo = header.has(flagHeaderOverwritten)
+	meta := header
+	if !zr.info.HeaderHasInfo {
+		if err := readFull(r, buf, size-structSize); err != nil {
+			return nil, fmt.Errorf("%s: read trailer: %w", prefix(zr.name), err)
+		}
+		trailer, err := parseStructure(buf)
+		if err != nil {
+			return nil, zr.formatErr("trailer at offset %d: %v", size-structSize, err)
+		}
+		if trailer.has(flagHeader) || !trailer.has(flagData) || !trailer.has(flagSealed) {
+			return nil, zr.formatErr("trailer flags %#x: want trailer, data and sealed bits", trailer.flags)
+		}
+		zr.info.TrailerFlags = trailer.flags
+		meta = trailer
+	}
+	if err := zr.setup(meta, size); err != nil {
+		return nil, err
+	}
+	if err := zr.loadJumpTable(meta, size); err != nil {
+		return nil, err
+	}
+	return zr, nil
+}
+
+// setup checks the structure's fields against each other and the file size, and records them.
+func (zr *Reader) setup(m structure, size int64) error {
+	switch {
+	case m.has(flagIndexCompressed):
+		return zr.formatErr("compressed jump tables are not supported (flags %#x)", m.flags)
+	case m.useDict != 0 || m.dictSize != 0:
+		return zr.formatErr("compression dictionaries are not supported (dict_size %d)", m.dictSize)
+	case m.algo != LZ4 && m.algo != ZSTD:
+		return zr.formatErr("unknown algorithm %d", m.algo)
+	case m.blockSize < minBlockSize || m.blockSize > maxBlockSize || m.blockSize&(m.blockSize-1) != 0:
+		return zr.formatErr("block size %d is not a power of two in [%d, %d]", m.blockSize, minBlockSize, maxBlockSize)
+	case m.indexSize > maxBlocks:
+		return zr.formatErr("jump table of %d entries exceeds %d", m.indexSize, int64(maxBlocks))
+	case m.originalSize > m.indexSize*uint64(m.blockSize) || m.indexSize != (m.originalSize+uint64(m.blockSize)-1)/uint64(m.blockSize):
+		return zr.formatErr("%d blocks of %d bytes cannot hold original size %d", m.indexSize, m.blockSize, m.originalSize)
+	}
+	tableEnd := uint64(size - structSize)
+	if m.indexOffset < structSize || m.indexOffset > tableEnd || m.indexSize*4 > tableEnd-m.indexOffset {
+		return zr.formatErr("jump table of %d entries at offset %d does not fit between header and trailer (file size %d)",
+			m.indexSize, m.indexOffset, size)
+	}
+	zr.blockSize = int64(m.blockSize)
+	zr.dataStart = structSize
+	zr.info.Algorithm = m.algo
+	zr.info.Level = int(m.level)
+	zr.info.BlockSize = int(m.blockSize)
+	zr.info.Blocks = int(m.indexSize)
+	zr.info.OriginalSize = int64(m.originalSize)
+	zr.info.StoredSize = size
+	zr.info.Verify = m.verify
+	return nil
+}
+
+// loadJumpTable reads and checks the jump table and builds the checkpoints.
+func (zr *Reader) loadJumpTable(m structure, size int64) error {
+	table := make([]byte, 4*m.indexSize)
+	if err := readFull(zr.r, table, int64(m.indexOffset)); err != nil {
+		return fmt.Errorf("%s: read jump table at offset %d: %w", prefix(zr.name), m.indexOffset, err)
+	}
+	if m.has(flagDigest) {
+		if got := crc(0, table); got != m.indexCRC {
+			return zr.formatErr("jump table CRC %#08x, computed %#08x", m.indexCRC, got)
+		}
+	}
+	minLen, maxLen := uint32(1), uint32(maxStoredLen(zr.info.BlockSize))
+	if zr.info.Verify {
+		minLen, maxLen = crcSize+1, maxLen+crcSize
+	}
+	zr.lengths = make([]uint32, m.indexSize)
+	zr.checkpoints = make([]int64, 0, (len(zr.lengths)+checkpointEvery-1)/checkpointEvery)
+	off := zr.dataStart
+	for i := range zr.lengths {
+		l := binary.LittleEndian.Uint32(table[4*i:])
+		if l < minLen || l > maxLen {
+			return zr.formatErr("block %d: stored length %d outside [%d, %d]", i, l, minLen, maxLen)
+		}
+		if i%checkpointEvery == 0 {
+			zr.checkpoints = append(zr.checkpoints, off)
+		}
+		zr.lengths[i] = l
+		off += int64(l)
+	}
+	if off != int64(m.indexOffset) {
+		return zr.formatErr("blocks end at offset %d but the jump table starts at %d", off, m.indexOffset)
+	}
+	return nil
+}
+
+func (zr *Reader) formatErr(format string, args ...any) error {
+	return fmt.Errorf("%s: %w: %s", prefix(zr.name), ErrFormat, fmt.Sprintf(format, args...))
+}
+
+// Size returns the original (uncompressed) size.
+func (zr *Reader) Size() int64 { return zr.info.OriginalSize }
+
+// Info describes the ZFile.
+func (zr *Reader) Info() Info { return zr.info }
+
+// blockStart returns the file offset of block i.
+func (zr *Reader) blockStart(i int) int64 {
+	k := i / checkpointEvery
+	off := zr.checkpoints[k]
+	for _, l := range zr.lengths[k*checkpointEvery : i] {
+		off += int64(l)
+	}
+	return off
+}
+
+// blockLen returns the original length of block i (the last block may be short).
+func (zr *Reader) blockLen(i int) int64 {
+	return min(zr.blockSize, zr.info.OriginalSize-int64(i)*zr.blockSize)
+}
+
+// ReadAt reads original bytes with io.ReaderAt semantics: it returns io.EOF when fewer than
+// len(p) bytes remain. Every block's CRC is checked before its bytes are returned; a bad
+// block gives a *BlockError. The compressed bytes of a read are fetched with one ReadAt on
+// the underlying reader (per 16 MiB of original data) and decoded in parallel.
+func (zr *Reader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("%s: negative offset %d", prefix(zr.name), off)
+	}
+	if off >= zr.info.OriginalSize {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	want := len(p)
+	if rest := zr.info.OriginalSize - off; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, maxFetch)
+		if err := zr.readSpan(p[done:done+n], off+int64(done)); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	if len(p) < want {
+		return len(p), io.EOF
+	}
+	return len(p), nil
+}
+
+// readSpan fills p (non-empty, inside the file) from original offset off.
+func (zr *Reader) readSpan(p []byte, off int64) error {
+	first := int(off / zr.blockSize)
+	last := int((off + int64(len(p)) - 1) / zr.blockSize)
+	n := last - first + 1
+	// starts[k] is the offset of block first+k within the fetched range; starts[n] its end.
+	starts := make([]int, n+1)
+	for k := range n {
+		starts[k+1] = starts[k] + int(zr.lengths[first+k])
+	}
+	base := zr.blockStart(first)
+	bufp := getBuffer(starts[n])
+	defer putBuffer(bufp)
+	buf := *bufp
+	if err := readFull(zr.r, buf, base); err != nil {
+		return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w", prefix(zr.name), first, last, len(buf), base, err)
+	}
+	decode := func(from, to int) error {
+		for k := from; k < to; k++ {
+			if err := zr.decodeInto(p, off, first+k, buf[starts[k]:starts[k+1]], base+int64(starts[k])); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	workers := zr.concurrency
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, n/(minParallelBlocks/2))
+	if n < minParallelBlocks || workers < 2 {
+		return decode(0, n)
+	}
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() { errs[w] = decode(w*n/workers, (w+1)*n/workers) })
+	}
+	wg.Wait()
+	return firstError(errs)
+}
+
+// firstError returns the first non-nil error, so that a multi-block failure reports the
+// lowest bad block whatever the goroutine timing.
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeInto checks and decodes block i (stored bytes src at file offset fileOff) and copies
+// the part of it that overlaps [off, off+len(p)) into p.
+func (zr *Reader) decodeInto(p []byte, off int64, i int, src []byte, fileOff int64) error {
+	rawStart, rawLen := int64(i)*zr.blockSize, zr.blockLen(i)
+	lo, hi := max(rawStart, off), min(rawStart+rawLen, off+int64(len(p)))
+	if lo == rawStart && hi == rawStart+rawLen {
+		return zr.decodeBlock(p[lo-off:hi-off], i, src, fileOff)
+	}
+	scratchp := getBuffer(int(rawLen))
+	defer putBuffer(scratchp)
+	if err := zr.decodeBlock(*scratchp, i, src, fileOff); err != nil {
+		return err
+	}
+	copy(p[lo-off:hi-off], (*scratchp)[lo-rawStart:hi-rawStart])
+	return nil
+}
+
+// decodeBlock verifies the CRC of block i (when the file has CRCs) and decodes it into dst,
+// which is exactly the block's original length.
+func (zr *Reader) decodeBlock(dst []byte, i int, src []byte, fileOff int64) error {
+	if zr.info.Verify {
+		data, sum := src[:len(src)-crcSize], binary.LittleEndian.Uint32(src[len(src)-crcSize:])
+		if got := crc(blockCRCSeed, data); got != sum {
+			return &BlockError{Name: zr.name, Block: i, Offset: fileOff,
+				Err: fmt.Errorf("%w: stored %#08x, computed %#08x", ErrChecksum, sum, got)}
+		}
+		src = data
+	}
+	if err := zr.info.Algorithm.decompress(dst, src); err != nil {
+		return &BlockError{Name: zr.name, Block: i, Offset: fileOff, Err: err}
+	}
+	return nil
+}
+
+// Verify reads, CRC-checks and decodes every block, stopping at the first bad one or when
+// ctx is done.
+func (zr *Reader) Verify(ctx context.Context) error {
+	chunk := max(zr.blockSize, 4<<20/zr.blockSize*zr.blockSize)
+	bufp := getBuffer(int(min(chunk, zr.info.OriginalSize)))
+	defer putBuffer(bufp)
+	for off := int64(0); off < zr.info.OriginalSize; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%s: verify stopped at offset %d: %w", prefix(zr.name), off, err)
+		}
+		n := min(chunk, zr.info.OriginalSize-off)
+		if err := zr.readSpan((*bufp)[:n], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buffers pools the byte slices that stage compressed ranges and partial blocks.
+var buffers sync.Pool
+
+func getBuffer(n int) *[]byte {
+	if bp, ok := buffers.Get().(*[]byte); ok && cap(*bp) >= n {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putBuffer(bp *[]byte) { buffers.Put(bp) }
+
+// readFull fills p from r at off; a short read is io.ErrUnexpectedEOF.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	_, err := io.ReadFull(io.NewSectionReader(r, off, int64(len(p))), p)
+	return err
+}
