@@ -181,7 +181,7 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err = a.mkdir(parent, base)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
 		err = a.regular(parent, base, hdr, body)
 	case tar.TypeSymlink:
 		err = a.replace(parent, base, func() error { return unix.Symlinkat(hdr.Linkname, parent, base) })

@@ -1,0 +1,23 @@
+package tarapply_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/obdproject/obd/convert/tarapply"
+)
+
+// FuzzApply feeds arbitrary bytes as a layer tar: Apply may fail, but must not
+// panic, hang or change anything outside the root.
+func FuzzApply(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root, unchanged := sandbox(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		_, _ = tarapply.Apply(ctx, root, bytes.NewReader(data), tarapply.Options{MaxEntrySize: 1 << 20})
+		if err := unchanged(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
