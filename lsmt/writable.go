@@ -153,7 +153,7 @@ func openWritable(dir string) (_ *Writable, err error) {
 	size := st.Size()
 	buf := make([]byte, HeaderSize)
 	if _, err := readFull(w.data, buf, 0); err != nil {
-		return nil, fmt.Errorf("%s: read header: %w", DataFileName, errors.Join(ErrFormat, err))
+		return nil, fmt.Errorf("%w: %s: read header: %w", ErrFormat, DataFileName, err)
 	}
 	if w.header, err = ParseHeader(buf); err != nil {
 		return nil, fmt.Errorf("%s: %w", DataFileName, err)
