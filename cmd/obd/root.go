@@ -12,7 +12,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand()
+	root.AddCommand(newZFileCmd(), newLayerCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
 	return root
 }
