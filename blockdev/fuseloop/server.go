@@ -1,0 +1,260 @@
+package fuseloop
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/obdproject/obd/blockdev"
+)
+
+// server answers FUSE requests for one file backed by a Backend. Several goroutines
+// each read a request from the FUSE device and answer it inline, so up to `readers`
+// requests are served at once.
+type server struct {
+	fd       int
+	b        blockdev.Backend
+	readOnly bool
+	name     string
+	log      *slog.Logger
+	wg       sync.WaitGroup
+}
+
+// handleInit reads requests until INIT and answers it. It is only called on a fresh
+// mount: a resumed connection has long been initialised.
+func (s *server) handleInit() error {
+	buf := make([]byte, readBufferLen)
+	for {
+		n, err := unix.Read(s.fd, buf)
+		if err != nil {
+			if err == unix.EINTR || err == unix.ENOENT {
+				continue
+			}
+			return err
+		}
+		h, err := parseInHeader(buf[:n])
+		if err != nil {
+			return err
+		}
+		if h.opcode != opInit {
+			s.reply(h.unique, unix.EIO, nil)
+			continue
+		}
+		out, err := initReply(buf[inHeaderLen:n])
+		if err != nil {
+			s.reply(h.unique, unix.EPROTO, nil)
+			return err
+		}
+		return s.reply(h.unique, 0, out)
+	}
+}
+
+// start launches the reading goroutines; they return when the connection ends.
+func (s *server) start(readers int) {
+	for range readers {
+		s.wg.Add(1)
+		go s.loop()
+	}
+}
+
+// wait blocks until every reader has returned.
+func (s *server) wait() { s.wg.Wait() }
+
+// resend asks the kernel to queue again every request a previous server read but did
+// not answer (FUSE_NOTIFY_RESEND, Linux 6.9+). Without it those requests would wait
+// forever after a crash.
+func (s *server) resend() error {
+	var hdr [outHeaderLen]byte
+	binary.LittleEndian.PutUint32(hdr[0:], outHeaderLen)
+	binary.LittleEndian.PutUint32(hdr[4:], notifyResend)
+	_, err := unix.Write(s.fd, hdr[:])
+	return err
+}
+
+func (s *server) loop() {
+	defer s.wg.Done()
+	buf := make([]byte, readBufferLen)
+	data := make([]byte, maxWrite)
+	out := make([]byte, 128)
+	for {
+		n, err := unix.Read(s.fd, buf)
+		switch {
+		case err == nil:
+		case err == unix.EINTR || err == unix.ENOENT:
+			// ENOENT: the request was interrupted before we could read it.
+			continue
+		case err == unix.ENODEV:
+			return // unmounted or aborted
+		default:
+			s.log.Error("fuse read failed", "device", s.name, "err", err)
+			return
+		}
+		h, err := parseInHeader(buf[:n])
+		if err != nil {
+			s.log.Error("bad fuse request", "device", s.name, "err", err)
+			continue
+		}
+		s.handle(h, buf[inHeaderLen:n], data, out)
+	}
+}
+
+// handle answers one request. data and out are the reader's scratch buffers.
+func (s *server) handle(h inHeader, in, data, out []byte) {
+	le := binary.LittleEndian
+	switch h.opcode {
+	case opForget, opBatchForget, opInterrupt:
+		// No reply expected; an interrupted request simply completes.
+	case opInit:
+		// A second INIT cannot happen on a live connection.
+		s.reply(h.unique, unix.EPROTO, nil)
+	case opGetattr, opSetattr:
+		if h.opcode == opSetattr && len(in) >= 24 && le.Uint32(in[0:])&fattrSize != 0 && int64(le.Uint64(in[16:])) != s.b.Size() {
+			s.reply(h.unique, unix.EPERM, nil)
+			return
+		}
+		putAttrOut(out, s.b.Size(), s.readOnly)
+		s.reply(h.unique, 0, out[:104])
+	case opOpen:
+		if len(in) < 8 {
+			s.reply(h.unique, unix.EINVAL, nil)
+			return
+		}
+		if s.readOnly && le.Uint32(in[0:])&unix.O_ACCMODE != unix.O_RDONLY {
+			s.reply(h.unique, unix.EROFS, nil)
+			return
+		}
+		clear(out[:16])
+		le.PutUint32(out[8:], fopenDirectIO|fopenParallelDirectWrites)
+		s.reply(h.unique, 0, out[:16])
+	case opRead:
+		if len(in) < 24 {
+			s.reply(h.unique, unix.EINVAL, nil)
+			return
+		}
+		off, size := int64(le.Uint64(in[8:])), int64(le.Uint32(in[16:]))
+		s.read(h.unique, off, min(size, maxWrite), data)
+	case opWrite:
+		if len(in) < writeInLen {
+			s.reply(h.unique, unix.EINVAL, nil)
+			return
+		}
+		off, size := int64(le.Uint64(in[8:])), int(le.Uint32(in[16:]))
+		payload := in[writeInLen:]
+		if size != len(payload) {
+			s.reply(h.unique, unix.EINVAL, nil)
+			return
+		}
+		s.write(h.unique, off, payload, out)
+	case opFsync, opFlush:
+		if err := s.b.Sync(); err != nil {
+			s.fail(h.unique, "sync", 0, 0, err)
+			return
+		}
+		s.reply(h.unique, 0, nil)
+	case opFallocate:
+		s.fallocate(h.unique, in)
+	case opRelease:
+		s.reply(h.unique, 0, nil)
+	case opStatfs:
+		clear(out[:80])
+		le.PutUint32(out[40:], 4096) // bsize
+		le.PutUint32(out[44:], 255)  // namelen
+		le.PutUint32(out[48:], 4096) // frsize
+		s.reply(h.unique, 0, out[:80])
+	case opDestroy:
+		s.reply(h.unique, 0, nil)
+	default:
+		s.reply(h.unique, unix.ENOSYS, nil)
+	}
+}
+
+func (s *server) read(unique uint64, off, size int64, data []byte) {
+	devSize := s.b.Size()
+	if off < 0 || off >= devSize {
+		s.reply(unique, 0, nil) // end of file
+		return
+	}
+	size = min(size, devSize-off)
+	n, err := s.b.ReadAt(data[:size], off)
+	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == size) {
+		s.fail(unique, "read", off, size, err)
+		return
+	}
+	s.reply(unique, 0, data[:size])
+}
+
+func (s *server) write(unique uint64, off int64, p []byte, out []byte) {
+	if s.readOnly {
+		s.reply(unique, unix.EROFS, nil)
+		return
+	}
+	if off < 0 || off+int64(len(p)) > s.b.Size() {
+		s.reply(unique, unix.ENOSPC, nil)
+		return
+	}
+	if _, err := s.b.WriteAt(p, off); err != nil {
+		s.fail(unique, "write", off, int64(len(p)), err)
+		return
+	}
+	clear(out[:8])
+	binary.LittleEndian.PutUint32(out, uint32(len(p)))
+	s.reply(unique, 0, out[:8])
+}
+
+// fallocate serves punch-hole and zero-range (the loop device's discard and
+// write-zeroes) by discarding; plain allocation inside the file is a no-op.
+func (s *server) fallocate(unique uint64, in []byte) {
+	if len(in) < 28 {
+		s.reply(unique, unix.EINVAL, nil)
+		return
+	}
+	le := binary.LittleEndian
+	off, n, mode := int64(le.Uint64(in[8:])), int64(le.Uint64(in[16:])), le.Uint32(in[24:])
+	if s.readOnly {
+		s.reply(unique, unix.EROFS, nil)
+		return
+	}
+	if off < 0 || n < 0 || off+n > s.b.Size() {
+		s.reply(unique, unix.EINVAL, nil)
+		return
+	}
+	switch mode &^ fallocKeepSize {
+	case 0:
+	case fallocPunchHole, fallocZeroRange:
+		if err := s.b.Discard(off, n); err != nil {
+			s.fail(unique, "discard", off, n, err)
+			return
+		}
+	default:
+		s.reply(unique, unix.EOPNOTSUPP, nil)
+		return
+	}
+	s.reply(unique, 0, nil)
+}
+
+// fail logs a backend error and answers EIO: the reader gets an error, never bytes
+// the backend did not vouch for.
+func (s *server) fail(unique uint64, op string, off, n int64, err error) {
+	s.log.Error("backend error", "device", s.name, "op", op, "offset", off, "length", n, "err", err)
+	s.reply(unique, unix.EIO, nil)
+}
+
+func (s *server) reply(unique uint64, errno unix.Errno, payload []byte) error {
+	var hdr [outHeaderLen]byte
+	putOutHeader(hdr[:], outHeaderLen+len(payload), int32(errno), unique)
+	var err error
+	if len(payload) == 0 {
+		_, err = unix.Write(s.fd, hdr[:])
+	} else {
+		_, err = unix.Writev(s.fd, [][]byte{hdr[:], payload})
+	}
+	// ENOENT: the request was interrupted and is gone; nothing to do.
+	if err != nil && err != unix.ENOENT && err != unix.ENODEV {
+		s.log.Error("fuse reply failed", "device", s.name, "err", err)
+	}
+	return err
+}
