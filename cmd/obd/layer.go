@@ -347,14 +347,14 @@ func newLayerFsckCmd() *cobra.Command {
 // layer directory may be given as the last one; it is returned as the upper.
 func openLayers(paths []string) (lower []lsmt.Layer, upper *lsmt.Writable, closeAll func(), err error) {
 	var closers []io.Closer
-	closeAll = func() {
+	release := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i].Close()
 		}
 	}
 	defer func() {
 		if err != nil {
-			closeAll()
+			release()
 		}
 	}()
 	for i, p := range paths {
@@ -375,7 +375,7 @@ func openLayers(paths []string) (lower []lsmt.Layer, upper *lsmt.Writable, close
 		lower = append(lower, b)
 		closers = append(closers, b)
 	}
-	return lower, upper, closeAll, nil
+	return lower, upper, release, nil
 }
 
 func newLayerCatCmd() *cobra.Command {
