@@ -25,6 +25,10 @@ func writeOutput(path string, fill func(*os.File) error) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
+	// CreateTemp makes the file 0600; outputs are ordinary files.
+	if err = tmp.Chmod(0o644); err != nil {
+		return err
+	}
 	if err = fill(tmp); err != nil {
 		return err
 	}
