@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,6 +87,10 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (_ *Device, e
 		return nil, err
 	}
 	file := filepath.Join(opts.Dir, opts.Name)
+	if mounted, err := isMountPoint(file); err != nil || mounted {
+		// Touching a FUSE file nobody serves would hang: refuse instead.
+		return nil, fmt.Errorf("fuseloop: %s is already mounted (Resume it or detach it first): %w", file, errors.Join(err, blockdev.ErrBusy))
+	}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("fuseloop: %w", err)
 	}
@@ -195,6 +200,38 @@ func (d *Device) Close() error {
 		err = errors.Join(err, rmErr)
 	}
 	return err
+}
+
+// isMountPoint reports whether path is a mount point, from /proc/self/mountinfo
+// (stat would reach a FUSE server that may not be running).
+func isMountPoint(path string) (bool, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("fuseloop: %w", err)
+	}
+	for line := range strings.Lines(string(data)) {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && unescapeMountPath(fields[4]) == path {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).
+func unescapeMountPath(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // unmount unmounts the FUSE file, waiting briefly for the loop device to let go.

@@ -1,6 +1,7 @@
 package fuseloop
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -171,5 +173,123 @@ func TestExt4RoundTrip(t *testing.T) {
 	if fd, err := openRaw(ro.File(), unix.O_RDWR); err == nil {
 		unix.Close(fd)
 		t.Error("opening the read-only device's file for writing succeeded")
+	}
+}
+
+func TestFioVerify(t *testing.T) {
+	requireFacilities(t, "fio")
+	d := attach(t, blockdevtest.NewMem(128<<20), Options{})
+	out := run(t, "fio", "--name=verify", "--filename="+d.Path(), "--direct=1", "--ioengine=libaio",
+		"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--numjobs=1", "--size=96M",
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=terse")
+	// Terse v3: field 5 is the job's error number.
+	fields := strings.Split(strings.TrimSpace(out), ";")
+	if len(fields) < 5 || fields[4] != "0" {
+		t.Fatalf("fio verify failed:\n%s", out)
+	}
+}
+
+func TestManyDevices(t *testing.T) {
+	requireFacilities(t, "mkfs.ext4")
+	const n = 8
+	devs := make([]*Device, n)
+	for i := range devs {
+		devs[i] = attach(t, blockdevtest.NewMem(64<<20), Options{Name: fmt.Sprintf("d%d", i)})
+	}
+	mnts := make([]string, n)
+	for i := range mnts {
+		mnts[i] = t.TempDir()
+		mnt := mnts[i]
+		t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	}
+	errs := make(chan error, n)
+	sums := make([]map[string][32]byte, n)
+	for i, d := range devs {
+		go func() {
+			errs <- func() error {
+				if out, err := exec.Command("mkfs.ext4", "-q", "-F", d.Path()).CombinedOutput(); err != nil {
+					return fmt.Errorf("mkfs %s: %v\n%s", d.Path(), err, out)
+				}
+				if err := unix.Mount(d.Path(), mnts[i], "ext4", 0, ""); err != nil {
+					return fmt.Errorf("mount %s: %w", d.Path(), err)
+				}
+				sums[i] = map[string][32]byte{}
+				for j := range 10 {
+					data := make([]byte, 300<<10+j)
+					rand.Read(data)
+					name := filepath.Join(mnts[i], fmt.Sprintf("f%d", j))
+					if err := os.WriteFile(name, data, 0o644); err != nil {
+						return err
+					}
+					sums[i][name] = sha256.Sum256(data)
+				}
+				return nil
+			}()
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropCaches(t)
+	for i := range devs {
+		checkTree(t, sums[i])
+	}
+	paths := map[string]bool{}
+	for _, d := range devs {
+		paths[d.Path()] = true
+	}
+	if len(paths) != n {
+		t.Fatalf("devices share loop devices: %v", paths)
+	}
+}
+
+// alignedBuf returns a 4096-aligned buffer for O_DIRECT.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(4096 - uintptr(unsafe.Pointer(&b[0]))%4096)
+	return b[off%4096 : off%4096+n]
+}
+
+func TestBackendErrorIsEIO(t *testing.T) {
+	requireFacilities(t)
+	mem := blockdevtest.NewMem(16 << 20)
+	content := make([]byte, 16<<20)
+	rand.Read(content)
+	mem.WriteAt(content, 0)
+	faulty := &blockdevtest.Faulty{Backend: mem, FailOff: 4 << 20, FailLen: 4096}
+	d := attach(t, faulty, Options{})
+	faulty.Arm()
+	fd, err := unix.Open(d.Path(), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := alignedBuf(64 << 10)
+	if n, err := unix.Pread(fd, buf, 4<<20-32<<10); err != unix.EIO {
+		t.Fatalf("read over the failing range: %d bytes, err %v; want EIO", n, err)
+	}
+	n, err := unix.Pread(fd, buf, 8<<20)
+	if err != nil || n != len(buf) || !bytes.Equal(buf, content[8<<20:8<<20+len(buf)]) {
+		t.Fatalf("healthy read: %d bytes, err %v, data equal %v", n, err, bytes.Equal(buf, content[8<<20:8<<20+len(buf)]))
+	}
+}
+
+func TestDiscardAndZeroout(t *testing.T) {
+	requireFacilities(t, "blkdiscard")
+	mem := blockdevtest.NewMem(16 << 20)
+	content := bytes.Repeat([]byte{0x5a}, 16<<20)
+	mem.WriteAt(content, 0)
+	d := attach(t, mem, Options{})
+	run(t, "blkdiscard", "-o", "1048576", "-l", "1048576", d.Path())
+	run(t, "blkdiscard", "-z", "-o", "4194304", "-l", "524288", d.Path())
+	got := make([]byte, 16<<20)
+	mem.ReadAt(got, 0)
+	want := bytes.Clone(content)
+	clear(want[1<<20 : 2<<20])
+	clear(want[4<<20 : 4<<20+512<<10])
+	if !bytes.Equal(got, want) {
+		t.Fatal("backend after discard/zeroout differs from expectation")
 	}
 }
