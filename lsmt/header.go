@@ -95,11 +95,16 @@ func ParseHeader(b []byte) (Header, error) {
 		IndexOffset: binary.LittleEndian.Uint64(b[32:40]),
 		IndexSize:   binary.LittleEndian.Uint64(b[40:48]),
 		VirtualSize: binary.LittleEndian.Uint64(b[48:56]),
-		UUID:        uuidField(b[56 : 56+uuidFieldLen]),
-		ParentUUID:  uuidField(b[93 : 93+uuidFieldLen]),
 		Version:     b[132],
 		SubVersion:  b[133],
 		Tag:         cString(b[134 : 134+tagFieldLen]),
+	}
+	var err error
+	if h.UUID, err = uuidField(b[56 : 56+uuidFieldLen]); err != nil {
+		return Header{}, fmt.Errorf("%w: uuid: %w", ErrFormat, err)
+	}
+	if h.ParentUUID, err = uuidField(b[93 : 93+uuidFieldLen]); err != nil {
+		return Header{}, fmt.Errorf("%w: parent uuid: %w", ErrFormat, err)
 	}
 	return h, nil
 }
@@ -111,13 +116,17 @@ func cString(b []byte) string {
 	return string(b)
 }
 
-// uuidField reads a UUID field, mapping the all-zero UUID to "".
-func uuidField(b []byte) string {
+// uuidField reads a UUID field, mapping the all-zero UUID (or an empty
+// field) to "".
+func uuidField(b []byte) (string, error) {
 	s := cString(b)
-	if s == nilUUID {
-		return ""
+	if s == "" || s == nilUUID {
+		return "", nil
 	}
-	return s
+	if _, err := normalizeUUID(s); err != nil {
+		return "", err
+	}
+	return s, nil
 }
 
 // normalizeUUID returns the 36-character upper-case text of u ("" = nil UUID).
