@@ -1,0 +1,245 @@
+package convert_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/obdproject/obd/blockdev/fuseloop"
+	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/convert/internal/fixture"
+	"github.com/obdproject/obd/convert/internal/fstree"
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/zfile"
+)
+
+// requireDevices skips unless the machine can run the converter's device path.
+func requireDevices(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to attach loop devices and mount ext4")
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s is missing: the FUSE + loop transport cannot run", p)
+		}
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+	}
+}
+
+// fixtureLayout writes the fixture image as oci:DIR:v1 and returns DIR.
+func fixtureLayout(t *testing.T) string {
+	t.Helper()
+	tmp := t.TempDir()
+	layers, err := fixture.Layers(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tmp, "src")
+	if err := fixture.WriteLayout(dir, "v1", layers); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func newConverter(t *testing.T, work string, algo zfile.Algorithm) *convert.Converter {
+	t.Helper()
+	c, err := convert.New(convert.Options{WorkDir: work, VirtualSize: 256 << 20, Algorithm: algo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// readManifest reads the manifest tagged tag in an OCI layout.
+func readManifest(t *testing.T, dir, tag string) ocispec.Manifest {
+	t.Helper()
+	var idx ocispec.Index
+	readJSON(t, filepath.Join(dir, "index.json"), &idx)
+	for _, m := range idx.Manifests {
+		if m.Annotations[ocispec.AnnotationRefName] == tag {
+			var man ocispec.Manifest
+			readJSON(t, blobPath(dir, m.Digest.Encoded()), &man)
+			return man
+		}
+	}
+	t.Fatalf("%s has no tag %s", dir, tag)
+	return ocispec.Manifest{}
+}
+
+func blobPath(dir, hex string) string { return filepath.Join(dir, "blobs", "sha256", hex) }
+
+func readJSON(t *testing.T, p string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+}
+
+// mountConverted stacks the converted layers of an OCI layout, attaches them
+// read-only and mounts the ext4; it returns the mount point.
+func mountConverted(t *testing.T, dir string, man ocispec.Manifest) string {
+	t.Helper()
+	var layers []lsmt.Layer
+	for _, l := range man.Layers {
+		f, err := os.Open(blobPath(dir, l.Digest.Encoded()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		fl, err := layerblob.Open(f, l.Size, l.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, fl)
+	}
+	stack, err := lsmt.NewStack(layers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	work := t.TempDir()
+	dev, err := fuseloop.Attach(context.Background(), stack, fuseloop.Options{Dir: filepath.Join(work, "fuse"), Name: "check", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	mnt := filepath.Join(work, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dev.Path(), mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		t.Fatalf("mount converted image: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	return mnt
+}
+
+// TestConvertMatchesUmoci converts the fixture image, mounts the result and
+// compares the whole tree with `umoci unpack` of the source image.
+func TestConvertMatchesUmoci(t *testing.T) {
+	requireDevices(t)
+	umoci, err := exec.LookPath("umoci")
+	if err != nil {
+		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
+	}
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	dst := filepath.Join(tmp, "dst")
+	ctx := context.Background()
+	res, err := newConverter(t, filepath.Join(tmp, "work"), zfile.ZSTD).Convert(ctx, "oci:"+src+":v1", "oci:"+dst+":obd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Layers != 3 || res.Reused != 0 {
+		t.Errorf("result %+v, want 3 converted layers", res)
+	}
+	man := readManifest(t, dst, "obd")
+	checkManifest(t, dst, man)
+
+	bundle := filepath.Join(tmp, "bundle")
+	if out, err := exec.Command(umoci, "unpack", "--image", src+":v1", bundle).CombinedOutput(); err != nil {
+		t.Fatalf("umoci unpack: %v\n%s", err, out)
+	}
+	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fstree.Snapshot(mountConverted(t, dst, man), fstree.Options{Skip: []string{"lost+found"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(want, ".")
+	delete(got, ".")
+	for _, d := range fstree.Diff(want, got) {
+		t.Error(d)
+	}
+}
+
+func checkManifest(t *testing.T, dir string, man ocispec.Manifest) {
+	t.Helper()
+	var cfg ocispec.Image
+	readJSON(t, blobPath(dir, man.Config.Digest.Encoded()), &cfg)
+	if len(man.Layers) != 3 || len(cfg.RootFS.DiffIDs) != 3 {
+		t.Fatalf("%d layers, %d diff_ids; want 3", len(man.Layers), len(cfg.RootFS.DiffIDs))
+	}
+	for i, l := range man.Layers {
+		if l.MediaType != ocispec.MediaTypeImageLayer {
+			t.Errorf("layer %d media type %s", i, l.MediaType)
+		}
+		for k, v := range map[string]string{
+			convert.AnnotationBlobDigest: l.Digest.String(),
+			convert.AnnotationFSType:     "ext4",
+			convert.AnnotationVersion:    "0.1.0",
+		} {
+			if l.Annotations[k] != v {
+				t.Errorf("layer %d annotation %s = %q, want %q", i, k, l.Annotations[k], v)
+			}
+		}
+		if cfg.RootFS.DiffIDs[i] != l.Digest {
+			t.Errorf("diff_id %d = %s, want the uncompressed tar digest %s", i, cfg.RootFS.DiffIDs[i], l.Digest)
+		}
+	}
+	if len(cfg.History) != 3 || cfg.History[2].CreatedBy != "fixture layer 3" {
+		t.Errorf("history not kept: %+v", cfg.History)
+	}
+	if strings.Join(cfg.Config.Entrypoint, " ") != "/usr/bin/su" || cfg.Config.Labels["fixture"] != "obd" {
+		t.Errorf("config not kept: %+v", cfg.Config)
+	}
+}
+
+// TestConvertReproducibleAndCached converts the fixture twice in separate work
+// directories (identical digests), again in the first (every layer reused),
+// and then converts the result (a no-op).
+func TestConvertReproducibleAndCached(t *testing.T) {
+	requireDevices(t)
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	ctx := context.Background()
+	c1 := newConverter(t, filepath.Join(tmp, "work1"), zfile.LZ4)
+	r1, err := c1.Convert(ctx, "oci:"+src+":v1", "oci:"+filepath.Join(tmp, "dst1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := newConverter(t, filepath.Join(tmp, "work2"), zfile.LZ4).Convert(ctx, "oci:"+src+":v1", "oci:"+filepath.Join(tmp, "dst2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Descriptor.Digest != r2.Descriptor.Digest {
+		m1 := readManifest(t, filepath.Join(tmp, "dst1"), "latest")
+		m2 := readManifest(t, filepath.Join(tmp, "dst2"), "latest")
+		for i := range m1.Layers {
+			t.Logf("layer %d: %s vs %s", i+1, m1.Layers[i].Digest, m2.Layers[i].Digest)
+		}
+		t.Errorf("two conversions differ: %s vs %s", r1.Descriptor.Digest, r2.Descriptor.Digest)
+	}
+	r3, err := c1.Convert(ctx, "oci:"+src+":v1", "oci:"+filepath.Join(tmp, "dst3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3.Reused != 3 || r3.Layers != 0 || r3.Descriptor.Digest != r1.Descriptor.Digest {
+		t.Errorf("cached conversion %+v, want 3 reused layers and digest %s", r3, r1.Descriptor.Digest)
+	}
+	_, err = c1.Convert(ctx, "oci:"+filepath.Join(tmp, "dst1"), "oci:"+filepath.Join(tmp, "dst4"))
+	if !errors.Is(err, convert.ErrAlreadyConverted) {
+		t.Errorf("converting a converted image: %v, want ErrAlreadyConverted", err)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "dst4")); !os.IsNotExist(err) {
+		t.Errorf("no-op conversion created its destination: %v", err)
+	}
+}

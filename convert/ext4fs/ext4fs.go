@@ -1,0 +1,223 @@
+// Package ext4fs makes the converter's ext4 filesystem reproducible: it formats
+// the first layer with fixed parameters (FORMAT.md, "The filesystem inside")
+// and, after each layer is applied and unmounted, rewrites the fields the
+// kernel fills from the clock or the random pool (inode change/creation/deletion
+// times, inode generations and change counters, superblock mount and write
+// times) to fixed values.
+//
+// It sits in the converter (DESIGN.md, "Converter") between the block device
+// exposing the writable LSMT stack and the commit: Format runs on the device,
+// Normalize on the stack itself (an io.ReaderAt + io.WriterAt) once the
+// filesystem is unmounted.
+package ext4fs
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+)
+
+// FixedTime is the Unix time written wherever the kernel would write "now"
+// (2000-01-01T00:00:00Z). Times from the tar below it are kept.
+const FixedTime = 946684800
+
+// ErrNotExt4 is returned when the device does not hold the ext4 Format made.
+var ErrNotExt4 = errors.New("ext4fs: not an ext4 filesystem made by obd")
+
+// MountOptions are the ext4 mount data the converter uses (with MS_NOATIME):
+// allocation at write time (not in background writeback), no lazy inode table
+// zeroing thread, no discards.
+const MountOptions = "nodelalloc,noinit_itable,nodiscard"
+
+// Format makes the filesystem on dev: 4 KiB blocks, 256-byte inodes, one inode
+// per 16 KiB, features 64bit, flex_bg, extents, sparse_super2, resize_inode,
+// dir_index and no journal, with uuid as the filesystem UUID and hash seed and
+// FixedTime as every mkfs time. mke2fs's config file is not read, so the result
+// does not depend on the machine.
+func Format(ctx context.Context, dev, uuid string) error {
+	args := []string{
+		"-q", "-F", "-t", "ext4",
+		"-b", "4096", "-I", "256", "-i", "16384", "-m", "0",
+		"-O", "64bit,flex_bg,extent,sparse_super2,resize_inode,dir_index,filetype,sparse_super,large_file,huge_file,dir_nlink,extra_isize,^has_journal,^metadata_csum",
+		"-U", uuid,
+		"-E", "hash_seed=" + uuid + ",lazy_itable_init=1,nodiscard,root_owner=0:0",
+		dev,
+	}
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", args...)
+	cmd.Env = append(os.Environ(),
+		"MKE2FS_CONFIG=/dev/null",
+		"E2FSPROGS_FAKE_TIME="+strconv.Itoa(FixedTime),
+		"MKE2FS_DEVICE_SECTSIZE=512")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ext4fs: mkfs.ext4 %s: %w: %s", dev, err, out)
+	}
+	return nil
+}
+
+// Superblock and group descriptor offsets (Linux fs/ext4/ext4.h).
+const (
+	sbOffset          = 1024
+	sbMagic           = 0xEF53
+	incompat64bit     = 0x80
+	bgInodeUninit     = 0x1
+	inodeExtraFields  = 0x80 // start of the large-inode fields
+	sbKbytesWritten   = 0x178
+	sbLastMounted     = 0x88
+	sbLastMountedSize = 64
+)
+
+// rw is what Normalize edits: the writable stack, before commit.
+type rw interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// Normalize rewrites nondeterministic fields of the unmounted filesystem on
+// dev. Inode timestamps at or after since (the Unix time the layer's mount
+// began) become FixedTime, generations become 0; only blocks whose bytes change
+// are written, so inodes the layer did not touch stay in the lower layers.
+func Normalize(dev rw, since int64) error {
+	sb := make([]byte, 1024)
+	if _, err := dev.ReadAt(sb, sbOffset); err != nil {
+		return fmt.Errorf("ext4fs: read superblock: %w", err)
+	}
+	le := binary.LittleEndian
+	if le.Uint16(sb[0x38:]) != sbMagic {
+		return ErrNotExt4
+	}
+	blockSize := int64(1024) << le.Uint32(sb[0x18:])
+	blocks := int64(le.Uint32(sb[0x4:])) | int64(le.Uint32(sb[0x150:]))<<32
+	firstData := int64(le.Uint32(sb[0x14:]))
+	blocksPerGroup := int64(le.Uint32(sb[0x20:]))
+	inodesPerGroup := int64(le.Uint32(sb[0x28:]))
+	inodeSize := int64(le.Uint16(sb[0x58:]))
+	descSize := int64(32)
+	if le.Uint32(sb[0x60:])&incompat64bit != 0 {
+		descSize = int64(le.Uint16(sb[0xFE:]))
+	}
+	if blockSize != 4096 || blocksPerGroup == 0 || inodesPerGroup == 0 || inodeSize < 256 || descSize < 32 {
+		return fmt.Errorf("%w: block size %d, inode size %d", ErrNotExt4, blockSize, inodeSize)
+	}
+	groups := (blocks - firstData + blocksPerGroup - 1) / blocksPerGroup
+
+	// Superblock: mount/write times, bytes written, last mount point.
+	orig := append([]byte(nil), sb...)
+	fixTime32(sb[0x2C:], since) // s_mtime
+	fixTime32(sb[0x30:], since) // s_wtime
+	le.PutUint64(sb[sbKbytesWritten:], 0)
+	clear(sb[sbLastMounted : sbLastMounted+sbLastMountedSize])
+	if string(sb) != string(orig) {
+		if _, err := dev.WriteAt(sb, sbOffset); err != nil {
+			return fmt.Errorf("ext4fs: write superblock: %w", err)
+		}
+	}
+
+	gdt := make([]byte, groups*descSize)
+	if _, err := dev.ReadAt(gdt, (firstData+1)*blockSize); err != nil {
+		return fmt.Errorf("ext4fs: read group descriptors: %w", err)
+	}
+	for g := int64(0); g < groups; g++ {
+		d := gdt[g*descSize : (g+1)*descSize]
+		if le.Uint16(d[0x12:])&bgInodeUninit != 0 {
+			continue
+		}
+		table := int64(le.Uint32(d[0x8:]))
+		unused := int64(le.Uint16(d[0x1C:]))
+		if descSize >= 64 {
+			table |= int64(le.Uint32(d[0x28:])) << 32
+			unused |= int64(le.Uint16(d[0x32:])) << 16
+		}
+		used := inodesPerGroup - unused
+		if used <= 0 {
+			continue
+		}
+		if err := normalizeInodes(dev, table*blockSize, used, inodeSize, blockSize, since); err != nil {
+			return fmt.Errorf("ext4fs: group %d: %w", g, err)
+		}
+	}
+	return nil
+}
+
+// normalizeInodes rewrites the first n inodes of the table at off, a block at
+// a time, writing back only blocks that changed.
+func normalizeInodes(dev rw, off, n, inodeSize, blockSize, since int64) error {
+	buf := make([]byte, blockSize)
+	perBlock := blockSize / inodeSize
+	for b := int64(0); b*perBlock < n; b++ {
+		at := off + b*blockSize
+		if _, err := dev.ReadAt(buf, at); err != nil {
+			return fmt.Errorf("read inode table at %d: %w", at, err)
+		}
+		changed := false
+		for i := int64(0); i < perBlock && b*perBlock+i < n; i++ {
+			if normalizeInode(buf[i*inodeSize:(i+1)*inodeSize], since) {
+				changed = true
+			}
+		}
+		if changed {
+			if _, err := dev.WriteAt(buf, at); err != nil {
+				return fmt.Errorf("write inode table at %d: %w", at, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Inode fields (fs/ext4/ext4.h struct ext4_inode): a 32-bit seconds field and,
+// in the large-inode area, its "extra" word (2 epoch bits, 30 nanosecond bits).
+var inodeTimes = []struct{ sec, extra int }{
+	{0x08, 0x8C}, // atime
+	{0x0C, 0x84}, // ctime
+	{0x10, 0x88}, // mtime
+	{0x90, 0x94}, // crtime (lives in the extra area itself)
+}
+
+const (
+	inodeDtime      = 0x14
+	inodeVersionLo  = 0x24 // osd1: the change counter, bumped as often as the clock ticks
+	inodeGeneration = 0x64
+	inodeExtraIsize = 0x80
+	inodeVersionHi  = 0x98
+)
+
+// normalizeInode fixes one inode in place and reports whether it changed.
+func normalizeInode(ino []byte, since int64) bool {
+	le := binary.LittleEndian
+	extra := inodeExtraFields + int(le.Uint16(ino[inodeExtraIsize:]))
+	orig := string(ino)
+	for _, f := range inodeTimes {
+		if f.sec >= inodeExtraFields && f.extra+4 > extra {
+			continue // crtime absent from this inode
+		}
+		sec := int64(int32(le.Uint32(ino[f.sec:])))
+		hasExtra := f.extra+4 <= extra
+		if hasExtra {
+			sec += int64(le.Uint32(ino[f.extra:])&3) << 32
+		}
+		if sec >= since {
+			le.PutUint32(ino[f.sec:], FixedTime)
+			if hasExtra {
+				le.PutUint32(ino[f.extra:], 0)
+			}
+		}
+	}
+	fixTime32(ino[inodeDtime:], since)
+	le.PutUint32(ino[inodeGeneration:], 0)
+	le.PutUint32(ino[inodeVersionLo:], 0)
+	if inodeVersionHi+4 <= extra {
+		le.PutUint32(ino[inodeVersionHi:], 0)
+	}
+	return string(ino) != orig
+}
+
+// fixTime32 replaces a 32-bit Unix time at b when it is at or after since.
+func fixTime32(b []byte, since int64) {
+	if t := int64(binary.LittleEndian.Uint32(b)); t >= since {
+		binary.LittleEndian.PutUint32(b, FixedTime)
+	}
+}

@@ -1,0 +1,181 @@
+package convert
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/obdproject/obd/blockdev/fuseloop"
+	"github.com/obdproject/obd/convert/ext4fs"
+	"github.com/obdproject/obd/convert/tarapply"
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/zfile"
+)
+
+// layerBuild is one layer's conversion: the already converted lower blobs
+// (lowest first) and the identity of the new layer.
+type layerBuild struct {
+	lowers     []string // converted blob files, lowest first
+	uuid       string   // the new layer's UUID, derived from its chain ID
+	parentUUID string   // the layer below's UUID ("" for the first)
+	name       string   // for errors and logs: the source layer digest
+}
+
+// buildLayer stacks the lowers, adds a writable upper, exposes it as a block
+// device, mounts its ext4 (formatting it for the first layer), applies the
+// tar, unmounts, normalizes the filesystem and writes the committed upper as a
+// tar-wrapped ZFile to out.
+func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.Reader, out io.Writer) (st tarapply.Stats, err error) {
+	dir, err := os.MkdirTemp(c.workDir, "layer-")
+	if err != nil {
+		return st, err
+	}
+	defer os.RemoveAll(dir)
+
+	var lowers []lsmt.Layer
+	vsize := c.opts.VirtualSize
+	for _, p := range b.lowers {
+		f, err := os.Open(p)
+		if err != nil {
+			return st, err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return st, err
+		}
+		l, err := layerblob.Open(f, fi.Size(), p)
+		if err != nil {
+			return st, err
+		}
+		lowers = append(lowers, l)
+		vsize = l.VirtualSize()
+	}
+	upper, err := lsmt.Create(filepath.Join(dir, "upper"), lsmt.CreateOptions{VirtualSize: vsize, UUID: b.uuid, ParentUUID: b.parentUUID})
+	if err != nil {
+		return st, err
+	}
+	stack, err := lsmt.NewStack(lowers, upper)
+	if err != nil {
+		upper.Close()
+		return st, err
+	}
+	defer stack.Close()
+
+	since := time.Now().Unix() - 1
+	st, err = c.applyOnDevice(ctx, stack, dir, b, tarStream)
+	if err != nil {
+		return st, err
+	}
+	if err := ext4fs.Normalize(stack, since); err != nil {
+		return st, err
+	}
+	if err := stack.Sync(); err != nil {
+		return st, err
+	}
+	zopts := zfile.Options{Algorithm: c.opts.Algorithm, BlockSize: c.opts.BlockSize}
+	err = layerblob.Write(out, layerblob.WriteOptions{ZFile: &zopts, Tar: true, TempDir: dir}, func(w io.Writer) error {
+		_, err := upper.Commit(w, lsmt.CommitOptions{UUID: b.uuid, ParentUUID: b.parentUUID})
+		return err
+	})
+	if err != nil {
+		return st, fmt.Errorf("commit: %w", err)
+	}
+	return st, nil
+}
+
+// applyOnDevice attaches stack as a block device, mounts it and applies the
+// tar. The device is detached before it returns.
+func (c *Converter) applyOnDevice(ctx context.Context, stack *lsmt.Stack, dir string, b layerBuild, tarStream io.Reader) (st tarapply.Stats, err error) {
+	dev, err := fuseloop.Attach(ctx, stack, fuseloop.Options{Dir: filepath.Join(dir, "fuse"), Name: "disk", Logger: c.log})
+	if err != nil {
+		return st, err
+	}
+	defer func() {
+		if cerr := dev.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("detach %s: %w", dev.Path(), cerr)
+		}
+	}()
+	if len(b.lowers) == 0 {
+		if err := ext4fs.Format(ctx, dev.Path(), b.uuid); err != nil {
+			return st, err
+		}
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		return st, err
+	}
+	if err := unix.Mount(dev.Path(), mnt, "ext4", unix.MS_NOATIME, ext4fs.MountOptions); err != nil {
+		return st, fmt.Errorf("mount %s: %w", dev.Path(), err)
+	}
+	tuneAllocator(c.log, dev.Path())
+	st, err = onOneCPU(func() (tarapply.Stats, error) {
+		return tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size()})
+	})
+	if uerr := unmount(mnt); uerr != nil && err == nil {
+		err = uerr
+	}
+	return st, err
+}
+
+// tuneAllocator turns off ext4's per-CPU locality-group preallocation for
+// small files, whose block placement depends on which CPU ran the write.
+func tuneAllocator(log *slog.Logger, dev string) {
+	p := filepath.Join("/sys/fs/ext4", filepath.Base(dev), "mb_stream_req")
+	if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+		log.Warn("ext4 allocator tuning unavailable; layer digests may vary", "path", p, "err", err)
+	}
+}
+
+// onOneCPU runs fn on an OS thread pinned to one CPU. ext4 places new inodes
+// by reading its free-inode counters, which are per-CPU and only approximately
+// summed: changed from one CPU in a fixed order, they read the same every run.
+// The pinned thread is discarded afterwards.
+func onOneCPU(fn func() (tarapply.Stats, error)) (tarapply.Stats, error) {
+	type result struct {
+		st  tarapply.Stats
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &set); err == nil {
+			for cpu := 0; cpu < 1024; cpu++ {
+				if set.IsSet(cpu) {
+					set.Zero()
+					set.Set(cpu)
+					break
+				}
+			}
+			_ = unix.SchedSetaffinity(0, &set) // best effort: digests may then vary
+		}
+		st, err := fn()
+		ch <- result{st, err}
+	}()
+	r := <-ch
+	return r.st, r.err
+}
+
+func unmount(mnt string) error {
+	var err error
+	for range 50 {
+		if err = unix.Unmount(mnt, 0); err == nil || !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", mnt, err)
+	}
+	return nil
+}
