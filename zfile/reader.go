@@ -247,8 +247,8 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 		starts[k+1] = starts[k] + int(zr.lengths[first+k])
 	}
 	base := zr.blockStart(first)
-	bufp := getBuffer(starts[n])
-	defer putBuffer(bufp)
+	bufp := fetchBuffers.get(starts[n])
+	defer fetchBuffers.put(bufp)
 	buf := *bufp
 	if err := readFull(zr.r, buf, base); err != nil {
 		return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w", prefix(zr.name), first, last, len(buf), base, err)
@@ -297,8 +297,8 @@ func (zr *Reader) decodeInto(p []byte, off int64, i int, src []byte, fileOff int
 	if lo == rawStart && hi == rawStart+rawLen {
 		return zr.decodeBlock(p[lo-off:hi-off], i, src, fileOff)
 	}
-	scratchp := getBuffer(int(rawLen))
-	defer putBuffer(scratchp)
+	scratchp := blockBuffers.get(int(rawLen))
+	defer blockBuffers.put(scratchp)
 	if err := zr.decodeBlock(*scratchp, i, src, fileOff); err != nil {
 		return err
 	}
@@ -327,8 +327,8 @@ func (zr *Reader) decodeBlock(dst []byte, i int, src []byte, fileOff int64) erro
 // ctx is done.
 func (zr *Reader) Verify(ctx context.Context) error {
 	chunk := max(zr.blockSize, 4<<20/zr.blockSize*zr.blockSize)
-	bufp := getBuffer(int(min(chunk, zr.info.OriginalSize)))
-	defer putBuffer(bufp)
+	bufp := fetchBuffers.get(int(min(chunk, zr.info.OriginalSize)))
+	defer fetchBuffers.put(bufp)
 	for off := int64(0); off < zr.info.OriginalSize; off += chunk {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%s: verify stopped at offset %d: %w", prefix(zr.name), off, err)
@@ -341,19 +341,25 @@ func (zr *Reader) Verify(ctx context.Context) error {
 	return nil
 }
 
-// buffers pools the byte slices that stage compressed ranges and partial blocks.
-var buffers sync.Pool
+// bufferPool pools byte slices of similar sizes; a pooled slice too small for a request is
+// dropped for a new one.
+type bufferPool struct{ p sync.Pool }
 
-func getBuffer(n int) *[]byte {
-	if bp, ok := buffers.Get().(*[]byte); ok && cap(*bp) >= n {
-		*bp = (*bp)[:n]
-		return bp
+var (
+	fetchBuffers bufferPool // compressed ranges of reads
+	blockBuffers bufferPool // single blocks that a read covers only in part
+)
+
+func (bp *bufferPool) get(n int) *[]byte {
+	if b, ok := bp.p.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
 	}
 	b := make([]byte, n)
 	return &b
 }
 
-func putBuffer(bp *[]byte) { buffers.Put(bp) }
+func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
 
 // readFull fills p from r at off; a short read is io.ErrUnexpectedEOF.
 func readFull(r io.ReaderAt, p []byte, off int64) error {
