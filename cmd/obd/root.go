@@ -13,6 +13,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newZFileCmd(), newLayerCmd())
+	root.AddCommand(newConvertCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
 	return root
 }

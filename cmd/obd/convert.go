@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/zfile"
+)
+
+func newConvertCmd() *cobra.Command {
+	var (
+		algorithm, vsize, workDir string
+		blockSize                 int
+		platforms                 []string
+		reg                       convert.RegistryOptions
+	)
+	cmd := &cobra.Command{
+		Use:   "convert [flags] SRC DST",
+		Short: "Convert an OCI image into an overlaybd image",
+		Long: "convert reads the image SRC, turns every layer into an overlaybd layer (ext4 in a\n" +
+			"ZFile-compressed LSMT layer) and pushes the result to DST. SRC and DST are registry\n" +
+			"references or OCI image layouts written oci:DIR[:TAG]. Converted layers are cached in\n" +
+			"--work-dir by chain ID, so converting an image that shares base layers is quick.\n" +
+			"Needs root: each layer is applied to an ext4 mounted from a loop device.",
+		Example: "  obd convert registry.local:5000/app:v1 registry.local:5000/app:v1-obd\n" +
+			"  obd convert --algorithm zstd --platform linux/amd64 oci:./img:v1 oci:./out:v1",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			algo, err := zfile.ParseAlgorithm(algorithm)
+			if err != nil {
+				return fmt.Errorf("--algorithm: %w", err)
+			}
+			size, err := parseSize(vsize)
+			if err != nil {
+				return fmt.Errorf("--vsize: %w", err)
+			}
+			c, err := convert.New(convert.Options{
+				Algorithm: algo, BlockSize: blockSize, VirtualSize: size,
+				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
+			})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			res, err := c.Convert(ctx, args[0], args[1])
+			if errors.Is(err, convert.ErrAlreadyConverted) {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s is already an overlaybd image: nothing to do\n", args[0])
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d layers converted, %d reused)\n",
+				args[1], res.Descriptor.Digest, res.Layers, res.Reused)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&algorithm, "algorithm", "lz4", "ZFile compression: lz4 or zstd")
+	f.IntVar(&blockSize, "block-size", zfile.DefaultBlockSize, "ZFile block size in bytes (4096 to 65536)")
+	f.StringVar(&vsize, "vsize", "64G", "virtual size of the image's ext4 filesystem")
+	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
+	f.StringVar(&workDir, "work-dir", filepath.Join(os.TempDir(), "obd-convert"), "scratch space and converted-layer cache")
+	f.StringVar(&reg.HostsDir, "hosts-dir", "", "registry host configuration (containerd certs.d layout with hosts.toml)")
+	f.StringVar(&reg.DockerConfig, "docker-config", "", "docker config.json with registry credentials (default $DOCKER_CONFIG or ~/.docker)")
+	f.BoolVar(&reg.PlainHTTP, "plain-http", false, "talk plain HTTP to every registry (localhost registries always may)")
+	return cmd
+}
