@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/obdproject/obd/zfile"
 )
 
 const refDir = "../testdata/reference/zfile"
@@ -51,6 +53,14 @@ func TestOpenReference(t *testing.T) {
 	}
 	if got := sectionBytes(t, sec); !bytes.Equal(got, want) {
 		t.Fatalf("payload (%d bytes) differs from the plain ZFile (%d bytes)", len(got), len(want))
+	}
+	zr, err := zfile.Open(sec, sec.Size(), zfile.WithName("input-300007.lz4.bs4k.tar.zfile"))
+	if err != nil {
+		t.Fatalf("zfile.Open on the member: %v", err)
+	}
+	got := make([]byte, zr.Size())
+	if _, err := zr.ReadAt(got, 0); err != nil || !bytes.Equal(got, readRef(t, "input-300007.bin")) {
+		t.Fatalf("member's ZFile content differs from input-300007.bin (err %v)", err)
 	}
 }
 

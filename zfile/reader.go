@@ -271,9 +271,10 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 	}
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
-	for w := range workers {
+	for w := 1; w < workers; w++ {
 		wg.Go(func() { errs[w] = decode(w*n/workers, (w+1)*n/workers) })
 	}
+	errs[0] = decode(0, n/workers) // the calling goroutine takes the first share
 	wg.Wait()
 	return firstError(errs)
 }
