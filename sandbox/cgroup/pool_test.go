@@ -1,0 +1,189 @@
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const sysCgroup = "/sys/fs/cgroup"
+
+func newTestPool(t *testing.T, size int) *Pool {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("cgroup pools need root")
+	}
+	if _, err := Detect(sysCgroup); err != nil {
+		t.Skipf("no usable cgroup hierarchy: %v", err)
+	}
+	p, err := NewPool(sysCgroup, fmt.Sprintf("obd-cgtest-%d-%s", os.Getpid(), t.Name()), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		for _, d := range p.parents {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s left behind after Close", d)
+			}
+		}
+	})
+	return p
+}
+
+func readTrim(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func startSleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func TestPoolLimitsAndReuse(t *testing.T) {
+	p := newTestPool(t, 2)
+	if p.Free() != 2 {
+		t.Fatalf("free = %d, want 2", p.Free())
+	}
+	g, err := p.Get(Limits{MemoryBytes: 64 << 20, CPUs: 0.5, Pids: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Free() != 1 {
+		t.Fatalf("free after Get = %d, want 1", p.Free())
+	}
+	if p.Version() == V1 {
+		if got := readTrim(t, filepath.Join(g.dir("memory"), "memory.limit_in_bytes")); got != "67108864" {
+			t.Errorf("memory limit %s", got)
+		}
+		if got := readTrim(t, filepath.Join(g.dir("cpu"), "cpu.cfs_quota_us")); got != "50000" {
+			t.Errorf("cpu quota %s", got)
+		}
+	} else {
+		if got := readTrim(t, filepath.Join(g.dir("memory"), "memory.max")); got != "67108864" {
+			t.Errorf("memory.max %s", got)
+		}
+		if got := readTrim(t, filepath.Join(g.dir("cpu"), "cpu.max")); got != "50000 100000" {
+			t.Errorf("cpu.max %s", got)
+		}
+	}
+	if got := readTrim(t, filepath.Join(g.dir("pids"), "pids.max")); got != "16" {
+		t.Errorf("pids.max %s", got)
+	}
+	if err := p.Put(g); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTrim(t, filepath.Join(g.dir("pids"), "pids.max")); got != "max" {
+		t.Errorf("pids.max after Put %s, want reset to max", got)
+	}
+	g2, err := p.Get(Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2 != g {
+		t.Errorf("Get after Put did not reuse the returned group")
+	}
+	p.Put(g2)
+}
+
+func TestPutKillsFrozenProcesses(t *testing.T) {
+	p := newTestPool(t, 1)
+	g, err := p.Get(Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startSleeper(t)
+	if err := g.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	pids, err := g.Pids()
+	if err != nil || len(pids) != 1 || pids[0] != cmd.Process.Pid {
+		t.Fatalf("Pids = %v, %v; want [%d]", pids, err, cmd.Process.Pid)
+	}
+	if err := g.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Version() == V1 {
+		deadline := time.Now().Add(2 * time.Second)
+		for readTrim(t, filepath.Join(g.dir("freezer"), "freezer.state")) != "FROZEN" {
+			if time.Now().After(deadline) {
+				t.Fatal("group never reached FROZEN")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	if err := p.Put(g); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("sleeper exited cleanly; want killed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sleeper still running after Put")
+	}
+	if pids, _ := g.Pids(); len(pids) != 0 {
+		t.Fatalf("group returned to pool with processes %v", pids)
+	}
+}
+
+func TestCloseKillsOutstandingGroups(t *testing.T) {
+	p := newTestPool(t, 0)
+	g, err := p.Get(Limits{Pids: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startSleeper(t)
+	if err := g.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("process in an outstanding group survived Close")
+	}
+	if _, err := p.Get(Limits{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Get after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestLeftoverPoolIsReplaced(t *testing.T) {
+	p := newTestPool(t, 1)
+	name := filepath.Base(p.parents[0])
+	// A pool that is never closed stands for a killed server: its directories stay, and a new
+	// pool of that name must start clean instead of failing with EEXIST.
+	if _, err := NewPool(sysCgroup, name+"-x", 1); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewPool(sysCgroup, name+"-x", 3)
+	if err != nil {
+		t.Fatalf("new pool over leftover: %v", err)
+	}
+	if again.Free() != 3 {
+		t.Fatalf("free = %d", again.Free())
+	}
+	if err := again.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
