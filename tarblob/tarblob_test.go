@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,11 +81,12 @@ func writeTar(t *testing.T, payload []byte) []byte {
 	return buf.Bytes()
 }
 
+// randomBytes returns n bytes that differ per seed and do not repeat with period 512, so
+// a payload at a wrong offset cannot match.
 func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 1))
 	b := make([]byte, n)
 	for i := range b {
-		b[i] = byte(r.Uint32())
+		b[i] = byte(uint64(i)*(2*seed+1) + uint64(i)>>9 + seed)
 	}
 	return b
 }
