@@ -115,6 +115,8 @@ func writeTree(t *testing.T, dir string, n int) map[string][32]byte {
 	return sums
 }
 
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
 func checkTree(t *testing.T, sums map[string][32]byte) {
 	t.Helper()
 	for name, want := range sums {
@@ -122,7 +124,7 @@ func checkTree(t *testing.T, sums map[string][32]byte) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sha256.Sum256(data) != want {
+		if sha256Sum(data) != want {
 			t.Fatalf("%s: checksum differs", name)
 		}
 	}

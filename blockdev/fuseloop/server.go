@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +17,9 @@ import (
 // each read a request from the FUSE device and answer it inline, so up to `readers`
 // requests are served at once.
 type server struct {
+	// fuse is the FUSE device; holding the *os.File (not just fd) keeps its finalizer
+	// from closing the descriptor while the readers use it.
+	fuse     *os.File
 	fd       int
 	b        blockdev.Backend
 	readOnly bool
