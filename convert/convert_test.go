@@ -108,6 +108,13 @@ func mountConverted(t *testing.T, dir string, man ocispec.Manifest) string {
 		}
 		layers = append(layers, fl)
 	}
+	return mountLayers(t, layers)
+}
+
+// mountLayers stacks layers, attaches them read-only and mounts the ext4
+// inside; it returns the mount point.
+func mountLayers(t *testing.T, layers []lsmt.Layer) string {
+	t.Helper()
 	stack, err := lsmt.NewStack(layers, nil)
 	if err != nil {
 		t.Fatal(err)

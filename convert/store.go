@@ -63,14 +63,16 @@ func openStore(ctx context.Context, loc Location, opts RegistryOptions) (store, 
 	if opts.PlainHTTP {
 		hostOpts.DefaultScheme = "http"
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, hostOpts)})
-	return &registryStore{ref: loc.Ref, resolver: resolver}, nil
+	hosts := config.ConfigureHosts(ctx, hostOpts)
+	newResolver := func() remotes.Resolver { return docker.NewResolver(docker.ResolverOptions{Hosts: hosts}) }
+	return &registryStore{ref: loc.Ref, resolver: newResolver(), newResolver: newResolver}, nil
 }
 
 type registryStore struct {
-	ref      string
-	resolver remotes.Resolver
-	name     string // resolved name, set by resolve
+	ref         string
+	resolver    remotes.Resolver
+	newResolver func() remotes.Resolver
+	name        string // resolved name, set by resolve
 }
 
 func (s *registryStore) resolve(ctx context.Context) (ocispec.Descriptor, error) {
@@ -118,7 +120,11 @@ func (s *registryStore) push(ctx context.Context, desc ocispec.Descriptor, r io.
 }
 
 func (s *registryStore) pushTo(ctx context.Context, ref string, desc ocispec.Descriptor, r io.Reader) error {
-	p, err := s.resolver.Pusher(ctx, ref)
+	return pushWith(ctx, s.resolver, ref, desc, r)
+}
+
+func pushWith(ctx context.Context, resolver remotes.Resolver, ref string, desc ocispec.Descriptor, r io.Reader) error {
+	p, err := resolver.Pusher(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("push to %s: %w", ref, err)
 	}
@@ -137,8 +143,9 @@ func (s *registryStore) pushTo(ctx context.Context, ref string, desc ocispec.Des
 }
 
 func (s *registryStore) tag(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
-	// Pushing the manifest under the tag reference moves the tag.
-	return s.pushTo(ctx, s.ref, desc, bytes.NewReader(body))
+	// Pushing the manifest under the tag reference moves the tag. A fresh
+	// resolver: the first one's push tracker already counts desc as pushed.
+	return pushWith(ctx, s.newResolver(), s.ref, desc, bytes.NewReader(body))
 }
 
 // layoutStore is an OCI image layout directory (image-spec image-layout.md).
