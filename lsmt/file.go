@@ -141,11 +141,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 
 // ReadData reads the layer file's bytes at physical offset moffset.
 func (f *File) ReadData(p []byte, moffset int64) (int, error) {
-	n, err := readFull(f.r, p, moffset)
-	if err != nil {
-		return n, fmt.Errorf("lsmt: %s: read data at %d: %w", f.name, moffset, err)
-	}
-	return n, nil
+	return readData(f.r, f.name, p, moffset)
 }
 
 // VirtualSize returns the virtual disk size in bytes.

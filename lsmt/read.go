@@ -82,6 +82,16 @@ func clampRead(p []byte, off, vsize int64) ([]byte, error) {
 	return p, nil
 }
 
+// readData implements Layer.ReadData for a layer whose file is r, naming the
+// layer in errors.
+func readData(r io.ReaderAt, name string, p []byte, moffset int64) (int, error) {
+	n, err := readFull(r, p, moffset)
+	if err != nil {
+		return n, fmt.Errorf("lsmt: %s: read data at %d: %w", name, moffset, err)
+	}
+	return n, nil
+}
+
 // readFull reads len(p) bytes at off from r, turning a short read into an error.
 func readFull(r io.ReaderAt, p []byte, off int64) (int, error) {
 	n, err := r.ReadAt(p, off)

@@ -55,16 +55,7 @@ func TestSparseScenarioA(t *testing.T) {
 // TestSparseHoleFallsThrough documents the sparse mode's discard: a punched
 // hole is a hole, so in a stack the lower layer shows through (as upstream).
 func TestSparseHoleFallsThrough(t *testing.T) {
-	lower := buildLayers(t, 1) // sector 0 and 1 hold byte 1
-	w, err := Create(t.TempDir(), CreateOptions{VirtualSize: 1 << 20, Sparse: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewStack(lower, w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, w := stackWithNewUpper(t, buildLayers(t, 1), true) // lower: sectors 0 and 1 hold byte 1
 	if _, err := s.WriteAt(bytes.Repeat([]byte{9}, 4096), 0); err != nil {
 		t.Fatal(err)
 	}

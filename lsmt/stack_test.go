@@ -318,6 +318,22 @@ func TestStackLayerLimit(t *testing.T) {
 	}
 }
 
+// stackWithNewUpper stacks a new 1 MiB writable layer on lower; the stack
+// is closed at test end.
+func stackWithNewUpper(t *testing.T, lower []Layer, sparse bool) (*Stack, *Writable) {
+	t.Helper()
+	w, err := Create(t.TempDir(), CreateOptions{VirtualSize: 1 << 20, Sparse: sparse})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStack(lower, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, w
+}
+
 // layerOf lets a Stack stand where the test loops over Layers; only ReadAt is used.
 type layerOf struct{ *Stack }
 
@@ -326,16 +342,7 @@ func (layerOf) ReadData([]byte, int64) (int, error) { return 0, errors.New("unus
 // TestStackConcurrent runs readers against writers and discards on one stack
 // (run with -race); afterwards every block holds one writer's full pattern.
 func TestStackConcurrent(t *testing.T) {
-	lower := buildLayers(t, 3)
-	w, err := Create(t.TempDir(), CreateOptions{VirtualSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewStack(lower, w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, _ := stackWithNewUpper(t, buildLayers(t, 3), false)
 	const block = 4096
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)

@@ -360,11 +360,7 @@ func (w *Writable) readSegment(p []byte, moffset int64, _ Segment) error {
 
 // ReadData reads the data file at physical byte offset moffset.
 func (w *Writable) ReadData(p []byte, moffset int64) (int, error) {
-	n, err := readFull(w.data, p, moffset)
-	if err != nil {
-		return n, fmt.Errorf("lsmt: writable %s: read data at %d: %w", w.dir, moffset, err)
-	}
-	return n, nil
+	return readData(w.data, w.dir, p, moffset)
 }
 
 // VirtualSize returns the virtual disk size in bytes.
