@@ -1,0 +1,205 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// A lazy chain's read-only device is attached for its top lazy layer and mounted in that
+// layer's directory (block/mnt); a dev-mode container's device is attached for the container's
+// snapshot and mounted in its own directory. Whether a device is needed is always recomputed
+// from the metadata, so nothing about devices has to be persisted besides the mounts themselves.
+
+// chain is what an active or view snapshot sits on.
+type chain struct {
+	parentIDs []string      // committed parents, highest first
+	lazyTop   int           // index in parentIDs of the highest lazy layer; -1 when none
+	layers    []RemoteLayer // the lazy layers, lowest first
+}
+
+// chainOf reads the lazy layer records of a snapshot's parents.
+func (o *Snapshotter) chainOf(parentIDs []string) (chain, error) {
+	c := chain{parentIDs: parentIDs, lazyTop: -1}
+	for i, id := range parentIDs {
+		layer, ok, err := readLayerRecord(o.layerRecordPath(id))
+		if err != nil {
+			return c, err
+		}
+		if !ok {
+			if c.lazyTop >= 0 {
+				return c, fmt.Errorf("snapshot %s lies below overlaybd layer %s but is not one", id, parentIDs[c.lazyTop])
+			}
+			continue
+		}
+		if c.lazyTop < 0 {
+			c.lazyTop = i
+		}
+		c.layers = append(c.layers, layer)
+	}
+	slices.Reverse(c.layers)
+	return c, nil
+}
+
+// lowerDirs returns the overlay lower directories of chain c, highest first: the upper
+// directories of ordinary parents, then the mounted device of the lazy layers below them.
+func (o *Snapshotter) lowerDirs(c chain) []string {
+	lowers := make([]string, 0, len(c.parentIDs))
+	for i, id := range c.parentIDs {
+		if i == c.lazyTop {
+			return append(lowers, o.deviceMountPath(id))
+		}
+		lowers = append(lowers, o.upperPath(id))
+	}
+	return lowers
+}
+
+// ensureDevices attaches and mounts the device snapshot s needs, if it needs one and it is not
+// mounted yet.
+func (o *Snapshotter) ensureDevices(ctx context.Context, s storage.Snapshot, c chain) error {
+	if c.lazyTop < 0 {
+		return nil
+	}
+	o.devMu.Lock()
+	defer o.devMu.Unlock()
+	if o.hasOwnDevice(s.ID) {
+		return o.mountDevice(ctx, s.ID, c.layers, o.deviceUpperPath(s.ID))
+	}
+	return o.mountDevice(ctx, c.parentIDs[c.lazyTop], c.layers, "")
+}
+
+// mountDevice attaches the device of snapshot id and mounts it in the snapshot's directory,
+// read-only when upperDir is "". The caller holds devMu.
+func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []RemoteLayer, upperDir string) error {
+	mnt := o.deviceMountPath(id)
+	if mounted, err := isMountPoint(mnt); err != nil || mounted {
+		return err
+	}
+	if o.cfg.devices == nil {
+		return ErrNoDeviceManager
+	}
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return fmt.Errorf("device mount point: %w", err)
+	}
+	key := o.deviceKey(id)
+	dev, err := o.cfg.devices.Attach(ctx, key, layers, upperDir)
+	if err != nil {
+		return fmt.Errorf("attach device %s (%d layers): %w", key, len(layers), err)
+	}
+	var flags uintptr
+	if upperDir == "" {
+		flags = unix.MS_RDONLY
+	}
+	if err := unix.Mount(dev, mnt, o.cfg.fsType, flags, ""); err != nil {
+		if detachErr := o.cfg.devices.Detach(ctx, key); detachErr != nil {
+			o.cfg.logger.WarnContext(ctx, "detach after failed mount", "key", key, "error", detachErr)
+		}
+		return fmt.Errorf("mount %s (%s) on %s: %w", dev, o.cfg.fsType, mnt, err)
+	}
+	o.cfg.logger.InfoContext(ctx, "device mounted", "key", key, "device", dev, "mountpoint", mnt, "writable", upperDir != "")
+	return nil
+}
+
+// teardownDevice unmounts and detaches the device of snapshot id, if it ever had one.
+// The caller holds devMu.
+func (o *Snapshotter) teardownDevice(ctx context.Context, id string) error {
+	if _, err := os.Stat(filepath.Join(o.snapshotDir(id), "block")); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	mnt := o.deviceMountPath(id)
+	mounted, err := isMountPoint(mnt)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		if err := unix.Unmount(mnt, 0); err != nil {
+			return fmt.Errorf("unmount device of snapshot %s at %s: %w", id, mnt, err)
+		}
+	}
+	if o.cfg.devices == nil {
+		return nil
+	}
+	key := o.deviceKey(id)
+	if err := o.cfg.devices.Detach(ctx, key); err != nil {
+		return fmt.Errorf("detach device %s: %w", key, err)
+	}
+	o.cfg.logger.InfoContext(ctx, "device detached", "key", key)
+	return nil
+}
+
+// releaseChainDevice detaches the shared device of the lazy chain below parentIDs when nothing
+// needs it any more. Failures are logged; Cleanup retries them.
+func (o *Snapshotter) releaseChainDevice(ctx context.Context, parentIDs []string) {
+	for _, id := range parentIDs {
+		if !o.isLazy(id) {
+			continue
+		}
+		if err := o.releaseSharedDevice(ctx, id); err != nil {
+			o.cfg.logger.WarnContext(ctx, "shared device left for Cleanup", "id", id, "error", err)
+		}
+		return
+	}
+}
+
+// releaseSharedDevice tears down the read-only device of lazy layer id unless an active or
+// view snapshot still sits directly on its chain.
+func (o *Snapshotter) releaseSharedDevice(ctx context.Context, id string) error {
+	if _, err := os.Stat(filepath.Join(o.snapshotDir(id), "block")); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	o.devMu.Lock()
+	defer o.devMu.Unlock()
+	needed, err := o.sharedDeviceNeeded(ctx, id)
+	if err != nil || needed {
+		return err
+	}
+	return o.teardownDevice(ctx, id)
+}
+
+// sharedDeviceNeeded reports whether an active or view snapshot without its own device has
+// lazy layer id as the top of its lazy chain.
+func (o *Snapshotter) sharedDeviceNeeded(ctx context.Context, id string) (bool, error) {
+	needed := false
+	err := o.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if needed || info.Kind == snapshots.KindCommitted {
+				return nil
+			}
+			s, err := storage.GetSnapshot(ctx, info.Name)
+			if err != nil {
+				return err
+			}
+			if o.hasOwnDevice(s.ID) {
+				return nil
+			}
+			for _, parentID := range s.ParentIDs {
+				if o.isLazy(parentID) {
+					needed = parentID == id
+					break
+				}
+			}
+			return nil
+		})
+	})
+	return needed, err
+}
+
+func (o *Snapshotter) deviceKey(id string) string { return o.cfg.deviceKeys + id }
+
+// isMountPoint reports whether path is a mount point; a missing path is not.
+func isMountPoint(path string) (bool, error) {
+	mounted, err := mountinfo.Mounted(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return mounted, err
+}

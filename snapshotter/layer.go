@@ -1,0 +1,97 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Labels a snapshot carries (from the image manifest's layer annotations, passed on by
+// containerd's unpacker) when its layer is an overlaybd blob to be read lazily.
+const (
+	LabelBlobDigest = "containerd.io/snapshot/overlaybd/blob-digest"
+	LabelBlobSize   = "containerd.io/snapshot/overlaybd/blob-size"
+	LabelImageRef   = "containerd.io/snapshot/image-ref"
+	// LabelCRIImageRef is the image reference nerdctl and CRI attach to layers for remote
+	// snapshotters; used when LabelImageRef is absent.
+	LabelCRIImageRef = "containerd.io/snapshot/cri.image-ref"
+)
+
+// RemoteLayer is one overlaybd layer blob in a registry.
+type RemoteLayer struct {
+	Ref    string        `json:"ref"` // image reference the blob belongs to
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+}
+
+// DeviceManager attaches the block devices of lazy chains (bdd, through its API, in production).
+type DeviceManager interface {
+	// Attach returns a block device holding the merged ext4 of the chain (lowest layer first).
+	// upperDir names a directory for the device's writable layer; "" makes a read-only device.
+	// Attaching a key that is already attached returns its device.
+	Attach(ctx context.Context, key string, layers []RemoteLayer, upperDir string) (devPath string, err error)
+	// Detach tears the device of key down. Detaching a key that is not attached is not an error.
+	Detach(ctx context.Context, key string) error
+}
+
+// ErrBadLayerLabels is returned when a snapshot's overlaybd labels cannot be used.
+var ErrBadLayerLabels = errors.New("invalid overlaybd layer labels")
+
+// remoteLayerFromLabels returns the overlaybd blob the labels name. ok is false when the labels
+// do not mark an overlaybd layer at all (no blob digest label).
+func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool, err error) {
+	rawDigest, ok := labels[LabelBlobDigest]
+	if !ok {
+		return RemoteLayer{}, false, nil
+	}
+	dgst, err := digest.Parse(rawDigest)
+	if err != nil {
+		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, LabelBlobDigest, rawDigest, err)
+	}
+	rawSize := labels[LabelBlobSize]
+	size, err := strconv.ParseInt(rawSize, 10, 64)
+	if err != nil || size <= 0 {
+		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q is not a positive size", ErrBadLayerLabels, LabelBlobSize, rawSize)
+	}
+	ref := labels[LabelImageRef]
+	if ref == "" {
+		ref = labels[LabelCRIImageRef]
+	}
+	if ref == "" {
+		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s has neither %s nor %s", ErrBadLayerLabels, dgst, LabelImageRef, LabelCRIImageRef)
+	}
+	return RemoteLayer{Ref: ref, Digest: dgst, Size: size}, true, nil
+}
+
+// writeLayerRecord stores the blob of a lazy snapshot in its directory; the record's presence is
+// what makes a snapshot lazy (labels can be changed through Update, the record cannot).
+func writeLayerRecord(path string, layer RemoteLayer) error {
+	data, err := json.Marshal(layer)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o600)
+}
+
+// readLayerRecord returns the blob of a lazy snapshot; ok is false for any other snapshot.
+func readLayerRecord(path string) (layer RemoteLayer, ok bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return RemoteLayer{}, false, nil
+	}
+	if err != nil {
+		return RemoteLayer{}, false, err
+	}
+	if err := json.Unmarshal(data, &layer); err != nil {
+		return RemoteLayer{}, false, fmt.Errorf("layer record %s: %w", path, err)
+	}
+	if err := layer.Digest.Validate(); err != nil {
+		return RemoteLayer{}, false, fmt.Errorf("layer record %s: %w", path, err)
+	}
+	return layer, true, nil
+}

@@ -1,0 +1,472 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+func lazyLabels(layer RemoteLayer, target string) snapshots.Opt {
+	return snapshots.WithLabels(map[string]string{
+		snapshots.LabelSnapshotRef: target,
+		LabelBlobDigest:            layer.Digest.String(),
+		LabelBlobSize:              strconv.FormatInt(layer.Size, 10),
+		LabelCRIImageRef:           layer.Ref,
+	})
+}
+
+// prepareLazyChain records layers (lowest first) the way containerd's unpacker does and
+// returns the name of the top layer.
+func prepareLazyChain(t *testing.T, sn *Snapshotter, name string, layers ...RemoteLayer) string {
+	t.Helper()
+	ctx := context.Background()
+	parent := ""
+	for i, layer := range layers {
+		target := name + "-layer-" + strconv.Itoa(i)
+		_, err := sn.Prepare(ctx, "extract-"+target, parent, lazyLabels(layer, target))
+		if !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("Prepare of lazy layer %s: err = %v, want AlreadyExists", target, err)
+		}
+		parent = target
+	}
+	return parent
+}
+
+// mountRootfs mounts a snapshot's mounts on a new directory, unmounted at cleanup.
+func mountRootfs(t *testing.T, mounts []mount.Mount) string {
+	t.Helper()
+	target := t.TempDir()
+	if err := mount.All(mounts, target); err != nil {
+		t.Fatalf("mount %+v: %v", mounts, err)
+	}
+	t.Cleanup(func() {
+		if err := mount.UnmountAll(target, 0); err != nil {
+			t.Errorf("unmount %s: %v", target, err)
+		}
+	})
+	return target
+}
+
+func unmountRootfs(t *testing.T, target string) {
+	t.Helper()
+	if err := mount.UnmountAll(target, 0); err != nil {
+		t.Fatalf("unmount %s: %v", target, err)
+	}
+}
+
+func assertFile(t *testing.T, path, want string) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s = %q, want %q", path, got, want)
+	}
+}
+
+func assertMounted(t *testing.T, path string, want bool) {
+	t.Helper()
+	got, err := isMountPoint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("%s mounted = %v, want %v", path, got, want)
+	}
+}
+
+func assertCounts(t *testing.T, d *loopDevices, attached, attaches, detaches int) {
+	t.Helper()
+	a, at, de := d.counts()
+	if a != attached || at != attaches || de != detaches {
+		t.Fatalf("devices: attached=%d attaches=%d detaches=%d, want %d %d %d", a, at, de, attached, attaches, detaches)
+	}
+}
+
+func TestLazyLayerIsRecordedWithoutFetching(t *testing.T) {
+	ctx := context.Background()
+	sn, err := NewSnapshotter(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	lower := RemoteLayer{Ref: "registry.test/app:v1", Digest: digest.Digest("sha256:" + strings.Repeat("a", 64)), Size: 1000}
+	upper := RemoteLayer{Ref: "registry.test/app:v1", Digest: digest.Digest("sha256:" + strings.Repeat("b", 64)), Size: 2000}
+	top := prepareLazyChain(t, sn, "app", lower, upper)
+
+	info, err := sn.Stat(ctx, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Kind != snapshots.KindCommitted || info.Parent != "app-layer-0" || info.Labels[LabelBlobDigest] != upper.Digest.String() {
+		t.Fatalf("Stat(%s) = %+v, want a committed snapshot on app-layer-0 keeping its labels", top, info)
+	}
+	if _, err := sn.Stat(ctx, "extract-"+top); !errdefs.IsNotFound(err) {
+		t.Fatalf("the extraction key must not survive the lazy commit: err = %v", err)
+	}
+	usage, err := sn.Usage(ctx, top)
+	if err != nil || usage.Size != 0 {
+		t.Fatalf("Usage(%s) = %+v, %v; want zero (nothing stored)", top, usage, err)
+	}
+
+	// Preparing the same layer again (a second pull) reports it as existing too.
+	if _, err := sn.Prepare(ctx, "extract-again", "app-layer-0", lazyLabels(upper, top)); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("second Prepare of %s: err = %v, want AlreadyExists", top, err)
+	}
+
+	var names []string
+	if err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		names = append(names, info.Name)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(names, ",") != "app-layer-0,app-layer-1" {
+		t.Fatalf("Walk = %v, want the two lazy layers", names)
+	}
+}
+
+func TestLazyLayerRefusals(t *testing.T) {
+	ctx := context.Background()
+	sn, err := NewSnapshotter(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	layer := RemoteLayer{Ref: "registry.test/app:v1", Digest: digest.Digest("sha256:" + strings.Repeat("c", 64)), Size: 10}
+
+	bad := snapshots.WithLabels(map[string]string{
+		snapshots.LabelSnapshotRef: "bad", LabelBlobDigest: "sha256:nothex", LabelBlobSize: "10", LabelImageRef: "r",
+	})
+	if _, err := sn.Prepare(ctx, "extract-bad", "", bad); !errdefs.IsInvalidArgument(err) || !errors.Is(err, ErrBadLayerLabels) {
+		t.Fatalf("bad digest label: err = %v, want InvalidArgument and ErrBadLayerLabels", err)
+	}
+
+	// An overlaybd layer cannot sit on an ordinary one: there is no device to merge them into.
+	if _, err := sn.Prepare(ctx, "plain-active", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "plain", "plain-active"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.Prepare(ctx, "extract-x", "plain", lazyLabels(layer, "x")); !errdefs.IsNotImplemented(err) {
+		t.Fatalf("lazy layer on a plain parent: err = %v, want NotImplemented", err)
+	}
+	if _, err := sn.Stat(ctx, "x"); !errdefs.IsNotFound(err) {
+		t.Fatalf("refused lazy layer was recorded: err = %v", err)
+	}
+
+	// Without a device manager a container on a lazy chain cannot start; nothing is left behind.
+	top := prepareLazyChain(t, sn, "app", layer)
+	if _, err := sn.Prepare(ctx, "container", top); !errors.Is(err, ErrNoDeviceManager) {
+		t.Fatalf("Prepare on a lazy chain without devices: err = %v, want ErrNoDeviceManager", err)
+	}
+	if _, err := sn.Stat(ctx, "container"); !errdefs.IsNotFound(err) {
+		t.Fatalf("failed Prepare left its snapshot: err = %v", err)
+	}
+}
+
+func TestLazyChainSharesOneDevice(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	lower := devices.addBlob(map[string]string{"etc/os": "lower", "shadowed": "from lower"})
+	upper := devices.addBlob(map[string]string{"bin/app": "upper", "shadowed": "from upper"})
+	top := prepareLazyChain(t, sn, "app", lower, upper)
+	assertCounts(t, devices, 0, 0, 0)
+
+	m1, err := sn.Prepare(ctx, "c1", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m1) != 1 || m1[0].Type != "overlay" {
+		t.Fatalf("container mounts = %+v, want one overlay", m1)
+	}
+	rootfs1 := mountRootfs(t, m1)
+	assertFile(t, filepath.Join(rootfs1, "etc/os"), "lower")
+	assertFile(t, filepath.Join(rootfs1, "bin/app"), "upper")
+	assertFile(t, filepath.Join(rootfs1, "shadowed"), "from upper")
+	if err := os.WriteFile(filepath.Join(rootfs1, "written"), []byte("c1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	m2, err := sn.Prepare(ctx, "c2", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs2 := mountRootfs(t, m2)
+	if _, err := os.Stat(filepath.Join(rootfs2, "written")); !os.IsNotExist(err) {
+		t.Fatalf("c2 sees c1's write: %v", err)
+	}
+	view, err := sn.View(ctx, "v", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(view) != 1 || view[0].Type != "bind" || view[0].Options[0] != "ro" {
+		t.Fatalf("view mounts = %+v, want a read-only bind of the device", view)
+	}
+	assertCounts(t, devices, 1, 1, 0)
+
+	usage, err := sn.Usage(ctx, "c1")
+	if err != nil || usage.Size == 0 {
+		t.Fatalf("Usage(c1) = %+v, %v; want the written file counted", usage, err)
+	}
+
+	unmountRootfs(t, rootfs1)
+	if err := sn.Remove(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 1, 1, 0) // c2 and v still use it
+	if err := sn.Remove(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	unmountRootfs(t, rootfs2)
+	if err := sn.Remove(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 1, 1)
+
+	// The image can be removed once no container needs it; nothing stays mounted.
+	if err := sn.Remove(ctx, top); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Remove(ctx, "app-layer-0"); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(filepath.Join(root, "snapshots"))
+	if err != nil || len(entries) != 0 {
+		t.Fatalf("snapshot directories left: %v %v", entries, err)
+	}
+}
+
+func TestCommitOnLazyChain(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	sn, err := NewSnapshotter(t.TempDir(), WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+
+	// A committed container (nerdctl commit) becomes an ordinary layer over the device.
+	mounts, err := sn.Prepare(ctx, "work", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	if err := os.WriteFile(filepath.Join(rootfs, "added"), []byte("diff"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unmountRootfs(t, rootfs)
+	if err := sn.Commit(ctx, "committed", "work"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 1, 1) // nothing runs on the chain between commit and the next container
+
+	mounts, err = sn.Prepare(ctx, "next", "committed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs = mountRootfs(t, mounts)
+	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
+	assertFile(t, filepath.Join(rootfs, "added"), "diff")
+	unmountRootfs(t, rootfs)
+	if err := sn.Remove(ctx, "next"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 2, 2)
+}
+
+func TestDevModeGivesEachContainerAWritableDevice(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(devices), WithRWMode(RWModeDev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+
+	mounts, err := sn.Prepare(ctx, "c1", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mounts) != 1 || mounts[0].Type != "bind" || mounts[0].Options[0] != "rw" {
+		t.Fatalf("dev-mode mounts = %+v, want a writable bind of the device", mounts)
+	}
+	rootfs := mountRootfs(t, mounts)
+	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
+	if err := os.WriteFile(filepath.Join(rootfs, "new"), []byte("on the device"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.Prepare(ctx, "c2", top); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 2, 2, 0) // one device per container
+
+	if err := sn.Commit(ctx, "img", "c1"); !errdefs.IsNotImplemented(err) {
+		t.Fatalf("Commit of a dev-mode snapshot: err = %v, want NotImplemented", err)
+	}
+	usage, err := sn.Usage(ctx, "c1")
+	if err != nil || usage.Size == 0 {
+		t.Fatalf("Usage(c1) = %+v, %v; want the device's upper counted", usage, err)
+	}
+	unmountRootfs(t, rootfs)
+	for _, key := range []string{"c1", "c2"} {
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertCounts(t, devices, 0, 2, 2)
+}
+
+func TestRestartKeepsContainersAndDevices(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+	mounts, err := sn.Prepare(ctx, "running", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The running container keeps its filesystem while the snapshotter is gone and after.
+	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
+	sn, err = NewSnapshotter(root, WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	again, err := sn.Mounts(ctx, "running")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(again[0].Options, ",") != strings.Join(mounts[0].Options, ",") {
+		t.Fatalf("Mounts after restart = %+v, want %+v", again, mounts)
+	}
+	if _, err := sn.Prepare(ctx, "new", top); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 1, 1, 0) // the mounted device was taken over, not attached again
+
+	unmountRootfs(t, rootfs)
+	for _, key := range []string{"running", "new"} {
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertCounts(t, devices, 0, 1, 1)
+}
+
+func TestMountsReattachesAfterDeviceLoss(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+	if _, err := sn.Prepare(ctx, "c", top); err != nil {
+		t.Fatal(err)
+	}
+	// As after a reboot: the mount and the device are gone, the metadata is not.
+	topID := sn.mustID(t, top)
+	sn.devMu.Lock()
+	if err := sn.teardownDevice(ctx, topID); err != nil {
+		t.Fatal(err)
+	}
+	sn.devMu.Unlock()
+	assertMounted(t, sn.deviceMountPath(topID), false)
+
+	mounts, err := sn.Mounts(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
+	assertCounts(t, devices, 1, 2, 1)
+	unmountRootfs(t, rootfs)
+	if err := sn.Remove(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 2, 2)
+}
+
+func TestCleanupDetachesLeftoverDevices(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+	if _, err := sn.Prepare(ctx, "c", top); err != nil {
+		t.Fatal(err)
+	}
+	devices.failDetach = true
+	if err := sn.Remove(ctx, "c"); err != nil {
+		t.Fatalf("Remove must succeed once the metadata is gone: %v", err)
+	}
+	assertCounts(t, devices, 1, 1, 0)
+	orphan := filepath.Join(root, "snapshots", "999")
+	if err := os.MkdirAll(filepath.Join(orphan, "fs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 1, 1)
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("orphan directory survived Cleanup: %v", err)
+	}
+}
+
+// mustID returns the snapshot ID of name.
+func (o *Snapshotter) mustID(t *testing.T, name string) string {
+	t.Helper()
+	var id string
+	if err := o.ms.WithTransaction(context.Background(), false, func(ctx context.Context) (err error) {
+		id, _, _, err = storage.GetInfo(ctx, name)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
