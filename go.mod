@@ -51,6 +51,7 @@ require (
 	github.com/opencontainers/runtime-spec v1.3.0 // indirect
 	github.com/pelletier/go-toml/v2 v2.4.3 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/pilebones/go-udev v0.9.0 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/pojntfx/go-nbd v0.3.2 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect

@@ -256,6 +256,15 @@ func (c *connection) info(opt uint32, data []byte) (bool, error) {
 	if err := c.optReply(opt, repInfo, export); err != nil {
 		return false, err
 	}
+	// Block size is sent unasked: it imposes no constraint (minimum 1) and some
+	// clients, go-nbd's kernel client among them, rely on it.
+	sizes := binary.BigEndian.AppendUint16(nil, infoBlockSize)
+	sizes = binary.BigEndian.AppendUint32(sizes, 1)
+	sizes = binary.BigEndian.AppendUint32(sizes, 4096)
+	sizes = binary.BigEndian.AppendUint32(sizes, maxPayload)
+	if err := c.optReply(opt, repInfo, sizes); err != nil {
+		return false, err
+	}
 	for _, kind := range req.infos {
 		var payload []byte
 		switch kind {
@@ -263,11 +272,6 @@ func (c *connection) info(opt uint32, data []byte) (bool, error) {
 			payload = append(binary.BigEndian.AppendUint16(nil, infoName), c.opts.Name...)
 		case infoDescription:
 			payload = append(binary.BigEndian.AppendUint16(nil, infoDescription), c.opts.Description...)
-		case infoBlockSize:
-			payload = binary.BigEndian.AppendUint16(nil, infoBlockSize)
-			payload = binary.BigEndian.AppendUint32(payload, 1)
-			payload = binary.BigEndian.AppendUint32(payload, 4096)
-			payload = binary.BigEndian.AppendUint32(payload, maxPayload)
 		default:
 			continue
 		}
