@@ -1,0 +1,76 @@
+package convert_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/convert/internal/fixture"
+)
+
+// TestConvertMultiPlatform converts an image index: every platform by
+// default, only the chosen ones with Options.Platforms; each converted image
+// holds its own platform's files.
+func TestConvertMultiPlatform(t *testing.T) {
+	requireDevices(t)
+	images := map[string][][]byte{}
+	for _, arch := range []string{"amd64", "arm64", "riscv64"} {
+		l, err := fixture.Tar([]fixture.Entry{fixture.Dir("etc", 0o755, 0), fixture.File("etc/arch", 0o644, 0, arch+"\n")}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images[arch] = [][]byte{l}
+	}
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	if err := fixture.WriteMultiPlatform(src, "multi", images); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		platforms []string
+		want      []string
+	}{
+		{nil, []string{"amd64", "arm64", "riscv64"}},
+		{[]string{"linux/arm64", "linux/riscv64"}, []string{"arm64", "riscv64"}},
+	} {
+		name := strings.Join(tc.platforms, ",")
+		dst := filepath.Join(tmp, "dst-"+strings.ReplaceAll(name, "/", "_"))
+		c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20, Platforms: tc.platforms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Convert(context.Background(), "oci:"+src+":multi", "oci:"+dst+":obd"); err != nil {
+			t.Fatalf("platforms %q: %v", name, err)
+		}
+		var top ocispec.Index
+		readJSON(t, filepath.Join(dst, "index.json"), &top)
+		if len(top.Manifests) != 1 || top.Manifests[0].MediaType != ocispec.MediaTypeImageIndex {
+			t.Fatalf("platforms %q: index.json names %+v, want one image index", name, top.Manifests)
+		}
+		var idx ocispec.Index
+		readJSON(t, blobPath(dst, top.Manifests[0].Digest.Encoded()), &idx)
+		var got []string
+		for _, m := range idx.Manifests {
+			if m.Platform == nil {
+				t.Fatalf("platforms %q: manifest %s lost its platform", name, m.Digest)
+			}
+			got = append(got, m.Platform.Architecture)
+			var man ocispec.Manifest
+			readJSON(t, blobPath(dst, m.Digest.Encoded()), &man)
+			b, err := os.ReadFile(filepath.Join(mountConverted(t, dst, man), "etc/arch"))
+			if err != nil || string(b) != m.Platform.Architecture+"\n" {
+				t.Errorf("platforms %q: %s image has etc/arch %q, %v", name, m.Platform.Architecture, b, err)
+			}
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("platforms %q: converted %v, want %v", name, got, tc.want)
+		}
+	}
+}
