@@ -181,3 +181,20 @@ func TestUnderlyingReadErrors(t *testing.T) {
 		t.Fatalf("read from a shrunken file: %v", err)
 	}
 }
+
+func TestParallelReadReportsLowestBadBlock(t *testing.T) {
+	z := compress(t, sampleData(300*4096, 3), Options{})
+	zr := open(t, z)
+	bad := bytes.Clone(z)
+	for _, i := range []int{40, 41, 200, 299} {
+		bad[zr.blockStart(i)+3] ^= 0x10
+	}
+	br := open(t, bad, WithConcurrency(4))
+	for range 20 {
+		_, err := br.ReadAt(make([]byte, br.Size()), 0)
+		var be *BlockError
+		if !errors.As(err, &be) || be.Block != 40 {
+			t.Fatalf("parallel read of a file with bad blocks 40, 41, 200, 299: %v, want block 40", err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 const (
@@ -16,9 +17,10 @@ const (
 	// maxFetch bounds the original bytes one internal fetch covers, so a huge ReadAt does
 	// not stage its whole compressed range in memory at once.
 	maxFetch = 16 << 20
-	// minParallelBlocks is the fewest blocks a fetch must span to be decoded in parallel;
-	// below it goroutine handoff costs more than it saves.
-	minParallelBlocks = 8
+	// parallelGrain is the original bytes a decode goroutine takes at a time (8 blocks of
+	// 4 KiB); a fetch of fewer than two grains is decoded by the calling goroutine alone,
+	// as goroutine handoff would cost more than it saves.
+	parallelGrain = 32 << 10
 )
 
 // Info describes an open ZFile.
@@ -265,29 +267,43 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	workers = min(workers, n/(minParallelBlocks/2))
-	if n < minParallelBlocks || workers < 2 {
+	grain := max(1, parallelGrain/int(zr.blockSize))
+	workers = min(workers, n/grain)
+	if workers < 2 {
 		return decode(0, n)
 	}
+	// Workers pull grains in order from a shared counter, so a goroutine that is descheduled
+	// holds up only its current grain. A worker stops at its first bad block; since grains
+	// are handed out in order, the failure in the lowest grain is the lowest bad block.
+	var next atomic.Int64
+	failedAt := make([]int, workers)
 	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Go(func() { errs[w] = decode(w*n/workers, (w+1)*n/workers) })
-	}
-	errs[0] = decode(0, n/workers) // the calling goroutine takes the first share
-	wg.Wait()
-	return firstError(errs)
-}
-
-// firstError returns the first non-nil error, so that a multi-block failure reports the
-// lowest bad block whatever the goroutine timing.
-func firstError(errs []error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
+	work := func(w int) {
+		for {
+			k := int(next.Add(int64(grain))) - grain
+			if k >= n {
+				return
+			}
+			if err := decode(k, min(k+grain, n)); err != nil {
+				failedAt[w], errs[w] = k, err
+				return
+			}
 		}
 	}
-	return nil
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Go(func() { work(w) })
+	}
+	work(0) // the calling goroutine works too
+	wg.Wait()
+	var err error
+	lowest := n
+	for w, e := range errs {
+		if e != nil && failedAt[w] < lowest {
+			err, lowest = e, failedAt[w]
+		}
+	}
+	return err
 }
 
 // decodeInto checks and decodes block i (stored bytes src at file offset fileOff) and copies

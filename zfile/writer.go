@@ -259,3 +259,14 @@ func (zw *Writer) release() {
 
 // Stats reports what was written; the totals are final after Close.
 func (zw *Writer) Stats() WriterStats { return zw.stats }
+
+// firstError returns the first non-nil error, so that a failed batch reports its lowest
+// failing block whatever the goroutine timing.
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
