@@ -49,6 +49,10 @@ func (w *Writable) loadSparseExtents() error {
 	return nil
 }
 
+// writeSparse writes in place. The file system allocates whole blocks, and
+// SEEK_DATA will report the whole block after a reopen, so the index marks
+// the write's blocks present from the start: sectors of a block that were
+// never written read as zeros, also in a stack, before and after a reopen.
 func (w *Writable) writeSparse(p []byte, off int64) (int, error) {
 	w.mu.RLock()
 	err := w.checkWritableLocked()
@@ -59,10 +63,13 @@ func (w *Writable) writeSparse(p []byte, off int64) (int, error) {
 	if _, err := w.data.WriteAt(p, HeaderSize+off); err != nil {
 		return 0, fmt.Errorf("lsmt: write %d bytes at %d: %w", len(p), off, err)
 	}
+	bs := w.blockSize
+	from := max((HeaderSize+off)/bs*bs, HeaderSize) - HeaderSize
+	to := min((HeaderSize+off+int64(len(p))+bs-1)/bs*bs, HeaderSize+w.vsize) - HeaderSize
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	first := uint64(off) / SectorSize
-	for _, s := range splitRecords(nil, first, uint64(len(p))/SectorSize, first+HeaderSize/SectorSize, false) {
+	first := uint64(from) / SectorSize
+	for _, s := range splitRecords(nil, first, uint64(to-from)/SectorSize, first+HeaderSize/SectorSize, false) {
 		w.segs.insert(s)
 	}
 	return len(p), nil

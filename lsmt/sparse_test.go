@@ -73,3 +73,30 @@ func TestSparseHoleFallsThrough(t *testing.T) {
 		t.Fatalf("the upper alone reads %d, %v after discard; want zeros", got[0], err)
 	}
 }
+
+// TestSparseSubBlockWrite checks that a write smaller than a file system
+// block presents the same index before and after a reopen.
+func TestSparseSubBlockWrite(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Create(dir, CreateOptions{VirtualSize: 1 << 20, Sparse: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(bytes.Repeat([]byte{5}, SectorSize), 9*SectorSize); err != nil {
+		t.Fatal(err)
+	}
+	before := w.Segments()
+	w.Close()
+	if w, err = OpenWritable(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	after := w.Segments()
+	if len(before) != 1 || len(after) != 1 || before[0] != after[0] || before[0].Offset > 9 || before[0].End() < 10 {
+		t.Fatalf("segments before reopen %+v, after %+v", before, after)
+	}
+	got := make([]byte, 2*SectorSize)
+	if _, err := w.ReadAt(got, 8*SectorSize); err != nil || !isZero(got[:SectorSize]) || got[SectorSize] != 5 {
+		t.Fatalf("read back: %v %x %x", err, got[0], got[SectorSize])
+	}
+}
