@@ -147,6 +147,10 @@ func (f *File) ReadData(p []byte, moffset int64) (int, error) {
 // VirtualSize returns the virtual disk size in bytes.
 func (f *File) VirtualSize() int64 { return f.vsize }
 
+// Size returns the virtual disk size, like VirtualSize, so a File serves
+// where the read path expects an io.ReaderAt plus Size.
+func (f *File) Size() int64 { return f.vsize }
+
 // Segments returns the index (padding dropped). The slice is shared: do not modify it.
 func (f *File) Segments() []Segment { return f.segs }
 

@@ -366,6 +366,9 @@ func (w *Writable) ReadData(p []byte, moffset int64) (int, error) {
 // VirtualSize returns the virtual disk size in bytes.
 func (w *Writable) VirtualSize() int64 { return w.vsize }
 
+// Size returns the virtual disk size, like VirtualSize.
+func (w *Writable) Size() int64 { return w.vsize }
+
 // Segments returns a snapshot of the index, sorted.
 func (w *Writable) Segments() []Segment {
 	w.mu.RLock()

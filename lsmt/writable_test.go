@@ -163,11 +163,20 @@ func TestWritablePartialRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+	// The data log may end with a torn, unlogged write too.
+	dataPath := filepath.Join(dir, DataFileName)
+	if f, err = os.OpenFile(dataPath, os.O_APPEND|os.O_WRONLY, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	w, err := OpenWritable(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkScenarioA(t, w, w.VirtualSize())
+	checkScenarioA(t, w, w.Size())
 	sector := bytes.Repeat([]byte{0xAB}, SectorSize)
 	if _, err := w.WriteAt(sector, 40<<20); err != nil {
 		t.Fatal(err)
@@ -177,6 +186,9 @@ func TestWritablePartialRecord(t *testing.T) {
 	}
 	if st, err := os.Stat(indexPath); err != nil || (st.Size()-HeaderSize)%RecordSize != 0 {
 		t.Fatalf("index log size after write: %v %v", st, err)
+	}
+	if st, err := os.Stat(dataPath); err != nil || st.Size()%SectorSize != 0 {
+		t.Fatalf("data log size after write: %v %v (the new write must start sector aligned)", st, err)
 	}
 	w, err = OpenWritable(dir)
 	if err != nil {
