@@ -1,0 +1,95 @@
+// Command overlaybd-snapshotter serves obd's containerd snapshotter (package snapshotter) on a
+// unix socket, for containerd to use as the proxy plugin `overlaybd`:
+//
+//	[proxy_plugins.overlaybd]
+//	  type = "snapshot"
+//	  address = "/run/overlaybd-snapshotter/grpc.sock"
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/snapshotter"
+)
+
+func main() {
+	configPath := flag.String("config", snapshotter.DefaultConfigPath, "config file (JSON); the defaults apply when the default path does not exist")
+	root := flag.String("root", "", "root directory (overrides the config file)")
+	address := flag.String("address", "", "unix socket to serve on (overrides the config file)")
+	bddSocket := flag.String("bdd-socket", "", "bdd's control socket (overrides the config file)")
+	flag.Parse()
+
+	cfg, err := loadConfig(*configPath, *configPath != snapshotter.DefaultConfigPath)
+	if err == nil {
+		err = override(&cfg, *root, *address, *bddSocket)
+	}
+	if err == nil {
+		err = run(cfg)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "overlaybd-snapshotter:", err)
+		os.Exit(1)
+	}
+}
+
+func loadConfig(path string, explicit bool) (snapshotter.Config, error) {
+	if _, err := os.Stat(path); !explicit && errors.Is(err, os.ErrNotExist) {
+		return snapshotter.DefaultConfig(), nil
+	}
+	return snapshotter.LoadConfig(path)
+}
+
+func override(cfg *snapshotter.Config, root, address, bddSocket string) error {
+	if root != "" {
+		cfg.Root = root
+	}
+	if address != "" {
+		cfg.Address = address
+	}
+	if bddSocket != "" {
+		cfg.BDDSocket = bddSocket
+	}
+	return cfg.Validate()
+}
+
+func run(cfg snapshotter.Config) error {
+	level, err := cfg.Level()
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := append(cfg.Options(), snapshotter.WithLogger(logger))
+	if cfg.BDDSocket != "" {
+		client, conn, err := bdd.Dial(cfg.BDDSocket)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		devices, err := snapshotter.NewBDDDevices(client, filepath.Join(cfg.Root, "devices"))
+		if err != nil {
+			return err
+		}
+		opts = append(opts, snapshotter.WithDeviceManager(devices))
+	} else {
+		logger.Warn("no bddSocket configured: containers of overlaybd images cannot start")
+	}
+	sn, err := snapshotter.NewSnapshotter(cfg.Root, opts...)
+	if err != nil {
+		return err
+	}
+	defer sn.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger.Info("serving", "address", cfg.Address, "root", cfg.Root, "rwMode", cfg.RWMode, "bddSocket", cfg.BDDSocket)
+	return snapshotter.Serve(ctx, sn, cfg.Address)
+}

@@ -1,0 +1,141 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// bddCallTimeout bounds one call to bdd; an attach may first read the blobs' headers from the
+// registry.
+const bddCallTimeout = 2 * time.Minute
+
+// BDDDevices is the DeviceManager of production: it asks bdd, over its control API, for one
+// device per key. bdd names its devices itself, so which bdd device serves which key is kept
+// in a small file per key under stateDir; with bdd persisting its devices across its own
+// restarts, Attach and Detach stay idempotent across restarts of either process.
+type BDDDevices struct {
+	client   bddv1.DaemonClient
+	stateDir string
+}
+
+var _ DeviceManager = (*BDDDevices)(nil)
+
+// NewBDDDevices returns a DeviceManager using client, keeping its key → device map in stateDir.
+func NewBDDDevices(client bddv1.DaemonClient, stateDir string) (*BDDDevices, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("bdd devices: %w", err)
+	}
+	return &BDDDevices{client: client, stateDir: stateDir}, nil
+}
+
+// Attach returns the device path of key, asking bdd to attach the chain (read-only when
+// upperDir is "") unless bdd already serves a device for key.
+func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLayer, upperDir string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, bddCallTimeout)
+	defer cancel()
+	statePath, err := b.statePath(key)
+	if err != nil {
+		return "", err
+	}
+	if id, err := os.ReadFile(statePath); err == nil {
+		devPath, err := b.devicePath(ctx, string(id))
+		if err != nil || devPath != "" {
+			return devPath, err
+		}
+		// bdd no longer knows the device (its state was wiped): attach it anew.
+	}
+	req := &bddv1.AttachRequest{UpperDir: upperDir, ReadOnly: upperDir == ""}
+	for _, layer := range layers {
+		repo, err := repository(layer.Ref)
+		if err != nil {
+			return "", err
+		}
+		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{
+			Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
+		}}})
+	}
+	resp, err := b.client.Attach(ctx, req)
+	if err != nil {
+		return "", fmt.Errorf("bdd attach %s: %w", key, err)
+	}
+	dev := resp.GetDevice()
+	if dev.GetDevicePath() == "" {
+		_, detachErr := b.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
+		return "", errors.Join(fmt.Errorf("bdd attached %s as %q without a block device (transport %s)", key, dev.GetId(), dev.GetTransport()), detachErr)
+	}
+	if err := writeFileAtomic(statePath, []byte(dev.GetId())); err != nil {
+		_, detachErr := b.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
+		return "", errors.Join(fmt.Errorf("record device of %s: %w", key, err), detachErr)
+	}
+	return dev.GetDevicePath(), nil
+}
+
+// Detach asks bdd to tear down the device of key; a device bdd does not know is gone already.
+func (b *BDDDevices) Detach(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, bddCallTimeout)
+	defer cancel()
+	statePath, err := b.statePath(key)
+	if err != nil {
+		return err
+	}
+	id, err := os.ReadFile(statePath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("device of %s: %w", key, err)
+	}
+	if _, err := b.client.Detach(ctx, &bddv1.DetachRequest{Id: string(id)}); err != nil && status.Code(err) != codes.NotFound {
+		return fmt.Errorf("bdd detach %s (%s): %w", key, id, err)
+	}
+	return os.Remove(statePath)
+}
+
+// devicePath returns the block device of bdd's device id, "" when bdd has no such device.
+func (b *BDDDevices) devicePath(ctx context.Context, id string) (string, error) {
+	resp, err := b.client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
+		return "", fmt.Errorf("bdd list: %w", err)
+	}
+	for _, dev := range resp.GetDevices() {
+		if dev.GetId() == id {
+			return dev.GetDevicePath(), nil
+		}
+	}
+	return "", nil
+}
+
+func (b *BDDDevices) statePath(key string) (string, error) {
+	if key == "" || strings.ContainsAny(key, "/\x00") || key == "." || key == ".." {
+		return "", fmt.Errorf("device key %q is not a plain name", key)
+	}
+	return filepath.Join(b.stateDir, key), nil
+}
+
+// repository returns the repository of an image reference ("host/app:v1" → "host/app"), the
+// form bdd's API takes.
+func repository(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	return reference.TrimNamed(named).String(), nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,98 @@
+package snapshotter
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+)
+
+// DefaultConfigPath is where overlaybd-snapshotter looks for its config file.
+const DefaultConfigPath = "/etc/overlaybd-snapshotter/config.json"
+
+// Config is the config file of the overlaybd-snapshotter process (JSON).
+type Config struct {
+	// Root holds the metadata database and the snapshots.
+	Root string `json:"root"`
+	// Address is the unix socket the snapshots API is served on; containerd's
+	// [proxy_plugins.overlaybd] address must name it.
+	Address string `json:"address"`
+	// BDDSocket is the control socket of bdd. Empty disables lazy overlaybd images.
+	BDDSocket string `json:"bddSocket"`
+	// RWMode is "overlayfs" (default) or "dev"; see RWModeOverlayFS and RWModeDev.
+	RWMode RWMode `json:"rwMode"`
+	// FSType is the filesystem on lazy chains' devices (default "ext4").
+	FSType string `json:"fsType"`
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string `json:"logLevel"`
+	// MountOptions are added to every overlay mount (for example "redirect_dir=on").
+	MountOptions []string `json:"mountOptions,omitempty"`
+}
+
+// DefaultConfig returns the configuration used for fields a config file leaves out.
+func DefaultConfig() Config {
+	return Config{
+		Root:     "/var/lib/overlaybd-snapshotter",
+		Address:  "/run/overlaybd-snapshotter/grpc.sock",
+		RWMode:   RWModeOverlayFS,
+		FSType:   "ext4",
+		LogLevel: "info",
+	}
+}
+
+// LoadConfig reads a config file over DefaultConfig. Unknown fields are errors, so that a typo
+// does not silently fall back to a default.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	cfg := DefaultConfig()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate reports the first unusable field.
+func (c Config) Validate() error {
+	if !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("root %q must be an absolute path", c.Root)
+	}
+	if !filepath.IsAbs(c.Address) {
+		return fmt.Errorf("address %q must be an absolute socket path", c.Address)
+	}
+	if c.BDDSocket != "" && !filepath.IsAbs(c.BDDSocket) {
+		return fmt.Errorf("bddSocket %q must be an absolute socket path", c.BDDSocket)
+	}
+	if c.RWMode != RWModeOverlayFS && c.RWMode != RWModeDev {
+		return fmt.Errorf("rwMode %q: want %q or %q", c.RWMode, RWModeOverlayFS, RWModeDev)
+	}
+	if c.FSType == "" {
+		return errors.New("fsType is empty")
+	}
+	_, err := c.Level()
+	return err
+}
+
+// Level returns LogLevel as a slog level.
+func (c Config) Level() (slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("logLevel %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return level, nil
+}
+
+// Options returns the Snapshotter options the config sets (all but the device manager).
+func (c Config) Options() []Opt {
+	return []Opt{WithRWMode(c.RWMode), WithFSType(c.FSType), WithMountOptions(c.MountOptions...)}
+}

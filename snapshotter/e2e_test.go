@@ -1,0 +1,132 @@
+package snapshotter
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/obdproject/obd/internal/testenv"
+)
+
+// servedSnapshotter is a Snapshotter served on a unix socket the way cmd/overlaybd-snapshotter
+// serves it; stop and start simulate a restart of that process.
+type servedSnapshotter struct {
+	t       *testing.T
+	root    string
+	address string
+	opts    []Opt
+	sn      *Snapshotter
+	cancel  context.CancelFunc
+	served  chan error
+}
+
+func startServedSnapshotter(t *testing.T, opts ...Opt) *servedSnapshotter {
+	t.Helper()
+	dir := t.TempDir()
+	s := &servedSnapshotter{t: t, root: filepath.Join(dir, "root"), address: filepath.Join(dir, "sn.sock"), opts: opts}
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *servedSnapshotter) start() {
+	s.t.Helper()
+	sn, err := NewSnapshotter(s.root, s.opts...)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.sn, s.cancel, s.served = sn, cancel, make(chan error, 1)
+	go func() { s.served <- Serve(ctx, sn, s.address) }()
+}
+
+func (s *servedSnapshotter) stop() {
+	if s.sn == nil {
+		return
+	}
+	s.cancel()
+	if err := <-s.served; err != nil {
+		s.t.Errorf("Serve: %v", err)
+	}
+	if err := s.sn.Close(); err != nil {
+		s.t.Errorf("Close: %v", err)
+	}
+	s.sn = nil
+}
+
+// TestE2ENerdctlRunPlainImage is the drop-in property end to end: containerd with the proxy
+// plugin `overlaybd`, nerdctl loading and running a plain OCI image on it, also across a
+// restart of the snapshotter while a container runs.
+func TestE2ENerdctlRunPlainImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts containerd and runs containers")
+	}
+	requireOverlay(t)
+	served := startServedSnapshotter(t)
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
+	})
+	img := testenv.BuildBusyboxImage(t)
+	nerdctl := func(args ...string) string {
+		t.Helper()
+		return ctrd.Nerdctl(t, append([]string{"--snapshotter", "overlaybd"}, args...)...)
+	}
+
+	nerdctl("load", "-i", img.Archive)
+	layers := walkNames(t, served.sn, snapshots.KindCommitted)
+	if len(layers) != 1 {
+		t.Fatalf("committed snapshots after load = %v, want the image's one layer", layers)
+	}
+
+	if out := nerdctl("run", "--rm", "--net", "none", img.Ref, "echo", "hi"); strings.TrimSpace(out) != "hi" {
+		t.Fatalf("nerdctl run output = %q, want %q", out, "hi")
+	}
+
+	// A container keeps running, and keeps its root, while the snapshotter restarts.
+	nerdctl("run", "-d", "--name", "long", "--net", "none", img.Ref, "sh", "-c", "echo kept > /state; sleep 600")
+	t.Cleanup(func() { ctrd.Nerdctl(t, "rm", "-f", "long") })
+	served.stop()
+	served.start()
+	if out := nerdctl("exec", "long", "cat", "/state"); strings.TrimSpace(out) != "kept" {
+		t.Fatalf("running container's file after restart = %q, want %q", out, "kept")
+	}
+	if out := nerdctl("run", "--rm", "--net", "none", img.Ref, "ls", "/bin/busybox"); strings.TrimSpace(out) != "/bin/busybox" {
+		t.Fatalf("new container after restart: ls = %q", out)
+	}
+	// containerd removes snapshots of deleted containers in its garbage collection, shortly after.
+	waitActiveSnapshots(t, served.sn, 1)
+	nerdctl("rm", "-f", "long")
+	waitActiveSnapshots(t, served.sn, 0)
+}
+
+func waitActiveSnapshots(t *testing.T, sn *Snapshotter, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		active := walkNames(t, sn, snapshots.KindActive)
+		if len(active) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("active snapshots = %v, want %d", active, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func walkNames(t *testing.T, sn *Snapshotter, kind snapshots.Kind) []string {
+	t.Helper()
+	var names []string
+	if err := sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == kind {
+			names = append(names, info.Name)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
