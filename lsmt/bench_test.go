@@ -2,7 +2,6 @@ package lsmt
 
 import (
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -45,10 +44,48 @@ func benchLayers(b *testing.B, dir string, n int) (lower []Layer, single *File) 
 	return lower, openFile(b, out)
 }
 
+// compareABBA times subject and baseline over batches of batch operations,
+// perOp operations per benchmark op, in ABBA order so that drift and cache
+// warmth hit both alike. prepare runs before each pair (untimed choices such
+// as offsets). It reports ns per operation of each and, as metric, the
+// median over pairs of baseline time / subject time: the subject's speed as
+// a fraction of the baseline's, robust to bursts of load from other processes.
+func compareABBA(b *testing.B, batch, perOp int, prepare func(), subject, baseline func(), metric string) {
+	timed := func(op func()) time.Duration {
+		start := time.Now()
+		for range batch {
+			op()
+		}
+		return time.Since(start)
+	}
+	var subjectTime, baselineTime time.Duration
+	var ratios []float64
+	b.ResetTimer()
+	for range b.N {
+		for k := range perOp / batch {
+			prepare()
+			var s, base time.Duration
+			if k%2 == 0 {
+				s, base = timed(subject), timed(baseline)
+			} else {
+				base, s = timed(baseline), timed(subject)
+			}
+			subjectTime += s
+			baselineTime += base
+			ratios = append(ratios, float64(base)/float64(s))
+		}
+	}
+	ops := float64(b.N * perOp / batch * batch)
+	b.ReportMetric(float64(subjectTime.Nanoseconds())/ops, "ns/op-subject")
+	b.ReportMetric(float64(baselineTime.Nanoseconds())/ops, "ns/op-baseline")
+	slices.Sort(ratios)
+	b.ReportMetric(ratios[len(ratios)/2], metric)
+}
+
 // BenchmarkStackRandomRead compares random 4 KiB reads through a 10-layer
-// stack with reads of the same data from one merged layer (all plain files
-// in the page cache), measured alternately in the same run. x-vs-1layer is
-// the stack's throughput as a fraction of the single layer's.
+// stack (subject) with reads of the same data from one merged layer
+// (baseline), all plain files in the page cache. x-vs-1layer is the stack's
+// throughput as a fraction of the single layer's.
 func BenchmarkStackRandomRead(b *testing.B) {
 	dir := b.TempDir()
 	lower, single := benchLayers(b, dir, 10)
@@ -66,48 +103,61 @@ func BenchmarkStackRandomRead(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			// Each op reads 1024 random blocks through both, in batches of 64
-			// in ABBA order so drift and cache warmth hit both sides alike.
-			const batch, perOp = 64, 1024
 			rng := rand.New(rand.NewPCG(2, 2))
+			const batch = 64
 			offsets := make([]int64, batch)
 			p := make([]byte, 4096)
-			timeReads := func(r io.ReaderAt) time.Duration {
-				start := time.Now()
-				for _, off := range offsets {
-					if _, err := r.ReadAt(p, off); err != nil {
+			reader := func(r interface {
+				ReadAt([]byte, int64) (int, error)
+			}) func() {
+				i := 0
+				return func() {
+					if _, err := r.ReadAt(p, offsets[i%batch]); err != nil {
 						b.Fatal(err)
 					}
-				}
-				return time.Since(start)
-			}
-			var stackTime, singleTime time.Duration
-			var ratios []float64 // per ABBA pair: single time / stack time
-			b.ResetTimer()
-			for range b.N {
-				for k := range perOp / batch {
-					for i := range offsets {
-						offsets[i] = int64(rng.IntN(int(s.Size()/4096))) * 4096
-					}
-					var st, sg time.Duration
-					if k%2 == 0 {
-						st = timeReads(s)
-						sg = timeReads(single)
-					} else {
-						sg = timeReads(single)
-						st = timeReads(s)
-					}
-					stackTime += st
-					singleTime += sg
-					ratios = append(ratios, float64(sg)/float64(st))
+					i++
 				}
 			}
-			reads := float64(b.N * perOp)
-			b.ReportMetric(float64(stackTime.Nanoseconds())/reads, "ns/read-stack")
-			b.ReportMetric(float64(singleTime.Nanoseconds())/reads, "ns/read-1layer")
-			// The median pair ratio shrugs off bursts of load from other processes.
-			slices.Sort(ratios)
-			b.ReportMetric(ratios[len(ratios)/2], "x-vs-1layer")
+			prepare := func() {
+				for i := range offsets {
+					offsets[i] = int64(rng.IntN(int(s.Size()/4096))) * 4096
+				}
+			}
+			compareABBA(b, batch, 1024, prepare, reader(s), reader(single), "x-vs-1layer")
 		})
 	}
+}
+
+// BenchmarkWritableRandomWrite compares random 4 KiB writes to a log-mode
+// writable layer (subject: data append plus index record) with pwrite to a
+// plain file at the same offsets (baseline), no fsync either way.
+func BenchmarkWritableRandomWrite(b *testing.B) {
+	const vsize = 256 << 20
+	dir := b.TempDir()
+	w, err := Create(filepath.Join(dir, "rw"), CreateOptions{VirtualSize: vsize})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	plain, err := os.Create(filepath.Join(dir, "plain"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer plain.Close()
+	if err := plain.Truncate(vsize); err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	p := make([]byte, 4096)
+	next := func() int64 { return int64(rng.IntN(vsize/4096)) * 4096 }
+	write := func(wa interface {
+		WriteAt([]byte, int64) (int, error)
+	}) func() {
+		return func() {
+			if _, err := wa.WriteAt(p, next()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	compareABBA(b, 64, 1024, func() {}, write(w), write(plain), "x-vs-pwrite")
 }
