@@ -238,54 +238,80 @@ func (zr *Reader) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// span is one fetch: blocks first to first+n-1, whose stored bytes buf starts at file offset
+// base, decoded into p, which receives the original bytes from offset off on.
+type span struct {
+	p        []byte
+	off      int64
+	first, n int
+	buf      []byte
+	base     int64
+}
+
 // readSpan fills p (non-empty, inside the file) from original offset off.
 func (zr *Reader) readSpan(p []byte, off int64) error {
-	first := int(off / zr.blockSize)
-	last := int((off + int64(len(p)) - 1) / zr.blockSize)
-	n := last - first + 1
-	// starts[k] is the offset of block first+k within the fetched range; starts[n] its end.
-	starts := make([]int, n+1)
-	for k := range n {
-		starts[k+1] = starts[k] + int(zr.lengths[first+k])
+	s := span{p: p, off: off, first: int(off / zr.blockSize)}
+	s.n = int((off+int64(len(p))-1)/zr.blockSize) - s.first + 1
+	stored := 0
+	for _, l := range zr.lengths[s.first : s.first+s.n] {
+		stored += int(l)
 	}
-	base := zr.blockStart(first)
-	bufp := fetchBuffers.get(starts[n])
+	s.base = zr.blockStart(s.first)
+	bufp := fetchBuffers.get(stored)
 	defer fetchBuffers.put(bufp)
-	buf := *bufp
-	if err := readFull(zr.r, buf, base); err != nil {
-		return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w", prefix(zr.name), first, last, len(buf), base, err)
-	}
-	decode := func(from, to int) error {
-		for k := from; k < to; k++ {
-			if err := zr.decodeInto(p, off, first+k, buf[starts[k]:starts[k+1]], base+int64(starts[k])); err != nil {
-				return err
-			}
-		}
-		return nil
+	s.buf = *bufp
+	if err := readFull(zr.r, s.buf, s.base); err != nil {
+		return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w",
+			prefix(zr.name), s.first, s.first+s.n-1, stored, s.base, err)
 	}
 	workers := zr.concurrency
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
 	grain := max(1, parallelGrain/int(zr.blockSize))
-	workers = min(workers, n/grain)
-	if workers < 2 {
-		return decode(0, n)
+	if workers = min(workers, s.n/grain); workers < 2 {
+		return zr.decodeBlocks(&s, 0, s.n, 0)
 	}
-	// Workers pull grains in order from a shared counter, so a goroutine that is descheduled
-	// holds up only its current grain. A worker stops at its first bad block; since grains
-	// are handed out in order, the failure in the lowest grain is the lowest bad block.
+	return zr.decodeParallel(s, workers, grain)
+}
+
+// decodeBlocks decodes blocks first+from to first+to-1 of s; at is the offset in s.buf of
+// the first of them.
+func (zr *Reader) decodeBlocks(s *span, from, to, at int) error {
+	for k := from; k < to; k++ {
+		l := int(zr.lengths[s.first+k])
+		if err := zr.decodeInto(s.p, s.off, s.first+k, s.buf[at:at+l], s.base+int64(at)); err != nil {
+			return err
+		}
+		at += l
+	}
+	return nil
+}
+
+// decodeParallel decodes s with several goroutines (the caller among them). They pull
+// grains of blocks in order from a shared counter, so a goroutine that is descheduled holds
+// up only its current grain. A goroutine stops at its first bad block; since grains are
+// handed out in order, the failure in the lowest grain is the lowest bad block of s.
+func (zr *Reader) decodeParallel(s span, workers, grain int) error {
+	grainAt := make([]int, (s.n+grain-1)/grain) // offset in s.buf of each grain
+	at := 0
+	for k := range s.n {
+		if k%grain == 0 {
+			grainAt[k/grain] = at
+		}
+		at += int(zr.lengths[s.first+k])
+	}
 	var next atomic.Int64
 	failedAt := make([]int, workers)
 	errs := make([]error, workers)
 	work := func(w int) {
 		for {
-			k := int(next.Add(int64(grain))) - grain
-			if k >= n {
+			g := int(next.Add(1)) - 1
+			if g >= len(grainAt) {
 				return
 			}
-			if err := decode(k, min(k+grain, n)); err != nil {
-				failedAt[w], errs[w] = k, err
+			if err := zr.decodeBlocks(&s, g*grain, min((g+1)*grain, s.n), grainAt[g]); err != nil {
+				failedAt[w], errs[w] = g, err
 				return
 			}
 		}
@@ -294,10 +320,10 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 	for w := 1; w < workers; w++ {
 		wg.Go(func() { work(w) })
 	}
-	work(0) // the calling goroutine works too
+	work(0)
 	wg.Wait()
 	var err error
-	lowest := n
+	lowest := len(grainAt)
 	for w, e := range errs {
 		if e != nil && failedAt[w] < lowest {
 			err, lowest = e, failedAt[w]
@@ -378,8 +404,15 @@ func (bp *bufferPool) get(n int) *[]byte {
 
 func (bp *bufferPool) put(b *[]byte) { bp.p.Put(b) }
 
-// readFull fills p from r at off; a short read is io.ErrUnexpectedEOF.
+// readFull fills p from r at off. io.ReaderAt returns an error with any short read; an
+// io.EOF that comes with a full buffer is success, a short read becomes ErrUnexpectedEOF.
 func readFull(r io.ReaderAt, p []byte, off int64) error {
-	_, err := io.ReadFull(io.NewSectionReader(r, off, int64(len(p))), p)
+	n, err := r.ReadAt(p, off)
+	switch {
+	case n == len(p):
+		return nil
+	case err == nil || err == io.EOF:
+		return io.ErrUnexpectedEOF
+	}
 	return err
 }
