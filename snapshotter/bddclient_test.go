@@ -1,0 +1,228 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// loopBDD serves bdd's control API over a real unix socket, with devices made by loopDevices,
+// so that BDDDevices is exercised through gRPC down to a mounted loop device.
+type loopBDD struct {
+	bddv1.UnimplementedDaemonServer
+	devices *loopDevices
+
+	mu       sync.Mutex
+	next     int
+	attached map[string]*bddv1.Device
+	requests []*bddv1.AttachRequest
+}
+
+func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
+	t.Helper()
+	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}}
+	socket := filepath.Join(t.TempDir(), "bdd.sock")
+	listener, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	bddv1.RegisterDaemonServer(srv, server)
+	go func() { _ = srv.Serve(listener) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return server, bddv1.NewDaemonClient(conn)
+}
+
+func (s *loopBDD) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.AttachResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests = append(s.requests, req)
+	var layers []RemoteLayer
+	for _, l := range req.GetLayers() {
+		b := l.GetBlob()
+		layers = append(layers, RemoteLayer{Ref: b.GetRef(), Digest: digest.Digest(b.GetDigest()), Size: b.GetSize()})
+	}
+	s.next++
+	id := fmt.Sprintf("dev%d", s.next)
+	path, err := s.devices.Attach(ctx, id, layers, req.GetUpperDir())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	dev := &bddv1.Device{Id: id, Layers: req.GetLayers(), UpperDir: req.GetUpperDir(), ReadOnly: req.GetReadOnly(), DevicePath: path}
+	s.attached[id] = dev
+	return &bddv1.AttachResponse{Device: dev}, nil
+}
+
+func (s *loopBDD) Detach(ctx context.Context, req *bddv1.DetachRequest) (*bddv1.DetachResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.attached[req.GetId()]; !ok {
+		return nil, status.Errorf(codes.NotFound, "no device %s", req.GetId())
+	}
+	if err := s.devices.Detach(ctx, req.GetId()); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	delete(s.attached, req.GetId())
+	return &bddv1.DetachResponse{}, nil
+}
+
+func (s *loopBDD) List(context.Context, *bddv1.ListRequest) (*bddv1.ListResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &bddv1.ListResponse{}
+	for _, dev := range s.attached {
+		resp.Devices = append(resp.Devices, dev)
+	}
+	return resp, nil
+}
+
+// forget drops a device from the server's books without detaching it, as a bdd whose state
+// was wiped would.
+func (s *loopBDD) forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.attached, id)
+}
+
+func (s *loopBDD) attachRequests() []*bddv1.AttachRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*bddv1.AttachRequest(nil), s.requests...)
+}
+
+func TestBDDDevicesServeTheSnapshotter(t *testing.T) {
+	requireOverlay(t)
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	root := t.TempDir()
+	manager, err := NewBDDDevices(client, filepath.Join(root, "devices"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := NewSnapshotter(root, WithDeviceManager(manager))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	lower := devices.addBlob(map[string]string{"etc/os": "lower"})
+	upper := devices.addBlob(map[string]string{"bin/app": "upper"})
+	top := prepareLazyChain(t, sn, "app", lower, upper)
+
+	mounts, err := sn.Prepare(ctx, "c", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	assertFile(t, filepath.Join(rootfs, "etc/os"), "lower")
+	assertFile(t, filepath.Join(rootfs, "bin/app"), "upper")
+
+	reqs := bdd.attachRequests()
+	if len(reqs) != 1 || !reqs[0].GetReadOnly() || reqs[0].GetUpperDir() != "" || len(reqs[0].GetLayers()) != 2 {
+		t.Fatalf("attach requests = %v, want one read-only attach of two layers", reqs)
+	}
+	for i, want := range []RemoteLayer{lower, upper} {
+		blob := reqs[0].GetLayers()[i].GetBlob()
+		if blob.GetRef() != "registry.test/app" || blob.GetDigest() != want.Digest.String() || blob.GetSize() != want.Size {
+			t.Fatalf("layer %d = %v, want repository registry.test/app, %s, %d", i, blob, want.Digest, want.Size)
+		}
+	}
+
+	unmountRootfs(t, rootfs)
+	if err := sn.Remove(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, devices, 0, 1, 1)
+	if entries, _ := os.ReadDir(filepath.Join(root, "devices")); len(entries) != 0 {
+		t.Fatalf("device records left after detach: %v", entries)
+	}
+}
+
+func TestBDDDevicesIdempotence(t *testing.T) {
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	stateDir := t.TempDir()
+	layer := devices.addBlob(map[string]string{"f": "x"})
+	first, err := NewBDDDevices(client, stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := first.Attach(ctx, "k", []RemoteLayer{layer}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A restarted snapshotter finds the device bdd still serves instead of attaching another.
+	second, err := NewBDDDevices(client, stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := second.Attach(ctx, "k", []RemoteLayer{layer}, "")
+	if err != nil || again != dev || len(bdd.attachRequests()) != 1 {
+		t.Fatalf("re-attach = %q, %v after %d attaches; want %q from the first attach", again, err, len(bdd.attachRequests()), dev)
+	}
+
+	// A bdd that lost the device gets a new attach.
+	bdd.forget("dev1")
+	if _, err := second.Attach(ctx, "k", []RemoteLayer{layer}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(bdd.attachRequests()); n != 2 {
+		t.Fatalf("attaches = %d, want 2 after bdd lost the device", n)
+	}
+	if err := devices.Detach(ctx, "dev1"); err != nil { // the forgotten one
+		t.Fatal(err)
+	}
+
+	if err := second.Detach(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Detach(ctx, "k"); err != nil {
+		t.Fatalf("second Detach: %v, want nil", err)
+	}
+	if _, err := second.Attach(ctx, "../escape", nil, ""); err == nil || !strings.Contains(err.Error(), "plain name") {
+		t.Fatalf("Attach with a path as key: err = %v", err)
+	}
+	if _, err := second.Attach(ctx, "bad-ref", []RemoteLayer{{Ref: "Not A Ref", Digest: layer.Digest, Size: 1}}, ""); err == nil {
+		t.Fatal("Attach with an invalid image reference succeeded")
+	}
+	assertCounts(t, devices, 0, 2, 2)
+}
+
+func TestRepository(t *testing.T) {
+	for ref, want := range map[string]string{
+		"127.0.0.1:5000/app:latest":                        "127.0.0.1:5000/app",
+		"registry.test/ns/app@sha256:" + digestHex('a'):    "registry.test/ns/app",
+		"busybox":                                          "docker.io/library/busybox",
+		"registry.test/app:v1@sha256:" + digestHex('b'):    "registry.test/app",
+		"localhost:5000/deep/path/app:with-tag.and_more-1": "localhost:5000/deep/path/app",
+	} {
+		got, err := repository(ref)
+		if err != nil || got != want {
+			t.Errorf("repository(%q) = %q, %v; want %q", ref, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "app/UPPER", "a b", "app@sha256:short"} {
+		if got, err := repository(bad); err == nil {
+			t.Errorf("repository(%q) = %q, want an error", bad, got)
+		}
+	}
+}
