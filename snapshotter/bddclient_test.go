@@ -209,9 +209,9 @@ func TestBDDDevicesIdempotence(t *testing.T) {
 
 func TestRepository(t *testing.T) {
 	for ref, want := range map[string]string{
-		"127.0.0.1:5000/app:latest":                        "127.0.0.1:5000/app",
-		"registry.test/ns/app@sha256:" + digestHex('a'):    "registry.test/ns/app",
-		"busybox":                                          "docker.io/library/busybox",
+		"127.0.0.1:5000/app:latest":                     "127.0.0.1:5000/app",
+		"registry.test/ns/app@sha256:" + digestHex('a'): "registry.test/ns/app",
+		"busybox": "docker.io/library/busybox",
 		"registry.test/app:v1@sha256:" + digestHex('b'):    "registry.test/app",
 		"localhost:5000/deep/path/app:with-tag.and_more-1": "localhost:5000/deep/path/app",
 	} {
