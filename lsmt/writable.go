@@ -53,7 +53,8 @@ type Writable struct {
 }
 
 // Create makes a new, empty writable layer in dir (created if missing). It
-// fails if the layer's files already exist.
+// fails if the layer's files already exist. Like os.Create it does not sync:
+// call Sync to make the new layer durable.
 func Create(dir string, opts CreateOptions) (*Writable, error) {
 	if opts.VirtualSize <= 0 || opts.VirtualSize%SectorSize != 0 || opts.VirtualSize > 1<<59 {
 		return nil, fmt.Errorf("lsmt: create %s: virtual size %d is not a positive multiple of %d", dir, opts.VirtualSize, SectorSize)
@@ -116,9 +117,6 @@ func Create(dir string, opts CreateOptions) (*Writable, error) {
 		if _, err := w.index.WriteAt(b, 0); err != nil {
 			return fail(err)
 		}
-	}
-	if err := w.Sync(); err != nil {
-		return fail(err)
 	}
 	w.readSeg = w.readSegment
 	return w, nil
