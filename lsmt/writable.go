@@ -34,6 +34,8 @@ type CreateOptions struct {
 // file's data extents (SEEK_DATA/SEEK_HOLE), and a discard punches a hole: as
 // upstream, holes are holes, so in a stack a discarded range of a sparse upper
 // shows the lower layers again (it reads as zeros when nothing is below).
+// Sparse presence has file system block granularity: a write marks its whole
+// blocks present, and their unwritten sectors read as zeros.
 type Writable struct {
 	dir       string
 	data      *os.File
