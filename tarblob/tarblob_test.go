@@ -321,3 +321,33 @@ func TestOpenHonoursPAXRecords(t *testing.T) {
 		t.Errorf("paxRecord with a length that gains a digit = %q", got)
 	}
 }
+
+func TestOpenAcceptsGNUTarOutput(t *testing.T) {
+	tarBin, err := exec.LookPath("tar")
+	if err != nil {
+		t.Skip("GNU tar not installed: cannot check tars it writes")
+	}
+	dir := t.TempDir()
+	payload := randomBytes(70001, 4)
+	if err := os.WriteFile(filepath.Join(dir, MemberName), payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"gnu", "posix", "ustar", "v7"} {
+		path := filepath.Join(dir, format+".tar")
+		if out, err := exec.Command(tarBin, "-C", dir, "--format="+format, "-cf", path, MemberName).CombinedOutput(); err != nil {
+			t.Fatalf("tar --format=%s: %v\n%s", format, err, out)
+		}
+		blob, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec, err := Open(bytes.NewReader(blob), int64(len(blob)))
+		if err != nil {
+			t.Errorf("%s tar: Open: %v", format, err)
+			continue
+		}
+		if !bytes.Equal(sectionBytes(t, sec), payload) {
+			t.Errorf("%s tar: wrong payload", format)
+		}
+	}
+}
