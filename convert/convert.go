@@ -118,6 +118,7 @@ type Result struct {
 	Descriptor ocispec.Descriptor // the pushed manifest or index
 	Layers     int                // layers converted (not from the cache)
 	Reused     int                // layers taken from the cache
+	LayerBytes int64              // size of all converted layer blobs, every platform
 }
 
 // pending is a blob or manifest to push once everything converted.
@@ -294,6 +295,7 @@ func (r *run) convertManifest(ctx context.Context, desc ocispec.Descriptor) (oci
 		parentUUID = uuid
 		newLayers = append(newLayers, d)
 		newDiffIDs = append(newDiffIDs, d.Digest) // an uncompressed tar: digest = diff_id
+		r.result.LayerBytes += d.Size
 		r.pushes = append(r.pushes, pending{desc: d, file: blob})
 	}
 	newCfg, err := cfg.withDiffIDs(newDiffIDs)

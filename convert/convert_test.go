@@ -80,7 +80,7 @@ func readManifest(t *testing.T, dir, tag string) ocispec.Manifest {
 
 func blobPath(dir, hex string) string { return filepath.Join(dir, "blobs", "sha256", hex) }
 
-func readJSON(t *testing.T, p string, v any) {
+func readJSON(t testing.TB, p string, v any) {
 	t.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
