@@ -123,7 +123,7 @@ func BenchmarkStackRandomRead(b *testing.B) {
 					offsets[i] = int64(rng.IntN(int(s.Size()/4096))) * 4096
 				}
 			}
-			compareABBA(b, batch, 1024, prepare, reader(s), reader(single), "x-vs-1layer")
+			compareABBA(b, batch, 8192, prepare, reader(s), reader(single), "x-vs-1layer")
 		})
 	}
 }
@@ -159,5 +159,5 @@ func BenchmarkWritableRandomWrite(b *testing.B) {
 			}
 		}
 	}
-	compareABBA(b, 64, 1024, func() {}, write(w), write(plain), "x-vs-pwrite")
+	compareABBA(b, 64, 4096, func() {}, write(w), write(plain), "x-vs-pwrite")
 }
