@@ -94,6 +94,53 @@ func assertCounts(t *testing.T, d *loopDevices, attached, attaches, detaches int
 	}
 }
 
+// lazyFixture is a Snapshotter with loop devices and a one-layer lazy image whose file "base"
+// reads "lazy"; top names the image's top layer.
+type lazyFixture struct {
+	root    string
+	devices *loopDevices
+	sn      *Snapshotter
+	top     string
+}
+
+func newLazyFixture(t *testing.T, opts ...Opt) *lazyFixture {
+	t.Helper()
+	requireOverlay(t)
+	f := &lazyFixture{root: t.TempDir(), devices: newLoopDevices(t)}
+	f.open(t, opts...)
+	f.top = prepareLazyChain(t, f.sn, "app", f.devices.addBlob(map[string]string{"base": "lazy"}))
+	return f
+}
+
+// open starts a Snapshotter on the fixture's root, as a (re)started process would.
+func (f *lazyFixture) open(t *testing.T, opts ...Opt) {
+	t.Helper()
+	sn, err := NewSnapshotter(f.root, append([]Opt{WithDeviceManager(f.devices)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sn = sn
+	t.Cleanup(func() { sn.Close() })
+}
+
+func (f *lazyFixture) prepare(t *testing.T, key, parent string) []mount.Mount {
+	t.Helper()
+	mounts, err := f.sn.Prepare(context.Background(), key, parent)
+	if err != nil {
+		t.Fatalf("Prepare(%s, %s): %v", key, parent, err)
+	}
+	return mounts
+}
+
+func (f *lazyFixture) remove(t *testing.T, keys ...string) {
+	t.Helper()
+	for _, key := range keys {
+		if err := f.sn.Remove(context.Background(), key); err != nil {
+			t.Fatalf("Remove(%s): %v", key, err)
+		}
+	}
+}
+
 func TestLazyLayerIsRecordedWithoutFetching(t *testing.T) {
 	ctx := context.Background()
 	sn, err := NewSnapshotter(t.TempDir())
@@ -178,24 +225,14 @@ func TestLazyLayerRefusals(t *testing.T) {
 }
 
 func TestLazyChainSharesOneDevice(t *testing.T) {
-	requireOverlay(t)
 	ctx := context.Background()
-	devices := newLoopDevices(t)
-	root := t.TempDir()
-	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	lower := devices.addBlob(map[string]string{"etc/os": "lower", "shadowed": "from lower"})
-	upper := devices.addBlob(map[string]string{"bin/app": "upper", "shadowed": "from upper"})
-	top := prepareLazyChain(t, sn, "app", lower, upper)
-	assertCounts(t, devices, 0, 0, 0)
+	f := newLazyFixture(t)
+	lower := f.devices.addBlob(map[string]string{"etc/os": "lower", "shadowed": "from lower"})
+	upper := f.devices.addBlob(map[string]string{"bin/app": "upper", "shadowed": "from upper"})
+	top := prepareLazyChain(t, f.sn, "two", lower, upper)
+	assertCounts(t, f.devices, 0, 0, 0)
 
-	m1, err := sn.Prepare(ctx, "c1", top)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m1 := f.prepare(t, "c1", top)
 	if len(m1) != 1 || m1[0].Type != "overlay" {
 		t.Fatalf("container mounts = %+v, want one overlay", m1)
 	}
@@ -207,111 +244,67 @@ func TestLazyChainSharesOneDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m2, err := sn.Prepare(ctx, "c2", top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs2 := mountRootfs(t, m2)
+	rootfs2 := mountRootfs(t, f.prepare(t, "c2", top))
 	if _, err := os.Stat(filepath.Join(rootfs2, "written")); !os.IsNotExist(err) {
 		t.Fatalf("c2 sees c1's write: %v", err)
 	}
-	view, err := sn.View(ctx, "v", top)
+	view, err := f.sn.View(ctx, "v", top)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(view) != 1 || view[0].Type != "bind" || view[0].Options[0] != "ro" {
 		t.Fatalf("view mounts = %+v, want a read-only bind of the device", view)
 	}
-	assertCounts(t, devices, 1, 1, 0)
+	assertCounts(t, f.devices, 1, 1, 0)
 
-	usage, err := sn.Usage(ctx, "c1")
+	usage, err := f.sn.Usage(ctx, "c1")
 	if err != nil || usage.Size == 0 {
 		t.Fatalf("Usage(c1) = %+v, %v; want the written file counted", usage, err)
 	}
 
 	unmountRootfs(t, rootfs1)
-	if err := sn.Remove(ctx, "c1"); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 1, 1, 0) // c2 and v still use it
-	if err := sn.Remove(ctx, "v"); err != nil {
-		t.Fatal(err)
-	}
+	f.remove(t, "c1")
+	assertCounts(t, f.devices, 1, 1, 0) // c2 and v still use it
+	f.remove(t, "v")
 	unmountRootfs(t, rootfs2)
-	if err := sn.Remove(ctx, "c2"); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 0, 1, 1)
+	f.remove(t, "c2")
+	assertCounts(t, f.devices, 0, 1, 1)
 
-	// The image can be removed once no container needs it; nothing stays mounted.
-	if err := sn.Remove(ctx, top); err != nil {
-		t.Fatal(err)
-	}
-	if err := sn.Remove(ctx, "app-layer-0"); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(filepath.Join(root, "snapshots"))
+	// The images can be removed once no container needs them; nothing stays mounted.
+	f.remove(t, top, "two-layer-0", f.top)
+	entries, err := os.ReadDir(filepath.Join(f.root, "snapshots"))
 	if err != nil || len(entries) != 0 {
 		t.Fatalf("snapshot directories left: %v %v", entries, err)
 	}
 }
 
 func TestCommitOnLazyChain(t *testing.T) {
-	requireOverlay(t)
-	ctx := context.Background()
-	devices := newLoopDevices(t)
-	sn, err := NewSnapshotter(t.TempDir(), WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+	f := newLazyFixture(t)
 
 	// A committed container (nerdctl commit) becomes an ordinary layer over the device.
-	mounts, err := sn.Prepare(ctx, "work", top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs := mountRootfs(t, mounts)
+	rootfs := mountRootfs(t, f.prepare(t, "work", f.top))
 	if err := os.WriteFile(filepath.Join(rootfs, "added"), []byte("diff"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	unmountRootfs(t, rootfs)
-	if err := sn.Commit(ctx, "committed", "work"); err != nil {
+	if err := f.sn.Commit(context.Background(), "committed", "work"); err != nil {
 		t.Fatal(err)
 	}
-	assertCounts(t, devices, 0, 1, 1) // nothing runs on the chain between commit and the next container
+	assertCounts(t, f.devices, 0, 1, 1) // nothing runs on the chain between commit and the next container
 
-	mounts, err = sn.Prepare(ctx, "next", "committed")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootfs = mountRootfs(t, mounts)
+	rootfs = mountRootfs(t, f.prepare(t, "next", "committed"))
 	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
 	assertFile(t, filepath.Join(rootfs, "added"), "diff")
 	unmountRootfs(t, rootfs)
-	if err := sn.Remove(ctx, "next"); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 0, 2, 2)
+	f.remove(t, "next")
+	assertCounts(t, f.devices, 0, 2, 2)
 }
 
 func TestDevModeGivesEachContainerAWritableDevice(t *testing.T) {
-	requireOverlay(t)
 	ctx := context.Background()
-	devices := newLoopDevices(t)
-	root := t.TempDir()
-	sn, err := NewSnapshotter(root, WithDeviceManager(devices), WithRWMode(RWModeDev))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
+	f := newLazyFixture(t, WithRWMode(RWModeDev))
 
-	mounts, err := sn.Prepare(ctx, "c1", top)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mounts := f.prepare(t, "c1", f.top)
 	if len(mounts) != 1 || mounts[0].Type != "bind" || mounts[0].Options[0] != "rw" {
 		t.Fatalf("dev-mode mounts = %+v, want a writable bind of the device", mounts)
 	}
@@ -320,139 +313,87 @@ func TestDevModeGivesEachContainerAWritableDevice(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(rootfs, "new"), []byte("on the device"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sn.Prepare(ctx, "c2", top); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 2, 2, 0) // one device per container
+	f.prepare(t, "c2", f.top)
+	assertCounts(t, f.devices, 2, 2, 0) // one device per container
 
-	if err := sn.Commit(ctx, "img", "c1"); !errdefs.IsNotImplemented(err) {
+	if err := f.sn.Commit(ctx, "img", "c1"); !errdefs.IsNotImplemented(err) {
 		t.Fatalf("Commit of a dev-mode snapshot: err = %v, want NotImplemented", err)
 	}
-	usage, err := sn.Usage(ctx, "c1")
+	usage, err := f.sn.Usage(ctx, "c1")
 	if err != nil || usage.Size == 0 {
 		t.Fatalf("Usage(c1) = %+v, %v; want the device's upper counted", usage, err)
 	}
 	unmountRootfs(t, rootfs)
-	for _, key := range []string{"c1", "c2"} {
-		if err := sn.Remove(ctx, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	assertCounts(t, devices, 0, 2, 2)
+	f.remove(t, "c1", "c2")
+	assertCounts(t, f.devices, 0, 2, 2)
 }
 
 func TestRestartKeepsContainersAndDevices(t *testing.T) {
-	requireOverlay(t)
-	ctx := context.Background()
-	devices := newLoopDevices(t)
-	root := t.TempDir()
-	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
-	mounts, err := sn.Prepare(ctx, "running", top)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newLazyFixture(t)
+	mounts := f.prepare(t, "running", f.top)
 	rootfs := mountRootfs(t, mounts)
-	if err := sn.Close(); err != nil {
+	if err := f.sn.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	// The running container keeps its filesystem while the snapshotter is gone and after.
 	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
-	sn, err = NewSnapshotter(root, WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	again, err := sn.Mounts(ctx, "running")
+	f.open(t)
+	again, err := f.sn.Mounts(context.Background(), "running")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(again[0].Options, ",") != strings.Join(mounts[0].Options, ",") {
 		t.Fatalf("Mounts after restart = %+v, want %+v", again, mounts)
 	}
-	if _, err := sn.Prepare(ctx, "new", top); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 1, 1, 0) // the mounted device was taken over, not attached again
+	f.prepare(t, "new", f.top)
+	assertCounts(t, f.devices, 1, 1, 0) // the mounted device was taken over, not attached again
 
 	unmountRootfs(t, rootfs)
-	for _, key := range []string{"running", "new"} {
-		if err := sn.Remove(ctx, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	assertCounts(t, devices, 0, 1, 1)
+	f.remove(t, "running", "new")
+	assertCounts(t, f.devices, 0, 1, 1)
 }
 
 func TestMountsReattachesAfterDeviceLoss(t *testing.T) {
-	requireOverlay(t)
 	ctx := context.Background()
-	devices := newLoopDevices(t)
-	root := t.TempDir()
-	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
-	if _, err := sn.Prepare(ctx, "c", top); err != nil {
-		t.Fatal(err)
-	}
+	f := newLazyFixture(t)
+	f.prepare(t, "c", f.top)
 	// As after a reboot: the mount and the device are gone, the metadata is not.
-	topID := sn.mustID(t, top)
-	sn.devMu.Lock()
-	if err := sn.teardownDevice(ctx, topID); err != nil {
+	topID := f.sn.mustID(t, f.top)
+	f.sn.devMu.Lock()
+	if err := f.sn.teardownDevice(ctx, topID); err != nil {
 		t.Fatal(err)
 	}
-	sn.devMu.Unlock()
-	assertMounted(t, sn.deviceMountPath(topID), false)
+	f.sn.devMu.Unlock()
+	assertMounted(t, f.sn.deviceMountPath(topID), false)
 
-	mounts, err := sn.Mounts(ctx, "c")
+	mounts, err := f.sn.Mounts(ctx, "c")
 	if err != nil {
 		t.Fatal(err)
 	}
 	rootfs := mountRootfs(t, mounts)
 	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
-	assertCounts(t, devices, 1, 2, 1)
+	assertCounts(t, f.devices, 1, 2, 1)
 	unmountRootfs(t, rootfs)
-	if err := sn.Remove(ctx, "c"); err != nil {
-		t.Fatal(err)
-	}
-	assertCounts(t, devices, 0, 2, 2)
+	f.remove(t, "c")
+	assertCounts(t, f.devices, 0, 2, 2)
 }
 
 func TestCleanupDetachesLeftoverDevices(t *testing.T) {
-	requireOverlay(t)
-	ctx := context.Background()
-	devices := newLoopDevices(t)
-	root := t.TempDir()
-	sn, err := NewSnapshotter(root, WithDeviceManager(devices))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	top := prepareLazyChain(t, sn, "app", devices.addBlob(map[string]string{"base": "lazy"}))
-	if _, err := sn.Prepare(ctx, "c", top); err != nil {
-		t.Fatal(err)
-	}
-	devices.failDetach = true
-	if err := sn.Remove(ctx, "c"); err != nil {
-		t.Fatalf("Remove must succeed once the metadata is gone: %v", err)
-	}
-	assertCounts(t, devices, 1, 1, 0)
-	orphan := filepath.Join(root, "snapshots", "999")
+	f := newLazyFixture(t)
+	f.prepare(t, "c", f.top)
+	f.devices.failDetach = true
+	f.remove(t, "c") // succeeds: the metadata is gone, the device is left for Cleanup
+	assertCounts(t, f.devices, 1, 1, 0)
+	orphan := filepath.Join(f.root, "snapshots", "999")
 	if err := os.MkdirAll(filepath.Join(orphan, "fs"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	if err := sn.Cleanup(ctx); err != nil {
+	if err := f.sn.Cleanup(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	assertCounts(t, devices, 0, 1, 1)
+	assertCounts(t, f.devices, 0, 1, 1)
 	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
 		t.Fatalf("orphan directory survived Cleanup: %v", err)
 	}

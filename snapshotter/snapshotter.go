@@ -406,21 +406,13 @@ func readDirNames(dir string) ([]string, error) {
 func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, labels map[string]string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
 	_, unpacking := labels[snapshots.LabelSnapshotRef]
 	var (
-		s         storage.Snapshot
-		c         chain
-		tmp, path string
+		s      storage.Snapshot
+		c      chain
+		placed bool
 	)
 	defer func() {
-		if err == nil {
-			return
-		}
-		for _, dir := range []string{tmp, path} {
-			if dir == "" {
-				continue
-			}
-			if rmErr := os.RemoveAll(dir); rmErr != nil {
-				o.cfg.logger.ErrorContext(ctx, "failed to remove directory of failed snapshot", "path", dir, "error", rmErr)
-			}
+		if err != nil && placed {
+			o.removeSnapshotDir(ctx, s.ID)
 		}
 	}()
 	if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
@@ -433,20 +425,12 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		// Unpacking writes a layer diff into the upper directory; only a container's root
 		// may live on its own writable device.
 		ownDevice := kind == snapshots.KindActive && !unpacking && o.cfg.rwMode == RWModeDev && c.lazyTop == 0
-		if tmp, err = o.prepareDirectory(kind, ownDevice); err != nil {
-			return err
-		}
+		var fill func(dir string) error
 		if len(s.ParentIDs) > 0 && c.lazyTop != 0 {
-			if err := copyOwner(o.upperPath(s.ParentIDs[0]), filepath.Join(tmp, "fs")); err != nil {
-				return err
-			}
+			fill = func(dir string) error { return copyOwner(o.upperPath(s.ParentIDs[0]), filepath.Join(dir, "fs")) }
 		}
-		path = o.snapshotDir(s.ID)
-		if err := os.Rename(tmp, path); err != nil {
-			return fmt.Errorf("failed to rename: %w", err)
-		}
-		tmp = ""
-		return nil
+		placed, err = o.placeDirectory(s.ID, kind, ownDevice, fill)
+		return err
 	}); err != nil {
 		return nil, err
 	}
@@ -466,8 +450,11 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 // prepareLazyLayer records an overlaybd layer as a committed snapshot named target, without
 // fetching it, and returns an error wrapping errdefs.ErrAlreadyExists when that succeeded.
 func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target string, layer RemoteLayer, opts []snapshots.Opt) error {
-	var tmp, path string
-	err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	var (
+		id     string
+		placed bool
+	)
+	if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		if parent != "" {
 			parentID, _, _, err := storage.GetInfo(ctx, parent)
 			if err != nil {
@@ -488,29 +475,39 @@ func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target 
 		if _, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, snapshots.WithLabels(info.Labels)); err != nil {
 			return fmt.Errorf("commit overlaybd layer %s: %w", target, err)
 		}
-		if tmp, err = o.prepareDirectory(snapshots.KindCommitted, false); err != nil {
-			return err
-		}
-		if err := writeLayerRecord(filepath.Join(tmp, layerRecordName), layer); err != nil {
-			return err
-		}
-		path = o.snapshotDir(s.ID)
-		if err := os.Rename(tmp, path); err != nil {
-			return fmt.Errorf("failed to rename: %w", err)
-		}
-		tmp = ""
-		return nil
-	})
-	if err != nil {
-		for _, dir := range []string{tmp, path} {
-			if dir != "" {
-				_ = os.RemoveAll(dir)
-			}
+		id = s.ID
+		placed, err = o.placeDirectory(id, snapshots.KindCommitted, false, func(dir string) error {
+			return writeLayerRecord(filepath.Join(dir, layerRecordName), layer)
+		})
+		return err
+	}); err != nil {
+		if placed {
+			o.removeSnapshotDir(ctx, id)
 		}
 		return err
 	}
 	o.cfg.logger.InfoContext(ctx, "overlaybd layer recorded lazily", "snapshot", target, "digest", layer.Digest, "size", layer.Size)
 	return fmt.Errorf("overlaybd layer %s is read lazily: %w", target, errdefs.ErrAlreadyExists)
+}
+
+// placeDirectory creates the directory of snapshot id: prepareDirectory under a temporary
+// name, fill (if any) to complete it, then a rename into place. placed reports whether the
+// directory is in place; on error nothing else is left behind.
+func (o *Snapshotter) placeDirectory(id string, kind snapshots.Kind, ownDevice bool, fill func(dir string) error) (placed bool, err error) {
+	tmp, err := o.prepareDirectory(kind, ownDevice)
+	if err == nil && fill != nil {
+		err = fill(tmp)
+	}
+	if err == nil {
+		err = os.Rename(tmp, o.snapshotDir(id))
+	}
+	if err != nil {
+		if tmp != "" {
+			_ = os.RemoveAll(tmp)
+		}
+		return false, fmt.Errorf("snapshot directory %s: %w", id, err)
+	}
+	return true, nil
 }
 
 // prepareDirectory creates a snapshot directory under a temporary name: fs/ (the upper or
