@@ -7,7 +7,6 @@ import (
 	"io"
 	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 const (
@@ -288,10 +287,7 @@ func (zr *Reader) decodeBlocks(s *span, from, to, at int) error {
 	return nil
 }
 
-// decodeParallel decodes s with several goroutines (the caller among them). They pull
-// grains of blocks in order from a shared counter, so a goroutine that is descheduled holds
-// up only its current grain. A goroutine stops at its first bad block; since grains are
-// handed out in order, the failure in the lowest grain is the lowest bad block of s.
+// decodeParallel decodes s on several goroutines, a grain of blocks at a time.
 func (zr *Reader) decodeParallel(s span, workers, grain int) error {
 	grainAt := make([]int, (s.n+grain-1)/grain) // offset in s.buf of each grain
 	at := 0
@@ -301,35 +297,9 @@ func (zr *Reader) decodeParallel(s span, workers, grain int) error {
 		}
 		at += int(zr.lengths[s.first+k])
 	}
-	var next atomic.Int64
-	failedAt := make([]int, workers)
-	errs := make([]error, workers)
-	work := func(w int) {
-		for {
-			g := int(next.Add(1)) - 1
-			if g >= len(grainAt) {
-				return
-			}
-			if err := zr.decodeBlocks(&s, g*grain, min((g+1)*grain, s.n), grainAt[g]); err != nil {
-				failedAt[w], errs[w] = g, err
-				return
-			}
-		}
-	}
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Go(func() { work(w) })
-	}
-	work(0)
-	wg.Wait()
-	var err error
-	lowest := len(grainAt)
-	for w, e := range errs {
-		if e != nil && failedAt[w] < lowest {
-			err, lowest = e, failedAt[w]
-		}
-	}
-	return err
+	return forEach(workers, len(grainAt), func(_, g int) error {
+		return zr.decodeBlocks(&s, g*grain, min((g+1)*grain, s.n), grainAt[g])
+	})
 }
 
 // decodeInto checks and decodes block i (stored bytes src at file offset fileOff) and copies

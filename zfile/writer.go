@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -160,24 +159,16 @@ func (zw *Writer) Write(p []byte) (int, error) {
 // flush compresses the batch (its last block may be partial only at Close) and writes it.
 func (zw *Writer) flush() error {
 	nb := (len(zw.batch) + zw.bs - 1) / zw.bs
-	workers := min(len(zw.comps), nb)
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for wi := range workers {
-		wg.Go(func() {
-			for k := wi; k < nb; k += workers {
-				src := zw.batch[k*zw.bs : min((k+1)*zw.bs, len(zw.batch))]
-				dst, err := zw.comps[wi].compress(zw.blocks[k][:0], src)
-				if err != nil {
-					errs[wi] = fmt.Errorf("zfile: compress block %d: %w", zw.stats.Blocks+k, err)
-					return
-				}
-				zw.blocks[k] = binary.LittleEndian.AppendUint32(dst, crc(blockCRCSeed, dst))
-			}
-		})
-	}
-	wg.Wait()
-	if err := firstError(errs); err != nil {
+	err := forEach(len(zw.comps), nb, func(w, k int) error {
+		src := zw.batch[k*zw.bs : min((k+1)*zw.bs, len(zw.batch))]
+		dst, err := zw.comps[w].compress(zw.blocks[k][:0], src)
+		if err != nil {
+			return fmt.Errorf("zfile: compress block %d: %w", zw.stats.Blocks+k, err)
+		}
+		zw.blocks[k] = binary.LittleEndian.AppendUint32(dst, crc(blockCRCSeed, dst))
+		return nil
+	})
+	if err != nil {
 		zw.err = err
 		return err
 	}
@@ -259,14 +250,3 @@ func (zw *Writer) release() {
 
 // Stats reports what was written; the totals are final after Close.
 func (zw *Writer) Stats() WriterStats { return zw.stats }
-
-// firstError returns the first non-nil error, so that a failed batch reports its lowest
-// failing block whatever the goroutine timing.
-func firstError(errs []error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
