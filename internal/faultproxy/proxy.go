@@ -105,6 +105,9 @@ func (p *Proxy) Close() error {
 	return err
 }
 
+// CloseIdleConnections closes the proxy's idle connections to the upstream.
+func (p *Proxy) CloseIdleConnections() { p.transport.CloseIdleConnections() }
+
 // InjectNext makes the next n selected requests fail with f (queued after earlier injections).
 func (p *Proxy) InjectNext(f Fault, n int) {
 	p.mu.Lock()

@@ -1,0 +1,471 @@
+package remotefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/remotefetch/cache"
+)
+
+// Blob is one registry blob opened for random access: an io.ReaderAt over the cache, which
+// fetches missing fill units on demand. It is safe for concurrent use.
+type Blob struct {
+	f      *Fetcher
+	ref    string
+	dgst   digest.Digest
+	size   int64
+	entry  *cache.Entry
+	remote *remote
+	log    *slog.Logger
+	stats  counters
+
+	ctx    context.Context // lives until Close; fetches run under it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // fetch, verify and background goroutines
+
+	refs int // Opens not yet Closed; guarded by Fetcher.mu
+
+	mu       sync.Mutex
+	inflight map[int]*unitCall // units being fetched
+	closed   bool
+
+	lastErr    atomic.Pointer[error] // most recent fetch failure, for deadline errors
+	poisoned   atomic.Pointer[error] // set when digest verification failed
+	verifyMu   sync.Mutex
+	foreground atomic.Int64 // ReadAt calls in progress; background fill waits for zero
+	seqEnd     atomic.Int64 // end of the previous read, for sequential readahead
+	raEnd      int          // first unit past the issued readahead; guarded by mu
+}
+
+// unitCall is one in-flight fetch of a unit; done closes when it is stored or failed.
+type unitCall struct {
+	done chan struct{}
+	err  error
+}
+
+// Size is the blob's size in bytes.
+func (b *Blob) Size() int64 { return b.size }
+
+// Digest is the blob's digest.
+func (b *Blob) Digest() digest.Digest { return b.dgst }
+
+// Stats returns the blob's counters since Open.
+func (b *Blob) Stats() Stats { return b.stats.stats() }
+
+// ReadAt reads len(p) bytes at off (fewer, with io.EOF, at the end of the blob). Missing units
+// are fetched, with retries, until Options.ReadTimeout passes; then it fails with an error
+// wrapping ErrDeadline that names the blob, the range and the last cause. It never returns
+// bytes that did not arrive as the requested range.
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
+	defer cancel()
+	return b.readAt(ctx, p, off)
+}
+
+// ReadAtContext is ReadAt with a caller's context, which may end the read sooner.
+func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.f.opts.ReadTimeout)
+	defer cancel()
+	stop := context.AfterFunc(b.ctx, cancel)
+	defer stop()
+	return b.readAt(ctx, p, off)
+}
+
+func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("remotefetch: blob %s: negative offset %d", b.dgst, off)
+	}
+	if off >= b.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	end := min(off+int64(len(p)), b.size)
+	b.foreground.Add(1)
+	defer b.foreground.Add(-1)
+	b.f.recordTrace(b, off, end-off)
+
+	sequential := b.seqEnd.Swap(end) == off && off > 0
+	missed, err := b.ensure(ctx, off, end, sequential)
+	if missed {
+		b.stats.miss()
+	} else {
+		b.stats.hit()
+	}
+	if err != nil {
+		b.stats.fail()
+		return 0, err
+	}
+	n, err := b.entry.ReadAt(p[:end-off], off)
+	if err != nil {
+		b.stats.fail()
+		return n, fmt.Errorf("remotefetch: blob %s: read cache at %d: %w", b.dgst, off, err)
+	}
+	if end-off < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// ensure makes the units covering [off, end) present, fetching what is missing. With
+// readahead it also starts fetching the next MaxRequestSize after end without waiting for it.
+func (b *Blob) ensure(ctx context.Context, off, end int64, readahead bool) (missed bool, err error) {
+	unit := b.entry.FillUnit()
+	first, last := int(off/unit), int((end-1)/unit)
+	if readahead {
+		b.readahead(last)
+	}
+	for {
+		if perr := b.poisoned.Load(); perr != nil {
+			return missed, *perr
+		}
+		waits, err := b.claimAndFetch(first, last)
+		if errors.Is(err, ErrDigestMismatch) {
+			return missed, err
+		}
+		if err != nil {
+			return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, err)
+		}
+		if len(waits) == 0 {
+			return missed, nil
+		}
+		missed = true
+		for _, c := range waits {
+			select {
+			case <-c.done:
+				if c.err != nil && isPermanent(c.err) {
+					return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, c.err)
+				}
+			case <-ctx.Done():
+				return missed, b.deadlineError(ctx, off, end)
+			}
+		}
+		if ctx.Err() != nil {
+			return missed, b.deadlineError(ctx, off, end)
+		}
+	}
+}
+
+// readahead keeps up to one MaxRequestSize window of units past last in flight. It issues the
+// next window only when the reader is within half a window of the end of the previous one, so
+// requests stay window-sized.
+func (b *Blob) readahead(last int) {
+	window := int(b.f.opts.MaxRequestSize / b.entry.FillUnit())
+	b.mu.Lock()
+	from := max(b.raEnd, last+1)
+	if from-last > window/2 || from >= b.entry.Units() {
+		b.mu.Unlock()
+		return
+	}
+	to := min(from+window, b.entry.Units())
+	b.raEnd = to
+	b.mu.Unlock()
+	_, _ = b.claimAndFetch(from, to-1)
+}
+
+func (b *Blob) deadlineError(ctx context.Context, off, end int64) error {
+	cause := errors.New("no response")
+	if last := b.lastErr.Load(); last != nil {
+		cause = *last
+	}
+	if b.ctx.Err() != nil {
+		return fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, ErrClosed)
+	}
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("remotefetch: blob %s range %d-%d: %w (last cause: %v)", b.dgst, off, end, ctx.Err(), cause)
+	}
+	return fmt.Errorf("remotefetch: blob %s range %d-%d: %w after %v (last cause: %v)", b.dgst, off, end, ErrDeadline, b.f.opts.ReadTimeout, cause)
+}
+
+// claimAndFetch claims the missing, not yet in-flight units of [first, last], starts fetching
+// them in runs of at most MaxRequestSize, and returns the calls of every missing unit in the
+// range (claimed here or by someone else) to wait on.
+func (b *Blob) claimAndFetch(first, last int) ([]*unitCall, error) {
+	var waits []*unitCall
+	var runStart = -1
+	var run []*unitCall
+	maxUnits := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
+	flush := func() {
+		if runStart >= 0 {
+			b.startFetch(runStart, run)
+			runStart, run = -1, nil
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	if perr := b.poisoned.Load(); perr != nil {
+		return nil, *perr // a corrupt blob is not fetched again until reopened
+	}
+	for u := first; u <= last; u++ {
+		if b.entry.Has(u) {
+			flush()
+			continue
+		}
+		if c := b.inflight[u]; c != nil {
+			flush()
+			waits = append(waits, c)
+			continue
+		}
+		c := &unitCall{done: make(chan struct{})}
+		b.inflight[u] = c
+		waits = append(waits, c)
+		if runStart < 0 {
+			runStart = u
+		}
+		run = append(run, c)
+		if len(run) == maxUnits {
+			flush()
+		}
+	}
+	flush()
+	return waits, nil
+}
+
+// startFetch fetches the units from first on, one call each, in a goroutine that lives at
+// most ReadTimeout (and not past Close). b.mu is held.
+func (b *Blob) startFetch(first int, calls []*unitCall) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
+		defer cancel()
+		b.fetchRun(ctx, first, calls)
+	}()
+}
+
+// fetchRun fetches consecutive units with one range request, storing each unit as soon as it
+// has arrived. A failed or short response is retried from the first unit not yet stored,
+// with backoff, until ctx ends or the error is permanent.
+func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
+	next := 0 // index into calls of the first unit not yet stored
+	var lastErr error
+	defer func() {
+		if next < len(calls) {
+			if lastErr == nil {
+				lastErr = ctx.Err()
+			}
+			b.finish(first+next, calls[next:], lastErr)
+		}
+	}()
+	buf := make([]byte, b.entry.FillUnit())
+	for attempt := 0; next < len(calls); attempt++ {
+		if attempt > 0 {
+			if !b.backoff(ctx, attempt) {
+				return
+			}
+			b.stats.retry()
+		}
+		stored, err := b.fetchOnce(ctx, first+next, first+len(calls)-1, buf)
+		b.finish(first+next, calls[next:next+stored], nil)
+		next += stored
+		if err == nil {
+			continue
+		}
+		lastErr = err
+		b.lastErr.Store(&err)
+		b.log.Debug("remotefetch: fetch failed", "digest", b.dgst, "error", err)
+		if isPermanent(err) {
+			return
+		}
+		if stored > 0 {
+			attempt = 0 // progress: retry at once
+		}
+	}
+}
+
+// fetchOnce requests units [first, last] and stores those that arrive whole. It returns how
+// many it stored and why it stopped early.
+func (b *Blob) fetchOnce(ctx context.Context, first, last int, buf []byte) (stored int, err error) {
+	off, _ := b.entry.UnitRange(first)
+	lastOff, lastN := b.entry.UnitRange(last)
+	n := lastOff + lastN - off
+
+	// A watchdog cancels the attempt when no bytes arrive for StallTimeout.
+	attemptCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := b.f.opts.StallTimeout
+	watchdog := time.AfterFunc(stall, func() {
+		cancel(fmt.Errorf("stalled: no data for %v", stall))
+	})
+	defer watchdog.Stop()
+
+	start := time.Now()
+	body, err := b.remote.get(attemptCtx, off, n)
+	if err != nil {
+		return 0, withCause(attemptCtx, err)
+	}
+	defer body.Close()
+	r := &progressReader{r: body, onProgress: func() { watchdog.Reset(stall) }}
+	for u := first; u <= last; u++ {
+		_, un := b.entry.UnitRange(u)
+		if _, err := io.ReadFull(r, buf[:un]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return stored, withCause(attemptCtx, fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, u, err))
+		}
+		complete, err := b.entry.WriteUnit(u, buf[:un])
+		if err != nil {
+			return stored, permanent(err)
+		}
+		b.stats.fetchedBytes(int(un))
+		stored++
+		if complete {
+			b.startVerify()
+		}
+	}
+	b.f.metrics.fetchLatency.Observe(time.Since(start).Seconds())
+	return stored, nil
+}
+
+// withCause replaces a bare "context canceled" by the watchdog's reason.
+func withCause(ctx context.Context, err error) error {
+	cause := context.Cause(ctx)
+	if cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) &&
+		!strings.Contains(err.Error(), cause.Error()) {
+		return fmt.Errorf("%w (%v)", err, cause)
+	}
+	return err
+}
+
+// progressReader calls onProgress whenever bytes arrive.
+type progressReader struct {
+	r          io.Reader
+	onProgress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.onProgress()
+	}
+	return n, err
+}
+
+// finish completes the calls of units first.. with err and forgets them.
+func (b *Blob) finish(first int, calls []*unitCall, err error) {
+	if len(calls) == 0 {
+		return
+	}
+	b.mu.Lock()
+	for i, c := range calls {
+		c.err = err
+		delete(b.inflight, first+i)
+		close(c.done)
+	}
+	b.mu.Unlock()
+}
+
+// backoff sleeps before retry number attempt: exponential from 50 ms to 2 s (at most an
+// eighth of ReadTimeout, so a read gets several tries) with jitter, longer if the server asked
+// (Retry-After, at most 5 s). It returns false when ctx ends first.
+func (b *Blob) backoff(ctx context.Context, attempt int) bool {
+	d := min(50*time.Millisecond<<min(attempt-1, 6), 2*time.Second, max(b.f.opts.ReadTimeout/8, 10*time.Millisecond))
+	d = d/2 + rand.N(d/2+1)
+	if last := b.lastErr.Load(); last != nil {
+		var se *statusError
+		if errors.As(*last, &se) && se.retryAfter > 0 {
+			d = min(se.retryAfter, 5*time.Second)
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// startVerify checks the complete blob against its digest in the background.
+func (b *Blob) startVerify() {
+	b.wg.Go(func() {
+		if err := b.verify(); err != nil {
+			b.stats.fail()
+		}
+	})
+}
+
+func (b *Blob) verify() error {
+	b.verifyMu.Lock()
+	defer b.verifyMu.Unlock()
+	if b.entry.Verified() {
+		return nil
+	}
+	err := b.entry.Verify()
+	if errors.Is(err, ErrDigestMismatch) {
+		b.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", b.ref, "digest", b.dgst)
+		perr := fmt.Errorf("remotefetch: blob %s from %s: %w", b.dgst, b.ref, err)
+		b.poisoned.Store(&perr)
+		return perr
+	}
+	return err
+}
+
+// Fill fetches every missing unit of [off, off+n) into the cache without copying it out.
+func (b *Blob) Fill(ctx context.Context, off, n int64) error {
+	if off < 0 || n < 0 || off+n > b.size {
+		return fmt.Errorf("remotefetch: blob %s: fill range %d+%d outside size %d", b.dgst, off, n, b.size)
+	}
+	if n == 0 {
+		return nil
+	}
+	_, err := b.ensure(ctx, off, off+n, false)
+	return err
+}
+
+// Verify downloads whatever is missing and checks the blob against its digest. It returns an
+// error wrapping ErrDigestMismatch if the blob is corrupt.
+func (b *Blob) Verify(ctx context.Context) error {
+	if err := b.Fill(ctx, 0, b.size); err != nil {
+		return err
+	}
+	if err := b.verify(); err != nil {
+		return err
+	}
+	if perr := b.poisoned.Load(); perr != nil {
+		return *perr
+	}
+	return nil
+}
+
+// Close ends one Open. The last Close stops the blob's fetches and background fill and
+// releases its cache entry; reads in progress then fail with ErrClosed.
+func (b *Blob) Close() error {
+	last, err := b.f.release(b)
+	if !last {
+		return err
+	}
+	return b.shutdown()
+}
+
+func (b *Blob) shutdown() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	b.wg.Wait()
+	return b.entry.Release()
+}

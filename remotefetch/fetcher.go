@@ -1,0 +1,287 @@
+// Package remotefetch is the bottom box of the read path in DESIGN.md: it opens a layer blob
+// in an OCI registry as an io.ReaderAt (Blob) that fetches byte ranges on demand, so the tar,
+// zfile and lsmt readers can sit directly on top of it.
+//
+// Layers inside: remote (range GETs: hosts.toml mirrors and TLS via containerd's
+// remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response
+// checks), Blob (fill-unit claims with one fetch per unit, merged adjacent misses, retries with
+// backoff under a per-read deadline, sequential readahead), cache (persistent sparse file and
+// fill bitmap per digest, package remotefetch/cache), background fill, and trace/prefetch.
+package remotefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/obdproject/obd/remotefetch/cache"
+	"github.com/obdproject/obd/remotefetch/credentials"
+)
+
+// Options configure a Fetcher. Zero values take the documented defaults.
+type Options struct {
+	CacheDir  string // required: where cached blobs live (see package cache)
+	CacheSize int64  // bytes; 0 = unlimited. Whole unheld blobs are evicted, LRU first.
+	FillUnit  int64  // cache fill granularity; default 256 KiB, a multiple of 4 KiB
+	// HostsDir is a containerd certs.d directory (<dir>/<host>/hosts.toml: mirrors, TLS,
+	// plain HTTP, headers); "" = default hosts only.
+	HostsDir string
+	// DockerConfig is the path of Docker's config.json for credentials; "" = $DOCKER_CONFIG
+	// or ~/.docker/config.json.
+	DockerConfig string
+	// ReadTimeout bounds every ReadAt, retries included; default 30 s.
+	ReadTimeout time.Duration
+	// MaxRequestSize bounds one merged range request and the sequential readahead; default
+	// 8 MiB, at least FillUnit.
+	MaxRequestSize int64
+	// StallTimeout aborts and retries a request when no bytes arrive for this long; default
+	// ReadTimeout/3, at most 10 s.
+	StallTimeout time.Duration
+	// BackgroundDelay is how long after Open the rest of the blob starts downloading in the
+	// background; 0 = 10 s, < 0 disables background fill.
+	BackgroundDelay time.Duration
+	// BackgroundRate limits background fill, in bytes/s; 0 = 16 MiB/s.
+	BackgroundRate int64
+	// RedirectReuse is how long a redirect target (e.g. a presigned storage URL) is used
+	// directly; default 5 minutes.
+	RedirectReuse time.Duration
+	// PlainHTTP uses http:// for registries without a hosts.toml; hosts.toml can also say so
+	// per host. Loopback registries with a port use HTTP anyway.
+	PlainHTTP  bool
+	Registerer prometheus.Registerer // nil = metrics are not exported
+	Logger     *slog.Logger          // nil = no logging
+}
+
+// Fetcher opens blobs; it holds the cache, registry connections and token caches. It is safe
+// for concurrent use.
+type Fetcher struct {
+	opts    Options
+	log     *slog.Logger
+	cache   *cache.Cache
+	creds   *credentials.Store
+	metrics *metrics
+	hosts   docker.RegistryHosts
+
+	mu         sync.Mutex
+	hostsCache map[string][]docker.RegistryHost // by registry domain, so tokens and connections are shared
+
+	trMu       sync.Mutex
+	transports []*http.Transport       // to drop idle connections on Close
+	blobs      map[digest.Digest]*Blob // open blobs: one per digest, shared by every Open
+	closed     bool
+
+	tracer tracer
+}
+
+// New creates a Fetcher.
+func New(opts Options) (*Fetcher, error) {
+	if opts.CacheDir == "" {
+		return nil, errors.New("remotefetch: Options.CacheDir is required")
+	}
+	if opts.FillUnit == 0 {
+		opts.FillUnit = cache.DefaultFillUnit
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 30 * time.Second
+	}
+	if opts.MaxRequestSize == 0 {
+		opts.MaxRequestSize = 8 << 20
+	}
+	opts.MaxRequestSize = max(opts.FillUnit, opts.MaxRequestSize/opts.FillUnit*opts.FillUnit)
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = min(opts.ReadTimeout/3, 10*time.Second)
+	}
+	if opts.BackgroundDelay == 0 {
+		opts.BackgroundDelay = 10 * time.Second
+	}
+	if opts.BackgroundRate <= 0 {
+		opts.BackgroundRate = 16 << 20
+	}
+	if opts.RedirectReuse <= 0 {
+		opts.RedirectReuse = 5 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	creds, err := credentials.Load(opts.DockerConfig)
+	if err != nil {
+		return nil, fmt.Errorf("remotefetch: %w", err)
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.Open(cache.Options{Dir: opts.CacheDir, FillUnit: opts.FillUnit, Capacity: opts.CacheSize, Logger: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("remotefetch: %w", err)
+	}
+	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
+		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[digest.Digest]*Blob{}}
+	hostOpts := config.HostOptions{
+		Credentials: func(host string) (string, string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			return creds.Get(ctx, host)
+		},
+		UpdateClient: func(c *http.Client) error {
+			if tr, ok := c.Transport.(*http.Transport); ok {
+				// Many concurrent range reads go to one host: keep their connections.
+				tr.MaxIdleConns = 64
+				tr.MaxIdleConnsPerHost = 32
+				// containerd may wrap the transport in an HTTP fallback that hides
+				// CloseIdleConnections, so remember it here.
+				f.trMu.Lock()
+				f.transports = append(f.transports, tr)
+				f.trMu.Unlock()
+			}
+			return nil
+		},
+	}
+	if opts.HostsDir != "" {
+		hostOpts.HostDir = config.HostDirFromRoot(opts.HostsDir)
+	}
+	if opts.PlainHTTP {
+		hostOpts.DefaultScheme = "http"
+	}
+	f.hosts = config.ConfigureHosts(context.Background(), hostOpts)
+	return f, nil
+}
+
+// registryHosts returns the pull hosts for a registry domain, mirrors first.
+func (f *Fetcher) registryHosts(domain string) ([]docker.RegistryHost, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if hs, ok := f.hostsCache[domain]; ok {
+		return hs, nil
+	}
+	all, err := f.hosts(domain)
+	if err != nil {
+		return nil, fmt.Errorf("remotefetch: hosts for %s: %w", domain, err)
+	}
+	var hs []docker.RegistryHost
+	for _, h := range all {
+		if h.Capabilities.Has(docker.HostCapabilityPull) {
+			hs = append(hs, h)
+		}
+	}
+	if len(hs) == 0 {
+		return nil, fmt.Errorf("remotefetch: no pull host configured for %s", domain)
+	}
+	f.hostsCache[domain] = hs
+	return hs, nil
+}
+
+// Open returns the blob dgst of size bytes in the repository of image reference ref (e.g.
+// "registry.example.com/team/app:v1"; tag or digest are ignored). It does no network I/O;
+// reads fetch what they need. A blob that is already open is shared (same *Blob, so misses
+// on one unit cause one fetch however many users read it); each Open needs its own Close.
+func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size int64) (*Blob, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return nil, fmt.Errorf("remotefetch: reference %q: %w", ref, err)
+	}
+	if err := dgst.Validate(); err != nil {
+		return nil, fmt.Errorf("remotefetch: digest %q: %w", dgst, err)
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("remotefetch: blob %s: negative size %d", dgst, size)
+	}
+	domain, repo := reference.Domain(named), reference.Path(named)
+	hosts, err := f.registryHosts(domain)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if b := f.blobs[dgst]; b != nil {
+		if b.size != size {
+			return nil, fmt.Errorf("remotefetch: blob %s opened with size %d, already open with size %d", dgst, size, b.size)
+		}
+		b.refs++
+		return b, nil
+	}
+	entry, err := f.cache.Acquire(dgst, size)
+	if err != nil {
+		return nil, fmt.Errorf("remotefetch: %w", err)
+	}
+	bctx, cancel := context.WithCancel(context.Background())
+	b := &Blob{
+		f: f, ref: named.String(), dgst: dgst, size: size, entry: entry,
+		remote: &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse},
+		log:    f.log.With("digest", dgst.String()),
+		stats:  counters{m: f.metrics},
+		ctx:    bctx, cancel: cancel,
+		inflight: map[int]*unitCall{},
+		refs:     1,
+	}
+	f.blobs[dgst] = b
+	if entry.Complete() && !entry.Verified() {
+		b.startVerify() // completed before a crash or restart
+	}
+	if f.opts.BackgroundDelay > 0 {
+		b.startBackground()
+	}
+	return b, nil
+}
+
+// release drops one reference to b and reports whether it was the last.
+func (f *Fetcher) release(b *Blob) (last bool, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b.refs <= 0 {
+		return false, fmt.Errorf("remotefetch: blob %s: %w", b.dgst, ErrClosed)
+	}
+	b.refs--
+	if b.refs > 0 {
+		return false, nil
+	}
+	delete(f.blobs, b.dgst)
+	return true, nil
+}
+
+// Close closes every open Blob, makes the cache durable and drops idle connections.
+func (f *Fetcher) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	blobs := make([]*Blob, 0, len(f.blobs))
+	for _, b := range f.blobs {
+		b.refs = 0
+		blobs = append(blobs, b)
+	}
+	clear(f.blobs)
+	f.mu.Unlock()
+	var errs []error
+	for _, b := range blobs {
+		errs = append(errs, b.shutdown())
+	}
+	errs = append(errs, f.cache.Close())
+	f.trMu.Lock()
+	for _, tr := range f.transports {
+		tr.CloseIdleConnections()
+	}
+	f.trMu.Unlock()
+	return errors.Join(errs...)
+}
+
+// CacheUsage is the number of bytes the cache holds.
+func (f *Fetcher) CacheUsage() int64 { return f.cache.Usage() }

@@ -1,0 +1,246 @@
+package remotefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"github.com/opencontainers/go-digest"
+)
+
+// remote issues range GETs for one blob: it walks the configured hosts (mirrors first),
+// authorizes with containerd's docker authorizer (basic or bearer, tokens cached and refreshed
+// on 401), follows redirects and re-uses the redirect target for a while, and checks that each
+// response is exactly the requested range. It does not retry; Blob does.
+type remote struct {
+	hosts   []docker.RegistryHost
+	refHost string // registry domain of the image reference, e.g. docker.io
+	repo    string // repository path, e.g. library/busybox
+	dgst    digest.Digest
+	size    int64
+	reuse   time.Duration // how long a redirect target is used directly
+
+	mu            sync.Mutex
+	redirect      *url.URL
+	redirectHost  *docker.RegistryHost // whose client fetches the redirect target
+	redirectUntil time.Time
+}
+
+// rangeBody is a response body holding exactly the requested bytes (fewer if truncated).
+type rangeBody struct {
+	io.Reader
+	closer io.Closer
+}
+
+func (r rangeBody) Close() error { return r.closer.Close() }
+
+// get starts a GET of [off, off+n). The body must be closed. Errors are retryable unless
+// wrapped as permanent.
+func (r *remote) get(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if body, err := r.getRedirected(ctx, off, n); body != nil || err != nil {
+		return body, err
+	}
+	var lastErr error
+	notFound := 0
+	for i := range r.hosts {
+		h := &r.hosts[i]
+		body, err := r.getFromHost(ctx, h, off, n)
+		if err == nil {
+			return body, nil
+		}
+		if errors.Is(err, ErrNotFound) {
+			notFound++
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if notFound == len(r.hosts) {
+		return nil, permanent(lastErr)
+	}
+	return nil, lastErr
+}
+
+// getRedirected uses a remembered redirect target. It returns (nil, nil) when there is none
+// or it no longer works, so the caller goes back to the registry.
+func (r *remote) getRedirected(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	r.mu.Lock()
+	target, h := r.redirect, r.redirectHost
+	if target != nil && time.Now().After(r.redirectUntil) {
+		r.redirect, target = nil, nil
+	}
+	r.mu.Unlock()
+	if target == nil {
+		return nil, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	setRange(req, off, n)
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		return nil, transportError(target, err)
+	}
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+		// Expired or revoked: forget it and ask the registry for a fresh one.
+		drain(resp)
+		r.mu.Lock()
+		r.redirect = nil
+		r.mu.Unlock()
+		return nil, nil
+	}
+	return r.checkResponse(resp, target, off, n)
+}
+
+func (r *remote) getFromHost(ctx context.Context, h *docker.RegistryHost, off, n int64) (io.ReadCloser, error) {
+	u := &url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, r.repo, "blobs", r.dgst.String())}
+	if r.refHost != h.Host && (r.refHost != "docker.io" || h.Host != "registry-1.docker.io") {
+		u.RawQuery = url.Values{"ns": {r.refHost}}.Encode() // a mirror: say which registry
+	}
+	// The authorizer asks the token server for the scope in ctx.
+	ctx = docker.ContextWithAppendPullRepositoryScope(ctx, r.repo)
+	var responses []*http.Response
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range h.Header {
+			req.Header[k] = append([]string(nil), v...)
+		}
+		setRange(req, off, n)
+		if h.Authorizer != nil {
+			if err := h.Authorizer.Authorize(ctx, req); err != nil {
+				return nil, authError(u, err)
+			}
+		}
+		resp, err := h.Client.Do(req)
+		if err != nil {
+			return nil, transportError(u, err)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && h.Authorizer != nil && attempt < 2 {
+			responses = append(responses, resp)
+			drain(resp)
+			if err := h.Authorizer.AddResponses(ctx, responses); err != nil {
+				return nil, permanent(fmt.Errorf("%w: %s: %v", ErrUnauthorized, redact(u), err))
+			}
+			continue
+		}
+		if final := resp.Request.URL; final.Host != u.Host {
+			r.mu.Lock()
+			r.redirect, r.redirectHost, r.redirectUntil = final, h, time.Now().Add(r.reuse)
+			r.mu.Unlock()
+		}
+		return r.checkResponse(resp, u, off, n)
+	}
+}
+
+// checkResponse turns resp into a body of exactly [off, off+n), or an error.
+func (r *remote) checkResponse(resp *http.Response, u *url.URL, off, n int64) (io.ReadCloser, error) {
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+		first, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err == nil && (first != off || last != off+n-1 || (total >= 0 && total != r.size)) {
+			err = fmt.Errorf("%w: Content-Range %q for requested bytes %d-%d/%d", ErrBadResponse,
+				resp.Header.Get("Content-Range"), off, off+n-1, r.size)
+		}
+		if err == nil && resp.ContentLength >= 0 && resp.ContentLength != n {
+			err = fmt.Errorf("%w: Content-Length %d for a %d-byte range", ErrBadResponse, resp.ContentLength, n)
+		}
+		if err != nil {
+			drain(resp)
+			return nil, fmt.Errorf("%s: %w", redact(u), err)
+		}
+		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body}, nil
+	case resp.StatusCode == http.StatusOK:
+		// The server ignored Range: accept the whole blob if its length is right.
+		if resp.ContentLength != r.size {
+			drain(resp)
+			return nil, fmt.Errorf("%w: %s: status 200 with length %d for a %d-byte blob", ErrBadResponse, redact(u), resp.ContentLength, r.size)
+		}
+		if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("remotefetch: %s: skip to %d: %w", redact(u), off, err)
+		}
+		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body}, nil
+	}
+	drain(resp)
+	err := &statusError{code: resp.StatusCode, url: redact(u), retryAfter: retryAfter(resp)}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return nil, permanent(fmt.Errorf("%w: %w", ErrUnauthorized, err))
+	case http.StatusTooManyRequests, http.StatusRequestTimeout:
+		return nil, err
+	}
+	if resp.StatusCode >= 500 {
+		return nil, err
+	}
+	return nil, permanent(err)
+}
+
+// authError classifies a failure to get a token: refused credentials are permanent, anything
+// else (the token server is down) is retried.
+func authError(u *url.URL, err error) error {
+	var status remoteserrors.ErrUnexpectedStatus
+	if errors.Is(err, docker.ErrInvalidAuthorization) ||
+		(errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized || status.StatusCode == http.StatusForbidden)) {
+		return permanent(fmt.Errorf("%w: authorize %s: %v", ErrUnauthorized, redact(u), err))
+	}
+	return fmt.Errorf("remotefetch: authorize %s: %w", redact(u), err)
+}
+
+// statusError is an unexpected HTTP status.
+type statusError struct {
+	code       int
+	url        string
+	retryAfter time.Duration
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("%s: status %d %s", e.url, e.code, http.StatusText(e.code))
+}
+
+func retryAfter(resp *http.Response) time.Duration {
+	s, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || s < 0 {
+		return 0
+	}
+	return time.Duration(s) * time.Second
+}
+
+func setRange(req *http.Request, off, n int64) {
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+}
+
+// drain closes resp after reading a little of it, so its connection can be reused.
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+}
+
+// redact renders u without query or user info: presigned redirect URLs carry credentials there.
+func redact(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// transportError replaces net/http's error, which quotes the full URL, with a redacted one.
+func transportError(u *url.URL, err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("remotefetch: GET %s: %w", redact(u), err)
+}
