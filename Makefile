@@ -31,8 +31,10 @@ fuzz:
 
 test: deps build lint unit fuzz
 
+# bench runs every Go benchmark once; each prints ratios against a baseline measured in the
+# same run. OBD_BENCH_IMAGE is a real ext4 image (Debian + python3) for the size comparisons.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./... | tee bench.out
+	OBD_BENCH_IMAGE=$$(bash scripts/bench-image.sh) $(GO) test -run '^$$' -bench . -benchtime 1x ./... | tee bench.out
 
 clean:
 	rm -rf $(BIN)
