@@ -2,6 +2,8 @@ package snapshotter
 
 import (
 	"context"
+	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +11,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/opencontainers/go-digest"
 )
 
 // servedSnapshotter is a Snapshotter served on a unix socket the way cmd/overlaybd-snapshotter
@@ -28,7 +32,14 @@ func startServedSnapshotter(t *testing.T, opts ...Opt) *servedSnapshotter {
 	dir := t.TempDir()
 	s := &servedSnapshotter{t: t, root: filepath.Join(dir, "root"), address: filepath.Join(dir, "sn.sock"), opts: opts}
 	s.start()
-	t.Cleanup(s.stop)
+	t.Cleanup(func() {
+		s.stop()
+		// A failed test can leave devices mounted under the root; the temp dir removal
+		// must not reach into them.
+		if err := testenv.UnmountAll(dir); err != nil {
+			t.Error(err)
+		}
+	})
 	return s
 }
 
@@ -102,16 +113,81 @@ func TestE2ENerdctlRunPlainImage(t *testing.T) {
 	waitActiveSnapshots(t, served.sn, 0)
 }
 
+// TestE2ELazyImageRunsFromADevice takes the lazy path through containerd: the image's layer
+// is declared an overlaybd blob in its manifest, so pulling it records the layer without
+// fetching it, and the container runs from an ext4 on a loop device that the test's device
+// manager builds from the same files (bdd's place until it lands).
+func TestE2ELazyImageRunsFromADevice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts containerd and runs containers")
+	}
+	requireOverlay(t)
+	skopeo := testenv.Bin(t, "skopeo")
+	devices := newLoopDevices(t)
+	served := startServedSnapshotter(t, WithDeviceManager(devices))
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
+	})
+	blob := digest.FromString("busybox as an overlaybd blob")
+	img := testenv.BuildBusyboxImage(t, testenv.WithLayerAnnotations(map[string]string{
+		LabelBlobDigest: blob.String(),
+		LabelBlobSize:   "1048576",
+	}))
+	devices.blobs[blob] = img.RootFS
+	registry := testregistry.Start(t, testregistry.Options{})
+	ref := registry.Host + "/obdtest/busybox:lazy"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
+		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	nerdctl := func(args ...string) string {
+		t.Helper()
+		return ctrd.Nerdctl(t, append([]string{"--snapshotter", "overlaybd", "--insecure-registry"}, args...)...)
+	}
+
+	blobGets := registry.BlobGets()
+	nerdctl("pull", "--quiet", ref)
+	if n := registry.BlobGets() - blobGets; n != 1 {
+		t.Fatalf("pull fetched %d blobs, want only the config (the layer is read lazily)", n)
+	}
+	layers := walkNames(t, served.sn, snapshots.KindCommitted)
+	if len(layers) != 1 {
+		t.Fatalf("committed snapshots after pull = %v, want the image's one layer", layers)
+	}
+	id := served.sn.mustID(t, layers[0])
+	if !served.sn.isLazy(id) {
+		t.Fatalf("layer %s was not recorded as an overlaybd layer", layers[0])
+	}
+	assertCounts(t, devices, 0, 0, 0)
+
+	out := nerdctl("run", "--rm", "--net", "none", ref, "sh", "-c", "echo hi; cat /proc/mounts")
+	if !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, served.sn.deviceMountPath(id)) {
+		t.Fatalf("container output = %q, want hi and an overlay whose lower is the device mount", out)
+	}
+	// Once containerd collects the container's snapshots (nerdctl also makes a short-lived
+	// view to read the image's /etc/passwd), the device goes too.
+	waitFor(t, "every device attach undone", func() bool {
+		attached, attaches, detaches := devices.counts()
+		return attached == 0 && attaches > 0 && attaches == detaches
+	})
+}
+
 func waitActiveSnapshots(t *testing.T, sn *Snapshotter, want int) {
 	t.Helper()
+	waitFor(t, fmt.Sprintf("%d active snapshots", want), func() bool {
+		return len(walkNames(t, sn, snapshots.KindActive)) == want
+	})
+}
+
+// waitFor polls cond until it holds; containerd collects garbage asynchronously.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for {
-		active := walkNames(t, sn, snapshots.KindActive)
-		if len(active) == want {
-			return
-		}
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("active snapshots = %v, want %d", active, want)
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // BusyboxImage is a one-layer OCI image holding a static busybox, built offline.
@@ -21,6 +25,20 @@ type BusyboxImage struct {
 	Tag     string // tag inside Layout
 	Archive string // Layout as an OCI archive tar, for `nerdctl load -i`
 	Ref     string // the name nerdctl gives the loaded image
+	RootFS  string // the directory tree the layer was made from
+}
+
+// ImageOpt changes how BuildBusyboxImage builds the image.
+type ImageOpt func(*imageOptions)
+
+type imageOptions struct {
+	layerAnnotations map[string]string
+}
+
+// WithLayerAnnotations adds annotations to the layer descriptors of the image's manifest.
+// containerd passes those under containerd.io/snapshot/ to the snapshotter as labels.
+func WithLayerAnnotations(annotations map[string]string) ImageOpt {
+	return func(o *imageOptions) { o.layerAnnotations = annotations }
 }
 
 // busyboxApplets are the commands the image links to /bin/busybox.
@@ -28,8 +46,12 @@ var busyboxApplets = []string{"sh", "echo", "cat", "ls", "mount", "sleep", "true
 
 // BuildBusyboxImage makes a one-layer busybox image with umoci (init, new, insert, config) from
 // Debian's busybox-static in t.TempDir(). It skips when umoci or busybox is not installed.
-func BuildBusyboxImage(t testing.TB) *BusyboxImage {
+func BuildBusyboxImage(t testing.TB, opts ...ImageOpt) *BusyboxImage {
 	t.Helper()
+	var options imageOptions
+	for _, opt := range opts {
+		opt(&options)
+	}
 	umoci := Bin(t, "umoci")
 	busybox := Bin(t, "busybox")
 	dir := t.TempDir()
@@ -38,9 +60,10 @@ func BuildBusyboxImage(t testing.TB) *BusyboxImage {
 		Tag:     "busybox",
 		Archive: filepath.Join(dir, "busybox.tar"),
 		Ref:     "docker.io/obdtest/busybox:latest",
+		RootFS:  filepath.Join(dir, "rootfs"),
 	}
 
-	rootfs := filepath.Join(dir, "rootfs", "bin")
+	rootfs := filepath.Join(img.RootFS, "bin")
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -68,7 +91,7 @@ func BuildBusyboxImage(t testing.TB) *BusyboxImage {
 			t.Fatalf("testenv: umoci %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	if err := nameImage(filepath.Join(img.Layout, "index.json"), img.Ref); err != nil {
+	if err := finishLayout(img.Layout, img.Ref, options.layerAnnotations); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	if err := tarDir(img.Layout, img.Archive); err != nil {
@@ -77,32 +100,61 @@ func BuildBusyboxImage(t testing.TB) *BusyboxImage {
 	return img
 }
 
-// nameImage sets containerd's image-name annotation on the layout's only manifest, so that an
-// import stores the image under ref (umoci's tag alone would be imported as a bare "busybox").
-func nameImage(indexPath, ref string) error {
-	data, err := os.ReadFile(indexPath)
+// finishLayout sets containerd's image-name annotation on the layout's only manifest, so that
+// an import stores the image under ref (umoci's tag alone would be imported as a bare
+// "busybox"), and adds layerAnnotations to its layer descriptors, which rewrites the manifest
+// blob under a new digest.
+func finishLayout(layout, ref string, layerAnnotations map[string]string) error {
+	indexPath := filepath.Join(layout, "index.json")
+	var index ocispec.Index
+	if err := readJSON(indexPath, &index); err != nil {
+		return err
+	}
+	if len(index.Manifests) != 1 {
+		return fmt.Errorf("%s: want one manifest, have %d", indexPath, len(index.Manifests))
+	}
+	desc := &index.Manifests[0]
+	if len(layerAnnotations) > 0 {
+		manifestPath := filepath.Join(layout, "blobs", desc.Digest.Algorithm().String(), desc.Digest.Encoded())
+		var manifest ocispec.Manifest
+		if err := readJSON(manifestPath, &manifest); err != nil {
+			return err
+		}
+		for i := range manifest.Layers {
+			if manifest.Layers[i].Annotations == nil {
+				manifest.Layers[i].Annotations = map[string]string{}
+			}
+			maps.Copy(manifest.Layers[i].Annotations, layerAnnotations)
+		}
+		data, err := json.Marshal(manifest)
+		if err != nil {
+			return err
+		}
+		desc.Digest, desc.Size = digest.FromBytes(data), int64(len(data))
+		if err := os.WriteFile(filepath.Join(layout, "blobs", desc.Digest.Algorithm().String(), desc.Digest.Encoded()), data, 0o644); err != nil {
+			return err
+		}
+	}
+	if desc.Annotations == nil {
+		desc.Annotations = map[string]string{}
+	}
+	desc.Annotations["io.containerd.image.name"] = ref
+	data, err := json.Marshal(index)
 	if err != nil {
 		return err
 	}
-	var index map[string]any
-	if err := json.Unmarshal(data, &index); err != nil {
-		return fmt.Errorf("parse %s: %w", indexPath, err)
-	}
-	manifests, _ := index["manifests"].([]any)
-	if len(manifests) != 1 {
-		return fmt.Errorf("%s: want one manifest, have %d", indexPath, len(manifests))
-	}
-	manifest, _ := manifests[0].(map[string]any)
-	annotations, _ := manifest["annotations"].(map[string]any)
-	if annotations == nil {
-		annotations = map[string]any{}
-	}
-	annotations["io.containerd.image.name"] = ref
-	manifest["annotations"] = annotations
-	if data, err = json.Marshal(index); err != nil {
+	return os.WriteFile(indexPath, data, 0o644)
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
 		return err
 	}
-	return os.WriteFile(indexPath, data, 0o644)
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	return nil
 }
 
 func copyFile(src, dst string, perm os.FileMode) error {
