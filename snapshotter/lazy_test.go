@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -108,6 +109,13 @@ func newLazyFixture(t *testing.T, opts ...Opt) *lazyFixture {
 	requireOverlay(t)
 	f := &lazyFixture{root: t.TempDir(), devices: newLoopDevices(t)}
 	f.open(t, opts...)
+	t.Cleanup(func() {
+		// A failed test can leave devices mounted under the root; unmount them before the
+		// devices are detached and the root removed.
+		if err := testenv.UnmountAll(f.root); err != nil {
+			t.Error(err)
+		}
+	})
 	f.top = prepareLazyChain(t, f.sn, "app", f.devices.addBlob(map[string]string{"base": "lazy"}))
 	return f
 }
