@@ -176,9 +176,11 @@ func TestUnderlyingReadErrors(t *testing.T) {
 	z := readRef(t, "input-300007.lz4.bs4k.zfile")
 	zr := open(t, z)
 	zr.r = bytes.NewReader(z[:len(z)/2])
-	_, err := zr.ReadAt(make([]byte, 1000), 250000)
-	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		t.Fatalf("read from a shrunken file: %v", err)
+	for _, n := range []int{1000, 200000} { // one goroutine, and parallel decoding
+		zr.concurrency = 4
+		if _, err := zr.ReadAt(make([]byte, n), 300007-int64(n)); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("%d-byte read from a shrunken file: %v", n, err)
+		}
 	}
 }
 

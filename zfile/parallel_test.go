@@ -23,7 +23,7 @@ func TestForEachReportsLowestFailure(t *testing.T) {
 		}
 		var mu sync.Mutex
 		called := map[int]bool{}
-		err := forEach(workers, n, func(w, i int) error {
+		err := forEach(workers, n, nil, func(w, i int) error {
 			if w < 0 || w >= workers {
 				t.Errorf("worker id %d outside [0, %d)", w, workers)
 			}
@@ -45,6 +45,19 @@ func TestForEachReportsLowestFailure(t *testing.T) {
 			if !called[i] {
 				t.Fatalf("trial %d: item %d below the failure %d was skipped", trial, i, lowest)
 			}
+		}
+	}
+}
+
+func TestForEachStopsWhenPrepareFails(t *testing.T) {
+	errPrepare := fmt.Errorf("fetch failed")
+	for workers := 1; workers <= 4; workers++ {
+		err := forEach(workers, 10, func() error { return errPrepare }, func(w, i int) error {
+			t.Errorf("item %d processed after prepare failed", i)
+			return nil
+		})
+		if err != errPrepare {
+			t.Fatalf("workers %d: error %v, want the prepare error", workers, err)
 		}
 	}
 }

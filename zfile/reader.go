@@ -259,9 +259,12 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 	bufp := fetchBuffers.get(stored)
 	defer fetchBuffers.put(bufp)
 	s.buf = *bufp
-	if err := readFull(zr.r, s.buf, s.base); err != nil {
-		return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w",
-			prefix(zr.name), s.first, s.first+s.n-1, stored, s.base, err)
+	fetch := func() error {
+		if err := readFull(zr.r, s.buf, s.base); err != nil {
+			return fmt.Errorf("%s: read blocks %d-%d (%d bytes at offset %d): %w",
+				prefix(zr.name), s.first, s.first+s.n-1, stored, s.base, err)
+		}
+		return nil
 	}
 	workers := zr.concurrency
 	if workers <= 0 {
@@ -269,9 +272,12 @@ func (zr *Reader) readSpan(p []byte, off int64) error {
 	}
 	grain := max(1, parallelGrain/int(zr.blockSize))
 	if workers = min(workers, s.n/grain); workers < 2 {
+		if err := fetch(); err != nil {
+			return err
+		}
 		return zr.decodeBlocks(&s, 0, s.n, 0)
 	}
-	return zr.decodeParallel(s, workers, grain)
+	return zr.decodeParallel(s, workers, grain, fetch)
 }
 
 // decodeBlocks decodes blocks first+from to first+to-1 of s; at is the offset in s.buf of
@@ -287,8 +293,9 @@ func (zr *Reader) decodeBlocks(s *span, from, to, at int) error {
 	return nil
 }
 
-// decodeParallel decodes s on several goroutines, a grain of blocks at a time.
-func (zr *Reader) decodeParallel(s span, workers, grain int) error {
+// decodeParallel fetches and decodes s on several goroutines, a grain of blocks at a time.
+// The helper goroutines start before the fetch, so that their wake-up overlaps it.
+func (zr *Reader) decodeParallel(s span, workers, grain int, fetch func() error) error {
 	grainAt := make([]int, (s.n+grain-1)/grain) // offset in s.buf of each grain
 	at := 0
 	for k := range s.n {
@@ -297,7 +304,7 @@ func (zr *Reader) decodeParallel(s span, workers, grain int) error {
 		}
 		at += int(zr.lengths[s.first+k])
 	}
-	return forEach(workers, len(grainAt), func(_, g int) error {
+	return forEach(workers, len(grainAt), fetch, func(_, g int) error {
 		return zr.decodeBlocks(&s, g*grain, min((g+1)*grain, s.n), grainAt[g])
 	})
 }

@@ -159,7 +159,7 @@ func (zw *Writer) Write(p []byte) (int, error) {
 // flush compresses the batch (its last block may be partial only at Close) and writes it.
 func (zw *Writer) flush() error {
 	nb := (len(zw.batch) + zw.bs - 1) / zw.bs
-	err := forEach(len(zw.comps), nb, func(w, k int) error {
+	err := forEach(len(zw.comps), nb, nil, func(w, k int) error {
 		src := zw.batch[k*zw.bs : min((k+1)*zw.bs, len(zw.batch))]
 		dst, err := zw.comps[w].compress(zw.blocks[k][:0], src)
 		if err != nil {
