@@ -18,8 +18,11 @@ const (
 	DefaultZstdLevel = 3
 	// upstreamMaxStored is the largest stored block (CRC excluded) upstream can stage.
 	upstreamMaxStored = 64 << 10
-	// batchBytes is the original data the Writer collects before compressing it in parallel.
+	// batchBytes is the original data the Writer collects before compressing it in parallel
+	// (at least a block per goroutine).
 	batchBytes = 1 << 20
+	// maxConcurrency caps Options.Concurrency, and with it the batch's memory.
+	maxConcurrency = 256
 )
 
 // Options configures a Writer. The zero value means LZ4 with 4 KiB blocks.
@@ -27,7 +30,7 @@ type Options struct {
 	Algorithm   Algorithm // LZ4 when 0
 	Level       int       // zstd level 1-22, DefaultZstdLevel when 0; ignored for LZ4
 	BlockSize   int       // 4096 (when 0), 8192, 16384, 32768 or 65536
-	Concurrency int       // compressor goroutines; runtime.GOMAXPROCS(0) when <= 0
+	Concurrency int       // compressor goroutines; runtime.GOMAXPROCS(0) when <= 0, at most 256
 }
 
 // WriterStats summarises what a Writer wrote.
@@ -91,6 +94,7 @@ func NewWriter(w io.Writer, opts Options) (*Writer, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = runtime.GOMAXPROCS(0)
 	}
+	opts.Concurrency = min(opts.Concurrency, maxConcurrency)
 	zw := &Writer{w: w, meta: m, bs: opts.BlockSize}
 	if err := zw.newCompressors(opts); err != nil {
 		return nil, err
@@ -105,7 +109,7 @@ func NewWriter(w io.Writer, opts Options) (*Writer, error) {
 			zw.base = pos
 		}
 	}
-	batchBlocks := max(batchBytes/opts.BlockSize, 4*opts.Concurrency)
+	batchBlocks := max(batchBytes/opts.BlockSize, opts.Concurrency)
 	zw.batch = make([]byte, 0, batchBlocks*opts.BlockSize)
 	zw.blocks = make([][]byte, batchBlocks)
 	if err := zw.emit(m.marshal()); err != nil {
