@@ -331,10 +331,12 @@ func (o *Snapshotter) Remove(ctx context.Context, key string) error {
 	// still mounted in its directory is stale; so is the own device of a dev-mode snapshot.
 	err := o.teardownDevice(ctx, id)
 	o.devMu.Unlock()
-	if err != nil {
-		o.cfg.logger.WarnContext(ctx, "device of removed snapshot left for Cleanup", "key", key, "id", id, "error", err)
-	}
 	o.releaseChainDevice(ctx, parentIDs)
+	if err != nil {
+		// The directory may hold the upper layer of a device still attached: keep it.
+		o.cfg.logger.WarnContext(ctx, "device of removed snapshot left for Cleanup", "key", key, "id", id, "error", err)
+		return nil
+	}
 	o.removeSnapshotDir(ctx, id)
 	return nil
 }
