@@ -44,7 +44,7 @@ type Options struct {
 	// Keeper, if set, receives the FUSE connection's descriptor under Name on Attach
 	// and drops it on Close, so that Resume can take the connection over after a crash.
 	Keeper *fdkeeper.Client
-	// Readers is the number of requests served concurrently (default 8).
+	// Readers bounds the requests served concurrently (default 16).
 	Readers int
 	// Logger receives backend errors; default slog.Default().
 	Logger *slog.Logger
@@ -60,7 +60,7 @@ func (o Options) validate() (Options, error) {
 	}
 	o.Dir = dir
 	if o.Readers <= 0 {
-		o.Readers = 8
+		o.Readers = 16
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -293,5 +295,61 @@ func TestDiscardAndZeroout(t *testing.T) {
 	clear(want[4<<20 : 4<<20+512<<10])
 	if !bytes.Equal(got, want) {
 		t.Fatal("backend after discard/zeroout differs from expectation")
+	}
+}
+
+// gated holds every read until `want` reads are in service at once (or a timeout),
+// recording the largest number seen: a backend waiting on the network must not hold
+// up the requests behind it.
+type gated struct {
+	*blockdevtest.Mem
+	want    int
+	mu      sync.Mutex
+	cond    *sync.Cond
+	in, max int
+	armed   atomic.Bool
+}
+
+func (g *gated) ReadAt(p []byte, off int64) (int, error) {
+	if g.armed.Load() {
+		g.mu.Lock()
+		g.in++
+		g.max = max(g.max, g.in)
+		g.cond.Broadcast()
+		deadline := time.AfterFunc(10*time.Second, func() { g.mu.Lock(); g.cond.Broadcast(); g.mu.Unlock() })
+		start := time.Now()
+		for g.max < g.want && time.Since(start) < 10*time.Second {
+			g.cond.Wait()
+		}
+		deadline.Stop()
+		g.in--
+		g.mu.Unlock()
+	}
+	return g.Mem.ReadAt(p, off)
+}
+
+func TestSlowBackendServedConcurrently(t *testing.T) {
+	requireFacilities(t)
+	g := &gated{Mem: blockdevtest.NewMem(16 << 20), want: 4}
+	g.cond = sync.NewCond(&g.mu)
+	d := attach(t, g, Options{})
+	g.armed.Store(true)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			fd, err := unix.Open(d.Path(), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer unix.Close(fd)
+			if _, err := unix.Pread(fd, alignedBuf(4096), int64(i)<<20); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if g.max < g.want {
+		t.Fatalf("at most %d backend reads in service at once, want %d", g.max, g.want)
 	}
 }
