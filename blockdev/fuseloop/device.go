@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -75,6 +76,9 @@ type Device struct {
 	loop   string
 	fuse   *os.File
 	server *server
+
+	mu     sync.Mutex
+	closed bool
 }
 
 var _ blockdev.Device = (*Device)(nil)
@@ -181,14 +185,20 @@ func (d *Device) File() string { return d.file }
 
 // Close detaches the loop device, unmounts the FUSE file and stops serving. While the
 // loop device is mounted or held it returns an error wrapping blockdev.ErrBusy and
-// the device keeps working.
+// the device keeps working. Closing a closed device does nothing.
 func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
 	if err := detachLoop(d.loop); err != nil {
 		return err
 	}
 	if err := unmount(d.file); err != nil {
 		return err
 	}
+	d.closed = true
 	d.server.wait()
 	err := d.fuse.Close()
 	if d.opts.Keeper != nil {
