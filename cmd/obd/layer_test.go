@@ -283,4 +283,3 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
-
