@@ -9,7 +9,7 @@ import (
 )
 
 // requireOverlay skips unless the test can mount overlayfs (root, kernel support).
-func requireOverlay(t *testing.T) {
+func requireOverlay(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	data, err := os.ReadFile("/proc/filesystems")

@@ -28,7 +28,7 @@ func lazyLabels(layer RemoteLayer, target string) snapshots.Opt {
 
 // prepareLazyChain records layers (lowest first) the way containerd's unpacker does and
 // returns the name of the top layer.
-func prepareLazyChain(t *testing.T, sn *Snapshotter, name string, layers ...RemoteLayer) string {
+func prepareLazyChain(t testing.TB, sn *Snapshotter, name string, layers ...RemoteLayer) string {
 	t.Helper()
 	ctx := context.Background()
 	parent := ""
@@ -104,7 +104,7 @@ type lazyFixture struct {
 	top     string
 }
 
-func newLazyFixture(t *testing.T, opts ...Opt) *lazyFixture {
+func newLazyFixture(t testing.TB, opts ...Opt) *lazyFixture {
 	t.Helper()
 	requireOverlay(t)
 	f := &lazyFixture{root: t.TempDir(), devices: newLoopDevices(t)}
@@ -121,7 +121,7 @@ func newLazyFixture(t *testing.T, opts ...Opt) *lazyFixture {
 }
 
 // open starts a Snapshotter on the fixture's root, as a (re)started process would.
-func (f *lazyFixture) open(t *testing.T, opts ...Opt) {
+func (f *lazyFixture) open(t testing.TB, opts ...Opt) {
 	t.Helper()
 	sn, err := NewSnapshotter(f.root, append([]Opt{WithDeviceManager(f.devices)}, opts...)...)
 	if err != nil {
@@ -131,7 +131,7 @@ func (f *lazyFixture) open(t *testing.T, opts ...Opt) {
 	t.Cleanup(func() { sn.Close() })
 }
 
-func (f *lazyFixture) prepare(t *testing.T, key, parent string) []mount.Mount {
+func (f *lazyFixture) prepare(t testing.TB, key, parent string) []mount.Mount {
 	t.Helper()
 	mounts, err := f.sn.Prepare(context.Background(), key, parent)
 	if err != nil {
@@ -140,7 +140,7 @@ func (f *lazyFixture) prepare(t *testing.T, key, parent string) []mount.Mount {
 	return mounts
 }
 
-func (f *lazyFixture) remove(t *testing.T, keys ...string) {
+func (f *lazyFixture) remove(t testing.TB, keys ...string) {
 	t.Helper()
 	for _, key := range keys {
 		if err := f.sn.Remove(context.Background(), key); err != nil {

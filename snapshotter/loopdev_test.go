@@ -19,7 +19,7 @@ import (
 // attaches it to a real loop device. A writable device keeps its image in upperDir, so it
 // survives detach and re-attach like bdd's upper layer.
 type loopDevices struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	blobs map[digest.Digest]string
 
@@ -31,7 +31,7 @@ type loopDevices struct {
 	failDetach bool
 }
 
-func newLoopDevices(t *testing.T) *loopDevices {
+func newLoopDevices(t testing.TB) *loopDevices {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.Bin(t, "mkfs.ext4")
