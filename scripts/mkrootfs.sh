@@ -11,7 +11,7 @@ set -euo pipefail
 
 OBD_DEPS=${OBD_DEPS:-/opt/obd-deps}
 NAME=python3-bookworm
-RECIPE="debootstrap minbase bookworm include=python3 v1"
+RECIPE="debootstrap minbase bookworm include=python3 v2"
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEST=$OBD_DEPS/rootfs/$NAME
 STAMP=$OBD_DEPS/stamps/rootfs-$NAME
@@ -48,6 +48,7 @@ rm -rf "$work"/var/cache/apt/archives/*.deb "$work"/var/lib/apt/lists/*
 chroot "$work" /usr/bin/python3 -c 'import json, sqlite3' \
   || die "python3 in the new rootfs cannot import json and sqlite3"
 
+chmod 755 "$work"  # mktemp made it 0700; sandboxes run as nobody
 rm -rf "$DEST"
 mv "$work" "$DEST"
 trap - EXIT

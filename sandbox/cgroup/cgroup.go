@@ -61,6 +61,8 @@ type Group struct {
 	pool *Pool
 	name string
 	dirs []string // v1: one per controller, in v1Controllers order; v2: one
+
+	oomBase int64 // OOM kills counted before the current user got the group
 }
 
 // Name is the group's name inside the pool.
@@ -207,6 +209,32 @@ func (g *Group) MemoryPeak() (int64, error) {
 		return 0, fmt.Errorf("cgroup %s: %w", g.name, err)
 	}
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// oomKills is how many processes the kernel killed in the group for exceeding its memory
+// limit, ever (the counter cannot be reset).
+func (g *Group) oomKills() (int64, error) {
+	file := "memory.oom_control"
+	if g.pool.version == V2 {
+		file = "memory.events"
+	}
+	b, err := os.ReadFile(filepath.Join(g.dir("memory"), file))
+	if err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", g.name, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, nil
+}
+
+// MemoryLimitHit reports whether the kernel killed a process of the group for exceeding the
+// memory limit since the group was taken from the pool.
+func (g *Group) MemoryLimitHit() bool {
+	n, err := g.oomKills()
+	return err == nil && n > g.oomBase
 }
 
 // Kill ends every process in the group and waits (up to timeout) until it is empty. Frozen

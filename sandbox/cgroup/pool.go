@@ -111,7 +111,11 @@ func (p *Pool) Get(lim Limits) (*Group, error) {
 		}
 	}
 	p.mu.Unlock()
-	if err := g.SetLimits(lim); err != nil {
+	var err error
+	if g.oomBase, err = g.oomKills(); err == nil {
+		err = g.SetLimits(lim)
+	}
+	if err != nil {
 		p.Put(g)
 		return nil, err
 	}

@@ -1,0 +1,593 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/obdproject/obd/sandbox/cgroup"
+	"golang.org/x/sys/unix"
+)
+
+// nobody is the user handlers run as.
+const nobody = 65534
+
+// Config configures a Manager. Zero fields take the defaults noted.
+type Config struct {
+	StateDir    string           // sandbox roots, scratch dirs, handler code, log; required
+	Rootfs      RootfsProvider   // required
+	CgroupRoot  string           // default /sys/fs/cgroup
+	PoolSize    int              // cgroups created up front; default 16
+	KeepAlive   time.Duration    // how long an idle sandbox stays in the handler cache; 0 disables it
+	PackagesDir string           // install cache: read-only at /opt in every sandbox; optional
+	Imports     []string         // modules the runtime zygote imports; default json, sqlite3
+	NoZygotes   bool             // start every sandbox cold (for comparison)
+	Log         *slog.Logger     // default slog.Default()
+	Now         func() time.Time // for tests of keep-alive; default time.Now
+}
+
+// Function is a registered handler.
+type Function struct {
+	Name     string        `json:"name"`
+	Image    string        `json:"image"`              // runtime image ref, resolved by the RootfsProvider
+	Entry    string        `json:"entry"`              // module.function, e.g. "main.handler"
+	Dir      string        `json:"dir,omitempty"`      // handler code directory on the server
+	MemoryMB int64         `json:"memory_mb"`          // memory limit; default 128
+	CPUs     float64       `json:"cpus,omitempty"`     // CPU quota in cores; default 1
+	Pids     int64         `json:"pids,omitempty"`     // process limit; default 32
+	Timeout  time.Duration `json:"timeout"`            // per invocation; default 10s
+	Imports  []string      `json:"imports,omitempty"`  // modules its own zygote imports
+	Packages []string      `json:"packages,omitempty"` // install-cache packages on its sys.path
+}
+
+// Stats are a function's counters.
+type Stats struct {
+	Name        string        `json:"name"`
+	Invocations int64         `json:"invocations"`
+	Errors      int64         `json:"errors"`
+	Cold        int64         `json:"cold"`
+	Warm        int64         `json:"warm"`
+	Hot         int64         `json:"hot"`
+	Idle        int           `json:"idle"`
+	Busy        int           `json:"busy"`
+	TotalTime   time.Duration `json:"total_time_ns"`
+}
+
+// Result is the outcome of one invocation.
+type Result struct {
+	Output json.RawMessage // the handler's return value as JSON
+	Path   StartPath
+	Start  time.Duration // obtaining a ready sandbox (thaw, fork or start + handler import)
+}
+
+var namePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+var entryPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Validate checks f and fills in defaults.
+func (f *Function) Validate() error {
+	if !namePattern.MatchString(f.Name) {
+		return fmt.Errorf("sandbox: function name %q: want letters, digits, '_', '.', '-'", f.Name)
+	}
+	if f.Image == "" {
+		return fmt.Errorf("sandbox: function %s: no image", f.Name)
+	}
+	if !entryPattern.MatchString(f.Entry) {
+		return fmt.Errorf("sandbox: function %s: entry %q: want module.function", f.Name, f.Entry)
+	}
+	if f.MemoryMB == 0 {
+		f.MemoryMB = 128
+	}
+	if f.CPUs == 0 {
+		f.CPUs = 1
+	}
+	if f.Pids == 0 {
+		f.Pids = 32
+	}
+	if f.Timeout == 0 {
+		f.Timeout = 10 * time.Second
+	}
+	if f.MemoryMB < 16 || f.CPUs < 0 || f.Pids < 4 || f.Timeout < 0 {
+		return fmt.Errorf("sandbox: function %s: limits too small (memory %d MB ≥ 16, pids %d ≥ 4)", f.Name, f.MemoryMB, f.Pids)
+	}
+	for _, m := range append(slices.Clone(f.Imports), f.Packages...) {
+		if !namePattern.MatchString(m) {
+			return fmt.Errorf("sandbox: function %s: bad module or package name %q", f.Name, m)
+		}
+	}
+	return nil
+}
+
+// image is an acquired rootfs with the zygote root and runtime zygote made from it.
+type image struct {
+	dir     string
+	release func() error
+	root    *rootMount
+	zygote  *zygote
+	users   int
+}
+
+// function is a registered Function with its sandboxes.
+type function struct {
+	Function
+	image  *image
+	zygote *zygote // the function's own zygote, forked from the image's
+	idle   []*box  // handler cache, most recently used last; all frozen
+	busy   int
+	stats  Stats
+	gone   bool // deleted; its sandboxes are destroyed instead of cached
+}
+
+// Manager registers functions and runs their invocations in sandboxes. Safe for concurrent
+// use.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	pool   *cgroup.Pool
+	netns  *emptyNetns
+	stderr *os.File
+
+	mu     sync.Mutex
+	funcs  map[string]*function
+	images map[string]*image
+	nextID int
+	closed bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewManager creates the cgroup pool and the shared empty network namespace and starts the
+// keep-alive sweeper. Zygotes start with the first function of each image.
+func NewManager(cfg Config) (*Manager, error) {
+	if cfg.StateDir == "" || cfg.Rootfs == nil {
+		return nil, errors.New("sandbox: config needs StateDir and Rootfs")
+	}
+	if cfg.CgroupRoot == "" {
+		cfg.CgroupRoot = "/sys/fs/cgroup"
+	}
+	if cfg.PoolSize == 0 {
+		cfg.PoolSize = 16
+	}
+	if cfg.Imports == nil {
+		cfg.Imports = []string{"json", "sqlite3"}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	for _, d := range []string{"sandboxes", "images", "functions"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("sandbox: state dir: %w", err)
+		}
+	}
+	stderr, err := os.OpenFile(filepath.Join(cfg.StateDir, "sandboxes.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: log: %w", err)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log, stderr: stderr, funcs: map[string]*function{}, images: map[string]*image{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	// The pool name carries the pid so two servers never share groups.
+	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, "obd-sandbox-"+strconv.Itoa(os.Getpid()), cfg.PoolSize)
+	if err != nil {
+		stderr.Close()
+		return nil, err
+	}
+	if m.netns, err = newEmptyNetns(); err != nil {
+		m.pool.Close()
+		stderr.Close()
+		return nil, err
+	}
+	go m.sweep()
+	return m, nil
+}
+
+// Register adds f. Its image is acquired (and its zygotes started) on first use by any
+// function.
+func (m *Manager) Register(ctx context.Context, f Function) error {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	if st, err := os.Stat(f.Dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("sandbox: function %s: handler dir %q: not a directory", f.Name, f.Dir)
+	}
+	for _, p := range f.Packages {
+		if m.cfg.PackagesDir == "" {
+			return fmt.Errorf("sandbox: function %s: package %s: the server has no install cache", f.Name, p)
+		}
+		if _, err := os.Stat(filepath.Join(m.cfg.PackagesDir, p)); err != nil {
+			return fmt.Errorf("sandbox: function %s: package %s not in the install cache: %w", f.Name, p, err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if _, ok := m.funcs[f.Name]; ok {
+		return fmt.Errorf("%w: %s", ErrExists, f.Name)
+	}
+	img, err := m.acquireImage(ctx, f.Image)
+	if err != nil {
+		return err
+	}
+	fn := &function{Function: f, image: img, stats: Stats{Name: f.Name}}
+	if img.zygote != nil && len(f.Imports) > 0 {
+		if fn.zygote, err = img.zygote.child(f.Imports); err != nil {
+			m.releaseImage(f.Image, img)
+			return fmt.Errorf("sandbox: function %s: zygote: %w", f.Name, err)
+		}
+	}
+	m.funcs[f.Name] = fn
+	m.log.Info("function registered", "name", f.Name, "image", f.Image, "entry", f.Entry, "memory_mb", f.MemoryMB, "timeout", f.Timeout)
+	return nil
+}
+
+// acquireImage returns the image for ref, starting its runtime zygote on first use. m.mu held.
+func (m *Manager) acquireImage(ctx context.Context, ref string) (_ *image, err error) {
+	if img, ok := m.images[ref]; ok {
+		img.users++
+		return img, nil
+	}
+	dir, release, err := m.cfg.Rootfs.Acquire(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	img := &image{dir: dir, release: release, users: 1}
+	defer func() {
+		if err != nil {
+			img.close()
+		}
+	}()
+	if !m.cfg.NoZygotes {
+		m.nextID++
+		if img.root, err = mountRoot(filepath.Join(m.cfg.StateDir, "images", strconv.Itoa(m.nextID)), dir, m.packageBinds()); err != nil {
+			return nil, err
+		}
+		if img.zygote, err = startRuntimeZygote(img.root.dir, m.netns, m.stderr, m.cfg.Imports); err != nil {
+			return nil, err
+		}
+	}
+	m.images[ref] = img
+	return img, nil
+}
+
+func (m *Manager) packageBinds() []bind {
+	if m.cfg.PackagesDir == "" {
+		return nil
+	}
+	return []bind{{src: m.cfg.PackagesDir, target: "opt"}}
+}
+
+func (img *image) close() error {
+	var errs []error
+	if img.zygote != nil {
+		errs = append(errs, img.zygote.close())
+	}
+	if img.root != nil {
+		errs = append(errs, img.root.unmount())
+	}
+	errs = append(errs, img.release())
+	return errors.Join(errs...)
+}
+
+// releaseImage drops one user of img, closing it with the last. m.mu held.
+func (m *Manager) releaseImage(ref string, img *image) error {
+	img.users--
+	if img.users > 0 {
+		return nil
+	}
+	delete(m.images, ref)
+	return img.close()
+}
+
+// Functions lists the registered functions, sorted by name.
+func (m *Manager) Functions() []Function {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Function, 0, len(m.funcs))
+	for _, fn := range m.funcs {
+		out = append(out, fn.Function)
+	}
+	slices.SortFunc(out, func(a, b Function) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Stats returns the counters of function name.
+func (m *Manager) Stats(name string) (Stats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fn, ok := m.funcs[name]
+	if !ok {
+		return Stats{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	st := fn.stats
+	st.Idle, st.Busy = len(fn.idle), fn.busy
+	return st, nil
+}
+
+// Delete unregisters function name and destroys its idle sandboxes; running invocations
+// finish and their sandboxes are destroyed.
+func (m *Manager) Delete(name string) error {
+	m.mu.Lock()
+	fn, ok := m.funcs[name]
+	if !ok {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	delete(m.funcs, name)
+	m.mu.Unlock()
+	m.log.Info("function deleted", "name", name)
+	return m.remove(fn)
+}
+
+// remove destroys what fn holds: idle sandboxes, its zygote, its use of the image.
+func (m *Manager) remove(fn *function) error {
+	m.mu.Lock()
+	fn.gone = true
+	idle := fn.idle
+	fn.idle = nil
+	m.mu.Unlock()
+	// Sandboxes first: a frozen sandbox in a zygote's PID namespace would make the zygote's
+	// exit (which waits for the whole namespace to die) block forever.
+	var errs []error
+	for _, b := range idle {
+		errs = append(errs, b.destroy(m.pool))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fn.zygote != nil {
+		errs = append(errs, fn.zygote.close())
+	}
+	errs = append(errs, m.releaseImage(fn.Image, fn.image))
+	return errors.Join(errs...)
+}
+
+// Invoke runs function name with event (JSON) and returns its result. A handler that raises
+// gives ErrHandler, one that runs past the function's timeout ErrTimeout (its sandbox is
+// killed), one whose sandbox dies ErrCrashed.
+func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage) (Result, error) {
+	begin := time.Now()
+	m.mu.Lock()
+	fn, ok := m.funcs[name]
+	if !ok || m.closed {
+		m.mu.Unlock()
+		return Result{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	fn.busy++
+	var b *box
+	if n := len(fn.idle); n > 0 {
+		b, fn.idle = fn.idle[n-1], fn.idle[:n-1]
+	}
+	m.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, fn.Timeout)
+	defer cancel()
+	res := Result{Path: Hot}
+	var err error
+	if b != nil {
+		err = b.group.Thaw()
+	} else {
+		b, res.Path, err = m.start(ctx, fn)
+	}
+	res.Start = time.Since(begin)
+	if err == nil {
+		res.Output, err = b.call(ctx, event)
+	}
+	m.finish(fn, b, res, err, time.Since(begin))
+	if err != nil {
+		return res, fmt.Errorf("function %s: %w", name, err)
+	}
+	return res, nil
+}
+
+// finish counts the invocation and puts b into the handler cache, or destroys it after a
+// failure, when caching is off, or when the function is gone.
+func (m *Manager) finish(fn *function, b *box, res Result, err error, took time.Duration) {
+	keep := err == nil && m.cfg.KeepAlive > 0
+	if keep {
+		if ferr := b.group.Freeze(); ferr != nil {
+			m.log.Warn("freeze sandbox", "function", fn.Name, "err", ferr)
+			keep = false
+		}
+	}
+	m.mu.Lock()
+	fn.busy--
+	fn.stats.Invocations++
+	fn.stats.TotalTime += took
+	if err != nil {
+		fn.stats.Errors++
+	}
+	switch res.Path {
+	case Cold:
+		fn.stats.Cold++
+	case Warm:
+		fn.stats.Warm++
+	case Hot:
+		fn.stats.Hot++
+	}
+	keep = keep && !fn.gone && !m.closed
+	if keep {
+		b.lastUsed = m.cfg.Now()
+		fn.idle = append(fn.idle, b)
+	}
+	m.mu.Unlock()
+	if !keep && b != nil {
+		if derr := b.destroy(m.pool); derr != nil {
+			m.log.Warn("destroy sandbox", "function", fn.Name, "err", derr)
+		}
+	}
+}
+
+// start makes a new sandbox for fn: forked from a zygote when there is one, else cold.
+func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath, err error) {
+	m.mu.Lock()
+	m.nextID++
+	id := m.nextID
+	z := fn.zygote
+	if z == nil {
+		z = fn.image.zygote
+	}
+	m.mu.Unlock()
+	path := Cold
+	if z != nil {
+		path = Warm
+	}
+
+	b := &box{dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids})
+	if err != nil {
+		return nil, path, err
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	scratch := filepath.Join(b.dir, "scratch")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return nil, path, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	if err := os.Chown(scratch, nobody, nobody); err != nil {
+		return nil, path, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
+	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
+		return nil, path, err
+	}
+	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(id)}
+	for _, p := range fn.Packages {
+		s.Paths = append(s.Paths, "/opt/"+p)
+	}
+	ours, theirs, err := socketPair(unix.SOCK_STREAM)
+	if err != nil {
+		return nil, path, err
+	}
+	defer theirs.Close()
+	if b.conn, err = fileConn(ours); err != nil {
+		return nil, path, err
+	}
+	procs, err := b.group.OpenProcs()
+	if err != nil {
+		return nil, path, err
+	}
+	defer func() {
+		for _, f := range procs {
+			f.Close()
+		}
+	}()
+	s.Cgroups = len(procs)
+	if z != nil {
+		err = m.forkFrom(z, s, b.root.dir, theirs, procs)
+	} else {
+		err = m.startCold(b, s, theirs, procs)
+	}
+	if err != nil {
+		return nil, path, err
+	}
+	theirs.Close()
+	deadline, _ := ctx.Deadline()
+	if _, err := b.receive(deadline); err != nil {
+		return nil, path, fmt.Errorf("sandbox: %s start: %w", path, err)
+	}
+	return b, path, nil
+}
+
+func (m *Manager) forkFrom(z *zygote, s spec, root string, chanFile *os.File, procs []*os.File) error {
+	rootFile, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("sandbox: open root: %w", err)
+	}
+	defer rootFile.Close()
+	return z.fork(s, rootFile, chanFile, procs)
+}
+
+func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File) error {
+	js, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	b.cmd = runnerCmd(b.root.dir, sandboxFlags, m.stderr, append([]*os.File{chanFile}, procs...), "cold", string(js))
+	if err := m.netns.start(b.cmd.Start); err != nil {
+		b.cmd = nil
+		return fmt.Errorf("sandbox: start cold sandbox: %w", err)
+	}
+	return nil
+}
+
+// sweep destroys idle sandboxes older than the keep-alive TTL until Close.
+func (m *Manager) sweep() {
+	defer close(m.done)
+	if m.cfg.KeepAlive <= 0 {
+		<-m.stop
+		return
+	}
+	tick := time.NewTicker(max(m.cfg.KeepAlive/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		m.expire()
+	}
+}
+
+// expire destroys the idle sandboxes whose keep-alive ran out.
+func (m *Manager) expire() {
+	cutoff := m.cfg.Now().Add(-m.cfg.KeepAlive)
+	var old []*box
+	m.mu.Lock()
+	for _, fn := range m.funcs {
+		// idle is ordered by last use, so the expired ones are a prefix.
+		n := 0
+		for n < len(fn.idle) && fn.idle[n].lastUsed.Before(cutoff) {
+			n++
+		}
+		old = append(old, fn.idle[:n]...)
+		fn.idle = slices.Delete(fn.idle, 0, n)
+	}
+	m.mu.Unlock()
+	for _, b := range old {
+		if err := b.destroy(m.pool); err != nil {
+			m.log.Warn("expire sandbox", "err", err)
+		}
+	}
+}
+
+// Close destroys every sandbox and zygote, unmounts every root, releases every image and
+// removes the cgroup pool and the network namespace: nothing the manager made is left.
+// Invocations still running fail.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	funcs := m.funcs
+	m.funcs = map[string]*function{}
+	m.mu.Unlock()
+	close(m.stop)
+	<-m.done
+	var errs []error
+	for _, fn := range funcs {
+		errs = append(errs, m.remove(fn))
+	}
+	// Groups still in use by running invocations are killed here; those invocations then
+	// destroy their own boxes.
+	errs = append(errs, m.pool.Close(), m.netns.Close(), m.stderr.Close())
+	return errors.Join(errs...)
+}

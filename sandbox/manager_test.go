@@ -1,0 +1,166 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testRootfs builds (once per machine, cached) the python3 rootfs with scripts/mkrootfs.sh
+// and returns the provider root holding it.
+func testRootfs(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("sandboxes need root (chroot, mounts, cgroups, namespaces)")
+	}
+	out, err := exec.Command("bash", "../scripts/mkrootfs.sh").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && strings.Contains(string(ee.Stderr), "debootstrap failed") {
+			t.Skipf("cannot build the python rootfs (no Debian archive?): %s", ee.Stderr)
+		}
+		t.Fatalf("mkrootfs.sh: %v", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// handlerDir is a directory with testdata/handler.py as main.py, readable by nobody.
+func handlerDir(t testing.TB) string {
+	t.Helper()
+	src, err := os.ReadFile("testdata/handler.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.py"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func newTestManager(t testing.TB, mod func(*Config)) *Manager {
+	t.Helper()
+	cfg := Config{StateDir: t.TempDir(), Rootfs: DirProvider{Root: testRootfs(t)}, PoolSize: 4, KeepAlive: time.Minute}
+	if mod != nil {
+		mod(&cfg)
+	}
+	m, err := NewManager(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(cfg.StateDir, "sandboxes.log"))
+			t.Logf("sandboxes.log:\n%s", log)
+		}
+		if err := m.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		assertNothingLeft(t, m)
+	})
+	return m
+}
+
+// assertNothingLeft checks that no mount, cgroup or process of m survives its Close.
+func assertNothingLeft(t testing.TB, m *Manager) {
+	t.Helper()
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), m.cfg.StateDir) {
+		t.Errorf("mounts under %s left after Close", m.cfg.StateDir)
+	}
+	for _, c := range []string{"memory", "pids", "freezer", "cpu", ""} {
+		d := filepath.Join(m.cfg.CgroupRoot, c, fmt.Sprintf("obd-sandbox-%d", os.Getpid()))
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s left after Close", d)
+		}
+	}
+	if pids := runnerPids(t, m.cfg.StateDir); len(pids) > 0 {
+		t.Errorf("sandbox processes left after Close: %v", pids)
+	}
+}
+
+// runnerPids lists live runner.py processes rooted under stateDir.
+func runnerPids(t testing.TB, stateDir string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var pids []string
+	for _, e := range entries {
+		root, err := os.Readlink(filepath.Join("/proc", e.Name(), "root"))
+		if err == nil && strings.HasPrefix(root, stateDir) {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}
+
+func register(t testing.TB, m *Manager, name string, mod func(*Function)) {
+	t.Helper()
+	f := Function{Name: name, Image: "python3-bookworm", Entry: "main.handler", Dir: handlerDir(t), MemoryMB: 64, Pids: 16, Timeout: 5 * time.Second}
+	if mod != nil {
+		mod(&f)
+	}
+	if err := m.Register(context.Background(), f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func invoke(t testing.TB, m *Manager, name string, event any) (map[string]any, Result) {
+	t.Helper()
+	in, _ := json.Marshal(event)
+	res, err := m.Invoke(context.Background(), name, in)
+	if err != nil {
+		t.Fatalf("invoke %s %s: %v", name, in, err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(res.Output, &out); err != nil {
+		t.Fatalf("output %s: %v", res.Output, err)
+	}
+	return out, res
+}
+
+func TestStartPaths(t *testing.T) {
+	for _, cold := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nozygotes=%v", cold), func(t *testing.T) {
+			m := newTestManager(t, func(c *Config) { c.NoZygotes = cold })
+			register(t, m, "fn", nil)
+			out, res := invoke(t, m, "fn", map[string]any{"op": "sqlite"})
+			if out["sum"] != 45.0 {
+				t.Fatalf("sqlite sum = %v", out)
+			}
+			want := Warm
+			if cold {
+				want = Cold
+			}
+			if res.Path != want {
+				t.Fatalf("first call path %s, want %s", res.Path, want)
+			}
+			out, res = invoke(t, m, "fn", map[string]any{"op": "counter"})
+			if res.Path != Hot || out["calls"] != 1.0 {
+				t.Fatalf("second call: path %s out %v; want hot, calls 1", res.Path, out)
+			}
+			out, _ = invoke(t, m, "fn", map[string]any{"op": "counter"})
+			if out["calls"] != 2.0 {
+				t.Fatalf("third call did not reuse the cached sandbox: %v", out)
+			}
+			st, err := m.Stats("fn")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Invocations != 3 || st.Hot != 2 || st.Idle != 1 || st.Errors != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}

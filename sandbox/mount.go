@@ -1,0 +1,79 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// bind is one bind mount into a sandbox root: host directory src at target inside it.
+type bind struct {
+	src, target string
+	writable    bool
+}
+
+// rootMount is a sandbox's (or a zygote's) root: a read-only, private bind of the image's
+// rootfs with more binds on top. Bind mounts are cheap (no copy), which is why every sandbox
+// gets its own root instead of sharing one.
+type rootMount struct {
+	dir    string
+	mounts []string // mounted paths, outermost first
+}
+
+func mountRoot(dir, image string, binds []bind) (_ *rootMount, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox: root %s: %w", dir, err)
+	}
+	r := &rootMount{dir: dir}
+	defer func() {
+		if err != nil {
+			r.unmount()
+		}
+	}()
+	if err := r.bind(image, dir, false); err != nil {
+		return nil, err
+	}
+	// Private, so the binds below never propagate into the image's mount or other roots.
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return nil, fmt.Errorf("sandbox: make %s private: %w", dir, err)
+	}
+	for _, b := range binds {
+		if err := r.bind(b.src, filepath.Join(dir, b.target), b.writable); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (r *rootMount) bind(src, dst string, writable bool) error {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("sandbox: bind %s at %s: %w", src, dst, err)
+	}
+	r.mounts = append(r.mounts, dst)
+	if writable {
+		return nil
+	}
+	// A bind mount takes MS_RDONLY only on a remount.
+	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("sandbox: make %s read-only: %w", dst, err)
+	}
+	return nil
+}
+
+// unmount removes every mount of the root, innermost first, and the root directory.
+func (r *rootMount) unmount() error {
+	var errs []error
+	for i := len(r.mounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(r.mounts[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("sandbox: unmount %s: %w", r.mounts[i], err))
+		}
+	}
+	r.mounts = nil
+	if err := os.Remove(r.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,174 @@
+package sandbox
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+//go:embed runner.py
+var runnerSource string
+
+// pythonPath is the runtime's interpreter inside an image.
+const pythonPath = "/usr/bin/python3"
+
+// sandboxFlags are the namespaces a cold sandbox is created in (a zygote's children unshare
+// the same ones in runner.py).
+const sandboxFlags = unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// spec is what runner.py needs to become a sandbox.
+type spec struct {
+	Dir      string   `json:"dir"`
+	Entry    string   `json:"entry"`
+	Paths    []string `json:"paths,omitempty"`
+	UID      int      `json:"uid"`
+	Hostname string   `json:"hostname"`
+	Cgroups  int      `json:"cgroups"`
+}
+
+// runnerCmd is python3 running runner.py in root (a chroot) with the given namespaces.
+// files become fds 3, 4, ... of the process.
+func runnerCmd(root string, flags uintptr, stderr *os.File, files []*os.File, args ...string) *exec.Cmd {
+	return &exec.Cmd{
+		Path:       pythonPath,
+		Args:       append([]string{"python3", "-I", "-c", runnerSource}, args...),
+		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"},
+		Dir:        "/",
+		Stderr:     stderr,
+		ExtraFiles: files,
+		SysProcAttr: &syscall.SysProcAttr{
+			Chroot:     root,
+			Cloneflags: flags,
+			// Only the server may outlive its processes: if it dies they go too.
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+}
+
+// socketPair returns two connected sockets of the given type as files.
+func socketPair(typ int) (*os.File, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox: socketpair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "sandbox-server"), os.NewFile(uintptr(fds[1]), "sandbox-peer"), nil
+}
+
+// fileConn turns f into a net.Conn and closes f (the conn holds its own fd).
+func fileConn(f *os.File) (net.Conn, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: socket conn: %w", err)
+	}
+	return c, nil
+}
+
+// zygote is a python3 process that has imported a runtime's (and maybe a function's) modules
+// and forks sandboxes on request. The runtime zygote is started by the server in its own PID,
+// UTS and IPC namespaces in the image's root; a function zygote is forked from its parent
+// zygote and imports more modules on top. Killing the runtime zygote (PID 1 of its namespace)
+// kills everything forked from it.
+type zygote struct {
+	mu     sync.Mutex // one request at a time on ctl
+	ctl    *net.UnixConn
+	cmd    *exec.Cmd // the runtime zygote only
+	parent *zygote
+}
+
+func startRuntimeZygote(root string, netns *emptyNetns, stderr *os.File, imports []string) (*zygote, error) {
+	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
+	if err != nil {
+		return nil, err
+	}
+	defer theirs.Close()
+	mods, _ := json.Marshal(imports)
+	cmd := runnerCmd(root, sandboxFlags, stderr, []*os.File{theirs}, "zygote", string(mods))
+	if err := netns.start(cmd.Start); err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("sandbox: start zygote: %w", err)
+	}
+	c, err := fileConn(ours)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
+	return &zygote{ctl: c.(*net.UnixConn), cmd: cmd}, nil
+}
+
+// request sends one request with fds attached and waits for the zygote's reply.
+func (z *zygote) request(req any, files ...*os.File) error {
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if _, _, err := z.ctl.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
+		return fmt.Errorf("sandbox: zygote request: %w", err)
+	}
+	buf := make([]byte, 1<<16)
+	n, _, _, _, err := z.ctl.ReadMsgUnix(buf, nil)
+	if err != nil {
+		return fmt.Errorf("sandbox: zygote reply: %w", err)
+	}
+	var reply struct {
+		PID   int    `json:"pid"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(buf[:n], &reply); err != nil {
+		return fmt.Errorf("sandbox: zygote reply %q: %w", buf[:n], err)
+	}
+	if reply.Error != "" {
+		return fmt.Errorf("sandbox: zygote: %s", reply.Error)
+	}
+	return nil
+}
+
+// child forks a function zygote that imports modules on top of z's.
+func (z *zygote) child(imports []string) (*zygote, error) {
+	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
+	if err != nil {
+		return nil, err
+	}
+	defer theirs.Close()
+	if err := z.request(map[string]any{"op": "zygote", "imports": imports}, theirs); err != nil {
+		ours.Close()
+		return nil, err
+	}
+	c, err := fileConn(ours)
+	if err != nil {
+		return nil, err
+	}
+	return &zygote{ctl: c.(*net.UnixConn), parent: z}, nil
+}
+
+// fork asks the zygote for a sandbox that chroots into root, joins the cgroups whose
+// cgroup.procs files are procs, and serves requests on chan.
+func (z *zygote) fork(s spec, root, chanFile *os.File, procs []*os.File) error {
+	return z.request(map[string]any{"op": "fork", "spec": s}, append([]*os.File{root, chanFile}, procs...)...)
+}
+
+// close stops the zygote. A function zygote exits when its control socket closes; the runtime
+// zygote is killed and reaped, which also ends every process forked from it.
+func (z *zygote) close() error {
+	z.ctl.Close()
+	if z.cmd == nil {
+		return nil
+	}
+	z.cmd.Process.Kill()
+	z.cmd.Wait()
+	return nil
+}

@@ -1,0 +1,183 @@
+# obd sandbox runner: runs inside a function sandbox's chroot with the image's python3.
+#
+#   python3 -I -c RUNNER zygote MODULES   serve fork requests on fd 3 (SOCK_SEQPACKET)
+#   python3 -I -c RUNNER cold SPEC        become one sandbox: channel fd 3, cgroup.procs fds 4..
+#
+# Zygote requests are JSON messages with file descriptors attached (SCM_RIGHTS):
+#   {"op": "fork", "spec": SPEC}      fds: sandbox root dir, channel, cgroup.procs files...
+#   {"op": "zygote", "imports": [..]} fds: control socket of the new child zygote
+# and each gets one reply, {"pid": N} or {"error": "..."}.
+#
+# A sandbox talks to the server over its channel (a stream socket) in frames: 4-byte big-endian
+# length, then JSON. First frame from the sandbox: {"ready": true} or {"error": traceback}.
+# Then per request {"event": ...} one reply {"result": ...} or {"error": ...}.
+import ctypes
+import importlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+PR_SET_NO_NEW_PRIVS = 38
+MAX_FRAME = 16 << 20
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check(ret, what):
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+
+
+def send_frame(conn, obj):
+    try:
+        data = json.dumps(obj).encode()
+    except (TypeError, ValueError) as e:
+        data = json.dumps({"error": "result is not JSON: %s" % e}).encode()
+    if len(data) > MAX_FRAME:
+        data = json.dumps({"error": "result of %d bytes is over the %d byte limit" % (len(data), MAX_FRAME)}).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+
+
+def recv_exact(conn, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(conn):
+    head = recv_exact(conn, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > MAX_FRAME:
+        raise ValueError("frame of %d bytes" % n)
+    body = recv_exact(conn, n)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def join_cgroup(fds):
+    # Writing 0 moves the writer itself; it is right in any PID namespace.
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)
+
+
+def drop_privileges(uid):
+    # setuid to an unprivileged user clears every capability; no_new_privs stops setuid
+    # binaries from getting them back.
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def run_sandbox(spec, chan):
+    """Final stage of every sandbox: already in its chroot, namespaces and cgroup."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    conn = socket.socket(fileno=chan)
+    try:
+        os.chdir(spec["dir"])
+        sys.path[:0] = [spec["dir"]] + spec.get("paths", [])
+        drop_privileges(spec.get("uid", 65534))
+        module, _, func = spec["entry"].rpartition(".")
+        handler = getattr(importlib.import_module(module), func)
+    except BaseException:
+        send_frame(conn, {"error": traceback.format_exc()})
+        os._exit(1)
+    send_frame(conn, {"ready": True})
+    while True:
+        req = recv_frame(conn)
+        if req is None:
+            os._exit(0)
+        try:
+            reply = {"result": handler(req.get("event"))}
+        except BaseException:
+            reply = {"error": traceback.format_exc()}
+        send_frame(conn, reply)
+
+
+def fork_sandbox(spec, fds):
+    root, chan, procs = fds[0], fds[1], fds[2:]
+    join_cgroup(procs)
+    # Each sandbox gets its own PID, UTS and IPC namespaces; the PID namespace only applies to
+    # children, so fork once more: the grandchild is PID 1 of the new namespace.
+    check(libc.unshare(CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+    socket.sethostname(spec.get("hostname", "sandbox"))
+    os.fchdir(root)
+    os.chroot(".")
+    os.chdir("/")
+    os.close(root)
+    if os.fork() != 0:
+        os._exit(0)
+    run_sandbox(spec, chan)
+
+
+def serve_zygote(ctl):
+    # Sandboxes are orphaned to the zygote (PID 1 of its namespace); let the kernel reap them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 32)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)
+        try:
+            req = json.loads(msg)
+            if req.get("op") not in ("fork", "zygote"):
+                raise ValueError("unknown op %r" % req.get("op"))
+            pid = os.fork()
+            if pid == 0:
+                ctl.close()
+                try:
+                    if req["op"] == "fork":
+                        fork_sandbox(req["spec"], fds)
+                    else:
+                        for name in req.get("imports", []):
+                            importlib.import_module(name)
+                        serve_zygote(socket.socket(fileno=fds[0]))
+                except BaseException:
+                    traceback.print_exc()
+                os._exit(1)
+            reply = {"pid": pid}
+        except BaseException:
+            reply = {"error": traceback.format_exc()}
+        for fd in fds:
+            os.close(fd)
+        ctl.send(json.dumps(reply).encode())
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "zygote":
+        for name in json.loads(sys.argv[2]):
+            importlib.import_module(name)
+        serve_zygote(socket.socket(fileno=3))
+    elif mode == "cold":
+        spec = json.loads(sys.argv[2])
+        join_cgroup(range(4, 4 + spec["cgroups"]))
+        socket.sethostname(spec.get("hostname", "sandbox"))
+        run_sandbox(spec, 3)
+    else:
+        sys.exit("runner: unknown mode " + mode)
+
+
+main()

@@ -1,0 +1,67 @@
+# Test handler: each op probes one property of the sandbox it runs in.
+import errno
+import json
+import os
+import socket
+import sqlite3
+import time
+
+
+def handler(event):
+    op = event.get("op", "echo")
+    if op == "echo":
+        return {"echo": event.get("value")}
+    if op == "sqlite":
+        db = sqlite3.connect(":memory:")
+        db.execute("create table t (x)")
+        db.executemany("insert into t values (?)", [(i,) for i in range(10)])
+        return {"sum": db.execute("select sum(x) from t").fetchone()[0]}
+    if op == "whoami":
+        return {"pid": os.getpid(), "uid": os.getuid(), "hostname": socket.gethostname(),
+                "cwd": os.getcwd()}
+    if op == "kill":
+        try:
+            os.kill(event["pid"], 0)
+            return {"errno": 0}
+        except OSError as e:
+            return {"errno": errno.errorcode[e.errno]}
+    if op == "write":
+        try:
+            with open(event["path"], "w") as f:
+                f.write("x")
+            return {"errno": 0}
+        except OSError as e:
+            return {"errno": errno.errorcode[e.errno]}
+    if op == "alloc":
+        blocks = [bytearray(1 << 20) for _ in range(event["mb"])]
+        return {"allocated_mb": len(blocks)}
+    if op == "fork":
+        pids, err = [], None
+        for _ in range(event["n"]):
+            try:
+                pid = os.fork()
+            except OSError as e:
+                err = errno.errorcode[e.errno]
+                break
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            pids.append(pid)
+        return {"forked": len(pids), "errno": err}
+    if op == "connect":
+        try:
+            socket.create_connection(("127.0.0.1", event["port"]), timeout=2).close()
+            return {"errno": 0}
+        except OSError as e:
+            return {"errno": errno.errorcode.get(e.errno, str(e))}
+    if op == "crash":
+        os._exit(3)
+    if op == "loop":
+        while True:
+            pass
+    if op == "counter":
+        # State that survives between calls only in a cached (hot) sandbox.
+        global calls
+        calls = globals().get("calls", 0) + 1
+        return {"calls": calls}
+    raise ValueError("unknown op %r" % op)
