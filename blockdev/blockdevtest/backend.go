@@ -54,7 +54,7 @@ func (b *File) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, o
 
 // WriteAt refuses writes past the end: a block device does not grow.
 func (b *File) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > b.size {
+	if off < 0 || off > b.size || int64(len(p)) > b.size-off {
 		return 0, fmt.Errorf("blockdevtest: write [%d,+%d) beyond size %d", off, len(p), b.size)
 	}
 	return b.f.WriteAt(p, off)
@@ -126,7 +126,7 @@ func (m *Mem) ReadAt(p []byte, off int64) (int, error) {
 func (m *Mem) WriteAt(p []byte, off int64) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if off < 0 || off+int64(len(p)) > int64(len(m.data)) {
+	if off < 0 || off > int64(len(m.data)) || int64(len(p)) > int64(len(m.data))-off {
 		return 0, fmt.Errorf("blockdevtest: write [%d,+%d) beyond size %d", off, len(p), len(m.data))
 	}
 	return copy(m.data[off:], p), nil
@@ -142,7 +142,7 @@ func (m *Mem) Sync() error { return nil }
 func (m *Mem) Discard(off, n int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if off < 0 || n < 0 || off+n > int64(len(m.data)) {
+	if off < 0 || n < 0 || off > int64(len(m.data)) || n > int64(len(m.data))-off {
 		return fmt.Errorf("blockdevtest: discard [%d,+%d) beyond size %d", off, n, len(m.data))
 	}
 	clear(m.data[off : off+n])

@@ -256,7 +256,7 @@ func (s *server) write(unique uint64, off int64, p []byte, out []byte) {
 		s.reply(unique, unix.EROFS, nil)
 		return
 	}
-	if off < 0 || off+int64(len(p)) > s.b.Size() {
+	if off < 0 || off > s.b.Size() || int64(len(p)) > s.b.Size()-off {
 		s.reply(unique, unix.ENOSPC, nil)
 		return
 	}
@@ -282,7 +282,7 @@ func (s *server) fallocate(unique uint64, in []byte) {
 		s.reply(unique, unix.EROFS, nil)
 		return
 	}
-	if off < 0 || n < 0 || off+n > s.b.Size() {
+	if off < 0 || n < 0 || off > s.b.Size() || n > s.b.Size()-off {
 		s.reply(unique, unix.EINVAL, nil)
 		return
 	}
