@@ -2,6 +2,7 @@ package bdd
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -14,8 +15,13 @@ import (
 // The connection is lazy: errors show up on the first call, which callers bound with
 // a context deadline. Close the returned connection when done.
 func Dial(path string) (bddv1.DaemonClient, *grpc.ClientConn, error) {
+	// gRPC reads a relative "unix://x" as an authority, so make the path absolute.
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bdd: dial %s: %w", path, err)
+	}
 	// The socket is local and root-only, so the channel needs no transport security.
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, fmt.Errorf("bdd: dial %s: %w", path, err)
 	}

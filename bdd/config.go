@@ -29,8 +29,9 @@ type Config struct {
 	MetricsAddr string `toml:"metrics_addr"`
 	// Transport is used when an Attach request leaves it unspecified: fuse or nbd.
 	Transport string `toml:"transport"`
-	// FuseDir is where the one-file FUSE filesystems of the devices are mounted.
-	FuseDir string `toml:"fuse_dir"`
+	// RunDir holds runtime files: the FUSE mounts (fuse/) and NBD sockets (nbd/) of
+	// the devices.
+	RunDir string `toml:"run_dir"`
 
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
@@ -59,7 +60,7 @@ func DefaultConfig() Config {
 		Socket:    "/run/obd/bdd.sock",
 		LogLevel:  "info",
 		Transport: "fuse",
-		FuseDir:   "/run/obd/bdd/fuse",
+		RunDir:    "/run/obd/bdd",
 		Cache:     CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30},
 		Registry: RegistryConfig{
 			CertsDir:    "/etc/containerd/certs.d",
@@ -75,7 +76,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port of the Prometheus metrics listener (empty: off)")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "default transport: fuse or nbd")
-	fs.StringVar(&c.FuseDir, "fuse-dir", c.FuseDir, "directory for the FUSE mounts backing the devices")
+	fs.StringVar(&c.RunDir, "run-dir", c.RunDir, "directory for the devices' FUSE mounts and NBD sockets")
 	fs.StringVar(&c.Cache.Dir, "cache-dir", c.Cache.Dir, "directory of the remote blob cache")
 	fs.Var(&c.Cache.Size, "cache-size", "size limit of the blob cache (e.g. 10GiB)")
 	fs.StringVar(&c.Registry.CertsDir, "certs-dir", c.Registry.CertsDir, "containerd-style hosts directory (certs.d)")
@@ -133,7 +134,7 @@ func describeTOMLError(err error) error {
 // Validate reports the first setting that cannot work.
 func (c *Config) Validate() error {
 	for _, d := range []struct{ name, value string }{
-		{"state_dir", c.StateDir}, {"socket", c.Socket}, {"fuse_dir", c.FuseDir}, {"cache.dir", c.Cache.Dir},
+		{"state_dir", c.StateDir}, {"socket", c.Socket}, {"run_dir", c.RunDir}, {"cache.dir", c.Cache.Dir},
 	} {
 		if d.value == "" {
 			return fmt.Errorf("bdd: config: %s must not be empty", d.name)

@@ -7,12 +7,9 @@ import (
 	"strings"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/lsmt"
 	"github.com/opencontainers/go-digest"
 )
-
-// maxLayers is the most lower layers one stack may hold (the LSMT tag is a byte,
-// and the upper takes one).
-const maxLayers = 255
 
 // ErrInvalidRequest marks requests that can never succeed as given.
 var ErrInvalidRequest = errors.New("invalid request")
@@ -64,8 +61,8 @@ func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport strin
 	if len(req.GetLayers()) == 0 && spec.UpperDir == "" {
 		return spec, fmt.Errorf("%w: no layers and no upper directory", ErrInvalidRequest)
 	}
-	if len(req.GetLayers()) > maxLayers {
-		return spec, fmt.Errorf("%w: %d layers, at most %d", ErrInvalidRequest, len(req.GetLayers()), maxLayers)
+	if len(req.GetLayers()) > lsmt.MaxLayers {
+		return spec, fmt.Errorf("%w: %d layers, at most %d", ErrInvalidRequest, len(req.GetLayers()), lsmt.MaxLayers)
 	}
 	if spec.UpperDir != "" && !filepath.IsAbs(spec.UpperDir) {
 		return spec, fmt.Errorf("%w: upper dir %q is not an absolute path", ErrInvalidRequest, spec.UpperDir)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/lsmt"
 )
 
 func pathLayer(p string) *bddv1.Layer { return &bddv1.Layer{Source: &bddv1.Layer_Path{Path: p}} }
@@ -47,7 +48,7 @@ func TestSpecFromRequestRejects(t *testing.T) {
 		"odd upper size": {UpperDir: "/up", UpperSize: 1000},
 		"size no upper":  {Layers: []*bddv1.Layer{pathLayer("/l")}, UpperSize: 4096},
 		"bad transport":  {Layers: []*bddv1.Layer{pathLayer("/l")}, Transport: 99},
-		"too many":       {Layers: make([]*bddv1.Layer, maxLayers+1)},
+		"too many":       {Layers: make([]*bddv1.Layer, lsmt.MaxLayers+1)},
 	} {
 		if _, err := specFromRequest("x", req, TransportFUSE); !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("%s: got %v, want ErrInvalidRequest", name, err)

@@ -153,3 +153,9 @@ func (s *StateStore) load(id string) (DeviceSpec, error) {
 	}
 	return spec, nil
 }
+
+// Exists reports whether a device's state is saved.
+func (s *StateStore) Exists(id string) bool {
+	_, err := os.Stat(s.path(id))
+	return err == nil
+}

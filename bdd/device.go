@@ -1,0 +1,189 @@
+package bdd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blockdev"
+	"github.com/obdproject/obd/blockdev/nbdexport"
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/opencontainers/go-digest"
+)
+
+// device is one attached layer stack and the transport serving it.
+type device struct {
+	spec   DeviceSpec
+	layers []*openLayer
+	stack  *lsmt.Stack
+	// path is the kernel block device (FUSE transport); nbdSocket the NBD export.
+	path      string
+	nbdSocket string
+	// transport stops serving the stack; for a mounted device it fails with
+	// blockdev.ErrBusy and leaves the device working.
+	transport io.Closer
+}
+
+// openLayer is one lower layer with what must be closed after it.
+type openLayer struct {
+	spec LayerSpec
+	file *lsmt.File
+	// source is the layer file or remote blob under file.
+	source io.Closer
+	// blob is set for remote layers; its counters feed Stats.
+	blob *remotefetch.Blob
+}
+
+// readOnly says whether the device refuses writes: explicitly, or for lack of an upper.
+func (d *device) readOnly() bool { return d.spec.ReadOnly || d.spec.UpperDir == "" }
+
+func (d *device) toAPI() *bddv1.Device {
+	t, _ := ParseTransport(d.spec.Transport)
+	out := &bddv1.Device{
+		Id:         d.spec.ID,
+		UpperDir:   d.spec.UpperDir,
+		ReadOnly:   d.readOnly(),
+		Transport:  t,
+		DevicePath: d.path,
+		NbdSocket:  d.nbdSocket,
+		Size:       d.stack.Size(),
+	}
+	for _, l := range d.layers {
+		out.Layers = append(out.Layers, l.spec.toAPI())
+	}
+	return out
+}
+
+// openStack opens the layers of spec and stacks them under the upper (if any).
+// On error everything opened so far is closed again.
+func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack, _ []*openLayer, err error) {
+	var layers []*openLayer
+	defer func() {
+		if err != nil {
+			closeLayers(layers)
+		}
+	}()
+	for i, ls := range spec.Layers {
+		l, err := s.openLayer(ctx, ls)
+		if err != nil {
+			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
+		}
+		layers = append(layers, l)
+	}
+	lower := make([]lsmt.Layer, len(layers))
+	for i, l := range layers {
+		lower[i] = l.file
+	}
+	var upper *lsmt.Writable
+	if spec.UpperDir != "" {
+		upper, err = openUpper(spec, layers)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	stack, err := lsmt.NewStack(lower, upper)
+	if err != nil {
+		if upper != nil {
+			upper.Close()
+		}
+		return nil, nil, fmt.Errorf("stack: %w", err)
+	}
+	return stack, layers, nil
+}
+
+func (s *Server) openLayer(ctx context.Context, ls LayerSpec) (*openLayer, error) {
+	if ls.Path != "" {
+		b, err := layerblob.OpenFile(ls.Path)
+		if err != nil {
+			return nil, err
+		}
+		return &openLayer{spec: ls, file: b.File, source: b}, nil
+	}
+	blob, err := s.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size)
+	if err != nil {
+		return nil, err
+	}
+	f, err := layerblob.Open(blob, blob.Size(), ls.Name())
+	if err != nil {
+		blob.Close()
+		return nil, err
+	}
+	return &openLayer{spec: ls, file: f, source: blob, blob: blob}, nil
+}
+
+// openUpper opens the writable layer in spec.UpperDir, creating it on first use with
+// the requested size or the size of the top lower layer.
+func openUpper(spec DeviceSpec, lower []*openLayer) (*lsmt.Writable, error) {
+	if layerblob.IsWritableDir(spec.UpperDir) {
+		w, err := lsmt.OpenWritable(spec.UpperDir)
+		if err != nil {
+			return nil, fmt.Errorf("upper %s: %w", spec.UpperDir, err)
+		}
+		return w, nil
+	}
+	size := spec.UpperSize
+	if size == 0 && len(lower) > 0 {
+		size = lower[len(lower)-1].file.VirtualSize()
+	}
+	if size == 0 {
+		return nil, fmt.Errorf("%w: upper %s is new and no size is known (give upper_size)", ErrInvalidRequest, spec.UpperDir)
+	}
+	if err := os.MkdirAll(spec.UpperDir, 0o700); err != nil {
+		return nil, fmt.Errorf("upper %s: %w", spec.UpperDir, err)
+	}
+	w, err := lsmt.Create(spec.UpperDir, lsmt.CreateOptions{VirtualSize: size})
+	if err != nil {
+		return nil, fmt.Errorf("upper %s: %w", spec.UpperDir, err)
+	}
+	return w, nil
+}
+
+func closeLayers(layers []*openLayer) error {
+	var errs []error
+	for _, l := range layers {
+		errs = append(errs, l.source.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// expose starts the transport of d.spec.Transport for d.stack; resume asks it to
+// take over what a previous bdd left serving.
+func (s *Server) expose(ctx context.Context, d *device, resume bool) error {
+	log := s.log.With("device", d.spec.ID)
+	switch d.spec.Transport {
+	case TransportNBD:
+		sock := filepath.Join(s.cfg.RunDir, "nbd", d.spec.ID+".sock")
+		if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+			return fmt.Errorf("nbd export: %w", err)
+		}
+		srv, err := nbdexport.Listen(sock, d.stack, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
+		if err != nil {
+			return err
+		}
+		d.nbdSocket, d.transport = sock, srv
+		return nil
+	case TransportFUSE:
+		return s.exposeFUSE(ctx, d, resume)
+	}
+	return fmt.Errorf("%w: unknown transport %q", ErrInvalidRequest, d.spec.Transport)
+}
+
+// compile-time check that a stack is what transports serve.
+var _ blockdev.Backend = (*lsmt.Stack)(nil)
+
+// close stops the transport and then releases the stack and layers. When the
+// transport is busy nothing is released and the device keeps working.
+func (d *device) close() error {
+	if d.transport != nil {
+		if err := d.transport.Close(); err != nil {
+			return err
+		}
+	}
+	return errors.Join(d.stack.Close(), closeLayers(d.layers))
+}

@@ -1,0 +1,247 @@
+package bdd_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/zfile"
+	"google.golang.org/grpc/codes"
+)
+
+// ext4Image builds an ext4 image of a generated tree and returns both.
+func ext4Image(t *testing.T, seed uint64, files int, size int64) (tree, img string) {
+	tree = makeTree(t, seed, files)
+	return tree, mkfsExt4(t, tree, size)
+}
+
+func TestFUSELocalLayersExt4(t *testing.T) {
+	requireBlockFacilities(t)
+	tree, img := ext4Image(t, 1, 150, 96<<20)
+	for _, tc := range []struct {
+		name  string
+		zopts *zfile.Options
+		tar   bool
+	}{
+		{"lsmt", nil, false},
+		{"lz4", &zfile.Options{Algorithm: zfile.LZ4}, false},
+		{"tar+zstd", &zfile.Options{Algorithm: zfile.ZSTD, BlockSize: 65536}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			layers := splitImage(t, img, 3, tc.zopts, tc.tar)
+			d := startDaemon(t, "")
+			dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+			if !strings.HasPrefix(dev.GetDevicePath(), "/dev/loop") {
+				t.Fatalf("device path %q", dev.GetDevicePath())
+			}
+			mnt := mount(t, dev.GetDevicePath(), true)
+			compareSums(t, treeSums(t, tree), treeSums(t, mnt))
+		})
+	}
+}
+
+func TestFUSEDetachMountedIsRefused(t *testing.T) {
+	requireBlockFacilities(t)
+	_, img := ext4Image(t, 2, 10, 32<<20)
+	layers := splitImage(t, img, 1, nil, false)
+	d := startDaemon(t, "")
+	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
+	mnt := mount(t, dev.GetDevicePath(), true)
+	_, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()})
+	if grpcCode(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("detach of a mounted device: %v, want FailedPrecondition saying busy", err)
+	}
+	// The device still works.
+	if _, err := os.ReadDir(filepath.Join(mnt, "d1")); err != nil {
+		t.Fatalf("mount broken by the refused detach: %v", err)
+	}
+	run(t, "umount", mnt)
+	if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+		t.Fatalf("detach after umount: %v", err)
+	}
+}
+
+// TestFUSECrashRecovery kills bdd with SIGKILL under a mounted read-write ext4 and
+// checks that the restarted daemon takes the device over: the mount keeps working
+// without a remount, reads issued during the gap complete, and writes made before
+// and after the crash are all there.
+func TestFUSECrashRecovery(t *testing.T) {
+	requireBlockFacilities(t)
+	tree, img := ext4Image(t, 3, 60, 64<<20)
+	layers := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
+	d := startDaemon(t, "")
+	upper := filepath.Join(t.TempDir(), "upper")
+	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), UpperDir: upper, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	mnt := mount(t, dev.GetDevicePath(), false)
+	want := treeSums(t, tree)
+	compareSums(t, want, treeSums(t, mnt))
+
+	before := writeFiles(t, mnt, "before", 20)
+	syncFS(t, mnt)
+	d.kill9()
+
+	// A reader arriving while no daemon runs must wait, not fail.
+	gapRead := make(chan error, 1)
+	go func() {
+		run(t, "sh", "-c", "echo 3 > /proc/sys/vm/drop_caches")
+		_, err := os.ReadFile(filepath.Join(mnt, "d2/e2/f0002"))
+		gapRead <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	d.start()
+	select {
+	case err := <-gapRead:
+		if err != nil {
+			t.Fatalf("read during the restart failed: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("read issued during the restart never completed")
+	}
+	list, err := d.client.List(d.ctx(), &bddv1.ListRequest{})
+	if err != nil || len(list.GetDevices()) != 1 || list.GetDevices()[0].GetDevicePath() != dev.GetDevicePath() {
+		t.Fatalf("after restart: %v %+v", err, list.GetDevices())
+	}
+	after := writeFiles(t, mnt, "after", 20)
+	syncFS(t, mnt)
+	run(t, "sh", "-c", "echo 3 > /proc/sys/vm/drop_caches")
+	got := treeSums(t, mnt)
+	for p, s := range before {
+		want[p] = s
+	}
+	for p, s := range after {
+		want[p] = s
+	}
+	compareSums(t, want, got)
+	if !d.logContains("restored", dev.GetId()) {
+		t.Errorf("the log does not say the device was restored")
+	}
+}
+
+// writeFiles writes n files of pseudo-random content under mnt/dir and returns
+// their checksums keyed like treeSums.
+func writeFiles(t *testing.T, mnt, dir string, n int) map[string]string {
+	t.Helper()
+	src := makeTree(t, uint64(len(dir)*1000+n), n)
+	run(t, "cp", "-a", src, filepath.Join(mnt, dir))
+	sums := map[string]string{}
+	for p, s := range treeSums(t, src) {
+		sums[filepath.Join(dir, p)] = s
+	}
+	return sums
+}
+
+func syncFS(t *testing.T, mnt string) {
+	run(t, "sync", "-f", mnt)
+}
+
+// TestFUSECorruptLayer flips bytes inside a compressed block of a layer: the reader
+// gets EIO, never wrong data, and bdd's log names the layer and the block.
+func TestFUSECorruptLayer(t *testing.T) {
+	requireBlockFacilities(t)
+	_, img := ext4Image(t, 4, 40, 32<<20)
+	layers := splitImage(t, img, 1, &zfile.Options{Algorithm: zfile.LZ4}, false)
+	// Corrupt the middle of the layer (well inside the data blocks).
+	f, err := os.OpenFile(layers[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	if _, err := f.WriteAt([]byte("CORRUPTED!CORRUPTED!"), st.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	d := startDaemon(t, "")
+	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
+	// Read the raw device: every byte either matches the image or the read fails.
+	want, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.Open(dev.GetDevicePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	buf := make([]byte, 64<<10)
+	failed := 0
+	for off := int64(0); off < int64(len(want)); off += int64(len(buf)) {
+		n, err := raw.ReadAt(buf, off)
+		if err != nil {
+			if !strings.Contains(err.Error(), "input/output error") {
+				t.Fatalf("read at %d: %v, want EIO", off, err)
+			}
+			failed++
+			continue
+		}
+		if string(buf[:n]) != string(want[off:off+int64(n)]) {
+			t.Fatalf("read at %d returned wrong data instead of an error", off)
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no read failed although a block is corrupt")
+	}
+	if !d.logContains("ERROR", layers[0], "block") {
+		t.Errorf("no log line names the layer %s and the block:\n%s", layers[0], d.logs())
+	}
+}
+
+// TestFUSEManyDevices serves one image as several devices at once, each mounted
+// and checked concurrently.
+func TestFUSEManyDevices(t *testing.T) {
+	requireBlockFacilities(t)
+	tree, img := ext4Image(t, 6, 40, 32<<20)
+	layers := splitImage(t, img, 3, &zfile.Options{Algorithm: zfile.LZ4}, false)
+	want := treeSums(t, tree)
+	d := startDaemon(t, "")
+	const devices = 8
+	mounts := make([]string, devices)
+	for i := range mounts {
+		dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
+		mounts[i] = mount(t, dev.GetDevicePath(), true)
+	}
+	list, err := d.client.List(d.ctx(), &bddv1.ListRequest{})
+	if err != nil || len(list.GetDevices()) != devices {
+		t.Fatalf("List: %v, %d devices", err, len(list.GetDevices()))
+	}
+	done := make(chan map[string]string, devices)
+	for _, m := range mounts {
+		go func() { done <- treeSums(t, m) }()
+	}
+	for range mounts {
+		compareSums(t, want, <-done)
+	}
+}
+
+// TestFUSEFioVerify runs fio's write-then-verify over read-write devices: one with
+// only an upper layer, one with an upper over lower layers.
+func TestFUSEFioVerify(t *testing.T) {
+	requireBlockFacilities(t)
+	if _, err := exec.LookPath("fio"); err != nil {
+		t.Skip("fio is not installed (apt-get install fio)")
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	run(t, "sh", "-c", "head -c 64M /dev/urandom > "+img)
+	lower := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
+	d := startDaemon(t, "")
+	for name, req := range map[string]*bddv1.AttachRequest{
+		"upper only":  {UpperDir: filepath.Join(t.TempDir(), "upper"), UpperSize: 64 << 20},
+		"upper+lower": {Layers: pathLayers(lower...), UpperDir: filepath.Join(t.TempDir(), "upper")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dev := d.attach(req)
+			out, err := exec.Command("fio", "--name=verify", "--filename="+dev.GetDevicePath(), "--rw=randwrite",
+				"--bsrange=4k-256k", "--direct=1", "--ioengine=libaio", "--iodepth=16", "--size=48M",
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0").CombinedOutput()
+			if err != nil {
+				t.Fatalf("fio verify failed: %v\n%s", err, out)
+			}
+			if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,96 @@
+package bdd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+)
+
+// ListenControl creates the control socket at path, readable and writable by its
+// owner only (bdd runs as root). A stale socket left by a killed bdd is replaced;
+// a socket some live process still answers on is an error.
+func ListenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("bdd: socket dir: %w", err)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("bdd: %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("bdd: another bdd is serving %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("bdd: remove stale socket: %w", err)
+		}
+	}
+	// The umask keeps the socket private from the moment it exists.
+	l, err := listenUnixPrivate(path)
+	if err != nil {
+		return nil, fmt.Errorf("bdd: listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("bdd: chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve serves the control API on l until ctx is done, then stops gracefully
+// (in-flight calls finish).
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	g := grpc.NewServer()
+	bddv1.RegisterDaemonServer(g, s)
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			g.GracefulStop()
+		case <-stopped:
+		}
+	}()
+	err := g.Serve(l)
+	close(stopped)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// ServeMetrics serves gatherer's metrics at /metrics, and Go's profiles at
+// /debug/pprof/, on addr until ctx is done. Bind it to a loopback address.
+func ServeMetrics(ctx context.Context, addr string, gatherer prometheus.Gatherer, log *slog.Logger) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("bdd: metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+	}()
+	log.Info("metrics listening", "addr", l.Addr().String())
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("bdd: metrics: %w", err)
+	}
+	return nil
+}

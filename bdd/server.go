@@ -1,0 +1,335 @@
+package bdd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blockdev"
+	"github.com/obdproject/obd/blockdev/fdkeeper"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/tarblob"
+	"github.com/obdproject/obd/zfile"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrNotFound is returned for a device id bdd does not know.
+var ErrNotFound = errors.New("no such device")
+
+// Server implements the control API. It owns the devices, the remote fetcher and
+// the state store. Create it with NewServer, bring persisted devices back with
+// Restore, and serve it with Serve.
+type Server struct {
+	bddv1.UnimplementedDaemonServer
+
+	cfg     Config
+	log     *slog.Logger
+	store   *StateStore
+	fetcher *remotefetch.Fetcher
+	metrics *metrics
+
+	// keeperCommand starts the fd keeper; keeperClient is connected on first use.
+	keeperCommand []string
+	keeperMu      sync.Mutex
+	keeperClient  *fdkeeper.Client
+
+	mu      sync.Mutex
+	devices map[string]*device
+	// busy holds ids being attached or detached, so concurrent calls on one id
+	// do not race.
+	busy map[string]bool
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithKeeperCommand names the command that runs the fd keeper (RunKeeper), e.g.
+// bdd's own executable with its keeper subcommand. Without it FUSE devices do not
+// survive a crash of bdd.
+func WithKeeperCommand(argv ...string) Option {
+	return func(s *Server) { s.keeperCommand = argv }
+}
+
+// NewServer opens the state store and the remote fetcher described by cfg and
+// registers bdd's metrics (and the fetcher's) with reg.
+func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	store, err := OpenStateStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	fetcher, err := remotefetch.New(remotefetch.Options{
+		CacheDir:     cfg.Cache.Dir,
+		CacheSize:    int64(cfg.Cache.Size),
+		HostsDir:     cfg.Registry.CertsDir,
+		DockerConfig: cfg.Registry.DockerConfig,
+		ReadTimeout:  time.Duration(cfg.Registry.ReadTimeout),
+		Registerer:   reg,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bdd: remote fetcher: %w", err)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     log,
+		store:   store,
+		fetcher: fetcher,
+		metrics: m,
+		devices: map[string]*device{},
+		busy:    map[string]bool{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// newID returns a short random id not in use.
+func (s *Server) newID() string {
+	for {
+		var b [4]byte
+		rand.Read(b[:])
+		id := hex.EncodeToString(b[:])
+		if s.devices[id] == nil && !s.busy[id] {
+			return id
+		}
+	}
+}
+
+// Attach opens the requested stack, exposes it and persists its spec before
+// returning, so that the device survives a restart of bdd.
+func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.AttachResponse, error) {
+	s.mu.Lock()
+	id := s.newID()
+	s.busy[id] = true
+	s.mu.Unlock()
+	defer s.release(id)
+
+	spec, err := specFromRequest(id, req, s.cfg.Transport)
+	if err != nil {
+		s.metrics.attachErrors.Inc()
+		return nil, grpcError(err)
+	}
+	d, err := s.attach(ctx, spec, false)
+	if err == nil {
+		if err = s.store.Save(spec); err != nil {
+			err = errors.Join(err, d.close())
+		}
+	}
+	if err != nil {
+		s.metrics.attachErrors.Inc()
+		s.log.Error("attach failed", "device", id, "err", err)
+		return nil, grpcError(err)
+	}
+	s.add(d)
+	s.log.Info("attached", "device", id, "path", d.path, "nbd", d.nbdSocket, "layers", len(spec.Layers), "upper", spec.UpperDir)
+	return &bddv1.AttachResponse{Device: d.toAPI()}, nil
+}
+
+// attach opens spec's stack and exposes it; resume asks the transport to take
+// over a device that survived a restart of bdd instead of creating a new one.
+func (s *Server) attach(ctx context.Context, spec DeviceSpec, resume bool) (*device, error) {
+	stack, layers, err := s.openStack(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", spec.ID, err)
+	}
+	d := &device{spec: spec, stack: stack, layers: layers}
+	if err := s.expose(ctx, d, resume); err != nil {
+		return nil, errors.Join(fmt.Errorf("device %s: %s transport: %w", spec.ID, spec.Transport, err), d.close())
+	}
+	return d, nil
+}
+
+func (s *Server) add(d *device) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.devices[d.spec.ID] = d
+	s.metrics.devices.Set(float64(len(s.devices)))
+}
+
+func (s *Server) release(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.busy, id)
+}
+
+// Restore brings back every device persisted in the state dir, resuming the
+// transport where it survived. Devices that cannot be restored are logged and
+// their state is kept (Detach removes it); the joined error names them.
+func (s *Server) Restore(ctx context.Context) error {
+	specs, loadErr := s.store.LoadAll()
+	errs := []error{loadErr}
+	for _, spec := range specs {
+		d, err := s.attach(ctx, spec, true)
+		if err != nil {
+			s.log.Error("restore failed", "device", spec.ID, "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		s.add(d)
+		s.log.Info("restored", "device", spec.ID, "path", d.path, "nbd", d.nbdSocket)
+	}
+	return errors.Join(errs...)
+}
+
+// Detach stops serving a device and forgets it. A device that is still mounted
+// is left alone and the call fails with FailedPrecondition.
+func (s *Server) Detach(_ context.Context, req *bddv1.DetachRequest) (*bddv1.DetachResponse, error) {
+	id := req.GetId()
+	s.mu.Lock()
+	d := s.devices[id]
+	if s.busy[id] {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.Aborted, "device %s is being attached or detached", id)
+	}
+	s.busy[id] = true
+	s.mu.Unlock()
+	defer s.release(id)
+
+	if d == nil {
+		// A device whose restore failed has only its state left.
+		if !validID.MatchString(id) || !s.store.Exists(id) {
+			return nil, grpcError(fmt.Errorf("device %q: %w", id, ErrNotFound))
+		}
+		if err := s.store.Remove(id); err != nil {
+			return nil, grpcError(err)
+		}
+		s.log.Info("dropped the state of an unrestored device", "device", id)
+		return &bddv1.DetachResponse{}, nil
+	}
+	if err := d.close(); err != nil {
+		return nil, grpcError(fmt.Errorf("detach device %s: %w", id, err))
+	}
+	s.mu.Lock()
+	delete(s.devices, id)
+	s.metrics.devices.Set(float64(len(s.devices)))
+	s.mu.Unlock()
+	if err := s.store.Remove(id); err != nil {
+		return nil, grpcError(err)
+	}
+	s.log.Info("detached", "device", id)
+	return &bddv1.DetachResponse{}, nil
+}
+
+// List returns the attached devices.
+func (s *Server) List(context.Context, *bddv1.ListRequest) (*bddv1.ListResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &bddv1.ListResponse{}
+	for _, d := range s.devices {
+		resp.Devices = append(resp.Devices, d.toAPI())
+	}
+	sortDevices(resp.Devices)
+	return resp, nil
+}
+
+// Stats returns the counters of each lower layer; local layers report zeros.
+func (s *Server) Stats(_ context.Context, req *bddv1.StatsRequest) (*bddv1.StatsResponse, error) {
+	s.mu.Lock()
+	d := s.devices[req.GetId()]
+	s.mu.Unlock()
+	if d == nil {
+		return nil, grpcError(fmt.Errorf("device %q: %w", req.GetId(), ErrNotFound))
+	}
+	resp := &bddv1.StatsResponse{Id: d.spec.ID}
+	for i, l := range d.layers {
+		ls := &bddv1.LayerStats{Index: int32(i), Name: l.spec.Name()}
+		if l.blob != nil {
+			st := l.blob.Stats()
+			ls.Hits, ls.Misses, ls.BytesFetched, ls.Retries, ls.Errors = st.Hits, st.Misses, st.BytesFetched, st.Retries, st.Errors
+		}
+		resp.Layers = append(resp.Layers, ls)
+	}
+	return resp, nil
+}
+
+// StartTrace starts recording the ranges read from remote layers.
+func (s *Server) StartTrace(context.Context, *bddv1.StartTraceRequest) (*bddv1.StartTraceResponse, error) {
+	s.fetcher.StartTrace()
+	return &bddv1.StartTraceResponse{}, nil
+}
+
+// StopTrace stops recording and returns the ranges read since StartTrace.
+func (s *Server) StopTrace(context.Context, *bddv1.StopTraceRequest) (*bddv1.StopTraceResponse, error) {
+	var buf bytes.Buffer
+	if _, err := s.fetcher.StopTrace().WriteTo(&buf); err != nil {
+		return nil, grpcError(fmt.Errorf("encode trace: %w", err))
+	}
+	return &bddv1.StopTraceResponse{Trace: buf.Bytes()}, nil
+}
+
+// Prefetch fetches every range of a trace into the cache.
+func (s *Server) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bddv1.PrefetchResponse, error) {
+	trace, err := remotefetch.ReadTrace(bytes.NewReader(req.GetTrace()))
+	if err != nil {
+		return nil, grpcError(fmt.Errorf("%w: trace: %w", ErrInvalidRequest, err))
+	}
+	if err := s.fetcher.Prefetch(ctx, trace); err != nil {
+		return nil, grpcError(fmt.Errorf("prefetch: %w", err))
+	}
+	return &bddv1.PrefetchResponse{}, nil
+}
+
+// grpcError maps errors to status codes callers can branch on.
+func grpcError(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrInvalidRequest), errors.Is(err, lsmt.ErrFormat), errors.Is(err, zfile.ErrFormat),
+		errors.Is(err, tarblob.ErrNotLayerTar), errors.Is(err, lsmt.ErrTooManyLayers):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		code = codes.NotFound
+	case errors.Is(err, blockdev.ErrBusy):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+// Shutdown makes every writable device durable, stops the NBD exports and closes
+// the remote fetcher (making the cache durable); it does not detach anything, so a
+// restarted bdd picks every device up again (FUSE devices stay alive in the keeper
+// meanwhile). The state files are kept. Call it after Serve has returned.
+func (s *Server) Shutdown() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for id, d := range s.devices {
+		if err := d.stack.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("device %s: sync: %w", id, err))
+		}
+		if d.spec.Transport == TransportNBD {
+			errs = append(errs, d.close())
+			delete(s.devices, id)
+		}
+	}
+	errs = append(errs, s.fetcher.Close())
+	s.keeperMu.Lock()
+	defer s.keeperMu.Unlock()
+	if s.keeperClient != nil {
+		errs = append(errs, s.keeperClient.Close())
+		s.keeperClient = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,305 @@
+package bdd_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bdd"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// syncBuffer is a log sink tests can read while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// inProcess is a Server serving its API on a socket in a temp dir.
+type inProcess struct {
+	reg    *prometheus.Registry
+	cfg    bdd.Config
+	client bddv1.DaemonClient
+	log    *syncBuffer
+	stop   func()
+}
+
+// startInProcess runs a Server with NBD as default transport (no root needed) over
+// cfg's dirs; a second call with the same cfg plays a restarted daemon.
+func startInProcess(t *testing.T, cfg bdd.Config) *inProcess {
+	t.Helper()
+	logs := &syncBuffer{}
+	reg := prometheus.NewRegistry()
+	srv, err := bdd.NewServer(cfg, slog.New(slog.NewTextHandler(logs, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := srv.Restore(ctx); err != nil {
+		t.Logf("restore: %v", err)
+	}
+	l, err := bdd.ListenControl(cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(cfg.Socket); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode %v, %v; want 0600", st.Mode(), err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	client, conn, err := bdd.Dial(cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &inProcess{reg: reg, cfg: cfg, client: client, log: logs}
+	var once sync.Once
+	p.stop = func() {
+		once.Do(func() {
+			conn.Close()
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			if err := srv.Shutdown(); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
+		})
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+func testConfig(t *testing.T) bdd.Config {
+	dir := t.TempDir()
+	cfg := bdd.DefaultConfig()
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.Socket = filepath.Join(dir, "bdd.sock")
+	cfg.RunDir = filepath.Join(dir, "run")
+	cfg.Cache.Dir = filepath.Join(dir, "cache")
+	cfg.Cache.Size = 1 << 30
+	cfg.Transport = bdd.TransportNBD
+	return cfg
+}
+
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// randomImage writes a disk image of size bytes with runs of random data and zeros.
+func randomImage(t *testing.T, size int) string {
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for off := 0; off < size; off += splitChunk {
+		if rng.IntN(4) == 0 {
+			continue // a hole
+		}
+		for i := off; i < min(off+splitChunk, size); i++ {
+			data[i] = byte(rng.Uint32())
+		}
+	}
+	p := filepath.Join(t.TempDir(), "image")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func requireNBDTools(t *testing.T) {
+	if _, err := exec.LookPath("nbdcopy"); err != nil {
+		t.Skip("nbdcopy is not installed (apt-get install libnbd-bin): cannot read the NBD export")
+	}
+}
+
+// nbdRead copies the whole export at socket into a file and returns its bytes.
+func nbdRead(t *testing.T, socket string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "read")
+	run(t, "nbdcopy", "nbd+unix:///?socket="+socket, out)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func grpcCode(err error) codes.Code { return status.Code(err) }
+
+// metric returns the value of a gauge or counter without labels, failing if absent.
+func (p *inProcess) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	families, err := p.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		m := f.GetMetric()[0]
+		if m.GetGauge() != nil {
+			return m.GetGauge().GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("metric %s is not registered", name)
+	return 0
+}
+
+func TestAttachNBDLocalLayers(t *testing.T) {
+	requireNBDTools(t)
+	img := randomImage(t, 8<<20)
+	want, _ := os.ReadFile(img)
+	layers := splitImage(t, img, 3, nil, false)
+	cfg := testConfig(t)
+	p := startInProcess(t, cfg)
+	resp, err := p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := resp.GetDevice()
+	if dev.GetSize() != int64(len(want)) || dev.GetNbdSocket() == "" || !dev.GetReadOnly() {
+		t.Fatalf("device %+v", dev)
+	}
+	if got := nbdRead(t, dev.GetNbdSocket()); !bytes.Equal(got, want) {
+		t.Fatal("stack read through NBD differs from the image")
+	}
+	if n := p.metric(t, "obd_bdd_devices"); n != 1 {
+		t.Errorf("obd_bdd_devices = %v, want 1", n)
+	}
+	stats, err := p.client.Stats(callCtx(t), &bddv1.StatsRequest{Id: dev.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.GetLayers()) != 3 || stats.GetLayers()[2].GetName() != layers[2] || stats.GetLayers()[0].GetMisses() != 0 {
+		t.Fatalf("stats %+v", stats)
+	}
+
+	// A restarted daemon brings the device back from its state file.
+	p.stop()
+	p2 := startInProcess(t, cfg)
+	list, err := p2.client.List(callCtx(t), &bddv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetDevices()) != 1 || list.GetDevices()[0].GetId() != dev.GetId() {
+		t.Fatalf("after restart: %+v", list.GetDevices())
+	}
+	if got := nbdRead(t, list.GetDevices()[0].GetNbdSocket()); !bytes.Equal(got, want) {
+		t.Fatal("restored device reads differ from the image")
+	}
+	if _, err := p2.client.Detach(callCtx(t), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.client.Detach(callCtx(t), &bddv1.DetachRequest{Id: dev.GetId()}); grpcCode(err) != codes.NotFound {
+		t.Fatalf("second detach: %v, want NotFound", err)
+	}
+	if list, _ := p2.client.List(callCtx(t), &bddv1.ListRequest{}); len(list.GetDevices()) != 0 {
+		t.Fatalf("devices left after detach: %+v", list.GetDevices())
+	}
+}
+
+func TestAttachNBDWritableUpper(t *testing.T) {
+	requireNBDTools(t)
+	img := randomImage(t, 4<<20)
+	layers := splitImage(t, img, 2, nil, false)
+	cfg := testConfig(t)
+	p := startInProcess(t, cfg)
+	upper := filepath.Join(t.TempDir(), "upper")
+	resp, err := p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: pathLayers(layers...), UpperDir: upper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := resp.GetDevice()
+	// Overwrite the whole device with other bytes through NBD.
+	other := randomImageSeeded(t, 4<<20, 99)
+	run(t, "nbdcopy", other, "nbd+unix:///?socket="+dev.GetNbdSocket())
+	want, _ := os.ReadFile(other)
+	if got := nbdRead(t, dev.GetNbdSocket()); !bytes.Equal(got, want) {
+		t.Fatal("written data does not read back")
+	}
+	// The upper is durable: a restarted daemon serves the written bytes.
+	p.stop()
+	p2 := startInProcess(t, cfg)
+	list, _ := p2.client.List(callCtx(t), &bddv1.ListRequest{})
+	if len(list.GetDevices()) != 1 {
+		t.Fatalf("after restart: %+v", list.GetDevices())
+	}
+	if got := nbdRead(t, list.GetDevices()[0].GetNbdSocket()); !bytes.Equal(got, want) {
+		t.Fatal("written data lost across a restart")
+	}
+}
+
+func randomImageSeeded(t *testing.T, size int, seed uint64) string {
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	p := filepath.Join(t.TempDir(), "other")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestAttachRejectsBadRequests(t *testing.T) {
+	p := startInProcess(t, testConfig(t))
+	notLayer := filepath.Join(t.TempDir(), "garbage")
+	os.WriteFile(notLayer, bytes.Repeat([]byte("not a layer "), 1000), 0o644)
+	for name, tc := range map[string]struct {
+		req  *bddv1.AttachRequest
+		code codes.Code
+		msg  string
+	}{
+		"no layers":     {&bddv1.AttachRequest{}, codes.InvalidArgument, "no layers"},
+		"relative":      {&bddv1.AttachRequest{Layers: pathLayers("rel/layer")}, codes.InvalidArgument, "not absolute"},
+		"missing file":  {&bddv1.AttachRequest{Layers: pathLayers("/nonexistent/layer")}, codes.NotFound, "/nonexistent/layer"},
+		"not a layer":   {&bddv1.AttachRequest{Layers: pathLayers(notLayer)}, codes.InvalidArgument, notLayer},
+		"bad transport": {&bddv1.AttachRequest{Layers: pathLayers(notLayer), Transport: 42}, codes.InvalidArgument, "transport"},
+	} {
+		_, err := p.client.Attach(callCtx(t), tc.req)
+		if grpcCode(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: got %v, want %s mentioning %q", name, err, tc.code, tc.msg)
+		}
+	}
+	if _, err := p.client.Stats(callCtx(t), &bddv1.StatsRequest{Id: "nope"}); grpcCode(err) != codes.NotFound {
+		t.Errorf("stats of unknown device: %v", err)
+	}
+	if _, err := p.client.Prefetch(callCtx(t), &bddv1.PrefetchRequest{Trace: []byte("junk")}); grpcCode(err) != codes.InvalidArgument {
+		t.Errorf("prefetch of a junk trace: %v", err)
+	}
+	if list, _ := p.client.List(callCtx(t), &bddv1.ListRequest{}); len(list.GetDevices()) != 0 {
+		t.Errorf("failed attaches left devices: %+v", list.GetDevices())
+	}
+	if n := p.metric(t, "obd_bdd_attach_errors_total"); n != 5 {
+		t.Errorf("obd_bdd_attach_errors_total = %v, want 5", n)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(p.cfg.StateDir, "devices")); len(entries) != 0 {
+		t.Errorf("failed attaches left state files: %v", entries)
+	}
+}
