@@ -37,15 +37,20 @@ func RequireRoot(t testing.TB) {
 // It skips the test, saying how to install it, when the program is absent.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
-	candidate := filepath.Join(DepsDir(), "bin", name)
-	if info, err := os.Stat(candidate); err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
-		return candidate
-	}
-	path, err := exec.LookPath(name)
-	if err != nil {
+	path, ok := findBin(name)
+	if !ok {
 		t.Skipf("testenv: %s not found in %s/bin or PATH (run `make deps`)", name, DepsDir())
 	}
 	return path
+}
+
+func findBin(name string) (string, bool) {
+	candidate := filepath.Join(DepsDir(), "bin", name)
+	if info, err := os.Stat(candidate); err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
+		return candidate, true
+	}
+	path, err := exec.LookPath(name)
+	return path, err == nil
 }
 
 // pathWithDeps returns a PATH value with DepsDir()/bin first, so that processes started by tests

@@ -76,6 +76,9 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	}
 	t.Cleanup(func() { c.cleanup(t) })
 
+	if err := os.WriteFile(c.nerdctlTOML(), nil, 0o600); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 	configPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(configPath, []byte(c.config(opts.ProxyPlugins)), 0o600); err != nil {
 		t.Fatalf("testenv: containerd config: %v", err)
@@ -162,24 +165,60 @@ func (c *Containerd) Ctr(t testing.TB, args ...string) string {
 
 func (c *Containerd) run(t testing.TB, binary string, args []string) string {
 	t.Helper()
+	stdout, stderr, err := c.exec(binary, args)
+	if err != nil {
+		t.Fatalf("testenv: %s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(binary), strings.Join(args, " "), err, stdout, stderr)
+	}
+	return stdout
+}
+
+func (c *Containerd) exec(binary string, args []string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	// An empty nerdctl.toml keeps a host-wide /etc/nerdctl/nerdctl.toml out of the test.
-	toml := filepath.Join(c.Dir, "nerdctl.toml")
-	if _, err := os.Stat(toml); errors.Is(err, os.ErrNotExist) {
-		if err := os.WriteFile(toml, nil, 0o600); err != nil {
-			t.Fatalf("testenv: %v", err)
+	cmd.Env = append(os.Environ(), "PATH="+pathWithDeps(), "NERDCTL_TOML="+c.nerdctlTOML())
+	var out, errOut bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// nerdctlTOML is an empty nerdctl config, which keeps a host-wide /etc/nerdctl/nerdctl.toml
+// out of the test.
+func (c *Containerd) nerdctlTOML() string { return filepath.Join(c.Dir, "nerdctl.toml") }
+
+// removeContainers kills and deletes the containers a failed test left in the namespace, so
+// that no shim or container outlives it.
+func (c *Containerd) removeContainers(t testing.TB) {
+	ctr, ok := findBin("ctr")
+	if !ok {
+		return
+	}
+	global := []string{"--address", c.Address, "--namespace", c.Namespace}
+	ids, _, err := c.exec(ctr, append(global, "containers", "ls", "-q"))
+	if err != nil {
+		t.Logf("testenv: list containers: %v", err)
+		return
+	}
+	for _, id := range strings.Fields(ids) {
+		_, _, _ = c.exec(ctr, append(global, "tasks", "delete", "--force", id))
+		if _, stderr, err := c.exec(ctr, append(global, "containers", "delete", id)); err != nil {
+			t.Logf("testenv: delete container %s: %v: %s", id, err, stderr)
 		}
+		t.Logf("testenv: removed container %s left by the test", id)
 	}
-	cmd.Env = append(os.Environ(), "PATH="+pathWithDeps(), "NERDCTL_TOML="+toml)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("testenv: %s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(binary), strings.Join(args, " "), err, stdout.String(), stderr.String())
+}
+
+// running reports whether the containerd process has not exited.
+func (c *Containerd) running() bool {
+	select {
+	case err := <-c.done:
+		c.done <- err // keep it for cleanup
+		return false
+	default:
+		return true
 	}
-	return stdout.String()
 }
 
 // logTail returns the last lines of containerd's log for failure messages.
@@ -204,6 +243,9 @@ func (c *Containerd) logTail() string {
 
 func (c *Containerd) cleanup(t testing.TB) {
 	if c.cmd != nil && c.cmd.Process != nil {
+		if c.running() {
+			c.removeContainers(t)
+		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-c.done:

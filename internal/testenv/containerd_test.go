@@ -33,6 +33,38 @@ func TestNerdctlRunBusybox(t *testing.T) {
 	}
 }
 
+// TestCleanupRemovesLeftoverContainers checks that a test which leaves a container running
+// does not leave its shim or runtime state behind.
+func TestCleanupRemovesLeftoverContainers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts containerd and runs a container")
+	}
+	img := BuildBusyboxImage(t)
+	var namespace string
+	t.Run("leaves a container running", func(t *testing.T) {
+		ctrd := StartContainerd(t, ContainerdOptions{})
+		namespace = ctrd.Namespace
+		ctrd.Nerdctl(t, "load", "-i", img.Archive)
+		ctrd.Nerdctl(t, "run", "-d", "--net", "none", img.Ref, "sleep", "600")
+	})
+	if namespace == "" {
+		t.Skip("the subtest did not start containerd")
+	}
+	if _, err := os.Stat(filepath.Join("/run/containerd/runc", namespace)); !os.IsNotExist(err) {
+		t.Errorf("runc state of namespace %s left behind: %v", namespace, err)
+	}
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(cmdline), "-namespace\x00"+namespace+"\x00") {
+			t.Errorf("process %s of namespace %s survived: %q", p, namespace, cmdline)
+		}
+	}
+}
+
 func TestConfigListsProxyPlugins(t *testing.T) {
 	c := &Containerd{Dir: "/d", Address: "/d/c.sock"}
 	cfg := c.config([]ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: "/s/obd.sock"}})
