@@ -1,0 +1,202 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// forEachPath runs fn against a manager whose sandboxes start cold and one whose sandboxes
+// are forked from zygotes: the isolation properties must hold on both paths.
+func forEachPath(t *testing.T, fn func(t *testing.T, m *Manager)) {
+	for _, cold := range []bool{false, true} {
+		name := "warm"
+		if cold {
+			name = "cold"
+		}
+		t.Run(name, func(t *testing.T) {
+			fn(t, newTestManager(t, func(c *Config) { c.NoZygotes = cold }))
+		})
+	}
+}
+
+func TestIsolation(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		register(t, m, "iso", nil)
+
+		out, _ := invoke(t, m, "iso", map[string]any{"op": "whoami"})
+		if out["pid"] != 1.0 {
+			t.Errorf("handler pid %v, want 1 (own PID namespace)", out["pid"])
+		}
+		if out["uid"] != float64(nobody) {
+			t.Errorf("handler uid %v, want nobody", out["uid"])
+		}
+		if host, _ := os.Hostname(); out["hostname"] == host {
+			t.Errorf("handler sees the host's hostname %q (no UTS namespace)", host)
+		}
+
+		out, _ = invoke(t, m, "iso", map[string]any{"op": "kill", "pid": os.Getpid()})
+		if out["errno"] != "ESRCH" {
+			t.Errorf("signalling the host's test process: %v, want ESRCH", out["errno"])
+		}
+
+		for _, path := range []string{"/etc/passwd", "/usr/new-file", "/srv/main.py"} {
+			out, _ = invoke(t, m, "iso", map[string]any{"op": "write", "path": path})
+			if out["errno"] != "EROFS" {
+				t.Errorf("writing %s: %v, want EROFS", path, out["errno"])
+			}
+		}
+		out, _ = invoke(t, m, "iso", map[string]any{"op": "write", "path": "/tmp/scratch"})
+		if out["errno"] != 0.0 {
+			t.Errorf("writing the scratch dir: %v, want success", out["errno"])
+		}
+
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		out, _ = invoke(t, m, "iso", map[string]any{"op": "connect", "port": l.Addr().(*net.TCPAddr).Port})
+		if out["errno"] == 0.0 {
+			t.Errorf("sandbox reached the host's loopback listener")
+		}
+	})
+}
+
+func TestLimits(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		register(t, m, "lim", func(f *Function) { f.MemoryMB = 64; f.Pids = 8 })
+
+		_, err := m.Invoke(context.Background(), "lim", json.RawMessage(`{"op":"alloc","mb":256}`))
+		if !errors.Is(err, ErrCrashed) {
+			t.Fatalf("allocating 256 MB under a 64 MB limit: %v, want ErrCrashed", err)
+		}
+		if got := err.Error(); !strings.Contains(got, "memory limit") {
+			t.Errorf("error does not name the memory limit: %v", err)
+		}
+		out, _ := invoke(t, m, "lim", map[string]any{"op": "alloc", "mb": 16})
+		if out["allocated_mb"] != 16.0 {
+			t.Errorf("16 MB under the limit: %v", out)
+		}
+
+		out, _ = invoke(t, m, "lim", map[string]any{"op": "fork", "n": 50})
+		if out["errno"] != "EAGAIN" || out["forked"].(float64) >= 8 {
+			t.Errorf("forking 50 under pids.max 8: %v, want EAGAIN before 8", out)
+		}
+	})
+}
+
+func TestFailingHandlersKeepServerServing(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		register(t, m, "bad", func(f *Function) { f.Timeout = 500 * time.Millisecond })
+		cases := []struct {
+			event string
+			want  error
+		}{
+			{`{"op":"crash"}`, ErrCrashed},
+			{`{"op":"loop"}`, ErrTimeout},
+			{`{"op":"nope"}`, ErrHandler},
+		}
+		for _, c := range cases {
+			if _, err := m.Invoke(context.Background(), "bad", json.RawMessage(c.event)); !errors.Is(err, c.want) {
+				t.Errorf("%s: %v, want %v", c.event, err, c.want)
+			}
+			out, _ := invoke(t, m, "bad", map[string]any{"op": "echo", "value": c.event})
+			if out["echo"] != c.event {
+				t.Errorf("after %s: echo %v", c.event, out)
+			}
+		}
+		st, _ := m.Stats("bad")
+		if st.Errors != 3 || st.Invocations != 6 {
+			t.Errorf("stats %+v, want 3 errors in 6 invocations", st)
+		}
+	})
+}
+
+func TestConcurrentInvocations(t *testing.T) {
+	m := newTestManager(t, nil)
+	register(t, m, "conc", nil)
+	const workers, calls = 8, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*calls)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < calls; i++ {
+				want := fmt.Sprintf("%d-%d", w, i)
+				res, err := m.Invoke(context.Background(), "conc", json.RawMessage(fmt.Sprintf(`{"op":"echo","value":%q}`, want)))
+				if err != nil {
+					errs <- err
+					continue
+				}
+				var out map[string]string
+				json.Unmarshal(res.Output, &out)
+				if out["echo"] != want {
+					errs <- fmt.Errorf("got %v, want %s (responses crossed)", out, want)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st, _ := m.Stats("conc")
+	if st.Invocations != workers*calls || st.Busy != 0 || st.Idle > workers {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestKeepAliveExpiresIdleSandboxes(t *testing.T) {
+	m := newTestManager(t, func(c *Config) { c.KeepAlive = 100 * time.Millisecond })
+	register(t, m, "ka", nil)
+	invoke(t, m, "ka", map[string]any{"op": "echo"})
+	if st, _ := m.Stats("ka"); st.Idle != 1 {
+		t.Fatalf("idle after a call = %d, want 1", st.Idle)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	// Expiry takes the sandbox out of the cache, then destroys it and returns its cgroup.
+	for {
+		st, _ := m.Stats("ka")
+		if st.Idle == 0 && m.pool.Free() == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the keep-alive: %d idle sandboxes, %d of 4 cgroups back in the pool", st.Idle, m.pool.Free())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) > 0 {
+		t.Errorf("expired sandbox's processes still alive: %v", pids)
+	}
+	if _, res := invoke(t, m, "ka", map[string]any{"op": "echo"}); res.Path != Warm {
+		t.Errorf("call after expiry took the %s path, want warm", res.Path)
+	}
+}
+
+func TestDeleteRemovesSandboxes(t *testing.T) {
+	m := newTestManager(t, nil)
+	register(t, m, "del", func(f *Function) { f.Imports = []string{"decimal"} })
+	invoke(t, m, "del", map[string]any{"op": "echo"})
+	if len(runnerPids(t, m.cfg.StateDir+"/sandboxes")) == 0 {
+		t.Fatal("no cached sandbox process found before delete")
+	}
+	if err := m.Delete("del"); err != nil {
+		t.Fatal(err)
+	}
+	if pids := runnerPids(t, m.cfg.StateDir); len(pids) > 0 {
+		t.Errorf("processes left after deleting the only function: %v", pids)
+	}
+	if _, err := m.Invoke(context.Background(), "del", nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("invoking a deleted function: %v", err)
+	}
+}
