@@ -67,6 +67,9 @@ func (b *Blob) Stats() Stats { return b.stats.stats() }
 // wrapping ErrDeadline that names the blob, the range and the last cause. It never returns
 // bytes that did not arrive as the requested range.
 func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
+	if n, ok, err := b.readCached(p, off); ok {
+		return n, err
+	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
 	defer cancel()
 	return b.readAt(ctx, p, off)
@@ -79,6 +82,31 @@ func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 	stop := context.AfterFunc(b.ctx, cancel)
 	defer stop()
 	return b.readAt(ctx, p, off)
+}
+
+// readCached serves a read whose units are all cached without setting up a deadline; ok is
+// false when the read needs the full path.
+func (b *Blob) readCached(p []byte, off int64) (n int, ok bool, err error) {
+	end := off + int64(len(p))
+	if off < 0 || len(p) == 0 || end > b.size || b.ctx.Err() != nil || b.poisoned.Load() != nil {
+		return 0, false, nil
+	}
+	unit := b.entry.FillUnit()
+	last := int((end - 1) / unit)
+	if !b.entry.HasAll(int(off/unit), last) {
+		return 0, false, nil
+	}
+	b.f.recordTrace(b, off, end-off)
+	if b.seqEnd.Swap(end) == off && off > 0 {
+		b.readahead(last)
+	}
+	b.stats.hit()
+	n, err = b.entry.ReadAt(p, off)
+	if err != nil {
+		b.stats.fail()
+		return n, true, fmt.Errorf("remotefetch: blob %s: read cache at %d: %w", b.dgst, off, err)
+	}
+	return n, true, nil
 }
 
 func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
@@ -395,9 +423,15 @@ func (b *Blob) backoff(ctx context.Context, attempt int) bool {
 	}
 }
 
-// startVerify checks the complete blob against its digest in the background.
+// startVerify checks the complete blob against its digest in the background, after
+// foreground reads are done, so that hashing does not slow them down.
 func (b *Blob) startVerify() {
 	b.wg.Go(func() {
+		for b.foreground.Load() > 0 {
+			if !sleepCtx(b.ctx, foregroundPoll) {
+				return // closed: the next Open verifies
+			}
+		}
 		if err := b.verify(); err != nil {
 			b.stats.fail()
 		}

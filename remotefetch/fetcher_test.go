@@ -473,6 +473,40 @@ func TestRestartReusesCache(t *testing.T) {
 	}
 }
 
+// TestCapacityWithConcurrentReaders: readers open, read and close many blobs at once; the
+// cache ends within its capacity and every read is correct.
+func TestCapacityWithConcurrentReaders(t *testing.T) {
+	const (
+		blobs = 6
+		size  = 4 * testUnit
+	)
+	reg := testregistry.Start(t, testregistry.Options{})
+	var envs []*env
+	for i := range blobs {
+		data := randomBytes(uint64(1000+i), size)
+		envs = append(envs, &env{reg: reg, data: data, dgst: reg.PushBlob(t, "obd/cap", data), ref: reg.Host + "/obd/cap"})
+	}
+	f := newFetcher(t, Options{CacheSize: 2 * size})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 3))
+			for range 10 {
+				e := envs[r.IntN(blobs)]
+				b := open(t, f, e)
+				if err := checkRead(t, b, e.data, r.Int64N(size), testUnit); err != nil {
+					t.Error(err)
+				}
+				b.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if u := f.CacheUsage(); u > 2*size {
+		t.Fatalf("cache holds %d bytes, capacity %d", u, 2*size)
+	}
+}
+
 func TestBackgroundFillCompletesBlob(t *testing.T) {
 	e := newEnv(t, testregistry.Options{}, 20*testUnit+5, true)
 	f := newFetcher(t, Options{BackgroundDelay: 10 * time.Millisecond, BackgroundRate: 64 << 20})
