@@ -166,6 +166,24 @@ func TestE2ELazyImageRunsFromADevice(t *testing.T) {
 	if !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, served.sn.deviceMountPath(id)) {
 		t.Fatalf("container output = %q, want hi and an overlay whose lower is the device mount", out)
 	}
+
+	// Across a restart of the snapshotter a running container keeps its device-backed root,
+	// and a new container of the image shares the device instead of attaching another.
+	nerdctl("run", "-d", "--name", "long", "--net", "none", ref, "sleep", "600")
+	t.Cleanup(func() { ctrd.Nerdctl(t, "rm", "-f", "long") })
+	_, attachesBefore, _ := devices.counts()
+	served.stop()
+	served.start()
+	if out := nerdctl("exec", "long", "ls", "/bin/busybox"); strings.TrimSpace(out) != "/bin/busybox" {
+		t.Fatalf("running container after restart: ls = %q", out)
+	}
+	if out := nerdctl("run", "--rm", "--net", "none", ref, "echo", "again"); strings.TrimSpace(out) != "again" {
+		t.Fatalf("new container after restart: output %q", out)
+	}
+	if attached, attaches, _ := devices.counts(); attached != 1 || attaches != attachesBefore {
+		t.Fatalf("after restart: attached=%d attaches=%d, want the running container's device reused (%d attaches)", attached, attaches, attachesBefore)
+	}
+	nerdctl("rm", "-f", "long")
 	// Once containerd collects the container's snapshots (nerdctl also makes a short-lived
 	// view to read the image's /etc/passwd), the device goes too.
 	waitFor(t, "every device attach undone", func() bool {
