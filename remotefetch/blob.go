@@ -413,14 +413,7 @@ func (b *Blob) backoff(ctx context.Context, attempt int) bool {
 			d = min(se.retryAfter, 5*time.Second)
 		}
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return sleepCtx(ctx, d)
 }
 
 // startVerify checks the complete blob against its digest in the background, after
