@@ -98,3 +98,44 @@ func writeCodeFile(target string, r io.Reader, h *tar.Header) error {
 	}
 	return nil
 }
+
+// ArchiveDir writes the regular files and directories under dir to w as a tar archive, the
+// form ExtractCode takes; `obd sandbox register --code DIR` uploads it.
+func ArchiveDir(dir string, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() && !info.IsDir() {
+			return nil // sockets, symlinks and the like are not handler code
+		}
+		h, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(h); err != nil || !info.Mode().IsRegular() {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("sandbox: archive %s: %w", dir, err)
+	}
+	return tw.Close()
+}

@@ -1,0 +1,133 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Client talks to a Handler (the obd-lambda server); `obd sandbox` uses it.
+type Client struct {
+	Base string       // e.g. http://127.0.0.1:8079
+	HTTP *http.Client // default http.DefaultClient
+}
+
+// APIError is an error response of the server.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("server: %s (HTTP %d)", e.Message, e.Status) }
+
+func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Base, "/")+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox client: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var e struct {
+			Error string `json:"error"`
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
+}
+
+func (c *Client) getJSON(ctx context.Context, path string, v any) error {
+	resp, err := c.do(ctx, http.MethodGet, path, "", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// Register registers spec. code, when not nil, is a tar (or tar.gz) of the handler directory,
+// uploaded; otherwise spec.Dir names a directory on the server.
+func (c *Client) Register(ctx context.Context, spec FunctionSpec, code io.Reader) error {
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	var resp *http.Response
+	if code == nil {
+		resp, err = c.do(ctx, http.MethodPost, "/functions", "application/json", bytes.NewReader(js))
+	} else {
+		pr, pw := io.Pipe()
+		mw := multipart.NewWriter(pw)
+		go func() {
+			err := mw.WriteField("spec", string(js))
+			if err == nil {
+				var part io.Writer
+				if part, err = mw.CreateFormFile("code", "code.tar"); err == nil {
+					_, err = io.Copy(part, code)
+				}
+			}
+			if err == nil {
+				err = mw.Close()
+			}
+			pw.CloseWithError(err)
+		}()
+		resp, err = c.do(ctx, http.MethodPost, "/functions", mw.FormDataContentType(), pr)
+		pr.Close()
+	}
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Run invokes function name with event (JSON) and returns its result and start path.
+func (c *Client) Run(ctx context.Context, name string, event []byte) (json.RawMessage, StartPath, error) {
+	resp, err := c.do(ctx, http.MethodPost, "/run/"+url.PathEscape(name), "application/json", bytes.NewReader(event))
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	return out, StartPath(resp.Header.Get(HeaderStartPath)), err
+}
+
+// List returns the registered functions.
+func (c *Client) List(ctx context.Context) ([]FunctionSpec, error) {
+	var specs []FunctionSpec
+	return specs, c.getJSON(ctx, "/functions", &specs)
+}
+
+// Stats returns function name's counters.
+func (c *Client) Stats(ctx context.Context, name string) (Stats, error) {
+	var st Stats
+	return st, c.getJSON(ctx, "/functions/"+url.PathEscape(name)+"/stats", &st)
+}
+
+// Delete unregisters function name.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/functions/"+url.PathEscape(name), "", nil)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
