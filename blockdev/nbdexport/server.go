@@ -329,14 +329,26 @@ func (c *connection) transmit() error {
 		c.inflight.Add(1)
 		go func() {
 			defer func() { <-c.sem; c.inflight.Done() }()
-			errno, data := c.serve(req, payload)
+			var buf []byte
+			if req.typ == cmdRead && req.length <= pooledReadLen {
+				p := readBuffers.Get().(*[]byte)
+				defer readBuffers.Put(p)
+				buf = (*p)[:req.length]
+			}
+			errno, data := c.serve(req, payload, buf)
 			c.reply(req.handle, errno, data)
 		}()
 	}
 }
 
-// serve executes one request and returns the NBD error number and read data.
-func (c *connection) serve(req request, payload []byte) (uint32, []byte) {
+// pooledReadLen is the largest read served from readBuffers.
+const pooledReadLen = 256 << 10
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, pooledReadLen); return &b }}
+
+// serve executes one request and returns the NBD error number and read data. A read
+// goes into buf when it is not nil.
+func (c *connection) serve(req request, payload, buf []byte) (uint32, []byte) {
 	size := uint64(c.b.Size())
 	end := req.offset + uint64(req.length)
 	if end < req.offset || end > size {
@@ -356,7 +368,10 @@ func (c *connection) serve(req request, payload []byte) (uint32, []byte) {
 		if req.length > maxPayload {
 			return errInval, nil
 		}
-		data := make([]byte, n)
+		data := buf
+		if data == nil {
+			data = make([]byte, n)
+		}
 		got, rerr := c.b.ReadAt(data, off)
 		if rerr != nil && !(errors.Is(rerr, io.EOF) && int64(got) == n) {
 			c.logFailure("read", off, n, rerr)
