@@ -15,5 +15,6 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newZFileCmd(), newLayerCmd())
 	root.AddCommand(newConvertCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
+	root.AddCommand(newSandboxCmd())
 	return root
 }

@@ -1,0 +1,135 @@
+// Command obd-lambda serves serverless functions in lean sandboxes (package sandbox): an HTTP
+// API to register functions and invoke them with JSON, sandboxes started cold, forked from
+// zygotes, or thawed from the handler cache. The logic lives in package sandbox; this file
+// parses flags and wires it up.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/obdproject/obd/sandbox"
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	if err := newCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "obd-lambda:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen    string
+	stateDir  string
+	rootfsDir string
+	packages  string
+	keepAlive time.Duration
+	poolSize  int
+	imports   []string
+	noZygotes bool
+	logLevel  string
+}
+
+func newCmd() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:   "obd-lambda --rootfs-dir DIR [flags]",
+		Short: "serve functions in lean sandboxes started from obd images",
+		Long: `obd-lambda runs functions (Python 3 handlers) in SOCK-style sandboxes: a read-only bind of
+the image's rootfs entered with chroot, own PID/UTS/IPC namespaces, a shared empty network
+namespace, a pooled cgroup with memory/CPU/pids limits, and the handler running as nobody.
+New sandboxes are forked from zygotes that already imported the runtime's modules; idle ones
+are frozen in the handler cache for --keep-alive.
+
+HTTP API (obd sandbox register|run|ls|stats|rm talks to it):
+  POST   /functions            register (JSON spec, or multipart "spec" + "code" tarball)
+  GET    /functions            list
+  GET    /functions/NAME/stats counters
+  DELETE /functions/NAME       unregister
+  POST   /run/NAME             invoke: JSON event in, JSON result out
+
+Images: with --rootfs-dir DIR, image ref REF is the unpacked rootfs DIR/REF (scripts/mkrootfs.sh
+builds DIR/python3-bookworm). Needs root. On SIGTERM or SIGINT every sandbox, zygote, mount and
+cgroup it made is removed.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	cmd.CompletionOptions.DisableDefaultCmd = true
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8079", "HTTP listen address (host:port, or a unix socket path starting with /)")
+	f.StringVar(&o.stateDir, "state-dir", "/var/lib/obd/lambda", "sandbox roots, scratch dirs, uploaded code, sandbox log")
+	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref (required)")
+	f.StringVar(&o.packages, "packages-dir", "", "install cache: package dirs shared read-only at /opt in every sandbox")
+	f.DurationVar(&o.keepAlive, "keep-alive", 10*time.Minute, "how long an idle sandbox stays frozen in the handler cache (0: no cache)")
+	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
+	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
+	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.MarkFlagRequired("rootfs-dir")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return run(o) }
+	return cmd
+}
+
+func run(o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	codeDir := filepath.Join(o.stateDir, "functions")
+	// Registrations live in memory, so code uploaded to an earlier run is stale.
+	if err := os.RemoveAll(codeDir); err != nil {
+		return err
+	}
+	m, err := sandbox.NewManager(sandbox.Config{
+		StateDir: o.stateDir, Rootfs: sandbox.DirProvider{Root: o.rootfsDir}, PoolSize: o.poolSize,
+		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	network := "tcp"
+	if filepath.IsAbs(o.listen) {
+		network = "unix"
+		os.Remove(o.listen)
+	}
+	l, err := net.Listen(network, o.listen)
+	if err != nil {
+		m.Close()
+		return err
+	}
+	srv := &http.Server{Handler: sandbox.NewHandler(m, codeDir), ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "keep_alive", o.keepAlive)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-served:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(shutCtx)
+	cerr := m.Close()
+	os.RemoveAll(codeDir)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	if cerr != nil {
+		log.Error("cleanup", "err", cerr)
+	}
+	return errors.Join(err, cerr)
+}

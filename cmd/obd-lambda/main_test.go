@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/obdproject/obd/sandbox"
+)
+
+const handler = `import json, sqlite3
+def handler(event):
+    return {"hello": event["who"], "sqlite": sqlite3.sqlite_version}
+`
+
+// TestServeAndCleanShutdown runs the real server binary, registers and invokes a function
+// through the client, then sends SIGTERM and checks that no process, mount or cgroup of the
+// server is left.
+func TestServeAndCleanShutdown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("obd-lambda needs root (chroot, mounts, cgroups, namespaces)")
+	}
+	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
+	if err != nil {
+		t.Skipf("cannot build the python rootfs: %v", err)
+	}
+	rootfsDir := filepath.Dir(strings.TrimSpace(string(out)))
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "obd-lambda")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	stateDir := filepath.Join(tmp, "state")
+	srv := exec.Command(bin, "--listen", addr, "--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m")
+	stderr, _ := srv.StderrPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs <- sc.Text()
+		}
+		close(logs)
+	}()
+	defer srv.Process.Kill()
+
+	c := &sandbox.Client{Base: "http://" + addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := t.TempDir()
+	os.Chmod(code, 0o755)
+	os.WriteFile(filepath.Join(code, "main.py"), []byte(handler), 0o644)
+	for {
+		_, err := c.List(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("server never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var tarball strings.Builder
+	if err := sandbox.ArchiveDir(code, &tarball); err != nil {
+		t.Fatal(err)
+	}
+	spec := sandbox.FunctionSpec{Name: "hello", Image: "python3-bookworm", Entry: "main.handler", Imports: []string{"decimal"}}
+	if err := c.Register(ctx, spec, strings.NewReader(tarball.String())); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []sandbox.StartPath{sandbox.Warm, sandbox.Hot} {
+		res, path, err := c.Run(ctx, "hello", []byte(fmt.Sprintf(`{"who":"w%d"}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if path != want || !strings.Contains(string(res), fmt.Sprintf(`"w%d"`, i)) {
+			t.Fatalf("run %d: %s via %s, want path %s", i, res, path, want)
+		}
+	}
+	testCLI(t, tmp, addr, code)
+
+	// One sandbox waits frozen in the handler cache, the zygotes run: now stop the server.
+	if n := processesUnder(stateDir); n < 3 {
+		t.Fatalf("%d processes under the state dir before shutdown, want zygote, function zygote and sandbox", n)
+	}
+	pid := srv.Process.Pid
+	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			for line := range logs {
+				t.Log(line)
+			}
+			t.Fatalf("server exit: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not exit within 30s of SIGTERM")
+	}
+	if n := processesUnder(stateDir); n != 0 {
+		t.Errorf("%d sandbox processes left after SIGTERM", n)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), stateDir) {
+		t.Errorf("mounts under %s left after SIGTERM", stateDir)
+	}
+	for _, ctrl := range []string{"memory", "cpu", "pids", "freezer", ""} {
+		d := filepath.Join("/sys/fs/cgroup", ctrl, fmt.Sprintf("obd-sandbox-%d", pid))
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup %s left after SIGTERM", d)
+		}
+	}
+}
+
+// processesUnder counts processes whose root directory is below dir.
+func processesUnder(dir string) int {
+	entries, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range entries {
+		if root, err := os.Readlink(filepath.Join("/proc", e.Name(), "root")); err == nil && strings.HasPrefix(root, dir) {
+			n++
+		}
+	}
+	return n
+}
+
+// testCLI drives `obd sandbox` against the server.
+func testCLI(t *testing.T, tmp, addr, code string) {
+	t.Helper()
+	obd := filepath.Join(tmp, "obd")
+	if out, err := exec.Command("go", "build", "-o", obd, "../obd").CombinedOutput(); err != nil {
+		t.Fatalf("build obd: %v\n%s", err, out)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(obd, append([]string{"sandbox", "--server", "http://" + addr}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("obd sandbox %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	run("register", "cli", "--image", "python3-bookworm", "--code", code, "--memory", "64")
+	if out := run("run", "--show-path", "cli", `{"who":"cli"}`); !strings.Contains(out, `"hello": "cli"`) || !strings.Contains(out, "start path: warm") {
+		t.Errorf("obd sandbox run: %s", out)
+	}
+	if out := run("ls"); !strings.Contains(out, "cli") || !strings.Contains(out, "hello") || !strings.Contains(out, "64MB") {
+		t.Errorf("obd sandbox ls: %s", out)
+	}
+	if out := run("stats", "cli"); !strings.Contains(out, `"invocations": 1`) {
+		t.Errorf("obd sandbox stats: %s", out)
+	}
+	run("rm", "cli")
+	out, err := exec.Command(obd, "sandbox", "--server", "http://"+addr, "run", "cli").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "404") {
+		t.Errorf("run after rm: %v %s", err, out)
+	}
+}
