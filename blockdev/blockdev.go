@@ -41,6 +41,8 @@ type Device interface {
 var (
 	// ErrBusy is returned when detaching a device that is mounted or held.
 	ErrBusy = errors.New("blockdev: device is busy (mounted or held)")
-	// ErrReadOnly is returned for writes to a read-only device.
+	// ErrReadOnly is returned for writes to a read-only device. A Backend that
+	// refuses a write may wrap it: the transports then answer EROFS (FUSE) or EPERM
+	// (NBD) instead of EIO.
 	ErrReadOnly = errors.New("blockdev: device is read-only")
 )

@@ -128,6 +128,10 @@ func (h *helper) kill() {
 // the FUSE mount.
 func forceCleanup(mnt, file string) {
 	unix.Unmount(mnt, unix.MNT_DETACH)
+	const fusectl = "/sys/fs/fuse/connections"
+	if entries, err := os.ReadDir(fusectl); err == nil && len(entries) == 0 {
+		unix.Mount("fusectl", fusectl, "fusectl", 0, "") // the abort files live there
+	}
 	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for line := range strings.Lines(string(data)) {
 			f := strings.Fields(line)

@@ -300,9 +300,13 @@ func (s *server) fallocate(unique uint64, in []byte) {
 	s.reply(unique, 0, nil)
 }
 
-// fail logs a backend error and answers EIO: the reader gets an error, never bytes
-// the backend did not vouch for.
+// fail answers a backend error: EROFS for a refused write (blockdev.ErrReadOnly),
+// else EIO, logged. The reader gets an error, never bytes the backend did not vouch for.
 func (s *server) fail(unique uint64, op string, off, n int64, err error) {
+	if errors.Is(err, blockdev.ErrReadOnly) {
+		s.reply(unique, unix.EROFS, nil)
+		return
+	}
 	s.log.Error("backend error", "device", s.name, "op", op, "offset", off, "length", n, "err", err)
 	s.reply(unique, unix.EIO, nil)
 }

@@ -396,6 +396,9 @@ func (c *connection) serve(req request, payload, buf []byte) (uint32, []byte) {
 	if err == nil && writes && req.flags&cmdFlagFUA != 0 {
 		err = c.b.Sync()
 	}
+	if errors.Is(err, blockdev.ErrReadOnly) {
+		return errPerm, nil
+	}
 	if err != nil {
 		c.logFailure(commandName(req.typ), off, n, err)
 		return errIO, nil

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/blockdevtest"
 )
 
@@ -406,5 +407,28 @@ func TestBadClientsDoNotHang(t *testing.T) {
 			t.Errorf("%s: server did not close the connection: %v", name, err)
 		}
 		conn.Close()
+	}
+}
+
+// refusing is a backend that refuses every write as read-only.
+type refusing struct{ *blockdevtest.Mem }
+
+func (refusing) WriteAt([]byte, int64) (int, error) { return 0, blockdev.ErrReadOnly }
+func (refusing) Discard(int64, int64) error         { return blockdev.ErrReadOnly }
+
+func TestBackendReadOnlyIsEPERM(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "s")
+	s, err := Listen(sock, refusing{blockdevtest.NewMem(1 << 20)}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := dial(t, sock, "")
+	c.send(cmdWrite, 0, 1, 0, 512, make([]byte, 512))
+	c.send(cmdTrim, 0, 2, 0, 512, nil)
+	for range 2 {
+		if h, errno, _ := c.recv(t, nil); errno != errPerm {
+			t.Errorf("handle %d: errno %d, want EPERM", h, errno)
+		}
 	}
 }
