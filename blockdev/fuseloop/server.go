@@ -15,6 +15,15 @@ import (
 	"github.com/obdproject/obd/blockdev"
 )
 
+// readerScratch is a reader's buffers: a request (the kernel refuses reads into less
+// than maxWrite plus headers), read data, and small replies. Pooled, because readers
+// come and go with the load.
+type readerScratch struct{ request, data, out []byte }
+
+var readerBuffers = sync.Pool{New: func() any {
+	return &readerScratch{request: make([]byte, readBufferLen), data: make([]byte, maxWrite), out: make([]byte, 128)}
+}}
+
 // slowRequest is how long a request may be in service before another reader is
 // started to serve the requests behind it.
 const slowRequest = time.Millisecond
@@ -131,9 +140,9 @@ func (s *server) resend() error {
 
 func (s *server) loop() {
 	defer s.wg.Done()
-	buf := make([]byte, readBufferLen)
-	data := make([]byte, maxWrite)
-	out := make([]byte, 128)
+	bufs := readerBuffers.Get().(*readerScratch)
+	defer readerBuffers.Put(bufs)
+	buf, data, out := bufs.request, bufs.data, bufs.out
 	slow := time.AfterFunc(time.Hour, s.spawnIfNone)
 	slow.Stop()
 	defer slow.Stop()
