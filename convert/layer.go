@@ -71,25 +71,37 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 	}
 	defer stack.Close()
 
-	since := time.Now().Unix() - 1
+	start := time.Now()
+	since := start.Unix() - 1
 	st, err = c.applyOnDevice(ctx, stack, dir, b, tarStream)
 	if err != nil {
 		return st, err
 	}
+	applied := time.Now()
 	if err := ext4fs.Normalize(stack, since); err != nil {
 		return st, err
 	}
 	if err := stack.Sync(); err != nil {
 		return st, err
 	}
+	free, err := ext4fs.FreeBlocks(stack)
+	if err != nil {
+		return st, err
+	}
+	canon, err := canonicalize(upper, dir, lsmt.CreateOptions{VirtualSize: vsize, UUID: b.uuid, ParentUUID: b.parentUUID}, free)
+	if err != nil {
+		return st, err
+	}
+	defer canon.Close()
 	zopts := zfile.Options{Algorithm: c.opts.Algorithm, BlockSize: c.opts.BlockSize}
 	err = layerblob.Write(out, layerblob.WriteOptions{ZFile: &zopts, Tar: true, TempDir: dir}, func(w io.Writer) error {
-		_, err := upper.Commit(w, lsmt.CommitOptions{UUID: b.uuid, ParentUUID: b.parentUUID})
+		_, err := canon.Commit(w, lsmt.CommitOptions{UUID: b.uuid, ParentUUID: b.parentUUID})
 		return err
 	})
 	if err != nil {
 		return st, fmt.Errorf("commit: %w", err)
 	}
+	c.log.Debug("layer built", "layer", b.name, "apply", applied.Sub(start), "commit", time.Since(applied))
 	return st, nil
 }
 
@@ -119,7 +131,7 @@ func (c *Converter) applyOnDevice(ctx context.Context, stack *lsmt.Stack, dir st
 	}
 	tuneAllocator(c.log, dev.Path())
 	st, err = onOneCPU(func() (tarapply.Stats, error) {
-		return tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size()})
+		return tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
 	})
 	if uerr := unmount(mnt); uerr != nil && err == nil {
 		err = uerr
@@ -136,34 +148,49 @@ func tuneAllocator(log *slog.Logger, dev string) {
 	}
 }
 
-// onOneCPU runs fn on an OS thread pinned to one CPU. ext4 places new inodes
-// by reading its free-inode counters, which are per-CPU and only approximately
-// summed: changed from one CPU in a fixed order, they read the same every run.
-// The pinned thread is discarded afterwards.
+// onOneCPU runs fn on an OS thread pinned to one CPU whose thread ID is a
+// multiple of 16, so ext4 allocates the same way every run:
+//   - ext4 places new inodes by reading its free-inode counters, which are
+//     per-CPU and only approximately summed: changed from one CPU in a fixed
+//     order, they read the same every run;
+//   - without delayed allocation ext4 starts a file's block search at an
+//     offset chosen by the writing thread's ID modulo 16 ("colour").
+//
+// Threads are tried until one has a suitable ID; every thread used is
+// discarded afterwards (its goroutine exits locked).
 func onOneCPU(fn func() (tarapply.Stats, error)) (tarapply.Stats, error) {
 	type result struct {
-		st  tarapply.Stats
-		err error
+		st      tarapply.Stats
+		err     error
+		skipped bool
 	}
 	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(0, &set); err == nil {
-			for cpu := 0; cpu < 1024; cpu++ {
-				if set.IsSet(cpu) {
-					set.Zero()
-					set.Set(cpu)
-					break
-				}
+	for range 1000 {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			if unix.Gettid()%16 != 0 {
+				ch <- result{skipped: true}
+				return
 			}
-			_ = unix.SchedSetaffinity(0, &set) // best effort: digests may then vary
+			var set unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &set); err == nil {
+				for cpu := 0; cpu < 1024; cpu++ {
+					if set.IsSet(cpu) {
+						set.Zero()
+						set.Set(cpu)
+						break
+					}
+				}
+				_ = unix.SchedSetaffinity(0, &set) // best effort: digests may then vary
+			}
+			st, err := fn()
+			ch <- result{st: st, err: err}
+		}()
+		if r := <-ch; !r.skipped {
+			return r.st, r.err
 		}
-		st, err := fn()
-		ch <- result{st, err}
-	}()
-	r := <-ch
-	return r.st, r.err
+	}
+	return tarapply.Stats{}, errors.New("no thread with an ID that is a multiple of 16 after 1000 tries")
 }
 
 func unmount(mnt string) error {

@@ -55,7 +55,16 @@ type Options struct {
 	// MaxEntrySize refuses regular files larger than this many bytes
 	// (0: DefaultMaxEntrySize). The converter sets it to the filesystem size.
 	MaxEntrySize int64
+	// DeferRemoval moves replaced and whited-out entries into a directory at
+	// the root (TrashName) and deletes it only after the last entry. ext4
+	// without a journal will not reuse an inode freed in the last 30 seconds,
+	// a clock-dependent choice; with no inode freed until the end, inode
+	// allocation does not depend on the clock.
+	DeferRemoval bool
 }
+
+// TrashName is the root directory DeferRemoval uses; a layer may not contain it.
+const TrashName = ".obd-tarapply-removed"
 
 // Stats describes what Apply did.
 type Stats struct {
@@ -84,8 +93,14 @@ func Apply(ctx context.Context, root string, r io.Reader, opts Options) (Stats, 
 	if err != nil {
 		return Stats{}, fmt.Errorf("tarapply: open root %s: %w", root, err)
 	}
-	a := &applier{root: rootFD, opts: opts, layer: map[string]bool{}}
+	a := &applier{root: rootFD, opts: opts, layer: map[string]bool{}, trash: -1}
 	defer unix.Close(rootFD)
+	if opts.DeferRemoval {
+		if err := a.openTrash(); err != nil {
+			return Stats{}, err
+		}
+		defer a.closeTrash()
+	}
 
 	tr := tar.NewReader(r)
 	for {
@@ -103,6 +118,9 @@ func Apply(ctx context.Context, root string, r io.Reader, opts Options) (Stats, 
 		if err := a.entry(hdr, tr); err != nil {
 			return a.stats, &EntryError{Name: hdr.Name, Err: err}
 		}
+	}
+	if err := a.emptyTrash(); err != nil {
+		return a.stats, err
 	}
 	// Directory times last: creating children changed them.
 	for i := len(a.dirTimes) - 1; i >= 0; i-- {
@@ -125,6 +143,8 @@ type applier struct {
 	stats    Stats
 	layer    map[string]bool // paths (and their ancestors) this layer wrote
 	dirTimes []dirTime
+	trash    int // DeferRemoval's directory, -1 when removing at once
+	trashed  int // entries moved there so far (their names)
 }
 
 // cleanName turns a tar name into a root-relative path ("." for the root),
@@ -162,6 +182,9 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 	}
 	dir, base := path.Split(name)
 	dir = path.Clean(dir)
+	if a.trash >= 0 && (name == TrashName || strings.HasPrefix(name, TrashName+"/")) {
+		return fmt.Errorf("%w: %s is reserved", ErrUnsupported, TrashName)
+	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		a.stats.Whiteouts++
 		return a.whiteout(dir, base)
@@ -265,7 +288,7 @@ func (a *applier) openInRoot(p string) (int, error) {
 
 // replace removes whatever is at parent/base and runs create.
 func (a *applier) replace(parent int, base string, create func() error) error {
-	if err := removeAll(parent, base); err != nil {
+	if err := a.remove(parent, base); err != nil {
 		return err
 	}
 	return create()
@@ -284,7 +307,7 @@ func (a *applier) regular(parent int, base string, hdr *tar.Header, body io.Read
 	if hdr.Size < 0 || hdr.Size > a.opts.MaxEntrySize {
 		return fmt.Errorf("%w: size %d exceeds the limit %d", ErrTooLarge, hdr.Size, a.opts.MaxEntrySize)
 	}
-	if err := removeAll(parent, base); err != nil {
+	if err := a.remove(parent, base); err != nil {
 		return err
 	}
 	fd, err := unix.Openat(parent, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)

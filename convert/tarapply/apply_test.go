@@ -3,6 +3,7 @@ package tarapply_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,28 +42,31 @@ func TestApplyMatchesUmoci(t *testing.T) {
 	if out, err := exec.Command(umoci, "unpack", "--image", layout+":v1", bundle).CombinedOutput(); err != nil {
 		t.Fatalf("umoci unpack: %v\n%s", err, out)
 	}
-	root := filepath.Join(tmp, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range layers {
-		if _, err := tarapply.Apply(context.Background(), root, bytes.NewReader(l), tarapply.Options{}); err != nil {
-			t.Fatalf("layer %d: %v", i+1, err)
-		}
-	}
 	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := fstree.Snapshot(root, fstree.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	delete(want, ".")
-	delete(got, ".")
-	for _, d := range fstree.Diff(want, got) {
-		t.Error(d)
+	for _, deferRemoval := range []bool{false, true} {
+		root := filepath.Join(tmp, fmt.Sprintf("root-%v", deferRemoval))
+		if err := os.Mkdir(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range layers {
+			if _, err := tarapply.Apply(context.Background(), root, bytes.NewReader(l), tarapply.Options{DeferRemoval: deferRemoval}); err != nil {
+				t.Fatalf("layer %d: %v", i+1, err)
+			}
+		}
+		got, err := fstree.Snapshot(root, fstree.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delete(got, ".")
+		for _, d := range fstree.Diff(want, got) {
+			t.Errorf("DeferRemoval %v: %s", deferRemoval, d)
+		}
 	}
+	root := filepath.Join(tmp, "root-true")
 	// Sparse input stays sparse: 8 MiB with three short runs of data.
 	var st = mustStat(t, filepath.Join(root, "data/sparse"))
 	if st.Size() != 8<<20 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,10 +38,10 @@ func (a *applier) whiteout(dir, base string) error {
 			return fmt.Errorf("opaque %s: %w", dir, err)
 		}
 		for _, n := range names {
-			if a.layer[path.Join(dir, n)] {
+			if a.layer[path.Join(dir, n)] || (dir == "." && n == TrashName && a.trash >= 0) {
 				continue
 			}
-			if err := removeAll(parent, n); err != nil {
+			if err := a.remove(parent, n); err != nil {
 				return fmt.Errorf("opaque %s: %w", dir, err)
 			}
 		}
@@ -53,7 +54,57 @@ func (a *applier) whiteout(dir, base string) error {
 	if a.layer[path.Join(dir, victim)] {
 		return nil // a whiteout never hides what its own layer wrote
 	}
-	return removeAll(parent, victim)
+	return a.remove(parent, victim)
+}
+
+// remove takes parent/name away: at once, or into the trash with DeferRemoval.
+func (a *applier) remove(parent int, name string) error {
+	if a.trash < 0 {
+		return removeAll(parent, name)
+	}
+	err := unix.Renameat(parent, name, a.trash, strconv.Itoa(a.trashed))
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	a.trashed++
+	return nil
+}
+
+func (a *applier) openTrash() error {
+	if err := removeAll(a.root, TrashName); err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(a.root, TrashName, 0o700); err != nil {
+		return fmt.Errorf("tarapply: create %s: %w", TrashName, err)
+	}
+	fd, err := unix.Openat(a.root, TrashName, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tarapply: open %s: %w", TrashName, err)
+	}
+	a.trash = fd
+	return nil
+}
+
+// emptyTrash deletes the trash and everything moved into it.
+func (a *applier) emptyTrash() error {
+	if a.trash < 0 {
+		return nil
+	}
+	a.closeTrash()
+	if err := removeAll(a.root, TrashName); err != nil {
+		return fmt.Errorf("tarapply: empty %s: %w", TrashName, err)
+	}
+	return nil
+}
+
+func (a *applier) closeTrash() {
+	if a.trash >= 0 {
+		unix.Close(a.trash)
+		a.trash = -1
+	}
 }
 
 // removeAll deletes parent/name and, for a directory, everything below it,
