@@ -1,0 +1,190 @@
+package convert_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/convert/internal/fixture"
+	"github.com/obdproject/obd/convert/internal/fstree"
+	"github.com/obdproject/obd/convert/tarapply"
+	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/zfile"
+)
+
+// dockerConfig writes a config.json holding the registry's credentials.
+func dockerConfig(t *testing.T, reg *testregistry.Registry) string {
+	t.Helper()
+	auth := base64.StdEncoding.EncodeToString([]byte("obd:" + reg.Password()))
+	b, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Host: map[string]string{"auth": auth}}})
+	p := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// catalog lists the registry's repositories.
+func catalog(t *testing.T, reg *testregistry.Registry) []string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, reg.URL+"/v2/_catalog", nil)
+	req.SetBasicAuth("obd", reg.Password())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c struct{ Repositories []string }
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	return c.Repositories
+}
+
+// TestConvertToRegistryAndLazyRead converts the fixture into a registry that
+// requires credentials, checks the result equals the OCI-layout conversion,
+// then mounts it through remotefetch (lazy range reads) and compares trees.
+func TestConvertToRegistryAndLazyRead(t *testing.T) {
+	requireDevices(t)
+	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
+	cfgPath := dockerConfig(t, reg)
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	ctx := context.Background()
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20,
+		Algorithm: zfile.ZSTD, Registry: convert.RegistryOptions{DockerConfig: cfgPath}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/fixture/app:obd"
+	res, err := c.Convert(ctx, "oci:"+src+":v1", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layoutDst := filepath.Join(tmp, "dst")
+	res2, err := c.Convert(ctx, "oci:"+src+":v1", "oci:"+layoutDst+":obd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Descriptor.Digest != res2.Descriptor.Digest {
+		t.Fatalf("registry and layout conversions differ: %s vs %s", res.Descriptor.Digest, res2.Descriptor.Digest)
+	}
+	// The registry is now a source: converting its overlaybd image is a no-op.
+	if _, err := c.Convert(ctx, ref, reg.Host+"/fixture/app:again"); !errors.Is(err, convert.ErrAlreadyConverted) {
+		t.Errorf("re-converting from the registry: %v, want ErrAlreadyConverted", err)
+	}
+
+	man := readManifest(t, layoutDst, "obd")
+	f, err := remotefetch.New(remotefetch.Options{CacheDir: filepath.Join(tmp, "cache"), DockerConfig: cfgPath, BackgroundDelay: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	var layers []lsmt.Layer
+	for _, l := range man.Layers {
+		b, err := f.Open(ctx, ref, l.Digest, l.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl, err := layerblob.Open(b, l.Size, l.Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, fl)
+	}
+	lazy := mountLayers(t, layers)
+	want, err := fstree.Snapshot(mountConverted(t, layoutDst, man), fstree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fstree.Snapshot(lazy, fstree.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range fstree.Diff(want, got) {
+		t.Error(d)
+	}
+	if b, err := os.ReadFile(filepath.Join(lazy, "etc/hello")); err != nil || string(b) != "hello again\n" {
+		t.Errorf("etc/hello through the registry = %q, %v", b, err)
+	}
+}
+
+// hostileImage writes an OCI layout whose second layer carries bad entries.
+func hostileImage(t *testing.T, bad []byte) string {
+	t.Helper()
+	good, err := fixture.Tar([]fixture.Entry{fixture.Dir("etc", 0o755, 0), fixture.File("etc/ok", 0o644, 0, "ok\n")}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "hostile")
+	if err := fixture.WriteLayout(dir, "v1", [][]byte{good, bad}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestConvertHostileNothingPushed converts images with hostile layers: each
+// fails with an error naming the layer and the entry, and neither the registry
+// nor the layout destination receives anything.
+func TestConvertHostileNothingPushed(t *testing.T) {
+	requireDevices(t)
+	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
+	cfgPath := dockerConfig(t, reg)
+	tar := func(es ...fixture.Entry) []byte {
+		b, err := fixture.Tar(es, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	full := tar(fixture.File("big", 0o644, 0, strings.Repeat("z", 8192)))
+	cases := []struct {
+		name  string
+		layer []byte
+		want  error
+		entry string
+	}{
+		{"traversal", tar(fixture.File("../../evil", 0o644, 0, "x")), tarapply.ErrUnsafePath, "../../evil"},
+		{"symlink then write", tar(fixture.Symlink("etc/ok", "/../../../tmp/evil", 0), fixture.Hardlink("h", "../etc/passwd")), tarapply.ErrUnsafePath, "h"},
+		{"truncated", full[:4096], nil, "big"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := hostileImage(t, tc.layer)
+			tmp := t.TempDir()
+			c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20,
+				Registry: convert.RegistryOptions{DockerConfig: cfgPath}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, dst := range []string{reg.Host + "/hostile/" + strings.ReplaceAll(tc.name, " ", "-") + ":obd", "oci:" + filepath.Join(tmp, "dst")} {
+				_, err := c.Convert(context.Background(), "oci:"+src+":v1", dst)
+				if err == nil {
+					t.Fatalf("%s: conversion succeeded", dst)
+				}
+				if tc.want != nil && !errors.Is(err, tc.want) {
+					t.Errorf("%s: error %v, want %v", dst, err, tc.want)
+				}
+				if !strings.Contains(err.Error(), "layer 2") || !strings.Contains(err.Error(), tc.entry) {
+					t.Errorf("%s: error %q does not name layer 2 and entry %q", dst, err, tc.entry)
+				}
+			}
+			if repos := catalog(t, reg); len(repos) != 0 {
+				t.Errorf("registry received repositories %v", repos)
+			}
+			if _, err := os.Stat(filepath.Join(tmp, "dst")); !os.IsNotExist(err) {
+				t.Errorf("layout destination exists after a failed conversion: %v", err)
+			}
+		})
+	}
+}
