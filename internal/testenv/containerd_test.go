@@ -1,10 +1,13 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 )
 
 // TestNerdctlRunBusybox is the end-to-end smoke test of the environment itself: a private
@@ -128,5 +131,24 @@ func TestBinSkipsWhenAbsent(t *testing.T) {
 	}
 	if got := Bin(t, "tool"); got != filepath.Join(bin, "tool") {
 		t.Fatalf("Bin(tool) = %q, want the OBD_DEPS copy", got)
+	}
+}
+
+func TestBDDSurvivesKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds and runs bdd")
+	}
+	b := StartBDD(t)
+	ctx := context.Background()
+	if _, err := b.Client.List(ctx, &bddv1.ListRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	b.Kill9(t)
+	if _, err := b.Client.List(ctx, &bddv1.ListRequest{}); err == nil {
+		t.Fatal("bdd answered after SIGKILL")
+	}
+	b.Start(t)
+	if _, err := b.Client.List(ctx, &bddv1.ListRequest{}); err != nil {
+		t.Fatalf("restarted bdd: %v", err)
 	}
 }

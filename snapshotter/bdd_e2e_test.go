@@ -1,0 +1,157 @@
+package snapshotter
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/zfile"
+)
+
+// overlaybdBlob makes an overlaybd layer blob holding an ext4 of the tree at dir: mkfs.ext4 -d
+// into an image, the image's non-zero blocks written into an LSMT layer, committed through
+// ZFile (LZ4) and wrapped in the layer tar, as the converter's output for a one-layer image.
+func overlaybdBlob(t *testing.T, dir string) []byte {
+	t.Helper()
+	const size = 64 << 20
+	work := t.TempDir()
+	image := filepath.Join(work, "ext4.img")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, testenv.Bin(t, "mkfs.ext4"), "-q", "-F", "-d", dir, image, strconv.Itoa(size>>20)+"M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	layer, err := lsmt.Create(filepath.Join(work, "layer"), lsmt.CreateOptions{VirtualSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer layer.Close()
+	src, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	block, zero := make([]byte, 4096), make([]byte, 4096)
+	for off := int64(0); ; off += int64(len(block)) {
+		n, err := io.ReadFull(src, block)
+		if n > 0 && !bytes.Equal(block[:n], zero[:n]) {
+			if _, err := layer.WriteAt(block[:n], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var blob bytes.Buffer
+	opts := layerblob.WriteOptions{ZFile: &zfile.Options{Algorithm: zfile.LZ4}, Tar: true, TempDir: work}
+	if err := layerblob.Write(&blob, opts, func(w io.Writer) error {
+		_, err := layer.Commit(w, lsmt.CommitOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return blob.Bytes()
+}
+
+// TestE2EBDDLazyImage is the whole lazy path with real parts: an overlaybd blob in a registry,
+// nerdctl pulling an image whose layer names it (without fetching it), bdd attaching it as a
+// FUSE-backed loop device for the snapshotter, and a container running from it; a kill -9 of
+// bdd and a restart of the snapshotter leave the running container's root intact, and new
+// containers start.
+func TestE2EBDDLazyImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd and containers")
+	}
+	requireOverlay(t)
+	skopeo := testenv.Bin(t, "skopeo")
+	plain := testenv.BuildBusyboxImage(t)
+	blob := overlaybdBlob(t, plain.RootFS)
+	registry := testregistry.Start(t, testregistry.Options{})
+	repo := "obdtest/busybox"
+	blobDigest := registry.PushBlob(t, repo, blob)
+	img := testenv.BuildBusyboxImage(t, testenv.WithLayerAnnotations(map[string]string{
+		LabelBlobDigest: blobDigest.String(),
+		LabelBlobSize:   strconv.Itoa(len(blob)),
+	}))
+	ref := registry.Host + "/" + repo + ":obd"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
+		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+
+	bdd := testenv.StartBDD(t)
+	devices, err := NewBDDDevices(bdd.Client, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := startServedSnapshotter(t, WithDeviceManager(devices))
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
+	})
+	nerdctl := func(args ...string) string {
+		t.Helper()
+		return ctrd.Nerdctl(t, append([]string{"--snapshotter", "overlaybd", "--insecure-registry"}, args...)...)
+	}
+	listDevices := func() []*bddv1.Device {
+		t.Helper()
+		resp, err := bdd.Client.List(context.Background(), &bddv1.ListRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDevices()
+	}
+
+	blobGets := registry.BlobGets()
+	nerdctl("pull", "--quiet", ref)
+	if n := registry.BlobGets() - blobGets; n != 1 {
+		t.Fatalf("pull fetched %d blobs, want only the config", n)
+	}
+	if out := nerdctl("run", "--rm", "--net", "none", ref, "sh", "-c", "echo hi; cat /proc/mounts"); !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, "/block/mnt") {
+		t.Fatalf("container output = %q, want hi and an overlay on the device mount", out)
+	}
+
+	nerdctl("run", "-d", "--name", "long", "--net", "none", ref, "sleep", "600")
+	t.Cleanup(func() { ctrd.Nerdctl(t, "rm", "-f", "long") })
+	if devs := listDevices(); len(devs) != 1 || !devs[0].GetReadOnly() {
+		t.Fatalf("bdd devices = %v, want the image's one read-only device", devs)
+	}
+
+	bdd.Kill9(t)
+	bdd.Start(t)
+	served.stop()
+	served.start()
+	// Drop the page cache so that the reads below reach the device, not memory.
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
+		t.Logf("drop_caches: %v (reads may be served from memory)", err)
+	}
+	if out := nerdctl("exec", "long", "ls", "/bin/busybox"); strings.TrimSpace(out) != "/bin/busybox" {
+		t.Fatalf("running container after bdd kill -9 and snapshotter restart: ls = %q", out)
+	}
+	if out := nerdctl("run", "--rm", "--net", "none", ref, "echo", "again"); strings.TrimSpace(out) != "again" {
+		t.Fatalf("new container after the restarts: output %q", out)
+	}
+	if devs := listDevices(); len(devs) != 1 {
+		t.Fatalf("bdd devices after the restarts = %v, want the same one device", devs)
+	}
+
+	nerdctl("rm", "-f", "long")
+	waitFor(t, "bdd to have no devices", func() bool { return len(listDevices()) == 0 })
+}
