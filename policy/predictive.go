@@ -1,0 +1,293 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"math/cmplx"
+	"slices"
+	"sync"
+	"time"
+
+	"gonum.org/v1/gonum/dsp/fourier"
+)
+
+// NodeClass is one kind of node a warm instance can be placed on. Heterogeneous clusters mix
+// fast, expensive nodes with slow, cheap ones.
+type NodeClass struct {
+	Name     string
+	Price    float64 // cost of a unit of memory-time relative to the default class (> 0)
+	Slowdown float64 // execution time multiplier relative to the default class (≥ 1)
+}
+
+// PredictiveConfig tunes the predictive policy. A zero field takes the default in its comment.
+type PredictiveConfig struct {
+	History   time.Duration // length of the per-minute invocation series analysed; default 512m
+	Horizon   time.Duration // how far ahead to forecast; default 2h
+	Refit     time.Duration // how often a function's forecast is recomputed; default 10m
+	Harmonics int           // strongest frequency components kept; default 12
+	Threshold float64       // expected invocations per minute that count as "will be invoked"; default 0.3
+	Lead      time.Duration // warm this long before a predicted minute starts; default 1m
+	Slack     time.Duration // keep loaded this long after a predicted run of minutes; default 1m
+	// ColdStart is the latency a warm instance saves, weighed against a slower class.
+	// Default 1s.
+	ColdStart time.Duration
+	// MinConfidence is the hit rate of past forecasts below which the fallback decides;
+	// default 0.3.
+	MinConfidence float64
+	// Classes are the node classes to choose from, index 0 the default. Default: one class.
+	Classes []NodeClass
+	// Fallback decides while history is short or forecasts miss; default fixed 10 minutes.
+	Fallback Policy
+}
+
+func (c *PredictiveConfig) setDefaults() error {
+	durations := []struct {
+		v *time.Duration
+		d time.Duration
+	}{{&c.History, 512 * time.Minute}, {&c.Horizon, 2 * time.Hour}, {&c.Refit, 10 * time.Minute},
+		{&c.Lead, time.Minute}, {&c.Slack, time.Minute}, {&c.ColdStart, time.Second}}
+	for _, f := range durations {
+		if *f.v == 0 {
+			*f.v = f.d
+		}
+		if *f.v < 0 {
+			return fmt.Errorf("%w: predictive durations must not be negative", ErrConfig)
+		}
+	}
+	if c.Harmonics == 0 {
+		c.Harmonics = 12
+	}
+	if c.Threshold == 0 {
+		c.Threshold = 0.3
+	}
+	if c.MinConfidence == 0 {
+		c.MinConfidence = 0.3
+	}
+	if len(c.Classes) == 0 {
+		c.Classes = []NodeClass{{Name: "default", Price: 1, Slowdown: 1}}
+	}
+	if c.Fallback == nil {
+		c.Fallback = Fixed{KeepAlive: 10 * time.Minute}
+	}
+	if c.History < minForecastHistory*time.Minute || c.History > 1<<14*time.Minute {
+		return fmt.Errorf("%w: predictive history %v must be between %d minutes and about 11 days", ErrConfig, c.History, minForecastHistory)
+	}
+	if c.Horizon < time.Minute || c.Harmonics < 1 || c.Threshold < 0 {
+		return fmt.Errorf("%w: predictive horizon ≥ 1m, harmonics ≥ 1 and threshold ≥ 0 required", ErrConfig)
+	}
+	for _, nc := range c.Classes {
+		if !(nc.Price > 0) || !(nc.Slowdown >= 1) {
+			return fmt.Errorf("%w: node class %q needs price > 0 and slowdown ≥ 1", ErrConfig, nc.Name)
+		}
+	}
+	return nil
+}
+
+// minForecastHistory is the shortest series, in minutes, worth a Fourier analysis.
+const minForecastHistory = 64
+
+// Predictive is an IceBreaker-style warm-up policy. It keeps each function's invocation counts
+// per minute, and every Refit it takes the FFT of that series, keeps the strongest harmonics
+// and extends them into the future as a forecast of invocations per minute. After an
+// invocation it unloads the instance and warms one Lead before the next minute whose forecast
+// reaches Threshold, keeping it until Slack after that run of minutes ends. The instance goes
+// on the node class with the best utility: expected latency saved (ColdStart, less the
+// slowdown of the class over the function's mean duration, times the forecast's past hit rate)
+// per unit of memory price. While history is short or forecasts keep missing, the Fallback
+// decides.
+type Predictive struct {
+	cfg  PredictiveConfig
+	mu   sync.Mutex
+	fns  map[string]*invocationSeries
+	ffts map[int]*fourier.FFT
+}
+
+// NewPredictive returns a predictive warm-up policy.
+func NewPredictive(cfg PredictiveConfig) (*Predictive, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Predictive{cfg: cfg, fns: make(map[string]*invocationSeries), ffts: make(map[int]*fourier.FFT)}, nil
+}
+
+// Name is "predictive".
+func (p *Predictive) Name() string { return "predictive" }
+
+// invocationSeries is one function's history and current forecast.
+type invocationSeries struct {
+	counts      []float64 // ring of per-minute counts, indexed by minute mod len
+	first, last int64     // first and latest minute seen
+	invocations int
+	busy        time.Duration // summed execution time, for the mean duration
+
+	forecast  []float64 // expected invocations for minutes fitMinute+1 ...
+	fitMinute int64
+	fitted    bool
+
+	lastWindow Window    // the last forecast window, kept even when the fallback decided
+	windowFrom time.Time // the execution end it is counted from
+	hasWindow  bool
+	confidence float64
+}
+
+// Decide records inv and returns the window until its function's next predicted invocation.
+func (p *Predictive) Decide(inv Invocation) Window {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	minute := inv.Arrival.Unix() / 60
+	s := p.fns[inv.Function]
+	if s == nil {
+		s = &invocationSeries{counts: make([]float64, int(p.cfg.History/time.Minute)), first: minute, last: minute, confidence: 0.5}
+		p.fns[inv.Function] = s
+	}
+	s.score(inv.Arrival)
+	s.record(minute)
+	s.invocations++
+	s.busy += max(inv.End.Sub(inv.Arrival), 0)
+
+	if !s.fitted || minute-s.fitMinute >= int64(p.cfg.Refit/time.Minute) {
+		s.fitted = p.fit(s, minute)
+	}
+	w, ok := p.window(s, inv.End)
+	if !ok {
+		s.hasWindow = false
+		return p.cfg.Fallback.Decide(inv)
+	}
+	s.lastWindow, s.windowFrom, s.hasWindow = w, inv.End, true
+	if s.confidence < p.cfg.MinConfidence {
+		return p.cfg.Fallback.Decide(inv)
+	}
+	return w
+}
+
+// score updates the hit rate with whether arrival fell inside the last forecast window.
+func (s *invocationSeries) score(arrival time.Time) {
+	if !s.hasWindow {
+		return
+	}
+	from := s.windowFrom.Add(s.lastWindow.PreWarm)
+	hit := !arrival.Before(from) && !arrival.After(from.Add(s.lastWindow.KeepAlive))
+	if s.lastWindow.KeepAlive == 0 {
+		hit = false
+	}
+	const weight = 0.2
+	s.confidence *= 1 - weight
+	if hit {
+		s.confidence += weight
+	}
+}
+
+func (s *invocationSeries) record(minute int64) {
+	n := int64(len(s.counts))
+	if minute > s.last {
+		for m := max(s.last+1, minute-n+1); m <= minute; m++ {
+			s.counts[m%n] = 0
+		}
+		s.last = minute
+	}
+	if minute > s.last-n { // arrivals older than the ring are dropped
+		s.counts[minute%n]++
+	}
+}
+
+// fit recomputes s's forecast at minute now; it reports false if the history is too short.
+func (p *Predictive) fit(s *invocationSeries, now int64) bool {
+	n := int64(len(s.counts))
+	length := min(now-s.first+1, n)
+	length -= length % minForecastHistory
+	if length < minForecastHistory || s.invocations < 3 {
+		return false
+	}
+	series := make([]float64, length)
+	for i := range length {
+		m := now - length + 1 + i
+		if m <= s.last {
+			series[i] = s.counts[m%n]
+		}
+	}
+	fft := p.ffts[int(length)]
+	if fft == nil {
+		fft = fourier.NewFFT(int(length))
+		p.ffts[int(length)] = fft
+	}
+	coeff := fft.Coefficients(nil, series)
+	// Keep the strongest harmonics (k ≥ 1); the mean (k = 0) always stays.
+	order := make([]int, 0, len(coeff)-1)
+	for k := 1; k < len(coeff); k++ {
+		order = append(order, k)
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		return cmp.Or(cmp.Compare(cmplx.Abs(coeff[b]), cmplx.Abs(coeff[a])), cmp.Compare(a, b))
+	})
+	order = order[:min(p.cfg.Harmonics, len(order))]
+
+	horizon := int(p.cfg.Horizon / time.Minute)
+	s.forecast = slices.Grow(s.forecast[:0], horizon)[:horizon]
+	L := float64(length)
+	for j := range horizon {
+		t := L + float64(j) // minute now+1+j sits at index length+j of the series
+		v := real(coeff[0])
+		for _, k := range order {
+			weight := 2.0
+			if 2*k == int(length) {
+				weight = 1 // the Nyquist term has no mirror
+			}
+			amp, phase := cmplx.Polar(coeff[k])
+			v += weight * amp * math.Cos(2*math.Pi*float64(k)*t/L+phase)
+		}
+		s.forecast[j] = v / L
+	}
+	s.fitMinute = now
+	return true
+}
+
+// window turns s's forecast into a window counted from end, choosing the node class.
+func (p *Predictive) window(s *invocationSeries, end time.Time) (Window, bool) {
+	if !s.fitted {
+		return Window{}, false
+	}
+	endMinute := end.Unix() / 60
+	start := -1
+	for j := max(endMinute-s.fitMinute-1, 0); j < int64(len(s.forecast)); j++ {
+		if s.forecast[j] >= p.cfg.Threshold {
+			start = int(j)
+			break
+		}
+	}
+	if start < 0 {
+		return Window{}, false
+	}
+	stop := start
+	for stop+1 < len(s.forecast) && s.forecast[stop+1] >= p.cfg.Threshold {
+		stop++
+	}
+	minuteStart := func(j int) time.Time { return time.Unix((s.fitMinute+1+int64(j))*60, 0) }
+	loadAt := minuteStart(start).Add(-p.cfg.Lead)
+	unloadAt := minuteStart(stop + 1).Add(p.cfg.Slack)
+	preWarm := max(loadAt.Sub(end), 0)
+	keep := unloadAt.Sub(end) - preWarm
+	if keep <= 0 {
+		return Window{}, false
+	}
+	class, ok := p.chooseClass(s, keep)
+	if !ok {
+		return Window{PreWarm: preWarm}, true // warming costs more than it saves anywhere
+	}
+	return Window{PreWarm: preWarm, KeepAlive: keep, Class: class}, true
+}
+
+// chooseClass picks the class with the best utility: expected latency saved per unit of
+// memory price over the window. It reports false when no class saves latency.
+func (p *Predictive) chooseClass(s *invocationSeries, keep time.Duration) (int, bool) {
+	meanDuration := s.busy.Seconds() / float64(s.invocations)
+	best, bestUtility := 0, 0.0
+	for i, nc := range p.cfg.Classes {
+		saved := p.cfg.ColdStart.Seconds() - (nc.Slowdown-1)*meanDuration
+		utility := s.confidence * saved / (nc.Price * keep.Seconds())
+		if saved > 0 && utility > bestUtility {
+			best, bestUtility = i, utility
+		}
+	}
+	return best, bestUtility > 0
+}
