@@ -353,3 +353,24 @@ func TestSlowBackendServedConcurrently(t *testing.T) {
 		t.Fatalf("at most %d backend reads in service at once, want %d", g.max, g.want)
 	}
 }
+
+func TestAttachOverLiveMountRefused(t *testing.T) {
+	requireFacilities(t)
+	dir := t.TempDir()
+	// A space is escaped in mountinfo (\040): the check must still see the mount.
+	attach(t, blockdevtest.NewMem(1<<20), Options{Dir: dir, Name: "with space"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := Attach(ctx, blockdevtest.NewMem(1<<20), Options{Dir: dir, Name: "with space"})
+	if !errors.Is(err, blockdev.ErrBusy) {
+		if d != nil {
+			d.Close()
+		}
+		t.Fatalf("second Attach on a live mount: %v, want ErrBusy", err)
+	}
+	for _, name := range []string{"", ".", "..", "a/b"} {
+		if _, err := Attach(ctx, blockdevtest.NewMem(1<<20), Options{Dir: dir, Name: name}); err == nil {
+			t.Errorf("Attach with name %q succeeded", name)
+		}
+	}
+}
