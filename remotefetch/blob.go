@@ -306,6 +306,9 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 		if err == nil {
 			continue
 		}
+		if ctx.Err() != nil && lastErr != nil {
+			return // our own deadline cut the attempt short: the previous cause is the real one
+		}
 		lastErr = err
 		b.lastErr.Store(&err)
 		b.log.Debug("remotefetch: fetch failed", "digest", b.dgst, "error", err)

@@ -392,7 +392,8 @@ func TestRandomFaults(t *testing.T) {
 				off := r.Int64N(int64(len(e.data)))
 				start := time.Now()
 				err := checkRead(t, b, e.data, off, 1+r.Int64N(2*testUnit))
-				if took := time.Since(start); took > timeout+time.Second {
+				// Generous slack: the test machine is shared and -race is slow.
+				if took := time.Since(start); took > timeout+3*time.Second {
 					t.Errorf("read took %v with a %v deadline", took, timeout)
 				}
 				mu.Lock()
