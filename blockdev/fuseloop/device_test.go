@@ -374,3 +374,34 @@ func TestAttachOverLiveMountRefused(t *testing.T) {
 		}
 	}
 }
+
+// syncCounting counts Sync calls.
+type syncCounting struct {
+	*blockdevtest.Mem
+	syncs atomic.Int64
+}
+
+func (s *syncCounting) Sync() error { s.syncs.Add(1); return s.Mem.Sync() }
+
+func TestFsyncReachesBackend(t *testing.T) {
+	requireFacilities(t, "mkfs.ext4")
+	b := &syncCounting{Mem: blockdevtest.NewMem(64 << 20)}
+	d := attach(t, b, Options{})
+	run(t, "mkfs.ext4", "-q", "-F", d.Path())
+	mnt := mountExt4(t, d.Path(), false)
+	f, err := os.Create(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 8192)); err != nil {
+		t.Fatal(err)
+	}
+	before := b.syncs.Load()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if b.syncs.Load() == before {
+		t.Fatal("fsync on ext4 did not reach Backend.Sync")
+	}
+}
