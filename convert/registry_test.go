@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
@@ -34,21 +36,34 @@ func dockerConfig(t *testing.T, reg *testregistry.Registry) string {
 	return p
 }
 
-// catalog lists the registry's repositories.
-func catalog(t *testing.T, reg *testregistry.Registry) []string {
+// registryHas reports whether the registry serves path below /v2/ (HEAD).
+func registryHas(t *testing.T, reg *testregistry.Registry, path string) bool {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, reg.URL+"/v2/_catalog", nil)
+	req, _ := http.NewRequest(http.MethodHead, reg.URL+"/v2/"+path, nil)
 	req.SetBasicAuth("obd", reg.Password())
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest+", "+ocispec.MediaTypeImageIndex)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var c struct{ Repositories []string }
-	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// cachedBlobs lists the digests of the converted layers in a work directory.
+func cachedBlobs(t *testing.T, work string) []string {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(work, "layers", "*", "descriptor.json"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return c.Repositories
+	var out []string
+	for _, p := range paths {
+		var d ocispec.Descriptor
+		readJSON(t, p, &d)
+		out = append(out, d.Digest.String())
+	}
+	return out
 }
 
 // TestConvertToRegistryAndLazyRead converts the fixture into a registry that
@@ -78,6 +93,9 @@ func TestConvertToRegistryAndLazyRead(t *testing.T) {
 	}
 	if res.Descriptor.Digest != res2.Descriptor.Digest {
 		t.Fatalf("registry and layout conversions differ: %s vs %s", res.Descriptor.Digest, res2.Descriptor.Digest)
+	}
+	if !registryHas(t, reg, "fixture/app/manifests/obd") || !registryHas(t, reg, "fixture/app/blobs/"+cachedBlobs(t, filepath.Join(tmp, "work"))[0]) {
+		t.Fatal("the registry does not serve the converted image")
 	}
 	// The registry is now a source: converting its overlaybd image is a no-op.
 	if _, err := c.Convert(ctx, ref, reg.Host+"/fixture/app:again"); !errors.Is(err, convert.ErrAlreadyConverted) {
@@ -167,7 +185,8 @@ func TestConvertHostileNothingPushed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, dst := range []string{reg.Host + "/hostile/" + strings.ReplaceAll(tc.name, " ", "-") + ":obd", "oci:" + filepath.Join(tmp, "dst")} {
+			repo := "hostile/" + strings.ReplaceAll(tc.name, " ", "-")
+			for _, dst := range []string{reg.Host + "/" + repo + ":obd", "oci:" + filepath.Join(tmp, "dst")} {
 				_, err := c.Convert(context.Background(), "oci:"+src+":v1", dst)
 				if err == nil {
 					t.Fatalf("%s: conversion succeeded", dst)
@@ -179,12 +198,63 @@ func TestConvertHostileNothingPushed(t *testing.T) {
 					t.Errorf("%s: error %q does not name layer 2 and entry %q", dst, err, tc.entry)
 				}
 			}
-			if repos := catalog(t, reg); len(repos) != 0 {
-				t.Errorf("registry received repositories %v", repos)
+			blobs := cachedBlobs(t, filepath.Join(tmp, "work"))
+			if len(blobs) == 0 {
+				t.Fatal("the good first layer was not converted: the test proves nothing")
+			}
+			for _, b := range blobs {
+				if registryHas(t, reg, repo+"/blobs/"+b) {
+					t.Errorf("registry received blob %s of a failed conversion", b)
+				}
+			}
+			if registryHas(t, reg, repo+"/manifests/obd") {
+				t.Error("registry received the tag of a failed conversion")
 			}
 			if _, err := os.Stat(filepath.Join(tmp, "dst")); !os.IsNotExist(err) {
 				t.Errorf("layout destination exists after a failed conversion: %v", err)
 			}
 		})
 	}
+}
+
+// TestConvertHostsToml pushes to a registry name that only a containerd
+// hosts.toml (certs.d layout) maps to the test registry.
+func TestConvertHostsToml(t *testing.T) {
+	requireDevices(t)
+	reg := testregistry.Start(t, testregistry.Options{})
+	hostsDir := t.TempDir()
+	const name = "registry.invalid:5000"
+	if err := os.MkdirAll(filepath.Join(hostsDir, name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := "server = \"" + reg.URL + "\"\n[host.\"" + reg.URL + "\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+	if err := os.WriteFile(filepath.Join(hostsDir, name, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20,
+		Registry: convert.RegistryOptions{HostsDir: hostsDir, DockerConfig: filepath.Join(tmp, "none.json")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := hostileImage(t, mustTarT(t, fixture.File("etc/more", 0o644, 0, "more\n")))
+	if _, err := c.Convert(context.Background(), "oci:"+src+":v1", name+"/team/app:obd"); err != nil {
+		t.Fatal(err)
+	}
+	if !registryHas(t, reg, "team/app/manifests/obd") {
+		t.Error("the test registry has no team/app:obd: hosts.toml was not used")
+	}
+	// And back: the converted image resolves through the same hosts.toml.
+	if _, err := c.Convert(context.Background(), name+"/team/app:obd", "oci:"+filepath.Join(tmp, "out")); !errors.Is(err, convert.ErrAlreadyConverted) {
+		t.Errorf("reading back through hosts.toml: %v, want ErrAlreadyConverted", err)
+	}
+}
+
+func mustTarT(t *testing.T, es ...fixture.Entry) []byte {
+	t.Helper()
+	b, err := fixture.Tar(es, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
