@@ -149,7 +149,8 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (_ *Device, e
 // fetched from an fdkeeper after the previous server died). It does not touch the FUSE
 // file before serving, so it cannot block on the connection it is taking over; the
 // kernel is asked to resend requests the previous server had read but not answered.
-// The device is found again by its backing file, opts.Dir/opts.Name.
+// The device is found again by its backing file, opts.Dir/opts.Name. The Device owns
+// fuse on success; on error the caller keeps it.
 func Resume(ctx context.Context, b blockdev.Backend, fuse *os.File, opts Options) (*Device, error) {
 	opts, err := opts.validate()
 	if err != nil {

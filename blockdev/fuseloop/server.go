@@ -164,6 +164,10 @@ func (s *server) loop() {
 		h, err := parseInHeader(buf[:n])
 		if err != nil {
 			s.log.Error("bad fuse request", "device", s.name, "err", err)
+			if n >= inHeaderLen {
+				// Answer it anyway, or the caller would wait for ever.
+				s.reply(binary.LittleEndian.Uint64(buf[8:]), unix.EIO, nil)
+			}
 			continue
 		}
 		slow.Reset(slowRequest)
