@@ -44,3 +44,11 @@ clean:
 .PHONY: proto
 proto:
 	cd api/bdd/v1 && protoc -I. --go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. bdd.proto
+
+# bench-sandbox measures function sandbox start latency (cold, warm from a zygote, hot from the
+# handler cache) against `runc run` of the same rootfs, plus the zygote path's start rate, and
+# prints the ratios. Needs root; builds the python3 rootfs once (scripts/mkrootfs.sh).
+.PHONY: bench-sandbox
+bench-sandbox:
+	bash scripts/mkrootfs.sh >/dev/null
+	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee bench-sandbox.out
