@@ -386,7 +386,7 @@ func (c *connection) serve(req request, payload, buf []byte) (uint32, []byte) {
 		err = c.b.Discard(off, n)
 	case cmdWriteZeroes:
 		if req.flags&cmdFlagNoHole != 0 {
-			_, err = c.b.WriteAt(make([]byte, n), off)
+			err = c.writeZeroes(off, n)
 		} else {
 			err = c.b.Discard(off, n)
 		}
@@ -404,6 +404,20 @@ func (c *connection) serve(req request, payload, buf []byte) (uint32, []byte) {
 		return errIO, nil
 	}
 	return 0, nil
+}
+
+// writeZeroes writes real zeros (the client asked for no hole) in bounded chunks: a
+// request may cover up to 4 GiB.
+func (c *connection) writeZeroes(off, n int64) error {
+	zeros := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		chunk := min(n, int64(len(zeros)))
+		if _, err := c.b.WriteAt(zeros[:chunk], off); err != nil {
+			return err
+		}
+		off, n = off+chunk, n-chunk
+	}
+	return nil
 }
 
 func (c *connection) logFailure(op string, off, n int64, err error) {

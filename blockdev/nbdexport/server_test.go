@@ -432,3 +432,18 @@ func TestBackendReadOnlyIsEPERM(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteZeroesNoHoleLarge(t *testing.T) {
+	sock, b, _ := newExport(t, Options{})
+	c := dial(t, sock, "")
+	// 3.5 MiB: more than one chunk, not a multiple of it.
+	c.send(cmdWriteZeroes, cmdFlagNoHole|cmdFlagFUA, 1, 1<<20, 7<<19, nil)
+	if _, errno, _ := c.recv(t, nil); errno != 0 {
+		t.Fatalf("errno %d", errno)
+	}
+	got := make([]byte, 7<<19)
+	b.ReadAt(got, 1<<20)
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Fatal("range not zeroed")
+	}
+}
