@@ -131,6 +131,41 @@ func TestHostile(t *testing.T) {
 
 var errAny = errors.New("any error")
 
+func TestTrashNameReserved(t *testing.T) {
+	requireRoot(t)
+	root, unchanged := sandbox(t)
+	tr := mustTar(t, fixture.File("keep", 0o644, 0, "x"), fixture.File(tarapply.TrashName+"/x", 0o644, 0, "x"))
+	_, err := tarapply.Apply(context.Background(), root, bytes.NewReader(tr), tarapply.Options{DeferRemoval: true})
+	if !errors.Is(err, tarapply.ErrUnsupported) || !strings.Contains(err.Error(), tarapply.TrashName) {
+		t.Errorf("err = %v, want ErrUnsupported naming %s", err, tarapply.TrashName)
+	}
+	if err := unchanged(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestDeferRemovalEmptiesTrash replaces and whites out entries with
+// DeferRemoval and checks the trash is gone afterwards.
+func TestDeferRemovalEmptiesTrash(t *testing.T) {
+	requireRoot(t)
+	root, _ := sandbox(t)
+	for _, tr := range [][]byte{
+		mustTar(t, fixture.Dir("d", 0o755, 0), fixture.File("d/a", 0o644, 0, "a"), fixture.File("d/b", 0o644, 0, "b")),
+		mustTar(t, fixture.File("d/a", 0o644, 0, "new a"), fixture.File("d/.wh.b", 0o644, 0, "")),
+	} {
+		if _, err := tarapply.Apply(context.Background(), root, bytes.NewReader(tr), tarapply.Options{DeferRemoval: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names, err := os.ReadDir(filepath.Join(root, "d"))
+	if err != nil || len(names) != 1 || names[0].Name() != "a" {
+		t.Errorf("d holds %v, %v; want only a", names, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, tarapply.TrashName)); !os.IsNotExist(err) {
+		t.Errorf("trash left behind: %v", err)
+	}
+}
+
 func TestDuplicatesLastWins(t *testing.T) {
 	requireRoot(t)
 	root, _ := sandbox(t)
