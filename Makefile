@@ -52,3 +52,15 @@ proto:
 bench-sandbox:
 	bash scripts/mkrootfs.sh >/dev/null
 	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee bench-sandbox.out
+
+# bench-coldstart is the cold-start benchmark of issue #8 (tens of minutes, needs root, deps and
+# the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd with a
+# trace vs the stargz snapshotter (built from bench/stargz, its own Go module), on loopback and a
+# shaped link. Writes bench/RESULTS.md, bench/coldstart.png and bench/results.json.
+# BENCH_ARGS narrows it, e.g. BENCH_ARGS='-coldstart.runs 3 -coldstart.workloads python'.
+BENCH_ARGS ?=
+.PHONY: bench-coldstart
+bench-coldstart: deps build
+	mkdir -p $(OBD_DEPS)/bench/bin
+	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter .
+	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee bench-coldstart.out

@@ -155,7 +155,7 @@ func (r *Report) WriteMarkdown(w io.Writer, chart string) error {
 	var b strings.Builder
 	b.WriteString("# Cold-start benchmark\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s.\n\n", r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine)
-	fmt.Fprintf(&b, "Each cell: %d cold runs asked for, interleaved in shuffled order; median (min–max) in seconds.\n\n", r.Runs)
+	fmt.Fprintf(&b, "Cold runs per cell: %d, interleaved in shuffled order. Times in seconds: median (min–max).\n\n", r.Runs)
 	if chart != "" {
 		fmt.Fprintf(&b, "![median time from command to output](%s)\n\n", chart)
 	}

@@ -1,0 +1,505 @@
+package coldstart
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/internal/faultproxy"
+	"github.com/obdproject/obd/internal/testenv"
+)
+
+var (
+	runBench      = flag.Bool("coldstart", false, "run the cold-start benchmark (tens of minutes; `make bench-coldstart`)")
+	flagRuns      = flag.Int("coldstart.runs", 5, "cold runs per cell")
+	flagModes     = flag.String("coldstart.modes", "overlayfs,obd,obd+trace,stargz", "modes to measure")
+	flagNetworks  = flag.String("coldstart.networks", "loopback,shaped", "networks to measure")
+	flagWorkloads = flag.String("coldstart.workloads", "python,gcc,busybox", "workloads to measure")
+	flagOut       = flag.String("coldstart.out", "..", "directory for RESULTS.md, coldstart.png and results.json")
+	flagBin       = flag.String("coldstart.bin", "../../bin", "directory holding obd, bdd and overlaybd-snapshotter (`make build`)")
+	flagSeed      = flag.Uint64("coldstart.seed", 0, "seed of the shuffled schedule; 0 takes the clock")
+)
+
+// The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request.
+const (
+	shapedBandwidth = 100e6 / 8
+	shapedRTT       = 20 * time.Millisecond
+	readyLine       = "ready"
+	trialTimeout    = 10 * time.Minute
+)
+
+// gccHello is a hello world that needs no C library headers: the image's gcc comes without
+// libc6-dev (apt --no-install-recommends), so the program makes its system calls itself. gcc
+// still runs its whole pipeline (cc1, as, collect2/ld) from the image.
+const gccHello = `cat > /tmp/hello.c <<'SRC'
+static const char msg[] = "ready\n";
+void _start(void) {
+	long r;
+	__asm__ volatile ("syscall" : "=a"(r) : "a"(1), "D"(1), "S"(msg), "d"(sizeof msg - 1) : "rcx", "r11", "memory");
+	__asm__ volatile ("syscall" : : "a"(60), "D"(0));
+	for (;;) {}
+}
+SRC
+gcc -O2 -static -nostdlib -o /tmp/hello /tmp/hello.c && /tmp/hello`
+
+type workload struct {
+	name  string
+	image string // benchImage name
+	args  []string
+}
+
+var workloads = []workload{
+	{"python", "debian", []string{"python3", "-c", "import json, sqlite3; print('ready')"}},
+	{"gcc", "debian", []string{"sh", "-c", gccHello}},
+	{"busybox", "busybox", []string{"busybox", "echo", "ready"}},
+}
+
+// imageTag is the tag of each mode's variant of an image in the benchmark registry.
+func imageTag(m Mode) string {
+	switch m {
+	case ModeOBD, ModeOBDTrace:
+		return "obd"
+	case ModeStargz:
+		return "estargz"
+	}
+	return "gzip"
+}
+
+type harness struct {
+	bin      string
+	benchDir string // OBD_DEPS/bench: cached images, the registry's storage
+	registry string // host:port of the registry
+	relays   map[Network]*Relay
+	traces   map[Cell][]byte // recorded traces, keyed by workload and network (Mode = ModeOBDTrace)
+}
+
+// TestColdStart is the cold-start benchmark of issue #8. It runs only with -coldstart.
+func TestColdStart(t *testing.T) {
+	if !*runBench {
+		t.Skip("the cold-start benchmark takes tens of minutes: run `make bench-coldstart` (go test -run TestColdStart -coldstart)")
+	}
+	testenv.RequireRoot(t)
+	cells, err := selectCells()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{relays: map[Network]*Relay{}, traces: map[Cell][]byte{}}
+	h.bin, err = filepath.Abs(*flagBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"bdd", "overlaybd-snapshotter", "obd"} {
+		if _, err := os.Stat(filepath.Join(h.bin, b)); err != nil {
+			t.Fatalf("%s: %v (run `make build` or pass -coldstart.bin)", b, err)
+		}
+	}
+	h.benchDir = filepath.Join(testenv.DepsDir(), "bench")
+	h.startRegistry(t)
+	h.prepareImages(t, cells)
+	h.startNetworks(t)
+	h.recordTraces(t, cells)
+
+	seed := *flagSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	report := &Report{Date: time.Now(), Machine: DescribeMachine(), Runs: *flagRuns, Notes: methodNotes(seed)}
+	for _, w := range workloads {
+		if slices.ContainsFunc(cells, func(c Cell) bool { return c.Workload == w.name }) {
+			report.Workloads = append(report.Workloads, w.name)
+		}
+	}
+	trials := Schedule(cells, *flagRuns, seed)
+	for i, tr := range trials {
+		m := Measurement{Trial: tr, Err: "the trial's setup failed (see the test log)"}
+		name := fmt.Sprintf("%s/%s/%s/%d", tr.Workload, tr.Network, strings.ReplaceAll(string(tr.Mode), "+", "-"), tr.Round)
+		t.Run(name, func(t *testing.T) { m, _ = h.trial(t, tr, false) })
+		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s %s", i+1, len(trials), name,
+			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), oneLine(m.Err))
+		report.Measurements = append(report.Measurements, m)
+		if err := writeResults(report, *flagOut); err != nil { // after every trial, so a cut-off run keeps its data
+			t.Fatal(err)
+		}
+	}
+}
+
+func selectCells() ([]Cell, error) {
+	pick := func(list string, known []string, what string) ([]string, error) {
+		var out []string
+		for _, s := range strings.Split(list, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			if !slices.Contains(known, s) {
+				return nil, fmt.Errorf("unknown %s %q (known: %s)", what, s, strings.Join(known, ", "))
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	var knownModes, knownNets, knownWorkloads []string
+	for _, m := range Modes {
+		knownModes = append(knownModes, string(m))
+	}
+	for _, n := range Networks {
+		knownNets = append(knownNets, string(n))
+	}
+	for _, w := range workloads {
+		knownWorkloads = append(knownWorkloads, w.name)
+	}
+	modes, err := pick(*flagModes, knownModes, "mode")
+	if err != nil {
+		return nil, err
+	}
+	nets, err := pick(*flagNetworks, knownNets, "network")
+	if err != nil {
+		return nil, err
+	}
+	wls, err := pick(*flagWorkloads, knownWorkloads, "workload")
+	if err != nil {
+		return nil, err
+	}
+	var cells []Cell
+	for _, w := range wls {
+		for _, n := range nets {
+			for _, m := range modes {
+				cells = append(cells, Cell{Workload: w, Mode: Mode(m), Network: Network(n)})
+			}
+		}
+	}
+	return cells, nil
+}
+
+func methodNotes(seed uint64) []string {
+	return []string{
+		"Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert` (obd modes, lz4 ZFile), `nerdctl image convert --estargz --oci` (stargz).",
+		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
+		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
+		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
+		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
+		fmt.Sprintf("Runs interleaved: each round runs every cell once in a freshly shuffled order (seed %d).", seed),
+	}
+}
+
+func writeResults(r *Report, dir string) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), data, 0o644); err != nil {
+		return err
+	}
+	var md bytes.Buffer
+	if err := r.WriteMarkdown(&md, "coldstart.png"); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "RESULTS.md"), md.Bytes(), 0o644); err != nil {
+		return err
+	}
+	var png bytes.Buffer
+	if err := r.WriteChart(&png); err != nil {
+		return nil // nothing succeeded yet: no chart
+	}
+	return os.WriteFile(filepath.Join(dir, "coldstart.png"), png.Bytes(), 0o644)
+}
+
+// startRegistry runs Debian's docker-registry on a free port with its storage under
+// OBD_DEPS/bench/registry, so that converted images survive between benchmark runs.
+func (h *harness) startRegistry(t *testing.T) {
+	binary := testenv.Bin(t, "docker-registry")
+	dir := t.TempDir()
+	h.registry = freePort(t)
+	storage := filepath.Join(h.benchDir, "registry")
+	config := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", storage, h.registry)
+	path := filepath.Join(dir, "registry.yml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, filepath.Join(dir, "registry.log"), tcpReady(h.registry), binary, "serve", path)
+}
+
+// startNetworks puts a counting relay in front of the registry for each network; the shaped
+// one goes through faultproxy's shaping.
+func (h *harness) startNetworks(t *testing.T) {
+	loop, err := StartRelay(h.registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loop.Close() })
+	h.relays[NetLoopback] = loop
+
+	proxy, err := faultproxy.New("http://" + h.registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	proxy.SetFilter(func(*http.Request) bool { return true })
+	proxy.SetShaping(faultproxy.Shaping{Latency: shapedRTT, Bandwidth: shapedBandwidth})
+	shaped, err := StartRelay(proxy.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shaped.Close() })
+	h.relays[NetShaped] = shaped
+}
+
+// prepareImages pushes every image variant the cells need to the registry: gzip from the OCI
+// layouts, obd by `obd convert` (each run, so it is the current converter's output; its layer
+// cache makes repeats quick), estargz by nerdctl (once: kept in the registry's storage).
+func (h *harness) prepareImages(t *testing.T, cells []Cell) {
+	need := map[string]map[string]bool{} // image -> tags
+	for _, c := range cells {
+		w := workloadNamed(c.Workload)
+		if need[w.image] == nil {
+			need[w.image] = map[string]bool{}
+		}
+		need[w.image][imageTag(c.Mode)] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	for image, tags := range need {
+		layout := h.imageLayout(t, ctx, image)
+		repo := h.registry + "/bench/" + image
+		h.command(t, ctx, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout, "docker://"+repo+":gzip")
+		if tags["obd"] {
+			h.command(t, ctx, filepath.Join(h.bin, "obd"), "convert", "--work-dir", filepath.Join(h.benchDir, "convert-work"),
+				repo+":gzip", repo+":obd")
+		}
+		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
+			h.convertEstargz(t, ctx, repo)
+		}
+	}
+}
+
+func workloadNamed(name string) workload {
+	for _, w := range workloads {
+		if w.name == name {
+			return w
+		}
+	}
+	panic("coldstart: unknown workload " + name) // selectCells validated the names
+}
+
+// imageLayout returns "DIR:TAG" of an image's OCI layout, building it if needed.
+func (h *harness) imageLayout(t *testing.T, ctx context.Context, image string) string {
+	switch image {
+	case "debian":
+		script, err := filepath.Abs("../../convert/bench/mkimage.sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := h.command(t, ctx, "bash", script)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		return lines[len(lines)-1] + ":bench"
+	case "busybox":
+		img := testenv.BuildBusyboxImage(t)
+		return img.Layout + ":" + img.Tag
+	}
+	t.Fatalf("unknown image %q", image)
+	return ""
+}
+
+func (h *harness) convertEstargz(t *testing.T, ctx context.Context, repo string) {
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{})
+	n := newNerdctl(t, ctrd, "overlayfs")
+	for _, args := range [][]string{
+		{"pull", "--quiet", repo + ":gzip"},
+		{"image", "convert", "--estargz", "--oci", repo + ":gzip", repo + ":estargz"},
+		{"push", repo + ":estargz"},
+	} {
+		if _, err := n.run(ctx, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, "http://"+h.registry+"/v2/"+repo+"/manifests/"+tag, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (h *harness) command(t *testing.T, ctx context.Context, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.String())
+	}
+	return string(out)
+}
+
+// recordTraces records, once per workload and network measured in mode obd+trace, the trace
+// of a cold obd start of the workload.
+func (h *harness) recordTraces(t *testing.T, cells []Cell) {
+	for _, c := range cells {
+		if c.Mode != ModeOBDTrace {
+			continue
+		}
+		m := Measurement{Err: "the recording's setup failed (see the test log)"}
+		var trace []byte
+		t.Run("record-trace/"+c.Workload+"/"+string(c.Network), func(t *testing.T) {
+			m, trace = h.trial(t, Trial{Cell: Cell{Workload: c.Workload, Mode: ModeOBD, Network: c.Network}}, true)
+		})
+		if m.Err != "" || len(trace) == 0 {
+			t.Fatalf("recording the trace of %s on %s failed: %s", c.Workload, c.Network, m.Err)
+		}
+		t.Logf("trace of %s on %s: %d bytes, recorded in a run of %.2fs fetching %s", c.Workload, c.Network, len(trace), m.Total.Seconds(), mib(m.BytesFetched))
+		h.traces[c] = trace
+	}
+}
+
+// trial measures one cold start. With record it also records bdd's trace of the start.
+func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byte) {
+	m := Measurement{Trial: tr}
+	w := workloadNamed(tr.Workload)
+	relay := h.relays[tr.Network]
+	ref := relay.Addr + "/bench/" + w.image + ":" + imageTag(tr.Mode)
+
+	// Unix sockets live here: the path must stay short.
+	dir, err := os.MkdirTemp("", "obd-cs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := testenv.UnmountAll(dir); err != nil {
+			t.Error(err)
+		}
+		os.RemoveAll(dir)
+	})
+
+	snapshotter := "overlayfs"
+	var plugins []testenv.ProxyPlugin
+	var daemon bddv1.DaemonClient
+	switch tr.Mode {
+	case ModeOBD, ModeOBDTrace:
+		// Empty config files keep host-wide ones (/etc/obd, /etc/overlaybd-snapshotter) out.
+		for name, content := range map[string]string{"bdd.toml": "", "snapshotter.json": "{}"} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bddSocket := filepath.Join(dir, "bdd.sock")
+		startDaemon(t, filepath.Join(dir, "bdd.log"), socketReady(bddSocket), filepath.Join(h.bin, "bdd"),
+			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
+			"--run-dir", filepath.Join(dir, "bdd-run"), "--cache-dir", filepath.Join(dir, "bdd-cache"))
+		client, conn, err := bdd.Dial(bddSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		daemon = client
+		snSocket := filepath.Join(dir, "sn.sock")
+		startDaemon(t, filepath.Join(dir, "snapshotter.log"), socketReady(snSocket), filepath.Join(h.bin, "overlaybd-snapshotter"),
+			"--config", filepath.Join(dir, "snapshotter.json"), "--root", filepath.Join(dir, "sn"), "--address", snSocket, "--bdd-socket", bddSocket)
+		snapshotter = "overlaybd"
+		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
+	case ModeStargz:
+		snSocket := filepath.Join(dir, "stargz.sock")
+		startDaemon(t, filepath.Join(dir, "stargz.log"), socketReady(snSocket), filepath.Join(h.benchDir, "bin", "stargz-snapshotter"),
+			"--root", filepath.Join(dir, "stargz"), "--address", snSocket)
+		snapshotter = "stargz"
+		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
+	}
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{ProxyPlugins: plugins})
+	n := newNerdctl(t, ctrd, snapshotter)
+	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
+	defer cancel()
+
+	if err := dropCaches(); err != nil {
+		t.Fatal(err)
+	}
+	if record {
+		if _, err := daemon.StartTrace(ctx, &bddv1.StartTraceRequest{}); err != nil {
+			t.Fatalf("StartTrace: %v", err)
+		}
+	}
+	fetched0 := relay.BytesDown()
+	start := time.Now()
+	var prefetch sync.WaitGroup
+	var prefetchErr error
+	if tr.Mode == ModeOBDTrace {
+		trace := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
+		prefetch.Go(func() {
+			_, prefetchErr = daemon.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
+		})
+	}
+	fail := func(err error) (Measurement, []byte) {
+		m.Err = err.Error()
+		prefetch.Wait()
+		return m, nil
+	}
+	if m.Pull, err = n.run(ctx, "pull", "--quiet", ref); err != nil {
+		return fail(err)
+	}
+	args := append([]string{"create", "--net", "none", "--name", "cold", ref}, w.args...)
+	if m.Create, err = n.run(ctx, args...); err != nil {
+		return fail(err)
+	}
+	runStart := time.Now()
+	readyAt, err := n.untilLine(ctx, readyLine, "start", "--attach", "cold")
+	if err != nil {
+		return fail(err)
+	}
+	m.Run, m.Total = readyAt.Sub(runStart), readyAt.Sub(start)
+	m.BytesFetched = relay.BytesDown() - fetched0
+	prefetch.Wait()
+	if prefetchErr != nil {
+		return fail(fmt.Errorf("prefetch: %w", prefetchErr))
+	}
+	var trace []byte
+	if record {
+		resp, err := daemon.StopTrace(ctx, &bddv1.StopTraceRequest{})
+		if err != nil {
+			return fail(fmt.Errorf("StopTrace: %w", err))
+		}
+		trace = resp.GetTrace()
+	}
+
+	warmStart := time.Now()
+	args = append([]string{"run", "--rm", "--net", "none", ref}, w.args...)
+	warmAt, err := n.untilLine(ctx, readyLine, args...)
+	if err != nil {
+		return fail(fmt.Errorf("warm start: %w", err))
+	}
+	m.Warm = warmAt.Sub(warmStart)
+	if _, err := n.run(ctx, "rm", "-f", "cold"); err != nil {
+		return fail(err)
+	}
+	return m, trace
+}
+
+// dropCaches writes back dirty pages and drops the page cache, dentries and inodes, so a run
+// reads the local disk cold too.
+func dropCaches() error {
+	if err := exec.Command("sync").Run(); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
+		return fmt.Errorf("drop page cache: %w", err)
+	}
+	return nil
+}
