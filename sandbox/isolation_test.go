@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -198,5 +199,51 @@ func TestDeleteRemovesSandboxes(t *testing.T) {
 	}
 	if _, err := m.Invoke(context.Background(), "del", nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("invoking a deleted function: %v", err)
+	}
+}
+
+func TestNoPrivileges(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		register(t, m, "priv", nil)
+		out, _ := invoke(t, m, "priv", map[string]any{"op": "privileged"})
+		if out["errno"] != "EPERM" {
+			t.Errorf("sethostname from the handler: %v, want EPERM (no CAP_SYS_ADMIN)", out["errno"])
+		}
+	})
+}
+
+func TestZygoteTreeAndInstallCache(t *testing.T) {
+	pkgs := t.TempDir()
+	os.Chmod(pkgs, 0o755)
+	if err := os.MkdirAll(filepath.Join(pkgs, "greeting"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pkgs, "greeting", "greetmod.py"), []byte("VALUE = 'from the install cache'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := newTestManager(t, func(c *Config) { c.PackagesDir = pkgs })
+	register(t, m, "tree", func(f *Function) { f.Imports = []string{"decimal"}; f.Packages = []string{"greeting"} })
+	register(t, m, "plain", nil)
+
+	names := map[string]any{"op": "modules", "names": []string{"decimal", "fractions"}}
+	out, res := invoke(t, m, "tree", names)
+	if res.Path != Warm || out["decimal"] != true || out["fractions"] != false {
+		t.Errorf("function zygote: path %s, modules %v; want decimal preloaded by its zygote, fractions not", res.Path, out)
+	}
+	out, _ = invoke(t, m, "plain", names)
+	if out["decimal"] != false {
+		t.Errorf("a function without imports sees decimal preloaded: %v", out)
+	}
+	out, _ = invoke(t, m, "tree", map[string]any{"op": "import", "module": "greetmod"})
+	if out["value"] != "from the install cache" {
+		t.Errorf("install cache package: %v", out)
+	}
+	out, _ = invoke(t, m, "tree", map[string]any{"op": "write", "path": "/opt/greeting/x"})
+	if out["errno"] != "EROFS" {
+		t.Errorf("writing the install cache: %v, want EROFS", out["errno"])
+	}
+	err := m.Register(context.Background(), Function{Name: "missing", Image: "python3-bookworm", Entry: "main.handler", Dir: pkgs, Packages: []string{"nope"}})
+	if err == nil {
+		t.Error("registering with a package missing from the install cache succeeded")
 	}
 }

@@ -142,8 +142,9 @@ type Manager struct {
 	nextID int
 	closed bool
 
-	stop chan struct{}
-	done chan struct{}
+	destroying sync.WaitGroup // sandboxes being destroyed in the background
+	stop       chan struct{}
+	done       chan struct{}
 }
 
 // NewManager creates the cgroup pool and the shared empty network namespace and starts the
@@ -424,10 +425,20 @@ func (m *Manager) finish(fn *function, b *box, res Result, err error, took time.
 	}
 	m.mu.Unlock()
 	if !keep && b != nil {
-		if derr := b.destroy(m.pool); derr != nil {
-			m.log.Warn("destroy sandbox", "function", fn.Name, "err", derr)
-		}
+		m.destroyLater(b, fn.Name)
 	}
+}
+
+// destroyLater destroys b off the invocation's path (the caller has its result already);
+// Close waits for it.
+func (m *Manager) destroyLater(b *box, fn string) {
+	m.destroying.Add(1)
+	go func() {
+		defer m.destroying.Done()
+		if err := b.destroy(m.pool); err != nil {
+			m.log.Warn("destroy sandbox", "function", fn, "err", err)
+		}
+	}()
 }
 
 // start makes a new sandbox for fn: forked from a zygote when there is one, else cold.
@@ -586,6 +597,7 @@ func (m *Manager) Close() error {
 	for _, fn := range funcs {
 		errs = append(errs, m.remove(fn))
 	}
+	m.destroying.Wait()
 	// Groups still in use by running invocations are killed here; those invocations then
 	// destroy their own boxes.
 	errs = append(errs, m.pool.Close(), m.netns.Close(), m.stderr.Close())

@@ -1,9 +1,11 @@
 # Test handler: each op probes one property of the sandbox it runs in.
 import errno
+import importlib
 import json
 import os
 import socket
 import sqlite3
+import sys
 import time
 
 
@@ -54,6 +56,17 @@ def handler(event):
             return {"errno": 0}
         except OSError as e:
             return {"errno": errno.errorcode.get(e.errno, str(e))}
+    if op == "modules":
+        # Which of the given modules were imported before the handler ran (by a zygote).
+        return {name: name in sys.modules for name in event["names"]}
+    if op == "import":
+        return {"value": importlib.import_module(event["module"]).VALUE}
+    if op == "privileged":
+        try:
+            socket.sethostname("escape")
+            return {"errno": 0}
+        except OSError as e:
+            return {"errno": errno.errorcode[e.errno]}
     if op == "crash":
         os._exit(3)
     if op == "loop":
