@@ -71,16 +71,16 @@ func overlaybdBlob(t *testing.T, dir string) []byte {
 	return blob.Bytes()
 }
 
-// TestE2EBDDLazyImage is the whole lazy path with real parts: an overlaybd blob in a registry,
-// nerdctl pulling an image whose layer names it (without fetching it), bdd attaching it as a
-// FUSE-backed loop device for the snapshotter, and a container running from it; a kill -9 of
-// bdd and a restart of the snapshotter leave the running container's root intact, and new
-// containers start.
-func TestE2EBDDLazyImage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end: runs bdd, containerd and containers")
-	}
-	requireOverlay(t)
+// lazyBusybox is a busybox image pushed to a test registry whose one layer names an overlaybd
+// blob of the same files, pushed next to it.
+type lazyBusybox struct {
+	ref        string
+	registry   *testregistry.Registry
+	busyboxMD5 string // of /bin/busybox in the image
+}
+
+func pushLazyBusybox(t *testing.T) lazyBusybox {
+	t.Helper()
 	skopeo := testenv.Bin(t, "skopeo")
 	plain := testenv.BuildBusyboxImage(t)
 	blob := overlaybdBlob(t, plain.RootFS)
@@ -98,63 +98,133 @@ func TestE2EBDDLazyImage(t *testing.T) {
 		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
 		t.Fatalf("skopeo copy: %v\n%s", err, out)
 	}
+	return lazyBusybox{ref: ref, registry: registry, busyboxMD5: fileMD5(t, filepath.Join(plain.RootFS, "bin", "busybox"))}
+}
 
-	busyboxMD5 := fileMD5(t, filepath.Join(plain.RootFS, "bin", "busybox"))
+// bddStack is bdd, the snapshotter using it and containerd using the snapshotter.
+type bddStack struct {
+	bdd    *testenv.BDD
+	served *servedSnapshotter
+	ctrd   *testenv.Containerd
+}
 
-	bdd := testenv.StartBDD(t)
-	devices, err := NewBDDDevices(bdd.Client, t.TempDir())
+func startBDDStack(t *testing.T, opts ...Opt) *bddStack {
+	t.Helper()
+	b := testenv.StartBDD(t)
+	devices, err := NewBDDDevices(b.Client, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := startServedSnapshotter(t, WithDeviceManager(devices))
+	served := startServedSnapshotter(t, append([]Opt{WithDeviceManager(devices)}, opts...)...)
 	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
 		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
 	})
-	nerdctl := func(args ...string) string {
-		t.Helper()
-		return ctrd.Nerdctl(t, append([]string{"--snapshotter", "overlaybd", "--insecure-registry"}, args...)...)
-	}
-	listDevices := func() []*bddv1.Device {
-		t.Helper()
-		resp, err := bdd.Client.List(context.Background(), &bddv1.ListRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.GetDevices()
-	}
+	return &bddStack{bdd: b, served: served, ctrd: ctrd}
+}
 
-	blobGets := registry.BlobGets()
-	nerdctl("pull", "--quiet", ref)
-	if n := registry.BlobGets() - blobGets; n != 1 {
+func (s *bddStack) nerdctl(t *testing.T, args ...string) string {
+	t.Helper()
+	return s.ctrd.Nerdctl(t, append([]string{"--snapshotter", "overlaybd", "--insecure-registry"}, args...)...)
+}
+
+func (s *bddStack) devices(t *testing.T) []*bddv1.Device {
+	t.Helper()
+	resp, err := s.bdd.Client.List(context.Background(), &bddv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetDevices()
+}
+
+// crashAndRestart kills bdd with SIGKILL and restarts it, then restarts the snapshotter.
+func (s *bddStack) crashAndRestart(t *testing.T) {
+	t.Helper()
+	s.bdd.Kill9(t)
+	s.bdd.Start(t)
+	s.served.stop()
+	s.served.start()
+}
+
+// TestE2EBDDLazyImage is the whole lazy path with real parts: an overlaybd blob in a registry,
+// nerdctl pulling an image whose layer names it (without fetching it), bdd attaching it as a
+// FUSE-backed loop device for the snapshotter, and a container running from it; a kill -9 of
+// bdd and a restart of the snapshotter leave the running container's root intact, and new
+// containers start.
+func TestE2EBDDLazyImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd and containers")
+	}
+	requireOverlay(t)
+	img := pushLazyBusybox(t)
+	stack := startBDDStack(t)
+
+	blobGets := img.registry.BlobGets()
+	stack.nerdctl(t, "pull", "--quiet", img.ref)
+	if n := img.registry.BlobGets() - blobGets; n != 1 {
 		t.Fatalf("pull fetched %d blobs, want only the config", n)
 	}
-	if out := nerdctl("run", "--rm", "--net", "none", ref, "sh", "-c", "echo hi; cat /proc/mounts"); !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, "/block/mnt") {
+	if out := stack.nerdctl(t, "run", "--rm", "--net", "none", img.ref, "sh", "-c", "echo hi; cat /proc/mounts"); !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, "/block/mnt") {
 		t.Fatalf("container output = %q, want hi and an overlay on the device mount", out)
 	}
 
-	nerdctl("run", "-d", "--name", "long", "--net", "none", ref, "sleep", "600")
-	t.Cleanup(func() { ctrd.Nerdctl(t, "rm", "-f", "long") })
-	if devs := listDevices(); len(devs) != 1 || !devs[0].GetReadOnly() {
+	stack.nerdctl(t, "run", "-d", "--name", "long", "--net", "none", img.ref, "sleep", "600")
+	t.Cleanup(func() { stack.ctrd.Nerdctl(t, "rm", "-f", "long") })
+	if devs := stack.devices(t); len(devs) != 1 || !devs[0].GetReadOnly() {
 		t.Fatalf("bdd devices = %v, want the image's one read-only device", devs)
 	}
 
-	bdd.Kill9(t)
-	bdd.Start(t)
-	served.stop()
-	served.start()
+	stack.crashAndRestart(t)
 	// O_DIRECT reads go past the page cache down to the device that bdd serves again.
-	if out := nerdctl("exec", "long", "sh", "-c", "dd if=/bin/busybox bs=1M iflag=direct 2>/dev/null | md5sum"); !strings.HasPrefix(out, busyboxMD5) {
-		t.Fatalf("running container after bdd kill -9 and snapshotter restart: md5sum = %q, want %s", out, busyboxMD5)
+	if out := stack.nerdctl(t, "exec", "long", "sh", "-c", "dd if=/bin/busybox bs=1M iflag=direct 2>/dev/null | md5sum"); !strings.HasPrefix(out, img.busyboxMD5) {
+		t.Fatalf("running container after bdd kill -9 and snapshotter restart: md5sum = %q, want %s", out, img.busyboxMD5)
 	}
-	if out := nerdctl("run", "--rm", "--net", "none", ref, "echo", "again"); strings.TrimSpace(out) != "again" {
+	if out := stack.nerdctl(t, "run", "--rm", "--net", "none", img.ref, "echo", "again"); strings.TrimSpace(out) != "again" {
 		t.Fatalf("new container after the restarts: output %q", out)
 	}
-	if devs := listDevices(); len(devs) != 1 {
+	if devs := stack.devices(t); len(devs) != 1 {
 		t.Fatalf("bdd devices after the restarts = %v, want the same one device", devs)
 	}
 
-	nerdctl("rm", "-f", "long")
-	waitFor(t, "bdd to have no devices", func() bool { return len(listDevices()) == 0 })
+	stack.nerdctl(t, "rm", "-f", "long")
+	waitFor(t, "bdd to have no devices", func() bool { return len(stack.devices(t)) == 0 })
+}
+
+// TestE2EBDDDevMode runs a container in rwMode dev: its root is a writable bdd device with an
+// upper layer of its own, whose writes survive a kill -9 of bdd.
+func TestE2EBDDDevMode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd and containers")
+	}
+	requireOverlay(t)
+	img := pushLazyBusybox(t)
+	stack := startBDDStack(t, WithRWMode(RWModeDev))
+	stack.nerdctl(t, "pull", "--quiet", img.ref)
+
+	stack.nerdctl(t, "run", "-d", "--name", "long", "--net", "none", img.ref, "sh", "-c", "echo before > /data; sync; sleep 600")
+	t.Cleanup(func() { stack.ctrd.Nerdctl(t, "rm", "-f", "long") })
+	waitFor(t, "the container's write", func() bool {
+		out, err := stack.ctrd.TryNerdctl("exec", "long", "cat", "/data")
+		return err == nil && strings.TrimSpace(out) == "before"
+	})
+	var writable int
+	for _, dev := range stack.devices(t) {
+		if !dev.GetReadOnly() && dev.GetUpperDir() != "" {
+			writable++
+		}
+	}
+	if writable != 1 {
+		t.Fatalf("bdd devices = %v, want one writable device with an upper layer", stack.devices(t))
+	}
+
+	stack.crashAndRestart(t)
+	script := "dd if=/data bs=4096 iflag=direct 2>/dev/null; echo after > /more; sync; dd if=/more bs=4096 iflag=direct 2>/dev/null; dd if=/bin/busybox bs=1M iflag=direct 2>/dev/null | md5sum"
+	out := stack.nerdctl(t, "exec", "long", "sh", "-c", script)
+	if !strings.HasPrefix(out, "before\nafter\n"+img.busyboxMD5) {
+		t.Fatalf("writable root after bdd kill -9 = %q, want the old write, a new one and busybox intact", out)
+	}
+
+	stack.nerdctl(t, "rm", "-f", "long")
+	waitFor(t, "bdd to have no devices", func() bool { return len(stack.devices(t)) == 0 })
 }
 
 func fileMD5(t *testing.T, path string) string {

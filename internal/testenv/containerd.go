@@ -146,13 +146,31 @@ func (c *Containerd) waitReady(timeout time.Duration) error {
 // returns its standard output. A non-zero exit fails the test with both output streams.
 func (c *Containerd) Nerdctl(t testing.TB, args ...string) string {
 	t.Helper()
+	return c.run(t, Bin(t, "nerdctl"), c.nerdctlArgs(args))
+}
+
+// TryNerdctl runs nerdctl like Nerdctl but returns a failure (with its standard error) instead
+// of failing the test, for commands that are expected to fail or polled until they succeed.
+func (c *Containerd) TryNerdctl(args ...string) (stdout string, err error) {
+	nerdctl, ok := findBin("nerdctl")
+	if !ok {
+		return "", errors.New("testenv: nerdctl not found (run `make deps`)")
+	}
+	stdout, stderr, err := c.exec(nerdctl, c.nerdctlArgs(args))
+	if err != nil {
+		return stdout, fmt.Errorf("nerdctl %s: %w: %s", strings.Join(args, " "), err, stderr)
+	}
+	return stdout, nil
+}
+
+func (c *Containerd) nerdctlArgs(args []string) []string {
 	global := []string{
 		"--address", c.Address,
 		"--namespace", c.Namespace,
 		"--data-root", filepath.Join(c.Dir, "nerdctl"),
 		"--cgroup-manager", "cgroupfs",
 	}
-	return c.run(t, Bin(t, "nerdctl"), append(global, args...))
+	return append(global, args...)
 }
 
 // Ctr runs ctr against this containerd in its namespace and returns its standard output.
