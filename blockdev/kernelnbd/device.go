@@ -24,6 +24,9 @@ import (
 	"github.com/obdproject/obd/blockdev/nbdexport"
 )
 
+// nbdSetFlags is the NBD_SET_FLAGS ioctl, _IO(0xab, 10).
+const nbdSetFlags = 0xab0a
+
 // ErrUnavailable is returned when the kernel has no NBD devices.
 var ErrUnavailable = errors.New("no /dev/nbd0: nbd kernel module absent")
 
@@ -127,6 +130,14 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (*Device, err
 		defer close(d.served)
 		nbdexport.ServeConn(serveCtx, serverConn, b, nbdexport.Options{Name: filepath.Base(path), ReadOnly: opts.ReadOnly, Logger: opts.Logger})
 	}()
+	// go-nbd's client negotiates the export but never tells the kernel its flags, so
+	// the kernel would send no flush, FUA or trim. The size ioctls Connect issues
+	// apply the flags set here.
+	if err := unix.IoctlSetInt(int(dev.Fd()), nbdSetFlags, int(nbdexport.TransmissionFlags(opts.ReadOnly))); err != nil {
+		stop()
+		dev.Close()
+		return nil, fmt.Errorf("kernelnbd: set flags on %s: %w", path, err)
+	}
 	ready := make(chan struct{})
 	go func() {
 		// Connect blocks in NBD_DO_IT until the device is disconnected.

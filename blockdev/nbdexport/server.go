@@ -153,13 +153,18 @@ type connection struct {
 	writeMu  sync.Mutex
 }
 
-func (c *connection) transmissionFlags() uint16 {
+// TransmissionFlags are the NBD transmission flags an export advertises: flush and
+// multi-conn always; FUA, trim and write-zeroes when writable. Package kernelnbd
+// hands them to the kernel, which go-nbd's client does not.
+func TransmissionFlags(readOnly bool) uint16 {
 	f := uint16(flagHasFlags | flagSendFlush | flagCanMultiConn)
-	if c.opts.ReadOnly {
+	if readOnly {
 		return f | flagReadOnly
 	}
 	return f | flagSendFUA | flagSendTrim | flagSendWriteZeros
 }
+
+func (c *connection) transmissionFlags() uint16 { return TransmissionFlags(c.opts.ReadOnly) }
 
 func (c *connection) knownExport(name string) bool {
 	return name == "" || name == c.opts.Name

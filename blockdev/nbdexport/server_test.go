@@ -447,3 +447,13 @@ func TestWriteZeroesNoHoleLarge(t *testing.T) {
 		t.Fatal("range not zeroed")
 	}
 }
+
+func TestTransmissionFlags(t *testing.T) {
+	rw, ro := TransmissionFlags(false), TransmissionFlags(true)
+	if rw&flagReadOnly != 0 || rw&(flagSendFlush|flagSendFUA|flagSendTrim|flagSendWriteZeros|flagHasFlags) != flagSendFlush|flagSendFUA|flagSendTrim|flagSendWriteZeros|flagHasFlags {
+		t.Errorf("read-write flags %#x", rw)
+	}
+	if ro&flagReadOnly == 0 || ro&(flagSendTrim|flagSendWriteZeros|flagSendFUA) != 0 {
+		t.Errorf("read-only flags %#x", ro)
+	}
+}
