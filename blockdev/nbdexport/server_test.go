@@ -457,3 +457,26 @@ func TestTransmissionFlags(t *testing.T) {
 		t.Errorf("read-only flags %#x", ro)
 	}
 }
+
+func TestCloseEndsConnections(t *testing.T) {
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "s")
+	s, err := Listen(sock, blockdevtest.NewMem(1<<20), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, sock, "")
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return with a client connected")
+	}
+	if _, err := c.conn.Read(make([]byte, 1)); err == nil {
+		t.Error("connection still open after Close")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
