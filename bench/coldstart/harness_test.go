@@ -367,7 +367,15 @@ func (h *harness) recordTraces(t *testing.T, cells []Cell) {
 		if m.Err != "" || len(trace) == 0 {
 			t.Fatalf("recording the trace of %s on %s failed: %s", c.Workload, c.Network, m.Err)
 		}
-		t.Logf("trace of %s on %s: %d bytes, recorded in a run of %.2fs fetching %s", c.Workload, c.Network, len(trace), m.Total.Seconds(), mib(m.BytesFetched))
+		// Kept for inspection: which ranges of which layers the start read.
+		path := filepath.Join(h.benchDir, "traces", c.Workload+"-"+string(c.Network)+".json")
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, trace, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("trace of %s on %s: %s, recorded in a run of %.2fs fetching %s", c.Workload, c.Network, path, m.Total.Seconds(), mib(m.BytesFetched))
 		h.traces[c] = trace
 	}
 }
