@@ -1,15 +1,13 @@
 package policy
 
 import (
-	"cmp"
 	"fmt"
-	"math"
-	"math/cmplx"
 	"slices"
 	"sync"
 	"time"
 
 	"gonum.org/v1/gonum/dsp/fourier"
+	"gonum.org/v1/gonum/stat"
 )
 
 // NodeClass is one kind of node a warm instance can be placed on. Heterogeneous clusters mix
@@ -22,13 +20,15 @@ type NodeClass struct {
 
 // PredictiveConfig tunes the predictive policy. A zero field takes the default in its comment.
 type PredictiveConfig struct {
-	History   time.Duration // length of the per-minute invocation series analysed; default 512m
-	Horizon   time.Duration // how far ahead to forecast; default 2h
-	Refit     time.Duration // how often a function's forecast is recomputed; default 10m
-	Harmonics int           // strongest frequency components kept; default 12
-	Threshold float64       // expected invocations per minute that count as "will be invoked"; default 0.3
-	Lead      time.Duration // warm this long before a predicted minute starts; default 1m
-	Slack     time.Duration // keep loaded this long after a predicted run of minutes; default 1m
+	History time.Duration // length of the per-minute invocation series analysed; default 512m
+	Horizon time.Duration // how far ahead to forecast; default 2h
+	Refit   time.Duration // how often a function's forecast is recomputed; default 30m
+	// MinPeriodicity is the autocorrelation at the best lag above which a series counts as
+	// periodic; default 0.3.
+	MinPeriodicity float64
+	Threshold      float64       // expected invocations per minute that count as "will be invoked"; default 0.3
+	Lead           time.Duration // warm this long before a predicted minute starts; default 1m
+	Slack          time.Duration // keep loaded this long after a predicted run of minutes; default 1m
 	// ColdStart is the latency a warm instance saves, weighed against a slower class.
 	// Default 1s.
 	ColdStart time.Duration
@@ -45,7 +45,7 @@ func (c *PredictiveConfig) setDefaults() error {
 	durations := []struct {
 		v *time.Duration
 		d time.Duration
-	}{{&c.History, 512 * time.Minute}, {&c.Horizon, 2 * time.Hour}, {&c.Refit, 10 * time.Minute},
+	}{{&c.History, 512 * time.Minute}, {&c.Horizon, 2 * time.Hour}, {&c.Refit, 30 * time.Minute},
 		{&c.Lead, time.Minute}, {&c.Slack, time.Minute}, {&c.ColdStart, time.Second}}
 	for _, f := range durations {
 		if *f.v == 0 {
@@ -55,8 +55,8 @@ func (c *PredictiveConfig) setDefaults() error {
 			return fmt.Errorf("%w: predictive durations must not be negative", ErrConfig)
 		}
 	}
-	if c.Harmonics == 0 {
-		c.Harmonics = 12
+	if c.MinPeriodicity == 0 {
+		c.MinPeriodicity = 0.3
 	}
 	if c.Threshold == 0 {
 		c.Threshold = 0.3
@@ -73,8 +73,8 @@ func (c *PredictiveConfig) setDefaults() error {
 	if c.History < minForecastHistory*time.Minute || c.History > 1<<14*time.Minute {
 		return fmt.Errorf("%w: predictive history %v must be between %d minutes and about 11 days", ErrConfig, c.History, minForecastHistory)
 	}
-	if c.Horizon < time.Minute || c.Harmonics < 1 || c.Threshold < 0 {
-		return fmt.Errorf("%w: predictive horizon ≥ 1m, harmonics ≥ 1 and threshold ≥ 0 required", ErrConfig)
+	if c.Horizon < time.Minute || c.Threshold < 0 || c.MinPeriodicity < 0 {
+		return fmt.Errorf("%w: predictive horizon ≥ 1m, threshold ≥ 0 and periodicity ≥ 0 required", ErrConfig)
 	}
 	for _, nc := range c.Classes {
 		if !(nc.Price > 0) || !(nc.Slowdown >= 1) {
@@ -88,8 +88,12 @@ func (c *PredictiveConfig) setDefaults() error {
 const minForecastHistory = 64
 
 // Predictive is an IceBreaker-style warm-up policy. It keeps each function's invocation counts
-// per minute, and every Refit it takes the FFT of that series, keeps the strongest harmonics
-// and extends them into the future as a forecast of invocations per minute. After an
+// per minute, and every Refit it forecasts the next Horizon of that series from its FFT: the
+// power spectrum gives the series' autocorrelation (Wiener–Khinchin), whose strongest lag is
+// the period; a periodic series is forecast by averaging its past cycles at each phase, any
+// other by its mean rate. (IceBreaker extrapolates the strongest harmonics directly; with
+// sparse series such as a 30-minute timer, spectral leakage then puts ghost peaks between
+// the real ones, which the period-then-average forecast avoids.) After an
 // invocation it unloads the instance and warms one Lead before the next minute whose forecast
 // reaches Threshold, keeping it until Slack after that run of minutes ends. The instance goes
 // on the node class with the best utility: expected latency saved (ColdStart, less the
@@ -206,40 +210,67 @@ func (p *Predictive) fit(s *invocationSeries, now int64) bool {
 			series[i] = s.counts[m%n]
 		}
 	}
-	fft := p.ffts[int(length)]
-	if fft == nil {
-		fft = fourier.NewFFT(int(length))
-		p.ffts[int(length)] = fft
-	}
-	coeff := fft.Coefficients(nil, series)
-	// Keep the strongest harmonics (k ≥ 1); the mean (k = 0) always stays.
-	order := make([]int, 0, len(coeff)-1)
-	for k := 1; k < len(coeff); k++ {
-		order = append(order, k)
-	}
-	slices.SortFunc(order, func(a, b int) int {
-		return cmp.Or(cmp.Compare(cmplx.Abs(coeff[b]), cmplx.Abs(coeff[a])), cmp.Compare(a, b))
-	})
-	order = order[:min(p.cfg.Harmonics, len(order))]
-
 	horizon := int(p.cfg.Horizon / time.Minute)
 	s.forecast = slices.Grow(s.forecast[:0], horizon)[:horizon]
-	L := float64(length)
+	period := p.period(series)
 	for j := range horizon {
-		t := L + float64(j) // minute now+1+j sits at index length+j of the series
-		v := real(coeff[0])
-		for _, k := range order {
-			weight := 2.0
-			if 2*k == int(length) {
-				weight = 1 // the Nyquist term has no mirror
-			}
-			amp, phase := cmplx.Polar(coeff[k])
-			v += weight * amp * math.Cos(2*math.Pi*float64(k)*t/L+phase)
+		if period == 0 {
+			s.forecast[j] = stat.Mean(series, nil)
+			continue
 		}
-		s.forecast[j] = v / L
+		// Average the past cycles at the phase of minute now+1+j (series index length+j).
+		sum, n := 0.0, 0
+		for i := int(length) + j - period; i >= 0; i -= period {
+			if i < int(length) {
+				sum += series[i]
+				n++
+			}
+		}
+		s.forecast[j] = sum / float64(max(n, 1))
 	}
 	s.fitMinute = now
 	return true
+}
+
+// period returns the lag in minutes at which series best repeats itself, or 0 when no lag
+// up to a third of its length reaches MinPeriodicity. The autocorrelation comes from the
+// power spectrum of the mean-removed series, zero-padded to twice its length so that lags
+// do not wrap around.
+func (p *Predictive) period(series []float64) int {
+	n := len(series)
+	mean := stat.Mean(series, nil)
+	padded := make([]float64, 2*n)
+	for i, v := range series {
+		padded[i] = v - mean
+	}
+	fft := p.ffts[2*n]
+	if fft == nil {
+		fft = fourier.NewFFT(2 * n)
+		p.ffts[2*n] = fft
+	}
+	coeff := fft.Coefficients(nil, padded)
+	for k, c := range coeff {
+		coeff[k] = complex(real(c)*real(c)+imag(c)*imag(c), 0)
+	}
+	acf := fft.Sequence(nil, coeff)
+	if acf[0] <= 0 {
+		return 0 // a constant series
+	}
+	// ρ(lag), each lag normalised by the number of pairs it sums over.
+	rho := func(lag int) float64 { return acf[lag] / float64(n-lag) / (acf[0] / float64(n)) }
+	best, bestRho := 0, p.cfg.MinPeriodicity
+	for lag := 1; lag <= n/3; lag++ {
+		bestRho = max(bestRho, rho(lag))
+	}
+	// Multiples of the period correlate as well as the period: take the first lag that
+	// comes close to the best.
+	for lag := 1; lag <= n/3; lag++ {
+		if r := rho(lag); r >= 0.9*bestRho && r >= p.cfg.MinPeriodicity {
+			best = lag
+			break
+		}
+	}
+	return best
 }
 
 // window turns s's forecast into a window counted from end, choosing the node class.

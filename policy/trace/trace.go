@@ -93,3 +93,13 @@ func (t *Trace) Validate() error {
 	}
 	return nil
 }
+
+// PackagesByName returns t's packages keyed by function name (FunctionKey.String), the
+// names the simulator gives policies; it is what policy.NewReuse takes.
+func (t *Trace) PackagesByName() map[string][]string {
+	out := make(map[string][]string, len(t.Packages))
+	for k, p := range t.Packages {
+		out[k.String()] = p
+	}
+	return out
+}
