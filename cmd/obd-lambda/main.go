@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/spf13/cobra"
 )
 
@@ -32,6 +34,7 @@ type options struct {
 	listen    string
 	stateDir  string
 	rootfsDir string
+	bddSocket string
 	packages  string
 	keepAlive time.Duration
 	poolSize  int
@@ -43,7 +46,7 @@ type options struct {
 func newCmd() *cobra.Command {
 	var o options
 	cmd := &cobra.Command{
-		Use:   "obd-lambda --rootfs-dir DIR [flags]",
+		Use:   "obd-lambda (--rootfs-dir DIR | --bdd-socket SOCK) [flags]",
 		Short: "serve functions in lean sandboxes started from obd images",
 		Long: `obd-lambda runs functions (Python 3 handlers) in SOCK-style sandboxes: a read-only bind of
 the image's rootfs entered with chroot, own PID/UTS/IPC namespaces, a shared empty network
@@ -59,7 +62,10 @@ HTTP API (obd sandbox register|run|ls|stats|rm talks to it):
   POST   /run/NAME             invoke: JSON event in, JSON result out
 
 Images: with --rootfs-dir DIR, image ref REF is the unpacked rootfs DIR/REF (scripts/mkrootfs.sh
-builds DIR/python3-bookworm). Needs root. On SIGTERM or SIGINT every sandbox, zygote, mount and
+builds DIR/python3-bookworm). With --bdd-socket, an image ref is an obd layer stack, bottom first,
+comma-separated, each an absolute layer file path or a registry blob REF@DIGEST:SIZE: bdd attaches
+it read-only (blocks fetched lazily), its ext4 is mounted once and shared by every sandbox of
+the image. Needs root. On SIGTERM or SIGINT every sandbox, zygote, mount and
 cgroup it made is removed.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -69,14 +75,16 @@ cgroup it made is removed.`,
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8079", "HTTP listen address (host:port, or a unix socket path starting with /)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/obd/lambda", "sandbox roots, scratch dirs, uploaded code, sandbox log")
-	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref (required)")
+	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref")
+	f.StringVar(&o.bddSocket, "bdd-socket", "", "control socket of bdd: images are obd layer stacks attached through it")
 	f.StringVar(&o.packages, "packages-dir", "", "install cache: package dirs shared read-only at /opt in every sandbox")
 	f.DurationVar(&o.keepAlive, "keep-alive", 10*time.Minute, "how long an idle sandbox stays frozen in the handler cache (0: no cache)")
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
 	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	cmd.MarkFlagRequired("rootfs-dir")
+	cmd.MarkFlagsOneRequired("rootfs-dir", "bdd-socket")
+	cmd.MarkFlagsMutuallyExclusive("rootfs-dir", "bdd-socket")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return run(o) }
 	return cmd
 }
@@ -92,8 +100,17 @@ func run(o options) error {
 	if err := os.RemoveAll(codeDir); err != nil {
 		return err
 	}
+	var rootfs sandbox.RootfsProvider = sandbox.DirProvider{Root: o.rootfsDir}
+	if o.bddSocket != "" {
+		client, conn, err := bdd.Dial(o.bddSocket)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		rootfs = &bddrootfs.Provider{Client: client, MountDir: filepath.Join(o.stateDir, "mnt")}
+	}
 	m, err := sandbox.NewManager(sandbox.Config{
-		StateDir: o.stateDir, Rootfs: sandbox.DirProvider{Root: o.rootfsDir}, PoolSize: o.poolSize,
+		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, Log: log,
 	})
 	if err != nil {
@@ -114,7 +131,7 @@ func run(o options) error {
 	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "keep_alive", o.keepAlive)
+	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "bdd_socket", o.bddSocket, "keep_alive", o.keepAlive)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
