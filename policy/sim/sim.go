@@ -18,6 +18,7 @@
 package sim
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -274,18 +275,10 @@ func (f *function) advance(maxGroups int) bool {
 			at := time.Duration(f.minute)*time.Minute + time.Duration(f.rng.Int64N(int64(time.Minute)))
 			f.pending = append(f.pending, arrival{at: at, count: size})
 		}
-		sortArrivals(f.pending)
+		slices.SortFunc(f.pending, func(a, b arrival) int { return cmp.Compare(a.at, b.at) })
 		return true
 	}
 	return false
-}
-
-func sortArrivals(a []arrival) {
-	for i := 1; i < len(a); i++ { // few elements: insertion sort
-		for j := i; j > 0 && a[j].at < a[j-1].at; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
 }
 
 // idleWaste measures f's idle loaded time from its last execution up to at, and reports

@@ -1,7 +1,9 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,4 +40,23 @@ func NewPolicy(spec string, t *trace.Trace, cfg Config) (policy.Policy, error) {
 		return policy.NewReuse(base, t.PackagesByName())
 	}
 	return nil, fmt.Errorf("sim: unknown policy %q (want fixed-DURATION, hybrid, predictive or reuse+POLICY)", spec)
+}
+
+// ParseClasses parses node classes written NAME:PRICE:SLOWDOWN, comma-separated, the default
+// class first, e.g. "standard:1:1,economy:0.4:1.5".
+func ParseClasses(s string) ([]policy.NodeClass, error) {
+	var out []policy.NodeClass
+	for item := range strings.SplitSeq(s, ",") {
+		parts := strings.Split(item, ":")
+		if len(parts) != 3 || parts[0] == "" {
+			return nil, fmt.Errorf("%w: node class %q is not NAME:PRICE:SLOWDOWN", ErrConfig, item)
+		}
+		price, err1 := strconv.ParseFloat(parts[1], 64)
+		slowdown, err2 := strconv.ParseFloat(parts[2], 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("%w: node class %q: %w", ErrConfig, item, err)
+		}
+		out = append(out, policy.NodeClass{Name: parts[0], Price: price, Slowdown: slowdown})
+	}
+	return out, nil
 }
