@@ -60,7 +60,8 @@ bench-sandbox:
 # BENCH_ARGS narrows it, e.g. BENCH_ARGS='-coldstart.runs 3 -coldstart.workloads python'.
 BENCH_ARGS ?=
 .PHONY: bench-coldstart
-bench-coldstart: deps build
-	mkdir -p $(OBD_DEPS)/bench/bin
+bench-coldstart: deps
+	@mkdir -p $(BIN) $(OBD_DEPS)/bench/bin
+	$(GO) build -o $(BIN)/ ./cmd/obd ./cmd/bdd ./cmd/overlaybd-snapshotter
 	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter .
-	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee bench-coldstart.out
+	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee $(OBD_DEPS)/bench/bench-coldstart.out
