@@ -149,8 +149,11 @@ func (c *Converter) Convert(ctx context.Context, src, dst string) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	r := &run{c: c, progress: newProgress(c.opts.Progress, c.log)}
+	r := &run{progress: newProgress(c.opts.Progress, c.log)}
 	defer r.progress.wait()
+	withLog := *c // this run logs where its progress display says
+	withLog.log = r.progress.log
+	r.c, c = &withLog, &withLog
 	if r.src, err = openStore(ctx, srcLoc, c.opts.Registry); err != nil {
 		return Result{}, err
 	}

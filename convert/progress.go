@@ -17,12 +17,15 @@ type progress struct {
 	log  *slog.Logger
 }
 
-// newProgress draws bars on out when it is a terminal.
+// newProgress draws bars on out when it is a terminal; log lines then go
+// through the bars (printed above them) instead of to log, which would tear
+// them.
 func newProgress(out *os.File, log *slog.Logger) *progress {
 	p := &progress{log: log}
 	if out != nil {
 		if _, err := unix.IoctlGetTermios(int(out.Fd()), unix.TCGETS); err == nil {
 			p.bars = mpb.New(mpb.WithOutput(out), mpb.WithWidth(40))
+			p.log = slog.New(slog.NewTextHandler(p.bars, nil))
 		}
 	}
 	return p
