@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/obdproject/obd/sandbox/cgroup"
@@ -21,6 +22,9 @@ import (
 
 // nobody is the user handlers run as.
 const nobody = 65534
+
+// poolSeq numbers the cgroup pools of this process.
+var poolSeq atomic.Int64
 
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
@@ -179,8 +183,10 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log, stderr: stderr, funcs: map[string]*function{}, images: map[string]*image{},
 		stop: make(chan struct{}), done: make(chan struct{})}
-	// The pool name carries the pid so two servers never share groups.
-	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, "obd-sandbox-"+strconv.Itoa(os.Getpid()), cfg.PoolSize)
+	removeDeadPools(cfg.CgroupRoot, cfg.Log)
+	// The pool name carries the pid and a sequence number so two servers, or two managers of
+	// one process, never share groups.
+	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, fmt.Sprintf("%s%d-%d", poolPrefix, os.Getpid(), poolSeq.Add(1)), cfg.PoolSize)
 	if err != nil {
 		stderr.Close()
 		return nil, err
@@ -192,6 +198,29 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	go m.sweep()
 	return m, nil
+}
+
+// poolPrefix starts the name of every manager's cgroup pool: poolPrefix-PID-SEQ.
+const poolPrefix = "obd-sandbox-"
+
+// removeDeadPools removes the cgroup pools of servers that died without closing them (their
+// sandboxes may still run, or sit frozen), so nothing accumulates across crashes.
+func removeDeadPools(root string, log *slog.Logger) {
+	names, err := cgroup.Pools(root, poolPrefix)
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		pid, _, _ := strings.Cut(strings.TrimPrefix(name, poolPrefix), "-")
+		if n, err := strconv.Atoi(pid); err != nil || unix.Kill(n, 0) == nil {
+			continue
+		}
+		if err := cgroup.RemoveLeftover(root, name); err != nil {
+			log.Warn("remove dead server's cgroups", "pool", name, "err", err)
+			continue
+		}
+		log.Info("removed dead server's cgroups", "pool", name)
+	}
 }
 
 // Register adds f. Its image is acquired (and its zygotes started) on first use by any

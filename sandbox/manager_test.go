@@ -81,11 +81,8 @@ func assertNothingLeft(t testing.TB, m *Manager) {
 	if strings.Contains(string(mounts), m.cfg.StateDir) {
 		t.Errorf("mounts under %s left after Close", m.cfg.StateDir)
 	}
-	for _, c := range []string{"memory", "pids", "freezer", "cpu", ""} {
-		d := filepath.Join(m.cfg.CgroupRoot, c, fmt.Sprintf("obd-sandbox-%d", os.Getpid()))
-		if _, err := os.Stat(d); err == nil {
-			t.Errorf("cgroup %s left after Close", d)
-		}
+	if left := leftCgroups(m.cfg.CgroupRoot, os.Getpid()); len(left) > 0 {
+		t.Errorf("cgroups left after Close: %v", left)
 	}
 	if pids := runnerPids(t, m.cfg.StateDir); len(pids) > 0 {
 		t.Errorf("sandbox processes left after Close: %v", pids)
@@ -163,4 +160,14 @@ func TestStartPaths(t *testing.T) {
 			}
 		})
 	}
+}
+
+// leftCgroups lists the sandbox cgroup pools of process pid still present under root.
+func leftCgroups(root string, pid int) []string {
+	var left []string
+	for _, c := range []string{"memory", "pids", "freezer", "cpu", ""} {
+		found, _ := filepath.Glob(filepath.Join(root, c, fmt.Sprintf("obd-sandbox-%d-*", pid)))
+		left = append(left, found...)
+	}
+	return left
 }

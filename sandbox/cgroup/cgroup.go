@@ -249,6 +249,9 @@ func (g *Group) Kill(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		pids, err := g.Pids()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // the group itself is gone
+		}
 		if err != nil {
 			return err
 		}

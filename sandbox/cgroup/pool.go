@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -38,17 +39,10 @@ func NewPool(root, name string, size int) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{root: root, version: v, all: map[string]*Group{}}
-	if v == V2 {
-		p.parents = []string{filepath.Join(root, name)}
-	} else {
-		for _, c := range v1Controllers {
-			p.parents = append(p.parents, filepath.Join(root, c, name))
-		}
+	if err := RemoveLeftover(root, name); err != nil {
+		return nil, err
 	}
-	if err := removeTree(p.parents); err != nil {
-		return nil, fmt.Errorf("cgroup: clean leftover %s: %w", name, err)
-	}
+	p := newPool(root, v, name)
 	for _, d := range p.parents {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			removeTree(p.parents)
@@ -71,6 +65,70 @@ func NewPool(root, name string, size int) (*Pool, error) {
 		p.free = append(p.free, g)
 	}
 	return p, nil
+}
+
+func newPool(root string, v Version, name string) *Pool {
+	p := &Pool{root: root, version: v, all: map[string]*Group{}}
+	if v == V2 {
+		p.parents = []string{filepath.Join(root, name)}
+	} else {
+		for _, c := range v1Controllers {
+			p.parents = append(p.parents, filepath.Join(root, c, name))
+		}
+	}
+	return p
+}
+
+// RemoveLeftover kills every process in the pool name under root, left by a server that died
+// without closing it (possibly frozen), and removes its groups. No such pool is fine.
+func RemoveLeftover(root, name string) error {
+	v, err := Detect(root)
+	if err != nil {
+		return err
+	}
+	p := newPool(root, v, name)
+	// Adopt the groups that exist in the first hierarchy; a group is created in all of them.
+	entries, err := os.ReadDir(p.parents[0])
+	if errors.Is(err, os.ErrNotExist) {
+		return removeTree(p.parents)
+	}
+	if err != nil {
+		return fmt.Errorf("cgroup: leftover %s: %w", name, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		g := &Group{pool: p, name: e.Name()}
+		for _, parent := range p.parents {
+			g.dirs = append(g.dirs, filepath.Join(parent, e.Name()))
+		}
+		p.all[g.name] = g
+	}
+	if err := p.Close(); err != nil {
+		return fmt.Errorf("cgroup: leftover %s: %w", name, err)
+	}
+	return nil
+}
+
+// Pools lists the names of the pools under root whose names start with prefix.
+func Pools(root, prefix string) ([]string, error) {
+	v, err := Detect(root)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(newPool(root, v, "x").parents[0])
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
 }
 
 // Version is the cgroup layout the pool uses.

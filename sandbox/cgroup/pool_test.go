@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,37 @@ func TestLeftoverPoolIsReplaced(t *testing.T) {
 	}
 	if err := again.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRemoveLeftoverKillsFrozenProcesses(t *testing.T) {
+	p := newTestPool(t, 1)
+	g, err := p.Get(Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startSleeper(t)
+	if err := g.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	// As if the pool's owner died: another process removes what it left.
+	name := filepath.Base(p.parents[0])
+	names, err := Pools(sysCgroup, "obd-cgtest-")
+	if err != nil || !slices.Contains(names, name) {
+		t.Fatalf("Pools = %v, %v; want it to list %s", names, err, name)
+	}
+	if err := RemoveLeftover(sysCgroup, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("frozen process of a leftover pool survived")
+	}
+	for _, d := range p.parents {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left", d)
+		}
 	}
 }
