@@ -95,10 +95,36 @@ func (b *BDDDevices) Detach(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("device of %s: %w", key, err)
 	}
-	if _, err := b.client.Detach(ctx, &bddv1.DetachRequest{Id: string(id)}); err != nil && status.Code(err) != codes.NotFound {
+	if err := b.detach(ctx, string(id)); err != nil {
 		return fmt.Errorf("bdd detach %s (%s): %w", key, id, err)
 	}
 	return os.Remove(statePath)
+}
+
+// busyRetries and busyWait bound how long Detach waits for the kernel to let go of a device
+// bdd reports busy: right after an unmount, copies of the mount in other mount namespaces
+// (a container's, being set up) can hold it for a moment.
+const (
+	busyRetries = 10
+	busyWait    = 200 * time.Millisecond
+)
+
+// detach asks bdd to detach device id; a device bdd does not know is gone already.
+func (b *BDDDevices) detach(ctx context.Context, id string) error {
+	for attempt := 0; ; attempt++ {
+		_, err := b.client.Detach(ctx, &bddv1.DetachRequest{Id: id})
+		switch {
+		case err == nil || status.Code(err) == codes.NotFound:
+			return nil
+		case status.Code(err) != codes.FailedPrecondition || attempt == busyRetries:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(busyWait):
+		}
+	}
 }
 
 // devicePath returns the block device of bdd's device id, "" when bdd has no such device.

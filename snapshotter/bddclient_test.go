@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -28,6 +29,8 @@ type loopBDD struct {
 	next     int
 	attached map[string]*bddv1.Device
 	requests []*bddv1.AttachRequest
+	// busy makes that many Detach calls fail as bdd does for a device still held.
+	busy int
 }
 
 func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
@@ -76,6 +79,10 @@ func (s *loopBDD) Detach(ctx context.Context, req *bddv1.DetachRequest) (*bddv1.
 	if _, ok := s.attached[req.GetId()]; !ok {
 		return nil, status.Errorf(codes.NotFound, "no device %s", req.GetId())
 	}
+	if s.busy > 0 {
+		s.busy--
+		return nil, status.Errorf(codes.FailedPrecondition, "device %s is busy", req.GetId())
+	}
 	if err := s.devices.Detach(ctx, req.GetId()); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -99,6 +106,12 @@ func (s *loopBDD) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.attached, id)
+}
+
+func (s *loopBDD) setBusy(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.busy = n
 }
 
 func (s *loopBDD) attachRequests() []*bddv1.AttachRequest {
@@ -192,7 +205,20 @@ func TestBDDDevicesIdempotence(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A device the kernel still holds for a moment is detached once it lets go ...
+	bdd.setBusy(2)
 	if err := second.Detach(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	// ... and one that stays busy is reported, and stays recorded for a later try.
+	if _, err := second.Attach(ctx, "held", []RemoteLayer{layer}, ""); err != nil {
+		t.Fatal(err)
+	}
+	bdd.setBusy(busyRetries + 1)
+	if err := second.Detach(ctx, "held"); status.Code(errors.Unwrap(err)) != codes.FailedPrecondition {
+		t.Fatalf("Detach of a device that stays busy: err = %v, want FailedPrecondition", err)
+	}
+	if err := second.Detach(ctx, "held"); err != nil {
 		t.Fatal(err)
 	}
 	if err := second.Detach(ctx, "k"); err != nil {
@@ -204,7 +230,7 @@ func TestBDDDevicesIdempotence(t *testing.T) {
 	if _, err := second.Attach(ctx, "bad-ref", []RemoteLayer{{Ref: "Not A Ref", Digest: layer.Digest, Size: 1}}, ""); err == nil {
 		t.Fatal("Attach with an invalid image reference succeeded")
 	}
-	assertCounts(t, devices, 0, 2, 2)
+	assertCounts(t, devices, 0, 3, 3)
 }
 
 func TestRepository(t *testing.T) {
