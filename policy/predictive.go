@@ -213,20 +213,22 @@ func (p *Predictive) fit(s *invocationSeries, now int64) bool {
 	horizon := int(p.cfg.Horizon / time.Minute)
 	s.forecast = slices.Grow(s.forecast[:0], horizon)[:horizon]
 	period := p.period(series)
-	for j := range horizon {
-		if period == 0 {
-			s.forecast[j] = stat.Mean(series, nil)
-			continue
+	if period == 0 {
+		mean := stat.Mean(series, nil)
+		for j := range s.forecast {
+			s.forecast[j] = mean
 		}
-		// Average the past cycles at the phase of minute now+1+j (series index length+j).
-		sum, n := 0.0, 0
-		for i := int(length) + j - period; i >= 0; i -= period {
-			if i < int(length) {
-				sum += series[i]
-				n++
-			}
+	} else {
+		// Average the past cycles at each phase; minute now+1+j is series index length+j.
+		sums, counts := make([]float64, period), make([]float64, period)
+		for i, v := range series {
+			sums[i%period] += v
+			counts[i%period]++
 		}
-		s.forecast[j] = sum / float64(max(n, 1))
+		for j := range s.forecast {
+			phase := (int(length) + j) % period
+			s.forecast[j] = sums[phase] / counts[phase]
+		}
 	}
 	s.fitMinute = now
 	return true
