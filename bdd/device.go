@@ -13,8 +13,6 @@ import (
 	"github.com/obdproject/obd/blockdev/nbdexport"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
-	"github.com/obdproject/obd/remotefetch"
-	"github.com/opencontainers/go-digest"
 )
 
 // device is one attached layer stack and the transport serving it.
@@ -28,16 +26,6 @@ type device struct {
 	// transport stops serving the stack; for a mounted device it fails with
 	// blockdev.ErrBusy and leaves the device working.
 	transport io.Closer
-}
-
-// openLayer is one lower layer with what must be closed after it.
-type openLayer struct {
-	spec LayerSpec
-	file *lsmt.File
-	// source is the layer file or remote blob under file.
-	source io.Closer
-	// blob is set for remote layers; its counters feed Stats.
-	blob *remotefetch.Blob
 }
 
 // readOnly says whether the device refuses writes: explicitly, or for lack of an upper.
@@ -54,8 +42,8 @@ func (d *device) toAPI() *bddv1.Device {
 		NbdSocket:  d.nbdSocket,
 		Size:       d.stack.Size(),
 	}
-	for _, l := range d.layers {
-		out.Layers = append(out.Layers, l.spec.toAPI())
+	for _, l := range d.spec.Layers {
+		out.Layers = append(out.Layers, l.toAPI())
 	}
 	return out
 }
@@ -66,11 +54,11 @@ func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack,
 	var layers []*openLayer
 	defer func() {
 		if err != nil {
-			closeLayers(layers)
+			s.layers.release(layers)
 		}
 	}()
 	for i, ls := range spec.Layers {
-		l, err := s.openLayer(ctx, ls)
+		l, err := s.layers.acquire(ctx, ls)
 		if err != nil {
 			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
 		}
@@ -95,26 +83,6 @@ func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack,
 		return nil, nil, fmt.Errorf("stack: %w", err)
 	}
 	return stack, layers, nil
-}
-
-func (s *Server) openLayer(ctx context.Context, ls LayerSpec) (*openLayer, error) {
-	if ls.Path != "" {
-		b, err := layerblob.OpenFile(ls.Path)
-		if err != nil {
-			return nil, err
-		}
-		return &openLayer{spec: ls, file: b.File, source: b}, nil
-	}
-	blob, err := s.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size)
-	if err != nil {
-		return nil, err
-	}
-	f, err := layerblob.Open(blob, blob.Size(), ls.Name())
-	if err != nil {
-		blob.Close()
-		return nil, err
-	}
-	return &openLayer{spec: ls, file: f, source: blob, blob: blob}, nil
 }
 
 // openUpper opens the writable layer in spec.UpperDir, creating it on first use with
@@ -144,14 +112,6 @@ func openUpper(spec DeviceSpec, lower []*openLayer) (*lsmt.Writable, error) {
 	return w, nil
 }
 
-func closeLayers(layers []*openLayer) error {
-	var errs []error
-	for _, l := range layers {
-		errs = append(errs, l.source.Close())
-	}
-	return errors.Join(errs...)
-}
-
 // expose starts the transport of d.spec.Transport for d.stack; resume asks it to
 // take over what a previous bdd left serving.
 func (s *Server) expose(ctx context.Context, d *device, resume bool) error {
@@ -177,13 +137,13 @@ func (s *Server) expose(ctx context.Context, d *device, resume bool) error {
 // compile-time check that a stack is what transports serve.
 var _ blockdev.Backend = (*lsmt.Stack)(nil)
 
-// close stops the transport and then releases the stack and layers. When the
-// transport is busy nothing is released and the device keeps working.
-func (d *device) close() error {
+// closeDevice stops the transport and then releases the stack and layers. When
+// the transport is busy nothing is released and the device keeps working.
+func (s *Server) closeDevice(d *device) error {
 	if d.transport != nil {
 		if err := d.transport.Close(); err != nil {
 			return err
 		}
 	}
-	return errors.Join(d.stack.Close(), closeLayers(d.layers))
+	return errors.Join(d.stack.Close(), s.layers.release(d.layers))
 }

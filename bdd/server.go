@@ -37,6 +37,7 @@ type Server struct {
 	log     *slog.Logger
 	store   *StateStore
 	fetcher *remotefetch.Fetcher
+	layers  *layerPool
 	metrics *metrics
 
 	// keeperCommand starts the fd keeper; keeperClient is connected on first use.
@@ -92,6 +93,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		log:     log,
 		store:   store,
 		fetcher: fetcher,
+		layers:  newLayerPool(fetcher),
 		metrics: m,
 		devices: map[string]*device{},
 		busy:    map[string]bool{},
@@ -131,7 +133,7 @@ func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.A
 	d, err := s.attach(ctx, spec, false)
 	if err == nil {
 		if err = s.store.Save(spec); err != nil {
-			err = errors.Join(err, d.close())
+			err = errors.Join(err, s.closeDevice(d))
 		}
 	}
 	if err != nil {
@@ -153,7 +155,7 @@ func (s *Server) attach(ctx context.Context, spec DeviceSpec, resume bool) (*dev
 	}
 	d := &device{spec: spec, stack: stack, layers: layers}
 	if err := s.expose(ctx, d, resume); err != nil {
-		return nil, errors.Join(fmt.Errorf("device %s: %s transport: %w", spec.ID, spec.Transport, err), d.close())
+		return nil, errors.Join(fmt.Errorf("device %s: %s transport: %w", spec.ID, spec.Transport, err), s.closeDevice(d))
 	}
 	return d, nil
 }
@@ -215,7 +217,7 @@ func (s *Server) Detach(_ context.Context, req *bddv1.DetachRequest) (*bddv1.Det
 		s.log.Info("dropped the state of an unrestored device", "device", id)
 		return &bddv1.DetachResponse{}, nil
 	}
-	if err := d.close(); err != nil {
+	if err := s.closeDevice(d); err != nil {
 		return nil, grpcError(fmt.Errorf("detach device %s: %w", id, err))
 	}
 	s.mu.Lock()
@@ -251,7 +253,7 @@ func (s *Server) Stats(_ context.Context, req *bddv1.StatsRequest) (*bddv1.Stats
 	}
 	resp := &bddv1.StatsResponse{Id: d.spec.ID}
 	for i, l := range d.layers {
-		ls := &bddv1.LayerStats{Index: int32(i), Name: l.spec.Name()}
+		ls := &bddv1.LayerStats{Index: int32(i), Name: d.spec.Layers[i].Name()}
 		if l.blob != nil {
 			st := l.blob.Stats()
 			ls.Hits, ls.Misses, ls.BytesFetched, ls.Retries, ls.Errors = st.Hits, st.Misses, st.BytesFetched, st.Retries, st.Errors
@@ -320,7 +322,7 @@ func (s *Server) Shutdown() error {
 			errs = append(errs, fmt.Errorf("device %s: sync: %w", id, err))
 		}
 		if d.spec.Transport == TransportNBD {
-			errs = append(errs, d.close())
+			errs = append(errs, s.closeDevice(d))
 			delete(s.devices, id)
 		}
 	}

@@ -303,3 +303,44 @@ func TestAttachRejectsBadRequests(t *testing.T) {
 		t.Errorf("failed attaches left state files: %v", entries)
 	}
 }
+
+// TestAttachSharesLayers attaches one stack several times (its layers are opened
+// once and shared), detaches one user, and replaces a layer file at its path: the
+// remaining device keeps reading the old content, a new device reads the new one.
+func TestAttachSharesLayers(t *testing.T) {
+	requireNBDTools(t)
+	img := randomImage(t, 4<<20)
+	want, _ := os.ReadFile(img)
+	layers := splitImage(t, img, 3, nil, false)
+	p := startInProcess(t, testConfig(t))
+	attach := func() *bddv1.Device {
+		resp, err := p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: pathLayers(layers...)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDevice()
+	}
+	a, b := attach(), attach()
+	for _, dev := range []*bddv1.Device{a, b} {
+		if !bytes.Equal(nbdRead(t, dev.GetNbdSocket()), want) {
+			t.Fatalf("device %s reads wrong data", dev.GetId())
+		}
+	}
+	if _, err := p.client.Detach(callCtx(t), &bddv1.DetachRequest{Id: a.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(nbdRead(t, b.GetNbdSocket()), want) {
+		t.Fatal("detaching one user of shared layers broke the other")
+	}
+	other := splitImage(t, randomImageSeeded(t, 4<<20, 5), 3, nil, false)
+	if err := os.Rename(other[2], layers[2]); err != nil {
+		t.Fatal(err)
+	}
+	c := attach()
+	if bytes.Equal(nbdRead(t, c.GetNbdSocket()), want) {
+		t.Fatal("a layer file replaced at the same path was not reopened")
+	}
+	if !bytes.Equal(nbdRead(t, b.GetNbdSocket()), want) {
+		t.Fatal("replacing a layer file changed a device attached before")
+	}
+}

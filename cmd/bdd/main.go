@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/obdproject/obd/bdd"
@@ -40,8 +41,8 @@ killed and started again the devices come back and mounts on them keep working.
 
 Settings come from a TOML config file (default ` + bdd.DefaultConfigPath + `, optional),
 then from flags, which override it. Config keys: state_dir, socket, log_level,
-metrics_addr, transport, run_dir, [cache] dir and size, [registry] certs_dir,
-docker_config and read_timeout. Example:
+metrics_addr, transport, run_dir, memory_limit, [cache] dir and size, [registry]
+certs_dir, docker_config and read_timeout. Example:
 
   state_dir = "/var/lib/obd/bdd"
   [cache]
@@ -95,6 +96,9 @@ func run(cfg bdd.Config) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

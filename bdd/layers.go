@@ -1,0 +1,129 @@
+package bdd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/opencontainers/go-digest"
+)
+
+// openLayer is one opened lower layer, shared by every device that stacks it.
+type openLayer struct {
+	key  layerKey
+	refs int // guarded by layerPool.mu
+	file *lsmt.File
+	// source is the layer file or remote blob under file.
+	source io.Closer
+	// blob is set for remote layers; its counters feed Stats.
+	blob *remotefetch.Blob
+}
+
+// layerKey identifies a layer's content: a remote blob by digest, a local file by
+// its inode and change time (so a file replaced at the same path is opened anew).
+type layerKey struct {
+	digest        string
+	dev, ino      uint64
+	size, ctimeNs int64
+}
+
+// layerPool opens each lower layer once, however many devices stack it, so its
+// index and jump table are in memory once. Layers are safe for concurrent reads.
+type layerPool struct {
+	fetcher *remotefetch.Fetcher
+
+	mu     sync.Mutex
+	layers map[layerKey]*openLayer
+}
+
+func newLayerPool(fetcher *remotefetch.Fetcher) *layerPool {
+	return &layerPool{fetcher: fetcher, layers: map[layerKey]*openLayer{}}
+}
+
+func localKey(path string) (layerKey, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return layerKey{}, err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || !st.Mode().IsRegular() {
+		return layerKey{}, fmt.Errorf("%w: %s is not a regular file", ErrInvalidRequest, path)
+	}
+	return layerKey{dev: sys.Dev, ino: sys.Ino, size: st.Size(), ctimeNs: sys.Ctim.Nano()}, nil
+}
+
+// acquire returns the opened layer of ls, opening it on first use. Each acquire
+// needs one release.
+func (p *layerPool) acquire(ctx context.Context, ls LayerSpec) (*openLayer, error) {
+	key := layerKey{digest: ls.Digest}
+	if ls.Path != "" {
+		var err error
+		if key, err = localKey(ls.Path); err != nil {
+			return nil, err
+		}
+	}
+	p.mu.Lock()
+	if l := p.layers[key]; l != nil {
+		l.refs++
+		p.mu.Unlock()
+		return l, nil
+	}
+	p.mu.Unlock()
+
+	// Opening may read from a registry, so it runs unlocked; a concurrent open of the
+	// same layer is resolved below by keeping the first.
+	l, err := p.open(ctx, ls)
+	if err != nil {
+		return nil, err
+	}
+	l.key, l.refs = key, 1
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if first := p.layers[key]; first != nil {
+		first.refs++
+		return first, l.source.Close()
+	}
+	p.layers[key] = l
+	return l, nil
+}
+
+func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) {
+	if ls.Path != "" {
+		b, err := layerblob.OpenFile(ls.Path)
+		if err != nil {
+			return nil, err
+		}
+		return &openLayer{file: b.File, source: b}, nil
+	}
+	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size)
+	if err != nil {
+		return nil, err
+	}
+	f, err := layerblob.Open(blob, blob.Size(), ls.Name())
+	if err != nil {
+		return nil, errors.Join(err, blob.Close())
+	}
+	return &openLayer{file: f, source: blob, blob: blob}, nil
+}
+
+// release drops one use of each layer and closes those no device uses any more.
+func (p *layerPool) release(layers []*openLayer) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, l := range layers {
+		l.refs--
+		if l.refs == 0 {
+			delete(p.layers, l.key)
+			errs = append(errs, l.source.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
