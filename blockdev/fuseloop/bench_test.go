@@ -3,7 +3,6 @@ package fuseloop
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -84,26 +83,11 @@ func mountPassthrough(b *testing.B, backing string) string {
 
 // fioIOPS runs fio 4 KiB random reads with O_DIRECT on dev at the given queue depth.
 func fioIOPS(b *testing.B, dev string, depth int) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "fio", "--name=randread", "--filename="+dev, "--direct=1",
-		"--ioengine=libaio", "--rw=randread", "--bs=4k", fmt.Sprintf("--iodepth=%d", depth),
-		"--ramp_time=1", "--runtime=3", "--time_based", "--output-format=json").Output()
+	iops, err := blockdevtest.RandReadIOPS(depth, "--filename="+dev, "--direct=1", "--ioengine=libaio")
 	if err != nil {
-		b.Fatalf("fio on %s: %v\n%s", dev, err, out)
+		b.Fatal(err)
 	}
-	var res struct {
-		Jobs []struct {
-			Read struct {
-				IOPS float64 `json:"iops"`
-			} `json:"read"`
-			Error int `json:"error"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res.Jobs) != 1 || res.Jobs[0].Error != 0 {
-		b.Fatalf("fio output (%v):\n%s", err, out)
-	}
-	return res.Jobs[0].Read.IOPS
+	return iops
 }
 
 // BenchmarkRandRead4K compares cache-hit 4 KiB random read IOPS through a fuseloop

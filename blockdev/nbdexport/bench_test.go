@@ -1,9 +1,6 @@
 package nbdexport
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	gonbd "github.com/pojntfx/go-nbd/pkg/server"
 
@@ -57,33 +53,11 @@ func serveGoNBD(b *testing.B, sock string, backend blockdev.Backend) {
 
 // fioNBD runs fio's nbd engine (libnbd) against the export: 4 KiB random reads.
 func fioNBD(b *testing.B, sock string, depth int) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "fio", "--name=nbd", "--ioengine=nbd", "--uri="+uri(sock),
-		"--rw=randread", "--bs=4k", fmt.Sprintf("--iodepth=%d", depth), "--size=64M",
-		"--ramp_time=1", "--runtime=3", "--time_based", "--output-format=json").Output()
-	if ee, ok := err.(*exec.ExitError); ok {
-		out = append(out, ee.Stderr...)
-	}
+	iops, err := blockdevtest.RandReadIOPS(depth, "--ioengine=nbd", "--uri="+uri(sock), "--size=64M")
 	if err != nil {
-		b.Fatalf("fio nbd: %v\n%s", err, out)
+		b.Fatal(err)
 	}
-	var res struct {
-		Jobs []struct {
-			Read struct {
-				IOPS float64 `json:"iops"`
-			} `json:"read"`
-			Error int `json:"error"`
-		} `json:"jobs"`
-	}
-	// The nbd engine prints a line before the JSON document.
-	if i := bytes.IndexByte(out, '{'); i > 0 {
-		out = out[i:]
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res.Jobs) != 1 || res.Jobs[0].Error != 0 {
-		b.Fatalf("fio output (%v):\n%s", err, out)
-	}
-	return res.Jobs[0].Read.IOPS
+	return iops
 }
 
 // BenchmarkRandRead4K compares 4 KiB random read IOPS (fio's libnbd engine, queue
