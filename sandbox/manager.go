@@ -172,6 +172,16 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	// Sandbox and zygote roots left by a server that was killed are unmounted and removed.
+	for _, d := range []string{"sandboxes", "images"} {
+		dir := filepath.Join(cfg.StateDir, d)
+		if err := unmountUnder(dir); err != nil {
+			return nil, err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("sandbox: state dir: %w", err)
+		}
+	}
 	for _, d := range []string{"sandboxes", "images", "functions"} {
 		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("sandbox: state dir: %w", err)

@@ -25,57 +25,15 @@ def handler(event):
 // through the client, then sends SIGTERM and checks that no process, mount or cgroup of the
 // server is left.
 func TestServeAndCleanShutdown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("obd-lambda needs root (chroot, mounts, cgroups, namespaces)")
-	}
-	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
-	if err != nil {
-		t.Skipf("cannot build the python rootfs: %v", err)
-	}
-	rootfsDir := filepath.Dir(strings.TrimSpace(string(out)))
+	bin, rootfsDir := buildServer(t)
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "obd-lambda")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	stateDir := filepath.Join(tmp, "state")
-	srv := exec.Command(bin, "--listen", addr, "--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m")
-	stderr, _ := srv.StderrPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logs := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logs <- sc.Text()
-		}
-		close(logs)
-	}()
+	srv, addr, logs := startServer(t, bin, rootfsDir, stateDir)
 	defer srv.Process.Kill()
-
 	c := &sandbox.Client{Base: "http://" + addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	code := t.TempDir()
-	os.Chmod(code, 0o755)
-	os.WriteFile(filepath.Join(code, "main.py"), []byte(handler), 0o644)
-	for {
-		_, err := c.List(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("server never answered: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	code := writeHandler(t)
 	var tarball strings.Builder
 	if err := sandbox.ArchiveDir(code, &tarball); err != nil {
 		t.Fatal(err)
@@ -171,5 +129,114 @@ func testCLI(t *testing.T, tmp, addr, code string) {
 	out, err := exec.Command(obd, "sandbox", "--server", "http://"+addr, "run", "cli").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "404") {
 		t.Errorf("run after rm: %v %s", err, out)
+	}
+}
+
+// buildServer builds obd-lambda and the python rootfs; it skips without root.
+func buildServer(t *testing.T) (bin, rootfsDir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("obd-lambda needs root (chroot, mounts, cgroups, namespaces)")
+	}
+	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
+	if err != nil {
+		t.Skipf("cannot build the python rootfs: %v", err)
+	}
+	bin = filepath.Join(t.TempDir(), "obd-lambda")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin, filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// startServer runs obd-lambda and waits until it answers.
+func startServer(t *testing.T, bin, rootfsDir, stateDir string) (*exec.Cmd, string, chan string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	srv := exec.Command(bin, "--listen", addr, "--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m")
+	stderr, _ := srv.StderrPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			select {
+			case logs <- sc.Text():
+			default:
+			}
+		}
+		close(logs)
+	}()
+	c := &sandbox.Client{Base: "http://" + addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		_, err := c.List(ctx)
+		if err == nil {
+			return srv, addr, logs
+		}
+		if ctx.Err() != nil {
+			srv.Process.Kill()
+			t.Fatalf("server never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func writeHandler(t *testing.T) string {
+	t.Helper()
+	code := t.TempDir()
+	os.Chmod(code, 0o755)
+	if err := os.WriteFile(filepath.Join(code, "main.py"), []byte(handler), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// TestRestartAfterKill9: a server killed with SIGKILL while a sandbox sits frozen leaves
+// mounts, cgroups and processes; the next server on the same state dir removes them.
+func TestRestartAfterKill9(t *testing.T) {
+	bin, rootfsDir := buildServer(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	srv, addr, _ := startServer(t, bin, rootfsDir, stateDir)
+	c := &sandbox.Client{Base: "http://" + addr}
+	ctx := context.Background()
+	if err := c.Register(ctx, sandbox.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler", Dir: writeHandler(t)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Run(ctx, "f", []byte(`{"who":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	oldPid := srv.Process.Pid
+	srv.Process.Kill()
+	srv.Wait()
+
+	srv2, _, _ := startServer(t, bin, rootfsDir, stateDir)
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), filepath.Join(stateDir, "sandboxes")) {
+		t.Errorf("the killed server's sandbox mounts survive the restart")
+	}
+	for _, ctrl := range []string{"memory", "cpu", "pids", "freezer", ""} {
+		if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ctrl, fmt.Sprintf("obd-sandbox-%d-*", oldPid))); len(left) > 0 {
+			t.Errorf("the killed server's cgroups survive the restart: %v", left)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for processesUnder(stateDir) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := processesUnder(stateDir); n > 0 {
+		t.Errorf("%d processes of the killed server survive the restart", n)
+	}
+	srv2.Process.Signal(syscall.SIGTERM)
+	if err := srv2.Wait(); err != nil {
+		t.Errorf("second server exit: %v", err)
 	}
 }
