@@ -196,9 +196,30 @@ func TestFioVerify(t *testing.T) {
 func TestManyDevices(t *testing.T) {
 	requireFacilities(t, "mkfs.ext4")
 	const n = 8
+	// Attach concurrently: the free loop device search must not hand one out twice.
 	devs := make([]*Device, n)
+	attachErrs := make([]error, n)
+	dir := t.TempDir()
+	var wg sync.WaitGroup
 	for i := range devs {
-		devs[i] = attach(t, blockdevtest.NewMem(64<<20), Options{Name: fmt.Sprintf("d%d", i)})
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			devs[i], attachErrs[i] = Attach(ctx, blockdevtest.NewMem(64<<20), Options{Dir: dir, Name: fmt.Sprintf("d%d", i)})
+		})
+	}
+	wg.Wait()
+	for i, d := range devs {
+		if d != nil {
+			t.Cleanup(func() {
+				if err := d.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+		}
+		if attachErrs[i] != nil {
+			t.Fatalf("Attach d%d: %v", i, attachErrs[i])
+		}
 	}
 	mnts := make([]string, n)
 	for i := range mnts {
