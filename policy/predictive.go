@@ -282,7 +282,9 @@ func (p *Predictive) window(s *invocationSeries, end time.Time) (Window, bool) {
 	}
 	endMinute := end.Unix() / 60
 	start := -1
-	for j := max(endMinute-s.fitMinute-1, 0); j < int64(len(s.forecast)); j++ {
+	// From the minute after the execution ended (forecast index j is minute fitMinute+1+j); the
+	// rest of the current minute is covered by the lead before it.
+	for j := max(endMinute-s.fitMinute, 0); j < int64(len(s.forecast)); j++ {
 		if s.forecast[j] >= p.cfg.Threshold {
 			start = int(j)
 			break
