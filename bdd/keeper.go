@@ -105,7 +105,7 @@ func (s *Server) fuseOptions(d *device, keeper *fdkeeper.Client) fuseloop.Option
 		Name:     d.spec.ID,
 		ReadOnly: d.readOnly(),
 		Keeper:   keeper,
-		Logger:   s.log.With("device", d.spec.ID),
+		Logger:   s.log, // fuseloop names the device (Name) itself
 	}
 }
 

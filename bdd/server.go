@@ -50,6 +50,9 @@ type Server struct {
 	// busy holds ids being attached or detached, so concurrent calls on one id
 	// do not race.
 	busy map[string]bool
+	// uppers maps each upper dir in use (attached or being attached) to its device:
+	// two devices writing one upper would corrupt it.
+	uppers map[string]string
 }
 
 // Option configures a Server.
@@ -97,6 +100,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		metrics: m,
 		devices: map[string]*device{},
 		busy:    map[string]bool{},
+		uppers:  map[string]string{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -126,6 +130,9 @@ func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.A
 	defer s.release(id)
 
 	spec, err := specFromRequest(id, req, s.cfg.Transport)
+	if err == nil {
+		err = s.reserveUpper(spec)
+	}
 	if err != nil {
 		s.metrics.attachErrors.Inc()
 		return nil, grpcError(err)
@@ -137,6 +144,7 @@ func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.A
 		}
 	}
 	if err != nil {
+		s.releaseUpper(spec)
 		s.metrics.attachErrors.Inc()
 		s.log.Error("attach failed", "device", id, "err", err)
 		return nil, grpcError(err)
@@ -167,6 +175,28 @@ func (s *Server) add(d *device) {
 	s.metrics.devices.Set(float64(len(s.devices)))
 }
 
+// reserveUpper claims spec's upper dir for spec's device.
+func (s *Server) reserveUpper(spec DeviceSpec) error {
+	if spec.UpperDir == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if other, ok := s.uppers[spec.UpperDir]; ok {
+		return fmt.Errorf("%w: upper dir %s is in use by device %s", ErrInvalidRequest, spec.UpperDir, other)
+	}
+	s.uppers[spec.UpperDir] = spec.ID
+	return nil
+}
+
+func (s *Server) releaseUpper(spec DeviceSpec) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uppers[spec.UpperDir] == spec.ID {
+		delete(s.uppers, spec.UpperDir)
+	}
+}
+
 func (s *Server) release(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -180,7 +210,13 @@ func (s *Server) Restore(ctx context.Context) error {
 	specs, loadErr := s.store.LoadAll()
 	errs := []error{loadErr}
 	for _, spec := range specs {
-		d, err := s.attach(ctx, spec, true)
+		err := s.reserveUpper(spec)
+		var d *device
+		if err == nil {
+			if d, err = s.attach(ctx, spec, true); err != nil {
+				s.releaseUpper(spec)
+			}
+		}
 		if err != nil {
 			s.log.Error("restore failed", "device", spec.ID, "err", err)
 			errs = append(errs, err)
@@ -224,6 +260,7 @@ func (s *Server) Detach(_ context.Context, req *bddv1.DetachRequest) (*bddv1.Det
 	delete(s.devices, id)
 	s.metrics.devices.Set(float64(len(s.devices)))
 	s.mu.Unlock()
+	s.releaseUpper(d.spec)
 	if err := s.store.Remove(id); err != nil {
 		return nil, grpcError(err)
 	}

@@ -235,6 +235,11 @@ func TestAttachNBDWritableUpper(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := resp.GetDevice()
+	// A second writer on the same upper would corrupt it.
+	_, err = p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: pathLayers(layers...), UpperDir: upper + "/"})
+	if grpcCode(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "in use by device "+dev.GetId()) {
+		t.Fatalf("second attach on one upper: %v", err)
+	}
 	// Overwrite the whole device with other bytes through NBD.
 	other := randomImageSeeded(t, 4<<20, 99)
 	run(t, "nbdcopy", other, "nbd+unix:///?socket="+dev.GetNbdSocket())

@@ -47,7 +47,7 @@ func TransportName(t bddv1.Transport) string {
 func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport string) (DeviceSpec, error) {
 	spec := DeviceSpec{
 		ID:        id,
-		UpperDir:  req.GetUpperDir(),
+		UpperDir:  cleanPath(req.GetUpperDir()),
 		UpperSize: req.GetUpperSize(),
 		ReadOnly:  req.GetReadOnly(),
 		Transport: TransportName(req.GetTransport()),
@@ -81,6 +81,14 @@ func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport strin
 		spec.Layers = append(spec.Layers, ls)
 	}
 	return spec, nil
+}
+
+// cleanPath is filepath.Clean that keeps "" empty.
+func cleanPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	return filepath.Clean(p)
 }
 
 func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
