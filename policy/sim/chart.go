@@ -9,6 +9,7 @@ import (
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 )
@@ -16,7 +17,7 @@ import (
 // WriteChart draws cold-start rate against wasted memory-time, both relative to the first
 // result, to path (the extension picks the format: .png, .svg, .pdf). Fixed keep-alive
 // results are joined by a line, the trade-off curve the other policies are judged against;
-// every point is labelled with its policy.
+// the other policies are points named in the legend.
 func WriteChart(path string, results []Result) error {
 	if len(results) == 0 || results[0].ColdStarts == 0 || results[0].WastedMBSeconds == 0 {
 		return fmt.Errorf("sim: chart needs a baseline with cold starts and wasted memory")
@@ -25,16 +26,17 @@ func WriteChart(path string, results []Result) error {
 	point := func(r Result) plotter.XY {
 		return plotter.XY{X: r.WastedMBSeconds / base.WastedMBSeconds, Y: float64(r.ColdStarts) / float64(base.ColdStarts)}
 	}
-	var fixed, others plotter.XYs
-	var labels plotter.XYLabels
+	var fixed plotter.XYs
+	var labels plotter.XYLabels // fixed keep-alives are labelled on the curve
+	var others []Result         // the other policies get a legend entry each
 	for _, r := range results {
 		if strings.HasPrefix(r.Policy, "fixed-") {
 			fixed = append(fixed, point(r))
+			labels.XYs = append(labels.XYs, point(r))
+			labels.Labels = append(labels.Labels, r.Policy)
 		} else {
-			others = append(others, point(r))
+			others = append(others, r)
 		}
-		labels.XYs = append(labels.XYs, point(r))
-		labels.Labels = append(labels.Labels, r.Policy)
 	}
 	slices.SortFunc(fixed, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
 
@@ -55,16 +57,16 @@ func WriteChart(path string, results []Result) error {
 		p.Add(line, points)
 		p.Legend.Add("fixed keep-alive", line, points)
 	}
-	if len(others) > 0 {
-		scatter, err := plotter.NewScatter(others)
+	for i, r := range others {
+		scatter, err := plotter.NewScatter(plotter.XYs{point(r)})
 		if err != nil {
 			return fmt.Errorf("sim: chart: %w", err)
 		}
-		scatter.Shape = draw.TriangleGlyph{}
-		scatter.Color = color.RGBA{R: 200, A: 255}
-		scatter.Radius = vg.Points(4)
+		scatter.Shape = plotutil.Shape(i + 1)
+		scatter.Color = plotutil.Color(i + 1)
+		scatter.Radius = vg.Points(5)
 		p.Add(scatter)
-		p.Legend.Add("other policies", scatter)
+		p.Legend.Add(r.Policy, scatter)
 	}
 	l, err := plotter.NewLabels(labels)
 	if err != nil {
