@@ -247,3 +247,18 @@ func TestZygoteTreeAndInstallCache(t *testing.T) {
 		t.Error("registering with a package missing from the install cache succeeded")
 	}
 }
+
+func TestRegisterRefusesBrokenCode(t *testing.T) {
+	m := newTestManager(t, nil)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "main.py"), []byte("def handler(event):\n    return {\n"), 0o644)
+	err := m.Register(context.Background(), Function{Name: "broken", Image: "python3-bookworm", Entry: "main.handler", Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "SyntaxError") && !strings.Contains(err.Error(), "compile") {
+		t.Fatalf("registering a handler with a syntax error: %v", err)
+	}
+	if len(m.Functions()) != 0 {
+		t.Errorf("broken function listed: %v", m.Functions())
+	}
+	register(t, m, "broken", nil) // the name is free again
+}
