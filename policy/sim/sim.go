@@ -112,9 +112,10 @@ type function struct {
 	name     string
 	counts   []int
 	memoryMB float64
-	duration []float64 // duration percentiles, ms, at trace.DurationPercentiles
-	rng      *rand.Rand
-	donors   []int // functions whose idle instances may serve this one
+	duration []float64  // duration percentiles, ms, at trace.DurationPercentiles
+	arrivals *rand.Rand // spreads a minute's invocations; see Arrivals
+	runs     *rand.Rand // draws durations
+	donors   []int      // functions whose idle instances may serve this one
 
 	// pending arrivals of the current minute, ascending offsets from the trace start
 	pending []arrival
@@ -167,7 +168,7 @@ func prepare(t *trace.Trace, cfg Config) []*function {
 	fns := make([]*function, len(t.Invocations))
 	for i, inv := range t.Invocations {
 		f := &function{name: inv.String(), counts: inv.Counts, minute: -1,
-			rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)))}
+			arrivals: arrivalRNG(cfg.Seed, i), runs: rand.New(rand.NewPCG(cfg.Seed, uint64(2*i+1)))}
 		f.memoryMB = cfg.DefaultMemoryMB
 		if mb, ok := memory[inv.AppKey()]; ok {
 			f.memoryMB = mb
@@ -258,6 +259,35 @@ func (r *replay) run(ctx context.Context, end time.Duration) error {
 	return nil
 }
 
+func arrivalRNG(seed uint64, function int) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, uint64(2*function)))
+}
+
+// Arrivals returns the arrival times, from the start of the trace, that Run gives the
+// invocations of each function of t under cfg's seed (a group of simultaneous invocations
+// appears once per invocation). A live replay of the same schedule (package policy/probe)
+// can so be compared with the simulation.
+func Arrivals(t *trace.Trace, cfg Config) ([][]time.Duration, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	out := make([][]time.Duration, len(t.Invocations))
+	for i, inv := range t.Invocations {
+		f := &function{counts: inv.Counts, minute: -1, arrivals: arrivalRNG(cfg.Seed, i)}
+		for f.advance(cfg.MaxArrivalsPerMinute) {
+			for _, a := range f.pending {
+				for range a.count {
+					out[i] = append(out[i], a.at)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // advance fills f.pending with the next minute that has invocations; false at the end.
 func (f *function) advance(maxGroups int) bool {
 	for f.minute++; f.minute < len(f.counts); f.minute++ {
@@ -272,7 +302,7 @@ func (f *function) advance(maxGroups int) bool {
 			if g < n%groups {
 				size++
 			}
-			at := time.Duration(f.minute)*time.Minute + time.Duration(f.rng.Int64N(int64(time.Minute)))
+			at := time.Duration(f.minute)*time.Minute + time.Duration(f.arrivals.Int64N(int64(time.Minute)))
 			f.pending = append(f.pending, arrival{at: at, count: size})
 		}
 		slices.SortFunc(f.pending, func(a, b arrival) int { return cmp.Compare(a.at, b.at) })
@@ -374,7 +404,7 @@ func (f *function) drawDuration(def time.Duration) time.Duration {
 	if len(f.duration) == 0 {
 		return def
 	}
-	u := f.rng.Float64() * 100
+	u := f.runs.Float64() * 100
 	ps := trace.DurationPercentiles
 	for i := 1; i < len(ps); i++ {
 		if u <= ps[i] || i == len(ps)-1 {

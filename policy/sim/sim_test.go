@@ -191,3 +191,24 @@ func TestRunRejectsWindowOutsideCostModel(t *testing.T) {
 		t.Fatalf("cancelled run: err = %v", err)
 	}
 }
+
+func TestArrivalsMatchTraceCounts(t *testing.T) {
+	tr := manualTrace(10, []int{0, 2, 0, 1, 0, 0, 0, 0, 0, 3})
+	a, err := Arrivals(tr, Config{Seed: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	minutes := []int{1, 1, 3, 9, 9, 9}
+	if len(a) != 1 || len(a[0]) != len(minutes) {
+		t.Fatalf("arrivals %v", a)
+	}
+	for i, at := range a[0] {
+		if int(at/time.Minute) != minutes[i] || i > 0 && at < a[0][i-1] {
+			t.Fatalf("arrival %d at %v, want minute %d in order", i, at, minutes[i])
+		}
+	}
+	b, _ := Arrivals(tr, Config{Seed: 4})
+	if !reflect.DeepEqual(a, b) {
+		t.Fatal("arrivals differ for one seed")
+	}
+}
