@@ -11,8 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -410,19 +412,23 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 				t.Fatal(err)
 			}
 		}
-		bddSocket := filepath.Join(dir, "bdd.sock")
+		bddSocket, runDir := filepath.Join(dir, "bdd.sock"), filepath.Join(dir, "bdd-run")
+		t.Cleanup(func() { stopKeeper(runDir) }) // after bdd has stopped
 		startDaemon(t, filepath.Join(dir, "bdd.log"), socketReady(bddSocket), filepath.Join(h.bin, "bdd"),
 			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
-			"--run-dir", filepath.Join(dir, "bdd-run"), "--cache-dir", filepath.Join(dir, "bdd-cache"))
+			"--run-dir", runDir, "--cache-dir", filepath.Join(dir, "bdd-cache"))
 		client, conn, err := bdd.Dial(bddSocket)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
 		daemon = client
-		snSocket := filepath.Join(dir, "sn.sock")
+		snSocket, snRoot := filepath.Join(dir, "sn.sock"), filepath.Join(dir, "sn")
+		// After the snapshotter has stopped and before bdd stops: unmount the devices'
+		// file systems and detach the devices, so no loop device outlives the run.
+		t.Cleanup(func() { detachAll(t, client, snRoot) })
 		startDaemon(t, filepath.Join(dir, "snapshotter.log"), socketReady(snSocket), filepath.Join(h.bin, "overlaybd-snapshotter"),
-			"--config", filepath.Join(dir, "snapshotter.json"), "--root", filepath.Join(dir, "sn"), "--address", snSocket, "--bdd-socket", bddSocket)
+			"--config", filepath.Join(dir, "snapshotter.json"), "--root", snRoot, "--address", snSocket, "--bdd-socket", bddSocket)
 		snapshotter = "overlaybd"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
 	case ModeStargz:
@@ -498,6 +504,44 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 		return fail(err)
 	}
 	return m, trace
+}
+
+// detachAll unmounts everything under the snapshotter's root and detaches every device of bdd.
+func detachAll(t *testing.T, client bddv1.DaemonClient, snRoot string) {
+	if err := testenv.UnmountAll(snRoot); err != nil {
+		t.Error(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
+		t.Errorf("bdd List: %v", err)
+		return
+	}
+	for _, dev := range list.GetDevices() {
+		if _, err := client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+			t.Errorf("bdd Detach %s: %v", dev.GetId(), err)
+		}
+	}
+}
+
+// stopKeeper kills the descriptor keeper bdd started in runDir: it outlives bdd by design
+// (it carries FUSE connections over bdd restarts), so stopping bdd leaves it running.
+func stopKeeper(runDir string) {
+	cfg := bdd.DefaultConfig()
+	cfg.RunDir = runDir
+	data, err := os.ReadFile(bdd.KeeperPIDFile(cfg))
+	if err != nil {
+		return // bdd never started one
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && syscall.Kill(pid, 0) == nil; {
+		time.Sleep(25 * time.Millisecond)
+	}
 }
 
 // dropCaches writes back dirty pages and drops the page cache, dentries and inodes, so a run

@@ -17,9 +17,13 @@ import (
 	"github.com/obdproject/obd/internal/testenv"
 )
 
+// stopTimeout is how long a daemon may take to exit on SIGTERM before it is killed; the
+// benchmark's daemons hold no state worth a graceful stop once a run is over.
+const stopTimeout = 5 * time.Second
+
 // startDaemon starts binary with args as a process group of its own, logging to logPath, and
-// waits until ready reports nil. The group is stopped (SIGTERM, then SIGKILL after 15 s) in
-// t.Cleanup; its log tail is printed if the test failed.
+// waits until ready reports nil. The group is stopped (SIGTERM, then SIGKILL after stopTimeout)
+// in t.Cleanup; its log tail is printed if the test failed.
 func startDaemon(t testing.TB, logPath string, ready func() error, binary string, args ...string) {
 	t.Helper()
 	logFile, err := os.Create(logPath)
@@ -40,7 +44,8 @@ func startDaemon(t testing.TB, logPath string, ready func() error, binary string
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
-		case <-time.After(15 * time.Second):
+		case <-time.After(stopTimeout):
+			t.Logf("%s did not stop within %v of SIGTERM: killed", filepath.Base(binary), stopTimeout)
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
