@@ -73,7 +73,7 @@ func TestIsolation(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	forEachPath(t, func(t *testing.T, m *Manager) {
-		register(t, m, "lim", func(f *Function) { f.MemoryMB = 64; f.Pids = 8 })
+		register(t, m, "lim", func(f *Function) { f.MemoryMB = 64; f.Pids = 8; f.CPUs = 0.2 })
 
 		_, err := m.Invoke(context.Background(), "lim", json.RawMessage(`{"op":"alloc","mb":256}`))
 		if !errors.Is(err, ErrCrashed) {
@@ -85,6 +85,12 @@ func TestLimits(t *testing.T) {
 		out, _ := invoke(t, m, "lim", map[string]any{"op": "alloc", "mb": 16})
 		if out["allocated_mb"] != 16.0 {
 			t.Errorf("16 MB under the limit: %v", out)
+		}
+
+		// CFS quota of 20 ms per 100 ms period; a little slack for the period boundaries.
+		out, _ = invoke(t, m, "lim", map[string]any{"op": "burn", "seconds": 0.6})
+		if share := out["cpu_share"].(float64); share > 0.3 {
+			t.Errorf("handler got %.2f of a CPU under a 0.2 CPU limit", share)
 		}
 
 		out, _ = invoke(t, m, "lim", map[string]any{"op": "fork", "n": 50})

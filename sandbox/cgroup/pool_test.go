@@ -58,6 +58,20 @@ func startSleeper(t *testing.T) *exec.Cmd {
 	return cmd
 }
 
+// sleeperInGroup takes a group from p and starts a sleeping process in it.
+func sleeperInGroup(t *testing.T, p *Pool, lim Limits) (*Group, *exec.Cmd) {
+	t.Helper()
+	g, err := p.Get(lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startSleeper(t)
+	if err := g.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	return g, cmd
+}
+
 func TestPoolLimitsAndReuse(t *testing.T) {
 	p := newTestPool(t, 2)
 	if p.Free() != 2 {
@@ -106,14 +120,7 @@ func TestPoolLimitsAndReuse(t *testing.T) {
 
 func TestPutKillsFrozenProcesses(t *testing.T) {
 	p := newTestPool(t, 1)
-	g, err := p.Get(Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := startSleeper(t)
-	if err := g.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
+	g, cmd := sleeperInGroup(t, p, Limits{})
 	pids, err := g.Pids()
 	if err != nil || len(pids) != 1 || pids[0] != cmd.Process.Pid {
 		t.Fatalf("Pids = %v, %v; want [%d]", pids, err, cmd.Process.Pid)
@@ -150,14 +157,7 @@ func TestPutKillsFrozenProcesses(t *testing.T) {
 
 func TestCloseKillsOutstandingGroups(t *testing.T) {
 	p := newTestPool(t, 0)
-	g, err := p.Get(Limits{Pids: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := startSleeper(t)
-	if err := g.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
+	_, cmd := sleeperInGroup(t, p, Limits{Pids: 4})
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -191,14 +191,7 @@ func TestLeftoverPoolIsReplaced(t *testing.T) {
 
 func TestRemoveLeftoverKillsFrozenProcesses(t *testing.T) {
 	p := newTestPool(t, 1)
-	g, err := p.Get(Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := startSleeper(t)
-	if err := g.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
+	g, cmd := sleeperInGroup(t, p, Limits{})
 	if err := g.Freeze(); err != nil {
 		t.Fatal(err)
 	}

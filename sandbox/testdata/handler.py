@@ -67,6 +67,12 @@ def handler(event):
             return {"errno": 0}
         except OSError as e:
             return {"errno": errno.errorcode[e.errno]}
+    if op == "burn":
+        # Spin for the given wall time; report the share of one CPU the process got.
+        start, cpu0 = time.monotonic(), time.process_time()
+        while time.monotonic() - start < event["seconds"]:
+            pass
+        return {"cpu_share": (time.process_time() - cpu0) / (time.monotonic() - start)}
     if op == "crash":
         os._exit(3)
     if op == "loop":
