@@ -1,0 +1,104 @@
+// Package tracestore keeps the start traces that `ctr-obd record-trace` records, one file per
+// chain of overlaybd layer blobs, where later starts of the same image look them up and hand
+// them to bdd's Prefetch. It sits beside the read path of DESIGN.md: a trace lists byte ranges
+// of remotefetch.Blob, the registry box at the bottom, and prefetching fills the cache box
+// above it before the block device asks.
+package tracestore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/obdproject/obd/remotefetch"
+)
+
+// DefaultDir is where traces are kept unless a command says otherwise: next to bdd's default
+// state directory (/var/lib/obd/bdd).
+const DefaultDir = "/var/lib/obd/traces"
+
+// ErrNoTrace is returned by Load when no trace was recorded for a chain.
+var ErrNoTrace = errors.New("no trace recorded")
+
+// Store is a directory of traces keyed by chain ID.
+type Store struct {
+	Dir string
+}
+
+// ChainID returns the key of an image's trace: the OCI chain ID of its overlaybd layer blob
+// digests, lowest layer first. Images sharing all their layers share their trace.
+func ChainID(blobs []digest.Digest) (digest.Digest, error) {
+	if len(blobs) == 0 {
+		return "", errors.New("tracestore: no layer blobs")
+	}
+	for _, b := range blobs {
+		if err := b.Validate(); err != nil {
+			return "", fmt.Errorf("tracestore: layer blob %q: %w", b, err)
+		}
+	}
+	return identity.ChainID(blobs), nil
+}
+
+// Path returns the file the trace of chain is kept in.
+func (s Store) Path(chain digest.Digest) string {
+	return filepath.Join(s.Dir, chain.Algorithm().String()+"-"+chain.Encoded()+".trace")
+}
+
+// Save validates trace (remotefetch's encoding, as bdd's StopTrace returns it) and stores it
+// for chain, replacing an earlier one atomically.
+func (s Store) Save(chain digest.Digest, trace []byte) error {
+	if err := chain.Validate(); err != nil {
+		return fmt.Errorf("tracestore: chain %q: %w", chain, err)
+	}
+	if _, err := remotefetch.ReadTrace(bytes.NewReader(trace)); err != nil {
+		return fmt.Errorf("tracestore: save trace of %s: %w", chain, err)
+	}
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return fmt.Errorf("tracestore: %w", err)
+	}
+	tmp, err := os.CreateTemp(s.Dir, ".trace-*")
+	if err != nil {
+		return fmt.Errorf("tracestore: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(trace); err != nil {
+		tmp.Close()
+		return fmt.Errorf("tracestore: write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("tracestore: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("tracestore: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), s.Path(chain)); err != nil {
+		return fmt.Errorf("tracestore: %w", err)
+	}
+	return nil
+}
+
+// Load returns the stored trace of chain, checked to parse. It returns an error wrapping
+// ErrNoTrace when there is none.
+func (s Store) Load(chain digest.Digest) ([]byte, error) {
+	if err := chain.Validate(); err != nil {
+		return nil, fmt.Errorf("tracestore: chain %q: %w", chain, err)
+	}
+	path := s.Path(chain)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tracestore: %s: %w", chain, ErrNoTrace)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tracestore: %w", err)
+	}
+	if _, err := remotefetch.ReadTrace(bytes.NewReader(data)); err != nil {
+		return nil, fmt.Errorf("tracestore: %s: %w", path, err)
+	}
+	return data, nil
+}

@@ -1,0 +1,100 @@
+package tracestore
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/remotefetch"
+)
+
+func encodedTrace(t *testing.T, blob digest.Digest) []byte {
+	t.Helper()
+	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{
+		Ref: "registry.local/app", Digest: blob, Size: 1 << 20,
+		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}, {Off: 65536, Len: 8192}},
+	}}}
+	var buf bytes.Buffer
+	if _, err := tr.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestSaveLoad(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "traces")}
+	lower, upper := digest.FromString("lower"), digest.FromString("upper")
+	chain, err := ChainID([]digest.Digest{lower, upper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(chain); !errors.Is(err, ErrNoTrace) {
+		t.Fatalf("Load before Save: %v, want ErrNoTrace", err)
+	}
+	first, second := encodedTrace(t, lower), encodedTrace(t, upper)
+	if err := s.Save(chain, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(chain, second); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, second) {
+		t.Fatalf("Load = %q, want the second save %q", got, second)
+	}
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Fatalf("store holds %d files, want 1 (no temp files left)", len(entries))
+	}
+}
+
+func TestChainIDDependsOnOrder(t *testing.T) {
+	a, b := digest.FromString("a"), digest.FromString("b")
+	ab, err := ChainID([]digest.Digest{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, err := ChainID([]digest.Digest{b, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ab == ba {
+		t.Fatal("chain IDs of reordered layers are equal")
+	}
+	if single, _ := ChainID([]digest.Digest{a}); single != a {
+		t.Fatalf("chain ID of one layer = %s, want the layer's digest %s", single, a)
+	}
+	if _, err := ChainID(nil); err == nil {
+		t.Fatal("ChainID of no layers succeeded")
+	}
+	if _, err := ChainID([]digest.Digest{"sha256:short"}); err == nil {
+		t.Fatal("ChainID accepted a malformed digest")
+	}
+}
+
+func TestBadTracesAreRefused(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	chain := digest.FromString("c")
+	if err := s.Save(chain, []byte("not a trace")); !errors.Is(err, remotefetch.ErrBadTrace) {
+		t.Fatalf("Save of garbage: %v, want ErrBadTrace", err)
+	}
+	if err := os.WriteFile(s.Path(chain), []byte(`{"version":1,"blobs":[{"digest":"x"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(chain); !errors.Is(err, remotefetch.ErrBadTrace) {
+		t.Fatalf("Load of a corrupt file: %v, want ErrBadTrace", err)
+	}
+	if err := s.Save("sha256:nope", encodedTrace(t, chain)); err == nil {
+		t.Fatal("Save accepted a malformed chain ID")
+	}
+}
