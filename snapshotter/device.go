@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -69,16 +70,16 @@ func (o *Snapshotter) ensureDevices(ctx context.Context, s storage.Snapshot, c c
 	if c.lazyTop < 0 {
 		return nil
 	}
-	o.devMu.Lock()
-	defer o.devMu.Unlock()
+	id, upperDir := c.parentIDs[c.lazyTop], ""
 	if o.hasOwnDevice(s.ID) {
-		return o.mountDevice(ctx, s.ID, c.layers, o.deviceUpperPath(s.ID))
+		id, upperDir = s.ID, o.deviceUpperPath(s.ID)
 	}
-	return o.mountDevice(ctx, c.parentIDs[c.lazyTop], c.layers, "")
+	defer o.devLocks.lock(id)()
+	return o.mountDevice(ctx, id, c.layers, upperDir)
 }
 
 // mountDevice attaches the device of snapshot id and mounts it in the snapshot's directory,
-// read-only when upperDir is "". The caller holds devMu.
+// read-only when upperDir is "". The caller holds the device's lock.
 func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []RemoteLayer, upperDir string) error {
 	mnt := o.deviceMountPath(id)
 	if mounted, err := isMountPoint(mnt); err != nil || mounted {
@@ -110,7 +111,7 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 }
 
 // teardownDevice unmounts and detaches the device of snapshot id, if it ever had one.
-// The caller holds devMu.
+// The caller holds the device's lock.
 func (o *Snapshotter) teardownDevice(ctx context.Context, id string) error {
 	if _, err := os.Stat(filepath.Join(o.snapshotDir(id), "block")); errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -156,8 +157,7 @@ func (o *Snapshotter) releaseSharedDevice(ctx context.Context, id string) error 
 	if _, err := os.Stat(filepath.Join(o.snapshotDir(id), "block")); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	o.devMu.Lock()
-	defer o.devMu.Unlock()
+	defer o.devLocks.lock(id)()
 	needed, err := o.sharedDeviceNeeded(ctx, id)
 	if err != nil || needed {
 		return err
@@ -194,6 +194,43 @@ func (o *Snapshotter) sharedDeviceNeeded(ctx context.Context, id string) (bool, 
 }
 
 func (o *Snapshotter) deviceKey(id string) string { return o.cfg.deviceKeys + id }
+
+// keyedLocks hands out one mutex per key, so that the operations on one device serialise
+// while different devices (images) attach in parallel.
+type keyedLocks struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks key and returns the function that unlocks it.
+func (k *keyedLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
 
 // isMountPoint reports whether path is a mount point; a missing path is not.
 func isMountPoint(path string) (bool, error) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -368,11 +369,11 @@ func TestMountsReattachesAfterDeviceLoss(t *testing.T) {
 	f.prepare(t, "c", f.top)
 	// As after a reboot: the mount and the device are gone, the metadata is not.
 	topID := f.sn.mustID(t, f.top)
-	f.sn.devMu.Lock()
+	unlock := f.sn.devLocks.lock(topID)
 	if err := f.sn.teardownDevice(ctx, topID); err != nil {
 		t.Fatal(err)
 	}
-	f.sn.devMu.Unlock()
+	unlock()
 	assertMounted(t, f.sn.deviceMountPath(topID), false)
 
 	mounts, err := f.sn.Mounts(ctx, "c")
@@ -418,4 +419,66 @@ func (o *Snapshotter) mustID(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// gatedDevices makes the Attach of one chain wait until another chain's Attach has started,
+// which only works if devices of different images attach in parallel.
+type gatedDevices struct {
+	*loopDevices
+	waiter  digest.Digest // top layer of the chain whose Attach waits
+	waiting chan struct{} // closed when the waiting Attach has begun
+	started chan struct{} // closed when the other chain's Attach starts
+}
+
+func (g *gatedDevices) Attach(ctx context.Context, key string, layers []RemoteLayer, upperDir string) (string, error) {
+	if layers[len(layers)-1].Digest == g.waiter {
+		close(g.waiting)
+		select {
+		case <-g.started:
+		case <-time.After(10 * time.Second):
+			return "", errors.New("the other image's attach never started: attaches are serialised")
+		}
+	} else {
+		close(g.started)
+	}
+	return g.loopDevices.Attach(ctx, key, layers, upperDir)
+}
+
+func TestDifferentImagesAttachInParallel(t *testing.T) {
+	requireOverlay(t)
+	devices := newLoopDevices(t)
+	first := devices.addBlob(map[string]string{"image": "first"})
+	second := devices.addBlob(map[string]string{"image": "second"})
+	gated := &gatedDevices{loopDevices: devices, waiter: first.Digest, waiting: make(chan struct{}), started: make(chan struct{})}
+	root := t.TempDir()
+	sn, err := NewSnapshotter(root, WithDeviceManager(gated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	t.Cleanup(func() { _ = testenv.UnmountAll(root) })
+	tops := []string{prepareLazyChain(t, sn, "first", first), prepareLazyChain(t, sn, "second", second)}
+
+	errs := make(chan error, len(tops))
+	for i, top := range tops {
+		go func() {
+			_, err := sn.Prepare(context.Background(), "c"+strconv.Itoa(i), top)
+			errs <- err
+		}()
+		if i == 0 {
+			<-gated.waiting // the first image's attach is under way before the second starts
+		}
+	}
+	for range tops {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertCounts(t, devices, 2, 2, 0)
+	for i := range tops {
+		if err := sn.Remove(context.Background(), "c"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertCounts(t, devices, 0, 2, 2)
 }

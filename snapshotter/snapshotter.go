@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -113,9 +112,10 @@ type Snapshotter struct {
 	cfg     config
 	options []string // overlay mount options
 
-	// devMu serialises device attach, mount, unmount and detach, and the "is this device still
-	// needed" decisions that lead to them.
-	devMu sync.Mutex
+	// devLocks serialise, per device (keyed by the ID of the snapshot whose directory it is
+	// mounted in), attach, mount, unmount and detach and the "is this device still needed"
+	// decisions that lead to them.
+	devLocks keyedLocks
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -326,11 +326,11 @@ func (o *Snapshotter) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("failed to remove snapshot %s: %w", key, err)
 	}
 
-	o.devMu.Lock()
 	// A committed lazy layer has no children left (storage refuses otherwise), so a device
 	// still mounted in its directory is stale; so is the own device of a dev-mode snapshot.
+	unlock := o.devLocks.lock(id)
 	err := o.teardownDevice(ctx, id)
-	o.devMu.Unlock()
+	unlock()
 	o.releaseChainDevice(ctx, parentIDs)
 	if err != nil {
 		// The directory may hold the upper layer of a device still attached: keep it.
@@ -373,9 +373,9 @@ func (o *Snapshotter) Cleanup(ctx context.Context) error {
 			}
 			continue
 		}
-		o.devMu.Lock()
+		unlock := o.devLocks.lock(id)
 		err := o.teardownDevice(ctx, id)
-		o.devMu.Unlock()
+		unlock()
 		if err != nil {
 			errs = append(errs, err)
 			continue
