@@ -38,6 +38,7 @@ type Config struct {
 	KeepAlive   time.Duration    // how long an idle sandbox stays in the handler cache; 0 disables it
 	PackagesDir string           // install cache: read-only at /opt in every sandbox; optional
 	Imports     []string         // modules the runtime zygote imports; default json, sqlite3
+	SpareRoots  int              // prepared sandbox roots kept per function; default 2, <0 for none
 	NoZygotes   bool             // start every sandbox cold (for comparison)
 	Log         *slog.Logger     // default slog.Default()
 	Now         func() time.Time // for tests of keep-alive; default time.Now
@@ -129,9 +130,14 @@ type function struct {
 	image  *image
 	zygote *zygote // the function's own zygote, forked from the image's
 	idle   []*box  // handler cache, most recently used last; all frozen
-	busy   int
-	stats  Stats
-	gone   bool // deleted; its sandboxes are destroyed instead of cached
+	// spare holds prepared sandbox filesystems (no process, no cgroup yet), filled by
+	// keepSpares until stopSpares closes; sparesDone closes when it has cleaned up.
+	spare      chan *box
+	stopSpares chan struct{}
+	sparesDone chan struct{}
+	busy       int
+	stats      Stats
+	gone       bool // deleted; its sandboxes are destroyed instead of cached
 }
 
 // Manager registers functions and runs their invocations in sandboxes. Safe for concurrent
@@ -167,6 +173,10 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.PoolSize == 0 {
 		cfg.PoolSize = 16
 	}
+	if cfg.SpareRoots == 0 {
+		cfg.SpareRoots = 2
+	}
+	cfg.SpareRoots = max(cfg.SpareRoots, 0)
 	if cfg.Imports == nil {
 		cfg.Imports = []string{"json", "sqlite3"}
 	}
@@ -275,7 +285,8 @@ func (m *Manager) Register(ctx context.Context, f Function) error {
 
 	// Compiling and forking the function's zygote take a while: not under m.mu, which every
 	// invocation takes.
-	fn := &function{Function: f, image: img, stats: Stats{Name: f.Name}}
+	fn := &function{Function: f, image: img, stats: Stats{Name: f.Name},
+		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
 	err = m.compile(img, f.Dir, id)
 	if err == nil && img.zygote != nil && len(f.Imports) > 0 {
 		if fn.zygote, err = img.zygote.child(f.Imports); err != nil {
@@ -296,6 +307,11 @@ func (m *Manager) Register(ctx context.Context, f Function) error {
 		return fmt.Errorf("sandbox: function %s: %w", f.Name, err)
 	}
 	m.funcs[f.Name] = fn
+	if m.cfg.SpareRoots > 0 {
+		go m.keepSpares(fn)
+	} else {
+		close(fn.sparesDone)
+	}
 	m.log.Info("function registered", "name", f.Name, "image", f.Image, "entry", f.Entry, "memory_mb", f.MemoryMB, "timeout", f.Timeout)
 	return nil
 }
@@ -442,6 +458,8 @@ func (m *Manager) remove(fn *function) error {
 	idle := fn.idle
 	fn.idle = nil
 	m.mu.Unlock()
+	close(fn.stopSpares)
+	<-fn.sparesDone
 	// Sandboxes first: a frozen sandbox in a zygote's PID namespace would make the zygote's
 	// exit (which waits for the whole namespace to die) block forever.
 	var errs []error
@@ -558,25 +576,21 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 		path = Warm
 	}
 
-	b := &box{dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
-	b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids})
-	if err != nil {
-		return nil, path, err
+	var b *box
+	select {
+	case b = <-fn.spare:
+	default:
+		if b, err = m.prepare(fn, id); err != nil {
+			return nil, path, err
+		}
 	}
 	defer func() {
 		if err != nil {
 			b.destroy(m.pool)
 		}
 	}()
-	scratch := filepath.Join(b.dir, "scratch")
-	if err := os.MkdirAll(scratch, 0o755); err != nil {
-		return nil, path, fmt.Errorf("sandbox: scratch: %w", err)
-	}
-	if err := os.Chown(scratch, nobody, nobody); err != nil {
-		return nil, path, fmt.Errorf("sandbox: scratch: %w", err)
-	}
-	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
-	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
+	b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids})
+	if err != nil {
 		return nil, path, err
 	}
 	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(id)}
@@ -615,6 +629,65 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 		return nil, path, fmt.Errorf("sandbox: %s start: %w", path, err)
 	}
 	return b, path, nil
+}
+
+// prepare makes the filesystem of a sandbox for fn: its scratch dir and its root (the image,
+// the handler code, the install cache and the scratch dir, bind-mounted).
+func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
+	b := &box{dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	scratch := filepath.Join(b.dir, "scratch")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	if err := os.Chown(scratch, nobody, nobody); err != nil {
+		os.RemoveAll(b.dir)
+		return nil, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
+	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
+		os.RemoveAll(b.dir)
+		return nil, err
+	}
+	return b, nil
+}
+
+// keepSpares keeps up to cap(fn.spare) prepared sandbox filesystems ready for fn, so that
+// mounting (about 0.5-2 ms) is off the start path. It runs until fn.stopSpares closes, then
+// destroys the spares.
+func (m *Manager) keepSpares(fn *function) {
+	defer close(fn.sparesDone)
+	defer func() {
+		for {
+			select {
+			case b := <-fn.spare:
+				b.destroy(m.pool)
+			default:
+				return
+			}
+		}
+	}()
+	for {
+		m.mu.Lock()
+		m.nextID++
+		id := m.nextID
+		m.mu.Unlock()
+		b, err := m.prepare(fn, id)
+		if err != nil {
+			m.log.Warn("prepare spare sandbox root", "function", fn.Name, "err", err)
+			select {
+			case <-fn.stopSpares:
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		select {
+		case fn.spare <- b:
+		case <-fn.stopSpares:
+			b.destroy(m.pool)
+			return
+		}
+	}
 }
 
 func (m *Manager) forkFrom(z *zygote, s spec, root string, chanFile *os.File, procs []*os.File) error {

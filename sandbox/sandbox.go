@@ -115,8 +115,10 @@ func (b *box) destroy(pool *cgroup.Pool) error {
 	if b.conn != nil {
 		b.conn.Close()
 	}
-	if err := pool.Put(b.group); err != nil {
-		errs = append(errs, err)
+	if b.group != nil {
+		if err := pool.Put(b.group); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if b.cmd != nil {
 		b.cmd.Wait()
