@@ -16,6 +16,8 @@ import (
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // bddBinary is cmd/bdd built once for the tests that run the daemon as a process.
@@ -148,9 +150,7 @@ func (d *daemon) stopNow() {
 	defer cancel()
 	if list, err := d.client.List(ctx, &bddv1.ListRequest{}); err == nil {
 		for _, dev := range list.GetDevices() {
-			if _, err := d.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
-				d.t.Errorf("cleanup: detach %s: %v", dev.GetId(), err)
-			}
+			d.detachEventually(ctx, dev.GetId())
 		}
 	}
 	pid := d.cmd.Process.Pid
@@ -168,6 +168,22 @@ func (d *daemon) stopNow() {
 	d.conn.Close()
 	if d.t.Failed() {
 		d.t.Logf("bdd log:\n%s", d.logs())
+	}
+}
+
+// detachEventually detaches a device, retrying while the kernel still holds it
+// for a moment after an unmount.
+func (d *daemon) detachEventually(ctx context.Context, id string) {
+	for {
+		_, err := d.client.Detach(ctx, &bddv1.DetachRequest{Id: id})
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.FailedPrecondition || ctx.Err() != nil {
+			d.t.Errorf("cleanup: detach %s: %v", id, err)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

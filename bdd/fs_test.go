@@ -150,6 +150,11 @@ func mount(t testing.TB, dev string, readOnly bool) string {
 		opts = "ro,noload"
 	}
 	run(t, "mount", "-t", "ext4", "-o", opts, dev, mnt)
-	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	t.Cleanup(func() {
+		// A test may have unmounted it already.
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil && !strings.Contains(string(out), "not mounted") {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
 	return mnt
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/zfile"
 	"google.golang.org/grpc/codes"
 )
@@ -72,10 +73,21 @@ func TestFUSEDetachMountedIsRefused(t *testing.T) {
 func TestFUSECrashRecovery(t *testing.T) {
 	requireBlockFacilities(t)
 	tree, img := ext4Image(t, 3, 60, 64<<20)
-	layers := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
+	t.Run("local", func(t *testing.T) {
+		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
+		crashRecovery(t, tree, pathLayers(files...))
+	})
+	t.Run("registry", func(t *testing.T) {
+		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, true)
+		reg := testregistry.Start(t, testregistry.Options{})
+		crashRecovery(t, tree, pushLayers(t, reg, "obd/crash", files))
+	})
+}
+
+func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer) {
 	d := startDaemon(t, "")
 	upper := filepath.Join(t.TempDir(), "upper")
-	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), UpperDir: upper, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	dev := d.attach(&bddv1.AttachRequest{Layers: layers, UpperDir: upper, Transport: bddv1.Transport_TRANSPORT_FUSE})
 	mnt := mount(t, dev.GetDevicePath(), false)
 	want := treeSums(t, tree)
 	compareSums(t, want, treeSums(t, mnt))

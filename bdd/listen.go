@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -71,12 +70,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // ServeMetrics serves gatherer's metrics at /metrics, and Go's profiles at
-// /debug/pprof/, on addr until ctx is done. Bind it to a loopback address.
-func ServeMetrics(ctx context.Context, addr string, gatherer prometheus.Gatherer, log *slog.Logger) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("bdd: metrics listener: %w", err)
-	}
+// /debug/pprof/, on l until ctx is done. Listen on a loopback address.
+func ServeMetrics(ctx context.Context, l net.Listener, gatherer prometheus.Gatherer) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -88,7 +83,6 @@ func ServeMetrics(ctx context.Context, addr string, gatherer prometheus.Gatherer
 		defer cancel()
 		srv.Shutdown(shutdownCtx)
 	}()
-	log.Info("metrics listening", "addr", l.Addr().String())
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("bdd: metrics: %w", err)
 	}

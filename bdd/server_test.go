@@ -3,8 +3,11 @@ package bdd_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,6 +152,28 @@ func nbdRead(t *testing.T, socket string) []byte {
 
 func grpcCode(err error) codes.Code { return status.Code(err) }
 
+// scrapeMetrics serves reg with ServeMetrics and fetches /metrics over HTTP.
+func scrapeMetrics(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go bdd.ServeMetrics(ctx, l, reg)
+	resp, err := http.Get("http://" + l.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
 // metric returns the value of a gauge or counter without labels, failing if absent.
 func (p *inProcess) metric(t *testing.T, name string) float64 {
 	t.Helper()
@@ -190,6 +215,9 @@ func TestAttachNBDLocalLayers(t *testing.T) {
 	}
 	if n := p.metric(t, "obd_bdd_devices"); n != 1 {
 		t.Errorf("obd_bdd_devices = %v, want 1", n)
+	}
+	if page := scrapeMetrics(t, p.reg); !strings.Contains(page, "obd_bdd_devices 1") {
+		t.Errorf("metrics page lacks obd_bdd_devices 1:\n%s", page)
 	}
 	stats, err := p.client.Stats(callCtx(t), &bddv1.StatsRequest{Id: dev.GetId()})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -121,8 +122,13 @@ func run(cfg bdd.Config) error {
 		log.Error("some devices were not restored", "err", err)
 	}
 	if cfg.MetricsAddr != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		log.Info("metrics listening", "addr", ml.Addr().String())
 		go func() {
-			if err := bdd.ServeMetrics(ctx, cfg.MetricsAddr, reg, log); err != nil {
+			if err := bdd.ServeMetrics(ctx, ml, reg); err != nil {
 				log.Error("metrics listener failed", "err", err)
 			}
 		}()
