@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/obdproject/obd/policy/probe"
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
+	"github.com/obdproject/obd/sandbox"
 )
 
 func newSimCmd() *cobra.Command {
@@ -98,4 +103,90 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+func newProbeCmd() *cobra.Command {
+	var (
+		server, image, prefix    string
+		functions, minutes       int
+		seed                     uint64
+		minute, keepAlive, sweep time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "probe [--server URL] [--keep-alive D] [--minute D] [--functions N] [--minutes M]",
+		Short: "Measure a running obd-lambda server from outside and compare it with the simulator",
+		Long: "probe deploys tiny functions to an obd-lambda server, measures how long an idle instance\n" +
+			"lives, replays a synthetic trace (one trace minute lasting --minute of real time) and prints\n" +
+			"cold/warm/hot counts and latencies next to the simulator's prediction for the same arrivals\n" +
+			"under the server's fixed keep-alive. The probe's functions are deleted afterwards.",
+		Example: "  obd-lambda --rootfs-dir /opt/obd-deps/rootfs --keep-alive 10s &\n" +
+			"  obd probe --keep-alive 10s --minute 1s --functions 20 --minutes 30",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if sweep == 0 {
+				sweep = keepAlive / 4
+			}
+			c := &sandbox.Client{Base: server}
+			names, err := probe.Deploy(ctx, c, image, prefix, functions)
+			defer func() {
+				for _, n := range names {
+					if err := c.Delete(context.WithoutCancel(ctx), n); err != nil {
+						slog.Warn("probe: delete function", "name", n, "err", err)
+					}
+				}
+			}()
+			if err != nil {
+				return err
+			}
+			gaps := []time.Duration{keepAlive / 2, keepAlive * 9 / 10, keepAlive + sweep, 2 * keepAlive}
+			samples, err := probe.Lifetime(ctx, c, names[0], gaps)
+			if err != nil {
+				return err
+			}
+			alive, gone := probe.LifetimeBounds(samples)
+			fmt.Printf("idle lifetime: still hot after %v, gone after %v (server keep-alive %v)\n", alive, gone, keepAlive)
+
+			t, err := trace.Generate(trace.GenerateConfig{Seed: seed, Minutes: minutes, Mix: trace.DefaultMix(functions)})
+			if err != nil {
+				return err
+			}
+			for i := range t.Invocations {
+				t.Invocations[i].Function = names[i]
+			}
+			cfg := sim.Config{Seed: seed, DefaultDuration: 10 * time.Millisecond}
+			schedule, err := sim.Arrivals(t, cfg)
+			if err != nil {
+				return err
+			}
+			time.Sleep(keepAlive + sweep) // let the lifetime probe's instance go
+			scale := float64(minute) / float64(time.Minute)
+			obs, err := probe.Replay(ctx, c, names, schedule, scale)
+			if err != nil {
+				return err
+			}
+			live := probe.Summarize(obs)
+			toTrace := func(d time.Duration) time.Duration { return time.Duration(float64(d) / scale) }
+			predicted, err := probe.Predict(ctx, t, cfg, toTrace(keepAlive), toTrace(keepAlive+sweep))
+			if err != nil {
+				return err
+			}
+			fmt.Printf("live: %d invocations, %d cold (p50 %v), %d warm (p50 %v), %d hot (p50 %v), %d errors\n",
+				live.Invocations, live.Cold, live.ColdP50, live.Warm, live.WarmP50, live.Hot, live.HotP50, live.Errors)
+			fmt.Printf("starts without an idle instance: live %d, simulator %d (keep-alive %v) to %d (with the sweep's slack)\n",
+				live.Starts(), predicted[0], toTrace(keepAlive), predicted[1])
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&server, "server", "http://127.0.0.1:8079", "obd-lambda base URL")
+	fl.StringVar(&image, "image", "python3-bookworm", "image ref the probe's functions run on")
+	fl.StringVar(&prefix, "prefix", "obd-probe", "name prefix of the probe's functions")
+	fl.IntVar(&functions, "functions", 10, "functions to deploy and replay")
+	fl.IntVar(&minutes, "minutes", 30, "trace minutes to replay")
+	fl.Uint64Var(&seed, "seed", 1, "seed of the synthetic trace and its arrival times")
+	fl.DurationVar(&minute, "minute", time.Second, "real time one trace minute lasts")
+	fl.DurationVar(&keepAlive, "keep-alive", 10*time.Second, "the server's --keep-alive")
+	fl.DurationVar(&sweep, "sweep", 0, "how late the server may expire an idle instance (default keep-alive/4, obd-lambda's sweep)")
+	return cmd
 }

@@ -33,7 +33,8 @@ type Server interface {
 // transport only.
 const handlerCode = "def handler(event):\n    return {\"ok\": True}\n"
 
-// Deploy registers n probe functions named prefix-0 ... on image and returns their names.
+// Deploy registers n probe functions named prefix-0 ... on image and returns their names
+// (on error, the names registered so far).
 func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int) ([]string, error) {
 	var code bytes.Buffer
 	tw := tar.NewWriter(&code)
@@ -51,7 +52,7 @@ func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int)
 		names[i] = fmt.Sprintf("%s-%d", prefix, i)
 		spec := sandbox.FunctionSpec{Name: names[i], Image: image, Entry: "main.handler"}
 		if err := c.Register(ctx, spec, bytes.NewReader(code.Bytes())); err != nil {
-			return nil, fmt.Errorf("probe: register %s: %w", names[i], err)
+			return names[:i], fmt.Errorf("probe: register %s: %w", names[i], err)
 		}
 	}
 	return names, nil
