@@ -15,7 +15,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newZFileCmd(), newLayerCmd())
 	root.AddCommand(newConvertCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
-	root.AddCommand(newSimCmd())
+	root.AddCommand(newSimCmd(), newProbeCmd())
 	root.AddCommand(newSandboxCmd())
 	return root
 }
