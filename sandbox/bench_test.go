@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obdproject/obd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,6 +123,34 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	return out, nil
 }
 
+// nerdctlBaseline times `nerdctl run --rm --net none` of python3 importing json and sqlite3 on
+// a copy of the same rootfs (--rootfs: the exploded image; nerdctl may write into it), against
+// a private containerd. It needs containerd and nerdctl under OBD_DEPS (make deps).
+func nerdctlBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
+	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "nerdctl"} {
+		if _, err := os.Stat(filepath.Join(testenv.DepsDir(), "bin", bin)); err != nil {
+			return nil, fmt.Errorf("%s not installed under %s (make deps)", bin, testenv.DepsDir())
+		}
+	}
+	c := testenv.StartContainerd(b, testenv.ContainerdOptions{})
+	copyDir := filepath.Join(b.TempDir(), "rootfs")
+	if out, err := exec.Command("cp", "-a", rootfs, copyDir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("copy rootfs: %v: %s", err, out)
+	}
+	args := []string{"run", "--rm", "--net", "none", "--rootfs", copyDir, "/usr/bin/python3", "-I", "-c", "import json, sqlite3"}
+	var out latencies
+	for i := 0; i <= n; i++ {
+		t0 := time.Now()
+		if _, err := c.TryNerdctl(args...); err != nil {
+			return nil, err
+		}
+		if i > 0 { // the first run pays containerd's one-time setup
+			out = append(out, time.Since(t0))
+		}
+	}
+	return out, nil
+}
+
 // netnsCost times creating a network namespace (what a per-sandbox CLONE_NEWNET would add)
 // against joining the shared one (setns), on a locked thread.
 func netnsCost(b *testing.B, n int) (create, join time.Duration) {
@@ -184,9 +213,10 @@ func throughput(b *testing.B, m *Manager, workers, total int) float64 {
 // hot (handler cache) paths and of `runc run` on the same rootfs, the sustained zygote-path
 // start rate, and the network namespace choice, and reports the ratios the design targets:
 // warm ≥ 20× faster than runc, hot p50 ≤ 2 ms, ≥ 200 starts/s on 2 cores.
+// nerdctl run is measured too when containerd and nerdctl are installed (make deps).
 // Run with -benchtime 1x (make bench-sandbox); each pass takes the full sample.
 func BenchmarkStartPaths(b *testing.B) {
-	const coldN, warmN, hotN, runcN, rateN = 30, 200, 500, 20, 1000
+	const coldN, warmN, hotN, runcN, nerdctlN, rateN = 30, 200, 500, 20, 10, 1000
 	rootfs := filepath.Join(testRootfs(b), "python3-bookworm")
 	for i := 0; i < b.N; i++ {
 		cold := measureInvoke(b, benchManager(b, true, 0), "bench", coldN, Cold)
@@ -198,6 +228,7 @@ func BenchmarkStartPaths(b *testing.B) {
 		measureInvoke(b, hotM, "bench", 1, Warm)
 		hot := measureInvoke(b, hotM, "bench", hotN, Hot)
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
+		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
 		create, join := netnsCost(b, 50)
 
 		fmt.Printf("\nstart latency (handler imports json, sqlite3; full invocation)\n")
@@ -213,7 +244,11 @@ func BenchmarkStartPaths(b *testing.B) {
 		} else {
 			fmt.Printf("  runc run: skipped: %v\n", runcErr)
 		}
-		fmt.Printf("  nerdctl run: skipped (needs the python image imported into a private containerd; not automated here)\n")
+		if nerdctlErr == nil {
+			row("nerdctl run --rootfs", nerdctl)
+		} else {
+			fmt.Printf("  nerdctl run: skipped: %v\n", nerdctlErr)
+		}
 		fmt.Printf("zygote path sustained: %.0f starts/s (4 workers, %d starts, create+invoke+destroy)\n", rate, rateN)
 		fmt.Printf("network namespace: create %.3f ms vs join shared %.3f ms per sandbox\n", ms(create), ms(join))
 
@@ -229,6 +264,10 @@ func BenchmarkStartPaths(b *testing.B) {
 			b.ReportMetric(ms(runc.pct(0.5)), "runc-p50-ms")
 			b.ReportMetric(float64(runc.pct(0.5))/float64(warm.pct(0.5)), "runc/warm-x")
 			b.ReportMetric(float64(runc.pct(0.5))/float64(hot.pct(0.5)), "runc/hot-x")
+		}
+		if nerdctlErr == nil {
+			b.ReportMetric(ms(nerdctl.pct(0.5)), "nerdctl-p50-ms")
+			b.ReportMetric(float64(nerdctl.pct(0.5))/float64(warm.pct(0.5)), "nerdctl/warm-x")
 		}
 	}
 }
