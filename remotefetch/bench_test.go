@@ -55,9 +55,9 @@ func BenchmarkColdSequential(b *testing.B) {
 	blobURL := fmt.Sprintf("%s/v2/obd/test/blobs/%s", e.reg.URL, e.dgst)
 	client := &http.Client{}
 	buf := make([]byte, 1<<20)
-	// The machine is shared: each iteration alternates both sides for three rounds and keeps
+	// The machine is shared: each iteration alternates both sides for five rounds and keeps
 	// the best round of each, which filters out interference from other processes.
-	const rounds = 3
+	const rounds = 5
 	var plain, ours time.Duration
 	for b.Loop() {
 		bestPlain, bestOurs := time.Duration(1<<62), time.Duration(1<<62)

@@ -41,7 +41,7 @@ type Options struct {
 	FillUnit int64  // default DefaultFillUnit
 	Capacity int64  // bytes of filled units; 0 = unlimited
 	// SyncDelay is how long written units may wait before they are made durable together
-	// (one fdatasync for many units). Default 50 ms.
+	// (one fdatasync for many units). Default 200 ms.
 	SyncDelay time.Duration
 	Logger    *slog.Logger
 }
@@ -57,8 +57,9 @@ type Cache struct {
 	usage   int64 // filled bytes over all records
 	closed  bool
 
-	syncKick chan struct{}
-	syncDone chan struct{}
+	syncKick chan struct{} // a unit was written
+	stop     chan struct{} // closed by Close
+	syncDone chan struct{} // closed when syncLoop has returned
 }
 
 // record is the cache's bookkeeping for one blob, open or not.
@@ -85,7 +86,7 @@ func Open(opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: fill unit %d is not a positive multiple of 4096", opts.FillUnit)
 	}
 	if opts.SyncDelay == 0 {
-		opts.SyncDelay = 50 * time.Millisecond
+		opts.SyncDelay = 200 * time.Millisecond
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -94,7 +95,7 @@ func Open(opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	c := &Cache{opts: opts, log: opts.Logger, records: map[digest.Digest]*record{},
-		syncKick: make(chan struct{}, 1), syncDone: make(chan struct{})}
+		syncKick: make(chan struct{}, 1), stop: make(chan struct{}), syncDone: make(chan struct{})}
 	if err := c.scan(); err != nil {
 		return nil, err
 	}
@@ -337,28 +338,43 @@ func (c *Cache) evictLocked() {
 // syncLoop makes written units durable in batches: one fdatasync per entry per SyncDelay.
 func (c *Cache) syncLoop() {
 	defer close(c.syncDone)
-	for range c.syncKick {
-		time.Sleep(c.opts.SyncDelay)
-		c.mu.Lock()
-		var dirty []*Entry
-		for _, r := range c.records {
-			if r.dirty && r.entry != nil {
-				r.dirty = false
-				dirty = append(dirty, r.entry)
-				r.entry.pin()
-			}
+	for {
+		select {
+		case <-c.syncKick:
+		case <-c.stop:
+			return
 		}
-		c.mu.Unlock()
-		for _, e := range dirty {
-			if err := e.sync(); err != nil {
-				c.log.Warn("cache: sync", "digest", e.dgst, "error", err)
-			}
-			e.unpin()
+		t := time.NewTimer(c.opts.SyncDelay)
+		select {
+		case <-t.C:
+		case <-c.stop:
+			t.Stop()
 		}
+		c.syncDirty()
 	}
 }
 
-// Close stops background syncing. Held entries stay usable until released.
+func (c *Cache) syncDirty() {
+	c.mu.Lock()
+	var dirty []*Entry
+	for _, r := range c.records {
+		if r.dirty && r.entry != nil {
+			r.dirty = false
+			dirty = append(dirty, r.entry)
+			r.entry.pin()
+		}
+	}
+	c.mu.Unlock()
+	for _, e := range dirty {
+		if err := e.sync(); err != nil {
+			c.log.Warn("cache: sync", "digest", e.dgst, "error", err)
+		}
+		e.unpin()
+	}
+}
+
+// Close makes held entries' written units durable and stops background syncing. Held entries
+// stay usable until released.
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -367,8 +383,9 @@ func (c *Cache) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
-	close(c.syncKick)
+	close(c.stop)
 	<-c.syncDone
+	c.syncDirty()
 	return nil
 }
 
