@@ -1,21 +1,37 @@
 // Package sandbox runs serverless functions in lean, SOCK-style sandboxes: the last box of the
 // read path in DESIGN.md ("ext4 mount ▶ ... / sandbox"). An image's rootfs (an obd device's
-// ext4, mounted read-only once per image by a RootfsProvider) is bind-mounted read-only per
-// sandbox, with a writable scratch dir at /tmp, the handler code at /srv and the install cache
-// at /opt, and entered with chroot.
-//
-// A sandbox has its own PID, UTS and IPC namespaces, shares one pre-created empty network
-// namespace with every other sandbox (no host network, and no per-sandbox netns cost), runs in
-// a cgroup from a pool (package sandbox/cgroup) with memory, CPU and pids limits, and runs the
-// handler as nobody with no capabilities.
+// ext4, mounted read-only once per image by a RootfsProvider such as sandbox/bddrootfs, or a
+// local directory via DirProvider) is bind-mounted read-only per sandbox, with a writable
+// scratch dir at /tmp, the handler code read-only at /srv and the install cache read-only at
+// /opt, and entered with chroot.
 //
 // Three start paths, fastest last:
 //   - cold: the server starts python3 in a fresh sandbox (runner.py, mode "cold");
-//   - warm: a zygote (python3 that already imported the runtime's and the function's modules)
-//     forks; the child joins its cgroup, unshares its namespaces, chroots into its own root
-//     (passed as a directory fd) and imports the handler;
+//   - warm: a zygote (python3 that already imported the runtime's modules, and a function
+//     zygote forked from it that imported the function's own) clones a child that joins its
+//     cgroup, chroots into its own root (passed as a directory fd) and imports the handler;
 //   - hot: an idle sandbox from the handler cache, frozen by the cgroup freezer, is thawed.
 //
-// Idle sandboxes live for a fixed keep-alive TTL. Manager is the engine; Handler exposes it
-// over HTTP (cmd/obd-lambda) and Client is what `obd sandbox` uses.
+// Idle sandboxes live for a fixed keep-alive TTL (Config.KeepAlive). Manager is the engine;
+// Handler serves it over HTTP (cmd/obd-lambda) and Client is what `obd sandbox` uses.
+//
+// Choices, and the measurements behind them (BenchmarkStartPaths, `make bench-sandbox`):
+//   - PID, UTS and IPC namespaces per sandbox. A zygote clones each sandbox straight into new
+//     namespaces (clone(CLONE_NEWPID|...) from runner.py), so the handler is PID 1 of its own
+//     namespace and cannot see or signal the host or other sandboxes; unshare+fork would cost a
+//     second fork of the zygote (about 1 ms). The runtime zygote is PID 1 of a namespace the
+//     server made, so killing it ends every sandbox forked from it.
+//   - No mount namespace (as SOCK): the per-sandbox binds live in the server's namespace,
+//     private so nothing propagates, and are prepared ahead (Config.SpareRoots) because
+//     mounting takes 0.5-2 ms.
+//   - Network: one empty network namespace made at start and shared by all sandboxes. The host
+//     network is unreachable (loopback down), and joining costs microseconds where creating a
+//     namespace per sandbox measured 0.4-2.8 ms (rising under load).
+//   - cgroups from a pool (sandbox/cgroup; v1 hierarchies here, v2 where mounted). The sandbox
+//     joins its group itself, writing "0" to cgroup.procs files the server passes it, before
+//     any handler code runs.
+//   - Privileges: the handler runs as nobody with no_new_privs, so it holds no capabilities.
+//   - Handler code is byte-compiled once at registration (a syntax error fails it), saving
+//     about 1 ms per start. Zygotes import only modules named by the operator or the function
+//     (from the image); handler code never runs in a zygote, which is privileged.
 package sandbox
