@@ -123,9 +123,10 @@ type Result struct {
 
 // pending is a blob or manifest to push once everything converted.
 type pending struct {
-	desc ocispec.Descriptor
-	body []byte // in memory (manifests, configs) ...
-	file string // ... or a converted layer blob file
+	desc    ocispec.Descriptor
+	body    []byte // in memory (manifests, configs) ...
+	file    string // ... or a converted layer blob file ...
+	fromSrc bool   // ... or copied from the source as it is
 }
 
 // run holds one conversion's state.
@@ -263,10 +264,16 @@ func (r *run) addJSON(mediaType string, v any) (ocispec.Descriptor, error) {
 
 func (r *run) convertManifest(ctx context.Context, desc ocispec.Descriptor) (ocispec.Descriptor, error) {
 	var m ocispec.Manifest
-	if _, err := r.fetchJSON(ctx, desc, maxManifestSize, &m); err != nil {
+	body, err := r.fetchJSON(ctx, desc, maxManifestSize, &m)
+	if err != nil {
 		return desc, err
 	}
 	if isConverted(m) {
+		// Copied as it is should an index need it next to converted siblings.
+		for _, l := range m.Layers {
+			r.pushes = append(r.pushes, pending{desc: l, fromSrc: true})
+		}
+		r.pushes = append(r.pushes, pending{desc: m.Config, fromSrc: true}, pending{desc: desc, body: body})
 		return desc, ErrAlreadyConverted
 	}
 	cfgBytes, err := r.fetchJSON(ctx, m.Config, maxConfigSize, new(map[string]json.RawMessage))
@@ -459,7 +466,15 @@ func (r *run) pushAll(ctx context.Context, root ocispec.Descriptor) error {
 	var rootBody []byte
 	for _, p := range r.pushes {
 		var in io.Reader
-		if p.file != "" {
+		switch {
+		case p.fromSrc:
+			rc, err := r.src.fetch(ctx, p.desc)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			in = rc
+		case p.file != "":
 			f, err := os.Open(p.file)
 			if err != nil {
 				return err
@@ -468,7 +483,7 @@ func (r *run) pushAll(ctx context.Context, root ocispec.Descriptor) error {
 			var done func()
 			in, done = r.progress.track(f, "push "+shortDigest(p.desc.Digest), p.desc.Size)
 			defer done()
-		} else {
+		default:
 			in = bytes.NewReader(p.body)
 		}
 		if p.desc.Digest == root.Digest {

@@ -2,12 +2,14 @@ package convert_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/convert"
@@ -71,6 +73,88 @@ func TestConvertMultiPlatform(t *testing.T) {
 		sort.Strings(got)
 		if strings.Join(got, ",") != strings.Join(tc.want, ",") {
 			t.Errorf("platforms %q: converted %v, want %v", name, got, tc.want)
+		}
+	}
+}
+
+// TestConvertMixedIndex converts an index in which one platform is already an
+// overlaybd image: that one is copied unchanged, the other converted.
+func TestConvertMixedIndex(t *testing.T) {
+	requireDevices(t)
+	images := map[string][][]byte{}
+	for _, arch := range []string{"amd64", "arm64"} {
+		l, err := fixture.Tar([]fixture.Entry{fixture.Dir("etc", 0o755, 0), fixture.File("etc/arch", 0o644, 0, arch+"\n")}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images[arch] = [][]byte{l}
+	}
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	if err := fixture.WriteMultiPlatform(src, "multi", images); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20, Platforms: []string{"linux/amd64"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Convert amd64 into the source layout itself, then index it next to the
+	// original arm64 image.
+	res, err := c.Convert(ctx, "oci:"+src+":multi", "oci:"+src+":amd64-obd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var convertedIdx, origIdx, top ocispec.Index
+	readJSON(t, blobPath(src, res.Descriptor.Digest.Encoded()), &convertedIdx)
+	readJSON(t, filepath.Join(src, "index.json"), &top)
+	for _, m := range top.Manifests {
+		if m.Annotations[ocispec.AnnotationRefName] == "multi" {
+			readJSON(t, blobPath(src, m.Digest.Encoded()), &origIdx)
+		}
+	}
+	mixed := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{convertedIdx.Manifests[0]}}
+	mixed.SchemaVersion = 2
+	for _, m := range origIdx.Manifests {
+		if m.Platform.Architecture == "arm64" {
+			mixed.Manifests = append(mixed.Manifests, m)
+		}
+	}
+	b, _ := json.Marshal(mixed)
+	d := digest.FromBytes(b)
+	if err := os.WriteFile(blobPath(src, d.Encoded()), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	top.Manifests = append(top.Manifests, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: d, Size: int64(len(b)),
+		Annotations: map[string]string{ocispec.AnnotationRefName: "mixed"}})
+	b, _ = json.Marshal(top)
+	if err := os.WriteFile(filepath.Join(src, "index.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	all, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(tmp, "dst")
+	res, err = all.Convert(ctx, "oci:"+src+":mixed", "oci:"+dst+":obd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Layers != 1 {
+		t.Errorf("converted %d layers, want 1 (arm64 only)", res.Layers)
+	}
+	var out ocispec.Index
+	readJSON(t, blobPath(dst, res.Descriptor.Digest.Encoded()), &out)
+	if len(out.Manifests) != 2 || out.Manifests[0].Digest != convertedIdx.Manifests[0].Digest {
+		t.Fatalf("result index %+v: want the converted amd64 manifest kept and arm64 added", out.Manifests)
+	}
+	for _, m := range out.Manifests {
+		var man ocispec.Manifest
+		readJSON(t, blobPath(dst, m.Digest.Encoded()), &man)
+		got, err := os.ReadFile(filepath.Join(mountConverted(t, dst, man), "etc/arch"))
+		if err != nil || string(got) != m.Platform.Architecture+"\n" {
+			t.Errorf("%s: etc/arch %q, %v", m.Platform.Architecture, got, err)
 		}
 	}
 }
