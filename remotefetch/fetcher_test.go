@@ -200,6 +200,25 @@ func TestTokenAuth(t *testing.T) {
 	}
 }
 
+// TestTokenRefresh: an expired token is replaced by a new one before the next request.
+func TestTokenRefresh(t *testing.T) {
+	e := newEnv(t, testregistry.Options{Auth: testregistry.AuthToken, TokenTTL: time.Second}, 4*testUnit, false)
+	f := newFetcher(t, Options{DockerConfig: dockerConfig(t, e.reg, e.reg.Host)})
+	b := open(t, f, e)
+	defer b.Close()
+	if err := checkRead(t, b, e.data, 0, 10); err != nil {
+		t.Fatal(err)
+	}
+	issued := e.reg.TokensIssued()
+	time.Sleep(1100 * time.Millisecond)
+	if err := checkRead(t, b, e.data, 2*testUnit, 10); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.reg.TokensIssued() - issued; got != 1 {
+		t.Fatalf("%d tokens fetched after expiry, want 1", got)
+	}
+}
+
 func TestRedirectTargetIsReused(t *testing.T) {
 	e := newEnv(t, testregistry.Options{Auth: testregistry.AuthBasic, RedirectBlobs: true}, 6*testUnit, false)
 	f := newFetcher(t, Options{DockerConfig: dockerConfig(t, e.reg, e.reg.Host)})
