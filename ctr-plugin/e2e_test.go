@@ -1,0 +1,231 @@
+package ctrplugin
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/ctr-plugin/tracestore"
+	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/snapshotter"
+	"github.com/opencontainers/go-digest"
+)
+
+// stack is one cold host: bdd with an empty cache, the overlaybd snapshotter using it, and
+// containerd with the snapshotter as its proxy plugin `overlaybd`.
+type stack struct {
+	bdd    *testenv.BDD
+	ctrd   *testenv.Containerd
+	ctrObd string // the cmd/ctr-obd binary
+}
+
+func startStack(t *testing.T, ctrObd string) *stack {
+	t.Helper()
+	b := testenv.StartBDD(t)
+	dir := t.TempDir()
+	devices, err := snapshotter.NewBDDDevices(b.Client, filepath.Join(dir, "devices"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := snapshotter.NewSnapshotter(filepath.Join(dir, "root"), snapshotter.WithDeviceManager(devices))
+	if err != nil {
+		t.Fatal(err)
+	}
+	address := filepath.Join(dir, "sn.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- snapshotter.Serve(ctx, sn, address) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("snapshotter Serve: %v", err)
+		}
+		if err := sn.Close(); err != nil {
+			t.Errorf("snapshotter Close: %v", err)
+		}
+		if err := testenv.UnmountAll(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: Snapshotter, Type: "snapshot", Address: address}},
+	})
+	return &stack{bdd: b, ctrd: ctrd, ctrObd: ctrObd}
+}
+
+// ctr runs ctr-obd against the stack's containerd and bdd and returns its standard output.
+func (s *stack) ctr(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args = append([]string{"--address", s.ctrd.Address, "--namespace", s.ctrd.Namespace}, args...)
+	cmd := exec.CommandContext(ctx, s.ctrObd, args...)
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(testenv.DepsDir(), "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("ctr-obd %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// deviceFetches returns what bdd's only device fetched from the registry on demand: reads that
+// missed the cache and the bytes they fetched.
+func (s *stack) deviceFetches(t *testing.T) (misses, bytesFetched uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := s.bdd.Client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetDevices()) != 1 {
+		t.Fatalf("bdd devices = %v, want the image's one device", list.GetDevices())
+	}
+	stats, err := s.bdd.Client.Stats(ctx, &bddv1.StatsRequest{Id: list.GetDevices()[0].GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range stats.GetLayers() {
+		misses += l.GetMisses()
+		bytesFetched += l.GetBytesFetched()
+	}
+	return misses, bytesFetched
+}
+
+func (s *stack) waitNoDevices(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		list, err := s.bdd.Client.List(context.Background(), &bddv1.ListRequest{})
+		if err == nil && len(list.GetDevices()) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bdd still has devices 30 s after the container went: %v (%v)", list.GetDevices(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func buildCtrObd(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ctr-obd")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/obdproject/obd/cmd/ctr-obd").CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/ctr-obd: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startWorkload is what a container's start reads: the shell, busybox in full, a directory.
+const startWorkload = "cat /bin/busybox > /dev/null; ls -l /bin > /dev/null; echo started"
+
+// TestE2ERpullObdconvRecordTrace runs the three commands end to end against a real registry,
+// containerd, the overlaybd snapshotter and bdd: obdconv converts a plain image, rpull pulls
+// it fetching no layer, a start reads on demand, record-trace stores a trace, and on a second
+// cold host rpull prefetches it so that the same start fetches less on the critical path.
+func TestE2ERpullObdconvRecordTrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd, the snapshotter and containers")
+	}
+	testenv.RequireRoot(t)
+	if data, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(data), "\toverlay\n") {
+		t.Skip("overlayfs is not available in this kernel")
+	}
+	skopeo := testenv.Bin(t, "skopeo")
+	ctrObd := buildCtrObd(t)
+	registry := testregistry.Start(t, testregistry.Options{})
+	plain := testenv.BuildBusyboxImage(t)
+	plainRef, obdRef := registry.Host+"/obdtest/busybox:plain", registry.Host+"/obdtest/busybox:obd"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--dest-tls-verify=false",
+		"oci:"+plain.Layout+":"+plain.Tag, "docker://"+plainRef).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	traceDir := filepath.Join(t.TempDir(), "traces")
+
+	first := startStack(t, ctrObd)
+	out := first.ctr(t, "obdconv", "--work-dir", t.TempDir(), "--vsize", "256M", plainRef, obdRef)
+	if !strings.HasPrefix(out, obdRef+" sha256:") {
+		t.Fatalf("obdconv output = %q, want the pushed reference and digest", out)
+	}
+
+	// rpull fetches the config and no layer blob.
+	blobGets := registry.BlobGets()
+	out = first.ctr(t, "rpull", "--trace-dir", traceDir, "--bdd-socket", first.bdd.Socket, obdRef)
+	if n := registry.BlobGets() - blobGets; n != 1 {
+		t.Fatalf("rpull fetched %d blobs, want only the config:\n%s", n, out)
+	}
+	if !strings.Contains(out, "no start trace recorded") {
+		t.Fatalf("rpull without a trace: output %q does not say so", out)
+	}
+	if images := first.ctr(t, "images", "ls", "-q"); !strings.Contains(images, obdRef) {
+		t.Fatalf("images ls after rpull = %q, want %s", images, obdRef)
+	}
+
+	// An untraced start reads on demand; the container stays (stopped) so the device does too.
+	if out := first.ctr(t, "run", "--snapshotter", Snapshotter, obdRef, "untraced", "sh", "-c", startWorkload); strings.TrimSpace(out) != "started" {
+		t.Fatalf("untraced run output = %q", out)
+	}
+	untracedMisses, untracedBytes := first.deviceFetches(t)
+	first.ctr(t, "containers", "rm", "untraced")
+	first.waitNoDevices(t)
+	if untracedBytes == 0 {
+		t.Fatal("the untraced start fetched nothing: the image is not read lazily")
+	}
+
+	traceFile := filepath.Join(t.TempDir(), "start.trace")
+	out = first.ctr(t, "record-trace", "--trace-dir", traceDir, "--bdd-socket", first.bdd.Socket, obdRef, traceFile, "--", "sh", "-c", startWorkload)
+	if !strings.HasPrefix(out, "started\n") || !strings.Contains(out, "recorded a trace of 1 blobs") {
+		t.Fatalf("record-trace output = %q, want the command's output and a one-blob trace", out)
+	}
+	first.waitNoDevices(t)
+	data, err := os.ReadFile(traceFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trace, err := remotefetch.ReadTrace(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("record-trace wrote an unreadable trace: %v", err)
+	}
+	if len(trace.Blobs) != 1 || len(trace.Blobs[0].Ranges) == 0 {
+		t.Fatalf("trace = %+v, want ranges of the image's one blob", trace)
+	}
+	chain, err := tracestore.ChainID([]digest.Digest{trace.Blobs[0].Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if storedTrace, err := (tracestore.Store{Dir: traceDir}).Load(chain); err != nil || !bytes.Equal(storedTrace, data) {
+		t.Fatalf("trace stored under the image's chain: %v (equal to the file: %v)", err, bytes.Equal(storedTrace, data))
+	}
+
+	// A second cold host: rpull prefetches the trace, and the same start then fetches less.
+	second := startStack(t, ctrObd)
+	out = second.ctr(t, "rpull", "--trace-dir", traceDir, "--bdd-socket", second.bdd.Socket, obdRef)
+	if !strings.Contains(out, "prefetched the start trace") {
+		t.Fatalf("rpull with a recorded trace: output %q does not report a prefetch", out)
+	}
+	if out := second.ctr(t, "run", "--snapshotter", Snapshotter, obdRef, "traced", "sh", "-c", startWorkload); strings.TrimSpace(out) != "started" {
+		t.Fatalf("traced run output = %q", out)
+	}
+	tracedMisses, tracedBytes := second.deviceFetches(t)
+	second.ctr(t, "containers", "rm", "traced")
+	second.waitNoDevices(t)
+	t.Logf("critical path of the start: untraced %d misses, %d bytes fetched; traced %d misses, %d bytes fetched",
+		untracedMisses, untracedBytes, tracedMisses, tracedBytes)
+	if tracedBytes >= untracedBytes || tracedMisses >= untracedMisses {
+		t.Fatalf("the traced start fetched %d bytes in %d misses, not less than the untraced %d bytes in %d misses",
+			tracedBytes, tracedMisses, untracedBytes, untracedMisses)
+	}
+}
