@@ -234,6 +234,30 @@ func TestRedirectTargetIsReused(t *testing.T) {
 	}
 }
 
+// TestRedirectTargetExpires: after RedirectReuse the registry is asked again.
+func TestRedirectTargetExpires(t *testing.T) {
+	e := newEnv(t, testregistry.Options{RedirectBlobs: true}, 4*testUnit, false)
+	f := newFetcher(t, Options{RedirectReuse: 50 * time.Millisecond})
+	b := open(t, f, e)
+	defer b.Close()
+	if err := checkRead(t, b, e.data, 0, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkRead(t, b, e.data, testUnit, 10); err != nil {
+		t.Fatal(err)
+	}
+	if e.reg.BlobGets() != 1 {
+		t.Fatalf("%d registry GETs before expiry, want 1", e.reg.BlobGets())
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := checkRead(t, b, e.data, 2*testUnit, 10); err != nil {
+		t.Fatal(err)
+	}
+	if e.reg.BlobGets() != 2 || e.reg.BlobStoreGets() != 3 {
+		t.Fatalf("after expiry: %d registry GETs (want 2), %d blob store GETs (want 3)", e.reg.BlobGets(), e.reg.BlobStoreGets())
+	}
+}
+
 func TestConcurrentMissesFetchOnce(t *testing.T) {
 	e := newEnv(t, testregistry.Options{}, 4*testUnit, true)
 	e.proxy.SetShaping(faultproxy.Shaping{Latency: 50 * time.Millisecond})
