@@ -118,6 +118,13 @@ func (h *Hybrid) Decide(inv Invocation) Window {
 	return w
 }
 
+// Forget drops fn's histogram.
+func (h *Hybrid) Forget(fn string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.fns, fn)
+}
+
 // window computes f's window, or reports false when the fallback should decide.
 func (h *Hybrid) window(f *idleHistogram) (Window, bool) {
 	total := f.inRange + f.outOfRange

@@ -64,5 +64,11 @@ type Lender interface {
 	CanLend(donor, recipient string) bool
 }
 
+// Forgetter is implemented by policies that keep per-function state; a server calls Forget
+// when a function is deleted so that the state does not outlive it.
+type Forgetter interface {
+	Forget(fn string)
+}
+
 // ErrConfig marks an invalid policy configuration.
 var ErrConfig = errors.New("policy: invalid configuration")

@@ -205,3 +205,19 @@ func TestPoliciesAreSafeForConcurrentUse(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+func TestForgetDropsState(t *testing.T) {
+	h, _ := NewHybrid(HybridConfig{})
+	p, _ := NewPredictive(PredictiveConfig{})
+	for _, pol := range []interface {
+		Policy
+		Forgetter
+	}{h, p} {
+		feed(pol, "f", repeat(30*time.Minute, 20)...)
+		pol.Forget("f")
+		// Forgotten: the next invocation is the function's first, so the fallback decides.
+		if w := feed(pol, "f", time.Minute); w != (Window{KeepAlive: 10 * time.Minute}) {
+			t.Errorf("%s after Forget: %+v", pol.Name(), w)
+		}
+	}
+}

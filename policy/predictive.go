@@ -165,6 +165,13 @@ func (p *Predictive) Decide(inv Invocation) Window {
 	return w
 }
 
+// Forget drops fn's history and forecast.
+func (p *Predictive) Forget(fn string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.fns, fn)
+}
+
 // score updates the hit rate with whether arrival fell inside the last forecast window.
 func (s *invocationSeries) score(arrival time.Time) {
 	if !s.hasWindow {

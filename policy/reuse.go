@@ -38,6 +38,13 @@ func (r *Reuse) Name() string { return "reuse+" + r.base.Name() }
 // Decide defers to the base policy.
 func (r *Reuse) Decide(inv Invocation) Window { return r.base.Decide(inv) }
 
+// Forget passes fn on to the base policy when it keeps per-function state.
+func (r *Reuse) Forget(fn string) {
+	if f, ok := r.base.(Forgetter); ok {
+		f.Forget(fn)
+	}
+}
+
 // CanLend reports whether donor's packages include all of recipient's (and recipient has any).
 func (r *Reuse) CanLend(donor, recipient string) bool {
 	if donor == recipient {
