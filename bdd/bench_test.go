@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,35 +102,44 @@ func requireFio(b *testing.B) {
 
 // BenchmarkColdSeqReadLZ4 reads a freshly attached device backed by one local lz4
 // ZFile layer with fio (1 MiB sequential direct reads) and reports its rate as a
-// ratio of raw single-threaded lz4 decoding of the same data, measured in the same
-// run. Target: ≥ 0.6.
+// ratio of raw single-threaded lz4 decoding of the same data. The two are measured
+// alternately, three times each, and the median ratio is reported, so that load from
+// elsewhere on the machine hits both sides alike. Target: ≥ 0.6.
 func BenchmarkColdSeqReadLZ4(b *testing.B) {
 	requireBlockFacilities(b)
 	requireFio(b)
 	const size = 512 << 20
 	img := textImage(b, size)
 	layers := splitImage(b, img, 1, &zfile.Options{Algorithm: zfile.LZ4}, false)
-	decode := rawLZ4DecodeRate(b, img)
 	d := startDaemon(b, "")
-	var ratio, rate float64
+	var ratios, rates, decodes []float64
 	for i := 0; i < b.N; i++ {
-		// A new device each time: nothing of it is cached in bdd or the loop device.
-		dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
-		rate = fioReadRate(b, dev.GetDevicePath(), size, 1)
-		ratio = rate / decode
-		if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
-			b.Fatal(err)
+		for range 3 {
+			decode := rawLZ4DecodeRate(b, img)
+			// A new device each time: nothing of it is cached in bdd or the loop device.
+			dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+			rate := fioReadRate(b, dev.GetDevicePath(), size, 1)
+			if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+				b.Fatal(err)
+			}
+			ratios, rates, decodes = append(ratios, rate/decode), append(rates, rate), append(decodes, decode)
 		}
 	}
-	b.ReportMetric(rate/1e6, "device-MB/s")
-	b.ReportMetric(decode/1e6, "lz4decode-MB/s")
-	b.ReportMetric(ratio, "ratio-vs-lz4decode")
+	b.ReportMetric(median(rates)/1e6, "device-MB/s")
+	b.ReportMetric(median(decodes)/1e6, "lz4decode-MB/s")
+	b.ReportMetric(median(ratios), "ratio-vs-lz4decode")
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // BenchmarkRSS10Devices attaches the same 1 GiB, 10-layer lz4 image 10 times,
 // reads every device once with fio, and reports bdd's resident memory (VmRSS) as a
 // ratio of the 64 MiB budget (target ≤ 1): with Go's default collector pacing, and
-// with memory_limit = 48MiB, which makes the collector return memory sooner.
+// with memory_limit = 56MiB, which makes the collector return memory sooner.
 func BenchmarkRSS10Devices(b *testing.B) {
 	requireBlockFacilities(b)
 	requireFio(b)
@@ -139,7 +149,7 @@ func BenchmarkRSS10Devices(b *testing.B) {
 	os.Remove(img)
 	for _, tc := range []struct{ name, config string }{
 		{"default", ""},
-		{"limit48MiB", `memory_limit = "48MiB"`},
+		{"limit56MiB", `memory_limit = "56MiB"`},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
