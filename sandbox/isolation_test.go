@@ -115,9 +115,13 @@ func TestFailingHandlersKeepServerServing(t *testing.T) {
 			if _, err := m.Invoke(context.Background(), "bad", json.RawMessage(c.event)); !errors.Is(err, c.want) {
 				t.Errorf("%s: %v, want %v", c.event, err, c.want)
 			}
-			out, _ := invoke(t, m, "bad", map[string]any{"op": "echo", "value": c.event})
+			out, res := invoke(t, m, "bad", map[string]any{"op": "echo", "value": c.event})
 			if out["echo"] != c.event {
 				t.Errorf("after %s: echo %v", c.event, out)
+			}
+			// A dead or killed sandbox is replaced; one whose handler raised is reused.
+			if wantHot := c.want == ErrHandler; (res.Path == Hot) != wantHot {
+				t.Errorf("after %s: next call took the %s path", c.event, res.Path)
 			}
 		}
 		st, _ := m.Stats("bad")

@@ -90,10 +90,7 @@ func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage,
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: event is not JSON: %w", err)
 	}
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Time{}
-	}
+	deadline, _ := ctx.Deadline() // zero: none
 	b.conn.SetWriteDeadline(deadline)
 	if err := writeFrame(b.conn, msg); err != nil {
 		return nil, fmt.Errorf("%w%s: send event: %w", ErrCrashed, b.deathCause(), err)
