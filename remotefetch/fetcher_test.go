@@ -321,6 +321,41 @@ func TestNotFound(t *testing.T) {
 	}
 }
 
+func TestWrongSizeFailsFast(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 2*testUnit, false)
+	f := newFetcher(t, Options{})
+	b, err := f.Open(t.Context(), e.ref, e.dgst, int64(len(e.data))+100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = b.ReadAt(make([]byte, 10), 0)
+	if !errors.Is(err, ErrBadResponse) || errors.Is(err, ErrDeadline) || !strings.Contains(err.Error(), "opened as") {
+		t.Fatalf("read with a wrong size: %v", err)
+	}
+}
+
+func TestTinyBlobs(t *testing.T) {
+	reg := testregistry.Start(t, testregistry.Options{})
+	f := newFetcher(t, Options{})
+	for _, data := range [][]byte{{}, {42}} {
+		d := reg.PushBlob(t, "obd/tiny", data)
+		b, err := f.Open(t.Context(), reg.Host+"/obd/tiny", d, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		n, err := b.ReadAt(buf, 0)
+		if n != len(data) || !errors.Is(err, io.EOF) || !bytes.Equal(buf[:n], data) {
+			t.Errorf("%d-byte blob: read %d, %v", len(data), n, err)
+		}
+		if err := b.Verify(t.Context()); err != nil {
+			t.Errorf("%d-byte blob: verify: %v", len(data), err)
+		}
+		b.Close()
+	}
+}
+
 func TestBadArguments(t *testing.T) {
 	f := newFetcher(t, Options{})
 	for _, tc := range []struct {

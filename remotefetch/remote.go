@@ -151,7 +151,12 @@ func (r *remote) checkResponse(resp *http.Response, u *url.URL, off, n int64) (i
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
 		first, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if err == nil && (first != off || last != off+n-1 || (total >= 0 && total != r.size)) {
+		if err == nil && total >= 0 && total != r.size {
+			// Retrying cannot fix a wrong size given to Open.
+			drain(resp)
+			return nil, permanent(fmt.Errorf("%w: %s: the registry's blob is %d bytes, opened as %d", ErrBadResponse, redact(u), total, r.size))
+		}
+		if err == nil && (first != off || last != off+n-1) {
 			err = fmt.Errorf("%w: Content-Range %q for requested bytes %d-%d/%d", ErrBadResponse,
 				resp.Header.Get("Content-Range"), off, off+n-1, r.size)
 		}
