@@ -147,8 +147,24 @@ func (g *Group) SetLimits(lim Limits) error {
 	if lim.Pids > 0 {
 		pids = strconv.FormatInt(lim.Pids, 10)
 	}
+	// memory+swap must stay ≥ memory: lift it, set memory, then cap memory+swap to the same
+	// value so a limited group cannot page out instead of failing. Without swap accounting
+	// the file does not exist.
+	memsw := filepath.Join(g.dir("memory"), "memory.memsw.limit_in_bytes")
+	_, err := os.Stat(memsw)
+	hasMemsw := err == nil
+	if hasMemsw {
+		if err := g.write("memory", "memory.memsw.limit_in_bytes", "-1"); err != nil {
+			return err
+		}
+	}
 	if err := g.write("memory", "memory.limit_in_bytes", mem); err != nil {
 		return err
+	}
+	if hasMemsw {
+		if err := g.write("memory", "memory.memsw.limit_in_bytes", mem); err != nil {
+			return err
+		}
 	}
 	if err := g.write("cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriodMicros)); err != nil {
 		return err

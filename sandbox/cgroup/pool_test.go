@@ -88,6 +88,9 @@ func TestPoolLimitsAndReuse(t *testing.T) {
 		if got := readTrim(t, filepath.Join(g.dir("memory"), "memory.limit_in_bytes")); got != "67108864" {
 			t.Errorf("memory limit %s", got)
 		}
+		if memsw := filepath.Join(g.dir("memory"), "memory.memsw.limit_in_bytes"); fileExists(memsw) && readTrim(t, memsw) != "67108864" {
+			t.Errorf("memory+swap limit %s, want the memory limit", readTrim(t, memsw))
+		}
 		if got := readTrim(t, filepath.Join(g.dir("cpu"), "cpu.cfs_quota_us")); got != "50000" {
 			t.Errorf("cpu quota %s", got)
 		}
@@ -212,4 +215,9 @@ func TestRemoveLeftoverKillsFrozenProcesses(t *testing.T) {
 			t.Errorf("%s left", d)
 		}
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
