@@ -14,7 +14,9 @@
 //   - Reuse: Pagurus-style cross-function reuse on top of any policy: an idle instance of one
 //     function can serve another whose packages it already covers.
 //
-// A Policy keeps per-function state and is safe for concurrent use.
+// A server calls Decide each time an invocation finishes and applies the returned Window to
+// the now idle instance; with PreWarm > 0 it unloads the instance and loads one again when
+// PreWarm has passed. A Policy keeps per-function state and is safe for concurrent use.
 package policy
 
 import (
@@ -51,7 +53,8 @@ type Policy interface {
 	// Name identifies the policy in reports, e.g. "fixed-10m".
 	Name() string
 	// Decide records a finished invocation and returns the window for the idle time that
-	// follows it. Invocations of one function must be passed in order of arrival.
+	// follows it. Invocations of one function should come in order of arrival; one that
+	// arrived before the previous one ended counts as no idle time.
 	Decide(inv Invocation) Window
 }
 

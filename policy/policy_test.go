@@ -221,3 +221,15 @@ func TestForgetDropsState(t *testing.T) {
 		}
 	}
 }
+
+func TestPoliciesTakeAnyTime(t *testing.T) {
+	h, _ := NewHybrid(HybridConfig{})
+	p, _ := NewPredictive(PredictiveConfig{})
+	for _, pol := range []Policy{h, p} {
+		for _, at := range []time.Time{time.Unix(-1e10, 0), {}, time.Unix(1e11, 0), time.Unix(-5, 0)} {
+			if w := pol.Decide(Invocation{Function: "f", Arrival: at, End: at.Add(-time.Hour)}); w.PreWarm < 0 || w.KeepAlive < 0 {
+				t.Errorf("%s at %v: %+v", pol.Name(), at, w)
+			}
+		}
+	}
+}

@@ -139,7 +139,7 @@ type invocationSeries struct {
 func (p *Predictive) Decide(inv Invocation) Window {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	minute := inv.Arrival.Unix() / 60
+	minute := inv.Arrival.Truncate(time.Minute).Unix() / 60
 	s := p.fns[inv.Function]
 	if s == nil {
 		s = &invocationSeries{counts: make([]float64, int(p.cfg.History/time.Minute)), first: minute, last: minute, confidence: 0.5}
@@ -193,14 +193,17 @@ func (s *invocationSeries) record(minute int64) {
 	n := int64(len(s.counts))
 	if minute > s.last {
 		for m := max(s.last+1, minute-n+1); m <= minute; m++ {
-			s.counts[m%n] = 0
+			s.counts[ringIndex(m, n)] = 0
 		}
 		s.last = minute
 	}
 	if minute > s.last-n { // arrivals older than the ring are dropped
-		s.counts[minute%n]++
+		s.counts[ringIndex(minute, n)]++
 	}
 }
+
+// ringIndex is minute's slot in a ring of n minutes (minutes before 1970 are negative).
+func ringIndex(minute, n int64) int64 { return (minute%n + n) % n }
 
 // fit recomputes s's forecast at minute now; it reports false if the history is too short.
 func (p *Predictive) fit(s *invocationSeries, now int64) bool {
@@ -214,7 +217,7 @@ func (p *Predictive) fit(s *invocationSeries, now int64) bool {
 	for i := range length {
 		m := now - length + 1 + i
 		if m <= s.last {
-			series[i] = s.counts[m%n]
+			series[i] = s.counts[ringIndex(m, n)]
 		}
 	}
 	horizon := int(p.cfg.Horizon / time.Minute)
@@ -287,7 +290,7 @@ func (p *Predictive) window(s *invocationSeries, end time.Time) (Window, bool) {
 	if !s.fitted {
 		return Window{}, false
 	}
-	endMinute := end.Unix() / 60
+	endMinute := end.Truncate(time.Minute).Unix() / 60
 	start := -1
 	// From the minute after the execution ended (forecast index j is minute fitMinute+1+j); the
 	// rest of the current minute is covered by the lead before it.
