@@ -257,3 +257,28 @@ func TestFUSEFioVerify(t *testing.T) {
 		})
 	}
 }
+
+// TestFUSEOrphanDropped plays a crash between exposing a device and saving its
+// state: the restarted daemon must release the FUSE connection the keeper holds for
+// it instead of leaving it unserved.
+func TestFUSEOrphanDropped(t *testing.T) {
+	requireBlockFacilities(t)
+	_, img := ext4Image(t, 7, 5, 16<<20)
+	layers := splitImage(t, img, 1, nil, false)
+	d := startDaemon(t, "")
+	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
+	d.kill9()
+	if err := os.Remove(filepath.Join(d.dir, "state", "devices", dev.GetId()+".json")); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	if !d.logContains("dropping the FUSE connection", dev.GetId()) {
+		t.Fatalf("orphaned device %s was not dropped:\n%s", dev.GetId(), d.logs())
+	}
+	fuseFile := filepath.Join(d.dir, "run", "fuse", dev.GetId())
+	if out, _ := exec.Command("findmnt", "-n", fuseFile).Output(); len(out) != 0 {
+		t.Fatalf("the orphan's FUSE file is still mounted: %s", out)
+	}
+	// Its loop device is left to the administrator; free it so the test leaves none.
+	run(t, "losetup", "-d", dev.GetDevicePath())
+}

@@ -49,9 +49,10 @@ func RunKeeper(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return srv.Serve(ctx, l)
 }
 
-// keeper connects to the fd keeper, starting it with s.keeperCommand when none
-// answers. Without a keeper command FUSE devices get no crash recovery (nil client).
-func (s *Server) keeper(ctx context.Context) (*fdkeeper.Client, error) {
+// keeper connects to the fd keeper; when none answers and start is set, it starts
+// one with s.keeperCommand. Without a keeper command, or when none runs and start is
+// not set, it returns a nil client: FUSE devices then get no crash recovery.
+func (s *Server) keeper(ctx context.Context, start bool) (*fdkeeper.Client, error) {
 	s.keeperMu.Lock()
 	defer s.keeperMu.Unlock()
 	if s.keeperClient != nil || len(s.keeperCommand) == 0 {
@@ -60,6 +61,9 @@ func (s *Server) keeper(ctx context.Context) (*fdkeeper.Client, error) {
 	sock := s.cfg.keeperSocket()
 	c, err := fdkeeper.Dial(ctx, sock)
 	if err != nil {
+		if !start {
+			return nil, nil
+		}
 		if err := s.startKeeper(); err != nil {
 			return nil, err
 		}
@@ -113,7 +117,7 @@ func (s *Server) fuseOptions(d *device, keeper *fdkeeper.Client) fuseloop.Option
 // the FUSE connection the keeper holds for d, so that a filesystem mounted on the
 // loop device keeps working; failing that it cleans up and attaches afresh.
 func (s *Server) exposeFUSE(ctx context.Context, d *device, resume bool) error {
-	keeper, err := s.keeper(ctx)
+	keeper, err := s.keeper(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -146,4 +150,35 @@ func (s *Server) exposeFUSE(ctx context.Context, d *device, resume bool) error {
 	}
 	d.path, d.transport = dev.Path(), dev
 	return nil
+}
+
+// dropOrphans releases FUSE connections the keeper holds for devices that have no
+// state (bdd died between exposing a device and saving it): nothing will ever
+// serve them, so requests on them would wait forever.
+func (s *Server) dropOrphans(ctx context.Context, specs []DeviceSpec) error {
+	keeper, err := s.keeper(ctx, false)
+	if err != nil || keeper == nil {
+		return err
+	}
+	keys, err := keeper.Keys(ctx)
+	if err != nil {
+		return fmt.Errorf("keeper: %w", err)
+	}
+	known := map[string]bool{}
+	for _, spec := range specs {
+		known[spec.ID] = true
+	}
+	var errs []error
+	for _, id := range keys {
+		if known[id] {
+			continue
+		}
+		s.log.Warn("dropping the FUSE connection of a device without state", "device", id)
+		errs = append(errs, keeper.Drop(ctx, id))
+		file := filepath.Join(s.cfg.RunDir, "fuse", id)
+		if err := unix.Unmount(file, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", file, err))
+		}
+	}
+	return errors.Join(errs...)
 }

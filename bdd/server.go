@@ -225,6 +225,7 @@ func (s *Server) Restore(ctx context.Context) error {
 		s.add(d)
 		s.log.Info("restored", "device", spec.ID, "path", d.path, "nbd", d.nbdSocket)
 	}
+	errs = append(errs, s.dropOrphans(ctx, specs))
 	return errors.Join(errs...)
 }
 
