@@ -3,11 +3,15 @@ package remotefetch
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -686,6 +690,50 @@ func TestHostsTomlMirrorFallback(t *testing.T) {
 	}
 	if e.proxy.Requests() == 0 {
 		t.Fatal("the mirror was never asked")
+	}
+}
+
+// TestHostsTomlTLS: a registry behind TLS with a private CA is reached through hosts.toml
+// (server + ca); without the CA the TLS handshake is refused.
+func TestHostsTomlTLS(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 2*testUnit, false)
+	upstream, err := url.Parse(e.reg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(upstream))
+	defer srv.Close()
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+
+	hostsDir := t.TempDir()
+	dir := filepath.Join(hostsDir, "tls.invalid")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := func(toml string) {
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() error {
+		f := newFetcher(t, Options{HostsDir: hostsDir, ReadTimeout: 2 * time.Second})
+		b, err := f.Open(t.Context(), "tls.invalid/obd/test", e.dgst, int64(len(e.data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		return checkRead(t, b, e.data, 0, int64(len(e.data)))
+	}
+	write(fmt.Sprintf("server = %q\nca = \"ca.crt\"\n", srv.URL))
+	if err := read(); err != nil {
+		t.Fatalf("read over TLS with the CA from hosts.toml: %v", err)
+	}
+	write(fmt.Sprintf("server = %q\n", srv.URL))
+	if err := read(); err == nil || errors.Is(err, ErrDeadline) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("read over TLS without the CA: %v, want a certificate error", err)
 	}
 }
 

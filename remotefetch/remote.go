@@ -2,6 +2,7 @@ package remotefetch
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -242,10 +243,16 @@ func redact(u *url.URL) string {
 }
 
 // transportError replaces net/http's error, which quotes the full URL, with a redacted one.
+// A certificate the client does not trust is permanent: retrying cannot fix the setup.
 func transportError(u *url.URL, err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return fmt.Errorf("remotefetch: GET %s: %w", redact(u), err)
+	err = fmt.Errorf("remotefetch: GET %s: %w", redact(u), err)
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return permanent(err)
+	}
+	return err
 }
