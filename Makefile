@@ -65,3 +65,12 @@ bench-coldstart: deps
 	$(GO) build -o $(BIN)/ ./cmd/obd ./cmd/bdd ./cmd/overlaybd-snapshotter
 	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter .
 	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee $(OBD_DEPS)/bench/bench-coldstart.out
+
+# demo is the README's main command (issue #7): a private registry, bdd, the overlaybd
+# snapshotter and containerd; a sample image built offline and converted with `obd convert`;
+# a lazy `nerdctl --snapshotter overlaybd run` timed next to a plain overlayfs pull + run.
+# Everything is removed on exit and on Ctrl-C. Needs root. DEMO_IMAGE=python for a Debian +
+# python3 image (scripts/mkrootfs.sh, minutes the first time) instead of busybox.
+.PHONY: demo
+demo: deps
+	BIN=$(abspath $(BIN)) bash demo/demo.sh
