@@ -11,10 +11,9 @@ import (
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
 
-	"github.com/obdproject/obd/blockdev/fuseloop"
 	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/convert/internal/extmount"
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/layerblob"
@@ -120,21 +119,16 @@ func mountLayers(t *testing.T, layers []lsmt.Layer) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stack.Close() })
-	work := t.TempDir()
-	dev, err := fuseloop.Attach(context.Background(), stack, fuseloop.Options{Dir: filepath.Join(work, "fuse"), Name: "check", ReadOnly: true})
+	m, err := extmount.Mount(context.Background(), stack, extmount.Options{Dir: t.TempDir(), ReadOnly: true, Data: "noload"})
 	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	mnt := filepath.Join(work, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount(dev.Path(), mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
 		t.Fatalf("mount converted image: %v", err)
 	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
-	return mnt
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m.Path
 }
 
 // TestConvertMatchesUmoci converts the fixture image, mounts the result and

@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/obdproject/obd/blockdev/fuseloop"
 	"github.com/obdproject/obd/convert/ext4fs"
+	"github.com/obdproject/obd/convert/internal/extmount"
 	"github.com/obdproject/obd/convert/tarapply"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
@@ -108,35 +108,19 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 // applyOnDevice attaches stack as a block device, mounts it and applies the
 // tar. The device is detached before it returns.
 func (c *Converter) applyOnDevice(ctx context.Context, stack *lsmt.Stack, dir string, b layerBuild, tarStream io.Reader) (st tarapply.Stats, err error) {
-	dev, err := fuseloop.Attach(ctx, stack, fuseloop.Options{Dir: filepath.Join(dir, "fuse"), Name: "disk", Logger: c.log})
+	opts := extmount.Options{Dir: dir, Flags: unix.MS_NOATIME, Data: ext4fs.MountOptions, Logger: c.log}
+	if len(b.lowers) == 0 {
+		opts.Format = func(ctx context.Context, dev string) error { return ext4fs.Format(ctx, dev, b.uuid) }
+	}
+	m, err := extmount.Mount(ctx, stack, opts)
 	if err != nil {
 		return st, err
 	}
-	defer func() {
-		if cerr := dev.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("detach %s: %w", dev.Path(), cerr)
-		}
-	}()
-	if len(b.lowers) == 0 {
-		if err := ext4fs.Format(ctx, dev.Path(), b.uuid); err != nil {
-			return st, err
-		}
-	}
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		return st, err
-	}
-	if err := unix.Mount(dev.Path(), mnt, "ext4", unix.MS_NOATIME, ext4fs.MountOptions); err != nil {
-		return st, fmt.Errorf("mount %s: %w", dev.Path(), err)
-	}
-	tuneAllocator(c.log, dev.Path())
+	tuneAllocator(c.log, m.Device)
 	st, err = onOneCPU(func() (tarapply.Stats, error) {
-		return tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
+		return tarapply.Apply(ctx, m.Path, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
 	})
-	if uerr := unmount(mnt); uerr != nil && err == nil {
-		err = uerr
-	}
-	return st, err
+	return st, errors.Join(err, m.Close())
 }
 
 // tuneAllocator turns off ext4's per-CPU locality-group preallocation for
@@ -191,18 +175,4 @@ func onOneCPU(fn func() (tarapply.Stats, error)) (tarapply.Stats, error) {
 		}
 	}
 	return tarapply.Stats{}, errors.New("no thread with an ID that is a multiple of 16 after 1000 tries")
-}
-
-func unmount(mnt string) error {
-	var err error
-	for range 50 {
-		if err = unix.Unmount(mnt, 0); err == nil || !errors.Is(err, unix.EBUSY) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("unmount %s: %w", mnt, err)
-	}
-	return nil
 }

@@ -100,27 +100,16 @@ func (s *registryStore) fetch(ctx context.Context, desc ocispec.Descriptor) (io.
 	return rc, nil
 }
 
-// repoAt names the repository with a digest, so containerd's pusher puts
-// manifests by digest and never moves the tag.
-func (s *registryStore) repoAt(d digest.Digest) (string, error) {
-	named, err := reference.ParseNormalizedNamed(s.ref)
-	if err != nil {
-		return "", err
-	}
-	return reference.TrimNamed(named).String() + "@" + d.String(), nil
-}
-
+// push puts blobs and manifests by digest. The reference it pushes to names
+// the repository with a digest no manifest has, so containerd's pusher never
+// moves a tag here (tag does that, last).
 func (s *registryStore) push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
-	// Any digest other than desc's keeps a manifest push untagged.
-	ref, err := s.repoAt(digest.FromString("untagged"))
+	named, err := reference.ParseNormalizedNamed(s.ref)
 	if err != nil {
 		return err
 	}
-	return s.pushTo(ctx, ref, desc, r)
-}
-
-func (s *registryStore) pushTo(ctx context.Context, ref string, desc ocispec.Descriptor, r io.Reader) error {
-	return pushWith(ctx, s.resolver, ref, desc, r)
+	untagged := reference.TrimNamed(named).String() + "@" + digest.FromString("untagged").String()
+	return pushWith(ctx, s.resolver, untagged, desc, r)
 }
 
 func pushWith(ctx context.Context, resolver remotes.Resolver, ref string, desc ocispec.Descriptor, r io.Reader) error {
