@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -16,4 +17,11 @@ func requireOverlay(t testing.TB) {
 	if err != nil || !strings.Contains(string(data), "\toverlay\n") {
 		t.Skip("overlayfs is not available in this kernel")
 	}
+}
+
+func TestMain(m *testing.M) {
+	// The snapshotter logs every device attach at info level, which would drown the test and
+	// benchmark output; warnings and errors still show.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	os.Exit(m.Run())
 }
