@@ -62,7 +62,8 @@ unmount_under() {
 
 cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap "" INT TERM # a second Ctrl-C must not cut the cleanup short
   set +e
   step "Cleaning up"
   if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
