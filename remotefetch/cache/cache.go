@@ -588,6 +588,11 @@ func (e *Entry) sync() error {
 	if gen != e.generation {
 		return nil // discarded meanwhile: the snapshot describes data that is gone
 	}
+	// A concurrent sync may have persisted a newer snapshot: never write fewer bits.
+	for i, w := range e.durable {
+		snapshot[i] |= w
+	}
+	flags |= e.persistedFlags
 	if err := e.persistBitmap(snapshot, flags); err != nil {
 		return err
 	}
