@@ -131,6 +131,9 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer) {
 	if !d.logContains("restored", dev.GetId()) {
 		t.Errorf("the log does not say the device was restored")
 	}
+	if !d.logContains("api call", "/obd.bdd.v1.Daemon/Attach", "code=OK") {
+		t.Errorf("API calls are not logged at debug level")
+	}
 }
 
 // writeFiles writes n files of pseudo-random content under mnt/dir and returns

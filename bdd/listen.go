@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 )
 
 // ListenControl creates the control socket at path, readable and writable by its
@@ -51,7 +52,7 @@ func ListenControl(path string) (net.Listener, error) {
 // Serve serves the control API on l until ctx is done, then stops gracefully
 // (in-flight calls finish).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	g := grpc.NewServer()
+	g := grpc.NewServer(grpc.UnaryInterceptor(s.logCall))
 	bddv1.RegisterDaemonServer(g, s)
 	stopped := make(chan struct{})
 	go func() {
@@ -67,6 +68,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return nil
 	}
 	return err
+}
+
+// logCall logs every API call at debug level with its outcome and duration.
+func (s *Server) logCall(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	s.log.Debug("api call", "method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start))
+	return resp, err
 }
 
 // ServeMetrics serves gatherer's metrics at /metrics, and Go's profiles at
