@@ -16,24 +16,26 @@ import (
 	"github.com/obdproject/obd/convert/internal/fixture"
 )
 
+// multiPlatformLayout writes oci:DIR:multi, an index of ArchImages.
+func multiPlatformLayout(t *testing.T, dir string, arches ...string) string {
+	t.Helper()
+	images, err := fixture.ArchImages(arches...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fixture.WriteMultiPlatform(dir, "multi", images); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // TestConvertMultiPlatform converts an image index: every platform by
 // default, only the chosen ones with Options.Platforms; each converted image
 // holds its own platform's files.
 func TestConvertMultiPlatform(t *testing.T) {
 	requireDevices(t)
-	images := map[string][][]byte{}
-	for _, arch := range []string{"amd64", "arm64", "riscv64"} {
-		l, err := fixture.Tar([]fixture.Entry{fixture.Dir("etc", 0o755, 0), fixture.File("etc/arch", 0o644, 0, arch+"\n")}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		images[arch] = [][]byte{l}
-	}
 	tmp := t.TempDir()
-	src := filepath.Join(tmp, "src")
-	if err := fixture.WriteMultiPlatform(src, "multi", images); err != nil {
-		t.Fatal(err)
-	}
+	src := multiPlatformLayout(t, filepath.Join(tmp, "src"), "amd64", "arm64", "riscv64")
 	for _, tc := range []struct {
 		platforms []string
 		want      []string
@@ -81,19 +83,8 @@ func TestConvertMultiPlatform(t *testing.T) {
 // overlaybd image: that one is copied unchanged, the other converted.
 func TestConvertMixedIndex(t *testing.T) {
 	requireDevices(t)
-	images := map[string][][]byte{}
-	for _, arch := range []string{"amd64", "arm64"} {
-		l, err := fixture.Tar([]fixture.Entry{fixture.Dir("etc", 0o755, 0), fixture.File("etc/arch", 0o644, 0, arch+"\n")}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		images[arch] = [][]byte{l}
-	}
 	tmp := t.TempDir()
-	src := filepath.Join(tmp, "src")
-	if err := fixture.WriteMultiPlatform(src, "multi", images); err != nil {
-		t.Fatal(err)
-	}
+	src := multiPlatformLayout(t, filepath.Join(tmp, "src"), "amd64", "arm64")
 	ctx := context.Background()
 	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 128 << 20, Platforms: []string{"linux/amd64"}})
 	if err != nil {

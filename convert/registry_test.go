@@ -158,13 +158,7 @@ func TestConvertHostileNothingPushed(t *testing.T) {
 	requireDevices(t)
 	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
 	cfgPath := dockerConfig(t, reg)
-	tar := func(es ...fixture.Entry) []byte {
-		b, err := fixture.Tar(es, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	tar := func(es ...fixture.Entry) []byte { return fixture.MustTar(t, es...) }
 	full := tar(fixture.File("big", 0o644, 0, strings.Repeat("z", 8192)))
 	cases := []struct {
 		name  string
@@ -237,7 +231,7 @@ func TestConvertHostsToml(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := hostileImage(t, mustTarT(t, fixture.File("etc/more", 0o644, 0, "more\n")))
+	src := hostileImage(t, fixture.MustTar(t, fixture.File("etc/more", 0o644, 0, "more\n")))
 	if _, err := c.Convert(context.Background(), "oci:"+src+":v1", name+"/team/app:obd"); err != nil {
 		t.Fatal(err)
 	}
@@ -248,13 +242,4 @@ func TestConvertHostsToml(t *testing.T) {
 	if _, err := c.Convert(context.Background(), name+"/team/app:obd", "oci:"+filepath.Join(tmp, "out")); !errors.Is(err, convert.ErrAlreadyConverted) {
 		t.Errorf("reading back through hosts.toml: %v, want ErrAlreadyConverted", err)
 	}
-}
-
-func mustTarT(t *testing.T, es ...fixture.Entry) []byte {
-	t.Helper()
-	b, err := fixture.Tar(es, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

@@ -45,14 +45,7 @@ func sandbox(t testing.TB) (root string, unchanged func() error) {
 	}
 }
 
-func mustTar(t *testing.T, entries ...fixture.Entry) []byte {
-	t.Helper()
-	b, err := fixture.Tar(entries, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+func mustTar(t *testing.T, entries ...fixture.Entry) []byte { return fixture.MustTar(t, entries...) }
 
 func TestHostile(t *testing.T) {
 	requireRoot(t)
