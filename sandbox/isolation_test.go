@@ -272,3 +272,21 @@ func TestRegisterRefusesBrokenCode(t *testing.T) {
 	}
 	register(t, m, "broken", nil) // the name is free again
 }
+
+func TestDeadZygoteFallsBackToCold(t *testing.T) {
+	// No handler cache: a frozen sandbox in the zygote's PID namespace would hold the dying
+	// zygote until thawed.
+	m := newTestManager(t, func(c *Config) { c.KeepAlive = 0 })
+	register(t, m, "z", nil)
+	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Warm {
+		t.Fatalf("first call path %s, want warm", res.Path)
+	}
+	zy := m.funcs["z"].image.zygote
+	zy.cmd.Process.Kill()
+	zy.cmd.Process.Wait()
+	for i := 0; i < 2; i++ {
+		if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Cold {
+			t.Errorf("call after the zygote died took the %s path, want cold", res.Path)
+		}
+	}
+}

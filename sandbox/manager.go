@@ -31,17 +31,18 @@ var poolSeq atomic.Int64
 
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
-	StateDir    string           // sandbox roots, scratch dirs, handler code, log; required
-	Rootfs      RootfsProvider   // required
-	CgroupRoot  string           // default /sys/fs/cgroup
-	PoolSize    int              // cgroups created up front; default 16
-	KeepAlive   time.Duration    // how long an idle sandbox stays in the handler cache; 0 disables it
-	PackagesDir string           // install cache: read-only at /opt in every sandbox; optional
-	Imports     []string         // modules the runtime zygote imports; default json, sqlite3
-	SpareRoots  int              // prepared sandbox roots kept per function; default 2, <0 for none
-	NoZygotes   bool             // start every sandbox cold (for comparison)
-	Log         *slog.Logger     // default slog.Default()
-	Now         func() time.Time // for tests of keep-alive; default time.Now
+	StateDir     string           // sandbox roots, scratch dirs, handler code, log; required
+	Rootfs       RootfsProvider   // required
+	CgroupRoot   string           // default /sys/fs/cgroup
+	PoolSize     int              // cgroups created up front; default 16
+	KeepAlive    time.Duration    // how long an idle sandbox stays in the handler cache; 0 disables it
+	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
+	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
+	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
+	SpareRoots   int              // prepared sandbox roots kept per function; default 2, <0 for none
+	NoZygotes    bool             // start every sandbox cold (for comparison)
+	Log          *slog.Logger     // default slog.Default()
+	Now          func() time.Time // for tests of keep-alive; default time.Now
 }
 
 // Function is a registered handler.
@@ -172,6 +173,9 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	if cfg.PoolSize == 0 {
 		cfg.PoolSize = 16
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 30 * time.Second
 	}
 	if cfg.SpareRoots == 0 {
 		cfg.SpareRoots = 2
@@ -477,7 +481,8 @@ func (m *Manager) remove(fn *function) error {
 
 // Invoke runs function name with event (JSON) and returns its result. A handler that raises
 // gives ErrHandler, one that runs past the function's timeout ErrTimeout (its sandbox is
-// killed), one whose sandbox dies ErrCrashed.
+// killed), one whose sandbox dies ErrCrashed. Starting a sandbox is bounded by
+// Config.StartTimeout, not by the function's timeout.
 func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage) (Result, error) {
 	begin := time.Now()
 	m.mu.Lock()
@@ -493,18 +498,21 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 	}
 	m.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(ctx, fn.Timeout)
-	defer cancel()
 	res := Result{Path: Hot}
 	var err error
 	if b != nil {
 		err = b.group.Thaw()
 	} else {
-		b, res.Path, err = m.start(ctx, fn)
+		// Starting has its own bound: the function's timeout is for its handler.
+		startCtx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+		b, res.Path, err = m.start(startCtx, fn)
+		cancel()
 	}
 	res.Start = time.Since(begin)
 	if err == nil {
-		res.Output, err = b.call(ctx, event)
+		callCtx, cancel := context.WithTimeout(ctx, fn.Timeout)
+		res.Output, err = b.call(callCtx, event)
+		cancel()
 	}
 	m.finish(fn, b, res, err, time.Since(begin))
 	if err != nil {
@@ -618,6 +626,12 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 	s.Cgroups = len(procs)
 	if z != nil {
 		err = m.forkFrom(z, s, b.root.dir, theirs, procs)
+		if errors.Is(err, errZygoteGone) {
+			// Keep serving: this start goes cold; the zygote comes back with the image.
+			m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)
+			path = Cold
+			err = m.startCold(b, s, theirs, procs)
+		}
 	} else {
 		err = m.startCold(b, s, theirs, procs)
 	}

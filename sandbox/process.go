@@ -3,7 +3,9 @@ package sandbox
 import (
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -104,6 +106,9 @@ func startRuntimeZygote(root string, netns *emptyNetns, stderr *os.File, imports
 	return &zygote{ctl: c.(*net.UnixConn), cmd: cmd}, nil
 }
 
+// errZygoteGone is returned by requests to a zygote that no longer answers.
+var errZygoteGone = errors.New("sandbox: zygote is gone")
+
 // request sends one request with fds attached and waits for the zygote's reply.
 func (z *zygote) request(req any, files ...*os.File) error {
 	msg, err := json.Marshal(req)
@@ -117,12 +122,15 @@ func (z *zygote) request(req any, files ...*os.File) error {
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	if _, _, err := z.ctl.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
-		return fmt.Errorf("sandbox: zygote request: %w", err)
+		return fmt.Errorf("%w: request: %w", errZygoteGone, err)
 	}
 	buf := make([]byte, 1<<16)
 	n, _, _, _, err := z.ctl.ReadMsgUnix(buf, nil)
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
 	if err != nil {
-		return fmt.Errorf("sandbox: zygote reply: %w", err)
+		return fmt.Errorf("%w: reply: %w", errZygoteGone, err)
 	}
 	var reply struct {
 		PID   int    `json:"pid"`
