@@ -266,7 +266,8 @@ func (s *statusRecorder) WriteHeader(code int) {
 	}
 }
 
-// Client is an HTTP client that authenticates to the registry as the configured user.
+// client is an HTTP client that authenticates to the registry as the configured user, for
+// the push helpers.
 type client struct {
 	r     *Registry
 	mu    sync.Mutex
