@@ -230,24 +230,26 @@ type replay struct {
 var epoch = time.Unix(0, 0).UTC()
 
 func (r *replay) run(ctx context.Context, end time.Duration) error {
-	q := arrivalQueue{fns: r.fns}
+	var q arrivalQueue
 	for i, f := range r.fns {
 		if f.advance(r.cfg.MaxArrivalsPerMinute) {
-			q.ids = append(q.ids, i)
+			q = append(q, nextArrival{at: f.pending[0].at, id: i})
 		}
 	}
 	heap.Init(&q)
-	for events := 0; q.Len() > 0; events++ {
+	for events := 0; len(q) > 0; events++ {
 		if events%(1<<16) == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		f := r.fns[q.ids[0]]
+		id := q[0].id
+		f := r.fns[id]
 		a := f.pending[0]
 		f.pending = f.pending[1:]
-		if err := r.arrive(q.ids[0], a); err != nil {
+		if err := r.arrive(id, a); err != nil {
 			return err
 		}
 		if len(f.pending) > 0 || f.advance(r.cfg.MaxArrivalsPerMinute) {
+			q[0].at = f.pending[0].at
 			heap.Fix(&q, 0)
 		} else {
 			heap.Pop(&q)
@@ -439,22 +441,24 @@ func quantile(values []float64, q float64) float64 {
 	return values[min(int(math.Ceil(q*float64(len(values))))-1, len(values)-1)]
 }
 
-// arrivalQueue orders functions by their next pending arrival (ties by index, for
-// determinism).
-type arrivalQueue struct {
-	fns []*function
-	ids []int
+// nextArrival is a function's next pending arrival, kept in the queue itself so that
+// ordering the queue touches no function state.
+type nextArrival struct {
+	at time.Duration
+	id int
 }
 
-func (q *arrivalQueue) Len() int { return len(q.ids) }
-func (q *arrivalQueue) Less(i, j int) bool {
-	a, b := q.fns[q.ids[i]].pending[0].at, q.fns[q.ids[j]].pending[0].at
-	return a < b || a == b && q.ids[i] < q.ids[j]
+// arrivalQueue is a min-heap of functions by next arrival (ties by index, for determinism).
+type arrivalQueue []nextArrival
+
+func (q arrivalQueue) Len() int { return len(q) }
+func (q arrivalQueue) Less(i, j int) bool {
+	return q[i].at < q[j].at || q[i].at == q[j].at && q[i].id < q[j].id
 }
-func (q *arrivalQueue) Swap(i, j int) { q.ids[i], q.ids[j] = q.ids[j], q.ids[i] }
-func (q *arrivalQueue) Push(x any)    { q.ids = append(q.ids, x.(int)) }
+func (q arrivalQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *arrivalQueue) Push(x any)   { *q = append(*q, x.(nextArrival)) }
 func (q *arrivalQueue) Pop() any {
-	x := q.ids[len(q.ids)-1]
-	q.ids = q.ids[:len(q.ids)-1]
+	x := (*q)[len(*q)-1]
+	*q = (*q)[:len(*q)-1]
 	return x
 }
