@@ -19,9 +19,9 @@ import (
 
 func newSimCmd() *cobra.Command {
 	var (
-		dir, saveDir, chart, policies, curve, classes, format string
-		day, functions                                        int
-		cfg                                                   sim.Config
+		dir, saveDir, chart, policies, curve, classes, format, mix string
+		day, functions                                             int
+		cfg                                                        sim.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "sim [--trace DIR [--day N] | --functions N] [--policies LIST] [--chart out.png]",
@@ -39,7 +39,13 @@ func newSimCmd() *cobra.Command {
 			if dir != "" {
 				t, err = trace.Load(dir, day)
 			} else {
-				t, err = trace.Generate(trace.GenerateConfig{Seed: cfg.Seed, Mix: trace.DefaultMix(functions)})
+				gen := trace.GenerateConfig{Seed: cfg.Seed, Mix: trace.DefaultMix(functions)}
+				if mix != "" {
+					if gen.Mix, err = trace.ParseMix(mix); err != nil {
+						return err
+					}
+				}
+				t, err = trace.Generate(gen)
 			}
 			if err != nil {
 				return err
@@ -83,6 +89,7 @@ func newSimCmd() *cobra.Command {
 	fl.StringVar(&dir, "trace", "", "directory with the dataset's files for --day (default: a synthetic trace)")
 	fl.IntVar(&day, "day", 1, "day of the dataset to read (or write with --save-trace)")
 	fl.IntVar(&functions, "functions", 1000, "functions in the synthetic trace (periodic, Poisson, bursty and rare)")
+	fl.StringVar(&mix, "mix", "", "synthetic functions per arrival pattern, e.g. periodic=300,poisson=700 (overrides --functions)")
 	fl.StringVar(&saveDir, "save-trace", "", "also write the trace in the dataset's layout to this directory")
 	fl.Uint64Var(&cfg.Seed, "seed", 1, "seed of the synthetic trace, arrival spreading and duration draws")
 	fl.StringVar(&policies, "policies", strings.Join(sim.DefaultPolicies, ","), "comma-separated policies, the baseline first")

@@ -7,6 +7,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 
 	"gonum.org/v1/gonum/stat/distuv"
 )
@@ -38,14 +40,22 @@ func (p Pattern) String() string {
 	return patternNames[p]
 }
 
-// ParsePattern returns the pattern with name s.
-func ParsePattern(s string) (Pattern, error) {
-	for i, name := range patternNames {
-		if s == name {
-			return Pattern(i), nil
+// ParseMix parses a mix written PATTERN=COUNT,... (e.g. "periodic=300,poisson=700").
+func ParseMix(s string) (map[Pattern]int, error) {
+	mix := make(map[Pattern]int)
+	for item := range strings.SplitSeq(s, ",") {
+		name, count, ok := strings.Cut(strings.TrimSpace(item), "=")
+		n, err := strconv.Atoi(count)
+		if !ok || err != nil || n < 0 {
+			return nil, fmt.Errorf("trace: mix item %q is not PATTERN=COUNT", item)
 		}
+		i := slices.Index(patternNames[:], name)
+		if i < 0 {
+			return nil, fmt.Errorf("trace: unknown arrival pattern %q (want periodic, poisson, bursty or rare)", name)
+		}
+		mix[Pattern(i)] += n
 	}
-	return 0, fmt.Errorf("trace: unknown arrival pattern %q (want periodic, poisson, bursty or rare)", s)
+	return mix, nil
 }
 
 // GenerateConfig describes a synthetic trace.

@@ -115,3 +115,18 @@ func TestWritePackagesRejectsSpaces(t *testing.T) {
 		t.Fatal("package name with a space was written")
 	}
 }
+
+func TestParseMix(t *testing.T) {
+	mix, err := ParseMix("periodic=3, rare=2,periodic=1")
+	if err != nil || !reflect.DeepEqual(mix, map[Pattern]int{Periodic: 4, Rare: 2}) {
+		t.Fatalf("%v %v", mix, err)
+	}
+	for _, bad := range []string{"", "periodic", "periodic=-1", "weekly=3", "poisson=x"} {
+		if _, err := ParseMix(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if Bursty.String() != "bursty" || Pattern(9).String() != "pattern(9)" {
+		t.Fatal("pattern names")
+	}
+}
