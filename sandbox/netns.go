@@ -57,6 +57,7 @@ func (n *emptyNetns) start(start func() error) error {
 	})
 }
 
+// Close releases the namespace fds; the namespace goes away with its last process.
 func (n *emptyNetns) Close() error {
 	if n.empty >= 0 {
 		unix.Close(n.empty)
