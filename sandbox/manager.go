@@ -45,18 +45,18 @@ type Config struct {
 	Now          func() time.Time // for tests of keep-alive; default time.Now
 }
 
-// Function is a registered handler.
+// Function is a registered handler. FunctionSpec is its form on the wire.
 type Function struct {
-	Name     string        `json:"name"`
-	Image    string        `json:"image"`              // runtime image ref, resolved by the RootfsProvider
-	Entry    string        `json:"entry"`              // module.function, e.g. "main.handler"
-	Dir      string        `json:"dir,omitempty"`      // handler code directory on the server
-	MemoryMB int64         `json:"memory_mb"`          // memory limit; default 128
-	CPUs     float64       `json:"cpus,omitempty"`     // CPU quota in cores; default 1
-	Pids     int64         `json:"pids,omitempty"`     // process limit; default 32
-	Timeout  time.Duration `json:"timeout"`            // per invocation; default 10s
-	Imports  []string      `json:"imports,omitempty"`  // modules its own zygote imports
-	Packages []string      `json:"packages,omitempty"` // install-cache packages on its sys.path
+	Name     string
+	Image    string        // runtime image ref, resolved by the RootfsProvider
+	Entry    string        // module.function, e.g. "main.handler"
+	Dir      string        // handler code directory on the server
+	MemoryMB int64         // memory limit; default 128
+	CPUs     float64       // CPU quota in cores; default 1
+	Pids     int64         // process limit; default 32
+	Timeout  time.Duration // per invocation; default 10s
+	Imports  []string      // modules its own zygote imports
+	Packages []string      // install-cache packages on its sys.path
 }
 
 // Stats are a function's counters.
