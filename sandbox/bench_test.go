@@ -93,8 +93,12 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 		},
 		"root":     map[string]any{"path": rootfs, "readonly": true},
 		"hostname": "runc",
+		// runc's usual mounts; /dev on a tmpfs so runc makes its device nodes there and never
+		// writes into the shared rootfs.
 		"mounts": []map[string]any{
 			{"destination": "/proc", "type": "proc", "source": "proc"},
+			{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
 			{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": []string{"nosuid", "nodev"}},
 		},
 		"linux": map[string]any{

@@ -43,6 +43,11 @@ func TestIsolation(t *testing.T) {
 			t.Errorf("handler sees the host's hostname %q (no UTS namespace)", host)
 		}
 
+		out, _ = invoke(t, m, "iso", map[string]any{"op": "devices"})
+		if out["full"] != "EACCES" {
+			t.Errorf("opening the image's own /dev/full: %v, want EACCES (nodev)", out["full"])
+		}
+
 		out, _ = invoke(t, m, "iso", map[string]any{"op": "kill", "pid": os.Getpid()})
 		if out["errno"] != "ESRCH" {
 			t.Errorf("signalling the host's test process: %v, want ESRCH", out["errno"])

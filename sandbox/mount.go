@@ -43,12 +43,29 @@ func mountRoot(dir, image string, binds []bind) (_ *rootMount, err error) {
 	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
 		return nil, fmt.Errorf("sandbox: make %s private: %w", dir, err)
 	}
-	for _, b := range binds {
+	for _, b := range append(devBinds(image), binds...) {
 		if err := r.bind(b.src, filepath.Join(dir, b.target), b.writable); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
+}
+
+// hostDevices are the device nodes a sandbox gets, bound from the host over the image's own
+// (which nodev disables).
+var hostDevices = []string{"null", "zero", "random", "urandom"}
+
+// devBinds binds each host device over the node of the same name in the image, where the
+// image has one to mount over.
+func devBinds(image string) []bind {
+	var binds []bind
+	for _, d := range hostDevices {
+		if _, err := os.Lstat(filepath.Join(image, "dev", d)); err == nil {
+			// "Writable" only skips the read-only remount: a device's data is not the image's.
+			binds = append(binds, bind{src: "/dev/" + d, target: "dev/" + d, writable: true})
+		}
+	}
+	return binds
 }
 
 func (r *rootMount) bind(src, dst string, writable bool) error {
@@ -60,7 +77,9 @@ func (r *rootMount) bind(src, dst string, writable bool) error {
 		return nil
 	}
 	// A bind mount takes MS_RDONLY only on a remount.
-	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID, ""); err != nil {
+	// nodev too: device nodes shipped in an image (or handler code) are not honoured; the few
+	// a runtime needs are bound from the host (devBinds).
+	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("sandbox: make %s read-only: %w", dst, err)
 	}
 	return nil
