@@ -51,7 +51,8 @@ proto:
 .PHONY: bench-sandbox
 bench-sandbox:
 	bash scripts/mkrootfs.sh >/dev/null
-	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee bench-sandbox.out
+	@mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee $(BIN)/bench-sandbox.out
 
 # bench-coldstart is the cold-start benchmark of issue #8 (tens of minutes, needs root, deps and
 # the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd with a
