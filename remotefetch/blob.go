@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -47,10 +48,54 @@ type Blob struct {
 	raEnd      int          // first unit past the issued readahead; guarded by mu
 }
 
+// streamChunk is how much of a unit is stored at a time while it arrives: readers waiting for
+// the start of a unit get it after this much, not after the whole unit.
+const streamChunk = 64 << 10
+
 // unitCall is one in-flight fetch of a unit; done closes when it is stored or failed.
 type unitCall struct {
+	unit int
 	done chan struct{}
 	err  error
+
+	mu    sync.Mutex
+	avail int64         // bytes from the unit's start already in the cache file
+	grown chan struct{} // closed (and replaced) when avail grows
+}
+
+func newUnitCall(unit int) *unitCall {
+	return &unitCall{unit: unit, done: make(chan struct{}), grown: make(chan struct{})}
+}
+
+// advance records that the first n bytes of the unit are in the cache file.
+func (c *unitCall) advance(n int64) {
+	c.mu.Lock()
+	if n > c.avail {
+		c.avail = n
+		close(c.grown)
+		c.grown = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// wait blocks until the unit's first need bytes are in the cache file or the call is done.
+// It reports whether those bytes are there, else the fetch's error (nil when ctx ended).
+func (c *unitCall) wait(ctx context.Context, need int64) (ok bool, fetchErr error) {
+	for {
+		c.mu.Lock()
+		avail, grown := c.avail, c.grown
+		c.mu.Unlock()
+		if avail >= need {
+			return true, nil
+		}
+		select {
+		case <-c.done:
+			return c.err == nil, c.err
+		case <-grown:
+		case <-ctx.Done():
+			return false, nil
+		}
+	}
 }
 
 // Size is the blob's size in bytes.
@@ -128,7 +173,7 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	b.f.recordTrace(b, off, end-off)
 
 	sequential := b.seqEnd.Swap(end) == off && off > 0
-	missed, err := b.ensure(ctx, off, end, sequential)
+	missed, err := b.ensure(ctx, off, end, true, sequential)
 	if missed {
 		b.stats.miss()
 	} else {
@@ -149,9 +194,11 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// ensure makes the units covering [off, end) present, fetching what is missing. With
-// readahead it also starts fetching the next MaxRequestSize after end without waiting for it.
-func (b *Blob) ensure(ctx context.Context, off, end int64, readahead bool) (missed bool, err error) {
+// ensure makes the bytes [off, end) readable from the cache, fetching missing units. With
+// partial, bytes of a unit still arriving count as soon as they are stored (a reader need not
+// wait for the rest of the unit); without, every unit must be complete. With readahead it also
+// starts fetching the next MaxRequestSize after end without waiting for it.
+func (b *Blob) ensure(ctx context.Context, off, end int64, partial, readahead bool) (missed bool, err error) {
 	unit := b.entry.FillUnit()
 	first, last := int(off/unit), int((end-1)/unit)
 	if readahead {
@@ -172,15 +219,24 @@ func (b *Blob) ensure(ctx context.Context, off, end int64, readahead bool) (miss
 			return missed, nil
 		}
 		missed = true
+		readable := true
 		for _, c := range waits {
-			select {
-			case <-c.done:
-				if c.err != nil && isPermanent(c.err) {
-					return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, c.err)
-				}
-			case <-ctx.Done():
+			need := int64(math.MaxInt64) // the committed unit
+			if partial {
+				start, n := b.entry.UnitRange(c.unit)
+				need = min(end, start+n) - start
+			}
+			ok, fetchErr := c.wait(ctx, need)
+			if fetchErr != nil && isPermanent(fetchErr) {
+				return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, fetchErr)
+			}
+			if ctx.Err() != nil {
 				return missed, b.deadlineError(ctx, off, end)
 			}
+			readable = readable && ok
+		}
+		if partial && readable {
+			return missed, nil
 		}
 		if ctx.Err() != nil {
 			return missed, b.deadlineError(ctx, off, end)
@@ -251,7 +307,7 @@ func (b *Blob) claimAndFetch(first, last int) ([]*unitCall, error) {
 			waits = append(waits, c)
 			continue
 		}
-		c := &unitCall{done: make(chan struct{})}
+		c := newUnitCall(u)
 		b.inflight[u] = c
 		waits = append(waits, c)
 		if runStart < 0 {
@@ -292,7 +348,7 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			b.finish(first+next, calls[next:], lastErr)
 		}
 	}()
-	buf := make([]byte, b.entry.FillUnit())
+	buf := make([]byte, min(b.entry.FillUnit(), streamChunk))
 	for attempt := 0; next < len(calls); attempt++ {
 		if attempt > 0 {
 			if !b.backoff(ctx, attempt) {
@@ -300,7 +356,7 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			}
 			b.stats.retry()
 		}
-		stored, err := b.fetchOnce(ctx, first+next, first+len(calls)-1, buf)
+		stored, err := b.fetchOnce(ctx, first+next, calls[next:], buf)
 		b.finish(first+next, calls[next:next+stored], nil)
 		next += stored
 		if err == nil {
@@ -321,9 +377,11 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 	}
 }
 
-// fetchOnce requests units [first, last] and stores those that arrive whole. It returns how
-// many it stored and why it stopped early.
-func (b *Blob) fetchOnce(ctx context.Context, first, last int, buf []byte) (stored int, err error) {
+// fetchOnce requests the units of calls (consecutive, from first) and stores them as their
+// bytes arrive, telling waiting readers how far each unit has come. It returns how many units
+// it stored whole and why it stopped early.
+func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall, buf []byte) (stored int, err error) {
+	last := first + len(calls) - 1
 	off, _ := b.entry.UnitRange(first)
 	lastOff, lastN := b.entry.UnitRange(last)
 	n := lastOff + lastN - off
@@ -344,15 +402,25 @@ func (b *Blob) fetchOnce(ctx context.Context, first, last int, buf []byte) (stor
 	}
 	defer body.Close()
 	r := &progressReader{r: body, onProgress: func() { watchdog.Reset(stall) }}
-	for u := first; u <= last; u++ {
+	for i, c := range calls {
+		u := first + i
 		_, un := b.entry.UnitRange(u)
-		if _, err := io.ReadFull(r, buf[:un]); err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
+		gen := b.entry.Generation()
+		for got := int64(0); got < un; {
+			part := buf[:min(int64(len(buf)), un-got)]
+			if _, err := io.ReadFull(r, part); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return stored, withCause(attemptCtx, fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, u, err))
 			}
-			return stored, withCause(attemptCtx, fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, u, err))
+			if err := b.entry.WritePart(u, part, got); err != nil {
+				return stored, permanent(err)
+			}
+			got += int64(len(part))
+			c.advance(got)
 		}
-		complete, err := b.entry.WriteUnit(u, buf[:un])
+		complete, err := b.entry.CommitUnit(u, gen)
 		if err != nil {
 			return stored, permanent(err)
 		}
@@ -458,7 +526,7 @@ func (b *Blob) Fill(ctx context.Context, off, n int64) error {
 	if n == 0 {
 		return nil
 	}
-	_, err := b.ensure(ctx, off, off+n, false)
+	_, err := b.ensure(ctx, off, off+n, false, false)
 	return err
 }
 

@@ -282,6 +282,30 @@ func TestConcurrentMissesFetchOnce(t *testing.T) {
 	}
 }
 
+// TestPartialUnitServesEarly: on a slow link, a small read at the start of a large fill unit
+// returns as soon as its bytes are stored, before the rest of the unit has arrived.
+func TestPartialUnitServesEarly(t *testing.T) {
+	const unit = 1 << 20
+	e := newEnv(t, testregistry.Options{}, 2*unit, true)
+	e.proxy.SetShaping(faultproxy.Shaping{Bandwidth: 2 << 20}) // the unit takes 0.5 s
+	f := newFetcher(t, Options{FillUnit: unit})
+	b := open(t, f, e)
+	defer b.Close()
+	if err := checkRead(t, b, e.data, 100, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if b.entry.Has(0) {
+		t.Fatal("the read waited for the whole 1 MiB unit")
+	}
+	// A read at the end of the unit waits for its bytes; Fill waits for the stored unit.
+	if err := checkRead(t, b, e.data, unit-4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Fill(t.Context(), 0, unit); err != nil || !b.entry.Has(0) {
+		t.Fatalf("unit not stored after Fill: %v", err)
+	}
+}
+
 func TestAdjacentMissesMerge(t *testing.T) {
 	e := newEnv(t, testregistry.Options{}, 40*testUnit, true)
 	f := newFetcher(t, Options{MaxRequestSize: 16 * testUnit})

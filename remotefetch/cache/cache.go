@@ -32,6 +32,9 @@ const DefaultFillUnit = 256 << 10
 // copy has been discarded.
 var ErrDigestMismatch = errors.New("cache: digest mismatch")
 
+// ErrDiscarded reports a unit written across a discard of its blob; it was not marked.
+var ErrDiscarded = errors.New("cache: entry discarded while the unit was written")
+
 // ErrClosed reports use of a closed Cache.
 var ErrClosed = errors.New("cache: closed")
 
@@ -500,19 +503,59 @@ func (e *Entry) ReadAt(p []byte, off int64) (int, error) {
 // becomes durable within SyncDelay or at Release. It reports whether the blob is now complete
 // (and unverified), so the caller can verify it.
 func (e *Entry) WriteUnit(i int, p []byte) (complete bool, err error) {
+	if i >= 0 && i < e.units {
+		if _, n := e.UnitRange(i); int64(len(p)) != n {
+			return false, fmt.Errorf("cache: %s: unit %d: %d bytes, want %d", e.dgst, i, len(p), n)
+		}
+	}
+	gen := e.Generation()
+	if err := e.WritePart(i, p, 0); err != nil {
+		return false, err
+	}
+	return e.CommitUnit(i, gen)
+}
+
+// Generation changes whenever the entry is discarded; CommitUnit takes the value read before
+// the unit's first WritePart.
+func (e *Entry) Generation() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.generation
+}
+
+// WritePart stores p at offset at within unit i without marking the unit filled, so a unit
+// can be stored as its bytes arrive. Readers may read stored parts while the unit fills.
+func (e *Entry) WritePart(i int, p []byte, at int64) error {
 	if i < 0 || i >= e.units {
-		return false, fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)
+		return fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)
 	}
 	off, n := e.UnitRange(i)
-	if int64(len(p)) != n {
-		return false, fmt.Errorf("cache: %s: unit %d: %d bytes, want %d", e.dgst, i, len(p), n)
+	if at < 0 || at+int64(len(p)) > n {
+		return fmt.Errorf("cache: %s: unit %d: %d bytes at %d overflow %d", e.dgst, i, len(p), at, n)
 	}
 	e.fillMu.RLock()
 	defer e.fillMu.RUnlock()
-	if _, err := e.data.WriteAt(p, off); err != nil {
-		return false, fmt.Errorf("cache: %s: write unit %d: %w", e.dgst, i, err)
+	if _, err := e.data.WriteAt(p, off+at); err != nil {
+		return fmt.Errorf("cache: %s: write unit %d: %w", e.dgst, i, err)
 	}
+	return nil
+}
+
+// CommitUnit marks unit i filled once all its bytes were stored with WritePart. gen is the
+// Generation read before the first part; if the entry was discarded since, the unit is not
+// marked and ErrDiscarded is returned. It reports whether the blob is now complete (and
+// unverified), so the caller can verify it.
+func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
+	if i < 0 || i >= e.units {
+		return false, fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)
+	}
+	e.fillMu.RLock()
+	defer e.fillMu.RUnlock()
 	e.mu.Lock()
+	if e.generation != gen {
+		e.mu.Unlock()
+		return false, fmt.Errorf("cache: %s: unit %d: %w", e.dgst, i, ErrDiscarded)
+	}
 	if e.present.has(i) {
 		e.mu.Unlock()
 		return false, nil
@@ -520,6 +563,7 @@ func (e *Entry) WriteUnit(i int, p []byte) (complete bool, err error) {
 	e.present.set(i)
 	complete = e.present.count() == e.units && e.flags&flagVerified == 0
 	e.mu.Unlock()
+	_, n := e.UnitRange(i)
 	e.cache.grew(e.dgst, n)
 	return complete, nil
 }

@@ -306,3 +306,31 @@ func FuzzDecodeBitmap(f *testing.F) {
 		}
 	})
 }
+
+// TestCommitAcrossDiscardRefused: a unit written in parts is not marked if the entry was
+// discarded after its first part.
+func TestCommitAcrossDiscardRefused(t *testing.T) {
+	c := openCache(t, t.TempDir(), 0)
+	data := blobData(3, 2*testUnit)
+	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	gen := e.Generation()
+	if err := e.WritePart(0, data[:100], 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.discard(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WritePart(0, data[100:testUnit], 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CommitUnit(0, gen); !errors.Is(err, ErrDiscarded) || e.Has(0) {
+		t.Fatalf("commit across discard: %v, has %v", err, e.Has(0))
+	}
+	if err := e.WritePart(0, data[:testUnit+1], 0); err == nil {
+		t.Fatal("a part longer than the unit: no error")
+	}
+}
