@@ -24,7 +24,7 @@ type PredictiveConfig struct {
 	Horizon time.Duration // how far ahead to forecast; default 2h
 	Refit   time.Duration // how often a function's forecast is recomputed; default 30m
 	// MinPeriodicity is the autocorrelation at the best lag above which a series counts as
-	// periodic; default 0.3.
+	// periodic; default 0.5.
 	MinPeriodicity float64
 	Threshold      float64       // expected invocations per minute that count as "will be invoked"; default 0.3
 	Lead           time.Duration // warm this long before a predicted minute starts; default 1m
@@ -56,7 +56,7 @@ func (c *PredictiveConfig) setDefaults() error {
 		}
 	}
 	if c.MinPeriodicity == 0 {
-		c.MinPeriodicity = 0.3
+		c.MinPeriodicity = 0.5
 	}
 	if c.Threshold == 0 {
 		c.Threshold = 0.3
@@ -89,17 +89,20 @@ const minForecastHistory = 64
 
 // Predictive is an IceBreaker-style warm-up policy. It keeps each function's invocation counts
 // per minute, and every Refit it forecasts the next Horizon of that series from its FFT: the
-// power spectrum gives the series' autocorrelation (Wiener–Khinchin), whose strongest lag is
-// the period; a periodic series is forecast by averaging its past cycles at each phase, any
-// other by its mean rate. (IceBreaker extrapolates the strongest harmonics directly; with
-// sparse series such as a 30-minute timer, spectral leakage then puts ghost peaks between
-// the real ones, which the period-then-average forecast avoids.) After an
-// invocation it unloads the instance and warms one Lead before the next minute whose forecast
-// reaches Threshold, keeping it until Slack after that run of minutes ends. The instance goes
-// on the node class with the best utility: expected latency saved (ColdStart, less the
-// slowdown of the class over the function's mean duration, times the forecast's past hit rate)
-// per unit of memory price. While history is short or forecasts keep missing, the Fallback
-// decides.
+// power spectrum gives the series' autocorrelation (Wiener–Khinchin), whose first strong
+// peak is the period, and a periodic series is forecast by averaging its past cycles at each
+// phase. A series without a period that concentrates its invocations (busiest phase at least
+// twice the mean) has no timing to predict and is left to the Fallback. (IceBreaker
+// extrapolates the strongest harmonics directly; with sparse series such as a 30-minute
+// timer, spectral leakage then puts ghost peaks between the real ones, which the
+// period-then-average forecast avoids.)
+//
+// After an invocation it unloads the instance and warms one Lead before the next minute whose
+// forecast reaches Threshold, keeping it until Slack after that run of minutes ends. The
+// instance goes on the node class with the best utility: latency saved (ColdStart less the
+// class's slowdown over the function's mean duration) per unit of memory price over the
+// window. Forecasts are scored against the arrivals that follow them even while the Fallback
+// decides, and take over only once their hit rate reaches MinConfidence.
 type Predictive struct {
 	cfg  PredictiveConfig
 	mu   sync.Mutex
@@ -128,6 +131,9 @@ type invocationSeries struct {
 	forecast  []float64 // expected invocations for minutes fitMinute+1 ...
 	fitMinute int64
 	fitted    bool
+	// the last fit attempt; attempts that find no period are repeated only every Refit
+	triedMinute int64
+	tried       bool
 
 	lastWindow Window    // the last forecast window, kept even when the fallback decided
 	windowFrom time.Time // the execution end it is counted from
@@ -142,7 +148,7 @@ func (p *Predictive) Decide(inv Invocation) Window {
 	minute := inv.Arrival.Truncate(time.Minute).Unix() / 60
 	s := p.fns[inv.Function]
 	if s == nil {
-		s = &invocationSeries{counts: make([]float64, int(p.cfg.History/time.Minute)), first: minute, last: minute, confidence: 0.5}
+		s = &invocationSeries{counts: make([]float64, int(p.cfg.History/time.Minute)), first: minute, last: minute}
 		p.fns[inv.Function] = s
 	}
 	s.score(inv.Arrival)
@@ -150,8 +156,9 @@ func (p *Predictive) Decide(inv Invocation) Window {
 	s.invocations++
 	s.busy += max(inv.End.Sub(inv.Arrival), 0)
 
-	if !s.fitted || minute-s.fitMinute >= int64(p.cfg.Refit/time.Minute) {
+	if !s.tried || minute-s.triedMinute >= int64(p.cfg.Refit/time.Minute) {
 		s.fitted = p.fit(s, minute)
+		s.tried, s.triedMinute = true, minute
 	}
 	w, ok := p.window(s, inv.End)
 	if !ok {
@@ -205,7 +212,8 @@ func (s *invocationSeries) record(minute int64) {
 // ringIndex is minute's slot in a ring of n minutes (minutes before 1970 are negative).
 func ringIndex(minute, n int64) int64 { return (minute%n + n) % n }
 
-// fit recomputes s's forecast at minute now; it reports false if the history is too short.
+// fit recomputes s's forecast at minute now; it reports false if the history is too short
+// or shows no period.
 func (p *Predictive) fit(s *invocationSeries, now int64) bool {
 	n := int64(len(s.counts))
 	length := min(now-s.first+1, n)
@@ -220,32 +228,36 @@ func (p *Predictive) fit(s *invocationSeries, now int64) bool {
 			series[i] = s.counts[ringIndex(m, n)]
 		}
 	}
-	horizon := int(p.cfg.Horizon / time.Minute)
-	s.forecast = slices.Grow(s.forecast[:0], horizon)[:horizon]
 	period := p.period(series)
 	if period == 0 {
-		mean := stat.Mean(series, nil)
-		for j := range s.forecast {
-			s.forecast[j] = mean
-		}
-	} else {
-		// Average the past cycles at each phase; minute now+1+j is series index length+j.
-		sums, counts := make([]float64, period), make([]float64, period)
-		for i, v := range series {
-			sums[i%period] += v
-			counts[i%period]++
-		}
-		for j := range s.forecast {
-			phase := (int(length) + j) % period
-			s.forecast[j] = sums[phase] / counts[phase]
-		}
+		return false // no timing to predict: the fallback decides
+	}
+	horizon := int(p.cfg.Horizon / time.Minute)
+	s.forecast = slices.Grow(s.forecast[:0], horizon)[:horizon]
+	// Average the past cycles at each phase; minute now+1+j is series index length+j.
+	sums, counts := make([]float64, period), make([]float64, period)
+	for i, v := range series {
+		sums[i%period] += v
+		counts[i%period]++
+	}
+	// The period must say when: its busiest phase at least twice the mean rate.
+	busiest := 0.0
+	for ph := range sums {
+		busiest = max(busiest, sums[ph]/counts[ph])
+	}
+	if busiest < 2*stat.Mean(series, nil) {
+		return false
+	}
+	for j := range s.forecast {
+		phase := (int(length) + j) % period
+		s.forecast[j] = sums[phase] / counts[phase]
 	}
 	s.fitMinute = now
 	return true
 }
 
-// period returns the lag in minutes at which series best repeats itself, or 0 when no lag
-// up to a third of its length reaches MinPeriodicity. The autocorrelation comes from the
+// period returns the lag in minutes (≥ 2) at which series best repeats itself, or 0 when no
+// lag up to a third of its length is a peak of the autocorrelation reaching MinPeriodicity. The autocorrelation comes from the
 // power spectrum of the mean-removed series, zero-padded to twice its length so that lags
 // do not wrap around.
 func (p *Predictive) period(series []float64) int {
@@ -270,19 +282,23 @@ func (p *Predictive) period(series []float64) int {
 	}
 	// ρ(lag), each lag normalised by the number of pairs it sums over.
 	rho := func(lag int) float64 { return acf[lag] / float64(n-lag) / (acf[0] / float64(n)) }
-	best, bestRho := 0, p.cfg.MinPeriodicity
-	for lag := 1; lag <= n/3; lag++ {
-		bestRho = max(bestRho, rho(lag))
-	}
-	// Multiples of the period correlate as well as the period: take the first lag that
-	// comes close to the best.
-	for lag := 1; lag <= n/3; lag++ {
-		if r := rho(lag); r >= 0.9*bestRho && r >= p.cfg.MinPeriodicity {
-			best = lag
-			break
+	// A period is a local peak of ρ (runs of busy minutes make ρ high at short lags too, but
+	// falling). Multiples of the period correlate as well as the period: take the first
+	// peak that comes close to the best.
+	var peaks []int
+	bestRho := 0.0
+	for lag := 2; lag <= n/3; lag++ {
+		if r := rho(lag); r >= p.cfg.MinPeriodicity && r > rho(lag-1) && r >= rho(lag+1) {
+			peaks = append(peaks, lag)
+			bestRho = max(bestRho, r)
 		}
 	}
-	return best
+	for _, lag := range peaks {
+		if rho(lag) >= 0.9*bestRho {
+			return lag
+		}
+	}
+	return 0
 }
 
 // window turns s's forecast into a window counted from end, choosing the node class.
@@ -322,14 +338,15 @@ func (p *Predictive) window(s *invocationSeries, end time.Time) (Window, bool) {
 	return Window{PreWarm: preWarm, KeepAlive: keep, Class: class}, true
 }
 
-// chooseClass picks the class with the best utility: expected latency saved per unit of
-// memory price over the window. It reports false when no class saves latency.
+// chooseClass picks the class with the best utility: latency saved per unit of memory
+// price over the window. (How likely the forecast is to hit scales every class alike, so it
+// gates warming in Decide instead.) It reports false when no class saves latency.
 func (p *Predictive) chooseClass(s *invocationSeries, keep time.Duration) (int, bool) {
 	meanDuration := s.busy.Seconds() / float64(s.invocations)
 	best, bestUtility := 0, 0.0
 	for i, nc := range p.cfg.Classes {
 		saved := p.cfg.ColdStart.Seconds() - (nc.Slowdown-1)*meanDuration
-		utility := s.confidence * saved / (nc.Price * keep.Seconds())
+		utility := saved / (nc.Price * keep.Seconds())
 		if saved > 0 && utility > bestUtility {
 			best, bestUtility = i, utility
 		}
