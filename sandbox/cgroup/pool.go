@@ -180,15 +180,13 @@ func (p *Pool) Get(lim Limits) (*Group, error) {
 	return g, nil
 }
 
-// Put kills whatever still runs in g, resets its limits and thaws it, and returns it to the
-// pool. A group that cannot be emptied is removed from the pool and the error returned.
+// Put kills whatever still runs in g, thaws it, and returns it to the pool. Its limits stay
+// until the next Get sets all of them. A group that cannot be emptied is removed from the pool
+// and the error returned.
 func (p *Pool) Put(g *Group) error {
 	err := g.Kill(killTimeout)
 	if err == nil {
 		err = g.Thaw()
-	}
-	if err == nil {
-		err = g.SetLimits(Limits{})
 	}
 	if err == nil && p.version == V1 {
 		// Restart peak accounting so the next user's stats are its own.

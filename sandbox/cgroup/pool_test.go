@@ -108,15 +108,21 @@ func TestPoolLimitsAndReuse(t *testing.T) {
 	if err := p.Put(g); err != nil {
 		t.Fatal(err)
 	}
-	if got := readTrim(t, filepath.Join(g.dir("pids"), "pids.max")); got != "max" {
-		t.Errorf("pids.max after Put %s, want reset to max", got)
-	}
 	g2, err := p.Get(Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g2 != g {
 		t.Errorf("Get after Put did not reuse the returned group")
+	}
+	// The next user's limits replace every earlier one.
+	if got := readTrim(t, filepath.Join(g.dir("pids"), "pids.max")); got != "max" {
+		t.Errorf("pids.max for a reused group without limits: %s, want max", got)
+	}
+	if p.Version() == V1 {
+		if got := readTrim(t, filepath.Join(g.dir("memory"), "memory.limit_in_bytes")); got == "67108864" {
+			t.Errorf("memory limit of the previous user kept: %s", got)
+		}
 	}
 	p.Put(g2)
 }
