@@ -278,20 +278,22 @@ func TestRegisterRefusesBrokenCode(t *testing.T) {
 	register(t, m, "broken", nil) // the name is free again
 }
 
-func TestDeadZygoteFallsBackToCold(t *testing.T) {
+func TestDeadZygoteIsReplaced(t *testing.T) {
 	// No handler cache: a frozen sandbox in the zygote's PID namespace would hold the dying
 	// zygote until thawed.
 	m := newTestManager(t, func(c *Config) { c.KeepAlive = 0 })
-	register(t, m, "z", nil)
+	register(t, m, "z", func(f *Function) { f.Imports = []string{"decimal"} })
 	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Warm {
 		t.Fatalf("first call path %s, want warm", res.Path)
 	}
 	zy := m.funcs["z"].image.zygote
 	zy.cmd.Process.Kill()
 	zy.cmd.Process.Wait()
-	for i := 0; i < 2; i++ {
-		if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Cold {
-			t.Errorf("call after the zygote died took the %s path, want cold", res.Path)
-		}
+	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Cold {
+		t.Errorf("call after the zygote died took the %s path, want cold", res.Path)
+	}
+	out, res := invoke(t, m, "z", map[string]any{"op": "modules", "names": []string{"decimal"}})
+	if res.Path != Warm || out["decimal"] != true {
+		t.Errorf("call after the restart: path %s, modules %v; want warm from a new function zygote", res.Path, out)
 	}
 }

@@ -285,6 +285,7 @@ func (m *Manager) Register(ctx context.Context, f Function) error {
 	m.pending[f.Name] = true
 	m.nextID++
 	id := m.nextID
+	runtimeZygote := img.zygote
 	m.mu.Unlock()
 
 	// Compiling and forking the function's zygote take a while: not under m.mu, which every
@@ -292,8 +293,8 @@ func (m *Manager) Register(ctx context.Context, f Function) error {
 	fn := &function{Function: f, image: img, stats: Stats{Name: f.Name},
 		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
 	err = m.compile(img, f.Dir, id)
-	if err == nil && img.zygote != nil && len(f.Imports) > 0 {
-		if fn.zygote, err = img.zygote.child(f.Imports); err != nil {
+	if err == nil && runtimeZygote != nil && len(f.Imports) > 0 {
+		if fn.zygote, err = runtimeZygote.child(f.Imports); err != nil {
 			err = fmt.Errorf("zygote: %w", err)
 		}
 	}
@@ -627,10 +628,11 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 	if z != nil {
 		err = m.forkFrom(z, s, b.root.dir, theirs, procs)
 		if errors.Is(err, errZygoteGone) {
-			// Keep serving: this start goes cold; the zygote comes back with the image.
+			// Keep serving: this start goes cold, and the zygotes are started again.
 			m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)
 			path = Cold
 			err = m.startCold(b, s, theirs, procs)
+			m.reviveZygotes(fn, z)
 		}
 	} else {
 		err = m.startCold(b, s, theirs, procs)
@@ -644,6 +646,53 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 		return nil, path, fmt.Errorf("sandbox: %s start: %w", path, err)
 	}
 	return b, path, nil
+}
+
+// reviveZygotes replaces dead, a zygote of fn that stopped answering: the function's own
+// zygote, or the image's runtime zygote together with every function zygote forked from it
+// (they lived in its PID namespace). Until it succeeds, starts go cold.
+func (m *Manager) reviveZygotes(fn *function, dead *zygote) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	img := fn.image
+	if m.closed || fn.gone || img.zygote == nil {
+		return
+	}
+	if img.zygote.request(map[string]string{"op": "ping"}) == nil {
+		if fn.zygote == dead {
+			dead.close()
+			var err error
+			if fn.zygote, err = img.zygote.child(fn.Imports); err != nil {
+				m.log.Warn("restart function zygote", "function", fn.Name, "err", err)
+			}
+		}
+		return
+	}
+	old := img.zygote
+	img.zygote = nil
+	// Reaping the old zygote waits for its namespace to empty, which a frozen sandbox in it
+	// delays until that sandbox is destroyed.
+	m.destroying.Add(1)
+	go func() {
+		defer m.destroying.Done()
+		old.close()
+	}()
+	z, err := startRuntimeZygote(img.root.dir, m.netns, m.stderr, m.cfg.Imports)
+	if err != nil {
+		m.log.Warn("restart runtime zygote", "image", fn.Image, "err", err)
+		return
+	}
+	img.zygote = z
+	for _, f := range m.funcs {
+		if f.image != img || f.zygote == nil {
+			continue
+		}
+		f.zygote.close()
+		if f.zygote, err = z.child(f.Imports); err != nil {
+			m.log.Warn("restart function zygote", "function", f.Name, "err", err)
+		}
+	}
+	m.log.Info("zygotes restarted", "image", fn.Image)
 }
 
 // prepare makes the filesystem of a sandbox for fn: its scratch dir and its root (the image,

@@ -6,6 +6,7 @@
 # Zygote requests are JSON messages with file descriptors attached (SCM_RIGHTS):
 #   {"op": "fork", "spec": SPEC}      fds: sandbox root dir, channel, cgroup.procs files...
 #   {"op": "zygote", "imports": [..]} fds: control socket of the new child zygote
+#   {"op": "ping"}                    is the zygote alive?
 # and each gets one reply, {"pid": N} or {"error": "..."}. A forked sandbox is born in its own
 # PID, UTS and IPC namespaces (PID 1 there); the zygote itself is PID 1 of the namespace the
 # server started it in, so killing it ends every sandbox forked from it.
@@ -165,6 +166,11 @@ def serve_zygote(ctl):
             os._exit(0)
         try:
             req = json.loads(msg)
+            if req.get("op") == "ping":
+                for fd in fds:
+                    os.close(fd)
+                ctl.send(json.dumps({"pid": os.getpid()}).encode())
+                continue
             if req.get("op") not in ("fork", "zygote"):
                 raise ValueError("unknown op %r" % req.get("op"))
             pid = clone_into_namespaces() if req["op"] == "fork" else os.fork()
