@@ -97,9 +97,11 @@ def drop_privileges(uid):
 def run_sandbox(spec, chan):
     """Final stage of every sandbox: already in its chroot, namespaces and cgroup."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The handler's output goes nowhere: its errors come back in replies, and the server's
+    # log (inherited as stderr) is not the handler's to fill.
     null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
     os.close(null)
     conn = socket.socket(fileno=chan)
     try:
