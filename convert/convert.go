@@ -86,6 +86,14 @@ func New(opts Options) (*Converter, error) {
 	if opts.VirtualSize == 0 {
 		opts.VirtualSize = DefaultVirtualSize
 	}
+	// A writer checks the codec options now rather than after the first layer.
+	zw, err := zfile.NewWriter(io.Discard, zfile.Options{Algorithm: opts.Algorithm, BlockSize: opts.BlockSize})
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
 	if opts.VirtualSize < 64<<20 || opts.VirtualSize%4096 != 0 {
 		return nil, fmt.Errorf("convert: virtual size %d must be a multiple of 4096 and at least 64 MiB", opts.VirtualSize)
 	}
