@@ -29,10 +29,10 @@ type Config struct {
 	MetricsAddr string `toml:"metrics_addr"`
 	// Transport is used when an Attach request leaves it unspecified: fuse or nbd.
 	Transport string `toml:"transport"`
-	// MemoryLimit is a soft limit on the Go heap (runtime/debug.SetMemoryLimit): the
-	// garbage collector works harder as the daemon nears it, returning memory to the
-	// system sooner. 0 means no limit. Keep it well above the live heap, about 2 MiB
-	// per device plus the layer indexes, or collection will eat CPU.
+	// MemoryLimit is a soft limit on the daemon's Go memory (see LimitMemory): the
+	// collector works harder near it and returns memory to the system sooner. It is
+	// raised automatically to stay 10% above the live heap (about 2 MiB per busy
+	// device plus the layer indexes). 0 turns the limit off.
 	MemoryLimit ByteSize `toml:"memory_limit"`
 	// RunDir holds runtime files: the FUSE mounts (fuse/) and NBD sockets (nbd/) of
 	// the devices.
@@ -66,7 +66,9 @@ func DefaultConfig() Config {
 		LogLevel:  "info",
 		Transport: "fuse",
 		RunDir:    "/run/obd/bdd",
-		Cache:     CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30},
+		// Keeps a daemon serving ten devices within 64 MiB of resident memory.
+		MemoryLimit: 48 << 20,
+		Cache:       CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30},
 		Registry: RegistryConfig{
 			CertsDir:    "/etc/containerd/certs.d",
 			ReadTimeout: Duration(30 * time.Second),
@@ -81,7 +83,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port of the Prometheus metrics listener (empty: off)")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "default transport: fuse or nbd")
-	fs.Var(&c.MemoryLimit, "memory-limit", "soft limit on the Go heap, e.g. 48MiB (0: none)")
+	fs.Var(&c.MemoryLimit, "memory-limit", "soft limit on the daemon's Go memory, raised to stay 10% above the live heap (0: none)")
 	fs.StringVar(&c.RunDir, "run-dir", c.RunDir, "directory for the devices' FUSE mounts and NBD sockets")
 	fs.StringVar(&c.Cache.Dir, "cache-dir", c.Cache.Dir, "directory of the remote blob cache")
 	fs.Var(&c.Cache.Size, "cache-size", "size limit of the blob cache (e.g. 10GiB)")
