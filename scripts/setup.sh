@@ -99,10 +99,22 @@ install_nerdctl() {
   log "nerdctl $NERDCTL_VERSION: installed in $OBD_DEPS/bin"
 }
 
+# Container hosts run with a shared root mount (systemd makes it so): then runc's rslave copy
+# of the mount table in a new container sees our unmounts, and a device obd unmounts is
+# really released. Without systemd the root mount is private and every container started
+# meanwhile keeps its own copy of our ext4 mounts alive.
+share_root_mount() {
+  if ! awk '$5 == "/" && / shared:/ { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+    mount --make-rshared / || die "mount --make-rshared / failed"
+    log "root mount made shared (as on systemd hosts)"
+  fi
+}
+
 start=$SECONDS
 install_apt_packages
 install_containerd
 install_nerdctl
+share_root_mount
 "$OBD_DEPS/bin/containerd" --version >/dev/null || die "installed containerd does not run"
 "$OBD_DEPS/bin/nerdctl" --version >/dev/null || die "installed nerdctl does not run"
 log "done in $((SECONDS - start)) s; binaries in $OBD_DEPS/bin"

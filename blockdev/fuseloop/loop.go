@@ -86,18 +86,41 @@ func findLoop(file string) (string, error) {
 	return "", fmt.Errorf("fuseloop: no loop device is backed by %s", file)
 }
 
-// detachLoop detaches dev unless it is mounted or claimed (then ErrBusy), and waits
-// until the kernel has released the backing file.
+// heldWait bounds how long detachLoop waits for holders outside this mount namespace.
+const heldWait = 10 * time.Second
+
+// detachLoop detaches dev unless it is mounted here or stays claimed (then ErrBusy),
+// and waits until the kernel has released the backing file.
+//
+// A block device that is mounted or held is opened exclusively, so O_EXCL fails. When
+// it is not mounted in our own mount namespace, the holder is usually a copy of the
+// mount in a namespace created meanwhile (a container starting on a host whose root
+// mount is private); such copies go away with their namespace, so wait a bounded time.
 func detachLoop(dev string) error {
-	// Mounted or held block devices are opened exclusively: O_EXCL fails then.
-	fd, err := openRaw(dev, unix.O_RDONLY|unix.O_EXCL)
-	if errors.Is(err, unix.EBUSY) {
-		return fmt.Errorf("fuseloop: detach %s: %w", dev, blockdev.ErrBusy)
+	deadline := time.Now().Add(heldWait)
+	var fd int
+	for {
+		var err error
+		fd, err = openRaw(dev, unix.O_RDONLY|unix.O_EXCL)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("fuseloop: detach %s: %w", dev, err)
+		}
+		here, merr := mountedHere(dev)
+		if merr != nil {
+			return fmt.Errorf("fuseloop: detach %s: %w", dev, merr)
+		}
+		if here {
+			return fmt.Errorf("fuseloop: detach %s: it is mounted: %w", dev, blockdev.ErrBusy)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fuseloop: detach %s: held open elsewhere for %v: %w", dev, heldWait, blockdev.ErrBusy)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		return fmt.Errorf("fuseloop: detach %s: %w", dev, err)
-	}
-	err = unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+	err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
 	unix.Close(fd)
 	if err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("fuseloop: detach %s: %w", dev, err)
@@ -111,4 +134,24 @@ func detachLoop(dev string) error {
 		}
 	}
 	return fmt.Errorf("fuseloop: detach %s: still held open after 10s: %w", dev, blockdev.ErrBusy)
+}
+
+// mountedHere reports whether the block device dev backs a mount in this process's
+// mount namespace (matched by device number in /proc/self/mountinfo).
+func mountedHere(dev string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return false, err
+	}
+	want := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for line := range strings.Lines(string(data)) {
+		if fields := strings.Fields(line); len(fields) > 2 && fields[2] == want {
+			return true, nil
+		}
+	}
+	return false, nil
 }
