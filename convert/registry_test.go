@@ -1,6 +1,8 @@
 package convert_test
 
 import (
+	archivetar "archive/tar"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -160,6 +162,10 @@ func TestConvertHostileNothingPushed(t *testing.T) {
 	cfgPath := dockerConfig(t, reg)
 	tar := func(es ...fixture.Entry) []byte { return fixture.MustTar(t, es...) }
 	full := tar(fixture.File("big", 0o644, 0, strings.Repeat("z", 8192)))
+	var huge bytes.Buffer // a header claiming 1 TiB, then nothing
+	if err := archivetar.NewWriter(&huge).WriteHeader(&archivetar.Header{Name: "huge", Typeflag: archivetar.TypeReg, Mode: 0o644, Size: 1 << 40}); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name  string
 		layer []byte
@@ -169,6 +175,7 @@ func TestConvertHostileNothingPushed(t *testing.T) {
 		{"traversal", tar(fixture.File("../../evil", 0o644, 0, "x")), tarapply.ErrUnsafePath, "../../evil"},
 		{"symlink then write", tar(fixture.Symlink("etc/ok", "/../../../tmp/evil", 0), fixture.Hardlink("h", "../etc/passwd")), tarapply.ErrUnsafePath, "h"},
 		{"truncated", full[:4096], nil, "big"},
+		{"huge size", huge.Bytes(), tarapply.ErrTooLarge, "huge"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
