@@ -74,8 +74,8 @@ const (
 	sbLastMountedSize = 64
 )
 
-// rw is what Normalize edits: the writable stack, before commit.
-type rw interface {
+// Device is what Normalize edits: the writable stack, before commit.
+type Device interface {
 	io.ReaderAt
 	io.WriterAt
 }
@@ -157,7 +157,7 @@ func (g *geometry) group(i int64) group {
 // whose bytes change are written, so inodes the layer did not touch stay in
 // the lower layers. Timestamps from the tar that lie in the future (at or
 // after since) are replaced too.
-func Normalize(dev rw, since int64) error {
+func Normalize(dev Device, since int64) error {
 	g, err := readGeometry(dev)
 	if err != nil {
 		return err
@@ -218,7 +218,7 @@ func FreeBlocks(dev io.ReaderAt) (func(off int64) bool, error) {
 
 // normalizeInodes rewrites the first n inodes of the table at off, a block at
 // a time, writing back only blocks that changed.
-func normalizeInodes(dev rw, off, n, inodeSize, blockSize, since int64) error {
+func normalizeInodes(dev Device, off, n, inodeSize, blockSize, since int64) error {
 	buf := make([]byte, blockSize)
 	perBlock := blockSize / inodeSize
 	for b := int64(0); b*perBlock < n; b++ {
