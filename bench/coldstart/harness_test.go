@@ -33,6 +33,7 @@ var (
 	flagOut       = flag.String("coldstart.out", "..", "directory for RESULTS.md, coldstart.png and results.json")
 	flagBin       = flag.String("coldstart.bin", "../../bin", "directory holding obd, bdd and overlaybd-snapshotter (`make build`)")
 	flagSeed      = flag.Uint64("coldstart.seed", 0, "seed of the shuffled schedule; 0 takes the clock")
+	flagAlgorithm = flag.String("coldstart.algorithm", "lz4", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
 )
 
 // The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request.
@@ -73,7 +74,7 @@ var workloads = []workload{
 func imageTag(m Mode) string {
 	switch m {
 	case ModeOBD, ModeOBDTrace:
-		return "obd"
+		return "obd-" + *flagAlgorithm
 	case ModeStargz:
 		return "estargz"
 	}
@@ -187,7 +188,7 @@ func selectCells() ([]Cell, error) {
 
 func methodNotes(seed uint64) []string {
 	return []string{
-		"Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert` (obd modes, lz4 ZFile), `nerdctl image convert --estargz --oci` (stargz).",
+		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert --algorithm %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", *flagAlgorithm),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
 		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
@@ -276,9 +277,9 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 		layout := h.imageLayout(t, ctx, image)
 		repo := h.registry + "/bench/" + image
 		h.command(t, ctx, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout, "docker://"+repo+":gzip")
-		if tags["obd"] {
-			h.command(t, ctx, filepath.Join(h.bin, "obd"), "convert", "--work-dir", filepath.Join(h.benchDir, "convert-work"),
-				repo+":gzip", repo+":obd")
+		if obdTag := imageTag(ModeOBD); tags[obdTag] {
+			h.command(t, ctx, filepath.Join(h.bin, "obd"), "convert", "--algorithm", *flagAlgorithm,
+				"--work-dir", filepath.Join(h.benchDir, "convert-work"), repo+":gzip", repo+":"+obdTag)
 		}
 		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
 			h.convertEstargz(t, ctx, repo)
