@@ -35,11 +35,12 @@ type Config struct {
 // DefaultConfig returns the configuration used for fields a config file leaves out.
 func DefaultConfig() Config {
 	return Config{
-		Root:     "/var/lib/overlaybd-snapshotter",
-		Address:  "/run/overlaybd-snapshotter/grpc.sock",
-		RWMode:   RWModeOverlayFS,
-		FSType:   "ext4",
-		LogLevel: "info",
+		Root:      "/var/lib/overlaybd-snapshotter",
+		Address:   "/run/overlaybd-snapshotter/grpc.sock",
+		BDDSocket: "/run/obd/bdd.sock", // bdd's own default
+		RWMode:    RWModeOverlayFS,
+		FSType:    "ext4",
+		LogLevel:  "info",
 	}
 }
 
