@@ -494,7 +494,7 @@ func TestRandomFaults(t *testing.T) {
 			}
 			defer b.Close()
 			r := rand.New(rand.NewPCG(uint64(g), 5))
-			for range 25 {
+			for range 15 {
 				off := r.Int64N(int64(len(e.data)))
 				start := time.Now()
 				err := checkRead(t, b, e.data, off, 1+r.Int64N(2*testUnit))
