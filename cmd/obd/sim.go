@@ -138,7 +138,10 @@ func newProbeCmd() *cobra.Command {
 			names, err := probe.Deploy(ctx, c, image, prefix, functions)
 			defer func() {
 				for _, n := range names {
-					if err := c.Delete(context.WithoutCancel(ctx), n); err != nil {
+					delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+					err := c.Delete(delCtx, n)
+					cancel()
+					if err != nil {
 						slog.Warn("probe: delete function", "name", n, "err", err)
 					}
 				}

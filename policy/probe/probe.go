@@ -29,6 +29,9 @@ type Server interface {
 	Run(ctx context.Context, name string, event []byte) (json.RawMessage, sandbox.StartPath, error)
 }
 
+// callTimeout bounds each call to the server (a function's own timeout defaults to 10 s).
+const callTimeout = time.Minute
+
 // handlerCode is the probe's function: it returns at once, so latency is start-up and
 // transport only.
 const handlerCode = "def handler(event):\n    return {\"ok\": True}\n"
@@ -51,7 +54,10 @@ func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int)
 	for i := range names {
 		names[i] = fmt.Sprintf("%s-%d", prefix, i)
 		spec := sandbox.FunctionSpec{Name: names[i], Image: image, Entry: "main.handler"}
-		if err := c.Register(ctx, spec, bytes.NewReader(code.Bytes())); err != nil {
+		callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+		err := c.Register(callCtx, spec, bytes.NewReader(code.Bytes()))
+		cancel()
+		if err != nil {
 			return names[:i], fmt.Errorf("probe: register %s: %w", names[i], err)
 		}
 	}
@@ -69,6 +75,8 @@ type Observation struct {
 
 // invoke runs one invocation and times it.
 func invoke(ctx context.Context, s Server, name string) (sandbox.StartPath, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	start := time.Now()
 	out, path, err := s.Run(ctx, name, []byte(`{}`))
 	took := time.Since(start)
