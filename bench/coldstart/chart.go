@@ -64,6 +64,8 @@ func (r *Report) WriteChart(w io.Writer) error {
 		p.Add(bars)
 		p.Legend.Add(string(mode), bars)
 	}
+	p.Y.Min = 0
+	p.Y.Max *= 1.25 // headroom for the legend above the tallest bar
 	p.NominalX(labels...)
 	width := vg.Length(len(groups))*barWidth*vg.Length(len(Modes)+2) + 2*vg.Inch
 	canvas, err := p.WriterTo(width, 4*vg.Inch, "png")

@@ -22,6 +22,8 @@ import (
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testenv"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var (
@@ -33,6 +35,7 @@ var (
 	flagOut       = flag.String("coldstart.out", "..", "directory for RESULTS.md, coldstart.png and results.json")
 	flagBin       = flag.String("coldstart.bin", "../../bin", "directory holding obd, bdd and overlaybd-snapshotter (`make build`)")
 	flagSeed      = flag.Uint64("coldstart.seed", 0, "seed of the shuffled schedule; 0 takes the clock")
+	flagRender    = flag.String("coldstart.render", "", "re-render RESULTS.md and coldstart.png in -coldstart.out from this results.json, without measuring")
 	flagAlgorithm = flag.String("coldstart.algorithm", "lz4", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
 )
 
@@ -136,6 +139,25 @@ func TestColdStart(t *testing.T) {
 		if err := writeResults(report, *flagOut); err != nil { // after every trial, so a cut-off run keeps its data
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestRenderResults rewrites the report and chart from a results.json, e.g. after a change of
+// their layout. It runs only with -coldstart.render.
+func TestRenderResults(t *testing.T) {
+	if *flagRender == "" {
+		t.Skip("re-renders a results.json only when asked: -coldstart.render FILE")
+	}
+	data, err := os.ReadFile(*flagRender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatalf("%s: %v", *flagRender, err)
+	}
+	if err := writeResults(&r, *flagOut); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -520,8 +542,18 @@ func detachAll(t *testing.T, client bddv1.DaemonClient, snRoot string) {
 		return
 	}
 	for _, dev := range list.GetDevices() {
-		if _, err := client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
-			t.Errorf("bdd Detach %s: %v", dev.GetId(), err)
+		// Lazily unmounted file systems (containerd's, the snapshotter's) let go of the
+		// device a moment later: retry while bdd says it is busy.
+		for {
+			_, err := client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
+			if status.Code(err) == codes.FailedPrecondition && ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Errorf("bdd Detach %s: %v", dev.GetId(), err)
+			}
+			break
 		}
 	}
 }
