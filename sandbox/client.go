@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,8 +15,28 @@ import (
 
 // Client talks to a Handler (the obd-lambda server); `obd sandbox` uses it.
 type Client struct {
-	Base string       // e.g. http://127.0.0.1:8079
-	HTTP *http.Client // default http.DefaultClient
+	Base string       // http://HOST:PORT, or unix:///PATH for a server on a unix socket
+	HTTP *http.Client // default http.DefaultClient (or a unix-socket client for unix://)
+}
+
+// endpoint returns the URL prefix and HTTP client for c.Base.
+func (c *Client) endpoint() (string, *http.Client) {
+	if path, ok := strings.CutPrefix(c.Base, "unix://"); ok {
+		hc := c.HTTP
+		if hc == nil {
+			hc = &http.Client{Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", path)
+				},
+			}}
+		}
+		return "http://obd-lambda", hc
+	}
+	if c.HTTP != nil {
+		return strings.TrimRight(c.Base, "/"), c.HTTP
+	}
+	return strings.TrimRight(c.Base, "/"), http.DefaultClient
 }
 
 // APIError is an error response of the server.
@@ -28,16 +49,13 @@ type APIError struct {
 func (e *APIError) Error() string { return fmt.Sprintf("server: %s (HTTP %d)", e.Message, e.Status) }
 
 func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Base, "/")+path, body)
+	base, hc := c.endpoint()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
-	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -84,6 +85,20 @@ func TestHTTPAPI(t *testing.T) {
 		if got := statusOf(ch.err); got != ch.want {
 			t.Errorf("%s: HTTP %d, want %d (%v)", ch.what, got, ch.want, ch.err)
 		}
+	}
+
+	// The same API on a unix socket.
+	sock := filepath.Join(t.TempDir(), "lambda.sock")
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	usrv := &http.Server{Handler: NewHandler(m, codeDir)}
+	go usrv.Serve(ul)
+	defer usrv.Close()
+	uc := &Client{Base: "unix://" + sock}
+	if out, path, err := uc.Run(ctx, "up", []byte(`{"op":"echo","value":"u"}`)); err != nil || path != Hot || !bytes.Contains(out, []byte(`"u"`)) {
+		t.Errorf("run over a unix socket: %s %s %v", out, path, err)
 	}
 
 	if err := c.Delete(ctx, "up"); err != nil {

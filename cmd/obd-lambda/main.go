@@ -30,6 +30,25 @@ func main() {
 	}
 }
 
+// defaultSocket is where obd-lambda listens, and `obd sandbox` connects, by default.
+const defaultSocket = "/run/obd/lambda.sock"
+
+// listen opens addr: a unix socket only root can use when addr is a path, else TCP.
+func listen(addr string) (net.Listener, error) {
+	if !filepath.IsAbs(addr) {
+		return net.Listen("tcp", addr)
+	}
+	if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+		return nil, err
+	}
+	os.Remove(addr) // a stale socket of an earlier run
+	// The umask makes the socket 0600 from the start: no window in which others may connect.
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", addr)
+	syscall.Umask(old)
+	return l, err
+}
+
 type options struct {
 	listen    string
 	stateDir  string
@@ -73,7 +92,7 @@ cgroup it made is removed.`,
 	}
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	f := cmd.Flags()
-	f.StringVar(&o.listen, "listen", "127.0.0.1:8079", "HTTP listen address (host:port, or a unix socket path starting with /)")
+	f.StringVar(&o.listen, "listen", defaultSocket, "HTTP listen address: a unix socket path (root-only, 0600), or host:port (no authentication: anyone who can connect can register and run code)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/obd/lambda", "sandbox roots, scratch dirs, uploaded code, sandbox log")
 	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref")
 	f.StringVar(&o.bddSocket, "bdd-socket", "", "control socket of bdd: images are obd layer stacks attached through it")
@@ -116,12 +135,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	network := "tcp"
-	if filepath.IsAbs(o.listen) {
-		network = "unix"
-		os.Remove(o.listen)
-	}
-	l, err := net.Listen(network, o.listen)
+	l, err := listen(o.listen)
 	if err != nil {
 		m.Close()
 		return err

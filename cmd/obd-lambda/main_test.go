@@ -240,3 +240,38 @@ func TestRestartAfterKill9(t *testing.T) {
 		t.Errorf("second server exit: %v", err)
 	}
 }
+
+// TestListensOnPrivateUnixSocket: a socket path gives a unix socket only root can use, and the
+// client reaches the API through it.
+func TestListensOnPrivateUnixSocket(t *testing.T) {
+	bin, rootfsDir := buildServer(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "lambda.sock")
+	srv := exec.Command(bin, "--listen", sock, "--state-dir", filepath.Join(dir, "state"), "--rootfs-dir", rootfsDir)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		srv.Wait()
+	}()
+	c := &sandbox.Client{Base: "unix://" + sock}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c.List(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server never answered on %s: %v", sock, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want a 0600 socket", st.Mode())
+	}
+}

@@ -34,7 +34,7 @@ func newSandboxCmd() *cobra.Command {
 		Long: "sandbox talks to obd-lambda, which runs functions in lean sandboxes started from obd images\n" +
 			"(cold, forked from a zygote, or thawed from the handler cache).",
 	}
-	cmd.PersistentFlags().StringVar(&f.server, "server", "http://127.0.0.1:8079", "obd-lambda base URL")
+	cmd.PersistentFlags().StringVar(&f.server, "server", "unix:///run/obd/lambda.sock", "obd-lambda address: unix:///PATH or http://HOST:PORT")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the call to the server")
 	cmd.AddCommand(newSandboxRegisterCmd(f), newSandboxRunCmd(f), newSandboxLsCmd(f), newSandboxStatsCmd(f), newSandboxRmCmd(f))
 	return cmd
