@@ -64,17 +64,24 @@ func startStack(t *testing.T, ctrObd string) *stack {
 // ctr runs ctr-obd against the stack's containerd and bdd and returns its standard output.
 func (s *stack) ctr(t *testing.T, args ...string) string {
 	t.Helper()
+	stdout, stderr, err := s.tryCtr(args...)
+	if err != nil {
+		t.Fatalf("ctr-obd %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout, stderr)
+	}
+	return stdout
+}
+
+// tryCtr runs ctr-obd like ctr, returning its failure instead of failing the test.
+func (s *stack) tryCtr(args ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	args = append([]string{"--address", s.ctrd.Address, "--namespace", s.ctrd.Namespace}, args...)
 	cmd := exec.CommandContext(ctx, s.ctrObd, args...)
 	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(testenv.DepsDir(), "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("ctr-obd %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
 }
 
 // deviceFetches returns what bdd's only device fetched from the registry on demand: reads that
@@ -161,8 +168,21 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 		t.Fatalf("obdconv output = %q, want the pushed reference and digest", out)
 	}
 
-	// rpull fetches the config and no layer blob.
+	// Bad input: a plain image is refused before any layer is fetched, and record-trace wants
+	// an image rpull has unpacked.
 	blobGets := registry.BlobGets()
+	if _, stderr, err := first.tryCtr("rpull", plainRef); err == nil || !strings.Contains(stderr, ErrNotOverlaybd.Error()) {
+		t.Fatalf("rpull of a plain image: err %v, stderr %q; want a %q error", err, stderr, ErrNotOverlaybd)
+	}
+	if n := registry.BlobGets() - blobGets; n != 0 {
+		t.Fatalf("the refused rpull fetched %d blobs, want none", n)
+	}
+	if _, stderr, err := first.tryCtr("record-trace", "--bdd-socket", first.bdd.Socket, obdRef, filepath.Join(t.TempDir(), "t")); err == nil || !strings.Contains(stderr, "rpull it first") {
+		t.Fatalf("record-trace of an image not pulled: err %v, stderr %q; want advice to rpull it", err, stderr)
+	}
+
+	// rpull fetches the config and no layer blob.
+	blobGets = registry.BlobGets()
 	out = first.ctr(t, "rpull", "--trace-dir", traceDir, "--bdd-socket", first.bdd.Socket, obdRef)
 	if n := registry.BlobGets() - blobGets; n != 1 {
 		t.Fatalf("rpull fetched %d blobs, want only the config:\n%s", n, out)
