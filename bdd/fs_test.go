@@ -63,6 +63,15 @@ func makeTree(t testing.TB, seed uint64, files int) string {
 // treeSums maps each regular file's relative path to its SHA-256.
 func treeSums(t testing.TB, root string) map[string]string {
 	t.Helper()
+	sums, err := sumTree(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sums
+}
+
+// sumTree is treeSums for goroutines, which must not stop the test themselves.
+func sumTree(root string) (map[string]string, error) {
 	sums := map[string]string{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -88,9 +97,9 @@ func treeSums(t testing.TB, root string) map[string]string {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("checksumming %s: %v", root, err)
+		return nil, fmt.Errorf("checksumming %s: %w", root, err)
 	}
-	return sums
+	return sums, nil
 }
 
 // compareSums fails the test for every file that is missing, extra or different.

@@ -225,12 +225,23 @@ func TestFUSEManyDevices(t *testing.T) {
 	if err != nil || len(list.GetDevices()) != devices {
 		t.Fatalf("List: %v, %d devices", err, len(list.GetDevices()))
 	}
-	done := make(chan map[string]string, devices)
+	type result struct {
+		sums map[string]string
+		err  error
+	}
+	done := make(chan result, devices)
 	for _, m := range mounts {
-		go func() { done <- treeSums(t, m) }()
+		go func() {
+			sums, err := sumTree(m)
+			done <- result{sums, err}
+		}()
 	}
 	for range mounts {
-		compareSums(t, want, <-done)
+		r := <-done
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		compareSums(t, want, r.sums)
 	}
 }
 
