@@ -248,4 +248,16 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 		t.Fatalf("the traced start fetched %d bytes in %d misses, not less than the untraced %d bytes in %d misses",
 			tracedBytes, tracedMisses, untracedBytes, untracedMisses)
 	}
+
+	// A command that does not exit: recording stops at --run-timeout and the container goes.
+	// (tryCtr's 3-minute bound fails the call if the 600 s command is waited for.)
+	_, stderr, err := second.tryCtr("record-trace", "--run-timeout", "2s", "--trace-dir", t.TempDir(), "--bdd-socket", second.bdd.Socket,
+		obdRef, filepath.Join(t.TempDir(), "sleep.trace"), "--", "sleep", "600")
+	if err != nil || !strings.Contains(stderr, "recording stops") {
+		t.Fatalf("record-trace of a long command: err %v, stderr %q; want the trace cut at the timeout", err, stderr)
+	}
+	if containers := second.ctr(t, "containers", "ls", "-q"); strings.TrimSpace(containers) != "" {
+		t.Fatalf("record-trace left containers behind: %q", containers)
+	}
+	second.waitNoDevices(t)
 }
