@@ -141,6 +141,17 @@ func (d *daemon) kill9() {
 	}
 }
 
+// terminate stops bdd with SIGTERM, leaving its devices attached.
+func (d *daemon) terminate() {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		d.t.Fatal(err)
+	}
+	if !waitGone(d.cmd.Process.Pid, 10*time.Second) {
+		d.t.Fatal("bdd did not stop on SIGTERM")
+	}
+}
+
 // stop detaches every device (so the test leaves no mounts or loop devices), stops
 // bdd and its fd keeper, and clears whatever a failed test left behind.
 func (d *daemon) stop() { d.stopOnce.Do(d.stopNow) }

@@ -75,16 +75,21 @@ func TestFUSECrashRecovery(t *testing.T) {
 	tree, img := ext4Image(t, 3, 60, 64<<20)
 	t.Run("local", func(t *testing.T) {
 		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
-		crashRecovery(t, tree, pathLayers(files...))
+		crashRecovery(t, tree, pathLayers(files...), (*daemon).kill9)
 	})
 	t.Run("registry", func(t *testing.T) {
 		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, true)
 		reg := testregistry.Start(t, testregistry.Options{})
-		crashRecovery(t, tree, pushLayers(t, reg, "obd/crash", files))
+		crashRecovery(t, tree, pushLayers(t, reg, "obd/crash", files), (*daemon).kill9)
+	})
+	// A clean stop (SIGTERM) must leave devices to the keeper just the same.
+	t.Run("sigterm", func(t *testing.T) {
+		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
+		crashRecovery(t, tree, pathLayers(files...), (*daemon).terminate)
 	})
 }
 
-func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer) {
+func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*daemon)) {
 	d := startDaemon(t, "")
 	upper := filepath.Join(t.TempDir(), "upper")
 	dev := d.attach(&bddv1.AttachRequest{Layers: layers, UpperDir: upper, Transport: bddv1.Transport_TRANSPORT_FUSE})
@@ -94,7 +99,7 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer) {
 
 	before := writeFiles(t, mnt, "before", 20)
 	syncFS(t, mnt)
-	d.kill9()
+	stop(d)
 
 	// A reader arriving while no daemon runs must wait, not fail.
 	gapRead := make(chan error, 1)
