@@ -164,7 +164,9 @@ func newProbeCmd() *cobra.Command {
 			for i := range t.Invocations {
 				t.Invocations[i].Function = names[i]
 			}
-			cfg := sim.Config{Seed: seed, DefaultDuration: 10 * time.Millisecond}
+			// The server gives each concurrent invocation its own sandbox; the schedule is
+			// replayed invocation by invocation.
+			cfg := sim.Config{Seed: seed, DefaultDuration: 10 * time.Millisecond, InstancePerInvocation: true, MaxArrivalsPerMinute: 1 << 20}
 			schedule, err := sim.Arrivals(t, cfg)
 			if err != nil {
 				return err

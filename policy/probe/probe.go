@@ -202,6 +202,8 @@ func LifetimeBounds(samples []LifetimeSample) (alive, gone time.Duration) {
 
 // Predict returns the simulator's cold starts for t replayed under cfg with each fixed
 // keep-alive (in trace time), for comparison with a live replay of sim.Arrivals(t, cfg).
+// For the sandbox server, cfg wants InstancePerInvocation and a MaxArrivalsPerMinute above
+// the trace's busiest minute, so that both replay the same invocations the same way.
 func Predict(ctx context.Context, t *trace.Trace, cfg sim.Config, keepAlives ...time.Duration) ([]int64, error) {
 	out := make([]int64, len(keepAlives))
 	for i, ka := range keepAlives {

@@ -90,7 +90,7 @@ func TestLiveServerMatchesSimulator(t *testing.T) {
 	for i, counts := range [][]int{every(2), every(8), gaps} {
 		tr.Invocations = append(tr.Invocations, trace.Invocations{FunctionKey: trace.FunctionKey{Owner: "o", App: "a", Function: names[i]}, Counts: counts})
 	}
-	cfg := sim.Config{Seed: 1, DefaultDuration: 10 * time.Millisecond}
+	cfg := sim.Config{Seed: 1, DefaultDuration: 10 * time.Millisecond, InstancePerInvocation: true, MaxArrivalsPerMinute: 1 << 20}
 	schedule, err := sim.Arrivals(tr, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,11 @@ type Config struct {
 	DefaultMemoryMB      float64       // for applications without a memory row; default 150
 	DefaultDuration      time.Duration // for functions without a durations row; default 1s
 	MaxArrivalsPerMinute int           // default 60
+	// InstancePerInvocation gives each concurrent invocation its own instance, as the
+	// sandbox server does; by default one instance per function serves all of them, as in
+	// the paper's model. A group of simultaneous invocations (see MaxArrivalsPerMinute)
+	// still takes one instance.
+	InstancePerInvocation bool
 	// Classes are the node classes a policy may place instances on (policy.Window.Class);
 	// memory-time on a class costs its Price and executions take Slowdown times longer.
 	// Default: one class of price 1 and slowdown 1.
@@ -123,8 +128,14 @@ type function struct {
 
 	invocations, coldStarts int64
 
-	// The instance: present, busy until busyUntil, then idle under window.
-	present   bool
+	// Loaded instances (and ones whose pre-warm is pending); at most one unless
+	// Config.InstancePerInvocation.
+	instances []*instance
+}
+
+// instance is one instance of a function: starting until readyAt, busy until busyUntil,
+// then idle under window.
+type instance struct {
 	class     int
 	readyAt   time.Duration
 	busyUntil time.Duration
@@ -256,7 +267,9 @@ func (r *replay) run(ctx context.Context, end time.Duration) error {
 		}
 	}
 	for _, f := range r.fns {
-		r.idleUntil(f, end)
+		for _, inst := range f.instances {
+			r.charge(inst, f.memoryMB, end)
+		}
 	}
 	return nil
 }
@@ -313,19 +326,16 @@ func (f *function) advance(maxGroups int) bool {
 	return false
 }
 
-// idleWaste measures f's idle loaded time from its last execution up to at, and reports
-// whether its instance is loaded at at and on which class. It does not change f.
-func (r *replay) idleWaste(f *function, at time.Duration) (loaded bool, wasteMBs float64, class int) {
-	if !f.present {
-		return false, 0, 0
+// idle measures inst's idle loaded time from its last execution up to at, and reports
+// whether it is loaded (or busy) at at and on which class. It does not change inst.
+func (inst *instance) idle(memoryMB float64, at time.Duration) (loaded bool, wasteMBs float64, class int) {
+	if at < inst.busyUntil {
+		return true, 0, inst.class
 	}
-	if at < f.busyUntil {
-		return true, 0, f.class
-	}
-	w := f.window
-	from := f.busyUntil + w.PreWarm
+	w := inst.window
+	from := inst.busyUntil + w.PreWarm
 	until := from + w.KeepAlive
-	class = f.class
+	class = inst.class
 	if w.PreWarm > 0 {
 		class = w.Class
 	}
@@ -333,70 +343,101 @@ func (r *replay) idleWaste(f *function, at time.Duration) (loaded bool, wasteMBs
 	if loadedFor <= 0 {
 		return false, 0, class
 	}
-	return at < until, f.memoryMB * loadedFor.Seconds(), class
+	return at < until, memoryMB * loadedFor.Seconds(), class
 }
 
-// idleUntil books f's idle time up to at; afterwards f's instance is busy or gone.
-func (r *replay) idleUntil(f *function, at time.Duration) (loaded bool) {
-	loaded, waste, class := r.idleWaste(f, at)
+// charge books inst's idle time up to at and reports whether it is still loaded; a loaded
+// instance is then taken to be in use from at (so no idle time is booked twice).
+func (r *replay) charge(inst *instance, memoryMB float64, at time.Duration) (loaded bool) {
+	loaded, waste, class := inst.idle(memoryMB, at)
 	r.wastedMBs += waste
 	r.wastedCost += waste * r.cfg.Classes[class].Price
-	if !loaded {
-		f.present = false
-	} else if at >= f.busyUntil {
-		f.class = class
+	if loaded && at >= inst.busyUntil {
+		inst.class, inst.busyUntil = class, at
 	}
 	return loaded
+}
+
+// take returns the instance of f that serves an arrival at at, its idle time booked, or
+// nil. With one instance per function a busy instance serves too; with an instance per
+// invocation only an idle one does, the most recently used first (as the sandbox server
+// picks). Instances no longer loaded are booked and dropped on the way.
+func (r *replay) take(f *function, at time.Duration) *instance {
+	var best *instance
+	kept := f.instances[:0]
+	for _, inst := range f.instances {
+		if loaded, _, _ := inst.idle(f.memoryMB, at); !loaded {
+			r.charge(inst, f.memoryMB, at)
+			continue
+		}
+		kept = append(kept, inst)
+		if r.cfg.InstancePerInvocation && at < inst.busyUntil {
+			continue
+		}
+		if best == nil || inst.busyUntil > best.busyUntil {
+			best = inst
+		}
+	}
+	clear(f.instances[len(kept):])
+	f.instances = kept
+	if best != nil {
+		r.charge(best, f.memoryMB, at)
+	}
+	return best
 }
 
 // arrive replays a group of simultaneous invocations of function id.
 func (r *replay) arrive(id int, a arrival) error {
 	f := r.fns[id]
 	var startup time.Duration
+	inst := r.take(f, a.at)
 	switch {
-	case r.idleUntil(f, a.at):
-		startup = max(f.readyAt-a.at, 0) // may still be starting for an earlier arrival
+	case inst != nil:
+		startup = max(inst.readyAt-a.at, 0) // may still be starting for an earlier arrival
 	case r.borrow(f, a.at):
+		inst = f.instances[len(f.instances)-1]
 		startup = r.cfg.ReuseStart
 		r.reuseStarts++
 	default:
+		inst = &instance{busyUntil: a.at}
+		f.instances = append(f.instances, inst)
 		startup = r.cfg.ColdStart
-		f.class = 0
 		r.coldStarts++
 		f.coldStarts++
 	}
-	if !f.present {
-		f.present, f.busyUntil = true, a.at
-	}
 	start := a.at + startup
-	f.readyAt = max(f.readyAt, start)
+	inst.readyAt = max(inst.readyAt, start)
 	// One draw stands for the whole group: its invocations arrived together and run alike.
 	base := f.drawDuration(r.cfg.DefaultDuration)
-	run := time.Duration(float64(base) * r.cfg.Classes[f.class].Slowdown)
+	run := time.Duration(float64(base) * r.cfg.Classes[inst.class].Slowdown)
 	end := start + run
-	f.busyUntil = max(f.busyUntil, end)
+	inst.busyUntil = max(inst.busyUntil, end)
 	r.latency.add(startup+run-base, int64(a.count))
 	w := r.policy.Decide(policy.Invocation{Function: f.name, Arrival: epoch.Add(a.at), End: epoch.Add(end)})
 	if w.Class < 0 || w.Class >= len(r.cfg.Classes) || w.PreWarm < 0 || w.KeepAlive < 0 {
 		return fmt.Errorf("%w: window %+v for %s (node classes: %d)", ErrConfig, w, f.name, len(r.cfg.Classes))
 	}
-	f.window = w
+	inst.window = w
 	f.invocations += int64(a.count)
 	r.invocations += int64(a.count)
 	return nil
 }
 
-// borrow hands f the idle instance of one of its donors, if any is loaded at at.
+// borrow moves an idle instance of one of f's donors, loaded at at, to the end of
+// f.instances; it reports false when no donor has one.
 func (r *replay) borrow(f *function, at time.Duration) bool {
 	for _, j := range f.donors {
 		d := r.fns[j]
-		if loaded, _, _ := r.idleWaste(d, at); !loaded || at < d.busyUntil {
-			continue
+		for k, inst := range d.instances {
+			if loaded, _, _ := inst.idle(d.memoryMB, at); !loaded || at < inst.busyUntil {
+				continue
+			}
+			r.charge(inst, d.memoryMB, at)
+			d.instances = slices.Delete(d.instances, k, k+1)
+			inst.readyAt = at
+			f.instances = append(f.instances, inst)
+			return true
 		}
-		r.idleUntil(d, at)
-		f.present, f.class, f.busyUntil, f.readyAt = true, d.class, at, at
-		d.present = false
-		return true
 	}
 	return false
 }

@@ -230,3 +230,19 @@ func TestHybridTargetOnSyntheticMix(t *testing.T) {
 		t.Fatalf("hybrid: %d cold starts, %.0f MB·s; fixed-10m: %d, %.0f", hybrid.ColdStarts, hybrid.WastedMBSeconds, fixed.ColdStarts, fixed.WastedMBSeconds)
 	}
 }
+
+func TestInstancePerInvocation(t *testing.T) {
+	tr := manualTrace(10, []int{2, 0, 0, 1, 1, 0, 0, 0, 0, 0})
+	for i := range tr.Durations[0].Percentiles {
+		tr.Durations[0].Percentiles[i] = 60_000 // every run lasts a minute: the first two overlap
+	}
+	shared := run(t, tr, "fixed-10m", Config{})
+	own := run(t, tr, "fixed-10m", Config{InstancePerInvocation: true})
+	// The later arrivals find an idle instance either way.
+	if shared.ColdStarts != 1 || own.ColdStarts != 2 {
+		t.Fatalf("cold starts: shared instance %d (want 1), instance per invocation %d (want 2)", shared.ColdStarts, own.ColdStarts)
+	}
+	if own.WastedMBSeconds <= shared.WastedMBSeconds {
+		t.Fatalf("two instances wasted %.0f MB·s, one %.0f", own.WastedMBSeconds, shared.WastedMBSeconds)
+	}
+}
