@@ -39,7 +39,7 @@ type Config struct {
 	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
 	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
 	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
-	SpareRoots   int              // prepared sandbox roots kept per function; default 2, <0 for none
+	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts); default 2, <0 for none
 	NoZygotes    bool             // start every sandbox cold (for comparison)
 	Log          *slog.Logger     // default slog.Default()
 	Now          func() time.Time // for tests of keep-alive; default time.Now
@@ -131,7 +131,7 @@ type function struct {
 	image  *image
 	zygote *zygote // the function's own zygote, forked from the image's
 	idle   []*box  // handler cache, most recently used last; all frozen
-	// spare holds prepared sandbox filesystems (no process, no cgroup yet), filled by
+	// spare holds prepared sandboxes (no process yet), filled by
 	// keepSpares until stopSpares closes; sparesDone closes when it has cleaned up.
 	spare      chan *box
 	stopSpares chan struct{}
@@ -599,10 +599,6 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 			b.destroy(m.pool)
 		}
 	}()
-	b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids})
-	if err != nil {
-		return nil, path, err
-	}
 	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(id)}
 	for _, p := range fn.Packages {
 		s.Paths = append(s.Paths, "/opt/"+p)
@@ -615,15 +611,7 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 	if b.conn, err = fileConn(ours); err != nil {
 		return nil, path, err
 	}
-	procs, err := b.group.OpenProcs()
-	if err != nil {
-		return nil, path, err
-	}
-	defer func() {
-		for _, f := range procs {
-			f.Close()
-		}
-	}()
+	procs := b.procs
 	s.Cgroups = len(procs)
 	if z != nil {
 		err = m.forkFrom(z, s, b.root.dir, theirs, procs)
@@ -641,6 +629,7 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 		return nil, path, err
 	}
 	theirs.Close()
+	b.closeProcs()
 	deadline, _ := ctx.Deadline()
 	if _, err := b.receive(deadline); err != nil {
 		return nil, path, fmt.Errorf("sandbox: %s start: %w", path, err)
@@ -695,28 +684,38 @@ func (m *Manager) reviveZygotes(fn *function, dead *zygote) {
 	m.log.Info("zygotes restarted", "image", fn.Image)
 }
 
-// prepare makes the filesystem of a sandbox for fn: its scratch dir and its root (the image,
+// prepare makes everything of a sandbox for fn but its process: a cgroup with fn's limits
+// (its cgroup.procs files open for the process to join), a scratch dir and a root (the image,
 // the handler code, the install cache and the scratch dir, bind-mounted).
 func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
 	b := &box{dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	if b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	if b.procs, err = b.group.OpenProcs(); err != nil {
+		return nil, err
+	}
 	scratch := filepath.Join(b.dir, "scratch")
 	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		return nil, fmt.Errorf("sandbox: scratch: %w", err)
 	}
 	if err := os.Chown(scratch, nobody, nobody); err != nil {
-		os.RemoveAll(b.dir)
 		return nil, fmt.Errorf("sandbox: scratch: %w", err)
 	}
 	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
 	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
-		os.RemoveAll(b.dir)
 		return nil, err
 	}
 	return b, nil
 }
 
-// keepSpares keeps up to cap(fn.spare) prepared sandbox filesystems ready for fn, so that
-// mounting (about 0.5-2 ms) is off the start path. It runs until fn.stopSpares closes, then
+// keepSpares keeps up to cap(fn.spare) prepared sandboxes ready for fn, so that mounting
+// (about 0.5-2 ms) and setting cgroup limits are off the start path. It runs until fn.stopSpares closes, then
 // destroys the spares.
 func (m *Manager) keepSpares(fn *function) {
 	defer close(fn.sparesDone)

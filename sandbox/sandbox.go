@@ -39,7 +39,8 @@ type box struct {
 	group    *cgroup.Group
 	root     *rootMount
 	conn     net.Conn
-	cmd      *exec.Cmd // cold sandboxes: the server's child, reaped here
+	procs    []*os.File // the group's cgroup.procs files, until the process has joined
+	cmd      *exec.Cmd  // cold sandboxes: the server's child, reaped here
 	lastUsed time.Time
 }
 
@@ -105,10 +106,18 @@ func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage,
 	return r.Result, nil
 }
 
+func (b *box) closeProcs() {
+	for _, f := range b.procs {
+		f.Close()
+	}
+	b.procs = nil
+}
+
 // destroy kills every process of the sandbox and removes its cgroup (back to the pool),
 // mounts and scratch dir.
 func (b *box) destroy(pool *cgroup.Pool) error {
 	var errs []error
+	b.closeProcs()
 	if b.conn != nil {
 		b.conn.Close()
 	}
