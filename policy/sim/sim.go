@@ -4,9 +4,10 @@
 // DESIGN.md's read path ("/ sandbox"), would do with the same policy and trace.
 //
 // The model follows Shahrad et al. (ATC'20): each function has at most one instance, which
-// serves concurrent invocations. An invocation is a cold start when no instance of its
-// function is loaded; wasted memory-time is the function's memory times the time its instance
-// is loaded but idle. Memory is the application's average allocated memory (so every function
+// serves concurrent invocations (Config.InstancePerInvocation instead gives each concurrent
+// invocation its own, as the sandbox server does). An invocation is a cold start when no
+// instance of its function can take it; wasted memory-time is the function's memory times
+// the time its instances are loaded but idle. Memory is the application's average allocated memory (so every function
 // of an application counts it; the paper keeps one instance per application instead).
 //
 // Time is exact, event by event: the invocations a trace counts in one minute get seeded
@@ -156,11 +157,10 @@ func Run(ctx context.Context, t *trace.Trace, p policy.Policy, cfg Config) (Resu
 		return Result{}, err
 	}
 	fns := prepare(t, cfg)
-	lender, _ := p.(policy.Lender)
-	if lender != nil {
+	if lender, ok := p.(policy.Lender); ok {
 		findDonors(fns, lender)
 	}
-	r := replay{cfg: cfg, policy: p, lender: lender, fns: fns, latency: newLatencyHistogram()}
+	r := replay{cfg: cfg, policy: p, fns: fns, latency: newLatencyHistogram()}
 	if err := r.run(ctx, time.Duration(t.Minutes)*time.Minute); err != nil {
 		return Result{}, fmt.Errorf("sim: policy %s: %w", p.Name(), err)
 	}
@@ -229,7 +229,6 @@ func findDonors(fns []*function, lender policy.Lender) {
 type replay struct {
 	cfg     Config
 	policy  policy.Policy
-	lender  policy.Lender
 	fns     []*function
 	latency *latencyHistogram
 
