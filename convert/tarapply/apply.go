@@ -148,10 +148,14 @@ type applier struct {
 }
 
 // cleanName turns a tar name into a root-relative path ("." for the root),
-// refusing names that are absolute or leave the root.
+// refusing names that are absolute or leave the root. The name "/" alone is the root
+// directory itself (umoci and others write such an entry), not an escape.
 func cleanName(name string) (string, error) {
 	if len(name) > maxNameLen {
 		return "", fmt.Errorf("%w: name is %d bytes", ErrTooLarge, len(name))
+	}
+	if strings.Trim(name, "/") == "" && name != "" {
+		return ".", nil
 	}
 	if strings.HasPrefix(name, "/") {
 		return "", fmt.Errorf("%w: absolute name", ErrUnsafePath)

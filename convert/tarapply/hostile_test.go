@@ -183,6 +183,23 @@ func TestDuplicatesLastWins(t *testing.T) {
 	}
 }
 
+// TestRootEntry: a tar entry named "/" (umoci insert writes one) is the root directory
+// itself; it sets the root's mode and is no escape.
+func TestRootEntry(t *testing.T) {
+	requireRoot(t)
+	root, _ := sandbox(t)
+	tr := mustTar(t, fixture.Dir("/", 0o750, 0), fixture.File("a", 0o644, 0, "a"))
+	if _, err := tarapply.Apply(context.Background(), root, bytes.NewReader(tr), tarapply.Options{}); err != nil {
+		t.Fatalf("a layer with a %q entry: %v", "/", err)
+	}
+	if st := mustStat(t, root); st.Mode().Perm() != 0o750 {
+		t.Errorf("root mode %v, want 0750 from the %q entry", st.Mode().Perm(), "/")
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "a")); err != nil || string(b) != "a" {
+		t.Errorf("a = %q, %v", b, err)
+	}
+}
+
 func TestContextCancelled(t *testing.T) {
 	root, _ := sandbox(t)
 	ctx, cancel := context.WithCancel(context.Background())
