@@ -10,7 +10,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
-	"github.com/obdproject/obd/ctr-plugin/tracestore"
+	"github.com/obdproject/obd/tracestore"
 )
 
 // Snapshotter is the proxy snapshotter name lazy images are unpacked with; containerd's config

@@ -11,7 +11,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/convert"
-	"github.com/obdproject/obd/ctr-plugin/tracestore"
+	"github.com/obdproject/obd/tracestore"
 )
 
 // ErrNotOverlaybd is returned for an image whose layers are not all overlaybd blobs.

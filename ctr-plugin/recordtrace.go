@@ -19,7 +19,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/ctr-plugin/tracestore"
+	"github.com/obdproject/obd/tracestore"
 	"github.com/obdproject/obd/remotefetch"
 )
 

@@ -16,7 +16,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/convert"
-	"github.com/obdproject/obd/ctr-plugin/tracestore"
+	"github.com/obdproject/obd/tracestore"
 	"github.com/obdproject/obd/snapshotter"
 )
 

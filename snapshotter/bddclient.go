@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/tracestore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -26,16 +30,76 @@ const bddCallTimeout = 2 * time.Minute
 type BDDDevices struct {
 	client   bddv1.DaemonClient
 	stateDir string
+	traces   *tracestore.Store // nil: no prefetch at attach
+	logger   *slog.Logger
 }
 
 var _ DeviceManager = (*BDDDevices)(nil)
 
+// BDDOption configures NewBDDDevices.
+type BDDOption func(*BDDDevices)
+
+// WithTracePrefetch makes every new device replay the start trace recorded for its chain
+// (by `ctr-obd record-trace`) from the trace store in dir: bdd prefetches the recorded
+// ranges while the container starts, so they leave its critical path.
+func WithTracePrefetch(dir string) BDDOption {
+	return func(b *BDDDevices) { b.traces = &tracestore.Store{Dir: dir} }
+}
+
+// WithBDDLogger sets the logger of background work (trace prefetch).
+func WithBDDLogger(l *slog.Logger) BDDOption {
+	return func(b *BDDDevices) { b.logger = l }
+}
+
 // NewBDDDevices returns a DeviceManager using client, keeping its key → device map in stateDir.
-func NewBDDDevices(client bddv1.DaemonClient, stateDir string) (*BDDDevices, error) {
+func NewBDDDevices(client bddv1.DaemonClient, stateDir string, opts ...BDDOption) (*BDDDevices, error) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("bdd devices: %w", err)
 	}
-	return &BDDDevices{client: client, stateDir: stateDir}, nil
+	b := &BDDDevices{client: client, stateDir: stateDir, logger: slog.Default()}
+	for _, o := range opts {
+		o(b)
+	}
+	return b, nil
+}
+
+// prefetchTimeout bounds a background trace replay.
+const prefetchTimeout = 5 * time.Minute
+
+// startPrefetch asks bdd, in the background, to replay the trace recorded for the chain of
+// layers, if there is one. It never fails the attach: a missing or broken trace only costs
+// the speed-up.
+func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) {
+	if b.traces == nil {
+		return
+	}
+	blobs := make([]digest.Digest, len(layers))
+	for i, l := range layers {
+		blobs[i] = l.Digest
+	}
+	chain, err := tracestore.ChainID(blobs)
+	if err != nil {
+		b.logger.Warn("no trace prefetch", "key", key, "err", err)
+		return
+	}
+	trace, err := b.traces.Load(chain)
+	if errors.Is(err, tracestore.ErrNoTrace) {
+		return
+	}
+	if err != nil {
+		b.logger.Warn("no trace prefetch", "key", key, "chain", chain, "err", err)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+		defer cancel()
+		start := time.Now()
+		if _, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace}); err != nil {
+			b.logger.Warn("trace prefetch failed", "key", key, "chain", chain, "err", err)
+			return
+		}
+		b.logger.Info("trace prefetched", "key", key, "chain", chain, "took", time.Since(start))
+	}()
 }
 
 // Attach returns the device path of key, asking bdd to attach the chain (read-only when
@@ -77,6 +141,7 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		_, detachErr := b.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
 		return "", errors.Join(fmt.Errorf("record device of %s: %w", key, err), detachErr)
 	}
+	b.startPrefetch(key, layers)
 	return dev.GetDevicePath(), nil
 }
 

@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,8 +11,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,11 +35,13 @@ type loopBDD struct {
 	requests []*bddv1.AttachRequest
 	// busy makes that many Detach calls fail as bdd does for a device still held.
 	busy int
+	// prefetched receives the trace of every Prefetch call.
+	prefetched chan []byte
 }
 
 func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
 	t.Helper()
-	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}}
+	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8)}
 	socket := filepath.Join(t.TempDir(), "bdd.sock")
 	listener, err := net.Listen("unix", socket)
 	if err != nil {
@@ -98,6 +104,11 @@ func (s *loopBDD) List(context.Context, *bddv1.ListRequest) (*bddv1.ListResponse
 		resp.Devices = append(resp.Devices, dev)
 	}
 	return resp, nil
+}
+
+func (s *loopBDD) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bddv1.PrefetchResponse, error) {
+	s.prefetched <- req.GetTrace()
+	return &bddv1.PrefetchResponse{}, nil
 }
 
 // forget drops a device from the server's books without detaching it, as a bdd whose state
@@ -249,6 +260,62 @@ func TestRepository(t *testing.T) {
 	for _, bad := range []string{"", "app/UPPER", "a b", "app@sha256:short"} {
 		if got, err := repository(bad); err == nil {
 			t.Errorf("repository(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+// TestBDDDevicesPrefetchRecordedTrace: a new device for a chain whose start trace was recorded
+// replays that trace through bdd; a chain without one does not.
+func TestBDDDevicesPrefetchRecordedTrace(t *testing.T) {
+	ctx := context.Background()
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	traceDir := filepath.Join(t.TempDir(), "traces")
+	manager, err := NewBDDDevices(client, filepath.Join(t.TempDir(), "devices"), WithTracePrefetch(traceDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	traced := []RemoteLayer{devices.addBlob(map[string]string{"a": "1"}), devices.addBlob(map[string]string{"b": "2"})}
+	untraced := []RemoteLayer{devices.addBlob(map[string]string{"c": "3"})}
+
+	chain, err := tracestore.ChainID([]digest.Digest{traced[0].Digest, traced[1].Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{
+		Ref: traced[1].Ref, Digest: traced[1].Digest, Size: traced[1].Size,
+		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}},
+	}}}
+	var want bytes.Buffer
+	if _, err := tr.WriteTo(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := (tracestore.Store{Dir: traceDir}).Save(chain, want.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := manager.Attach(ctx, "untraced", untraced, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manager.Attach(ctx, "traced", traced, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-bdd.prefetched:
+		if !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("prefetched trace %q, want the recorded %q", got, want.Bytes())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no Prefetch reached bdd within 30s of attaching a chain with a recorded trace")
+	}
+	select {
+	case got := <-bdd.prefetched:
+		t.Errorf("a second Prefetch (%q): the untraced chain must not prefetch", got)
+	default:
+	}
+	for _, key := range []string{"traced", "untraced"} {
+		if err := manager.Detach(ctx, key); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

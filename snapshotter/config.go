@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"github.com/obdproject/obd/tracestore"
 )
 
 // DefaultConfigPath is where overlaybd-snapshotter looks for its config file.
@@ -22,6 +24,9 @@ type Config struct {
 	Address string `json:"address"`
 	// BDDSocket is the control socket of bdd. Empty disables lazy overlaybd images.
 	BDDSocket string `json:"bddSocket"`
+	// TraceDir holds start traces recorded by `ctr-obd record-trace`; a device attached for
+	// a chain with a trace prefetches it. Empty disables prefetch.
+	TraceDir string `json:"traceDir"`
 	// RWMode is "overlayfs" (default) or "dev"; see RWModeOverlayFS and RWModeDev.
 	RWMode RWMode `json:"rwMode"`
 	// FSType is the filesystem on lazy chains' devices (default "ext4").
@@ -38,6 +43,7 @@ func DefaultConfig() Config {
 		Root:      "/var/lib/overlaybd-snapshotter",
 		Address:   "/run/overlaybd-snapshotter/grpc.sock",
 		BDDSocket: "/run/obd/bdd.sock", // bdd's own default
+		TraceDir:  tracestore.DefaultDir,
 		RWMode:    RWModeOverlayFS,
 		FSType:    "ext4",
 		LogLevel:  "info",

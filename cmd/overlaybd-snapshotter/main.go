@@ -74,7 +74,11 @@ func run(cfg snapshotter.Config) error {
 			return err
 		}
 		defer conn.Close()
-		devices, err := snapshotter.NewBDDDevices(client, filepath.Join(cfg.Root, "devices"))
+		bddOpts := []snapshotter.BDDOption{snapshotter.WithBDDLogger(logger)}
+		if cfg.TraceDir != "" {
+			bddOpts = append(bddOpts, snapshotter.WithTracePrefetch(cfg.TraceDir))
+		}
+		devices, err := snapshotter.NewBDDDevices(client, filepath.Join(cfg.Root, "devices"), bddOpts...)
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-// Package tracestore keeps the start traces that `ctr-obd record-trace` records, one file per
+// Package tracestore keeps the start traces that `ctr-obd record-trace` records (read by the snapshotter and `ctr-obd rpull`), one file per
 // chain of overlaybd layer blobs, where later starts of the same image look them up and hand
 // them to bdd's Prefetch. It sits beside the read path of DESIGN.md: a trace lists byte ranges
 // of remotefetch.Blob, the registry box at the bottom, and prefetching fills the cache box
