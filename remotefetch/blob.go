@@ -46,6 +46,7 @@ type Blob struct {
 	foreground atomic.Int64 // ReadAt calls in progress; background fill waits for zero
 	seqEnd     atomic.Int64 // end of the previous read, for sequential readahead
 	raEnd      int          // first unit past the issued readahead; guarded by mu
+	raWindow   int          // current readahead window in units, grown by sequential reads; guarded by mu
 }
 
 // streamChunk is how much of a unit is stored at a time while it arrives: readers waiting for
@@ -173,6 +174,9 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	b.f.recordTrace(b, off, end-off)
 
 	sequential := b.seqEnd.Swap(end) == off && off > 0
+	if !sequential {
+		b.resetReadahead()
+	}
 	missed, err := b.ensure(ctx, off, end, true, sequential)
 	if missed {
 		b.stats.miss()
@@ -244,12 +248,17 @@ func (b *Blob) ensure(ctx context.Context, off, end int64, partial, readahead bo
 	}
 }
 
-// readahead keeps up to one MaxRequestSize window of units past last in flight. It issues the
-// next window only when the reader is within half a window of the end of the previous one, so
-// requests stay window-sized.
+// readahead keeps a window of units past last in flight. The window starts at two units
+// and doubles with every sequential read up to MaxRequestSize, as the kernel's readahead
+// does: a file read through once (a library at container start) costs a little more than
+// its own bytes, while a long sequential scan soon fetches in MaxRequestSize requests. It
+// issues the next window only when the reader is within half a window of the end of the
+// previous one, so requests stay window-sized.
 func (b *Blob) readahead(last int) {
-	window := int(b.f.opts.MaxRequestSize / b.entry.FillUnit())
+	maxWindow := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
 	b.mu.Lock()
+	b.raWindow = min(max(2, 2*b.raWindow), maxWindow)
+	window := b.raWindow
 	from := max(b.raEnd, last+1)
 	if from-last > window/2 || from >= b.entry.Units() {
 		b.mu.Unlock()
@@ -259,6 +268,13 @@ func (b *Blob) readahead(last int) {
 	b.raEnd = to
 	b.mu.Unlock()
 	_, _ = b.claimAndFetch(from, to-1)
+}
+
+// resetReadahead shrinks the readahead window back after a read that is not sequential.
+func (b *Blob) resetReadahead() {
+	b.mu.Lock()
+	b.raWindow = 0
+	b.mu.Unlock()
 }
 
 func (b *Blob) deadlineError(ctx context.Context, off, end int64) error {

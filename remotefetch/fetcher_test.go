@@ -336,6 +336,24 @@ func TestSequentialReadahead(t *testing.T) {
 	}
 }
 
+// TestShortSequentialRunReadsLittleAhead: two adjacent reads (a small file read through once)
+// start a small readahead, not a MaxRequestSize window: lazy starts fetch what they read.
+func TestShortSequentialRunReadsLittleAhead(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 64*testUnit, true)
+	f := newFetcher(t, Options{MaxRequestSize: 32 * testUnit, BackgroundDelay: -1})
+	b := open(t, f, e)
+	defer b.Close()
+	for _, off := range []int64{10 * testUnit, 11 * testUnit} {
+		if err := checkRead(t, b, e.data, off, testUnit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForIdle(t, b)
+	if got, limit := b.Stats().BytesFetched, uint64(6*testUnit); got > limit {
+		t.Fatalf("two adjacent unit reads fetched %d bytes, want at most %d (no full readahead window)", got, limit)
+	}
+}
+
 func TestNotFound(t *testing.T) {
 	e := newEnv(t, testregistry.Options{}, testUnit, false)
 	f := newFetcher(t, Options{})
@@ -838,4 +856,18 @@ func FuzzReadTrace(f *testing.F) {
 // testLogger logs at debug level into the test's output (shown on failure or with -v).
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// waitForIdle waits until b has no fetch in flight (readahead runs in the background).
+func waitForIdle(t testing.TB, b *Blob) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b.mu.Lock()
+		n := len(b.inflight)
+		b.mu.Unlock()
+		if n == 0 {
+			return
+		}
+	}
+	t.Fatal("fetches still in flight after 10s")
 }
