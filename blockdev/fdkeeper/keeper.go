@@ -1,5 +1,5 @@
 // Package fdkeeper keeps file descriptors alive across daemon restarts. A small keeper
-// process (cmd/obd-fdkeeper) holds the /dev/fuse descriptors of fuseloop devices and
+// process (bdd runs one as its `bdd fdkeeper` subcommand) holds the /dev/fuse descriptors of fuseloop devices and
 // hands them back over a unix socket (SCM_RIGHTS), so that a FUSE connection outlives
 // a crashed daemon and a restarted one can resume serving it (fuseloop.Resume). It sits
 // beside the blockdev box of DESIGN.md, not in the read path.
