@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/blockdev"
+	"github.com/obdproject/obd/blockdev/kernelnbd"
 	"github.com/obdproject/obd/blockdev/nbdexport"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
@@ -20,12 +22,15 @@ type device struct {
 	spec   DeviceSpec
 	layers []*openLayer
 	stack  *lsmt.Stack
-	// path is the kernel block device (FUSE transport); nbdSocket the NBD export.
+	// path is the kernel block device (FUSE + loop, or kernel NBD); nbdSocket the NBD
+	// export every device has.
 	path      string
 	nbdSocket string
-	// transport stops serving the stack; for a mounted device it fails with
-	// blockdev.ErrBusy and leaves the device working.
+	// transport stops serving the block device; for a mounted device it fails with
+	// blockdev.ErrBusy and leaves the device working. nil when there is none.
 	transport io.Closer
+	// export stops the NBD export.
+	export io.Closer
 }
 
 // readOnly says whether the device refuses writes: explicitly, or for lack of an upper.
@@ -112,26 +117,47 @@ func openUpper(spec DeviceSpec, lower []*openLayer) (*lsmt.Writable, error) {
 	return w, nil
 }
 
-// expose starts the transport of d.spec.Transport for d.stack; resume asks it to
-// take over what a previous bdd left serving.
-func (s *Server) expose(ctx context.Context, d *device, resume bool) error {
+// expose serves d.stack as an NBD export on a unix socket and as a kernel block device
+// through d.spec.Transport; resume asks the transport to take over what a previous bdd
+// left serving.
+func (s *Server) expose(ctx context.Context, d *device, resume bool) (err error) {
 	log := s.log.With("device", d.spec.ID)
+	sock := filepath.Join(s.cfg.RunDir, "nbd", d.spec.ID+".sock")
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		return fmt.Errorf("nbd export: %w", err)
+	}
+	srv, err := nbdexport.Listen(sock, d.stack, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			srv.Close()
+		}
+	}()
+	d.nbdSocket, d.export = sock, srv
 	switch d.spec.Transport {
 	case TransportNBD:
-		sock := filepath.Join(s.cfg.RunDir, "nbd", d.spec.ID+".sock")
-		if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
-			return fmt.Errorf("nbd export: %w", err)
-		}
-		srv, err := nbdexport.Listen(sock, d.stack, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
-		if err != nil {
-			return err
-		}
-		d.nbdSocket, d.transport = sock, srv
-		return nil
+		return s.exposeKernelNBD(ctx, d, log)
 	case TransportFUSE:
 		return s.exposeFUSE(ctx, d, resume)
 	}
 	return fmt.Errorf("%w: unknown transport %q", ErrInvalidRequest, d.spec.Transport)
+}
+
+// exposeKernelNBD connects the stack to a free /dev/nbdN where the kernel has NBD
+// devices; without them the device is served by its NBD export alone.
+func (s *Server) exposeKernelNBD(ctx context.Context, d *device, log *slog.Logger) error {
+	if err := kernelnbd.Available(); err != nil {
+		log.Info("no kernel block device: serving the NBD export only", "reason", err)
+		return nil
+	}
+	dev, err := kernelnbd.Attach(ctx, d.stack, kernelnbd.Options{ReadOnly: d.readOnly(), Logger: log})
+	if err != nil {
+		return err
+	}
+	d.path, d.transport = dev.Path(), dev
+	return nil
 }
 
 // compile-time check that a stack is what transports serve.
@@ -144,6 +170,13 @@ func (s *Server) closeDevice(d *device) error {
 		if err := d.transport.Close(); err != nil {
 			return err
 		}
+		d.transport = nil
+	}
+	if d.export != nil {
+		if err := d.export.Close(); err != nil {
+			return err
+		}
+		d.export = nil
 	}
 	return errors.Join(d.stack.Close(), s.layers.release(d.layers))
 }

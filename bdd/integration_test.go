@@ -1,6 +1,7 @@
 package bdd_test
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,14 @@ func TestFUSELocalLayersExt4(t *testing.T) {
 			dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
 			if !strings.HasPrefix(dev.GetDevicePath(), "/dev/loop") {
 				t.Fatalf("device path %q", dev.GetDevicePath())
+			}
+			// Every device also has an NBD export, giving the same bytes as the block device.
+			raw, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dev.GetNbdSocket() == "" || !bytes.Equal(nbdRead(t, dev.GetNbdSocket()), raw) {
+				t.Fatalf("the NBD export %q of a FUSE device does not serve the image", dev.GetNbdSocket())
 			}
 			mnt := mount(t, dev.GetDevicePath(), true)
 			compareSums(t, treeSums(t, tree), treeSums(t, mnt))
