@@ -63,6 +63,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad transport", "transport = \"carrier pigeon\"\n", "unknown transport"},
 		{"empty state", "state_dir = \"\"\n", "state_dir must not be empty"},
 		{"zero cache", "[cache]\nsize = \"0\"\n", "cache.size"},
+		{"odd fill unit", "[cache]\nfill_unit = \"6000\"\n", "cache.fill_unit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()

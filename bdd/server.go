@@ -78,6 +78,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 	fetcher, err := remotefetch.New(remotefetch.Options{
 		CacheDir:     cfg.Cache.Dir,
 		CacheSize:    int64(cfg.Cache.Size),
+		FillUnit:     int64(cfg.Cache.FillUnit),
 		HostsDir:     cfg.Registry.CertsDir,
 		DockerConfig: cfg.Registry.DockerConfig,
 		ReadTimeout:  time.Duration(cfg.Registry.ReadTimeout),
