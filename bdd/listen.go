@@ -49,8 +49,12 @@ func ListenControl(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// Serve serves the control API on l until ctx is done, then stops gracefully
-// (in-flight calls finish).
+// stopGrace bounds how long Serve lets in-flight calls finish once asked to stop: a
+// long call (a Prefetch of a large trace) must not keep the daemon from exiting.
+const stopGrace = 3 * time.Second
+
+// Serve serves the control API on l until ctx is done, then stops gracefully:
+// in-flight calls get stopGrace to finish and are then cancelled.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	g := grpc.NewServer(grpc.UnaryInterceptor(s.logCall))
 	bddv1.RegisterDaemonServer(g, s)
@@ -58,7 +62,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	go func() {
 		select {
 		case <-ctx.Done():
+			timer := time.AfterFunc(stopGrace, g.Stop)
 			g.GracefulStop()
+			timer.Stop()
 		case <-stopped:
 		}
 	}()
