@@ -15,6 +15,7 @@ import (
 	"github.com/obdproject/obd/blockdev/nbdexport"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"golang.org/x/sync/errgroup"
 )
 
 // device is one attached layer stack and the transport serving it.
@@ -56,19 +57,15 @@ func (d *device) toAPI() *bddv1.Device {
 // openStack opens the layers of spec and stacks them under the upper (if any).
 // On error everything opened so far is closed again.
 func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack, _ []*openLayer, err error) {
-	var layers []*openLayer
+	layers, err := s.acquireLayers(ctx, spec.Layers)
+	if err != nil {
+		return nil, nil, err
+	}
 	defer func() {
 		if err != nil {
 			s.layers.release(layers)
 		}
 	}()
-	for i, ls := range spec.Layers {
-		l, err := s.layers.acquire(ctx, ls)
-		if err != nil {
-			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
-		}
-		layers = append(layers, l)
-	}
 	lower := make([]lsmt.Layer, len(layers))
 	for i, l := range layers {
 		lower[i] = l.file
@@ -116,6 +113,38 @@ func openUpper(spec DeviceSpec, lower []*openLayer) (*lsmt.Writable, error) {
 	}
 	return w, nil
 }
+
+// acquireLayers opens the layers concurrently: opening a remote layer reads its tar,
+// ZFile and LSMT headers and index, several round trips each, which would otherwise
+// add up over a stack on a slow link.
+func (s *Server) acquireLayers(ctx context.Context, specs []LayerSpec) ([]*openLayer, error) {
+	layers := make([]*openLayer, len(specs))
+	var g errgroup.Group
+	g.SetLimit(maxConcurrentOpens)
+	for i, ls := range specs {
+		g.Go(func() error {
+			l, err := s.layers.acquire(ctx, ls)
+			if err != nil {
+				return fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
+			}
+			layers[i] = l
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		var opened []*openLayer
+		for _, l := range layers {
+			if l != nil {
+				opened = append(opened, l)
+			}
+		}
+		return nil, errors.Join(err, s.layers.release(opened))
+	}
+	return layers, nil
+}
+
+// maxConcurrentOpens bounds how many layers of one stack are opened at once.
+const maxConcurrentOpens = 16
 
 // expose serves d.stack as an NBD export on a unix socket and as a kernel block device
 // through d.spec.Transport; resume asks the transport to take over what a previous bdd
