@@ -278,7 +278,7 @@ func TestFUSEFioVerify(t *testing.T) {
 			dev := d.attach(req)
 			out, err := exec.Command("fio", "--name=verify", "--filename="+dev.GetDevicePath(), "--rw=randwrite",
 				"--bsrange=4k-256k", "--direct=1", "--ioengine=libaio", "--iodepth=16", "--size=48M",
-				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0").CombinedOutput()
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0", "--verify_state_save=0").CombinedOutput()
 			if err != nil {
 				t.Fatalf("fio verify failed: %v\n%s", err, out)
 			}
