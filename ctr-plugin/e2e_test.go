@@ -11,11 +11,11 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/tracestore"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/snapshotter"
+	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
 )
 

@@ -19,8 +19,8 @@ import (
 	"github.com/urfave/cli/v3"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/tracestore"
 	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/tracestore"
 )
 
 var recordTraceCommand = &cli.Command{

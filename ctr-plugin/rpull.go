@@ -16,8 +16,8 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/convert"
-	"github.com/obdproject/obd/tracestore"
 	"github.com/obdproject/obd/snapshotter"
+	"github.com/obdproject/obd/tracestore"
 )
 
 var rpullCommand = &cli.Command{
