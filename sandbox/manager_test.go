@@ -3,32 +3,21 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/obdproject/obd/internal/testenv"
 )
 
 // testRootfs builds (once per machine, cached) the python3 rootfs with scripts/mkrootfs.sh
 // and returns the provider root holding it.
 func testRootfs(t testing.TB) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("sandboxes need root (chroot, mounts, cgroups, namespaces)")
-	}
-	out, err := exec.Command("bash", "../scripts/mkrootfs.sh").Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && strings.Contains(string(ee.Stderr), "debootstrap failed") {
-			t.Skipf("cannot build the python rootfs (no Debian archive?): %s", ee.Stderr)
-		}
-		t.Fatalf("mkrootfs.sh: %v", err)
-	}
-	return filepath.Dir(strings.TrimSpace(string(out)))
+	return filepath.Dir(testenv.PythonRootfs(t))
 }
 
 // handlerDir is a directory with testdata/handler.py as main.py, readable by nobody.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/sandbox"
 )
 
@@ -135,18 +136,12 @@ func testCLI(t *testing.T, tmp, addr, code string) {
 // buildServer builds obd-lambda and the python rootfs; it skips without root.
 func buildServer(t *testing.T) (bin, rootfsDir string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("obd-lambda needs root (chroot, mounts, cgroups, namespaces)")
-	}
-	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
-	if err != nil {
-		t.Skipf("cannot build the python rootfs: %v", err)
-	}
+	rootfs := testenv.PythonRootfs(t)
 	bin = filepath.Join(t.TempDir(), "obd-lambda")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	return bin, filepath.Dir(strings.TrimSpace(string(out)))
+	return bin, filepath.Dir(rootfs)
 }
 
 // startServer runs obd-lambda and waits until it answers.

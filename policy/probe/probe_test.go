@@ -2,15 +2,12 @@ package probe
 
 import (
 	"context"
-	"errors"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
 	"github.com/obdproject/obd/sandbox"
@@ -20,18 +17,7 @@ import (
 // given keep-alive, on the python rootfs scripts/mkrootfs.sh builds.
 func liveServer(t *testing.T, keepAlive time.Duration) *sandbox.Client {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the sandbox server needs root (chroot, mounts, cgroups, namespaces)")
-	}
-	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && strings.Contains(string(ee.Stderr), "debootstrap failed") {
-			t.Skipf("cannot build the python rootfs (no Debian archive?): %s", ee.Stderr)
-		}
-		t.Fatalf("mkrootfs.sh: %v", err)
-	}
-	rootfs := strings.TrimSpace(string(out))
+	rootfs := testenv.PythonRootfs(t)
 	state := t.TempDir()
 	m, err := sandbox.NewManager(sandbox.Config{StateDir: state, Rootfs: sandbox.DirProvider{Root: filepath.Dir(rootfs)},
 		PoolSize: 4, KeepAlive: keepAlive})

@@ -24,11 +24,7 @@ import (
 // image of the tree, written into an LSMT layer.
 func pythonLayer(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("bash", "../../scripts/mkrootfs.sh").Output()
-	if err != nil {
-		t.Skipf("cannot build the python rootfs: %v", err)
-	}
-	rootfs := strings.TrimSpace(string(out))
+	rootfs := testenv.PythonRootfs(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "fs.img")
 	const size = 512 << 20
