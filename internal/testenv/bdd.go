@@ -32,9 +32,19 @@ type BDD struct {
 	exited  chan struct{}
 }
 
+// BDDOption adjusts the daemon StartBDD runs.
+type BDDOption func(*bddSettings)
+
+type bddSettings struct{ dockerConfig string }
+
+// WithDockerConfig gives bdd a docker config.json holding registry credentials.
+func WithDockerConfig(path string) BDDOption {
+	return func(s *bddSettings) { s.dockerConfig = path }
+}
+
 // StartBDD builds cmd/bdd and starts it. At cleanup it detaches every device, stops bdd and
 // its descriptor keeper, and prints bdd's log if the test failed.
-func StartBDD(t testing.TB) *BDD {
+func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	t.Helper()
 	RequireRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
@@ -53,8 +63,15 @@ func StartBDD(t testing.TB) *BDD {
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", b.binary, "github.com/obdproject/obd/cmd/bdd").CombinedOutput(); err != nil {
 		t.Fatalf("testenv: build cmd/bdd: %v\n%s", err, out)
 	}
+	var settings bddSettings
+	for _, o := range opts {
+		o(&settings)
+	}
 	cfg := fmt.Sprintf("state_dir = %q\nsocket = %q\nrun_dir = %q\nlog_level = \"debug\"\n[cache]\ndir = %q\nsize = \"1GiB\"\n",
 		filepath.Join(dir, "state"), b.Socket, b.runDir(), filepath.Join(dir, "cache"))
+	if settings.dockerConfig != "" {
+		cfg += fmt.Sprintf("[registry]\ndocker_config = %q\n", settings.dockerConfig)
+	}
 	if err := os.WriteFile(b.config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
