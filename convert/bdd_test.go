@@ -9,11 +9,8 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/internal/testenv"
-	"github.com/obdproject/obd/internal/testregistry"
-	"github.com/obdproject/obd/zfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,16 +23,10 @@ func TestConvertThroughBddMatchesUmoci(t *testing.T) {
 	if err != nil {
 		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
 	}
-	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
-	cfgPath := dockerConfig(t, reg)
-	src := fixtureLayout(t)
 	tmp := t.TempDir()
+	reg, cfgPath, c := registryConverter(t, tmp)
+	src := fixtureLayout(t)
 	ctx := context.Background()
-	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20,
-		Algorithm: zfile.ZSTD, Registry: convert.RegistryOptions{DockerConfig: cfgPath}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	repo := reg.Host + "/fixture/bdd"
 	if _, err := c.Convert(ctx, "oci:"+src+":v1", repo+":obd"); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,20 @@ import (
 )
 
 // dockerConfig writes a config.json holding the registry's credentials.
+// registryConverter starts a registry that needs credentials and a zstd converter that
+// works in tmp and holds them; it returns the registry, the docker config and the converter.
+func registryConverter(t *testing.T, tmp string) (*testregistry.Registry, string, *convert.Converter) {
+	t.Helper()
+	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
+	cfgPath := dockerConfig(t, reg)
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20,
+		Algorithm: zfile.ZSTD, Registry: convert.RegistryOptions{DockerConfig: cfgPath}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, cfgPath, c
+}
+
 func dockerConfig(t *testing.T, reg *testregistry.Registry) string {
 	t.Helper()
 	auth := base64.StdEncoding.EncodeToString([]byte("obd:" + reg.Password()))
@@ -73,16 +87,10 @@ func cachedBlobs(t *testing.T, work string) []string {
 // then mounts it through remotefetch (lazy range reads) and compares trees.
 func TestConvertToRegistryAndLazyRead(t *testing.T) {
 	requireDevices(t)
-	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthBasic})
-	cfgPath := dockerConfig(t, reg)
-	src := fixtureLayout(t)
 	tmp := t.TempDir()
+	reg, cfgPath, c := registryConverter(t, tmp)
+	src := fixtureLayout(t)
 	ctx := context.Background()
-	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20,
-		Algorithm: zfile.ZSTD, Registry: convert.RegistryOptions{DockerConfig: cfgPath}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ref := reg.Host + "/fixture/app:obd"
 	res, err := c.Convert(ctx, "oci:"+src+":v1", ref)
 	if err != nil {
