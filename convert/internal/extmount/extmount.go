@@ -68,11 +68,13 @@ func Mount(ctx context.Context, b blockdev.Backend, opts Options) (_ *Mounted, e
 	return m, nil
 }
 
-// retryBusy calls fn until it stops failing with a busy error, for at most 5 s.
-func retryBusy(fn func() error) error {
+// unmountRetry unmounts path, retrying for at most 5 s while the kernel says it is busy
+// (a file of it still open for a moment). Waiting for a released loop device is
+// fuseloop's job (Device.Close), not this.
+func unmountRetry(path string) error {
 	var err error
 	for range 100 {
-		if err = fn(); !errors.Is(err, unix.EBUSY) && !errors.Is(err, blockdev.ErrBusy) {
+		if err = unix.Unmount(path, 0); !errors.Is(err, unix.EBUSY) {
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -83,14 +85,14 @@ func retryBusy(fn func() error) error {
 // Close unmounts the filesystem (writing everything back) and detaches the
 // device.
 func (m *Mounted) Close() error {
-	if err := retryBusy(func() error { return unix.Unmount(m.Path, 0) }); err != nil {
+	if err := unmountRetry(m.Path); err != nil {
 		return fmt.Errorf("extmount: unmount %s: %w", m.Path, err)
 	}
 	return m.detach()
 }
 
 func (m *Mounted) detach() error {
-	if err := retryBusy(m.dev.Close); err != nil {
+	if err := m.dev.Close(); err != nil {
 		return fmt.Errorf("extmount: detach %s: %w", m.Device, err)
 	}
 	return nil
