@@ -32,6 +32,8 @@ type device struct {
 	transport io.Closer
 	// export stops the NBD export.
 	export io.Closer
+	// prefetch serves stack to the transports and fetches ahead of the workload.
+	prefetch *prefetcher
 }
 
 // readOnly says whether the device refuses writes: explicitly, or for lack of an upper.
@@ -155,7 +157,7 @@ func (s *Server) expose(ctx context.Context, d *device, resume bool) (err error)
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		return fmt.Errorf("nbd export: %w", err)
 	}
-	srv, err := nbdexport.Listen(sock, d.stack, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
+	srv, err := nbdexport.Listen(sock, d.prefetch, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -181,7 +183,7 @@ func (s *Server) exposeKernelNBD(ctx context.Context, d *device, log *slog.Logge
 		log.Info("no kernel block device: serving the NBD export only", "reason", err)
 		return nil
 	}
-	dev, err := kernelnbd.Attach(ctx, d.stack, kernelnbd.Options{ReadOnly: d.readOnly(), Logger: log})
+	dev, err := kernelnbd.Attach(ctx, d.prefetch, kernelnbd.Options{ReadOnly: d.readOnly(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -207,5 +209,6 @@ func (s *Server) closeDevice(d *device) error {
 		}
 		d.export = nil
 	}
+	d.prefetch.stop()
 	return errors.Join(d.stack.Close(), s.layers.release(d.layers))
 }

@@ -126,7 +126,7 @@ func (s *Server) exposeFUSE(ctx context.Context, d *device, resume bool) error {
 		fuse, err := keeper.Get(ctx, d.spec.ID)
 		switch {
 		case err == nil:
-			dev, err := fuseloop.Resume(ctx, d.stack, fuse, opts)
+			dev, err := fuseloop.Resume(ctx, d.prefetch, fuse, opts)
 			if err == nil {
 				d.path, d.transport = dev.Path(), dev
 				return nil
@@ -144,7 +144,7 @@ func (s *Server) exposeFUSE(ctx context.Context, d *device, resume bool) error {
 			s.log.Warn("unmounting stale FUSE file", "device", d.spec.ID, "err", err)
 		}
 	}
-	dev, err := fuseloop.Attach(ctx, d.stack, opts)
+	dev, err := fuseloop.Attach(ctx, d.prefetch, opts)
 	if err != nil {
 		return err
 	}

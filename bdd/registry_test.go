@@ -2,8 +2,12 @@ package bdd_test
 
 import (
 	"bytes"
+	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
@@ -30,12 +34,19 @@ func pushLayers(t *testing.T, reg *testregistry.Registry, repo string, paths []s
 	return layers
 }
 
+// registryImage makes an ext4 image of a random tree of n files, splits it into three lz4
+// layers and pushes them to a new test registry.
+func registryImage(t *testing.T, seed uint64, n int, size int64) (tree string, reg *testregistry.Registry, layers []*bddv1.Layer) {
+	t.Helper()
+	tree, img := ext4Image(t, seed, n, size)
+	files := splitImage(t, img, 3, &zfile.Options{Algorithm: zfile.LZ4}, true)
+	reg = testregistry.Start(t, testregistry.Options{})
+	return tree, reg, pushLayers(t, reg, "obd/app", files)
+}
+
 func TestFUSERegistryLayersExt4(t *testing.T) {
 	requireBlockFacilities(t)
-	tree, img := ext4Image(t, 5, 120, 64<<20)
-	files := splitImage(t, img, 3, &zfile.Options{Algorithm: zfile.LZ4}, true)
-	reg := testregistry.Start(t, testregistry.Options{})
-	layers := pushLayers(t, reg, "obd/app", files)
+	tree, reg, layers := registryImage(t, 5, 120, 64<<20)
 
 	d := startDaemon(t, "")
 	if _, err := d.client.StartTrace(d.ctx(), &bddv1.StartTraceRequest{}); err != nil {
@@ -81,5 +92,99 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	}
 	if list, _ := d.client.List(d.ctx(), &bddv1.ListRequest{}); len(list.GetDevices()) != 1 {
 		t.Fatalf("devices after a failed attach: %+v", list.GetDevices())
+	}
+}
+
+// TestFUSERegistryMetadataPrefetch checks that a new device over registry blobs fetches its
+// ext4 metadata by itself: once bdd reports the walk done, listing and stat-ing every file
+// of the mounted filesystem reads no byte that is not in the cache.
+func TestFUSERegistryMetadataPrefetch(t *testing.T) {
+	requireBlockFacilities(t)
+	tree, _, layers := registryImage(t, 7, 300, 256<<20)
+
+	d := startDaemon(t, "")
+	dev := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	for deadline := time.Now().Add(30 * time.Second); !d.logContains("metadata prefetched", dev.GetId()); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no metadata walk reported:\n%s", d.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// totals sums the layers' cache misses and bytes fetched.
+	totals := func() (misses, fetched uint64) {
+		stats, err := d.client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range stats.GetLayers() {
+			misses += l.GetMisses()
+			fetched += l.GetBytesFetched()
+		}
+		return misses, fetched
+	}
+	misses := func() uint64 { n, _ := totals(); return n }
+	walked := misses()
+	if walked == 0 {
+		t.Fatal("the metadata walk fetched nothing")
+	}
+	mnt := mount(t, dev.GetDevicePath(), true)
+	entries := 0
+	err := filepath.WalkDir(mnt, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		entries++
+		_, err = e.Info()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(treeSums(t, tree)); entries < want {
+		t.Fatalf("walked %d entries of the mounted filesystem, want at least %d", entries, want)
+	}
+	if after := misses(); after != walked {
+		t.Errorf("listing %d entries missed the cache %d times after the metadata walk", entries, after-walked)
+	}
+
+	// A read of the largest file that misses the cache (in its middle: its first blocks
+	// may share a fill unit with metadata) fetches the rest of the file in the background:
+	// reading it whole then misses nothing.
+	var big string
+	var bigSize int64
+	filepath.WalkDir(mnt, func(p string, e fs.DirEntry, err error) error {
+		if info, ierr := e.Info(); err == nil && ierr == nil && info.Mode().IsRegular() && info.Size() > bigSize {
+			big, bigSize = p, info.Size()
+		}
+		return nil
+	})
+	if bigSize < 1<<20 {
+		t.Fatalf("largest file %s has %d bytes; the test needs one over 1 MiB", big, bigSize)
+	}
+	f, err := os.Open(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := misses()
+	if _, err := f.ReadAt(make([]byte, 4096), bigSize/2); err != nil {
+		t.Fatal(err)
+	}
+	fetched := func() uint64 { _, n := totals(); return n }
+	for last, stable := fetched(), 0; stable < 10; stable++ { // settled for 200 ms
+		time.Sleep(20 * time.Millisecond)
+		if now := fetched(); now != last {
+			last, stable = now, 0
+		}
+	}
+	touched := misses()
+	if touched == before {
+		t.Fatal("the read in the middle of the largest file did not miss the cache")
+	}
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		t.Fatal(err)
+	}
+	if after := misses(); after != touched {
+		t.Errorf("reading %s (%d bytes) after its first 4 KiB missed the cache %d times", big, bigSize, after-touched)
 	}
 }

@@ -163,9 +163,11 @@ func (s *Server) attach(ctx context.Context, spec DeviceSpec, resume bool) (*dev
 		return nil, fmt.Errorf("device %s: %w", spec.ID, err)
 	}
 	d := &device{spec: spec, stack: stack, layers: layers}
+	d.prefetch = s.newPrefetcher(d)
 	if err := s.expose(ctx, d, resume); err != nil {
 		return nil, errors.Join(fmt.Errorf("device %s: %s transport: %w", spec.ID, spec.Transport, err), s.closeDevice(d))
 	}
+	d.prefetch.start()
 	return d, nil
 }
 

@@ -113,12 +113,16 @@ func (b *Blob) Stats() Stats { return b.stats.stats() }
 // wrapping ErrDeadline that names the blob, the range and the last cause. It never returns
 // bytes that did not arrive as the requested range.
 func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
-	if n, ok, err := b.readCached(p, off); ok {
+	return b.read(p, off, false)
+}
+
+func (b *Blob) read(p []byte, off int64, quiet bool) (int, error) {
+	if n, ok, err := b.readCached(p, off, quiet); ok {
 		return n, err
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
 	defer cancel()
-	return b.readAt(ctx, p, off)
+	return b.readAt(ctx, p, off, quiet)
 }
 
 // ReadAtContext is ReadAt with a caller's context, which may end the read sooner.
@@ -127,12 +131,23 @@ func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 	defer cancel()
 	stop := context.AfterFunc(b.ctx, cancel)
 	defer stop()
-	return b.readAt(ctx, p, off)
+	return b.readAt(ctx, p, off, false)
 }
 
+// Prefetcher returns a reader of b for prefetchers that read what a workload is about to
+// read (such as the ext4 metadata walk): its reads fetch what they miss like ReadAt, but
+// they neither start readahead nor enter a trace, and they leave the sequential-read
+// detection of the workload's own reads alone. Its reads end when b closes.
+func (b *Blob) Prefetcher() io.ReaderAt { return quietReader{b} }
+
+type quietReader struct{ b *Blob }
+
+func (q quietReader) ReadAt(p []byte, off int64) (int, error) { return q.b.read(p, off, true) }
+
 // readCached serves a read whose units are all cached without setting up a deadline; ok is
-// false when the read needs the full path.
-func (b *Blob) readCached(p []byte, off int64) (n int, ok bool, err error) {
+// false when the read needs the full path. A quiet read is not traced and starts no
+// readahead.
+func (b *Blob) readCached(p []byte, off int64, quiet bool) (n int, ok bool, err error) {
 	end := off + int64(len(p))
 	if off < 0 || len(p) == 0 || end > b.size || b.ctx.Err() != nil || b.poisoned.Load() != nil {
 		return 0, false, nil
@@ -142,9 +157,11 @@ func (b *Blob) readCached(p []byte, off int64) (n int, ok bool, err error) {
 	if !b.entry.HasAll(int(off/unit), last) {
 		return 0, false, nil
 	}
-	b.f.recordTrace(b, off, end-off)
-	if b.seqEnd.Swap(end) == off && off > 0 {
-		b.readahead(last)
+	if !quiet {
+		b.f.recordTrace(b, off, end-off)
+		if b.seqEnd.Swap(end) == off && off > 0 {
+			b.readahead(last)
+		}
 	}
 	b.stats.hit()
 	n, err = b.entry.ReadAt(p, off)
@@ -155,7 +172,7 @@ func (b *Blob) readCached(p []byte, off int64) (n int, ok bool, err error) {
 	return n, true, nil
 }
 
-func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (b *Blob) readAt(ctx context.Context, p []byte, off int64, quiet bool) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("remotefetch: blob %s: negative offset %d", b.dgst, off)
 	}
@@ -171,11 +188,13 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	end := min(off+int64(len(p)), b.size)
 	b.foreground.Add(1)
 	defer b.foreground.Add(-1)
-	b.f.recordTrace(b, off, end-off)
-
-	sequential := b.seqEnd.Swap(end) == off && off > 0
-	if !sequential {
-		b.resetReadahead()
+	sequential := false
+	if !quiet {
+		b.f.recordTrace(b, off, end-off)
+		sequential = b.seqEnd.Swap(end) == off && off > 0
+		if !sequential {
+			b.resetReadahead()
+		}
 	}
 	missed, err := b.ensure(ctx, off, end, true, sequential)
 	if missed {
@@ -447,6 +466,7 @@ func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall, buf 
 		}
 	}
 	b.f.metrics.fetchLatency.Observe(time.Since(start).Seconds())
+	b.log.Debug("remotefetch: fetched", "off", off, "bytes", n, "took", time.Since(start))
 	return stored, nil
 }
 

@@ -36,6 +36,8 @@ var (
 	flagBin       = flag.String("coldstart.bin", "../../bin", "directory holding obd, bdd and overlaybd-snapshotter (`make build`)")
 	flagSeed      = flag.Uint64("coldstart.seed", 0, "seed of the shuffled schedule; 0 takes the clock")
 	flagRender    = flag.String("coldstart.render", "", "re-render RESULTS.md and coldstart.png in -coldstart.out from this results.json, without measuring")
+	flagKeepLogs  = flag.String("coldstart.keep-logs", "", "copy each trial's daemon logs into this directory")
+	flagBDDConfig = flag.String("coldstart.bdd-config", "", "bdd.toml contents for the obd modes, e.g. 'log_level = \"debug\"' (logs each fetch)")
 	flagAlgorithm = flag.String("coldstart.algorithm", "lz4", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
 )
 
@@ -421,6 +423,11 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 		if err := testenv.UnmountAll(dir); err != nil {
 			t.Error(err)
 		}
+		if *flagKeepLogs != "" {
+			if out, err := exec.Command("cp", "-r", dir, *flagKeepLogs).CombinedOutput(); err != nil {
+				t.Errorf("keeping the logs: %v: %s", err, out)
+			}
+		}
 		os.RemoveAll(dir)
 	})
 
@@ -430,7 +437,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	switch tr.Mode {
 	case ModeOBD, ModeOBDTrace:
 		// Empty config files keep host-wide ones (/etc/obd, /etc/overlaybd-snapshotter) out.
-		for name, content := range map[string]string{"bdd.toml": "", "snapshotter.json": "{}"} {
+		for name, content := range map[string]string{"bdd.toml": *flagBDDConfig, "snapshotter.json": "{}"} {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}

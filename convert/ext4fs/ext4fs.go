@@ -20,6 +20,8 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+
+	"github.com/obdproject/obd/ext4meta"
 )
 
 // FixedTime is the Unix time written wherever the kernel would write "now"
@@ -61,13 +63,8 @@ func Format(ctx context.Context, dev, uuid string) error {
 	return nil
 }
 
-// Superblock and group descriptor offsets (Linux fs/ext4/ext4.h).
+// Superblock and inode fields Normalize rewrites (Linux fs/ext4/ext4.h).
 const (
-	sbOffset          = 1024
-	sbMagic           = 0xEF53
-	incompat64bit     = 0x80
-	bgInodeUninit     = 0x1
-	bgBlockUninit     = 0x2
 	inodeExtraFields  = 0x80 // start of the large-inode fields
 	sbKbytesWritten   = 0x178
 	sbLastMounted     = 0x88
@@ -80,75 +77,20 @@ type Device interface {
 	io.WriterAt
 }
 
-// geometry is what Normalize and FreeBlocks need from the superblock, plus
-// the group descriptor table.
-type geometry struct {
-	sb                               []byte // the 1024-byte superblock
-	blockSize, blocksPerGroup        int64
-	inodesPerGroup, inodeSize        int64
-	descSize, groups, firstDataBlock int64
-	gdt                              []byte
-}
-
-// group descriptor fields
-type group struct {
-	flags                         uint16
-	blockBitmap, inodeTable, used int64 // used: inodes in use at the table's start
-}
-
-func readGeometry(dev io.ReaderAt) (*geometry, error) {
-	sb := make([]byte, 1024)
-	if _, err := dev.ReadAt(sb, sbOffset); err != nil {
-		return nil, fmt.Errorf("ext4fs: read superblock: %w", err)
+// readGeometry reads the superblock and group descriptors (ext4meta.ReadGeometry) of a
+// filesystem Format made: 4 KiB blocks, large inodes.
+func readGeometry(dev io.ReaderAt) (*ext4meta.Geometry, error) {
+	g, err := ext4meta.ReadGeometry(dev)
+	if errors.Is(err, ext4meta.ErrNotExt4) {
+		return nil, fmt.Errorf("%w: %v", ErrNotExt4, err)
 	}
-	le := binary.LittleEndian
-	if le.Uint16(sb[0x38:]) != sbMagic {
-		return nil, ErrNotExt4
+	if err != nil {
+		return nil, fmt.Errorf("ext4fs: %w", err)
 	}
-	g := &geometry{
-		sb:             sb,
-		blockSize:      int64(1024) << min(le.Uint32(sb[0x18:]), 6),
-		firstDataBlock: int64(le.Uint32(sb[0x14:])),
-		blocksPerGroup: int64(le.Uint32(sb[0x20:])),
-		inodesPerGroup: int64(le.Uint32(sb[0x28:])),
-		inodeSize:      int64(le.Uint16(sb[0x58:])),
-		descSize:       32,
-	}
-	if le.Uint32(sb[0x60:])&incompat64bit != 0 {
-		g.descSize = int64(le.Uint16(sb[0xFE:]))
-	}
-	if g.blockSize != 4096 || g.blocksPerGroup != 8*g.blockSize || g.inodesPerGroup == 0 ||
-		g.inodeSize < 256 || g.inodeSize > g.blockSize || g.descSize < 32 {
-		return nil, fmt.Errorf("%w: block size %d, inode size %d", ErrNotExt4, g.blockSize, g.inodeSize)
-	}
-	blocks := int64(le.Uint32(sb[0x4:])) | int64(le.Uint32(sb[0x150:]))<<32
-	g.groups = (blocks - g.firstDataBlock + g.blocksPerGroup - 1) / g.blocksPerGroup
-	if g.groups <= 0 || g.groups > 1<<20 {
-		return nil, fmt.Errorf("%w: %d block groups", ErrNotExt4, g.groups)
-	}
-	g.gdt = make([]byte, g.groups*g.descSize)
-	if _, err := dev.ReadAt(g.gdt, (g.firstDataBlock+1)*g.blockSize); err != nil {
-		return nil, fmt.Errorf("ext4fs: read group descriptors: %w", err)
+	if g.BlockSize != 4096 || g.BlocksPerGroup != 8*g.BlockSize || g.InodeSize < 256 {
+		return nil, fmt.Errorf("%w: block size %d, inode size %d", ErrNotExt4, g.BlockSize, g.InodeSize)
 	}
 	return g, nil
-}
-
-func (g *geometry) group(i int64) group {
-	le := binary.LittleEndian
-	d := g.gdt[i*g.descSize : (i+1)*g.descSize]
-	out := group{
-		flags:       le.Uint16(d[0x12:]),
-		blockBitmap: int64(le.Uint32(d[0x0:])),
-		inodeTable:  int64(le.Uint32(d[0x8:])),
-	}
-	unused := int64(le.Uint16(d[0x1C:]))
-	if g.descSize >= 64 {
-		out.blockBitmap |= int64(le.Uint32(d[0x20:])) << 32
-		out.inodeTable |= int64(le.Uint32(d[0x28:])) << 32
-		unused |= int64(le.Uint16(d[0x32:])) << 16
-	}
-	out.used = g.inodesPerGroup - unused
-	return out
 }
 
 // Normalize rewrites nondeterministic fields of the unmounted filesystem on
@@ -163,23 +105,24 @@ func Normalize(dev Device, since int64) error {
 		return err
 	}
 	// Superblock: mount/write times, bytes written, last mount point.
-	sb := g.sb
+	sb := g.Superblock
 	orig := string(sb)
 	fixTime32(sb[0x2C:], since) // s_mtime
 	fixTime32(sb[0x30:], since) // s_wtime
 	binary.LittleEndian.PutUint64(sb[sbKbytesWritten:], 0)
 	clear(sb[sbLastMounted : sbLastMounted+sbLastMountedSize])
 	if string(sb) != orig {
-		if _, err := dev.WriteAt(sb, sbOffset); err != nil {
+		if _, err := dev.WriteAt(sb, ext4meta.SuperblockOffset); err != nil {
 			return fmt.Errorf("ext4fs: write superblock: %w", err)
 		}
 	}
-	for i := int64(0); i < g.groups; i++ {
-		gr := g.group(i)
-		if gr.flags&bgInodeUninit != 0 || gr.used <= 0 {
+	for i := range g.Groups {
+		gr := g.Group(i)
+		used := g.InodesPerGroup - gr.ItableUnused
+		if gr.Flags&ext4meta.GroupInodeUninit != 0 || used <= 0 {
 			continue
 		}
-		if err := normalizeInodes(dev, gr.inodeTable*g.blockSize, min(gr.used, g.inodesPerGroup), g.inodeSize, g.blockSize, since); err != nil {
+		if err := normalizeInodes(dev, gr.InodeTable*g.BlockSize, used, g.InodeSize, g.BlockSize, since); err != nil {
 			return fmt.Errorf("ext4fs: group %d: %w", i, err)
 		}
 	}
@@ -194,22 +137,22 @@ func FreeBlocks(dev io.ReaderAt) (func(off int64) bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	bitmaps := make([][]byte, g.groups)
-	for i := int64(0); i < g.groups; i++ {
-		gr := g.group(i)
-		if gr.flags&bgBlockUninit != 0 {
+	bitmaps := make([][]byte, g.Groups)
+	for i := range g.Groups {
+		gr := g.Group(i)
+		if gr.Flags&ext4meta.GroupBlockUninit != 0 {
 			continue
 		}
-		bm := make([]byte, g.blockSize)
-		if _, err := dev.ReadAt(bm, gr.blockBitmap*g.blockSize); err != nil {
+		bm := make([]byte, g.BlockSize)
+		if _, err := dev.ReadAt(bm, gr.BlockBitmap*g.BlockSize); err != nil {
 			return nil, fmt.Errorf("ext4fs: group %d block bitmap: %w", i, err)
 		}
 		bitmaps[i] = bm
 	}
 	return func(off int64) bool {
-		blk := off/g.blockSize - g.firstDataBlock
-		grp, bit := blk/g.blocksPerGroup, blk%g.blocksPerGroup
-		if blk < 0 || grp >= g.groups || bitmaps[grp] == nil {
+		blk := off/g.BlockSize - g.FirstDataBlock
+		grp, bit := blk/g.BlocksPerGroup, blk%g.BlocksPerGroup
+		if blk < 0 || grp >= g.Groups || bitmaps[grp] == nil {
 			return false
 		}
 		return bitmaps[grp][bit/8]&(1<<(bit%8)) == 0

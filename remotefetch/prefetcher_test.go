@@ -1,0 +1,51 @@
+package remotefetch
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/obdproject/obd/internal/testregistry"
+)
+
+// TestPrefetcherReadsQuietly: a prefetcher's sequential reads fetch exactly the units they
+// read (no readahead), stay out of a running trace, and do not break the sequential run
+// of the workload's own reads interleaved with them.
+func TestPrefetcherReadsQuietly(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 64*testUnit, true)
+	f := newFetcher(t, Options{MaxRequestSize: 32 * testUnit, BackgroundDelay: -1})
+	b := open(t, f, e)
+	defer b.Close()
+	f.StartTrace()
+	quiet := b.Prefetcher()
+	buf := make([]byte, testUnit)
+	for u := int64(0); u < 8; u++ {
+		if _, err := quiet.ReadAt(buf, u*testUnit); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, e.data[u*testUnit:(u+1)*testUnit]) {
+			t.Fatalf("prefetcher read of unit %d: wrong bytes", u)
+		}
+	}
+	waitForIdle(t, b)
+	if got, want := b.Stats().BytesFetched, uint64(8*testUnit); got != want {
+		t.Fatalf("8 sequential prefetcher reads of a unit fetched %d bytes, want %d (no readahead)", got, want)
+	}
+	if tr := f.StopTrace(); len(tr.Blobs) != 0 {
+		t.Fatalf("prefetcher reads entered the trace: %+v", tr)
+	}
+
+	// A workload reading sequentially from unit 40 keeps its readahead while a prefetcher
+	// reads elsewhere between its reads.
+	for i, off := range []int64{40 * testUnit, 41 * testUnit, 42 * testUnit, 43 * testUnit} {
+		if err := checkRead(t, b, e.data, off, testUnit); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := quiet.ReadAt(buf, int64(20+i)*testUnit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForIdle(t, b)
+	if !b.entry.HasAll(44, 47) {
+		t.Fatal("the workload's sequential reads started no readahead past unit 43")
+	}
+}
