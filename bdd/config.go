@@ -83,9 +83,12 @@ func DefaultConfig() Config {
 		RunDir:    "/run/obd/bdd",
 		// Keeps a daemon serving ten devices within 64 MiB of resident memory.
 		MemoryLimit: 48 << 20,
-		// 64 KiB units measured 1.5× faster than 256 KiB for a python start over
-		// 100 Mbit/s + 20 ms (bench/FINDINGS.md); readahead still merges sequential ones.
-		Cache: CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30, FillUnit: 64 << 10,
+		// 16 KiB units: a start on a slow link is latency-bound and reads ~100 scattered
+		// ranges, so each miss should move little beyond what was asked; readahead still
+		// merges sequential ones, and a replayed trace fetches close to its own bytes
+		// (bench/FINDINGS.md: 1.3-1.4x faster than 64 KiB units for a python start over
+		// 100 Mbit/s + 20 ms, with 30% fewer bytes).
+		Cache: CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30, FillUnit: 16 << 10,
 			PrefetchMetadata: true, PrefetchFileMax: 64 << 20},
 		Registry: RegistryConfig{
 			CertsDir:    "/etc/containerd/certs.d",

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/obdproject/obd/tracestore"
 )
@@ -35,7 +36,31 @@ type Config struct {
 	LogLevel string `json:"logLevel"`
 	// MountOptions are added to every overlay mount (for example "redirect_dir=on").
 	MountOptions []string `json:"mountOptions,omitempty"`
+	// DeviceLinger is how long a lazy image's device stays attached after its last
+	// container or view is removed (a Go duration, default "10s"; "0s" detaches at once):
+	// `nerdctl run` reads the image through a view just before it creates the container.
+	DeviceLinger Duration `json:"deviceLinger"`
 }
+
+// Duration is a time.Duration written in JSON as a Go duration string ("10s").
+type Duration time.Duration
+
+// UnmarshalJSON parses a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string such as \"10s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // DefaultConfig returns the configuration used for fields a config file leaves out.
 func DefaultConfig() Config {
@@ -47,6 +72,8 @@ func DefaultConfig() Config {
 		RWMode:    RWModeOverlayFS,
 		FSType:    "ext4",
 		LogLevel:  "info",
+		// Covers the view `nerdctl run` mounts just before the container.
+		DeviceLinger: Duration(10 * time.Second),
 	}
 }
 
@@ -101,5 +128,6 @@ func (c Config) Level() (slog.Level, error) {
 
 // Options returns the Snapshotter options the config sets (all but the device manager).
 func (c Config) Options() []Opt {
-	return []Opt{WithRWMode(c.RWMode), WithFSType(c.FSType), WithMountOptions(c.MountOptions...)}
+	return []Opt{WithRWMode(c.RWMode), WithFSType(c.FSType), WithMountOptions(c.MountOptions...),
+		WithDeviceLinger(time.Duration(c.DeviceLinger))}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -167,6 +168,32 @@ func (o *Snapshotter) releaseChainDevice(ctx context.Context, parentIDs []string
 		}
 		return
 	}
+}
+
+// releaseChainDeviceLater is releaseChainDevice after the configured linger, in the
+// background; at once when there is none.
+func (o *Snapshotter) releaseChainDeviceLater(ctx context.Context, parentIDs []string) {
+	if o.cfg.deviceLinger == 0 {
+		o.releaseChainDevice(ctx, parentIDs)
+		return
+	}
+	o.lingerMu.Lock()
+	defer o.lingerMu.Unlock()
+	if o.closed {
+		return
+	}
+	o.lingerWG.Add(1)
+	var t *time.Timer
+	t = time.AfterFunc(o.cfg.deviceLinger, func() {
+		defer o.lingerWG.Done()
+		o.lingerMu.Lock()
+		delete(o.lingering, t)
+		o.lingerMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		o.releaseChainDevice(ctx, parentIDs)
+	})
+	o.lingering[t] = true
 }
 
 // releaseSharedDevice tears down the read-only device of lazy layer id unless an active or

@@ -287,6 +287,36 @@ func TestLazyChainSharesOneDevice(t *testing.T) {
 	}
 }
 
+// TestDeviceLingers: with a linger, the device of a chain whose last user is removed stays
+// attached for a while, a user coming in that while reuses it, and it is detached once the
+// linger passes with no user.
+func TestDeviceLingers(t *testing.T) {
+	ctx := context.Background()
+	const linger = 300 * time.Millisecond
+	f := newLazyFixture(t, WithDeviceLinger(linger))
+	if _, err := f.sn.View(ctx, "passwd-view", f.top); err != nil {
+		t.Fatal(err)
+	}
+	assertCounts(t, f.devices, 1, 1, 0)
+	f.remove(t, "passwd-view")
+	assertCounts(t, f.devices, 1, 1, 0) // lingering
+	rootfs := mountRootfs(t, f.prepare(t, "c1", f.top))
+	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
+	time.Sleep(2 * linger) // the first linger passes while c1 uses the device
+	assertCounts(t, f.devices, 1, 1, 0)
+	unmountRootfs(t, rootfs)
+	f.remove(t, "c1")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if a, _, _ := f.devices.counts(); a == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("device still attached 10s after its last user was removed")
+		}
+	}
+	assertCounts(t, f.devices, 0, 1, 1)
+}
+
 func TestCommitOnLazyChain(t *testing.T) {
 	f := newLazyFixture(t)
 

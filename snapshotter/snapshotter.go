@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -41,6 +43,7 @@ type config struct {
 	fsType       string
 	mountOptions []string
 	deviceKeys   string
+	deviceLinger time.Duration
 	logger       *slog.Logger
 }
 
@@ -96,6 +99,20 @@ func WithDeviceKeyPrefix(prefix string) Opt {
 	}
 }
 
+// WithDeviceLinger keeps a lazy chain's shared device attached for d after the last snapshot
+// on it is removed, so that one that comes right after (a container created after the view
+// that read its image's /etc/passwd) finds it mounted, with its caches and prefetching
+// intact. 0, the default, detaches at once.
+func WithDeviceLinger(d time.Duration) Opt {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("negative device linger %v", d)
+		}
+		c.deviceLinger = d
+		return nil
+	}
+}
+
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(logger *slog.Logger) Opt {
 	return func(c *config) error {
@@ -116,6 +133,12 @@ type Snapshotter struct {
 	// mounted in), attach, mount, unmount and detach and the "is this device still needed"
 	// decisions that lead to them.
 	devLocks keyedLocks
+
+	// lingering are the pending delayed releases of shared devices (WithDeviceLinger).
+	lingerMu  sync.Mutex
+	lingering map[*time.Timer]bool
+	closed    bool
+	lingerWG  sync.WaitGroup
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -155,7 +178,7 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 	if !hasOption(options, "index") && kernelHasOverlayIndex() {
 		options = append(options, "index=off")
 	}
-	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options}, nil
+	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options, lingering: map[*time.Timer]bool{}}, nil
 }
 
 func hasOption(options []string, key string) bool {
@@ -331,7 +354,7 @@ func (o *Snapshotter) Remove(ctx context.Context, key string) error {
 	unlock := o.devLocks.lock(id)
 	err := o.teardownDevice(ctx, id)
 	unlock()
-	o.releaseChainDevice(ctx, parentIDs)
+	o.releaseChainDeviceLater(ctx, parentIDs)
 	if err != nil {
 		// The directory may hold the upper layer of a device still attached: keep it.
 		o.cfg.logger.WarnContext(ctx, "device of removed snapshot left for Cleanup", "key", key, "id", id, "error", err)
@@ -391,6 +414,15 @@ func (o *Snapshotter) Cleanup(ctx context.Context) error {
 // Close releases the metadata store. Mounted devices stay mounted so that running containers
 // keep their filesystems; a new Snapshotter on the same root takes them over.
 func (o *Snapshotter) Close() error {
+	o.lingerMu.Lock()
+	o.closed = true
+	for t := range o.lingering {
+		if t.Stop() {
+			o.lingerWG.Done() // a device left lingering is released by the next Cleanup
+		}
+	}
+	o.lingerMu.Unlock()
+	o.lingerWG.Wait()
 	return o.ms.Close()
 }
 

@@ -39,6 +39,7 @@ var (
 	flagKeepLogs  = flag.String("coldstart.keep-logs", "", "copy each trial's daemon logs into this directory")
 	flagBDDConfig = flag.String("coldstart.bdd-config", "", "bdd.toml contents for the obd modes, e.g. 'log_level = \"debug\"' (logs each fetch)")
 	flagAlgorithm = flag.String("coldstart.algorithm", "lz4", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
+	flagBlockSize = flag.String("coldstart.block-size", "", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
 )
 
 // The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request.
@@ -212,7 +213,7 @@ func selectCells() ([]Cell, error) {
 
 func methodNotes(seed uint64) []string {
 	return []string{
-		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert --algorithm %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", *flagAlgorithm),
+		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
 		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
@@ -302,13 +303,25 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 		repo := h.registry + "/bench/" + image
 		h.command(t, ctx, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout, "docker://"+repo+":gzip")
 		if obdTag := imageTag(ModeOBD); tags[obdTag] {
-			h.command(t, ctx, filepath.Join(h.bin, "obd"), "convert", "--algorithm", *flagAlgorithm,
-				"--work-dir", filepath.Join(h.benchDir, "convert-work"), repo+":gzip", repo+":"+obdTag)
+			args := []string{"convert", "--algorithm", *flagAlgorithm, "--work-dir", filepath.Join(h.benchDir, "convert-work")}
+			if *flagBlockSize != "" {
+				args = append(args, "--block-size", *flagBlockSize)
+			}
+			h.command(t, ctx, filepath.Join(h.bin, "obd"), append(args, repo+":gzip", repo+":"+obdTag)...)
 		}
 		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
 			h.convertEstargz(t, ctx, repo)
 		}
 	}
+}
+
+// convertFlags are the obd convert options of the obd image, as the report names them.
+func convertFlags() string {
+	s := "--algorithm " + *flagAlgorithm
+	if *flagBlockSize != "" {
+		s += " --block-size " + *flagBlockSize
+	}
+	return s
 }
 
 func workloadNamed(name string) workload {

@@ -16,8 +16,7 @@ import (
 
 func newConvertCmd() *cobra.Command {
 	var (
-		algorithm, vsize, workDir string
-		blockSize                 int
+		algorithm, vsize, workDir, blockSize string
 		platforms                 []string
 		reg                       convert.RegistryOptions
 	)
@@ -30,7 +29,7 @@ func newConvertCmd() *cobra.Command {
 			"--work-dir by chain ID, so converting an image that shares base layers is quick.\n" +
 			"Needs root: each layer is applied to an ext4 mounted from a loop device.",
 		Example: "  obd convert registry.local:5000/app:v1 registry.local:5000/app:v1-obd\n" +
-			"  obd convert --algorithm zstd --platform linux/amd64 oci:./img:v1 oci:./out:v1",
+			"  obd convert --algorithm zstd --block-size 64K --platform linux/amd64 oci:./img:v1 oci:./out:v1",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			algo, err := zfile.ParseAlgorithm(algorithm)
@@ -41,8 +40,12 @@ func newConvertCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--vsize: %w", err)
 			}
+			block, err := parseSize(blockSize)
+			if err != nil {
+				return fmt.Errorf("--block-size: %w", err)
+			}
 			c, err := convert.New(convert.Options{
-				Algorithm: algo, BlockSize: blockSize, VirtualSize: size,
+				Algorithm: algo, BlockSize: int(block), VirtualSize: size,
 				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
 			})
 			if err != nil {
@@ -65,7 +68,7 @@ func newConvertCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&algorithm, "algorithm", "lz4", "ZFile compression: lz4 or zstd")
-	f.IntVar(&blockSize, "block-size", zfile.DefaultBlockSize, "ZFile block size in bytes (4096 to 65536)")
+	f.StringVar(&blockSize, "block-size", "4K", "ZFile block size: 4K, 8K, 16K, 32K or 64K")
 	f.StringVar(&vsize, "vsize", "64G", "virtual size of the image's ext4 filesystem")
 	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
 	f.StringVar(&workDir, "work-dir", filepath.Join(os.TempDir(), "obd-convert"), "scratch space and converted-layer cache")
