@@ -17,8 +17,8 @@ import (
 func newConvertCmd() *cobra.Command {
 	var (
 		algorithm, vsize, workDir, blockSize string
-		platforms                 []string
-		reg                       convert.RegistryOptions
+		platforms                            []string
+		reg                                  convert.RegistryOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "convert [flags] SRC DST",
