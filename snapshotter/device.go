@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -194,6 +195,50 @@ func (o *Snapshotter) releaseChainDeviceLater(ctx context.Context, parentIDs []s
 		o.releaseChainDevice(ctx, parentIDs)
 	})
 	o.lingering[t] = true
+}
+
+// imageLayersLabel lists, on each layer containerd unpacks, the digests of that layer and
+// of those above it (containerd's snapshotters.TargetImageLayersLabel).
+const imageLayersLabel = "containerd.io/snapshot/cri.image-layers"
+
+// isTopLayer says whether the labels of a layer being unpacked mark the image's top layer.
+func isTopLayer(labels map[string]string) bool {
+	v, ok := labels[imageLayersLabel]
+	return ok && v != "" && !strings.Contains(v, ",")
+}
+
+// preattach attaches and mounts, in the background, the device of the lazy chain topped by
+// parentIDs[0] as soon as an image's top layer is recorded during a pull, so that the
+// container created next finds it ready (attaching opens every layer's index: several round
+// trips each). With no device linger configured it does nothing; a device nobody uses is
+// released after the linger.
+func (o *Snapshotter) preattach(ctx context.Context, parentIDs []string) {
+	if o.cfg.deviceLinger == 0 || o.cfg.devices == nil {
+		return
+	}
+	c, err := o.chainOf(parentIDs)
+	if err != nil || c.lazyTop != 0 {
+		return
+	}
+	o.lingerMu.Lock()
+	defer o.lingerMu.Unlock()
+	if o.closed {
+		return
+	}
+	o.lingerWG.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		start := time.Now()
+		unlock := o.devLocks.lock(parentIDs[0])
+		err := o.mountDevice(ctx, parentIDs[0], c.layers, "")
+		unlock()
+		if err != nil {
+			o.cfg.logger.WarnContext(ctx, "device not attached ahead of use", "id", parentIDs[0], "error", err)
+			return
+		}
+		o.cfg.logger.InfoContext(ctx, "device attached ahead of use", "id", parentIDs[0], "took", time.Since(start))
+		o.releaseChainDeviceLater(ctx, parentIDs[:1])
+	})
 }
 
 // releaseSharedDevice tears down the read-only device of lazy layer id unless an active or

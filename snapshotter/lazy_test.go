@@ -317,6 +317,46 @@ func TestDeviceLingers(t *testing.T) {
 	assertCounts(t, f.devices, 0, 1, 1)
 }
 
+// TestTopLayerPreattaches: recording an image's top layer (the one whose image-layers label
+// names itself alone) attaches the chain's device in the background; a container then uses
+// it without a second attach, and an unused one goes after the linger.
+func TestTopLayerPreattaches(t *testing.T) {
+	ctx := context.Background()
+	const linger = 300 * time.Millisecond
+	f := newLazyFixture(t, WithDeviceLinger(linger))
+	lower := f.devices.addBlob(map[string]string{"etc/os": "lower"})
+	upper := f.devices.addBlob(map[string]string{"bin/app": "upper"})
+	parent := ""
+	for i, layer := range []RemoteLayer{lower, upper} {
+		target := "pre-layer-" + strconv.Itoa(i)
+		labels := snapshots.WithLabels(map[string]string{imageLayersLabel: strings.Join([]string{lower.Digest.String(), upper.Digest.String()}[i:], ",")})
+		if _, err := f.sn.Prepare(ctx, "extract-"+target, parent, lazyLabels(layer, target), labels); !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("Prepare of lazy layer %s: err = %v, want AlreadyExists", target, err)
+		}
+		parent = target
+	}
+	waitAttached := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if a, _, _ := f.devices.counts(); a == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				a, at, de := f.devices.counts()
+				t.Fatalf("devices: attached=%d attaches=%d detaches=%d, want %d attached", a, at, de, want)
+			}
+		}
+	}
+	waitAttached(1)
+	rootfs := mountRootfs(t, f.prepare(t, "c1", parent))
+	assertFile(t, filepath.Join(rootfs, "bin/app"), "upper")
+	assertCounts(t, f.devices, 1, 1, 0)
+	unmountRootfs(t, rootfs)
+	f.remove(t, "c1")
+	waitAttached(0)
+	assertCounts(t, f.devices, 0, 1, 1)
+}
+
 func TestCommitOnLazyChain(t *testing.T) {
 	f := newLazyFixture(t)
 

@@ -260,7 +260,7 @@ func (o *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		return nil, fmt.Errorf("prepare %s: %w: %w", key, errdefs.ErrInvalidArgument, err)
 	}
 	if target, ok := base.Labels[snapshots.LabelSnapshotRef]; isLazy && ok {
-		return nil, o.prepareLazyLayer(ctx, key, parent, target, layer, opts)
+		return nil, o.prepareLazyLayer(ctx, key, parent, target, layer, isTopLayer(base.Labels), opts)
 	}
 	return o.createSnapshot(ctx, snapshots.KindActive, key, parent, base.Labels, opts)
 }
@@ -483,10 +483,12 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 
 // prepareLazyLayer records an overlaybd layer as a committed snapshot named target, without
 // fetching it, and returns an error wrapping errdefs.ErrAlreadyExists when that succeeded.
-func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target string, layer RemoteLayer, opts []snapshots.Opt) error {
+// The image's top layer (top) also starts attaching the chain's device (preattach).
+func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target string, layer RemoteLayer, top bool, opts []snapshots.Opt) error {
 	var (
-		id     string
-		placed bool
+		id        string
+		parentIDs []string
+		placed    bool
 	)
 	if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		if parent != "" {
@@ -509,7 +511,7 @@ func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target 
 		if _, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, snapshots.WithLabels(info.Labels)); err != nil {
 			return fmt.Errorf("commit overlaybd layer %s: %w", target, err)
 		}
-		id = s.ID
+		id, parentIDs = s.ID, s.ParentIDs
 		placed, err = o.placeDirectory(id, snapshots.KindCommitted, false, func(dir string) error {
 			return writeLayerRecord(filepath.Join(dir, layerRecordName), layer)
 		})
@@ -521,6 +523,9 @@ func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target 
 		return err
 	}
 	o.cfg.logger.InfoContext(ctx, "overlaybd layer recorded lazily", "snapshot", target, "digest", layer.Digest, "size", layer.Size)
+	if top {
+		o.preattach(ctx, append([]string{id}, parentIDs...))
+	}
 	return fmt.Errorf("overlaybd layer %s is read lazily: %w", target, errdefs.ErrAlreadyExists)
 }
 
