@@ -38,8 +38,10 @@ var (
 	flagRender    = flag.String("coldstart.render", "", "re-render RESULTS.md and coldstart.png in -coldstart.out from this results.json, without measuring")
 	flagKeepLogs  = flag.String("coldstart.keep-logs", "", "copy each trial's daemon logs into this directory")
 	flagBDDConfig = flag.String("coldstart.bdd-config", "", "bdd.toml contents for the obd modes, e.g. 'log_level = \"debug\"' (logs each fetch)")
-	flagAlgorithm = flag.String("coldstart.algorithm", "lz4", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
-	flagBlockSize = flag.String("coldstart.block-size", "", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
+	// zstd in 16 KiB blocks: 30% fewer bytes per range than lz4 in 4 KiB blocks (what a
+	// lazy start on a slow link pays for), and as fast on loopback (bench/FINDINGS.md).
+	flagAlgorithm = flag.String("coldstart.algorithm", "zstd", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
+	flagBlockSize = flag.String("coldstart.block-size", "16K", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
 )
 
 // The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request.
