@@ -524,9 +524,9 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 
 // finish counts the invocation and puts b into the handler cache, or destroys it when caching
 // is off, the function is gone, or the sandbox failed (a handler that raised leaves a healthy
-// sandbox, which is kept).
+// sandbox, which is kept). b is nil when the start failed, an import that raised included.
 func (m *Manager) finish(fn *function, b *box, res Result, err error, took time.Duration) {
-	keep := (err == nil || errors.Is(err, ErrHandler)) && m.cfg.KeepAlive > 0
+	keep := b != nil && (err == nil || errors.Is(err, ErrHandler)) && m.cfg.KeepAlive > 0
 	if keep {
 		if ferr := b.group.Freeze(); ferr != nil {
 			m.log.Warn("freeze sandbox", "function", fn.Name, "err", ferr)
