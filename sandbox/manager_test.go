@@ -160,3 +160,30 @@ func leftCgroups(root string, pid int) []string {
 	}
 	return left
 }
+
+func TestSparesRunNoHandlerCodeAhead(t *testing.T) {
+	m := newTestManager(t, nil)
+	register(t, m, "spare", nil)
+	fn := m.funcs["spare"]
+	for deadline := time.Now().Add(30 * time.Second); len(fn.spare) < cap(fn.spare); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d spare sandboxes after 30s", len(fn.spare), cap(fn.spare))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) < cap(fn.spare) {
+		t.Fatalf("%d sandbox processes for %d spares: spares are not forked ahead", len(pids), cap(fn.spare))
+	}
+	before := float64(time.Now().UnixNano()) / 1e9
+	out, res := invoke(t, m, "spare", map[string]any{"op": "imported_at"})
+	if res.Path != Warm {
+		t.Errorf("call with spares waiting took the %s path, want warm", res.Path)
+	}
+	if at := out["imported_at"].(float64); at < before {
+		t.Errorf("handler module ran %.3fs before the call: spares must run no handler code ahead", before-at)
+	}
+	out, _ = invoke(t, m, "spare", map[string]any{"op": "whoami"})
+	if out["pid"] != 1.0 || out["uid"] != float64(nobody) {
+		t.Errorf("sandbox from a spare: %v, want PID 1 as nobody", out)
+	}
+}

@@ -12,8 +12,11 @@
 # server started it in, so killing it ends every sandbox forked from it.
 #
 # A sandbox talks to the server over its channel (a stream socket) in frames: 4-byte big-endian
-# length, then JSON. First frame from the sandbox: {"ready": true} or {"error": traceback}.
-# Then per request {"event": ...} one reply {"result": ...} or {"error": ...}.
+# length, then JSON. Once in its namespaces, cgroup and chroot, as nobody, the sandbox sends
+# {"waiting": true} and waits for the first request {"event": ...}: a spare sandbox, forked
+# ahead of demand, waits there. Then it imports the handler and sends {"ready": true} or
+# {"error": traceback}, and per request (the first one included) one reply {"result": ...} or
+# {"error": ...}.
 import ctypes
 import importlib
 import json
@@ -94,6 +97,12 @@ def drop_privileges(uid):
     os.setuid(uid)
 
 
+def fail(conn):
+    """Report the exception being handled as the sandbox's last frame, and exit."""
+    send_frame(conn, {"error": traceback.format_exc()})
+    os._exit(1)
+
+
 def run_sandbox(spec, chan):
     """Final stage of every sandbox: already in its chroot, namespaces and cgroup."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -108,21 +117,26 @@ def run_sandbox(spec, chan):
         os.chdir(spec["dir"])
         sys.path[:0] = [spec["dir"]] + spec.get("paths", [])
         drop_privileges(spec.get("uid", 65534))
+    except BaseException:
+        fail(conn)
+    send_frame(conn, {"waiting": True})
+    req = recv_frame(conn)
+    if req is None:
+        os._exit(0)
+    try:
         module, _, func = spec["entry"].rpartition(".")
         handler = getattr(importlib.import_module(module), func)
     except BaseException:
-        send_frame(conn, {"error": traceback.format_exc()})
-        os._exit(1)
+        fail(conn)
     send_frame(conn, {"ready": True})
-    while True:
-        req = recv_frame(conn)
-        if req is None:
-            os._exit(0)
+    while req is not None:
         try:
             reply = {"result": handler(req.get("event"))}
         except BaseException:
             reply = {"error": traceback.format_exc()}
         send_frame(conn, reply)
+        req = recv_frame(conn)
+    os._exit(0)
 
 
 def clone_into_namespaces():
