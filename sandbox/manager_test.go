@@ -187,3 +187,29 @@ func TestSparesRunNoHandlerCodeAhead(t *testing.T) {
 		t.Errorf("sandbox from a spare: %v, want PID 1 as nobody", out)
 	}
 }
+
+func TestHandlerInAPackage(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	pkg := filepath.Join(dir, "pkg")
+	if err := os.Mkdir(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The package's __init__ is handler code too: it must run only with the first event.
+	os.WriteFile(filepath.Join(pkg, "__init__.py"), []byte("import time\nIMPORTED_AT = time.time()\n"), 0o644)
+	os.WriteFile(filepath.Join(pkg, "fn.py"), []byte("from pkg import IMPORTED_AT\ndef handler(event):\n    return {'imported_at': IMPORTED_AT}\n"), 0o644)
+	m := newTestManager(t, nil)
+	register(t, m, "pkgfn", func(f *Function) { f.Dir = dir; f.Entry = "pkg.fn.handler" })
+	fn := m.funcs["pkgfn"]
+	for deadline := time.Now().Add(30 * time.Second); len(fn.spare) < cap(fn.spare) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := float64(time.Now().UnixNano()) / 1e9
+	out, res := invoke(t, m, "pkgfn", nil)
+	if res.Path != Warm {
+		t.Errorf("path %s, want warm", res.Path)
+	}
+	if at := out["imported_at"].(float64); at < before {
+		t.Errorf("the handler's package ran %.3fs before the call", before-at)
+	}
+}

@@ -19,6 +19,7 @@
 # {"error": ...}.
 import ctypes
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -97,6 +98,33 @@ def drop_privileges(uid):
     os.setuid(uid)
 
 
+def find_code(module):
+    """Everything of importing the handler's module but running it: finding it on sys.path
+    and reading its code (the .pyc made at registration), about 0.6 ms of a 0.7 ms import.
+    A spare does it before its first event; no handler code runs. None when the module is
+    not found (the import then raises) or is inside a package (finding it would run the
+    package's __init__)."""
+    if "." in module:
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+        code = spec.loader.get_code(module)
+    except Exception:
+        return None
+    return (spec, code) if code is not None else None
+
+
+def import_handler(module, code):
+    """Import the handler's module, running the code find_code read if it did."""
+    if code is None:
+        return importlib.import_module(module)
+    spec, code = code
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    exec(code, mod.__dict__)
+    return mod
+
+
 def fail(conn):
     """Report the exception being handled as the sandbox's last frame, and exit."""
     send_frame(conn, {"error": traceback.format_exc()})
@@ -119,13 +147,14 @@ def run_sandbox(spec, chan):
         drop_privileges(spec.get("uid", 65534))
     except BaseException:
         fail(conn)
+    module, _, func = spec["entry"].rpartition(".")
+    code = find_code(module)
     send_frame(conn, {"waiting": True})
     req = recv_frame(conn)
     if req is None:
         os._exit(0)
     try:
-        module, _, func = spec["entry"].rpartition(".")
-        handler = getattr(importlib.import_module(module), func)
+        handler = getattr(import_handler(module, code), func)
     except BaseException:
         fail(conn)
     send_frame(conn, {"ready": True})
