@@ -39,7 +39,7 @@ type Config struct {
 	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
 	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
 	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
-	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts); default 2, <0 for none
+	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
 	NoZygotes    bool             // start every sandbox cold (for comparison)
 	Log          *slog.Logger     // default slog.Default()
 	Now          func() time.Time // for tests of keep-alive; default time.Now
