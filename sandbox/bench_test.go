@@ -44,10 +44,18 @@ func (l latencies) pct(p float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// measureInvoke times n invocations of fn (the full call: start + handler + reply).
-func measureInvoke(b *testing.B, m *Manager, fn string, n int, want StartPath) latencies {
+// arrivalGap is the idle time between two timed starts of one path: requests arrive one at a
+// time, 10 ms apart after the previous one ended, so every path (runc too) is measured below
+// saturation and a sandbox's background work (destroying the last one, preparing spares) is
+// not charged to the next start. The back-to-back row and the sustained rate show saturation.
+const arrivalGap = 10 * time.Millisecond
+
+// measureInvoke times n invocations of fn (the full call: start + handler + reply), gap
+// apart.
+func measureInvoke(b *testing.B, m *Manager, fn string, n int, want StartPath, gap time.Duration) latencies {
 	var out latencies
 	for i := 0; i < n; i++ {
+		time.Sleep(gap)
 		t0 := time.Now()
 		res, err := m.Invoke(context.Background(), fn, json.RawMessage(`{}`))
 		d := time.Since(t0)
@@ -62,9 +70,12 @@ func measureInvoke(b *testing.B, m *Manager, fn string, n int, want StartPath) l
 	return out
 }
 
-func benchManager(b *testing.B, noZygotes bool, keepAlive time.Duration) *Manager {
-	m, err := NewManager(Config{StateDir: b.TempDir(), Rootfs: DirProvider{Root: testRootfs(b)}, PoolSize: 16,
-		KeepAlive: keepAlive, NoZygotes: noZygotes})
+func benchManager(b *testing.B, mod func(*Config)) *Manager {
+	cfg := Config{StateDir: b.TempDir(), Rootfs: DirProvider{Root: testRootfs(b)}, PoolSize: 16}
+	if mod != nil {
+		mod(&cfg)
+	}
+	m, err := NewManager(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,6 +125,7 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	var out latencies
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("obd-bench-%d-%d", os.Getpid(), i)
+		time.Sleep(arrivalGap)
 		t0 := time.Now()
 		cmd := exec.Command(runc, "--root", root, "run", "--bundle", bundle, id)
 		res, err := cmd.CombinedOutput()
@@ -144,6 +156,7 @@ func nerdctlBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	args := []string{"run", "--rm", "--net", "none", "--rootfs", copyDir, "/usr/bin/python3", "-I", "-c", "import json, sqlite3"}
 	var out latencies
 	for i := 0; i <= n; i++ {
+		time.Sleep(arrivalGap)
 		t0 := time.Now()
 		if _, err := c.TryNerdctl(args...); err != nil {
 			return nil, err
@@ -217,32 +230,45 @@ func throughput(b *testing.B, m *Manager, workers, total int) float64 {
 // hot (handler cache) paths and of `runc run` on the same rootfs, the sustained zygote-path
 // start rate, and the network namespace choice, and reports the ratios the design targets:
 // warm ≥ 20× faster than runc, hot p50 ≤ 2 ms, ≥ 200 starts/s on 2 cores.
+// Every path's latency runs from the request to the handler's result, requests arriving one
+// at a time arrivalGap apart. Warm is also measured with no spares (every sandbox forked on
+// demand) and back to back (no gap: spares run out, and destroying the previous sandbox
+// overlaps the next start); hot also back to back (an idle vCPU wakes slower, so the gap costs
+// it).
 // nerdctl run is measured too when containerd and nerdctl are installed (make deps).
 // Run with -benchtime 1x (make bench-sandbox); each pass takes the full sample.
 func BenchmarkStartPaths(b *testing.B) {
 	const coldN, warmN, hotN, runcN, nerdctlN, rateN = 30, 200, 500, 20, 10, 1000
 	rootfs := filepath.Join(testRootfs(b), "python3-bookworm")
 	for i := 0; i < b.N; i++ {
-		cold := measureInvoke(b, benchManager(b, true, 0), "bench", coldN, Cold)
-		warmM := benchManager(b, false, 0)
-		measureInvoke(b, warmM, "bench", 5, Warm) // page in the zygote
-		warm := measureInvoke(b, warmM, "bench", warmN, Warm)
+		cold := measureInvoke(b, benchManager(b, func(c *Config) { c.NoZygotes = true }), "bench", coldN, Cold, arrivalGap)
+		warmM := benchManager(b, nil)
+		measureInvoke(b, warmM, "bench", 5, Warm, arrivalGap) // page in the zygote
+		warm := measureInvoke(b, warmM, "bench", warmN, Warm, arrivalGap)
+		warmB2B := measureInvoke(b, warmM, "bench", warmN, Warm, 0)
 		rate := throughput(b, warmM, 4, rateN)
-		hotM := benchManager(b, false, time.Hour)
-		measureInvoke(b, hotM, "bench", 1, Warm)
-		hot := measureInvoke(b, hotM, "bench", hotN, Hot)
+		onDemandM := benchManager(b, func(c *Config) { c.SpareRoots = -1 })
+		measureInvoke(b, onDemandM, "bench", 5, Warm, arrivalGap)
+		onDemand := measureInvoke(b, onDemandM, "bench", warmN, Warm, arrivalGap)
+		hotM := benchManager(b, func(c *Config) { c.KeepAlive = time.Hour })
+		measureInvoke(b, hotM, "bench", 1, Warm, arrivalGap)
+		hot := measureInvoke(b, hotM, "bench", hotN, Hot, arrivalGap)
+		hotB2B := measureInvoke(b, hotM, "bench", hotN, Hot, 0)
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
 		create, join := netnsCost(b, 50)
 
-		fmt.Printf("\nstart latency (handler imports json, sqlite3; full invocation)\n")
+		fmt.Printf("\nstart latency (handler imports json, sqlite3; full invocation; one at a time, %v apart)\n", arrivalGap)
 		fmt.Printf("  %-22s %9s %9s %6s\n", "path", "p50 ms", "p99 ms", "n")
 		row := func(name string, l latencies) {
 			fmt.Printf("  %-22s %9.3f %9.3f %6d\n", name, ms(l.pct(0.5)), ms(l.pct(0.99)), len(l))
 		}
 		row("cold (new python3)", cold)
 		row("warm (zygote fork)", warm)
+		row("  forked on demand", onDemand)
+		row("  back-to-back", warmB2B)
 		row("hot (handler cache)", hot)
+		row("  back-to-back", hotB2B)
 		if runcErr == nil {
 			row("runc run", runc)
 		} else {
@@ -259,8 +285,11 @@ func BenchmarkStartPaths(b *testing.B) {
 		b.ReportMetric(ms(cold.pct(0.5)), "cold-p50-ms")
 		b.ReportMetric(ms(warm.pct(0.5)), "warm-p50-ms")
 		b.ReportMetric(ms(warm.pct(0.99)), "warm-p99-ms")
+		b.ReportMetric(ms(onDemand.pct(0.5)), "warm-on-demand-p50-ms")
+		b.ReportMetric(ms(warmB2B.pct(0.5)), "warm-back-to-back-p50-ms")
 		b.ReportMetric(ms(hot.pct(0.5)), "hot-p50-ms")
 		b.ReportMetric(ms(hot.pct(0.99)), "hot-p99-ms")
+		b.ReportMetric(ms(hotB2B.pct(0.5)), "hot-back-to-back-p50-ms")
 		b.ReportMetric(float64(cold.pct(0.5))/float64(warm.pct(0.5)), "cold/warm-x")
 		b.ReportMetric(rate, "zygote-starts/s")
 		b.ReportMetric(float64(create)/float64(join), "netns-create/join-x")

@@ -14,17 +14,19 @@ import (
 	"time"
 )
 
-// forEachPath runs fn against a manager whose sandboxes start cold and one whose sandboxes
-// are forked from zygotes: the isolation properties must hold on both paths.
+// forEachPath runs fn against a manager whose sandboxes start cold, one whose sandboxes are
+// forked from zygotes ahead of demand (spares), and one that forks them on demand: the
+// isolation properties must hold on every path.
 func forEachPath(t *testing.T, fn func(t *testing.T, m *Manager)) {
-	for _, cold := range []bool{false, true} {
-		name := "warm"
-		if cold {
-			name = "cold"
-		}
-		t.Run(name, func(t *testing.T) {
-			fn(t, newTestManager(t, func(c *Config) { c.NoZygotes = cold }))
-		})
+	for _, p := range []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"warm", nil},
+		{"warm-on-demand", func(c *Config) { c.SpareRoots = -1 }},
+		{"cold", func(c *Config) { c.NoZygotes = true }},
+	} {
+		t.Run(p.name, func(t *testing.T) { fn(t, newTestManager(t, p.mod)) })
 	}
 }
 
@@ -297,4 +299,24 @@ func TestDeadZygoteIsReplaced(t *testing.T) {
 	if res.Path != Warm || out["decimal"] != true {
 		t.Errorf("call after the restart: path %s, modules %v; want warm from a new function zygote", res.Path, out)
 	}
+}
+
+func TestHandlerImportErrorFailsTheStart(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		dir := t.TempDir()
+		os.Chmod(dir, 0o755)
+		if err := os.WriteFile(filepath.Join(dir, "main.py"), []byte("raise RuntimeError('import boom')\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		register(t, m, "boom", func(f *Function) { f.Dir = dir })
+		for i := 0; i < 3; i++ { // spares, then sandboxes started on demand
+			_, err := m.Invoke(context.Background(), "boom", json.RawMessage(`{}`))
+			if !errors.Is(err, ErrHandler) || !strings.Contains(err.Error(), "import boom") {
+				t.Fatalf("call %d: %v, want ErrHandler with the import's traceback", i, err)
+			}
+		}
+		if st, _ := m.Stats("boom"); st.Errors != 3 || st.Idle != 0 {
+			t.Errorf("stats %+v, want 3 errors and no cached sandbox", st)
+		}
+	})
 }

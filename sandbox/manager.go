@@ -39,7 +39,7 @@ type Config struct {
 	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
 	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
 	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
-	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts); default 2, <0 for none
+	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
 	NoZygotes    bool             // start every sandbox cold (for comparison)
 	Log          *slog.Logger     // default slog.Default()
 	Now          func() time.Time // for tests of keep-alive; default time.Now
@@ -506,7 +506,7 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 	} else {
 		// Starting has its own bound: the function's timeout is for its handler.
 		startCtx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
-		b, res.Path, err = m.start(startCtx, fn)
+		b, res.Path, err = m.start(startCtx, fn, event)
 		cancel()
 	}
 	res.Start = time.Since(begin)
@@ -524,9 +524,9 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 
 // finish counts the invocation and puts b into the handler cache, or destroys it when caching
 // is off, the function is gone, or the sandbox failed (a handler that raised leaves a healthy
-// sandbox, which is kept).
+// sandbox, which is kept). b is nil when the start failed, an import that raised included.
 func (m *Manager) finish(fn *function, b *box, res Result, err error, took time.Duration) {
-	keep := (err == nil || errors.Is(err, ErrHandler)) && m.cfg.KeepAlive > 0
+	keep := b != nil && (err == nil || errors.Is(err, ErrHandler)) && m.cfg.KeepAlive > 0
 	if keep {
 		if ferr := b.group.Freeze(); ferr != nil {
 			m.log.Warn("freeze sandbox", "function", fn.Name, "err", ferr)
@@ -571,26 +571,18 @@ func (m *Manager) destroyLater(b *box, fn string) {
 	}()
 }
 
-// start makes a new sandbox for fn: forked from a zygote when there is one, else cold.
-func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath, err error) {
-	m.mu.Lock()
-	m.nextID++
-	id := m.nextID
-	z := fn.zygote
-	if z == nil {
-		z = fn.image.zygote
-	}
-	m.mu.Unlock()
-	path := Cold
-	if z != nil {
-		path = Warm
-	}
-
-	var b *box
-	select {
-	case b = <-fn.spare:
-	default:
-		if b, err = m.prepare(fn, id); err != nil {
+// start gets fn a new sandbox, sends it event as its first request and returns once the
+// handler is imported (call reads the result). The sandbox is a spare, set up ahead, when one
+// is waiting; else one prepared and started now: forked from a zygote when there is one, cold
+// otherwise or when the zygote stopped answering.
+func (m *Manager) start(ctx context.Context, fn *function, event json.RawMessage) (_ *box, _ StartPath, err error) {
+	b := m.takeSpare(fn)
+	if b == nil {
+		if b, err = m.prepare(fn, m.newID()); err != nil {
+			path := Cold
+			if m.zygoteOf(fn) != nil {
+				path = Warm
+			}
 			return nil, path, err
 		}
 	}
@@ -599,42 +591,94 @@ func (m *Manager) start(ctx context.Context, fn *function) (_ *box, _ StartPath,
 			b.destroy(m.pool)
 		}
 	}()
-	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(id)}
+	if b.conn == nil {
+		z := m.zygoteOf(fn)
+		err = m.launch(fn, b, z)
+		if errors.Is(err, errZygoteGone) {
+			// Keep serving: this start goes cold, and the zygotes are started again.
+			m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)
+			b.conn.Close()
+			err = m.launch(fn, b, nil)
+			m.reviveZygotes(fn, z)
+		}
+		if err != nil {
+			return nil, b.path, err
+		}
+	}
+	// The event goes out at once: the sandbox reads it as soon as it is set up, so importing
+	// the handler and running it follow without another round trip.
+	deadline, _ := ctx.Deadline()
+	if err = b.send(event, deadline); err == nil {
+		_, err = b.await(deadline)
+	}
+	if err != nil {
+		return nil, b.path, fmt.Errorf("sandbox: %s start: %w", b.path, err)
+	}
+	b.sent = true
+	return b, b.path, nil
+}
+
+// zygoteOf is the zygote fn's sandboxes are forked from: its own, else its image's; nil when
+// sandboxes start cold.
+func (m *Manager) zygoteOf(fn *function) *zygote {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fn.zygote != nil {
+		return fn.zygote
+	}
+	return fn.image.zygote
+}
+
+func (m *Manager) newID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextID++
+	return m.nextID
+}
+
+// takeSpare returns a spare sandbox of fn, or nil when none is waiting. Spares whose process
+// died meanwhile (with their zygote, say) are destroyed on the way.
+func (m *Manager) takeSpare(fn *function) *box {
+	for {
+		select {
+		case b := <-fn.spare:
+			if b.conn == nil || b.idle() {
+				return b
+			}
+			m.destroyLater(b, fn.Name)
+		default:
+			return nil
+		}
+	}
+}
+
+// launch starts the process of b, a prepared sandbox of fn: forked from z, or cold when z is
+// nil. The process joins b's cgroup and root itself; b.conn is its channel.
+func (m *Manager) launch(fn *function, b *box, z *zygote) error {
+	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(b.id), Cgroups: len(b.procs)}
 	for _, p := range fn.Packages {
 		s.Paths = append(s.Paths, "/opt/"+p)
 	}
 	ours, theirs, err := socketPair(unix.SOCK_STREAM)
 	if err != nil {
-		return nil, path, err
+		return err
 	}
 	defer theirs.Close()
 	if b.conn, err = fileConn(ours); err != nil {
-		return nil, path, err
+		return err
 	}
-	procs := b.procs
-	s.Cgroups = len(procs)
 	if z != nil {
-		err = m.forkFrom(z, s, b.root.dir, theirs, procs)
-		if errors.Is(err, errZygoteGone) {
-			// Keep serving: this start goes cold, and the zygotes are started again.
-			m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)
-			path = Cold
-			err = m.startCold(b, s, theirs, procs)
-			m.reviveZygotes(fn, z)
-		}
+		b.path = Warm
+		err = m.forkFrom(z, s, b.root.dir, theirs, b.procs)
 	} else {
-		err = m.startCold(b, s, theirs, procs)
+		b.path = Cold
+		err = m.startCold(b, s, theirs, b.procs)
 	}
 	if err != nil {
-		return nil, path, err
+		return err
 	}
-	theirs.Close()
 	b.closeProcs()
-	deadline, _ := ctx.Deadline()
-	if _, err := b.receive(deadline); err != nil {
-		return nil, path, fmt.Errorf("sandbox: %s start: %w", path, err)
-	}
-	return b, path, nil
+	return nil
 }
 
 // reviveZygotes replaces dead, a zygote of fn that stopped answering: the function's own
@@ -688,7 +732,7 @@ func (m *Manager) reviveZygotes(fn *function, dead *zygote) {
 // (its cgroup.procs files open for the process to join), a scratch dir and a root (the image,
 // the handler code, the install cache and the scratch dir, bind-mounted).
 func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
-	b := &box{dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	b := &box{id: id, dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
 	if b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids}); err != nil {
 		return nil, err
 	}
@@ -714,9 +758,10 @@ func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
 	return b, nil
 }
 
-// keepSpares keeps up to cap(fn.spare) prepared sandboxes ready for fn, so that mounting
-// (about 0.5-2 ms) and setting cgroup limits are off the start path. It runs until fn.stopSpares closes, then
-// destroys the spares.
+// keepSpares keeps up to cap(fn.spare) spare sandboxes ready for fn, so that mounting (about
+// 0.5-2 ms), setting cgroup limits and, with a zygote, forking the process and setting it up
+// (cgroup, namespaces, chroot, nobody) are off the start path: a spare waits for its first
+// event. It runs until fn.stopSpares closes, then destroys the spares.
 func (m *Manager) keepSpares(fn *function) {
 	defer close(fn.sparesDone)
 	defer func() {
@@ -730,13 +775,9 @@ func (m *Manager) keepSpares(fn *function) {
 		}
 	}()
 	for {
-		m.mu.Lock()
-		m.nextID++
-		id := m.nextID
-		m.mu.Unlock()
-		b, err := m.prepare(fn, id)
+		b, err := m.prepareSpare(fn)
 		if err != nil {
-			m.log.Warn("prepare spare sandbox root", "function", fn.Name, "err", err)
+			m.log.Warn("prepare spare sandbox", "function", fn.Name, "err", err)
 			select {
 			case <-fn.stopSpares:
 				return
@@ -751,6 +792,37 @@ func (m *Manager) keepSpares(fn *function) {
 			return
 		}
 	}
+}
+
+// prepareSpare makes one spare sandbox for fn: prepared, and with a zygote forked and set up.
+// A dead zygote fails it; the next start revives the zygotes.
+func (m *Manager) prepareSpare(fn *function) (_ *box, err error) {
+	b, err := m.prepare(fn, m.newID())
+	if err != nil {
+		return nil, err
+	}
+	z := m.zygoteOf(fn)
+	if z == nil {
+		return b, nil // cold starts stay cold: only the root is prepared ahead
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	if err := m.launch(fn, b, z); err != nil {
+		return nil, err
+	}
+	// Handed out only once set up: by then the process is in its cgroup, so destroying the
+	// spare kills it.
+	r, err := b.receive(time.Now().Add(m.cfg.StartTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: spare set-up: %w", err)
+	}
+	if !r.Waiting {
+		return nil, fmt.Errorf("%w: spare replied before its first event", ErrFrame)
+	}
+	return b, nil
 }
 
 func (m *Manager) forkFrom(z *zygote, s spec, root string, chanFile *os.File, procs []*os.File) error {

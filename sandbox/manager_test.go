@@ -160,3 +160,56 @@ func leftCgroups(root string, pid int) []string {
 	}
 	return left
 }
+
+func TestSparesRunNoHandlerCodeAhead(t *testing.T) {
+	m := newTestManager(t, nil)
+	register(t, m, "spare", nil)
+	fn := m.funcs["spare"]
+	for deadline := time.Now().Add(30 * time.Second); len(fn.spare) < cap(fn.spare); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d spare sandboxes after 30s", len(fn.spare), cap(fn.spare))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) < cap(fn.spare) {
+		t.Fatalf("%d sandbox processes for %d spares: spares are not forked ahead", len(pids), cap(fn.spare))
+	}
+	before := float64(time.Now().UnixNano()) / 1e9
+	out, res := invoke(t, m, "spare", map[string]any{"op": "imported_at"})
+	if res.Path != Warm {
+		t.Errorf("call with spares waiting took the %s path, want warm", res.Path)
+	}
+	if at := out["imported_at"].(float64); at < before {
+		t.Errorf("handler module ran %.3fs before the call: spares must run no handler code ahead", before-at)
+	}
+	out, _ = invoke(t, m, "spare", map[string]any{"op": "whoami"})
+	if out["pid"] != 1.0 || out["uid"] != float64(nobody) {
+		t.Errorf("sandbox from a spare: %v, want PID 1 as nobody", out)
+	}
+}
+
+func TestHandlerInAPackage(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	pkg := filepath.Join(dir, "pkg")
+	if err := os.Mkdir(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The package's __init__ is handler code too: it must run only with the first event.
+	os.WriteFile(filepath.Join(pkg, "__init__.py"), []byte("import time\nIMPORTED_AT = time.time()\n"), 0o644)
+	os.WriteFile(filepath.Join(pkg, "fn.py"), []byte("from pkg import IMPORTED_AT\ndef handler(event):\n    return {'imported_at': IMPORTED_AT}\n"), 0o644)
+	m := newTestManager(t, nil)
+	register(t, m, "pkgfn", func(f *Function) { f.Dir = dir; f.Entry = "pkg.fn.handler" })
+	fn := m.funcs["pkgfn"]
+	for deadline := time.Now().Add(30 * time.Second); len(fn.spare) < cap(fn.spare) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := float64(time.Now().UnixNano()) / 1e9
+	out, res := invoke(t, m, "pkgfn", nil)
+	if res.Path != Warm {
+		t.Errorf("path %s, want warm", res.Path)
+	}
+	if at := out["imported_at"].(float64); at < before {
+		t.Errorf("the handler's package ran %.3fs before the call", before-at)
+	}
+}

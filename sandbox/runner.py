@@ -12,10 +12,14 @@
 # server started it in, so killing it ends every sandbox forked from it.
 #
 # A sandbox talks to the server over its channel (a stream socket) in frames: 4-byte big-endian
-# length, then JSON. First frame from the sandbox: {"ready": true} or {"error": traceback}.
-# Then per request {"event": ...} one reply {"result": ...} or {"error": ...}.
+# length, then JSON. Once in its namespaces, cgroup and chroot, as nobody, the sandbox sends
+# {"waiting": true} and waits for the first request {"event": ...}: a spare sandbox, forked
+# ahead of demand, waits there. Then it imports the handler and sends {"ready": true} or
+# {"error": traceback}, and per request (the first one included) one reply {"result": ...} or
+# {"error": ...}.
 import ctypes
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -94,6 +98,39 @@ def drop_privileges(uid):
     os.setuid(uid)
 
 
+def find_code(module):
+    """Everything of importing the handler's module but running it: finding it on sys.path
+    and reading its code (the .pyc made at registration), about 0.6 ms of a 0.7 ms import.
+    A spare does it before its first event; no handler code runs. None when the module is
+    not found (the import then raises) or is inside a package (finding it would run the
+    package's __init__)."""
+    if "." in module:
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+        code = spec.loader.get_code(module)
+    except Exception:
+        return None
+    return (spec, code) if code is not None else None
+
+
+def import_handler(module, code):
+    """Import the handler's module, running the code find_code read if it did."""
+    if code is None:
+        return importlib.import_module(module)
+    spec, code = code
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    exec(code, mod.__dict__)
+    return mod
+
+
+def fail(conn):
+    """Report the exception being handled as the sandbox's last frame, and exit."""
+    send_frame(conn, {"error": traceback.format_exc()})
+    os._exit(1)
+
+
 def run_sandbox(spec, chan):
     """Final stage of every sandbox: already in its chroot, namespaces and cgroup."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -108,21 +145,27 @@ def run_sandbox(spec, chan):
         os.chdir(spec["dir"])
         sys.path[:0] = [spec["dir"]] + spec.get("paths", [])
         drop_privileges(spec.get("uid", 65534))
-        module, _, func = spec["entry"].rpartition(".")
-        handler = getattr(importlib.import_module(module), func)
     except BaseException:
-        send_frame(conn, {"error": traceback.format_exc()})
-        os._exit(1)
+        fail(conn)
+    module, _, func = spec["entry"].rpartition(".")
+    code = find_code(module)
+    send_frame(conn, {"waiting": True})
+    req = recv_frame(conn)
+    if req is None:
+        os._exit(0)
+    try:
+        handler = getattr(import_handler(module, code), func)
+    except BaseException:
+        fail(conn)
     send_frame(conn, {"ready": True})
-    while True:
-        req = recv_frame(conn)
-        if req is None:
-            os._exit(0)
+    while req is not None:
         try:
             reply = {"result": handler(req.get("event"))}
         except BaseException:
             reply = {"error": traceback.format_exc()}
         send_frame(conn, reply)
+        req = recv_frame(conn)
+    os._exit(0)
 
 
 def clone_into_namespaces():

@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"syscall"
 	"time"
 
 	"github.com/obdproject/obd/sandbox/cgroup"
+	"golang.org/x/sys/unix"
 )
 
 // Errors of an invocation, for callers (and HTTP status codes) to branch on.
@@ -35,20 +37,24 @@ const (
 // box is one live sandbox: its cgroup, root mounts, scratch dir and the channel to its
 // runner.
 type box struct {
+	id       int
 	dir      string // state dir of the sandbox: root/ and scratch/
 	group    *cgroup.Group
 	root     *rootMount
 	conn     net.Conn
 	procs    []*os.File // the group's cgroup.procs files, until the process has joined
 	cmd      *exec.Cmd  // cold sandboxes: the server's child, reaped here
+	path     StartPath  // how its process was started, once it has one
+	sent     bool       // the first event is sent and its reply not yet read (start, then call)
 	lastUsed time.Time
 }
 
 // reply is a message from the runner.
 type reply struct {
-	Ready  bool            `json:"ready"`
-	Result json.RawMessage `json:"result"`
-	Error  *string         `json:"error"`
+	Waiting bool            `json:"waiting"` // set up, waiting for its first event
+	Ready   bool            `json:"ready"`   // handler imported
+	Result  json.RawMessage `json:"result"`
+	Error   *string         `json:"error"`
 }
 
 // receive reads one reply, giving up at deadline.
@@ -80,8 +86,19 @@ func (b *box) deathCause() string {
 	return ""
 }
 
-// call sends event to the handler and waits for its result until ctx ends.
-func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+// await reads replies until one is not a waiting notice: the ready reply (or the error) of a
+// sandbox that got its first event.
+func (b *box) await(deadline time.Time) (reply, error) {
+	for {
+		r, err := b.receive(deadline)
+		if err != nil || !r.Waiting {
+			return r, err
+		}
+	}
+}
+
+// send sends event to the handler, giving up at deadline.
+func (b *box) send(event json.RawMessage, deadline time.Time) error {
 	if len(event) == 0 {
 		event = json.RawMessage("null")
 	}
@@ -89,13 +106,45 @@ func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage,
 		Event json.RawMessage `json:"event"`
 	}{event})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: event is not JSON: %w", err)
+		return fmt.Errorf("sandbox: event is not JSON: %w", err)
 	}
-	deadline, _ := ctx.Deadline() // zero: none
 	b.conn.SetWriteDeadline(deadline)
 	if err := writeFrame(b.conn, msg); err != nil {
-		return nil, fmt.Errorf("%w%s: send event: %w", ErrCrashed, b.deathCause(), err)
+		return fmt.Errorf("%w%s: send event: %w", ErrCrashed, b.deathCause(), err)
 	}
+	return nil
+}
+
+// idle reports whether the sandbox's process is alive and has sent nothing unread: a spare
+// whose process died (with its zygote, say) has its channel closed.
+func (b *box) idle() bool {
+	sc, ok := b.conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	quiet := false
+	raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		quiet = err == nil && n == 0
+	})
+	return quiet
+}
+
+// call sends event to the handler (unless start sent it already) and waits for its result
+// until ctx ends.
+func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage, error) {
+	deadline, _ := ctx.Deadline() // zero: none
+	if !b.sent {
+		if err := b.send(event, deadline); err != nil {
+			return nil, err
+		}
+	}
+	b.sent = false
 	stop := context.AfterFunc(ctx, func() { b.conn.SetReadDeadline(time.Now()) })
 	defer stop()
 	r, err := b.receive(deadline)

@@ -70,8 +70,8 @@ func newCmd() *cobra.Command {
 		Long: `obd-lambda runs functions (Python 3 handlers) in SOCK-style sandboxes: a read-only bind of
 the image's rootfs entered with chroot, own PID/UTS/IPC namespaces, a shared empty network
 namespace, a pooled cgroup with memory/CPU/pids limits, and the handler running as nobody.
-New sandboxes are forked from zygotes that already imported the runtime's modules; idle ones
-are frozen in the handler cache for --keep-alive.
+New sandboxes are forked (a few per function ahead of demand) from zygotes that already
+imported the runtime's modules; idle ones are frozen in the handler cache for --keep-alive.
 
 HTTP API (obd sandbox register|run|ls|stats|rm talks to it):
   POST   /functions            register (JSON spec, or multipart "spec" + "code" tarball)

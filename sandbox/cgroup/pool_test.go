@@ -227,3 +227,31 @@ func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+func TestV1PoolHoldsOneEmptyGroupFrozen(t *testing.T) {
+	p := newTestPool(t, 1)
+	if p.Version() != V1 {
+		t.Skip("only the v1 freezer switches a static key")
+	}
+	d := filepath.Join(p.parents[slices.Index(v1Controllers, "freezer")], frozenName)
+	if st := readTrim(t, filepath.Join(d, "freezer.state")); st != "FROZEN" {
+		t.Errorf("%s: freezer.state %s, want FROZEN", d, st)
+	}
+	if procs := readTrim(t, filepath.Join(d, "cgroup.procs")); procs != "" {
+		t.Errorf("%s holds processes %q, want none", d, procs)
+	}
+	// Freezing and thawing sandbox groups leaves it frozen.
+	g, err := p.Get(Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Put(g); err != nil {
+		t.Fatal(err)
+	}
+	if st := readTrim(t, filepath.Join(d, "freezer.state")); st != "FROZEN" {
+		t.Errorf("after a sandbox group's freeze and thaw: %s", st)
+	}
+}

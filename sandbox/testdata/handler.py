@@ -8,6 +8,10 @@ import sqlite3
 import sys
 import time
 
+# When this module ran: a spare sandbox, forked ahead of demand, must not run it before its
+# first event.
+IMPORTED_AT = time.time()
+
 
 def handler(event):
     op = event.get("op", "echo")
@@ -56,6 +60,8 @@ def handler(event):
             return {"errno": 0}
         except OSError as e:
             return {"errno": errno.errorcode.get(e.errno, str(e))}
+    if op == "imported_at":
+        return {"imported_at": IMPORTED_AT}
     if op == "modules":
         # Which of the given modules were imported before the handler ran (by a zygote).
         return {name: name in sys.modules for name in event["names"]}
