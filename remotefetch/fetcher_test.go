@@ -835,7 +835,7 @@ func FuzzParseContentRange(f *testing.F) {
 
 func FuzzReadTrace(f *testing.F) {
 	var buf bytes.Buffer
-	Trace{Blobs: []TraceBlob{{Ref: "r/x", Digest: digest.FromString("x"), Size: 100, Ranges: []TraceRange{{0, 10}}}}}.WriteTo(&buf)
+	Trace{Blobs: []TraceBlob{{Ref: "r/x", Digest: digest.FromString("x"), Size: 100, Ranges: []TraceRange{{Off: 0, Len: 10}}}}}.WriteTo(&buf)
 	f.Add(buf.Bytes())
 	f.Add([]byte(`{"version":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -2,6 +2,7 @@ package remotefetch
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/obdproject/obd/internal/testregistry"
@@ -47,5 +48,32 @@ func TestPrefetcherReadsQuietly(t *testing.T) {
 	waitForIdle(t, b)
 	if !b.entry.HasAll(44, 47) {
 		t.Fatal("the workload's sequential reads started no readahead past unit 43")
+	}
+}
+
+// TestTraceRecordsFirstRead: a trace numbers its ranges by when they were first read, merged
+// ranges keep the earliest number, and the numbers survive writing and reading the trace.
+func TestTraceRecordsFirstRead(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 32*testUnit, false)
+	f := newFetcher(t, Options{BackgroundDelay: -1})
+	b := open(t, f, e)
+	defer b.Close()
+	f.StartTrace()
+	for _, u := range []int64{20, 3, 21} {
+		if err := checkRead(t, b, e.data, u*testUnit, testUnit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := f.StopTrace().WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := ReadTrace(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []TraceRange{{Off: 3 * testUnit, Len: testUnit, First: 2}, {Off: 20 * testUnit, Len: 2 * testUnit, First: 1}}
+	if len(tr.Blobs) != 1 || !slices.Equal(tr.Blobs[0].Ranges, want) {
+		t.Fatalf("trace ranges %+v, want %+v", tr.Blobs, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,10 +38,13 @@ type TraceBlob struct {
 	Ranges []TraceRange  `json:"ranges"`
 }
 
-// TraceRange is the byte range [Off, Off+Len).
+// TraceRange is the byte range [Off, Off+Len). First orders the ranges of all blobs by when
+// they were first read while recording (1 is the first read; 0, in older traces, unknown),
+// so that a replay fetches first what the workload needs first.
 type TraceRange struct {
-	Off int64 `json:"off"`
-	Len int64 `json:"len"`
+	Off   int64 `json:"off"`
+	Len   int64 `json:"len"`
+	First int64 `json:"first,omitempty"`
 }
 
 // tracer collects reads while a trace is recording.
@@ -49,12 +53,13 @@ type tracer struct {
 	mu    sync.Mutex
 	blobs map[digest.Digest]*TraceBlob
 	order []digest.Digest
+	reads int64 // reads recorded so far, numbering TraceRange.First
 }
 
 // StartTrace starts recording every ReadAt of every Blob (a running recording restarts).
 func (f *Fetcher) StartTrace() {
 	f.tracer.mu.Lock()
-	f.tracer.blobs, f.tracer.order = map[digest.Digest]*TraceBlob{}, nil
+	f.tracer.blobs, f.tracer.order, f.tracer.reads = map[digest.Digest]*TraceBlob{}, nil, 0
 	f.tracer.on.Store(true)
 	f.tracer.mu.Unlock()
 }
@@ -89,24 +94,36 @@ func (f *Fetcher) recordTrace(b *Blob, off, n int64) {
 		f.tracer.blobs[b.dgst] = tb
 		f.tracer.order = append(f.tracer.order, b.dgst)
 	}
-	tb.Ranges = append(tb.Ranges, TraceRange{Off: off, Len: n})
+	f.tracer.reads++
+	tb.Ranges = append(tb.Ranges, TraceRange{Off: off, Len: n, First: f.tracer.reads})
 	if len(tb.Ranges) > 4096 {
 		tb.Ranges = mergeRanges(tb.Ranges)
 	}
 }
 
-// mergeRanges sorts ranges and merges overlapping or touching ones.
+// mergeRanges sorts ranges and merges overlapping or touching ones; a merged range was first
+// read when the earliest of its parts was.
 func mergeRanges(rs []TraceRange) []TraceRange {
 	slices.SortFunc(rs, func(a, b TraceRange) int { return cmp.Compare(a.Off, b.Off) })
 	var out []TraceRange
 	for _, r := range rs {
 		if n := len(out); n > 0 && r.Off <= out[n-1].Off+out[n-1].Len {
-			out[n-1].Len = max(out[n-1].Len, r.Off+r.Len-out[n-1].Off)
+			last := &out[n-1]
+			last.Len = max(last.Len, r.Off+r.Len-last.Off)
+			last.First = min(firstOrLast(last.First), firstOrLast(r.First))
 			continue
 		}
 		out = append(out, r)
 	}
 	return out
+}
+
+// firstOrLast is a range's First for ordering: unknown (0) sorts after every known one.
+func firstOrLast(first int64) int64 {
+	if first <= 0 {
+		return math.MaxInt64
+	}
+	return first
 }
 
 // WriteTo writes t as JSON.
@@ -143,7 +160,7 @@ func ReadTrace(r io.Reader) (Trace, error) {
 			return Trace{}, fmt.Errorf("%w: blob %s: negative size", ErrBadTrace, tb.Digest)
 		}
 		for _, rg := range tb.Ranges {
-			if rg.Off < 0 || rg.Len <= 0 || rg.Off > tb.Size || rg.Len > tb.Size-rg.Off {
+			if rg.Off < 0 || rg.Len <= 0 || rg.Off > tb.Size || rg.Len > tb.Size-rg.Off || rg.First < 0 {
 				return Trace{}, fmt.Errorf("%w: blob %s: range %d+%d outside size %d", ErrBadTrace, tb.Digest, rg.Off, rg.Len, tb.Size)
 			}
 		}
@@ -151,8 +168,9 @@ func ReadTrace(r io.Reader) (Trace, error) {
 	return file.Trace, nil
 }
 
-// Prefetch replays a trace: it fetches every traced range into the cache, several at once.
-// Each range gets ReadTimeout; the first errors are joined into the result.
+// Prefetch replays a trace: it fetches every traced range into the cache, several at once,
+// in the order the recording first read them. Each range gets ReadTimeout; the first errors
+// are joined into the result.
 func (f *Fetcher) Prefetch(ctx context.Context, t Trace) error {
 	type job struct {
 		b  *Blob
@@ -182,7 +200,10 @@ func (f *Fetcher) Prefetch(ctx context.Context, t Trace) error {
 			}
 		})
 	}
-	var opened []*Blob
+	var (
+		opened []*Blob
+		queue  []job
+	)
 	for _, tb := range t.Blobs {
 		b, err := f.Open(ctx, tb.Ref, tb.Digest, tb.Size)
 		if err != nil {
@@ -191,10 +212,16 @@ func (f *Fetcher) Prefetch(ctx context.Context, t Trace) error {
 		}
 		opened = append(opened, b)
 		for _, rg := range tb.Ranges {
-			select {
-			case jobs <- job{b, rg}:
-			case <-ctx.Done():
-			}
+			queue = append(queue, job{b, rg})
+		}
+	}
+	slices.SortStableFunc(queue, func(a, b job) int {
+		return cmp.Compare(firstOrLast(a.rg.First), firstOrLast(b.rg.First))
+	})
+	for _, j := range queue {
+		select {
+		case jobs <- j:
+		case <-ctx.Done():
 		}
 	}
 	close(jobs)
