@@ -81,6 +81,8 @@ type Fetcher struct {
 	closed     bool
 
 	tracer tracer
+
+	batches sync.Pool // *[]byte of batchBytes, the buffers responses stream through
 }
 
 // New creates a Fetcher.
@@ -127,6 +129,8 @@ func New(opts Options) (*Fetcher, error) {
 	}
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
 		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[digest.Digest]*Blob{}}
+	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
+	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
 	hostOpts := config.HostOptions{
 		Credentials: func(host string) (string, string, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
