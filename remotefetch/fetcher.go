@@ -5,8 +5,10 @@
 // Layers inside: remote (range GETs: hosts.toml mirrors and TLS via containerd's
 // remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response
 // checks), Blob (fill-unit claims with one fetch per unit, merged adjacent misses, retries with
-// backoff under a per-read deadline, sequential readahead), cache (persistent sparse file and
-// fill bitmap per digest, package remotefetch/cache), background fill, and trace/prefetch.
+// backoff under a per-read deadline, sequential readahead), streaming (readers copy response
+// bytes from memory as they arrive while batches are stored behind them, stream.go), cache
+// (persistent sparse file and fill bitmap per digest, package remotefetch/cache), background
+// fill, and trace/prefetch.
 package remotefetch
 
 import (

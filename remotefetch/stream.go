@@ -226,7 +226,6 @@ func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (sto
 	// more and cancels the attempt, so that the receiver stops too.
 	queue := make(chan *batch, storeQueue)
 	var storeErr error
-	stored = 0
 	storeDone := make(chan struct{})
 	go func() {
 		defer close(storeDone)
