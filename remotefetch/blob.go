@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -47,56 +46,6 @@ type Blob struct {
 	seqEnd     atomic.Int64 // end of the previous read, for sequential readahead
 	raEnd      int          // first unit past the issued readahead; guarded by mu
 	raWindow   int          // current readahead window in units, grown by sequential reads; guarded by mu
-}
-
-// streamChunk is how much of a unit is stored at a time while it arrives: readers waiting for
-// the start of a unit get it after this much, not after the whole unit.
-const streamChunk = 64 << 10
-
-// unitCall is one in-flight fetch of a unit; done closes when it is stored or failed.
-type unitCall struct {
-	unit int
-	done chan struct{}
-	err  error
-
-	mu    sync.Mutex
-	avail int64         // bytes from the unit's start already in the cache file
-	grown chan struct{} // closed (and replaced) when avail grows
-}
-
-func newUnitCall(unit int) *unitCall {
-	return &unitCall{unit: unit, done: make(chan struct{}), grown: make(chan struct{})}
-}
-
-// advance records that the first n bytes of the unit are in the cache file.
-func (c *unitCall) advance(n int64) {
-	c.mu.Lock()
-	if n > c.avail {
-		c.avail = n
-		close(c.grown)
-		c.grown = make(chan struct{})
-	}
-	c.mu.Unlock()
-}
-
-// wait blocks until the unit's first need bytes are in the cache file or the call is done.
-// It reports whether those bytes are there, else the fetch's error (nil when ctx ended).
-func (c *unitCall) wait(ctx context.Context, need int64) (ok bool, fetchErr error) {
-	for {
-		c.mu.Lock()
-		avail, grown := c.avail, c.grown
-		c.mu.Unlock()
-		if avail >= need {
-			return true, nil
-		}
-		select {
-		case <-c.done:
-			return c.err == nil, c.err
-		case <-grown:
-		case <-ctx.Done():
-			return false, nil
-		}
-	}
 }
 
 // Size is the blob's size in bytes.
@@ -196,7 +145,8 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64, quiet bool) (int
 			b.resetReadahead()
 		}
 	}
-	missed, err := b.ensure(ctx, off, end, true, sequential)
+	dst := p[:end-off]
+	missed, copied, err := b.fetchInto(ctx, off, dst, sequential)
 	if missed {
 		b.stats.miss()
 	} else {
@@ -206,22 +156,59 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64, quiet bool) (int
 		b.stats.fail()
 		return 0, err
 	}
-	n, err := b.entry.ReadAt(p[:end-off], off)
-	if err != nil {
+	if err := b.readFile(dst, off, copied); err != nil {
 		b.stats.fail()
-		return n, fmt.Errorf("remotefetch: blob %s: read cache at %d: %w", b.dgst, off, err)
+		return 0, err
 	}
 	if end-off < int64(len(p)) {
-		return n, io.EOF
+		return len(dst), io.EOF
 	}
-	return n, nil
+	return len(dst), nil
 }
 
-// ensure makes the bytes [off, end) readable from the cache, fetching missing units. With
-// partial, bytes of a unit still arriving count as soon as they are stored (a reader need not
-// wait for the rest of the unit); without, every unit must be complete. With readahead it also
-// starts fetching the next MaxRequestSize after end without waiting for it.
+// readFile reads from the cache file the units of dst (at off) that fetchInto did not copy
+// (copied[i] for the i-th unit of the range; nil = none), one read per run of such units.
+func (b *Blob) readFile(dst []byte, off int64, copied []bool) error {
+	unit := b.entry.FillUnit()
+	first, end := off/unit, off+int64(len(dst))
+	inFile := func(pos int64) bool { return copied == nil || !copied[pos/unit-first] }
+	for pos := off; pos < end; {
+		to := pos
+		for to < end && inFile(to) {
+			to = min(end, (to/unit+1)*unit)
+		}
+		if to > pos {
+			if _, err := b.entry.ReadAt(dst[pos-off:to-off], pos); err != nil {
+				return fmt.Errorf("remotefetch: blob %s: read cache at %d: %w", b.dgst, pos, err)
+			}
+		}
+		pos = min(end, (to/unit+1)*unit) // past the copied unit at to
+	}
+	return nil
+}
+
+// ensure makes every unit of [off, end) stored in the cache file, fetching the missing ones;
+// with readahead it also starts fetching the next MaxRequestSize after end without waiting for
+// it. partial must be false: a reader that takes the bytes of units still arriving uses
+// fetchInto, which copies them out (the argument remains for background fill's call).
 func (b *Blob) ensure(ctx context.Context, off, end int64, partial, readahead bool) (missed bool, err error) {
+	if partial {
+		panic("remotefetch: ensure with partial; use fetchInto")
+	}
+	missed, _, err = b.fetch(ctx, off, end, nil, readahead)
+	return missed, err
+}
+
+// fetchInto makes the bytes of dst (at off) readable, fetching missing units: bytes of a unit
+// still arriving count as soon as they have arrived (a reader need not wait for the rest of the
+// unit), and those still in memory are copied into dst at once; copied says for which units of
+// the range (the i-th from off's unit). The rest is in the cache file.
+func (b *Blob) fetchInto(ctx context.Context, off int64, dst []byte, readahead bool) (missed bool, copied []bool, err error) {
+	return b.fetch(ctx, off, off+int64(len(dst)), dst, readahead)
+}
+
+// fetch is ensure (dst nil) and fetchInto.
+func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead bool) (missed bool, copied []bool, err error) {
 	unit := b.entry.FillUnit()
 	first, last := int(off/unit), int((end-1)/unit)
 	if readahead {
@@ -229,40 +216,52 @@ func (b *Blob) ensure(ctx context.Context, off, end int64, partial, readahead bo
 	}
 	for {
 		if perr := b.poisoned.Load(); perr != nil {
-			return missed, *perr
+			return missed, copied, *perr
 		}
 		waits, err := b.claimAndFetch(first, last)
 		if errors.Is(err, ErrDigestMismatch) {
-			return missed, err
+			return missed, copied, err
 		}
 		if err != nil {
-			return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, err)
+			return missed, copied, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, err)
 		}
 		if len(waits) == 0 {
-			return missed, nil
+			return missed, copied, nil
 		}
-		missed = true
 		readable := true
 		for _, c := range waits {
-			need := int64(math.MaxInt64) // the committed unit
-			if partial {
+			var ok bool
+			var fetchErr error
+			if dst == nil {
+				missed = true
+				ok, fetchErr = c.waitStored(ctx)
+			} else {
+				// Bytes that had all arrived when asked for are a hit, though not yet stored.
 				start, n := b.entry.UnitRange(c.unit)
-				need = min(end, start+n) - start
+				lo, hi := max(off, start), min(end, start+n)
+				var inMem, waited bool
+				ok, inMem, waited, fetchErr = c.read(ctx, dst[lo-off:hi-off], lo-start)
+				missed = missed || waited
+				if inMem {
+					if copied == nil {
+						copied = make([]bool, last-first+1)
+					}
+					copied[c.unit-first] = true
+				}
 			}
-			ok, fetchErr := c.wait(ctx, need)
 			if fetchErr != nil && isPermanent(fetchErr) {
-				return missed, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, fetchErr)
+				return missed, copied, fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, off, end, fetchErr)
 			}
 			if ctx.Err() != nil {
-				return missed, b.deadlineError(ctx, off, end)
+				return missed, copied, b.deadlineError(ctx, off, end)
 			}
 			readable = readable && ok
 		}
-		if partial && readable {
-			return missed, nil
+		if dst != nil && readable {
+			return missed, copied, nil
 		}
 		if ctx.Err() != nil {
-			return missed, b.deadlineError(ctx, off, end)
+			return missed, copied, b.deadlineError(ctx, off, end)
 		}
 	}
 }
@@ -383,7 +382,6 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			b.finish(first+next, calls[next:], lastErr)
 		}
 	}()
-	buf := make([]byte, min(b.entry.FillUnit(), streamChunk))
 	for attempt := 0; next < len(calls); attempt++ {
 		if attempt > 0 {
 			if !b.backoff(ctx, attempt) {
@@ -391,7 +389,7 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			}
 			b.stats.retry()
 		}
-		stored, err := b.fetchOnce(ctx, first+next, calls[next:], buf)
+		stored, err := b.fetchOnce(ctx, first+next, calls[next:])
 		b.finish(first+next, calls[next:next+stored], nil)
 		next += stored
 		if err == nil {
@@ -410,64 +408,6 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			attempt = 0 // progress: retry at once
 		}
 	}
-}
-
-// fetchOnce requests the units of calls (consecutive, from first) and stores them as their
-// bytes arrive, telling waiting readers how far each unit has come. It returns how many units
-// it stored whole and why it stopped early.
-func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall, buf []byte) (stored int, err error) {
-	last := first + len(calls) - 1
-	off, _ := b.entry.UnitRange(first)
-	lastOff, lastN := b.entry.UnitRange(last)
-	n := lastOff + lastN - off
-
-	// A watchdog cancels the attempt when no bytes arrive for StallTimeout.
-	attemptCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stall := b.f.opts.StallTimeout
-	watchdog := time.AfterFunc(stall, func() {
-		cancel(fmt.Errorf("stalled: no data for %v", stall))
-	})
-	defer watchdog.Stop()
-
-	start := time.Now()
-	body, err := b.remote.get(attemptCtx, off, n)
-	if err != nil {
-		return 0, withCause(attemptCtx, err)
-	}
-	defer body.Close()
-	r := &progressReader{r: body, onProgress: func() { watchdog.Reset(stall) }}
-	for i, c := range calls {
-		u := first + i
-		_, un := b.entry.UnitRange(u)
-		gen := b.entry.Generation()
-		for got := int64(0); got < un; {
-			part := buf[:min(int64(len(buf)), un-got)]
-			if _, err := io.ReadFull(r, part); err != nil {
-				if errors.Is(err, io.EOF) {
-					err = io.ErrUnexpectedEOF
-				}
-				return stored, withCause(attemptCtx, fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, u, err))
-			}
-			if err := b.entry.WritePart(u, part, got); err != nil {
-				return stored, permanent(err)
-			}
-			got += int64(len(part))
-			c.advance(got)
-		}
-		complete, err := b.entry.CommitUnit(u, gen)
-		if err != nil {
-			return stored, permanent(err)
-		}
-		b.stats.fetchedBytes(int(un))
-		stored++
-		if complete {
-			b.startVerify()
-		}
-	}
-	b.f.metrics.fetchLatency.Observe(time.Since(start).Seconds())
-	b.log.Debug("remotefetch: fetched", "off", off, "bytes", n, "took", time.Since(start))
-	return stored, nil
 }
 
 // withCause replaces a bare "context canceled" by the watchdog's reason.

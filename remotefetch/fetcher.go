@@ -5,8 +5,10 @@
 // Layers inside: remote (range GETs: hosts.toml mirrors and TLS via containerd's
 // remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response
 // checks), Blob (fill-unit claims with one fetch per unit, merged adjacent misses, retries with
-// backoff under a per-read deadline, sequential readahead), cache (persistent sparse file and
-// fill bitmap per digest, package remotefetch/cache), background fill, and trace/prefetch.
+// backoff under a per-read deadline, sequential readahead), streaming (readers copy response
+// bytes from memory as they arrive while batches are stored behind them, stream.go), cache
+// (persistent sparse file and fill bitmap per digest, package remotefetch/cache), background
+// fill, and trace/prefetch.
 package remotefetch
 
 import (
@@ -81,6 +83,8 @@ type Fetcher struct {
 	closed     bool
 
 	tracer tracer
+
+	batches sync.Pool // *[]byte of batchBytes, the buffers responses stream through
 }
 
 // New creates a Fetcher.
@@ -127,6 +131,8 @@ func New(opts Options) (*Fetcher, error) {
 	}
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
 		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[digest.Digest]*Blob{}}
+	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
+	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
 	hostOpts := config.HostOptions{
 		Credentials: func(host string) (string, string, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

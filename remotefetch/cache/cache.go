@@ -541,10 +541,38 @@ func (e *Entry) WritePart(i int, p []byte, at int64) error {
 	return nil
 }
 
-// CommitUnit marks unit i filled once all its bytes were stored with WritePart. gen is the
-// Generation read before the first part; if the entry was discarded since, the unit is not
-// marked and ErrDiscarded is returned. It reports whether the blob is now complete (and
-// unverified), so the caller can verify it.
+// WriteUnits stores p from the start of unit first on, across as many consecutive units as it
+// covers (the last one possibly in part), without marking any of them filled: one write for a
+// run of units that arrived together. Mark each complete unit with CommitUnit.
+func (e *Entry) WriteUnits(first int, p []byte) error {
+	if first < 0 || first >= e.units {
+		return fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, first, e.units)
+	}
+	off, _ := e.UnitRange(first)
+	if int64(len(p)) > e.size-off {
+		return fmt.Errorf("cache: %s: %d bytes from unit %d overflow size %d", e.dgst, len(p), first, e.size)
+	}
+	e.fillMu.RLock()
+	defer e.fillMu.RUnlock()
+	for len(p) > 0 {
+		n := min(len(p), maxWrite)
+		if _, err := e.data.WriteAt(p[:n], off); err != nil {
+			return fmt.Errorf("cache: %s: write units from %d: %w", e.dgst, first, err)
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// maxWrite bounds one write to the data file. The kernel may back a write with page-cache
+// folios as large as the write; once free memory is fragmented, allocating 1 MiB folios made
+// writes several times slower (measured: 150-250 MB/s against 1.1 GB/s for 256 KiB writes).
+const maxWrite = 256 << 10
+
+// CommitUnit marks unit i filled once all its bytes were stored with WritePart or WriteUnits.
+// gen is the Generation read before the first write; if the entry was discarded since, the
+// unit is not marked and ErrDiscarded is returned. It reports whether the blob is now complete
+// (and unverified), so the caller can verify it.
 func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
 	if i < 0 || i >= e.units {
 		return false, fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)

@@ -334,3 +334,41 @@ func TestCommitAcrossDiscardRefused(t *testing.T) {
 		t.Fatal("a part longer than the unit: no error")
 	}
 }
+
+// TestWriteUnitsSpansUnits: one write stores a run of units, the last one in part; only the
+// committed units are filled, and a run past the end of the blob is refused.
+func TestWriteUnitsSpansUnits(t *testing.T) {
+	c := openCache(t, t.TempDir(), 0)
+	data := blobData(4, 3*testUnit+100)
+	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	gen := e.Generation()
+	if err := e.WriteUnits(1, data[testUnit:2*testUnit+50]); err != nil {
+		t.Fatal(err)
+	}
+	if e.Has(1) || e.Has(2) {
+		t.Fatal("WriteUnits marked units filled")
+	}
+	if _, err := e.CommitUnit(1, gen); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, testUnit+50)
+	if _, err := e.ReadAt(got, testUnit); err != nil || !bytes.Equal(got, data[testUnit:2*testUnit+50]) {
+		t.Fatalf("read back after WriteUnits: %v", err)
+	}
+	if !e.Has(1) || e.Has(2) {
+		t.Fatalf("filled: unit 1 %v, unit 2 %v; want only unit 1", e.Has(1), e.Has(2))
+	}
+	if err := e.WriteUnits(2, data[2*testUnit:]); err != nil {
+		t.Fatalf("the run to the end of the blob: %v", err)
+	}
+	if err := e.WriteUnits(2, make([]byte, testUnit+101)); err == nil {
+		t.Fatal("a run past the end of the blob: no error")
+	}
+	if err := e.WriteUnits(4, data[:1]); err == nil {
+		t.Fatal("a unit past the last: no error")
+	}
+}

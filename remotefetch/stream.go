@@ -1,0 +1,262 @@
+package remotefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// How a response reaches readers and the cache file: its bytes are received into batches,
+// buffers of up to streamBatch bytes of consecutive whole units. Readers waiting for a unit
+// copy its bytes straight out of the batch as they arrive. Behind the receiver, a store
+// goroutine writes each full batch into the cache file with one write and marks its units
+// filled; only then does the batch let go of its buffer. So the socket is read while the
+// previous batch is written, the cache file sees few large writes, a reader does not wait for
+// its bytes to go through the file, and a reader that no longer finds a unit's bytes in memory
+// finds them in the file.
+
+// streamBatch is the size of a batch (at least one unit): large enough that writing it costs
+// one system call for several units, small enough that a fetch holds little memory.
+const streamBatch = 1 << 20
+
+// storeQueue is how many received batches may wait for the store goroutine before the receiver
+// waits: it lets a slow write overlap with receiving without buffering the whole response.
+const storeQueue = 2
+
+// unitCall is one in-flight fetch of a unit; done closes when it is stored or failed.
+type unitCall struct {
+	unit int
+	done chan struct{}
+	err  error
+
+	mu    sync.Mutex
+	avail int64         // bytes from the unit's start that have arrived
+	buf   []byte        // where they are while non-nil; nil = they are in the cache file
+	grown chan struct{} // closed (and replaced) when avail grows
+}
+
+func newUnitCall(unit int) *unitCall {
+	return &unitCall{unit: unit, done: make(chan struct{}), grown: make(chan struct{})}
+}
+
+// attach makes buf the place where the unit's bytes arrive, from the start: a retry receives
+// the unit anew, so nothing counts as arrived until it does.
+func (c *unitCall) attach(buf []byte) {
+	c.mu.Lock()
+	c.buf, c.avail = buf, 0
+	c.mu.Unlock()
+}
+
+// detach tells readers that the unit's arrived bytes are now in the cache file, so its buffer
+// can be reused. It must only be called once they are written there.
+func (c *unitCall) detach() {
+	c.mu.Lock()
+	c.buf = nil
+	c.mu.Unlock()
+}
+
+// advance records that the first n bytes of the unit have arrived.
+func (c *unitCall) advance(n int64) {
+	c.mu.Lock()
+	if n > c.avail {
+		c.avail = n
+		close(c.grown)
+		c.grown = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// read blocks until bytes [from, from+len(dst)) of the unit have arrived or the call is done.
+// ready reports that they are readable: copied into dst (copied) if they are still in memory,
+// else in the cache file. waited reports that read had to block. fetchErr is the fetch's error
+// when it ended without them (nil when ctx ended).
+func (c *unitCall) read(ctx context.Context, dst []byte, from int64) (ready, copied, waited bool, fetchErr error) {
+	need := from + int64(len(dst))
+	for {
+		c.mu.Lock()
+		if c.avail >= need {
+			if c.buf != nil {
+				copy(dst, c.buf[from:need])
+			}
+			copied = c.buf != nil
+			c.mu.Unlock()
+			return true, copied, waited, nil
+		}
+		grown := c.grown
+		c.mu.Unlock()
+		waited = true
+		select {
+		case <-c.done:
+			return c.err == nil, false, true, c.err
+		case <-grown:
+		case <-ctx.Done():
+			return false, false, true, nil
+		}
+	}
+}
+
+// waitStored blocks until the unit is stored or the call is done. It reports whether the unit
+// is stored, else the fetch's error (nil when ctx ended).
+func (c *unitCall) waitStored(ctx context.Context) (ok bool, fetchErr error) {
+	select {
+	case <-c.done:
+		return c.err == nil, c.err
+	case <-ctx.Done():
+		return false, nil
+	}
+}
+
+// batch is a run of consecutive units of one response and the buffer they arrive in.
+type batch struct {
+	first  int
+	calls  []*unitCall
+	pooled *[]byte // from Fetcher.batches
+	buf    []byte  // the units' bytes
+	recvd  int64   // how many of them have arrived
+}
+
+// newBatch takes a buffer for units first.. of calls and attaches it to them.
+func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
+	off, _ := b.entry.UnitRange(first)
+	lastOff, lastN := b.entry.UnitRange(first + len(calls) - 1)
+	pooled := b.f.batches.Get().(*[]byte)
+	bt := &batch{first: first, calls: calls, pooled: pooled, buf: (*pooled)[:lastOff+lastN-off]}
+	for i, c := range calls {
+		uoff, un := b.entry.UnitRange(first + i)
+		c.attach(bt.buf[uoff-off : uoff-off+un : uoff-off+un])
+	}
+	return bt
+}
+
+// receive reads the batch's bytes from r, telling the waiting readers of each unit how far it
+// has come.
+func (b *Blob) receive(r io.Reader, bt *batch) error {
+	base, _ := b.entry.UnitRange(bt.first)
+	i := 0 // first unit not yet whole
+	for bt.recvd < int64(len(bt.buf)) {
+		n, err := r.Read(bt.buf[bt.recvd:])
+		bt.recvd += int64(n)
+		for ; i < len(bt.calls); i++ {
+			uoff, un := b.entry.UnitRange(bt.first + i)
+			got := min(un, bt.recvd-(uoff-base))
+			if got > 0 {
+				bt.calls[i].advance(got)
+			}
+			if got < un {
+				break
+			}
+		}
+		if bt.recvd == int64(len(bt.buf)) {
+			return nil
+		}
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, bt.first+i, err)
+		}
+	}
+	return nil
+}
+
+// store writes what arrived of a batch into the cache file, releases the buffer and marks the
+// batch's whole units filled. It returns how many units it marked. If the write fails, the
+// buffer stays with the units (their bytes are nowhere else) and is not reused.
+func (b *Blob) store(bt *batch) (stored int, err error) {
+	gen := b.entry.Generation()
+	if bt.recvd > 0 {
+		if err := b.entry.WriteUnits(bt.first, bt.buf[:bt.recvd]); err != nil {
+			return 0, err
+		}
+	}
+	for _, c := range bt.calls {
+		c.detach() // readers find the bytes in the file now, a unit that arrived in part too
+	}
+	b.f.batches.Put(bt.pooled)
+	base, _ := b.entry.UnitRange(bt.first)
+	for i := range bt.calls {
+		u := bt.first + i
+		uoff, un := b.entry.UnitRange(u)
+		if uoff-base+un > bt.recvd {
+			break // arrived in part: written for its readers, not filled
+		}
+		complete, err := b.entry.CommitUnit(u, gen)
+		if err != nil {
+			return stored, err
+		}
+		b.stats.fetchedBytes(int(un))
+		stored++
+		if complete {
+			b.startVerify()
+		}
+	}
+	return stored, nil
+}
+
+// fetchOnce requests the units of calls (consecutive, from first), hands their bytes to
+// waiting readers as they arrive and stores them in batches behind the receiver. It returns
+// how many units it stored whole and why it stopped early.
+func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (stored int, err error) {
+	last := first + len(calls) - 1
+	off, _ := b.entry.UnitRange(first)
+	lastOff, lastN := b.entry.UnitRange(last)
+	n := lastOff + lastN - off
+
+	// A watchdog cancels the attempt when no bytes arrive for StallTimeout.
+	attemptCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := b.f.opts.StallTimeout
+	watchdog := time.AfterFunc(stall, func() {
+		cancel(fmt.Errorf("stalled: no data for %v", stall))
+	})
+	defer watchdog.Stop()
+
+	start := time.Now()
+	body, err := b.remote.get(attemptCtx, off, n)
+	if err != nil {
+		return 0, withCause(attemptCtx, err)
+	}
+	defer body.Close()
+	r := &progressReader{r: body, onProgress: func() { watchdog.Reset(stall) }}
+
+	// The store goroutine writes batches in order; after a failed write it stores nothing
+	// more and cancels the attempt, so that the receiver stops too.
+	queue := make(chan *batch, storeQueue)
+	var storeErr error
+	storeDone := make(chan struct{})
+	go func() {
+		defer close(storeDone)
+		for bt := range queue {
+			if storeErr != nil {
+				continue
+			}
+			n, err := b.store(bt)
+			stored += n
+			if err != nil {
+				storeErr = permanent(err)
+				cancel(storeErr)
+			}
+		}
+	}()
+	var recvErr error
+	per := int(max(1, streamBatch/b.entry.FillUnit()))
+	for i := 0; i < len(calls) && recvErr == nil; i += per {
+		bt := b.newBatch(first+i, calls[i:min(i+per, len(calls))])
+		recvErr = b.receive(r, bt)
+		queue <- bt // also in part: its bytes were handed to readers and must be in the file
+	}
+	close(queue)
+	<-storeDone
+	if storeErr != nil {
+		return stored, storeErr
+	}
+	if recvErr != nil {
+		return stored, withCause(attemptCtx, recvErr)
+	}
+	b.f.metrics.fetchLatency.Observe(time.Since(start).Seconds())
+	b.log.Debug("remotefetch: fetched", "off", off, "bytes", n, "took", time.Since(start))
+	return stored, nil
+}
