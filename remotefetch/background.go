@@ -52,7 +52,7 @@ func (b *Blob) backgroundFill() error {
 		off, _ := b.entry.UnitRange(missing[0])
 		endOff, endN := b.entry.UnitRange(missing[len(missing)-1])
 		ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
-		_, err := b.ensure(ctx, off, endOff+endN, false, false)
+		err := b.ensure(ctx, off, endOff+endN)
 		cancel()
 		if err != nil {
 			if isPermanent(err) || b.ctx.Err() != nil || b.poisoned.Load() != nil {

@@ -187,16 +187,11 @@ func (b *Blob) readFile(dst []byte, off int64, copied []bool) error {
 	return nil
 }
 
-// ensure makes every unit of [off, end) stored in the cache file, fetching the missing ones;
-// with readahead it also starts fetching the next MaxRequestSize after end without waiting for
-// it. partial must be false: a reader that takes the bytes of units still arriving uses
-// fetchInto, which copies them out (the argument remains for background fill's call).
-func (b *Blob) ensure(ctx context.Context, off, end int64, partial, readahead bool) (missed bool, err error) {
-	if partial {
-		panic("remotefetch: ensure with partial; use fetchInto")
-	}
-	missed, _, err = b.fetch(ctx, off, end, nil, readahead)
-	return missed, err
+// ensure makes every unit of [off, end) stored in the cache file, fetching the missing ones
+// (a reader that takes the bytes of units still arriving uses fetchInto instead).
+func (b *Blob) ensure(ctx context.Context, off, end int64) error {
+	_, _, err := b.fetch(ctx, off, end, nil, false)
+	return err
 }
 
 // fetchInto makes the bytes of dst (at off) readable, fetching missing units: bytes of a unit
@@ -502,7 +497,7 @@ func (b *Blob) Fill(ctx context.Context, off, n int64) error {
 	if n == 0 {
 		return nil
 	}
-	_, err := b.ensure(ctx, off, off+n, false, false)
+	err := b.ensure(ctx, off, off+n)
 	return err
 }
 

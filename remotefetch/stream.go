@@ -22,6 +22,10 @@ import (
 // one system call for several units, small enough that a fetch holds little memory.
 const streamBatch = 1 << 20
 
+// smallBatch is the largest batch that gets a buffer of its own size instead of a pooled
+// streamBatch one.
+const smallBatch = 256 << 10
+
 // storeQueue is how many received batches may wait for the store goroutine before the receiver
 // waits: it lets a slow write overlap with receiving without buffering the whole response.
 const storeQueue = 2
@@ -113,7 +117,7 @@ func (c *unitCall) waitStored(ctx context.Context) (ok bool, fetchErr error) {
 type batch struct {
 	first  int
 	calls  []*unitCall
-	pooled *[]byte // from Fetcher.batches
+	pooled *[]byte // from Fetcher.batches; nil for a small batch
 	buf    []byte  // the units' bytes
 	recvd  int64   // how many of them have arrived
 }
@@ -122,8 +126,14 @@ type batch struct {
 func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
 	off, _ := b.entry.UnitRange(first)
 	lastOff, lastN := b.entry.UnitRange(first + len(calls) - 1)
-	pooled := b.f.batches.Get().(*[]byte)
-	bt := &batch{first: first, calls: calls, pooled: pooled, buf: (*pooled)[:lastOff+lastN-off]}
+	n := lastOff + lastN - off
+	bt := &batch{first: first, calls: calls}
+	if n > smallBatch {
+		bt.pooled = b.f.batches.Get().(*[]byte)
+		bt.buf = (*bt.pooled)[:n]
+	} else {
+		bt.buf = make([]byte, n) // a lazy start's many small misses each hold little memory
+	}
 	for i, c := range calls {
 		uoff, un := b.entry.UnitRange(first + i)
 		c.attach(bt.buf[uoff-off : uoff-off+un : uoff-off+un])
@@ -175,7 +185,9 @@ func (b *Blob) store(bt *batch) (stored int, err error) {
 	for _, c := range bt.calls {
 		c.detach() // readers find the bytes in the file now, a unit that arrived in part too
 	}
-	b.f.batches.Put(bt.pooled)
+	if bt.pooled != nil {
+		b.f.batches.Put(bt.pooled)
+	}
 	base, _ := b.entry.UnitRange(bt.first)
 	for i := range bt.calls {
 		u := bt.first + i
