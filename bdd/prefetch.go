@@ -15,6 +15,7 @@ import (
 	"github.com/obdproject/obd/ext4meta"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/opencontainers/go-digest"
 )
 
 // A device with remote layers fetches ahead of its workload in two ways, both in the
@@ -41,8 +42,10 @@ type prefetcher struct {
 
 	layers  []*openLayer
 	names   []string
+	blobs   []digest.Digest // of the remote layers
 	maxFile int64
 	walk    bool
+	replays *replays
 	log     *slog.Logger
 
 	files   atomic.Pointer[ext4meta.Files] // set when the walk is done
@@ -58,25 +61,32 @@ type prefetcher struct {
 
 func (s *Server) newPrefetcher(d *device) *prefetcher {
 	p := &prefetcher{
-		Backend: d.stack, layers: d.layers, maxFile: int64(s.cfg.Cache.PrefetchFileMax),
+		Backend: d.stack, layers: d.layers, maxFile: int64(s.cfg.Cache.PrefetchFileMax), replays: s.replays,
 		log: s.log.With("device", d.spec.ID), fetched: map[int]bool{}, buffers: make(chan []byte, filePieceReads),
 	}
 	for range filePieceReads {
 		p.buffers <- nil // allocated on first use: most devices never prefetch a file
 	}
-	remote := false
 	for i, l := range d.layers {
-		remote = remote || l.blob != nil
+		if l.blob != nil {
+			p.blobs = append(p.blobs, l.blob.Digest())
+		}
 		p.names = append(p.names, d.spec.Layers[i].Name())
 	}
-	p.walk = remote && s.cfg.Cache.PrefetchMetadata
+	p.walk = len(p.blobs) > 0 && s.cfg.Cache.PrefetchMetadata
 	p.ctx, p.cancel = context.WithTimeout(context.Background(), prefetchTimeout)
 	return p
 }
 
-// start begins the metadata walk, if the device has remote layers and it is enabled.
+// start begins the metadata walk, if the device has remote layers, it is enabled and no
+// trace replay covers the device.
 func (p *prefetcher) start() {
 	if !p.walk {
+		return
+	}
+	if !p.replays.register(p) {
+		p.log.Info("metadata and file prefetch skipped: a trace replay covers the device")
+		p.cancel()
 		return
 	}
 	p.wg.Go(func() {
@@ -96,8 +106,15 @@ func (p *prefetcher) start() {
 	})
 }
 
+// yield stops fetching ahead because a trace replay now covers the device.
+func (p *prefetcher) yield() {
+	p.log.Info("metadata and file prefetch stopped: a trace replay covers the device")
+	p.cancel()
+}
+
 // stop ends the prefetching and waits for the reads in flight.
 func (p *prefetcher) stop() {
+	p.replays.unregister(p)
 	p.cancel()
 	p.wg.Wait()
 }
@@ -128,7 +145,7 @@ func (p *prefetcher) walkMetadata() (ext4meta.Stats, *ext4meta.Files, error) {
 // the files it read.
 func (p *prefetcher) ReadAt(b []byte, off int64) (int, error) {
 	files := p.files.Load()
-	if files == nil || p.maxFile <= 0 {
+	if files == nil || p.maxFile <= 0 || p.ctx.Err() != nil {
 		return p.Backend.ReadAt(b, off)
 	}
 	before := p.misses()

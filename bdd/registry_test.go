@@ -82,6 +82,14 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	if _, err := d.client.Prefetch(d.ctx(), &bddv1.PrefetchRequest{Trace: traceResp.GetTrace()}); err != nil {
 		t.Fatalf("prefetch: %v", err)
 	}
+	// A device attached over the blobs a replay has just covered leaves fetching ahead to it.
+	again := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	if !d.logContains("metadata and file prefetch skipped: a trace replay covers the device", again.GetId()) {
+		t.Errorf("device %s attached after a replay of its blobs did not skip its own prefetch:\n%s", again.GetId(), d.logs())
+	}
+	if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: again.GetId()}); err != nil {
+		t.Fatal(err)
+	}
 
 	// A blob the registry does not have fails the attach and leaves nothing behind.
 	missing := &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{

@@ -19,6 +19,7 @@ import (
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/tarblob"
 	"github.com/obdproject/obd/zfile"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,6 +40,7 @@ type Server struct {
 	fetcher *remotefetch.Fetcher
 	layers  *layerPool
 	metrics *metrics
+	replays *replays
 
 	// keeperCommand starts the fd keeper; keeperClient is connected on first use.
 	keeperCommand []string
@@ -99,6 +101,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		fetcher: fetcher,
 		layers:  newLayerPool(fetcher),
 		metrics: m,
+		replays: newReplays(),
 		devices: map[string]*device{},
 		busy:    map[string]bool{},
 		uppers:  map[string]string{},
@@ -319,12 +322,19 @@ func (s *Server) StopTrace(context.Context, *bddv1.StopTraceRequest) (*bddv1.Sto
 	return &bddv1.StopTraceResponse{Trace: buf.Bytes()}, nil
 }
 
-// Prefetch fetches every range of a trace into the cache.
+// Prefetch fetches every range of a trace into the cache. Devices over the trace's blobs
+// stop fetching ahead meanwhile (see replays).
 func (s *Server) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bddv1.PrefetchResponse, error) {
 	trace, err := remotefetch.ReadTrace(bytes.NewReader(req.GetTrace()))
 	if err != nil {
 		return nil, grpcError(fmt.Errorf("%w: trace: %w", ErrInvalidRequest, err))
 	}
+	blobs := make([]digest.Digest, len(trace.Blobs))
+	for i, b := range trace.Blobs {
+		blobs[i] = b.Digest
+	}
+	s.replays.begin(blobs)
+	defer s.replays.end(blobs)
 	if err := s.fetcher.Prefetch(ctx, trace); err != nil {
 		return nil, grpcError(fmt.Errorf("prefetch: %w", err))
 	}

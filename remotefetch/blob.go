@@ -44,6 +44,7 @@ type Blob struct {
 	verifyMu   sync.Mutex
 	foreground atomic.Int64 // ReadAt calls in progress; background fill waits for zero
 	seqEnd     atomic.Int64 // end of the previous read, for sequential readahead
+	raStart    int          // first unit of the last readahead window issued; guarded by mu
 	raEnd      int          // first unit past the issued readahead; guarded by mu
 	raWindow   int          // current readahead window in units, grown by sequential reads; guarded by mu
 }
@@ -102,14 +103,14 @@ func (b *Blob) readCached(p []byte, off int64, quiet bool) (n int, ok bool, err 
 		return 0, false, nil
 	}
 	unit := b.entry.FillUnit()
-	last := int((end - 1) / unit)
-	if !b.entry.HasAll(int(off/unit), last) {
+	first, last := int(off/unit), int((end-1)/unit)
+	if !b.entry.HasAll(first, last) {
 		return 0, false, nil
 	}
 	if !quiet {
 		b.f.recordTrace(b, off, end-off)
 		if b.seqEnd.Swap(end) == off && off > 0 {
-			b.readahead(last)
+			b.readahead(first, last)
 		}
 	}
 	b.stats.hit()
@@ -207,7 +208,7 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 	unit := b.entry.FillUnit()
 	first, last := int(off/unit), int((end-1)/unit)
 	if readahead {
-		b.readahead(last)
+		b.readahead(first, last)
 	}
 	for {
 		if perr := b.poisoned.Load(); perr != nil {
@@ -261,26 +262,46 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 	}
 }
 
-// readahead keeps a window of units past last in flight. The window starts at two units
-// and doubles with every sequential read up to MaxRequestSize, as the kernel's readahead
-// does: a file read through once (a library at container start) costs a little more than
-// its own bytes, while a long sequential scan soon fetches in MaxRequestSize requests. It
-// issues the next window only when the reader is within half a window of the end of the
-// previous one, so requests stay window-sized.
-func (b *Blob) readahead(last int) {
+// readahead keeps a window of units past last in flight, for a sequential read of units
+// first to last. The window starts at two units and doubles with every sequential read up
+// to MaxRequestSize, as the kernel's readahead does: a file read through once (a library at
+// container start) costs a little more than its own bytes, while a long sequential scan
+// soon fetches in MaxRequestSize requests. It issues the next window only when the reader
+// is within half a window of the end of the previous one, so requests stay window-sized.
+//
+// Like the kernel's, it must be earned: the read is in the last window readahead issued, or
+// it needs units that no one has fetched or is fetching. A reader going through bytes that
+// arrived by other means (a trace replay, bdd's metadata walk) is following what those
+// already chose to fetch, and reading past it on speculation only takes link time from them
+// (bench/FINDINGS.md: megabytes of a base layer's inode tables during a replayed start).
+func (b *Blob) readahead(first, last int) {
 	maxWindow := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
 	b.mu.Lock()
 	b.raWindow = min(max(2, 2*b.raWindow), maxWindow)
 	window := b.raWindow
 	from := max(b.raEnd, last+1)
-	if from-last > window/2 || from >= b.entry.Units() {
+	if from-last > window/2 || from >= b.entry.Units() || !b.readaheadEarnedLocked(first, last) {
 		b.mu.Unlock()
 		return
 	}
 	to := min(from+window, b.entry.Units())
-	b.raEnd = to
+	b.raStart, b.raEnd = from, to
 	b.mu.Unlock()
 	_, _ = b.claimAndFetch(from, to-1)
+}
+
+// readaheadEarnedLocked reports whether a sequential read of units first to last earns
+// readahead (see readahead). b.mu is held.
+func (b *Blob) readaheadEarnedLocked(first, last int) bool {
+	if last >= b.raStart && first < b.raEnd {
+		return true
+	}
+	for u := first; u <= last; u++ {
+		if !b.entry.Has(u) && b.inflight[u] == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // resetReadahead shrinks the readahead window back after a read that is not sequential.
@@ -395,7 +416,7 @@ func (b *Blob) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 		}
 		lastErr = err
 		b.lastErr.Store(&err)
-		b.log.Debug("remotefetch: fetch failed", "digest", b.dgst, "error", err)
+		b.log.Debug("remotefetch: fetch failed", "error", err)
 		if isPermanent(err) {
 			return
 		}
@@ -481,7 +502,7 @@ func (b *Blob) verify() error {
 	}
 	err := b.entry.Verify()
 	if errors.Is(err, ErrDigestMismatch) {
-		b.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", b.ref, "digest", b.dgst)
+		b.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", b.ref)
 		perr := fmt.Errorf("remotefetch: blob %s from %s: %w", b.dgst, b.ref, err)
 		b.poisoned.Store(&perr)
 		return perr

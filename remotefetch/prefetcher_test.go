@@ -51,6 +51,37 @@ func TestPrefetcherReadsQuietly(t *testing.T) {
 	}
 }
 
+// TestReadaheadMustBeEarned: sequential reads through units a replay has filled start no
+// readahead (the replay chose what to fetch); reading on past them, into units no one has
+// fetched, does.
+func TestReadaheadMustBeEarned(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 64*testUnit, true)
+	f := newFetcher(t, Options{MaxRequestSize: 32 * testUnit, BackgroundDelay: -1})
+	b := open(t, f, e)
+	defer b.Close()
+	if err := b.Fill(t.Context(), 0, 8*testUnit); err != nil {
+		t.Fatal(err)
+	}
+	for u := int64(0); u < 8; u++ {
+		if err := checkRead(t, b, e.data, u*testUnit, testUnit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForIdle(t, b)
+	if got, want := b.Stats().BytesFetched, uint64(8*testUnit); got != want {
+		t.Fatalf("sequential reads of 8 filled units: %d bytes fetched, want the %d filled (no readahead)", got, want)
+	}
+	for u := int64(8); u < 12; u++ {
+		if err := checkRead(t, b, e.data, u*testUnit, testUnit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForIdle(t, b)
+	if !b.entry.HasAll(12, 13) {
+		t.Fatal("sequential reads into units no one had fetched started no readahead")
+	}
+}
+
 // TestTraceRecordsFirstRead: a trace numbers its ranges by when they were first read, merged
 // ranges keep the earliest number, and the numbers survive writing and reading the trace.
 func TestTraceRecordsFirstRead(t *testing.T) {
