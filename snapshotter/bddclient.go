@@ -128,6 +128,9 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 			Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
 		}}})
 	}
+	// The replay starts first: the device's first reads (its layers' indexes) are the
+	// trace's first ranges, and bdd leaves its own fetching ahead to a covering replay.
+	b.startPrefetch(key, layers)
 	resp, err := b.client.Attach(ctx, req)
 	if err != nil {
 		return "", fmt.Errorf("bdd attach %s: %w", key, err)
@@ -141,7 +144,6 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		_, detachErr := b.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
 		return "", errors.Join(fmt.Errorf("record device of %s: %w", key, err), detachErr)
 	}
-	b.startPrefetch(key, layers)
 	return dev.GetDevicePath(), nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,6 +178,29 @@ func TestExt4RoundTrip(t *testing.T) {
 	if fd, err := openRaw(ro.File(), unix.O_RDWR); err == nil {
 		unix.Close(fd)
 		t.Error("opening the read-only device's file for writing succeeded")
+	}
+}
+
+// TestReadAheadIsReset: a new device gets the kernel's default readahead, whatever the free
+// loop devices' last users left on them.
+func TestReadAheadIsReset(t *testing.T) {
+	requireFacilities(t)
+	devices, _ := filepath.Glob("/sys/block/loop*")
+	for _, dev := range devices {
+		if _, err := os.Stat(filepath.Join(dev, "loop/backing_file")); err == nil {
+			continue // in use: not ours to change
+		}
+		if err := os.WriteFile(filepath.Join(dev, "queue/read_ahead_kb"), []byte("2560"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := attach(t, newFileBackend(t, 16<<20), Options{ReadOnly: true})
+	got, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(d.Path()), "queue/read_ahead_kb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(got)) != strconv.Itoa(loopReadAheadKB) {
+		t.Errorf("%s has %s KiB of readahead, want %d", d.Path(), strings.TrimSpace(string(got)), loopReadAheadKB)
 	}
 }
 
