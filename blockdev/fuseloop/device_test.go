@@ -199,8 +199,8 @@ func TestReadAheadIsReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.TrimSpace(string(got)) != strconv.Itoa(loopReadAheadKB) {
-		t.Errorf("%s has %s KiB of readahead, want %d", d.Path(), strings.TrimSpace(string(got)), loopReadAheadKB)
+	if strings.TrimSpace(string(got)) != strconv.Itoa(blockdev.ReadAheadKB) {
+		t.Errorf("%s has %s KiB of readahead, want %d", d.Path(), strings.TrimSpace(string(got)), blockdev.ReadAheadKB)
 	}
 }
 

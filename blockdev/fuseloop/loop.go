@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -14,13 +13,7 @@ import (
 	"github.com/obdproject/obd/blockdev"
 )
 
-// loopReadAheadKB is the readahead the loop device gets, in KiB: the kernel's own default.
-// A loop device keeps the readahead its last user left (2560 KiB on a machine where some
-// tool had raised it), and on a lazily fetched device every KiB the kernel reads ahead may
-// cross the network: a python start read 30% more with 2560 (bench/FINDINGS.md).
-const loopReadAheadKB = 128
-
-// attachLoop binds file to a free loop device with direct I/O and loopReadAheadKB of
+// attachLoop binds file to a free loop device with direct I/O and blockdev.ReadAheadKB of
 // readahead, and returns its path.
 func attachLoop(file string, readOnly bool) (string, error) {
 	flags := unix.O_RDWR
@@ -52,7 +45,7 @@ func attachLoop(file string, readOnly bool) (string, error) {
 		dev := fmt.Sprintf("/dev/loop%d", n)
 		err = configureLoop(dev, &cfg)
 		if err == nil {
-			if err := setReadAhead(dev, loopReadAheadKB); err != nil {
+			if err := blockdev.SetReadAhead(dev, blockdev.ReadAheadKB); err != nil {
 				return "", errors.Join(err, detachLoop(dev))
 			}
 			return dev, nil
@@ -61,15 +54,6 @@ func attachLoop(file string, readOnly bool) (string, error) {
 			return "", fmt.Errorf("fuseloop: attach %s to %s: %w", file, dev, err)
 		}
 	}
-}
-
-// setReadAhead sets the readahead of block device dev (/dev/NAME) to kb KiB.
-func setReadAhead(dev string, kb int) error {
-	path := "/sys/class/block/" + filepath.Base(dev) + "/queue/read_ahead_kb"
-	if err := os.WriteFile(path, []byte(strconv.Itoa(kb)), 0); err != nil {
-		return fmt.Errorf("fuseloop: set readahead of %s: %w", dev, err)
-	}
-	return nil
 }
 
 func configureLoop(dev string, cfg *unix.LoopConfig) error {

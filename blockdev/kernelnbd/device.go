@@ -145,6 +145,9 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (*Device, err
 	}()
 	select {
 	case <-ready:
+		if err := blockdev.SetReadAhead(path, blockdev.ReadAheadKB); err != nil {
+			return nil, errors.Join(err, d.Close())
+		}
 		return d, nil
 	case err := <-d.connected:
 		stop()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,6 +87,10 @@ func TestKernelNBD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	ra, err := os.ReadFile(filepath.Join("/sys/class/block", filepath.Base(d.Path()), "queue/read_ahead_kb"))
+	if err != nil || strings.TrimSpace(string(ra)) != strconv.Itoa(blockdev.ReadAheadKB) {
+		t.Errorf("%s readahead %q (%v), want %d KiB", d.Path(), ra, err, blockdev.ReadAheadKB)
+	}
 	f, err := os.Open(d.Path())
 	if err != nil {
 		t.Fatal(err)
