@@ -37,6 +37,7 @@ type Blob struct {
 
 	mu       sync.Mutex
 	inflight map[int]*unitCall // units being fetched
+	ranges   []*rangeCall      // FillRange calls in flight
 	closed   bool
 
 	lastErr    atomic.Pointer[error] // most recent fetch failure, for deadline errors
@@ -102,15 +103,13 @@ func (b *Blob) readCached(p []byte, off int64, quiet bool) (n int, ok bool, err 
 	if off < 0 || len(p) == 0 || end > b.size || b.ctx.Err() != nil || b.poisoned.Load() != nil {
 		return 0, false, nil
 	}
-	unit := b.entry.FillUnit()
-	first, last := int(off/unit), int((end-1)/unit)
-	if !b.entry.HasAll(first, last) {
+	if !b.entry.HasRange(off, end) {
 		return 0, false, nil
 	}
 	if !quiet {
 		b.f.recordTrace(b, off, end-off)
 		if b.seqEnd.Swap(end) == off && off > 0 {
-			b.readahead(first, last)
+			b.readahead(off, end)
 		}
 	}
 	b.stats.hit()
@@ -208,9 +207,21 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 	unit := b.entry.FillUnit()
 	first, last := int(off/unit), int((end-1)/unit)
 	if readahead {
-		b.readahead(first, last)
+		b.readahead(off, end)
+	}
+	if ok, inMem, waited := b.fromRange(ctx, off, end, dst); ok {
+		if inMem {
+			copied = make([]bool, last-first+1)
+			for i := range copied {
+				copied[i] = true
+			}
+		}
+		return waited, copied, nil
 	}
 	for {
+		if b.entry.HasRange(off, end) {
+			return missed, copied, nil // a range fill stored it meanwhile, or it was there
+		}
 		if perr := b.poisoned.Load(); perr != nil {
 			return missed, copied, *perr
 		}
@@ -262,8 +273,8 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 	}
 }
 
-// readahead keeps a window of units past last in flight, for a sequential read of units
-// first to last. The window starts at two units and doubles with every sequential read up
+// readahead keeps a window of units past the read's last unit in flight, for a sequential
+// read of [off, end). The window starts at two units and doubles with every sequential read up
 // to MaxRequestSize, as the kernel's readahead does: a file read through once (a library at
 // container start) costs a little more than its own bytes, while a long sequential scan
 // soon fetches in MaxRequestSize requests. It issues the next window only when the reader
@@ -274,13 +285,15 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 // arrived by other means (a trace replay, bdd's metadata walk) is following what those
 // already chose to fetch, and reading past it on speculation only takes link time from them
 // (bench/FINDINGS.md: megabytes of a base layer's inode tables during a replayed start).
-func (b *Blob) readahead(first, last int) {
+func (b *Blob) readahead(off, end int64) {
+	unit := b.entry.FillUnit()
+	last := int((end - 1) / unit)
 	maxWindow := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
 	b.mu.Lock()
 	b.raWindow = min(max(2, 2*b.raWindow), maxWindow)
 	window := b.raWindow
 	from := max(b.raEnd, last+1)
-	if from-last > window/2 || from >= b.entry.Units() || !b.readaheadEarnedLocked(first, last) {
+	if from-last > window/2 || from >= b.entry.Units() || !b.readaheadEarnedLocked(off, end) {
 		b.mu.Unlock()
 		return
 	}
@@ -290,14 +303,28 @@ func (b *Blob) readahead(first, last int) {
 	_, _ = b.claimAndFetch(from, to-1)
 }
 
-// readaheadEarnedLocked reports whether a sequential read of units first to last earns
-// readahead (see readahead). b.mu is held.
-func (b *Blob) readaheadEarnedLocked(first, last int) bool {
+// readaheadEarnedLocked reports whether a sequential read of [off, end) earns readahead (see
+// readahead). b.mu is held.
+func (b *Blob) readaheadEarnedLocked(off, end int64) bool {
+	unit := b.entry.FillUnit()
+	first, last := int(off/unit), int((end-1)/unit)
 	if last >= b.raStart && first < b.raEnd {
 		return true
 	}
 	for u := first; u <= last; u++ {
-		if !b.entry.Has(u) && b.inflight[u] == nil {
+		uoff, n := b.entry.UnitRange(u)
+		lo, hi := max(off, uoff), min(end, uoff+n)
+		if b.inflight[u] == nil && !b.entry.HasRange(lo, hi) && !b.rangeInFlightLocked(lo, hi) {
+			return true
+		}
+	}
+	return false
+}
+
+// rangeInFlightLocked reports whether a FillRange in flight covers [off, end). b.mu is held.
+func (b *Blob) rangeInFlightLocked(off, end int64) bool {
+	for _, c := range b.ranges {
+		if c.off <= off && end <= c.end {
 			return true
 		}
 	}

@@ -699,6 +699,89 @@ func TestTraceAndPrefetch(t *testing.T) {
 	}
 }
 
+// TestPrefetchFetchesExactRanges: a replay fetches the traced bytes, not the fill units around
+// them; reads inside them are hits, and a read that strays outside fetches whole units.
+func TestPrefetchFetchesExactRanges(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 32*testUnit, true)
+	f := newFetcher(t, Options{})
+	b := open(t, f, e) // held across the replay, so its counters see the replay's fetches
+	defer b.Close()
+	ranges := []TraceRange{{Off: 100, Len: 3000, First: 1}, {Off: 5*testUnit - 700, Len: 1500, First: 2},
+		{Off: 31*testUnit + 10, Len: testUnit - 10, First: 3}}
+	tr := Trace{Blobs: []TraceBlob{{Ref: e.ref, Digest: e.dgst, Size: int64(len(e.data)), Ranges: ranges}}}
+	if err := f.Prefetch(t.Context(), tr); err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	for _, r := range ranges {
+		want += uint64(r.Len)
+	}
+	if got := b.Stats().BytesFetched; got != want {
+		t.Fatalf("replay fetched %d bytes, want the traced %d", got, want)
+	}
+	requests := e.proxy.Requests()
+	for _, r := range ranges {
+		for _, q := range [][2]int64{{r.Off, r.Len}, {r.Off + r.Len/3, r.Len / 3}, {r.Off + r.Len - 1, 1}} {
+			if err := checkRead(t, b, e.data, q[0], q[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if e.proxy.Requests() != requests || b.Stats().Misses != 0 {
+		t.Fatalf("reads inside replayed ranges: %d requests, stats %+v", e.proxy.Requests()-requests, b.Stats())
+	}
+	if err := checkRead(t, b, e.data, 50, 100); err != nil {
+		t.Fatal(err)
+	}
+	waitForIdle(t, b)
+	if e.proxy.Requests() != requests+1 || !b.entry.Has(0) {
+		t.Fatalf("a read past a replayed range: %d requests, unit 0 filled %v", e.proxy.Requests()-requests, b.entry.Has(0))
+	}
+}
+
+// TestReadsJoinRangeFillInFlight: reads and fills inside a range being fetched wait for it
+// instead of fetching its units again.
+func TestReadsJoinRangeFillInFlight(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 8*testUnit, true)
+	e.proxy.SetShaping(faultproxy.Shaping{Latency: 200 * time.Millisecond})
+	f := newFetcher(t, Options{})
+	b := open(t, f, e)
+	defer b.Close()
+	off, n := int64(1000), int64(2*testUnit)
+	done := make(chan error, 1)
+	go func() { done <- b.FillRange(t.Context(), off, n) }()
+	for {
+		b.mu.Lock()
+		inFlight := len(b.ranges) > 0
+		b.mu.Unlock()
+		if inFlight {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := checkRead(t, b, e.data, off+testUnit, 500); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Go(func() {
+		if err := b.Fill(t.Context(), off+n-10, 10); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := checkRead(t, b, e.data, off, n); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.proxy.Requests(); got != 1 {
+		t.Fatalf("%d requests, want the range fill's one", got)
+	}
+}
+
 func TestReadTraceRejectsBadInput(t *testing.T) {
 	for _, in := range []string{
 		``, `{"version":2,"blobs":[]}`,

@@ -208,6 +208,26 @@ func (b *Blob) store(bt *batch) (stored int, err error) {
 	return stored, nil
 }
 
+// startAttempt starts a GET of [off, off+n) under ctx, which a watchdog cancels (through
+// cancel) when no bytes arrive for StallTimeout. closeBody stops the watchdog and closes the
+// body.
+func (b *Blob) startAttempt(ctx context.Context, cancel context.CancelCauseFunc, off, n int64) (body io.Reader, closeBody func(), err error) {
+	stall := b.f.opts.StallTimeout
+	watchdog := time.AfterFunc(stall, func() {
+		cancel(fmt.Errorf("stalled: no data for %v", stall))
+	})
+	rc, err := b.remote.get(ctx, off, n)
+	if err != nil {
+		watchdog.Stop()
+		return nil, nil, withCause(ctx, err)
+	}
+	closeBody = func() {
+		watchdog.Stop()
+		rc.Close()
+	}
+	return &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}, closeBody, nil
+}
+
 // fetchOnce requests the units of calls (consecutive, from first), hands their bytes to
 // waiting readers as they arrive and stores them in batches behind the receiver. It returns
 // how many units it stored whole and why it stopped early.
@@ -217,22 +237,14 @@ func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (sto
 	lastOff, lastN := b.entry.UnitRange(last)
 	n := lastOff + lastN - off
 
-	// A watchdog cancels the attempt when no bytes arrive for StallTimeout.
 	attemptCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stall := b.f.opts.StallTimeout
-	watchdog := time.AfterFunc(stall, func() {
-		cancel(fmt.Errorf("stalled: no data for %v", stall))
-	})
-	defer watchdog.Stop()
-
 	start := time.Now()
-	body, err := b.remote.get(attemptCtx, off, n)
+	r, closeBody, err := b.startAttempt(attemptCtx, cancel, off, n)
 	if err != nil {
-		return 0, withCause(attemptCtx, err)
+		return 0, err
 	}
-	defer body.Close()
-	r := &progressReader{r: body, onProgress: func() { watchdog.Reset(stall) }}
+	defer closeBody()
 
 	// The store goroutine writes batches in order; after a failed write it stores nothing
 	// more and cancels the attempt, so that the receiver stops too.

@@ -22,6 +22,10 @@ const (
 	traceVersion   = 1
 	maxTraceBytes  = 64 << 20
 	prefetchWorker = 8
+	// prefetchMergeGap: a replay fetches two ranges of a blob this close together with one
+	// request. The gap's bytes cost less than a request does (its round trip, and the
+	// registry's and our per-request work, which bound a replay on a small machine).
+	prefetchMergeGap = 4 << 10
 )
 
 // Trace lists which ranges of which blobs were read while tracing, e.g. during a container's
@@ -72,7 +76,7 @@ func (f *Fetcher) StopTrace() Trace {
 	var t Trace
 	for _, d := range f.tracer.order {
 		tb := f.tracer.blobs[d]
-		tb.Ranges = mergeRanges(tb.Ranges)
+		tb.Ranges = mergeRanges(tb.Ranges, 0)
 		t.Blobs = append(t.Blobs, *tb)
 	}
 	f.tracer.blobs, f.tracer.order = nil, nil
@@ -97,17 +101,17 @@ func (f *Fetcher) recordTrace(b *Blob, off, n int64) {
 	f.tracer.reads++
 	tb.Ranges = append(tb.Ranges, TraceRange{Off: off, Len: n, First: f.tracer.reads})
 	if len(tb.Ranges) > 4096 {
-		tb.Ranges = mergeRanges(tb.Ranges)
+		tb.Ranges = mergeRanges(tb.Ranges, 0)
 	}
 }
 
-// mergeRanges sorts ranges and merges overlapping or touching ones; a merged range was first
-// read when the earliest of its parts was.
-func mergeRanges(rs []TraceRange) []TraceRange {
+// mergeRanges sorts ranges and merges those that overlap or are at most gap bytes apart; a
+// merged range was first read when the earliest of its parts was.
+func mergeRanges(rs []TraceRange, gap int64) []TraceRange {
 	slices.SortFunc(rs, func(a, b TraceRange) int { return cmp.Compare(a.Off, b.Off) })
 	var out []TraceRange
 	for _, r := range rs {
-		if n := len(out); n > 0 && r.Off <= out[n-1].Off+out[n-1].Len {
+		if n := len(out); n > 0 && r.Off <= out[n-1].Off+out[n-1].Len+gap {
 			last := &out[n-1]
 			last.Len = max(last.Len, r.Off+r.Len-last.Off)
 			last.First = min(firstOrLast(last.First), firstOrLast(r.First))
@@ -193,7 +197,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, t Trace) error {
 		wg.Go(func() {
 			for j := range jobs {
 				rctx, cancel := context.WithTimeout(ctx, f.opts.ReadTimeout)
-				if err := j.b.Fill(rctx, j.rg.Off, j.rg.Len); err != nil {
+				if err := j.b.FillRange(rctx, j.rg.Off, j.rg.Len); err != nil {
 					fail(err)
 				}
 				cancel()
@@ -211,7 +215,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, t Trace) error {
 			continue
 		}
 		opened = append(opened, b)
-		for _, rg := range tb.Ranges {
+		for _, rg := range mergeRanges(slices.Clone(tb.Ranges), prefetchMergeGap) {
 			queue = append(queue, job{b, rg})
 		}
 	}

@@ -74,6 +74,7 @@ type record struct {
 	refs     int
 	dirty    bool // entry has units written but not yet durable
 	unitSize int64
+	parts    *rangeSet // ranges stored outside whole units, while this process runs
 }
 
 // Open opens (creating if needed) the cache in opts.Dir and indexes the blobs already there.
@@ -206,7 +207,7 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 		r.lastUse = time.Now()
 		return r.entry, nil
 	}
-	e, err := c.openEntry(d, size)
+	e, fresh, err := c.openEntry(d, size)
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +215,10 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 		r = &record{dgst: d, unitSize: c.opts.FillUnit}
 		c.records[d] = r
 	}
+	if r.parts == nil || fresh {
+		r.parts = &rangeSet{}
+	}
+	e.parts = r.parts
 	c.usage += e.filledBytes() - r.filled
 	r.filled = e.filledBytes()
 	r.entry, r.refs, r.lastUse = e, 1, time.Now()
@@ -221,43 +226,46 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 }
 
 // openEntry opens or creates the files of blob d. A bitmap written for another size or unit
-// is discarded together with its data.
-func (c *Cache) openEntry(d digest.Digest, size int64) (*Entry, error) {
+// is discarded together with its data (fresh reports that the data file is new).
+func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, err error) {
 	bmPath, dataPath := c.paths(d)
 	if err := os.MkdirAll(filepath.Dir(bmPath), 0o700); err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
+		return nil, false, fmt.Errorf("cache: %w", err)
 	}
 	n := unitCount(size, c.opts.FillUnit)
 	bm, flags := newBitmap(n), uint64(0)
+	fresh = true
 	if raw, err := os.ReadFile(bmPath); err == nil {
+		fresh = false
 		if got, f, derr := decodeBitmap(raw, c.opts.FillUnit, size); derr == nil {
 			bm, flags = got, f
 		} else {
 			c.log.Warn("cache: discarding entry", "digest", d, "error", derr)
 			_ = os.Remove(dataPath)
+			fresh = true
 		}
 	}
 	data, err := os.OpenFile(dataPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("cache: open %s: %w", d, err)
+		return nil, false, fmt.Errorf("cache: open %s: %w", d, err)
 	}
 	if err := data.Truncate(size); err != nil {
 		data.Close()
-		return nil, fmt.Errorf("cache: size %s: %w", d, err)
+		return nil, false, fmt.Errorf("cache: size %s: %w", d, err)
 	}
 	bmf, err := os.OpenFile(bmPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		data.Close()
-		return nil, fmt.Errorf("cache: open bitmap %s: %w", d, err)
+		return nil, false, fmt.Errorf("cache: open bitmap %s: %w", d, err)
 	}
-	e := &Entry{cache: c, dgst: d, size: size, unit: c.opts.FillUnit, units: n, data: data, bmFile: bmf,
+	e = &Entry{cache: c, dgst: d, size: size, unit: c.opts.FillUnit, units: n, data: data, bmFile: bmf,
 		present: bm, durable: bm.clone(), flags: flags}
 	e.unpinned.L = &e.mu
 	if err := e.persistBitmap(bm, flags); err != nil {
 		e.closeFiles()
-		return nil, err
+		return nil, false, err
 	}
-	return e, nil
+	return e, fresh, nil
 }
 
 // Release drops one hold on e. The last release makes the entry durable, closes its files and
@@ -402,6 +410,7 @@ type Entry struct {
 
 	data   *os.File
 	bmFile *os.File
+	parts  *rangeSet // see WriteRange; shared with the record, so it outlives this hold
 
 	// fillMu orders unit writes (shared) against discard (exclusive), so a discarded
 	// unit's bit is never set over truncated data.
@@ -596,6 +605,71 @@ func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
 	return complete, nil
 }
 
+// WriteRange stores p at off, a range that need not start or end on a unit boundary (a trace
+// replay fetches exactly the ranges a workload read), and makes it readable: HasRange covers
+// it. The units it completes, with the ranges stored before, are marked filled as CommitUnit
+// would; the rest of it is remembered in memory only, for as long as this Cache is open and
+// the blob stays cached, so after a restart those bytes are fetched again. gen is as for
+// CommitUnit. It reports whether the blob is now complete (and unverified).
+func (e *Entry) WriteRange(off int64, p []byte, gen int) (complete bool, err error) {
+	end := off + int64(len(p))
+	if off < 0 || end > e.size {
+		return false, fmt.Errorf("cache: %s: range %d+%d outside size %d", e.dgst, off, len(p), e.size)
+	}
+	if len(p) == 0 {
+		return false, nil
+	}
+	e.fillMu.RLock()
+	defer e.fillMu.RUnlock()
+	for at := off; at < end; {
+		n := min(end-at, maxWrite)
+		if _, err := e.data.WriteAt(p[at-off:at-off+n], at); err != nil {
+			return false, fmt.Errorf("cache: %s: write range %d+%d: %w", e.dgst, off, len(p), err)
+		}
+		at += n
+	}
+	e.mu.Lock()
+	if e.generation != gen {
+		e.mu.Unlock()
+		return false, fmt.Errorf("cache: %s: range %d+%d: %w", e.dgst, off, len(p), ErrDiscarded)
+	}
+	e.parts.add(off, end)
+	var grown int64
+	for i := int(off / e.unit); i <= int((end-1)/e.unit); i++ {
+		uoff, n := e.UnitRange(i)
+		if !e.present.has(i) && e.parts.covers(uoff, uoff+n) {
+			e.present.set(i)
+			grown += n
+		}
+	}
+	complete = grown > 0 && e.present.count() == e.units && e.flags&flagVerified == 0
+	e.mu.Unlock()
+	if grown > 0 {
+		e.cache.grew(e.dgst, grown)
+	}
+	return complete, nil
+}
+
+// HasRange reports whether every byte of [off, end) is readable: in filled units or in ranges
+// stored with WriteRange.
+func (e *Entry) HasRange(off, end int64) bool {
+	if off >= end {
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := int(off / e.unit); i <= int((end-1)/e.unit); i++ {
+		if e.present.has(i) {
+			continue
+		}
+		uoff, n := e.UnitRange(i)
+		if !e.parts.covers(max(off, uoff), min(end, uoff+n)) {
+			return false
+		}
+	}
+	return true
+}
+
 // Verify hashes the complete blob. A match is recorded in the bitmap; a mismatch discards
 // every filled unit and returns ErrDigestMismatch.
 func (e *Entry) Verify() error {
@@ -621,6 +695,7 @@ func (e *Entry) discard() error {
 	defer e.fillMu.Unlock()
 	e.mu.Lock()
 	e.present, e.durable, e.flags = newBitmap(e.units), newBitmap(e.units), 0
+	e.parts.reset()
 	e.generation++
 	err := e.persistBitmap(e.present, 0)
 	e.mu.Unlock()
