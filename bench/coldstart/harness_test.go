@@ -218,6 +218,7 @@ func methodNotes(seed uint64) []string {
 		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
 		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
+		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
 		fmt.Sprintf("Runs interleaved: each round runs every cell once in a freshly shuffled order (seed %d).", seed),
@@ -261,17 +262,22 @@ func (h *harness) startRegistry(t *testing.T) {
 	startDaemon(t, filepath.Join(dir, "registry.log"), tcpReady(h.registry), binary, "serve", path)
 }
 
-// startNetworks puts a counting relay in front of the registry for each network; the shaped
-// one goes through faultproxy's shaping.
+// startNetworks puts a counting relay in front of the registry (behind its BlobFront) for
+// each network; the shaped one goes through faultproxy's shaping.
 func (h *harness) startNetworks(t *testing.T) {
-	loop, err := StartRelay(h.registry)
+	front, err := StartBlobFront(h.registry, filepath.Join(h.benchDir, "registry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { front.Close() })
+	loop, err := StartRelay(front.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { loop.Close() })
 	h.relays[NetLoopback] = loop
 
-	proxy, err := faultproxy.New("http://" + h.registry)
+	proxy, err := faultproxy.New("http://" + front.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
