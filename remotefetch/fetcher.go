@@ -8,7 +8,7 @@
 // backoff under a per-read deadline, sequential readahead), streaming (readers copy response
 // bytes from memory as they arrive while batches are stored behind them, stream.go), cache
 // (persistent sparse file and fill bitmap per digest, package remotefetch/cache), background
-// fill, and trace/prefetch.
+// fill, and trace/prefetch (a replay fetches exactly the traced ranges, rangefetch.go).
 package remotefetch
 
 import (

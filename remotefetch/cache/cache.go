@@ -6,7 +6,8 @@
 // bit per fill unit. A unit's bit is persisted only after its data has been fdatasync'ed, so
 // after a crash every set bit still describes durable data; units written but not yet synced
 // are simply fetched again. The bitmap survives restarts, so a new process re-uses every
-// filled unit. A capacity limit evicts whole blobs that no one holds, least recently used
+// filled unit. Ranges stored outside whole units (WriteRange: a trace replay's exact ranges)
+// are readable while this process runs, and are fetched again after a restart. A capacity limit evicts whole blobs that no one holds, least recently used
 // first (recency is the bitmap file's mtime, so it too survives restarts).
 package cache
 
@@ -609,8 +610,8 @@ func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
 // replay fetches exactly the ranges a workload read), and makes it readable: HasRange covers
 // it. The units it completes, with the ranges stored before, are marked filled as CommitUnit
 // would; the rest of it is remembered in memory only, for as long as this Cache is open and
-// the blob stays cached, so after a restart those bytes are fetched again. gen is as for
-// CommitUnit. It reports whether the blob is now complete (and unverified).
+// the blob stays cached, so after a restart those bytes are fetched again; nor do they count
+// in Usage (they are at most a trace's worth). gen is as for CommitUnit. It reports whether the blob is now complete (and unverified).
 func (e *Entry) WriteRange(off int64, p []byte, gen int) (complete bool, err error) {
 	end := off + int64(len(p))
 	if off < 0 || end > e.size {
