@@ -314,17 +314,7 @@ func (b *Blob) readaheadEarnedLocked(off, end int64) bool {
 	for u := first; u <= last; u++ {
 		uoff, n := b.entry.UnitRange(u)
 		lo, hi := max(off, uoff), min(end, uoff+n)
-		if b.inflight[u] == nil && !b.entry.HasRange(lo, hi) && !b.rangeInFlightLocked(lo, hi) {
-			return true
-		}
-	}
-	return false
-}
-
-// rangeInFlightLocked reports whether a FillRange in flight covers [off, end). b.mu is held.
-func (b *Blob) rangeInFlightLocked(off, end int64) bool {
-	for _, c := range b.ranges {
-		if c.off <= off && end <= c.end {
+		if b.inflight[u] == nil && !b.entry.HasRange(lo, hi) && b.rangeCoveringLocked(lo, hi) == nil {
 			return true
 		}
 	}

@@ -152,13 +152,7 @@ func (b *Blob) fetchRangeOnce(ctx context.Context, c *rangeCall, buf []byte) err
 // waited that they had not all arrived yet. dst nil waits until the range is stored.
 func (b *Blob) fromRange(ctx context.Context, off, end int64, dst []byte) (ok, inMem, waited bool) {
 	b.mu.Lock()
-	var c *rangeCall
-	for _, rc := range b.ranges {
-		if rc.off <= off && end <= rc.end {
-			c = rc
-			break
-		}
-	}
+	c := b.rangeCoveringLocked(off, end)
 	b.mu.Unlock()
 	if c == nil {
 		return false, false, false
@@ -174,4 +168,15 @@ func (b *Blob) fromRange(ctx context.Context, off, end int64, dst []byte) (ok, i
 	}
 	ok, inMem, waited, _ = c.read(ctx, dst, off-c.off)
 	return ok, inMem, waited
+}
+
+// rangeCoveringLocked returns the FillRange in flight that covers [off, end), if any. b.mu is
+// held.
+func (b *Blob) rangeCoveringLocked(off, end int64) *rangeCall {
+	for _, c := range b.ranges {
+		if c.off <= off && end <= c.end {
+			return c
+		}
+	}
+	return nil
 }
