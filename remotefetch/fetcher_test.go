@@ -707,13 +707,14 @@ func TestPrefetchFetchesExactRanges(t *testing.T) {
 	b := open(t, f, e) // held across the replay, so its counters see the replay's fetches
 	defer b.Close()
 	ranges := []TraceRange{{Off: 100, Len: 3000, First: 1}, {Off: 5*testUnit - 700, Len: 1500, First: 2},
-		{Off: 31*testUnit + 10, Len: testUnit - 10, First: 3}}
+		{Off: 31*testUnit + 10, Len: testUnit - 10, First: 3},
+		{Off: 8*testUnit + 5, Len: 17 * testUnit, First: 4}} // over a stream batch: units 8-25
 	tr := Trace{Blobs: []TraceBlob{{Ref: e.ref, Digest: e.dgst, Size: int64(len(e.data)), Ranges: ranges}}}
 	if err := f.Prefetch(t.Context(), tr); err != nil {
 		t.Fatal(err)
 	}
-	var want uint64
-	for _, r := range ranges {
+	want := uint64(18 * testUnit)
+	for _, r := range ranges[:3] {
 		want += uint64(r.Len)
 	}
 	if got := b.Stats().BytesFetched; got != want {

@@ -23,7 +23,9 @@ type rangeCall struct {
 
 // FillRange makes [off, off+n) readable from the cache with one request for exactly those
 // bytes (retried like any fetch). Where the range's units are being fetched already, it
-// waits for them and fetches the rest as whole units instead.
+// waits for them and fetches the rest as whole units instead; so it does for a range larger
+// than a stream batch, whose rounding costs little and which the unit path fetches in
+// bounded memory.
 func (b *Blob) FillRange(ctx context.Context, off, n int64) error {
 	if off < 0 || n < 0 || off+n > b.size {
 		return fmt.Errorf("remotefetch: blob %s: fill range %d+%d outside size %d", b.dgst, off, n, b.size)
@@ -31,6 +33,9 @@ func (b *Blob) FillRange(ctx context.Context, off, n int64) error {
 	end := off + n
 	if n == 0 || b.entry.HasRange(off, end) {
 		return nil
+	}
+	if n > streamBatch {
+		return b.ensure(ctx, off, end)
 	}
 	c, err := b.claimRange(off, end)
 	if err != nil {
