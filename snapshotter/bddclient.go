@@ -67,11 +67,12 @@ func NewBDDDevices(client bddv1.DaemonClient, stateDir string, opts ...BDDOption
 const prefetchTimeout = 5 * time.Minute
 
 // startPrefetch asks bdd, in the background, to replay the trace recorded for the chain of
-// layers, if there is one. It never fails the attach: a missing or broken trace only costs
-// the speed-up.
-func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) {
+// layers, if there is one, and returns what stops the replay (for an attach that failed). It
+// never fails the attach: a missing or broken trace only costs the speed-up.
+func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func()) {
+	stop = func() {}
 	if b.traces == nil {
-		return
+		return stop
 	}
 	blobs := make([]digest.Digest, len(layers))
 	for i, l := range layers {
@@ -80,26 +81,31 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) {
 	chain, err := tracestore.ChainID(blobs)
 	if err != nil {
 		b.logger.Warn("no trace prefetch", "key", key, "err", err)
-		return
+		return stop
 	}
 	trace, err := b.traces.Load(chain)
 	if errors.Is(err, tracestore.ErrNoTrace) {
-		return
+		return stop
 	}
 	if err != nil {
 		b.logger.Warn("no trace prefetch", "key", key, "chain", chain, "err", err)
-		return
+		return stop
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		start := time.Now()
-		if _, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace}); err != nil {
+		_, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled):
+			b.logger.Info("trace prefetch stopped: the attach failed", "key", key, "chain", chain)
+		case err != nil:
 			b.logger.Warn("trace prefetch failed", "key", key, "chain", chain, "err", err)
-			return
+		default:
+			b.logger.Info("trace prefetched", "key", key, "chain", chain, "took", time.Since(start))
 		}
-		b.logger.Info("trace prefetched", "key", key, "chain", chain, "took", time.Since(start))
 	}()
+	return cancel
 }
 
 // Attach returns the device path of key, asking bdd to attach the chain (read-only when
@@ -130,7 +136,13 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 	}
 	// The replay starts first: the device's first reads (its layers' indexes) are the
 	// trace's first ranges, and bdd leaves its own fetching ahead to a covering replay.
-	b.startPrefetch(key, layers)
+	stopPrefetch := b.startPrefetch(key, layers)
+	attached := false
+	defer func() {
+		if !attached {
+			stopPrefetch()
+		}
+	}()
 	resp, err := b.client.Attach(ctx, req)
 	if err != nil {
 		return "", fmt.Errorf("bdd attach %s: %w", key, err)
@@ -144,6 +156,7 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		_, detachErr := b.client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()})
 		return "", errors.Join(fmt.Errorf("record device of %s: %w", key, err), detachErr)
 	}
+	attached = true
 	return dev.GetDevicePath(), nil
 }
 

@@ -37,11 +37,16 @@ type loopBDD struct {
 	busy int
 	// prefetched receives the trace of every Prefetch call.
 	prefetched chan []byte
+	// holdReplays makes Prefetch last until its caller ends it; replayEnded then gets why.
+	holdReplays bool
+	replayEnded chan error
+	// failAttach makes Attach fail.
+	failAttach bool
 }
 
 func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
 	t.Helper()
-	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8)}
+	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8), replayEnded: make(chan error, 8)}
 	socket := filepath.Join(t.TempDir(), "bdd.sock")
 	listener, err := net.Listen("unix", socket)
 	if err != nil {
@@ -63,6 +68,9 @@ func (s *loopBDD) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests = append(s.requests, req)
+	if s.failAttach {
+		return nil, status.Error(codes.Internal, "attach refused by the test")
+	}
 	var layers []RemoteLayer
 	for _, l := range req.GetLayers() {
 		b := l.GetBlob()
@@ -108,6 +116,14 @@ func (s *loopBDD) List(context.Context, *bddv1.ListRequest) (*bddv1.ListResponse
 
 func (s *loopBDD) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bddv1.PrefetchResponse, error) {
 	s.prefetched <- req.GetTrace()
+	s.mu.Lock()
+	hold := s.holdReplays
+	s.mu.Unlock()
+	if hold {
+		<-ctx.Done()
+		s.replayEnded <- ctx.Err()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	return &bddv1.PrefetchResponse{}, nil
 }
 
@@ -317,5 +333,45 @@ func TestBDDDevicesPrefetchRecordedTrace(t *testing.T) {
 		if err := manager.Detach(ctx, key); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestBDDDevicesAttachFailureStopsReplay: when bdd cannot attach a chain, the replay of its
+// trace, started just before, is called off instead of running to its timeout.
+func TestBDDDevicesAttachFailureStopsReplay(t *testing.T) {
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	bdd.mu.Lock()
+	bdd.holdReplays, bdd.failAttach = true, true
+	bdd.mu.Unlock()
+	traceDir := filepath.Join(t.TempDir(), "traces")
+	manager, err := NewBDDDevices(client, filepath.Join(t.TempDir(), "devices"), WithTracePrefetch(traceDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := []RemoteLayer{devices.addBlob(map[string]string{"a": "1"})}
+	chain, err := tracestore.ChainID([]digest.Digest{layers[0].Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{Ref: layers[0].Ref, Digest: layers[0].Digest, Size: layers[0].Size,
+		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}}}}}
+	var buf bytes.Buffer
+	if _, err := tr.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := (tracestore.Store{Dir: traceDir}).Save(chain, buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manager.Attach(context.Background(), "failing", layers, ""); err == nil {
+		t.Fatal("attach succeeded though bdd refused it")
+	}
+	select {
+	case err := <-bdd.replayEnded:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("replay ended with %v, want it canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the replay still ran 30s after its attach failed")
 	}
 }
