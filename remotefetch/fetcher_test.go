@@ -2,6 +2,7 @@ package remotefetch
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
@@ -485,6 +486,38 @@ func TestWrongResponsesAreNeverData(t *testing.T) {
 	}
 	if b.Stats().Retries < 10 {
 		t.Fatalf("stats %+v: want at least 10 retries", b.Stats())
+	}
+}
+
+// TestRangeFillRetriesWrongResponses: a range fill, like a unit fetch, retries every kind of
+// bad response and stores only the right bytes; one that never succeeds fails with a bound.
+func TestRangeFillRetriesWrongResponses(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 12*testUnit, true)
+	f := newFetcher(t, Options{ReadTimeout: 10 * time.Second})
+	b := open(t, f, e)
+	defer b.Close()
+	for i, fault := range []faultproxy.Fault{faultproxy.WrongContentRange, faultproxy.Truncate, faultproxy.Reset,
+		faultproxy.Status500, faultproxy.Status429} {
+		e.proxy.InjectNext(fault, 2)
+		off := int64(i)*2*testUnit + 1
+		if err := b.FillRange(t.Context(), off, testUnit/2); err != nil {
+			t.Fatalf("after %v: %v", fault, err)
+		}
+		if err := checkRead(t, b, e.data, off, testUnit/2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := b.Stats(); st.Retries < 10 || st.Misses != 0 {
+		t.Fatalf("stats %+v: want at least 10 retries and reads that hit", st)
+	}
+
+	e.proxy.InjectNext(faultproxy.Status500, 1000)
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	err := b.FillRange(ctx, 11*testUnit+3, 100)
+	t.Logf("error: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "range") || !strings.Contains(err.Error(), e.dgst.String()) {
+		t.Fatalf("a range the registry never serves: %v, want an error naming the blob and range", err)
 	}
 }
 
