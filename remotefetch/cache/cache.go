@@ -452,18 +452,6 @@ func (e *Entry) Has(i int) bool {
 	return e.present.has(i)
 }
 
-// HasAll reports whether every unit in [first, last] is filled.
-func (e *Entry) HasAll(first, last int) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for i := first; i <= last; i++ {
-		if !e.present.has(i) {
-			return false
-		}
-	}
-	return true
-}
-
 // Missing returns the units in [first, last] that are not filled.
 func (e *Entry) Missing(first, last int) []int {
 	e.mu.Lock()
