@@ -22,6 +22,8 @@ import (
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/tracestore"
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -38,6 +40,7 @@ var (
 	flagRender    = flag.String("coldstart.render", "", "re-render RESULTS.md and coldstart.png in -coldstart.out from this results.json, without measuring")
 	flagKeepLogs  = flag.String("coldstart.keep-logs", "", "copy each trial's daemon logs into this directory")
 	flagBDDConfig = flag.String("coldstart.bdd-config", "", "bdd.toml contents for the obd modes, e.g. 'log_level = \"debug\"' (logs each fetch)")
+	flagReplay    = flag.String("coldstart.replay-from", replayFromHarness, "who starts the obd+trace replay: harness (bdd's Prefetch with the pull, as obd trace replay or a platform that knows the next function does) or snapshotter (from its trace directory when the pull records the top layer, what nerdctl run gets after ctr-obd record-trace)")
 	// zstd in 16 KiB blocks: 30% fewer bytes per range than lz4 in 4 KiB blocks (what a
 	// lazy start on a slow link pays for), and as fast on loopback (bench/FINDINGS.md).
 	flagAlgorithm = flag.String("coldstart.algorithm", "zstd", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
@@ -77,6 +80,12 @@ var workloads = []workload{
 	{"gcc", "debian", []string{"sh", "-c", gccHello}},
 	{"busybox", "busybox", []string{"busybox", "echo", "ready"}},
 }
+
+// Who starts the replay of mode obd+trace (-coldstart.replay-from).
+const (
+	replayFromHarness     = "harness"
+	replayFromSnapshotter = "snapshotter"
+)
 
 // imageTag is the tag of each mode's variant of an image in the benchmark registry.
 func imageTag(m Mode) string {
@@ -194,6 +203,9 @@ func selectCells() ([]Cell, error) {
 	if err != nil {
 		return nil, err
 	}
+	if *flagReplay != replayFromHarness && *flagReplay != replayFromSnapshotter {
+		return nil, fmt.Errorf("unknown -coldstart.replay-from %q (known: %s, %s)", *flagReplay, replayFromHarness, replayFromSnapshotter)
+	}
 	nets, err := pick(*flagNetworks, knownNets, "network")
 	if err != nil {
 		return nil, err
@@ -217,7 +229,7 @@ func methodNotes(seed uint64) []string {
 	return []string{
 		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
-		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
+		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer); stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
 		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
@@ -374,6 +386,48 @@ func (h *harness) convertEstargz(t *testing.T, ctx context.Context, repo string)
 	}
 }
 
+// storeTrace puts trace in the snapshotter's trace directory under the chain of the image
+// ref (through a relay) names, as `ctr-obd record-trace` does.
+func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
+	_, repoTag, _ := strings.Cut(ref, "/")
+	repo, tag, _ := strings.Cut(repoTag, ":")
+	var layers []digest.Digest
+	var m struct {
+		Manifests []struct{ Digest string }        `json:"manifests"`
+		Layers    []struct{ Digest digest.Digest } `json:"layers"`
+	}
+	for ref := tag; ; {
+		req, err := http.NewRequest(http.MethodGet, "http://"+h.registry+"/v2/"+repo+"/manifests/"+ref, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&m)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("manifest %s:%s: status %d, %v", repo, ref, resp.StatusCode, err)
+		}
+		if len(m.Manifests) == 0 {
+			break
+		}
+		ref, m.Manifests = m.Manifests[0].Digest, nil // an index: its first platform
+	}
+	for _, l := range m.Layers {
+		layers = append(layers, l.Digest)
+	}
+	chain, err := tracestore.ChainID(layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (tracestore.Store{Dir: dir}).Save(chain, trace); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag string) bool {
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, "http://"+h.registry+"/v2/"+repo+"/manifests/"+tag, nil)
 	if err != nil {
@@ -457,8 +511,17 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	var daemon bddv1.DaemonClient
 	switch tr.Mode {
 	case ModeOBD, ModeOBDTrace:
-		// Empty config files keep host-wide ones (/etc/obd, /etc/overlaybd-snapshotter) out.
-		for name, content := range map[string]string{"bdd.toml": *flagBDDConfig, "snapshotter.json": "{}"} {
+		// Config files of the trial's own keep host-wide ones (/etc/obd,
+		// /etc/overlaybd-snapshotter, /var/lib/obd/traces) out.
+		traceDir := filepath.Join(dir, "traces")
+		if tr.Mode == ModeOBDTrace && *flagReplay == replayFromSnapshotter {
+			h.storeTrace(t, traceDir, ref, h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}])
+		}
+		snapshotterConfig, err := json.Marshal(map[string]string{"traceDir": traceDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, content := range map[string]string{"bdd.toml": *flagBDDConfig, "snapshotter.json": string(snapshotterConfig)} {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -506,7 +569,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	start := time.Now()
 	var prefetch sync.WaitGroup
 	var prefetchErr error
-	if tr.Mode == ModeOBDTrace {
+	if tr.Mode == ModeOBDTrace && *flagReplay == replayFromHarness {
 		trace := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
 		prefetch.Go(func() {
 			_, prefetchErr = daemon.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
