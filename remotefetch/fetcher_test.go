@@ -472,52 +472,44 @@ func TestStallIsRetriedThenDeadline(t *testing.T) {
 	}
 }
 
+// TestWrongResponsesAreNeverData: reads and range fills retry every kind of bad response and
+// keep only the right bytes; a range the registry never serves fails, bounded, naming the
+// blob and range.
 func TestWrongResponsesAreNeverData(t *testing.T) {
-	e := newEnv(t, testregistry.Options{}, 12*testUnit, true)
-	f := newFetcher(t, Options{ReadTimeout: 10 * time.Second})
-	b := open(t, f, e)
-	defer b.Close()
-	for i, fault := range []faultproxy.Fault{faultproxy.WrongContentRange, faultproxy.Truncate, faultproxy.Reset,
-		faultproxy.Status500, faultproxy.Status429} {
-		e.proxy.InjectNext(fault, 2)
-		if err := checkRead(t, b, e.data, int64(i)*2*testUnit+1, testUnit/2); err != nil {
-			t.Fatalf("after %v: %v", fault, err)
-		}
-	}
-	if b.Stats().Retries < 10 {
-		t.Fatalf("stats %+v: want at least 10 retries", b.Stats())
-	}
-}
-
-// TestRangeFillRetriesWrongResponses: a range fill, like a unit fetch, retries every kind of
-// bad response and stores only the right bytes; one that never succeeds fails with a bound.
-func TestRangeFillRetriesWrongResponses(t *testing.T) {
-	e := newEnv(t, testregistry.Options{}, 12*testUnit, true)
-	f := newFetcher(t, Options{ReadTimeout: 10 * time.Second})
-	b := open(t, f, e)
-	defer b.Close()
-	for i, fault := range []faultproxy.Fault{faultproxy.WrongContentRange, faultproxy.Truncate, faultproxy.Reset,
-		faultproxy.Status500, faultproxy.Status429} {
-		e.proxy.InjectNext(fault, 2)
-		off := int64(i)*2*testUnit + 1
-		if err := b.FillRange(t.Context(), off, testUnit/2); err != nil {
-			t.Fatalf("after %v: %v", fault, err)
-		}
-		if err := checkRead(t, b, e.data, off, testUnit/2); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if st := b.Stats(); st.Retries < 10 || st.Misses != 0 {
-		t.Fatalf("stats %+v: want at least 10 retries and reads that hit", st)
-	}
-
-	e.proxy.InjectNext(faultproxy.Status500, 1000)
-	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-	defer cancel()
-	err := b.FillRange(ctx, 11*testUnit+3, 100)
-	t.Logf("error: %v", err)
-	if err == nil || !strings.Contains(err.Error(), "range") || !strings.Contains(err.Error(), e.dgst.String()) {
-		t.Fatalf("a range the registry never serves: %v, want an error naming the blob and range", err)
+	for _, viaRange := range []bool{false, true} {
+		t.Run(map[bool]string{false: "read", true: "range fill"}[viaRange], func(t *testing.T) {
+			e := newEnv(t, testregistry.Options{}, 12*testUnit, true)
+			f := newFetcher(t, Options{ReadTimeout: 10 * time.Second})
+			b := open(t, f, e)
+			defer b.Close()
+			for i, fault := range []faultproxy.Fault{faultproxy.WrongContentRange, faultproxy.Truncate, faultproxy.Reset,
+				faultproxy.Status500, faultproxy.Status429} {
+				e.proxy.InjectNext(fault, 2)
+				off := int64(i)*2*testUnit + 1
+				if viaRange {
+					if err := b.FillRange(t.Context(), off, testUnit/2); err != nil {
+						t.Fatalf("after %v: %v", fault, err)
+					}
+				}
+				if err := checkRead(t, b, e.data, off, testUnit/2); err != nil {
+					t.Fatalf("after %v: %v", fault, err)
+				}
+			}
+			if st := b.Stats(); st.Retries < 10 || (viaRange && st.Misses != 0) {
+				t.Fatalf("stats %+v: want at least 10 retries (and reads that hit after range fills)", st)
+			}
+			if !viaRange {
+				return
+			}
+			e.proxy.InjectNext(faultproxy.Status500, 1000)
+			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+			defer cancel()
+			err := b.FillRange(ctx, 11*testUnit+3, 100)
+			t.Logf("error: %v", err)
+			if err == nil || !strings.Contains(err.Error(), "range") || !strings.Contains(err.Error(), e.dgst.String()) {
+				t.Fatalf("a range the registry never serves: %v, want an error naming the blob and range", err)
+			}
+		})
 	}
 }
 

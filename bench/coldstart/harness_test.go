@@ -397,16 +397,8 @@ func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
 		Layers    []struct{ Digest digest.Digest } `json:"layers"`
 	}
 	for ref := tag; ; {
-		req, err := http.NewRequest(http.MethodGet, "http://"+h.registry+"/v2/"+repo+"/manifests/"+ref, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&m)
+		resp := h.manifest(t, context.Background(), http.MethodGet, repo, ref)
+		err := json.NewDecoder(resp.Body).Decode(&m)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("manifest %s:%s: status %d, %v", repo, ref, resp.StatusCode, err)
@@ -429,7 +421,15 @@ func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
 }
 
 func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, "http://"+h.registry+"/v2/"+repo+"/manifests/"+tag, nil)
+	resp := h.manifest(t, ctx, http.MethodHead, repo, tag)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// manifest asks the registry for the OCI manifest or index ref (a tag or digest) of repo.
+// The caller closes the body.
+func (h *harness) manifest(t *testing.T, ctx context.Context, method, repo, ref string) *http.Response {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+h.registry+"/v2/"+repo+"/manifests/"+ref, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,8 +438,7 @@ func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag st
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return resp
 }
 
 func (h *harness) command(t *testing.T, ctx context.Context, name string, args ...string) string {
