@@ -49,6 +49,7 @@ var ErrAlreadyConverted = errors.New("image is already an overlaybd image")
 // Options configure a Converter.
 type Options struct {
 	Algorithm   zfile.Algorithm // ZFile codec; LZ4 when 0
+	Level       int             // zstd level 1-22; zfile.DefaultZstdLevel when 0; LZ4 ignores it
 	BlockSize   int             // ZFile block size; zfile.DefaultBlockSize when 0
 	VirtualSize int64           // ext4 size; DefaultVirtualSize when 0
 	// Platforms selects the platforms of a multi-platform source ("linux/amd64");
@@ -87,7 +88,13 @@ func New(opts Options) (*Converter, error) {
 		opts.VirtualSize = DefaultVirtualSize
 	}
 	// A writer checks the codec options now rather than after the first layer.
-	zw, err := zfile.NewWriter(io.Discard, zfile.Options{Algorithm: opts.Algorithm, BlockSize: opts.BlockSize})
+	if opts.Algorithm == zfile.ZSTD && opts.Level == 0 {
+		opts.Level = zfile.DefaultZstdLevel
+	}
+	if opts.Algorithm != zfile.ZSTD {
+		opts.Level = 0
+	}
+	zw, err := zfile.NewWriter(io.Discard, zfile.Options{Algorithm: opts.Algorithm, Level: opts.Level, BlockSize: opts.BlockSize})
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
@@ -343,6 +350,9 @@ func layerUUID(chain digest.Digest) string {
 // the bytes.
 func (c *Converter) cacheKey(chain digest.Digest) string {
 	k := fmt.Sprintf("%s algo=%d bs=%d vsize=%d version=%s", chain, c.opts.Algorithm, c.opts.BlockSize, c.opts.VirtualSize, FormatVersion)
+	if c.opts.Level != 0 && c.opts.Level != zfile.DefaultZstdLevel {
+		k += fmt.Sprintf(" level=%d", c.opts.Level) // keys of default-level layers stay as they were
+	}
 	return digest.FromString(k).Encoded()
 }
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/convert"
@@ -242,5 +244,45 @@ func TestConvertReproducibleAndCached(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(tmp, "dst4")); !os.IsNotExist(err) {
 		t.Errorf("no-op conversion created its destination: %v", err)
+	}
+}
+
+// TestConvertZstdLevel: --level reaches every layer's ZFile, and a converted layer cached at
+// one level is not reused for another.
+func TestConvertZstdLevel(t *testing.T) {
+	requireDevices(t)
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	work := filepath.Join(tmp, "work")
+	levels := map[int]digest.Digest{}
+	for _, level := range []int{0, 19} {
+		c, err := convert.New(convert.Options{WorkDir: work, VirtualSize: 256 << 20, Algorithm: zfile.ZSTD, Level: level})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(tmp, fmt.Sprint("dst", level))
+		res, err := c.Convert(context.Background(), "oci:"+src+":v1", "oci:"+dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Reused != 0 {
+			t.Errorf("level %d reused %d layers converted at another level", level, res.Reused)
+		}
+		levels[level] = res.Descriptor.Digest
+		want := max(level, zfile.DefaultZstdLevel)
+		for _, l := range readManifest(t, dst, "latest").Layers {
+			b, err := layerblob.OpenFile(blobPath(dst, l.Digest.Encoded()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := b.ZFile.Info().Level
+			b.Close()
+			if got != want {
+				t.Errorf("level %d: layer %s has ZFile level %d, want %d", level, l.Digest, got, want)
+			}
+		}
+	}
+	if levels[0] == levels[19] {
+		t.Error("levels 3 and 19 gave the same image")
 	}
 }

@@ -93,7 +93,7 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 		return st, err
 	}
 	defer canon.Close()
-	zopts := zfile.Options{Algorithm: c.opts.Algorithm, BlockSize: c.opts.BlockSize}
+	zopts := zfile.Options{Algorithm: c.opts.Algorithm, Level: c.opts.Level, BlockSize: c.opts.BlockSize}
 	err = layerblob.Write(out, layerblob.WriteOptions{ZFile: &zopts, Tar: true, TempDir: dir}, func(w io.Writer) error {
 		_, err := canon.Commit(w, lsmt.CommitOptions{UUID: b.uuid, ParentUUID: b.parentUUID})
 		return err

@@ -15,6 +15,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		"unaligned vsize": {WorkDir: work, VirtualSize: 64<<20 + 1},
 		"bad block size":  {WorkDir: work, BlockSize: 1000},
 		"bad algorithm":   {WorkDir: work, Algorithm: zfile.Algorithm(9)},
+		"bad zstd level":  {WorkDir: work, Algorithm: zfile.ZSTD, Level: 23},
 	} {
 		if _, err := New(opts); err == nil {
 			t.Errorf("%s: New accepted %+v", name, opts)

@@ -18,6 +18,7 @@ func newConvertCmd() *cobra.Command {
 	var (
 		algorithm, vsize, workDir, blockSize string
 		platforms                            []string
+		level                                int
 		reg                                  convert.RegistryOptions
 	)
 	cmd := &cobra.Command{
@@ -45,7 +46,7 @@ func newConvertCmd() *cobra.Command {
 				return fmt.Errorf("--block-size: %w", err)
 			}
 			c, err := convert.New(convert.Options{
-				Algorithm: algo, BlockSize: int(block), VirtualSize: size,
+				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: size,
 				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
 			})
 			if err != nil {
@@ -68,6 +69,7 @@ func newConvertCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&algorithm, "algorithm", "lz4", "ZFile compression: lz4 or zstd")
+	f.IntVar(&level, "level", 0, "zstd compression level, 1-22 (0 = default 3; higher: smaller layers, slower conversion)")
 	f.StringVar(&blockSize, "block-size", "4K", "ZFile block size: 4K, 8K, 16K, 32K or 64K")
 	f.StringVar(&vsize, "vsize", "64G", "virtual size of the image's ext4 filesystem")
 	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
