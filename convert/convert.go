@@ -88,11 +88,8 @@ func New(opts Options) (*Converter, error) {
 		opts.VirtualSize = DefaultVirtualSize
 	}
 	// A writer checks the codec options now rather than after the first layer.
-	if opts.Algorithm == zfile.ZSTD && opts.Level == 0 {
-		opts.Level = zfile.DefaultZstdLevel
-	}
 	if opts.Algorithm != zfile.ZSTD {
-		opts.Level = 0
+		opts.Level = 0 // LZ4 has no levels: keep it out of the cache key
 	}
 	zw, err := zfile.NewWriter(io.Discard, zfile.Options{Algorithm: opts.Algorithm, Level: opts.Level, BlockSize: opts.BlockSize})
 	if err != nil {

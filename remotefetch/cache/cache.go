@@ -7,8 +7,9 @@
 // after a crash every set bit still describes durable data; units written but not yet synced
 // are simply fetched again. The bitmap survives restarts, so a new process re-uses every
 // filled unit. Ranges stored outside whole units (WriteRange: a trace replay's exact ranges)
-// are readable while this process runs, and are fetched again after a restart. A capacity limit evicts whole blobs that no one holds, least recently used
-// first (recency is the bitmap file's mtime, so it too survives restarts).
+// are readable while this process runs, and are fetched again after a restart. A capacity
+// limit evicts whole blobs that no one holds, least recently used first (recency is the
+// bitmap file's mtime, so it too survives restarts).
 package cache
 
 import (
@@ -411,7 +412,7 @@ type Entry struct {
 
 	data   *os.File
 	bmFile *os.File
-	parts  *rangeSet // see WriteRange; shared with the record, so it outlives this hold
+	parts  *rangeSet // see WriteRange; shared with the record, so it outlives this hold; guarded by mu
 
 	// fillMu orders unit writes (shared) against discard (exclusive), so a discarded
 	// unit's bit is never set over truncated data.
@@ -599,7 +600,8 @@ func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
 // it. The units it completes, with the ranges stored before, are marked filled as CommitUnit
 // would; the rest of it is remembered in memory only, for as long as this Cache is open and
 // the blob stays cached, so after a restart those bytes are fetched again; nor do they count
-// in Usage (they are at most a trace's worth). gen is as for CommitUnit. It reports whether the blob is now complete (and unverified).
+// in Usage (they are at most a trace's worth). gen is as for CommitUnit. It reports whether
+// the blob is now complete (and unverified).
 func (e *Entry) WriteRange(off int64, p []byte, gen int) (complete bool, err error) {
 	end := off + int64(len(p))
 	if off < 0 || end > e.size {

@@ -3,13 +3,12 @@ package cache
 import (
 	"cmp"
 	"slices"
-	"sync"
 )
 
 // rangeSet is a set of byte ranges [lo, hi) kept sorted and merged: the bytes of a blob stored
-// outside whole units (Entry.WriteRange). It lives in memory only.
+// outside whole units (Entry.WriteRange). It lives in memory only; the Entry holding it guards
+// it with its mu.
 type rangeSet struct {
-	mu     sync.Mutex
 	ranges []byteRange
 }
 
@@ -20,8 +19,6 @@ func (s *rangeSet) add(lo, hi int64) {
 	if lo >= hi {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	// i: first range ending at or after lo; j: first range starting after hi.
 	i, _ := slices.BinarySearchFunc(s.ranges, lo, func(r byteRange, lo int64) int { return cmp.Compare(r.hi, lo) })
 	j := i
@@ -34,15 +31,9 @@ func (s *rangeSet) add(lo, hi int64) {
 
 // covers reports whether [lo, hi) lies inside one range of the set.
 func (s *rangeSet) covers(lo, hi int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	i, _ := slices.BinarySearchFunc(s.ranges, lo, func(r byteRange, lo int64) int { return cmp.Compare(r.hi, lo+1) })
 	return i < len(s.ranges) && s.ranges[i].lo <= lo && hi <= s.ranges[i].hi
 }
 
 // reset empties the set.
-func (s *rangeSet) reset() {
-	s.mu.Lock()
-	s.ranges = nil
-	s.mu.Unlock()
-}
+func (s *rangeSet) reset() { s.ranges = nil }
