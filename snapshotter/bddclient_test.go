@@ -40,13 +40,15 @@ type loopBDD struct {
 	// holdReplays makes Prefetch last until its caller ends it; replayEnded then gets why.
 	holdReplays bool
 	replayEnded chan error
-	// failAttach makes Attach fail.
-	failAttach bool
+	// failAttach makes Attach fail; with holdReplays, only once a replay is running, so
+	// that the failure has a replay to call off.
+	failAttach    bool
+	replayRunning chan struct{}
 }
 
 func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
 	t.Helper()
-	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8), replayEnded: make(chan error, 8)}
+	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8), replayEnded: make(chan error, 8), replayRunning: make(chan struct{}, 8)}
 	socket := filepath.Join(t.TempDir(), "bdd.sock")
 	listener, err := net.Listen("unix", socket)
 	if err != nil {
@@ -66,11 +68,21 @@ func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonCli
 
 func (s *loopBDD) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.AttachResponse, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.requests = append(s.requests, req)
-	if s.failAttach {
+	fail, waitForReplay := s.failAttach, s.holdReplays
+	s.mu.Unlock()
+	if fail {
+		if waitForReplay {
+			select {
+			case <-s.replayRunning:
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		}
 		return nil, status.Error(codes.Internal, "attach refused by the test")
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var layers []RemoteLayer
 	for _, l := range req.GetLayers() {
 		b := l.GetBlob()
@@ -120,6 +132,7 @@ func (s *loopBDD) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bd
 	hold := s.holdReplays
 	s.mu.Unlock()
 	if hold {
+		s.replayRunning <- struct{}{}
 		<-ctx.Done()
 		s.replayEnded <- ctx.Err()
 		return nil, status.FromContextError(ctx.Err()).Err()
