@@ -269,7 +269,10 @@ func TestConvertZstdLevel(t *testing.T) {
 			t.Errorf("level %d reused %d layers converted at another level", level, res.Reused)
 		}
 		levels[level] = res.Descriptor.Digest
-		want := max(level, zfile.DefaultZstdLevel)
+		want := level
+		if want == 0 {
+			want = zfile.DefaultZstdLevel
+		}
 		for _, l := range readManifest(t, dst, "latest").Layers {
 			b, err := layerblob.OpenFile(blobPath(dst, l.Digest.Encoded()))
 			if err != nil {

@@ -396,17 +396,17 @@ func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
 		Manifests []struct{ Digest string }        `json:"manifests"`
 		Layers    []struct{ Digest digest.Digest } `json:"layers"`
 	}
-	for ref := tag; ; {
-		resp := h.manifest(t, context.Background(), http.MethodGet, repo, ref)
+	for name := tag; ; {
+		resp := h.manifest(t, context.Background(), http.MethodGet, repo, name)
 		err := json.NewDecoder(resp.Body).Decode(&m)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("manifest %s:%s: status %d, %v", repo, ref, resp.StatusCode, err)
+			t.Fatalf("manifest %s:%s: status %d, %v", repo, name, resp.StatusCode, err)
 		}
 		if len(m.Manifests) == 0 {
 			break
 		}
-		ref, m.Manifests = m.Manifests[0].Digest, nil // an index: its first platform
+		name, m.Manifests = m.Manifests[0].Digest, nil // an index: its first platform
 	}
 	for _, l := range m.Layers {
 		layers = append(layers, l.Digest)
