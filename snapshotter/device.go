@@ -157,25 +157,40 @@ func (o *Snapshotter) teardownDevice(ctx context.Context, id string) error {
 	return nil
 }
 
+// chainDeviceID returns the ID of the lazy layer whose shared device serves the chain below
+// parentIDs: the topmost lazy one.
+func (o *Snapshotter) chainDeviceID(parentIDs []string) (string, bool) {
+	for _, id := range parentIDs {
+		if o.isLazy(id) {
+			return id, true
+		}
+	}
+	return "", false
+}
+
 // releaseChainDevice detaches the shared device of the lazy chain below parentIDs when nothing
 // needs it any more. Failures are logged; Cleanup retries them.
 func (o *Snapshotter) releaseChainDevice(ctx context.Context, parentIDs []string) {
-	for _, id := range parentIDs {
-		if !o.isLazy(id) {
-			continue
-		}
-		if err := o.releaseSharedDevice(ctx, id); err != nil {
-			o.cfg.logger.WarnContext(ctx, "shared device left for Cleanup", "id", id, "error", err)
-		}
-		return
+	if id, ok := o.chainDeviceID(parentIDs); ok {
+		o.releaseSharedDeviceLogged(ctx, id)
+	}
+}
+
+func (o *Snapshotter) releaseSharedDeviceLogged(ctx context.Context, id string) {
+	if err := o.releaseSharedDevice(ctx, id); err != nil {
+		o.cfg.logger.WarnContext(ctx, "shared device left for Cleanup", "id", id, "error", err)
 	}
 }
 
 // releaseChainDeviceLater is releaseChainDevice after the configured linger, in the
 // background; at once when there is none.
 func (o *Snapshotter) releaseChainDeviceLater(ctx context.Context, parentIDs []string) {
+	id, ok := o.chainDeviceID(parentIDs)
+	if !ok {
+		return
+	}
 	if o.cfg.deviceLinger == 0 {
-		o.releaseChainDevice(ctx, parentIDs)
+		o.releaseSharedDeviceLogged(ctx, id)
 		return
 	}
 	o.lingerMu.Lock()
@@ -192,9 +207,22 @@ func (o *Snapshotter) releaseChainDeviceLater(ctx context.Context, parentIDs []s
 		o.lingerMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		o.releaseChainDevice(ctx, parentIDs)
+		o.releaseSharedDeviceLogged(ctx, id)
 	})
-	o.lingering[t] = true
+	o.lingering[t] = id
+}
+
+// isLingering says whether a delayed release of lazy layer id's device is pending: until
+// then the device stays, needed or not.
+func (o *Snapshotter) isLingering(id string) bool {
+	o.lingerMu.Lock()
+	defer o.lingerMu.Unlock()
+	for _, lingeringID := range o.lingering {
+		if lingeringID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // imageLayersLabel lists, on each layer containerd unpacks, the digests of that layer and
@@ -230,24 +258,29 @@ func (o *Snapshotter) preattach(ctx context.Context, parentIDs []string) {
 		defer cancel()
 		start := time.Now()
 		unlock := o.devLocks.lock(parentIDs[0])
-		err := o.mountDevice(ctx, parentIDs[0], c.layers, "")
-		unlock()
-		if err != nil {
+		defer unlock()
+		if err := o.mountDevice(ctx, parentIDs[0], c.layers, ""); err != nil {
 			o.cfg.logger.WarnContext(ctx, "device not attached ahead of use", "id", parentIDs[0], "error", err)
 			return
 		}
 		o.cfg.logger.InfoContext(ctx, "device attached ahead of use", "id", parentIDs[0], "took", time.Since(start))
+		// Before the device is unlocked, so no release (a Cleanup) sees it unused and not lingering.
 		o.releaseChainDeviceLater(ctx, parentIDs[:1])
 	})
 }
 
 // releaseSharedDevice tears down the read-only device of lazy layer id unless an active or
-// view snapshot still sits directly on its chain.
+// view snapshot still sits directly on its chain or its linger is pending.
 func (o *Snapshotter) releaseSharedDevice(ctx context.Context, id string) error {
 	if _, err := os.Stat(filepath.Join(o.snapshotDir(id), "block")); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	defer o.devLocks.lock(id)()
+	// A device with a pending linger waits for it, whoever asks: containerd calls Cleanup
+	// after each collection, one comes right after a pull, and the pull's device must stay.
+	if o.isLingering(id) {
+		return nil
+	}
 	needed, err := o.sharedDeviceNeeded(ctx, id)
 	if err != nil || needed {
 		return err

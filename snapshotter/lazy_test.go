@@ -300,6 +300,10 @@ func TestDeviceLingers(t *testing.T) {
 	assertCounts(t, f.devices, 1, 1, 0)
 	f.remove(t, "passwd-view")
 	assertCounts(t, f.devices, 1, 1, 0) // lingering
+	if err := f.sn.Cleanup(ctx); err != nil { // what containerd's collection after the removal calls
+		t.Fatal(err)
+	}
+	assertCounts(t, f.devices, 1, 1, 0) // still lingering
 	rootfs := mountRootfs(t, f.prepare(t, "c1", f.top))
 	assertFile(t, filepath.Join(rootfs, "base"), "lazy")
 	time.Sleep(2 * linger) // the first linger passes while c1 uses the device
@@ -318,8 +322,8 @@ func TestDeviceLingers(t *testing.T) {
 }
 
 // TestTopLayerPreattaches: recording an image's top layer (the one whose image-layers label
-// names itself alone) attaches the chain's device in the background; a container then uses
-// it without a second attach, and an unused one goes after the linger.
+// names itself alone) attaches the chain's device in the background; a Cleanup leaves it, a
+// container then uses it without a second attach, and an unused one goes after the linger.
 func TestTopLayerPreattaches(t *testing.T) {
 	ctx := context.Background()
 	const linger = 300 * time.Millisecond
@@ -348,6 +352,11 @@ func TestTopLayerPreattaches(t *testing.T) {
 		}
 	}
 	waitAttached(1)
+	// containerd collects garbage after a pull (its extract- snapshots) and calls Cleanup: the
+	// device, unused but lingering, stays for the container.
+	if err := f.sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rootfs := mountRootfs(t, f.prepare(t, "c1", parent))
 	assertFile(t, filepath.Join(rootfs, "bin/app"), "upper")
 	assertCounts(t, f.devices, 1, 1, 0)

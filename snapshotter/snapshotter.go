@@ -134,9 +134,10 @@ type Snapshotter struct {
 	// decisions that lead to them.
 	devLocks keyedLocks
 
-	// lingering are the pending delayed releases of shared devices (WithDeviceLinger).
+	// lingering are the pending delayed releases of shared devices (WithDeviceLinger), with
+	// the ID of the lazy layer each releases.
 	lingerMu  sync.Mutex
-	lingering map[*time.Timer]bool
+	lingering map[*time.Timer]string
 	closed    bool
 	lingerWG  sync.WaitGroup
 }
@@ -178,7 +179,7 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 	if !hasOption(options, "index") && kernelHasOverlayIndex() {
 		options = append(options, "index=off")
 	}
-	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options, lingering: map[*time.Timer]bool{}}, nil
+	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options, lingering: map[*time.Timer]string{}}, nil
 }
 
 func hasOption(options []string, key string) bool {
@@ -372,7 +373,7 @@ func (o *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 }
 
 // Cleanup deletes the directories of removed snapshots and detaches lazy chains' devices that
-// no snapshot needs any more.
+// no snapshot needs any more and that are not lingering.
 func (o *Snapshotter) Cleanup(ctx context.Context) error {
 	var (
 		ids     map[string]string
@@ -419,6 +420,7 @@ func (o *Snapshotter) Close() error {
 	for t := range o.lingering {
 		if t.Stop() {
 			o.lingerWG.Done() // a device left lingering is released by the next Cleanup
+			delete(o.lingering, t)
 		}
 	}
 	o.lingerMu.Unlock()
