@@ -300,7 +300,8 @@ func TestDeviceLingers(t *testing.T) {
 	assertCounts(t, f.devices, 1, 1, 0)
 	f.remove(t, "passwd-view")
 	assertCounts(t, f.devices, 1, 1, 0) // lingering
-	if err := f.sn.Cleanup(ctx); err != nil { // what containerd's collection after the removal calls
+	// containerd's collection after the removal calls Cleanup.
+	if err := f.sn.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
 	assertCounts(t, f.devices, 1, 1, 0) // still lingering
