@@ -26,7 +26,9 @@ type Config struct {
 	// BDDSocket is the control socket of bdd. Empty disables lazy overlaybd images.
 	BDDSocket string `json:"bddSocket"`
 	// TraceDir holds start traces recorded by `ctr-obd record-trace`; a device attached for
-	// a chain with a trace prefetches it. Empty disables prefetch.
+	// a chain with a trace prefetches it. It also holds page traces (WithPageTraces),
+	// recorded when a chain's device is released and read in when it is mounted again.
+	// Empty disables both.
 	TraceDir string `json:"traceDir"`
 	// RWMode is "overlayfs" (default) or "dev"; see RWModeOverlayFS and RWModeDev.
 	RWMode RWMode `json:"rwMode"`
@@ -128,6 +130,10 @@ func (c Config) Level() (slog.Level, error) {
 
 // Options returns the Snapshotter options the config sets (all but the device manager).
 func (c Config) Options() []Opt {
-	return []Opt{WithRWMode(c.RWMode), WithFSType(c.FSType), WithMountOptions(c.MountOptions...),
+	opts := []Opt{WithRWMode(c.RWMode), WithFSType(c.FSType), WithMountOptions(c.MountOptions...),
 		WithDeviceLinger(time.Duration(c.DeviceLinger))}
+	if c.TraceDir != "" {
+		opts = append(opts, WithPageTraces(c.TraceDir))
+	}
+	return opts
 }

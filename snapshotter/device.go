@@ -77,7 +77,13 @@ func (o *Snapshotter) ensureDevices(ctx context.Context, s storage.Snapshot, c c
 		id, upperDir = s.ID, o.deviceUpperPath(s.ID)
 	}
 	defer o.devLocks.lock(id)()
-	return o.mountDevice(ctx, id, c.layers, upperDir)
+	if err := o.mountDevice(ctx, id, c.layers, upperDir); err != nil {
+		return err
+	}
+	if upperDir == "" {
+		o.startWarmup(ctx, id)
+	}
+	return nil
 }
 
 // mountDevice attaches the device of snapshot id and mounts it in the snapshot's directory,
@@ -109,6 +115,9 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, o.cfg.fsType, mnt, err)
 	}
 	o.cfg.logger.InfoContext(ctx, "device mounted", "key", key, "device", dev, "mountpoint", mnt, "writable", upperDir != "")
+	if upperDir == "" {
+		o.noteMounted(ctx, id, layers)
+	}
 	return nil
 }
 
@@ -142,6 +151,7 @@ func (o *Snapshotter) teardownDevice(ctx context.Context, id string) error {
 		return err
 	}
 	if mounted {
+		o.finishWarmup(ctx, id)
 		if err := unix.Unmount(mnt, 0); err != nil {
 			return fmt.Errorf("unmount device of snapshot %s at %s: %w", id, mnt, err)
 		}

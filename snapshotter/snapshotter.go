@@ -19,6 +19,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
+
+	"github.com/obdproject/obd/tracestore"
 )
 
 // RWMode says how a container's writable layer over a lazy chain is made.
@@ -44,6 +46,7 @@ type config struct {
 	mountOptions []string
 	deviceKeys   string
 	deviceLinger time.Duration
+	pageTraces   *tracestore.Store
 	logger       *slog.Logger
 }
 
@@ -140,6 +143,10 @@ type Snapshotter struct {
 	lingering map[*time.Timer]string
 	closed    bool
 	lingerWG  sync.WaitGroup
+
+	// mounted are the shared devices mounted by this process, by snapshot ID (WithPageTraces).
+	mountedMu sync.Mutex
+	mounted   map[string]*mountedChain
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -179,7 +186,7 @@ func NewSnapshotter(root string, opts ...Opt) (*Snapshotter, error) {
 	if !hasOption(options, "index") && kernelHasOverlayIndex() {
 		options = append(options, "index=off")
 	}
-	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options, lingering: map[*time.Timer]string{}}, nil
+	return &Snapshotter{root: root, ms: ms, cfg: cfg, options: options, lingering: map[*time.Timer]string{}, mounted: map[string]*mountedChain{}}, nil
 }
 
 func hasOption(options []string, key string) bool {
@@ -425,6 +432,7 @@ func (o *Snapshotter) Close() error {
 	}
 	o.lingerMu.Unlock()
 	o.lingerWG.Wait()
+	o.stopWarmups()
 	return o.ms.Close()
 }
 

@@ -1,6 +1,7 @@
 // Package tracestore keeps the start traces that `ctr-obd record-trace` records (read by the snapshotter and `ctr-obd rpull`), one file per
 // chain of overlaybd layer blobs, where later starts of the same image look them up and hand
-// them to bdd's Prefetch. It sits beside the read path of DESIGN.md: a trace lists byte ranges
+// them to bdd's Prefetch; and, beside each, the chain's page trace (pagetrace), which the
+// snapshotter records when it releases the chain's device and reads in at the next mount. It sits beside the read path of DESIGN.md: a trace lists byte ranges
 // of remotefetch.Blob, the registry box at the bottom, and prefetching fills the cache box
 // above it before the block device asks.
 package tracestore
@@ -15,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
+	"github.com/obdproject/obd/pagetrace"
 	"github.com/obdproject/obd/remotefetch"
 )
 
@@ -58,6 +60,46 @@ func (s Store) Save(chain digest.Digest, trace []byte) error {
 	if _, err := remotefetch.ReadTrace(bytes.NewReader(trace)); err != nil {
 		return fmt.Errorf("tracestore: save trace of %s: %w", chain, err)
 	}
+	return s.write(s.Path(chain), trace)
+}
+
+// PagesPath returns the file the page trace of chain is kept in.
+func (s Store) PagesPath(chain digest.Digest) string {
+	return filepath.Join(s.Dir, chain.Algorithm().String()+"-"+chain.Encoded()+".pages")
+}
+
+// SavePages stores the page trace of chain (what its last start read, by file), replacing an
+// earlier one atomically.
+func (s Store) SavePages(chain digest.Digest, pages pagetrace.Trace) error {
+	if err := chain.Validate(); err != nil {
+		return fmt.Errorf("tracestore: chain %q: %w", chain, err)
+	}
+	return s.write(s.PagesPath(chain), pages.Encode())
+}
+
+// LoadPages returns the stored page trace of chain; an error wrapping ErrNoTrace when there is
+// none.
+func (s Store) LoadPages(chain digest.Digest) (pagetrace.Trace, error) {
+	if err := chain.Validate(); err != nil {
+		return nil, fmt.Errorf("tracestore: chain %q: %w", chain, err)
+	}
+	path := s.PagesPath(chain)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tracestore: pages of %s: %w", chain, ErrNoTrace)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tracestore: %w", err)
+	}
+	pages, err := pagetrace.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("tracestore: %s: %w", path, err)
+	}
+	return pages, nil
+}
+
+// write replaces path with data atomically.
+func (s Store) write(path string, data []byte) error {
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return fmt.Errorf("tracestore: %w", err)
 	}
@@ -66,7 +108,7 @@ func (s Store) Save(chain digest.Digest, trace []byte) error {
 		return fmt.Errorf("tracestore: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(trace); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("tracestore: write %s: %w", tmp.Name(), err)
 	}
@@ -77,7 +119,7 @@ func (s Store) Save(chain digest.Digest, trace []byte) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("tracestore: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), s.Path(chain)); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("tracestore: %w", err)
 	}
 	return nil

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/obdproject/obd/pagetrace"
 	"github.com/obdproject/obd/remotefetch"
 )
 
@@ -96,5 +98,33 @@ func TestBadTracesAreRefused(t *testing.T) {
 	}
 	if err := s.Save("sha256:nope", encodedTrace(t, chain)); err == nil {
 		t.Fatal("Save accepted a malformed chain ID")
+	}
+}
+
+func TestSaveLoadPages(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "traces")}
+	chain, err := ChainID([]digest.Digest{digest.FromString("only")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadPages(chain); !errors.Is(err, ErrNoTrace) {
+		t.Fatalf("LoadPages before SavePages: %v, want ErrNoTrace", err)
+	}
+	pages := pagetrace.Trace{{Path: "usr/bin/python3", Off: 0, Len: 4096}}
+	if err := s.SavePages(chain, pages); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.LoadPages(chain)
+	if err != nil || !reflect.DeepEqual(got, pages) {
+		t.Fatalf("LoadPages = %v, %v; want %v", got, err, pages)
+	}
+	if _, err := s.Load(chain); !errors.Is(err, ErrNoTrace) {
+		t.Fatalf("a page trace is not a block trace: Load = %v", err)
+	}
+	if err := os.WriteFile(s.PagesPath(chain), []byte("obd-pagetrace v1\n0 1 \"../x\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadPages(chain); !errors.Is(err, pagetrace.ErrBadTrace) {
+		t.Fatalf("LoadPages of a trace leaving the root: %v, want ErrBadTrace", err)
 	}
 }

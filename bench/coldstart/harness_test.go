@@ -22,8 +22,10 @@ import (
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/pagetrace"
 	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -40,6 +42,7 @@ var (
 	flagRender    = flag.String("coldstart.render", "", "re-render RESULTS.md and coldstart.png in -coldstart.out from this results.json, without measuring")
 	flagKeepLogs  = flag.String("coldstart.keep-logs", "", "copy each trial's daemon logs into this directory")
 	flagBDDConfig = flag.String("coldstart.bdd-config", "", "bdd.toml contents for the obd modes, e.g. 'log_level = \"debug\"' (logs each fetch)")
+	flagPages     = flag.Bool("coldstart.page-traces", true, "obd+trace: give the snapshotter the recorded start's page trace, so it reads the start's file ranges in when the device is mounted")
 	flagReplay    = flag.String("coldstart.replay-from", replayFromHarness, "who starts the obd+trace replay: harness (bdd's Prefetch with the pull, as obd trace replay or a platform that knows the next function does) or snapshotter (from its trace directory when the pull records the top layer, what nerdctl run gets after ctr-obd record-trace)")
 	// zstd in 16 KiB blocks: 30% fewer bytes per range than lz4 in 4 KiB blocks (what a
 	// lazy start on a slow link pays for), and as fast on loopback (bench/FINDINGS.md).
@@ -103,7 +106,7 @@ type harness struct {
 	benchDir string // OBD_DEPS/bench: cached images, the registry's storage
 	registry string // host:port of the registry
 	relays   map[Network]*Relay
-	traces   map[Cell][]byte // recorded traces, keyed by workload and network (Mode = ModeOBDTrace)
+	traces   map[Cell]recording // recorded traces, keyed by workload and network (Mode = ModeOBDTrace)
 }
 
 // TestColdStart is the cold-start benchmark of issue #8. It runs only with -coldstart.
@@ -116,7 +119,7 @@ func TestColdStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{relays: map[Network]*Relay{}, traces: map[Cell][]byte{}}
+	h := &harness{relays: map[Network]*Relay{}, traces: map[Cell]recording{}}
 	h.bin, err = filepath.Abs(*flagBin)
 	if err != nil {
 		t.Fatal(err)
@@ -386,9 +389,32 @@ func (h *harness) convertEstargz(t *testing.T, ctx context.Context, repo string)
 	}
 }
 
+// recording is what a recorded start leaves for the next ones: bdd's trace of the start's
+// blob reads and the page trace of the files it read, as the snapshotter records it when the
+// device goes.
+type recording struct {
+	trace []byte
+	pages pagetrace.Trace
+}
+
 // storeTrace puts trace in the snapshotter's trace directory under the chain of the image
 // ref (through a relay) names, as `ctr-obd record-trace` does.
 func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
+	if err := (tracestore.Store{Dir: dir}).Save(h.chainOf(t, ref), trace); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storePages puts a page trace in the snapshotter's trace directory under the chain of ref,
+// where the snapshotter would have recorded it when an earlier start's device went.
+func (h *harness) storePages(t *testing.T, dir, ref string, pages pagetrace.Trace) {
+	if err := (tracestore.Store{Dir: dir}).SavePages(h.chainOf(t, ref), pages); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chainOf returns the chain ID of the layers of the image ref (through a relay) names.
+func (h *harness) chainOf(t *testing.T, ref string) digest.Digest {
 	_, repoTag, _ := strings.Cut(ref, "/")
 	repo, tag, _ := strings.Cut(repoTag, ":")
 	var layers []digest.Digest
@@ -415,9 +441,7 @@ func (h *harness) storeTrace(t *testing.T, dir, ref string, trace []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (tracestore.Store{Dir: dir}).Save(chain, trace); err != nil {
-		t.Fatal(err)
-	}
+	return chain
 }
 
 func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag string) bool {
@@ -461,11 +485,11 @@ func (h *harness) recordTraces(t *testing.T, cells []Cell) {
 			continue
 		}
 		m := Measurement{Err: "the recording's setup failed (see the test log)"}
-		var trace []byte
+		var rec recording
 		t.Run("record-trace/"+c.Workload+"/"+string(c.Network), func(t *testing.T) {
-			m, trace = h.trial(t, Trial{Cell: Cell{Workload: c.Workload, Mode: ModeOBD, Network: c.Network}}, true)
+			m, rec = h.trial(t, Trial{Cell: Cell{Workload: c.Workload, Mode: ModeOBD, Network: c.Network}}, true)
 		})
-		if m.Err != "" || len(trace) == 0 {
+		if m.Err != "" || len(rec.trace) == 0 {
 			t.Fatalf("recording the trace of %s on %s failed: %s", c.Workload, c.Network, m.Err)
 		}
 		// Kept for inspection: which ranges of which layers the start read.
@@ -473,16 +497,17 @@ func (h *harness) recordTraces(t *testing.T, cells []Cell) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(path, trace, 0o644); err != nil {
+		if err := os.WriteFile(path, rec.trace, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("trace of %s on %s: %s, recorded in a run of %.2fs fetching %s", c.Workload, c.Network, path, m.Total.Seconds(), mib(m.BytesFetched))
-		h.traces[c] = trace
+		t.Logf("trace of %s on %s: %s, recorded in a run of %.2fs fetching %s; page trace of %d ranges", c.Workload, c.Network, path, m.Total.Seconds(), mib(m.BytesFetched), len(rec.pages))
+		h.traces[c] = rec
 	}
 }
 
-// trial measures one cold start. With record it also records bdd's trace of the start.
-func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byte) {
+// trial measures one cold start. With record it also records bdd's trace of the start and
+// the page trace of the files it read.
+func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recording) {
 	m := Measurement{Trial: tr}
 	w := workloadNamed(tr.Workload)
 	relay := h.relays[tr.Network]
@@ -508,13 +533,20 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	snapshotter := "overlayfs"
 	var plugins []testenv.ProxyPlugin
 	var daemon bddv1.DaemonClient
+	var snRoot string
 	switch tr.Mode {
 	case ModeOBD, ModeOBDTrace:
 		// Config files of the trial's own keep host-wide ones (/etc/obd,
 		// /etc/overlaybd-snapshotter, /var/lib/obd/traces) out.
 		traceDir := filepath.Join(dir, "traces")
-		if tr.Mode == ModeOBDTrace && *flagReplay == replayFromSnapshotter {
-			h.storeTrace(t, traceDir, ref, h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}])
+		if tr.Mode == ModeOBDTrace {
+			rec := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
+			if *flagReplay == replayFromSnapshotter {
+				h.storeTrace(t, traceDir, ref, rec.trace)
+			}
+			if *flagPages && len(rec.pages) > 0 {
+				h.storePages(t, traceDir, ref, rec.pages)
+			}
 		}
 		snapshotterConfig, err := json.Marshal(map[string]string{"traceDir": traceDir})
 		if err != nil {
@@ -536,7 +568,8 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 		}
 		t.Cleanup(func() { conn.Close() })
 		daemon = client
-		snSocket, snRoot := filepath.Join(dir, "sn.sock"), filepath.Join(dir, "sn")
+		snSocket := filepath.Join(dir, "sn.sock")
+		snRoot = filepath.Join(dir, "sn")
 		// After the snapshotter has stopped and before bdd stops: unmount the devices'
 		// file systems and detach the devices, so no loop device outlives the run.
 		t.Cleanup(func() { detachAll(t, client, snRoot) })
@@ -569,15 +602,15 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	var prefetch sync.WaitGroup
 	var prefetchErr error
 	if tr.Mode == ModeOBDTrace && *flagReplay == replayFromHarness {
-		trace := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
+		trace := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}].trace
 		prefetch.Go(func() {
 			_, prefetchErr = daemon.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
 		})
 	}
-	fail := func(err error) (Measurement, []byte) {
+	fail := func(err error) (Measurement, recording) {
 		m.Err = err.Error()
 		prefetch.Wait()
-		return m, nil
+		return m, recording{}
 	}
 	if m.Pull, err = n.run(ctx, "pull", "--quiet", ref); err != nil {
 		return fail(err)
@@ -597,13 +630,16 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	if prefetchErr != nil {
 		return fail(fmt.Errorf("prefetch: %w", prefetchErr))
 	}
-	var trace []byte
+	var rec recording
 	if record {
 		resp, err := daemon.StopTrace(ctx, &bddv1.StopTraceRequest{})
 		if err != nil {
 			return fail(fmt.Errorf("StopTrace: %w", err))
 		}
-		trace = resp.GetTrace()
+		rec.trace = resp.GetTrace()
+		if rec.pages, err = recordPages(ctx, snRoot); err != nil {
+			return fail(err)
+		}
 	}
 
 	warmStart := time.Now()
@@ -616,7 +652,24 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, []byt
 	if _, err := n.run(ctx, "rm", "-f", "cold"); err != nil {
 		return fail(err)
 	}
-	return m, trace
+	return m, rec
+}
+
+// recordPages records the page trace of the image device mounted under the snapshotter's
+// root, what the snapshotter records when it releases the device (the trial ends before).
+func recordPages(ctx context.Context, snRoot string) (pagetrace.Trace, error) {
+	mnts, err := filepath.Glob(filepath.Join(snRoot, "snapshots", "*", "block", "mnt"))
+	if err != nil {
+		return nil, err
+	}
+	for _, mnt := range mnts {
+		var st, parent unix.Stat_t
+		if unix.Stat(mnt, &st) != nil || unix.Stat(filepath.Dir(mnt), &parent) != nil || st.Dev == parent.Dev {
+			continue // not a mount point
+		}
+		return pagetrace.Record(ctx, mnt)
+	}
+	return nil, fmt.Errorf("no device mounted under %s to record a page trace of", snRoot)
 }
 
 // detachAll unmounts everything under the snapshotter's root and detaches every device of bdd.
