@@ -77,13 +77,7 @@ func (o *Snapshotter) ensureDevices(ctx context.Context, s storage.Snapshot, c c
 		id, upperDir = s.ID, o.deviceUpperPath(s.ID)
 	}
 	defer o.devLocks.lock(id)()
-	if err := o.mountDevice(ctx, id, c.layers, upperDir); err != nil {
-		return err
-	}
-	if upperDir == "" {
-		o.startWarmup(ctx, id)
-	}
-	return nil
+	return o.mountDevice(ctx, id, c.layers, upperDir)
 }
 
 // mountDevice attaches the device of snapshot id and mounts it in the snapshot's directory,
@@ -116,7 +110,7 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 	}
 	o.cfg.logger.InfoContext(ctx, "device mounted", "key", key, "device", dev, "mountpoint", mnt, "writable", upperDir != "")
 	if upperDir == "" {
-		o.noteMounted(ctx, id, layers)
+		o.startWarmup(ctx, id, layers)
 	}
 	return nil
 }

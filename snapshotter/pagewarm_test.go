@@ -50,7 +50,7 @@ func TestPageTraceRecordedAndReadIn(t *testing.T) {
 		t.Fatalf("recorded page trace covers %v, want only bin/app", got)
 	}
 
-	f.prepare(t, "c2", top) // mounts the device again, empty page cache, and reads bin/app in
+	f.prepare(t, "c2", top) // mounts the device again (an empty page cache), which reads bin/app in
 	mnt := f.sn.deviceMountPath(f.sn.mustID(t, top))
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		cached, err := pagetrace.Record(ctx, mnt)
