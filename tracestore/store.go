@@ -80,22 +80,32 @@ func (s Store) SavePages(chain digest.Digest, pages pagetrace.Trace) error {
 // LoadPages returns the stored page trace of chain; an error wrapping ErrNoTrace when there is
 // none.
 func (s Store) LoadPages(chain digest.Digest) (pagetrace.Trace, error) {
+	var pages pagetrace.Trace
+	err := s.read(chain, s.PagesPath, "pages of ", func(data []byte) (err error) {
+		pages, err = pagetrace.Decode(data)
+		return err
+	})
+	return pages, err
+}
+
+// read reads the file pathOf gives for chain and hands it to parse; what names the kind of
+// file in the ErrNoTrace error.
+func (s Store) read(chain digest.Digest, pathOf func(digest.Digest) string, what string, parse func([]byte) error) error {
 	if err := chain.Validate(); err != nil {
-		return nil, fmt.Errorf("tracestore: chain %q: %w", chain, err)
+		return fmt.Errorf("tracestore: chain %q: %w", chain, err)
 	}
-	path := s.PagesPath(chain)
+	path := pathOf(chain)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("tracestore: pages of %s: %w", chain, ErrNoTrace)
+		return fmt.Errorf("tracestore: %s%s: %w", what, chain, ErrNoTrace)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tracestore: %w", err)
+		return fmt.Errorf("tracestore: %w", err)
 	}
-	pages, err := pagetrace.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("tracestore: %s: %w", path, err)
+	if err := parse(data); err != nil {
+		return fmt.Errorf("tracestore: %s: %w", path, err)
 	}
-	return pages, nil
+	return nil
 }
 
 // write replaces path with data atomically.
@@ -128,19 +138,14 @@ func (s Store) write(path string, data []byte) error {
 // Load returns the stored trace of chain, checked to parse. It returns an error wrapping
 // ErrNoTrace when there is none.
 func (s Store) Load(chain digest.Digest) ([]byte, error) {
-	if err := chain.Validate(); err != nil {
-		return nil, fmt.Errorf("tracestore: chain %q: %w", chain, err)
-	}
-	path := s.Path(chain)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("tracestore: %s: %w", chain, ErrNoTrace)
-	}
+	var trace []byte
+	err := s.read(chain, s.Path, "", func(data []byte) error {
+		_, err := remotefetch.ReadTrace(bytes.NewReader(data))
+		trace = data
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("tracestore: %w", err)
+		return nil, err
 	}
-	if _, err := remotefetch.ReadTrace(bytes.NewReader(data)); err != nil {
-		return nil, fmt.Errorf("tracestore: %s: %w", path, err)
-	}
-	return data, nil
+	return trace, nil
 }
