@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
-	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/tracestore"
@@ -74,11 +73,7 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func(
 	if b.traces == nil {
 		return stop
 	}
-	blobs := make([]digest.Digest, len(layers))
-	for i, l := range layers {
-		blobs[i] = l.Digest
-	}
-	chain, err := tracestore.ChainID(blobs)
+	chain, err := chainID(layers)
 	if err != nil {
 		b.logger.Warn("no trace prefetch", "key", key, "err", err)
 		return stop

@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/tracestore"
 )
 
 // Labels a snapshot carries (from the image manifest's layer annotations, passed on by
@@ -94,4 +96,13 @@ func readLayerRecord(path string) (layer RemoteLayer, ok bool, err error) {
 		return RemoteLayer{}, false, fmt.Errorf("layer record %s: %w", path, err)
 	}
 	return layer, true, nil
+}
+
+// chainID is the tracestore key of a chain of remote layers, lowest first.
+func chainID(layers []RemoteLayer) (digest.Digest, error) {
+	blobs := make([]digest.Digest, len(layers))
+	for i, l := range layers {
+		blobs[i] = l.Digest
+	}
+	return tracestore.ChainID(blobs)
 }

@@ -44,11 +44,7 @@ func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []Remot
 	if o.cfg.pageTraces == nil {
 		return
 	}
-	blobs := make([]digest.Digest, len(layers))
-	for i, l := range layers {
-		blobs[i] = l.Digest
-	}
-	chain, err := tracestore.ChainID(blobs)
+	chain, err := chainID(layers)
 	if err != nil {
 		return
 	}

@@ -115,10 +115,10 @@ func (c *Containerd) config(plugins []ProxyPlugin) string {
 	b.WriteString(`disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]` + "\n")
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n", c.Address)
 	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n", c.Address+".ttrpc")
-	// By default containerd spaces collections 49 mean collection times apart, and a
-	// collection that tears down a snapshot's device takes a few hundred milliseconds: a
-	// removed container's snapshot would then reach the snapshotter up to ~20 s later. Tests
-	// wait on that removal, so collect after every deletion.
+	// By default containerd spaces collections 49 mean collection times apart, so one slow
+	// collection (an fsync stall under the parallel test load) can hold a removed container's
+	// snapshot from the snapshotter for tens of seconds. Tests wait on that removal, so
+	// collect after every deletion.
 	b.WriteString("[plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n")
 	for _, p := range plugins {
 		fmt.Fprintf(&b, "[proxy_plugins.%q]\n  type = %q\n  address = %q\n", p.Name, p.Type, p.Address)
