@@ -1,0 +1,57 @@
+package archtest
+
+// rules is the module's dependency table; docs/DESIGN.md ("Who may import whom") shows the same
+// table in prose and must change with it.
+//
+// Patterns are package paths relative to the module: "x" is the package x alone, "x/..." is x
+// and every package below it, and a path element may be a glob ("sandbox/*api"). A scope of
+// links checks every module package the importer's binary links (go list's Deps: transitive,
+// tests excluded); imports checks only its own import lines (go list's Imports).
+var rules = []rule{
+	{
+		name:  "formats link no fetcher, daemon, transport or client",
+		from:  []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/...", "blocktrace/...", "pagetrace/..."},
+		scope: links,
+		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
+	},
+	{
+		name:  "the fetcher links no layer format",
+		from:  []string{"remotefetch/..."},
+		scope: links,
+		deny:  []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/..."},
+	},
+	{
+		name:  "the snapshotter links no daemon, transport or fetcher",
+		from:  []string{"snapshotter/...", "cmd/overlaybd-snapshotter", "tracestore/..."},
+		scope: links,
+		deny:  fetcherDaemonTransport,
+	},
+	{
+		name:  "clients of bdd import no daemon, transport or fetcher",
+		from:  []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs"},
+		scope: imports,
+		deny:  fetcherDaemonTransport,
+	},
+	{
+		name:   "policies link no sandbox",
+		from:   []string{"policy/..."},
+		except: []string{"policy/probe"},
+		scope:  links,
+		deny:   []string{"sandbox/..."},
+	},
+	{
+		name:  "the probe links only the sandbox's wire package",
+		from:  []string{"policy/probe"},
+		scope: links,
+		deny:  []string{"sandbox/..."},
+		allow: []string{"sandbox/*api"},
+	},
+	{
+		name:  "no cycle between top-level boxes",
+		scope: boxCycles,
+	},
+}
+
+// fetcherDaemonTransport are the packages a client of bdd reaches only through api/bdd/v1
+// and bddclient.
+var fetcherDaemonTransport = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
