@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +53,7 @@ const arrivalGap = 10 * time.Millisecond
 
 // measureInvoke times n invocations of fn (the full call: start + handler + reply), gap
 // apart.
-func measureInvoke(b *testing.B, m *Manager, fn string, n int, want StartPath, gap time.Duration) latencies {
+func measureInvoke(b *testing.B, m *Manager, fn string, n int, want sandboxapi.StartPath, gap time.Duration) latencies {
 	var out latencies
 	for i := 0; i < n; i++ {
 		time.Sleep(gap)
@@ -241,19 +242,19 @@ func BenchmarkStartPaths(b *testing.B) {
 	const coldN, warmN, hotN, runcN, nerdctlN, rateN = 30, 200, 500, 20, 10, 1000
 	rootfs := filepath.Join(testRootfs(b), "python3-bookworm")
 	for i := 0; i < b.N; i++ {
-		cold := measureInvoke(b, benchManager(b, func(c *Config) { c.NoZygotes = true }), "bench", coldN, Cold, arrivalGap)
+		cold := measureInvoke(b, benchManager(b, func(c *Config) { c.NoZygotes = true }), "bench", coldN, sandboxapi.Cold, arrivalGap)
 		warmM := benchManager(b, nil)
-		measureInvoke(b, warmM, "bench", 5, Warm, arrivalGap) // page in the zygote
-		warm := measureInvoke(b, warmM, "bench", warmN, Warm, arrivalGap)
-		warmB2B := measureInvoke(b, warmM, "bench", warmN, Warm, 0)
+		measureInvoke(b, warmM, "bench", 5, sandboxapi.Warm, arrivalGap) // page in the zygote
+		warm := measureInvoke(b, warmM, "bench", warmN, sandboxapi.Warm, arrivalGap)
+		warmB2B := measureInvoke(b, warmM, "bench", warmN, sandboxapi.Warm, 0)
 		rate := throughput(b, warmM, 4, rateN)
 		onDemandM := benchManager(b, func(c *Config) { c.SpareRoots = -1 })
-		measureInvoke(b, onDemandM, "bench", 5, Warm, arrivalGap)
-		onDemand := measureInvoke(b, onDemandM, "bench", warmN, Warm, arrivalGap)
+		measureInvoke(b, onDemandM, "bench", 5, sandboxapi.Warm, arrivalGap)
+		onDemand := measureInvoke(b, onDemandM, "bench", warmN, sandboxapi.Warm, arrivalGap)
 		hotM := benchManager(b, func(c *Config) { c.KeepAlive = time.Hour })
-		measureInvoke(b, hotM, "bench", 1, Warm, arrivalGap)
-		hot := measureInvoke(b, hotM, "bench", hotN, Hot, arrivalGap)
-		hotB2B := measureInvoke(b, hotM, "bench", hotN, Hot, 0)
+		measureInvoke(b, hotM, "bench", 1, sandboxapi.Warm, arrivalGap)
+		hot := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, arrivalGap)
+		hotB2B := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, 0)
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
 		create, join := netnsCost(b, 50)

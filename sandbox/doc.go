@@ -16,7 +16,8 @@
 //   - hot: an idle sandbox from the handler cache, frozen by the cgroup freezer, is thawed.
 //
 // Idle sandboxes live for a fixed keep-alive TTL (Config.KeepAlive). Manager is the engine;
-// Handler serves it over HTTP (cmd/obd-lambda) and Client is what `obd sandbox` uses.
+// Handler serves it over HTTP (cmd/obd-lambda). The API's types and its Client live apart, in
+// sandbox/sandboxapi, so that clients (`obd sandbox`, policy/probe) do not link the engine.
 //
 // Choices, and the measurements behind them (BenchmarkStartPaths, `make bench-sandbox`):
 //   - PID, UTS and IPC namespaces per sandbox. A zygote clones each sandbox straight into new

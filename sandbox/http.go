@@ -12,51 +12,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
-// FunctionSpec is a function on the wire (register requests and listings).
-type FunctionSpec struct {
-	Name      string   `json:"name"`
-	Image     string   `json:"image"`
-	Entry     string   `json:"entry"`
-	Dir       string   `json:"dir,omitempty"` // handler code directory on the server; or upload "code"
-	MemoryMB  int64    `json:"memory_mb,omitempty"`
-	CPUs      float64  `json:"cpus,omitempty"`
-	Pids      int64    `json:"pids,omitempty"`
-	TimeoutMS int64    `json:"timeout_ms,omitempty"`
-	Imports   []string `json:"imports,omitempty"`
-	Packages  []string `json:"packages,omitempty"`
-}
-
-func (s FunctionSpec) function() Function {
+// functionOf is the Function a register request asks for.
+func functionOf(s sandboxapi.FunctionSpec) Function {
 	return Function{Name: s.Name, Image: s.Image, Entry: s.Entry, Dir: s.Dir, MemoryMB: s.MemoryMB, CPUs: s.CPUs,
 		Pids: s.Pids, Timeout: time.Duration(s.TimeoutMS) * time.Millisecond, Imports: s.Imports, Packages: s.Packages}
 }
 
-func specOf(f Function) FunctionSpec {
-	return FunctionSpec{Name: f.Name, Image: f.Image, Entry: f.Entry, Dir: f.Dir, MemoryMB: f.MemoryMB, CPUs: f.CPUs,
+// specOf is f on the wire.
+func specOf(f Function) sandboxapi.FunctionSpec {
+	return sandboxapi.FunctionSpec{Name: f.Name, Image: f.Image, Entry: f.Entry, Dir: f.Dir, MemoryMB: f.MemoryMB, CPUs: f.CPUs,
 		Pids: f.Pids, TimeoutMS: f.Timeout.Milliseconds(), Imports: f.Imports, Packages: f.Packages}
 }
 
-// Response headers of POST /run/NAME.
-const (
-	HeaderStartPath = "X-Obd-Start-Path"   // cold, warm or hot
-	HeaderStartTime = "X-Obd-Start-Micros" // time to a ready sandbox
-)
-
 const maxEventBytes = maxFrame - 64
 
-// Handler serves Manager over HTTP:
-//
-//	POST   /functions            register: JSON FunctionSpec, or multipart with "spec" (JSON)
-//	                             and "code" (tar or tar.gz of the handler directory)
-//	GET    /functions            list
-//	GET    /functions/NAME/stats counters
-//	DELETE /functions/NAME       unregister
-//	POST   /run/NAME             invoke: JSON event in, the handler's JSON result out
-//
-// Errors are JSON {"error": "..."} with 400, 404, 409, 500 (handler raised), 502 (sandbox
-// died), 504 (timeout).
+// Handler serves Manager over the HTTP API of package sandboxapi. Uploaded code is unpacked
+// with ExtractCode; a manager error maps to the status sandboxapi documents for it.
 type Handler struct {
 	m       *Manager
 	codeDir string // uploaded handler code, one dir per function
@@ -99,11 +74,11 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusInternalServerError
 	}
 	h.log.Info("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
-	writeJSON(w, status, map[string]string{"error": err.Error()})
+	writeJSON(w, status, sandboxapi.ErrorBody{Error: err.Error()})
 }
 
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
-	var spec FunctionSpec
+	var spec sandboxapi.FunctionSpec
 	var uploaded string
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "multipart/form-data" {
@@ -122,9 +97,9 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			switch part.FormName() {
-			case "spec":
+			case sandboxapi.FormSpec:
 				err = json.NewDecoder(io.LimitReader(part, 1<<20)).Decode(&spec)
-			case "code":
+			case sandboxapi.FormCode:
 				// The spec part comes first, so the code dir can be named after the function.
 				if !namePattern.MatchString(spec.Name) {
 					err = fmt.Errorf("the spec part, with a valid name, must come before the code part")
@@ -149,7 +124,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("register: body is not a function spec: %w", err))
 		return
 	}
-	if err := h.m.Register(r.Context(), spec.function()); err != nil {
+	if err := h.m.Register(r.Context(), functionOf(spec)); err != nil {
 		if uploaded != "" && !errors.Is(err, ErrExists) {
 			os.RemoveAll(uploaded)
 		}
@@ -160,7 +135,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
-	specs := []FunctionSpec{}
+	specs := []sandboxapi.FunctionSpec{}
 	for _, f := range h.m.Functions() {
 		specs = append(specs, specOf(f))
 	}
@@ -204,8 +179,8 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := h.m.Invoke(r.Context(), r.PathValue("name"), event)
 	if res.Path != "" {
-		w.Header().Set(HeaderStartPath, string(res.Path))
-		w.Header().Set(HeaderStartTime, strconv.FormatInt(res.Start.Microseconds(), 10))
+		w.Header().Set(sandboxapi.HeaderStartPath, string(res.Path))
+		w.Header().Set(sandboxapi.HeaderStartTime, strconv.FormatInt(res.Start.Microseconds(), 10))
 	}
 	if err != nil {
 		h.fail(w, r, err)

@@ -10,6 +10,8 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"testing"
+
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 func TestHTTPAPI(t *testing.T) {
@@ -17,31 +19,31 @@ func TestHTTPAPI(t *testing.T) {
 	codeDir := filepath.Join(m.cfg.StateDir, "functions")
 	srv := httptest.NewServer(NewHandler(m, codeDir))
 	defer srv.Close()
-	c := &Client{Base: srv.URL}
+	c := &sandboxapi.Client{Base: srv.URL}
 	ctx := context.Background()
 
 	var code bytes.Buffer
-	if err := ArchiveDir(handlerDir(t), &code); err != nil {
+	if err := sandboxapi.ArchiveDir(handlerDir(t), &code); err != nil {
 		t.Fatal(err)
 	}
-	spec := FunctionSpec{Name: "up", Image: "python3-bookworm", Entry: "main.handler", MemoryMB: 64, TimeoutMS: 500}
+	spec := sandboxapi.FunctionSpec{Name: "up", Image: "python3-bookworm", Entry: "main.handler", MemoryMB: 64, TimeoutMS: 500}
 	if err := c.Register(ctx, spec, bytes.NewReader(code.Bytes())); err != nil {
 		t.Fatal(err)
 	}
-	dirSpec := FunctionSpec{Name: "ondisk", Image: "python3-bookworm", Entry: "main.handler", Dir: handlerDir(t)}
+	dirSpec := sandboxapi.FunctionSpec{Name: "ondisk", Image: "python3-bookworm", Entry: "main.handler", Dir: handlerDir(t)}
 	if err := c.Register(ctx, dirSpec, nil); err != nil {
 		t.Fatal(err)
 	}
 
 	out, path, err := c.Run(ctx, "up", []byte(`{"op":"sqlite"}`))
-	if err != nil || path != Warm {
+	if err != nil || path != sandboxapi.Warm {
 		t.Fatalf("run: %s %s %v", out, path, err)
 	}
 	var got map[string]int
 	if err := json.Unmarshal(out, &got); err != nil || got["sum"] != 45 {
 		t.Fatalf("run output %s", out)
 	}
-	if _, path, _ = c.Run(ctx, "up", []byte(`{"op":"echo"}`)); path != Hot {
+	if _, path, _ = c.Run(ctx, "up", []byte(`{"op":"echo"}`)); path != sandboxapi.Hot {
 		t.Errorf("second run path %s, want hot", path)
 	}
 	if out, _, err := c.Run(ctx, "ondisk", []byte(`{"op":"echo","value":"d"}`)); err != nil || !bytes.Contains(out, []byte(`"d"`)) {
@@ -58,7 +60,7 @@ func TestHTTPAPI(t *testing.T) {
 	}
 
 	statusOf := func(err error) int {
-		var ae *APIError
+		var ae *sandboxapi.APIError
 		if errors.As(err, &ae) {
 			return ae.Status
 		}
@@ -76,9 +78,9 @@ func TestHTTPAPI(t *testing.T) {
 		{"raise", func() error { _, _, err := c.Run(ctx, "up", []byte(`{"op":"nope"}`)); return err }(), http.StatusInternalServerError},
 		{"bad event", func() error { _, _, err := c.Run(ctx, "up", []byte(`{not json`)); return err }(), http.StatusBadRequest},
 		{"duplicate", c.Register(ctx, dirSpec, nil), http.StatusConflict},
-		{"bad entry", c.Register(ctx, FunctionSpec{Name: "x", Image: "python3-bookworm", Entry: "no dots", Dir: "/"}, nil), http.StatusBadRequest},
-		{"bad image", c.Register(ctx, FunctionSpec{Name: "y", Image: "../etc", Entry: "m.f", Dir: "/"}, nil), http.StatusBadRequest},
-		{"hostile code", c.Register(ctx, FunctionSpec{Name: "z", Image: "python3-bookworm", Entry: "m.f"},
+		{"bad entry", c.Register(ctx, sandboxapi.FunctionSpec{Name: "x", Image: "python3-bookworm", Entry: "no dots", Dir: "/"}, nil), http.StatusBadRequest},
+		{"bad image", c.Register(ctx, sandboxapi.FunctionSpec{Name: "y", Image: "../etc", Entry: "m.f", Dir: "/"}, nil), http.StatusBadRequest},
+		{"hostile code", c.Register(ctx, sandboxapi.FunctionSpec{Name: "z", Image: "python3-bookworm", Entry: "m.f"},
 			bytes.NewReader(makeTar(t, entry{"../x", '0', "x"}))), http.StatusBadRequest},
 	}
 	for _, ch := range checks {
@@ -96,8 +98,8 @@ func TestHTTPAPI(t *testing.T) {
 	usrv := &http.Server{Handler: NewHandler(m, codeDir)}
 	go usrv.Serve(ul)
 	defer usrv.Close()
-	uc := &Client{Base: "unix://" + sock}
-	if out, path, err := uc.Run(ctx, "up", []byte(`{"op":"echo","value":"u"}`)); err != nil || path != Hot || !bytes.Contains(out, []byte(`"u"`)) {
+	uc := &sandboxapi.Client{Base: "unix://" + sock}
+	if out, path, err := uc.Run(ctx, "up", []byte(`{"op":"echo","value":"u"}`)); err != nil || path != sandboxapi.Hot || !bytes.Contains(out, []byte(`"u"`)) {
 		t.Errorf("run over a unix socket: %s %s %v", out, path, err)
 	}
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 // forEachPath runs fn against a manager whose sandboxes start cold, one whose sandboxes are
@@ -127,7 +129,7 @@ func TestFailingHandlersKeepServerServing(t *testing.T) {
 				t.Errorf("after %s: echo %v", c.event, out)
 			}
 			// A dead or killed sandbox is replaced; one whose handler raised is reused.
-			if wantHot := c.want == ErrHandler; (res.Path == Hot) != wantHot {
+			if wantHot := c.want == ErrHandler; (res.Path == sandboxapi.Hot) != wantHot {
 				t.Errorf("after %s: next call took the %s path", c.event, res.Path)
 			}
 		}
@@ -197,7 +199,7 @@ func TestKeepAliveExpiresIdleSandboxes(t *testing.T) {
 	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) > 0 {
 		t.Errorf("expired sandbox's processes still alive: %v", pids)
 	}
-	if _, res := invoke(t, m, "ka", map[string]any{"op": "echo"}); res.Path != Warm {
+	if _, res := invoke(t, m, "ka", map[string]any{"op": "echo"}); res.Path != sandboxapi.Warm {
 		t.Errorf("call after expiry took the %s path, want warm", res.Path)
 	}
 }
@@ -245,7 +247,7 @@ func TestZygoteTreeAndInstallCache(t *testing.T) {
 
 	names := map[string]any{"op": "modules", "names": []string{"decimal", "fractions"}}
 	out, res := invoke(t, m, "tree", names)
-	if res.Path != Warm || out["decimal"] != true || out["fractions"] != false {
+	if res.Path != sandboxapi.Warm || out["decimal"] != true || out["fractions"] != false {
 		t.Errorf("function zygote: path %s, modules %v; want decimal preloaded by its zygote, fractions not", res.Path, out)
 	}
 	out, _ = invoke(t, m, "plain", names)
@@ -286,17 +288,17 @@ func TestDeadZygoteIsReplaced(t *testing.T) {
 	// zygote until thawed.
 	m := newTestManager(t, func(c *Config) { c.KeepAlive = 0 })
 	register(t, m, "z", func(f *Function) { f.Imports = []string{"decimal"} })
-	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Warm {
+	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != sandboxapi.Warm {
 		t.Fatalf("first call path %s, want warm", res.Path)
 	}
 	zy := m.funcs["z"].image.zygote
 	zy.cmd.Process.Kill()
 	zy.cmd.Process.Wait()
-	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != Cold {
+	if _, res := invoke(t, m, "z", map[string]any{"op": "echo"}); res.Path != sandboxapi.Cold {
 		t.Errorf("call after the zygote died took the %s path, want cold", res.Path)
 	}
 	out, res := invoke(t, m, "z", map[string]any{"op": "modules", "names": []string{"decimal"}})
-	if res.Path != Warm || out["decimal"] != true {
+	if res.Path != sandboxapi.Warm || out["decimal"] != true {
 		t.Errorf("call after the restart: path %s, modules %v; want warm from a new function zygote", res.Path, out)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/sandbox/cgroup"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ type Config struct {
 	Now          func() time.Time // for tests of keep-alive; default time.Now
 }
 
-// Function is a registered handler. FunctionSpec is its form on the wire.
+// Function is a registered handler. sandboxapi.FunctionSpec is its form on the wire.
 type Function struct {
 	Name     string
 	Image    string        // runtime image ref, resolved by the RootfsProvider
@@ -59,23 +60,10 @@ type Function struct {
 	Packages []string      // install-cache packages on its sys.path
 }
 
-// Stats are a function's counters.
-type Stats struct {
-	Name        string        `json:"name"`
-	Invocations int64         `json:"invocations"`
-	Errors      int64         `json:"errors"`
-	Cold        int64         `json:"cold"`
-	Warm        int64         `json:"warm"`
-	Hot         int64         `json:"hot"`
-	Idle        int           `json:"idle"`
-	Busy        int           `json:"busy"`
-	TotalTime   time.Duration `json:"total_time_ns"`
-}
-
 // Result is the outcome of one invocation.
 type Result struct {
 	Output json.RawMessage // the handler's return value as JSON
-	Path   StartPath
+	Path   sandboxapi.StartPath
 	Start  time.Duration // obtaining a ready sandbox (thaw, fork or start + handler import)
 }
 
@@ -137,7 +125,7 @@ type function struct {
 	stopSpares chan struct{}
 	sparesDone chan struct{}
 	busy       int
-	stats      Stats
+	stats      sandboxapi.Stats
 	gone       bool // deleted; its sandboxes are destroyed instead of cached
 }
 
@@ -290,7 +278,7 @@ func (m *Manager) Register(ctx context.Context, f Function) error {
 
 	// Compiling and forking the function's zygote take a while: not under m.mu, which every
 	// invocation takes.
-	fn := &function{Function: f, image: img, stats: Stats{Name: f.Name},
+	fn := &function{Function: f, image: img, stats: sandboxapi.Stats{Name: f.Name},
 		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
 	err = m.compile(img, f.Dir, id)
 	if err == nil && runtimeZygote != nil && len(f.Imports) > 0 {
@@ -429,12 +417,12 @@ func (m *Manager) Functions() []Function {
 }
 
 // Stats returns the counters of function name.
-func (m *Manager) Stats(name string) (Stats, error) {
+func (m *Manager) Stats(name string) (sandboxapi.Stats, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	fn, ok := m.funcs[name]
 	if !ok {
-		return Stats{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+		return sandboxapi.Stats{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	st := fn.stats
 	st.Idle, st.Busy = len(fn.idle), fn.busy
@@ -499,7 +487,7 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 	}
 	m.mu.Unlock()
 
-	res := Result{Path: Hot}
+	res := Result{Path: sandboxapi.Hot}
 	var err error
 	if b != nil {
 		err = b.group.Thaw()
@@ -541,11 +529,11 @@ func (m *Manager) finish(fn *function, b *box, res Result, err error, took time.
 		fn.stats.Errors++
 	}
 	switch res.Path {
-	case Cold:
+	case sandboxapi.Cold:
 		fn.stats.Cold++
-	case Warm:
+	case sandboxapi.Warm:
 		fn.stats.Warm++
-	case Hot:
+	case sandboxapi.Hot:
 		fn.stats.Hot++
 	}
 	keep = keep && !fn.gone && !m.closed
@@ -575,13 +563,13 @@ func (m *Manager) destroyLater(b *box, fn string) {
 // handler is imported (call reads the result). The sandbox is a spare, set up ahead, when one
 // is waiting; else one prepared and started now: forked from a zygote when there is one, cold
 // otherwise or when the zygote stopped answering.
-func (m *Manager) start(ctx context.Context, fn *function, event json.RawMessage) (_ *box, _ StartPath, err error) {
+func (m *Manager) start(ctx context.Context, fn *function, event json.RawMessage) (_ *box, _ sandboxapi.StartPath, err error) {
 	b := m.takeSpare(fn)
 	if b == nil {
 		if b, err = m.prepare(fn, m.newID()); err != nil {
-			path := Cold
+			path := sandboxapi.Cold
 			if m.zygoteOf(fn) != nil {
-				path = Warm
+				path = sandboxapi.Warm
 			}
 			return nil, path, err
 		}
@@ -668,10 +656,10 @@ func (m *Manager) launch(fn *function, b *box, z *zygote) error {
 		return err
 	}
 	if z != nil {
-		b.path = Warm
+		b.path = sandboxapi.Warm
 		err = m.forkFrom(z, s, b.root.dir, theirs, b.procs)
 	} else {
-		b.path = Cold
+		b.path = sandboxapi.Cold
 		err = m.startCold(b, s, theirs, b.procs)
 	}
 	if err != nil {

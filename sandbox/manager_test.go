@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 // testRootfs builds (once per machine, cached) the python3 rootfs with scripts/mkrootfs.sh
@@ -125,15 +126,15 @@ func TestStartPaths(t *testing.T) {
 			if out["sum"] != 45.0 {
 				t.Fatalf("sqlite sum = %v", out)
 			}
-			want := Warm
+			want := sandboxapi.Warm
 			if cold {
-				want = Cold
+				want = sandboxapi.Cold
 			}
 			if res.Path != want {
 				t.Fatalf("first call path %s, want %s", res.Path, want)
 			}
 			out, res = invoke(t, m, "fn", map[string]any{"op": "counter"})
-			if res.Path != Hot || out["calls"] != 1.0 {
+			if res.Path != sandboxapi.Hot || out["calls"] != 1.0 {
 				t.Fatalf("second call: path %s out %v; want hot, calls 1", res.Path, out)
 			}
 			out, _ = invoke(t, m, "fn", map[string]any{"op": "counter"})
@@ -176,7 +177,7 @@ func TestSparesRunNoHandlerCodeAhead(t *testing.T) {
 	}
 	before := float64(time.Now().UnixNano()) / 1e9
 	out, res := invoke(t, m, "spare", map[string]any{"op": "imported_at"})
-	if res.Path != Warm {
+	if res.Path != sandboxapi.Warm {
 		t.Errorf("call with spares waiting took the %s path, want warm", res.Path)
 	}
 	if at := out["imported_at"].(float64); at < before {
@@ -206,7 +207,7 @@ func TestHandlerInAPackage(t *testing.T) {
 	}
 	before := float64(time.Now().UnixNano()) / 1e9
 	out, res := invoke(t, m, "pkgfn", nil)
-	if res.Path != Warm {
+	if res.Path != sandboxapi.Warm {
 		t.Errorf("path %s, want warm", res.Path)
 	}
 	if at := out["imported_at"].(float64); at < before {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/sandbox/cgroup"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,15 +26,6 @@ var (
 	ErrClosed   = errors.New("sandbox: manager closed")
 )
 
-// StartPath says how the sandbox that served an invocation was obtained.
-type StartPath string
-
-const (
-	Cold StartPath = "cold" // new process started by the server
-	Warm StartPath = "warm" // forked from a zygote
-	Hot  StartPath = "hot"  // thawed from the handler cache
-)
-
 // box is one live sandbox: its cgroup, root mounts, scratch dir and the channel to its
 // runner.
 type box struct {
@@ -42,10 +34,10 @@ type box struct {
 	group    *cgroup.Group
 	root     *rootMount
 	conn     net.Conn
-	procs    []*os.File // the group's cgroup.procs files, until the process has joined
-	cmd      *exec.Cmd  // cold sandboxes: the server's child, reaped here
-	path     StartPath  // how its process was started, once it has one
-	sent     bool       // the first event is sent and its reply not yet read (start, then call)
+	procs    []*os.File           // the group's cgroup.procs files, until the process has joined
+	cmd      *exec.Cmd            // cold sandboxes: the server's child, reaped here
+	path     sandboxapi.StartPath // how its process was started, once it has one
+	sent     bool                 // the first event is sent and its reply not yet read (start, then call)
 	lastUsed time.Time
 }
 

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/internal/testenv"
-	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 const handler = `import json, sqlite3
@@ -31,19 +31,19 @@ func TestServeAndCleanShutdown(t *testing.T) {
 	stateDir := filepath.Join(tmp, "state")
 	srv, addr, logs := startServer(t, bin, rootfsDir, stateDir)
 	defer srv.Process.Kill()
-	c := &sandbox.Client{Base: "http://" + addr}
+	c := &sandboxapi.Client{Base: "http://" + addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	code := writeHandler(t)
 	var tarball strings.Builder
-	if err := sandbox.ArchiveDir(code, &tarball); err != nil {
+	if err := sandboxapi.ArchiveDir(code, &tarball); err != nil {
 		t.Fatal(err)
 	}
-	spec := sandbox.FunctionSpec{Name: "hello", Image: "python3-bookworm", Entry: "main.handler", Imports: []string{"decimal"}}
+	spec := sandboxapi.FunctionSpec{Name: "hello", Image: "python3-bookworm", Entry: "main.handler", Imports: []string{"decimal"}}
 	if err := c.Register(ctx, spec, strings.NewReader(tarball.String())); err != nil {
 		t.Fatal(err)
 	}
-	for i, want := range []sandbox.StartPath{sandbox.Warm, sandbox.Hot} {
+	for i, want := range []sandboxapi.StartPath{sandboxapi.Warm, sandboxapi.Hot} {
 		res, path, err := c.Run(ctx, "hello", []byte(fmt.Sprintf(`{"who":"w%d"}`, i)))
 		if err != nil {
 			t.Fatal(err)
@@ -169,7 +169,7 @@ func startServer(t *testing.T, bin, rootfsDir, stateDir string) (*exec.Cmd, stri
 		}
 		close(logs)
 	}()
-	c := &sandbox.Client{Base: "http://" + addr}
+	c := &sandboxapi.Client{Base: "http://" + addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
@@ -201,9 +201,9 @@ func TestRestartAfterKill9(t *testing.T) {
 	bin, rootfsDir := buildServer(t)
 	stateDir := filepath.Join(t.TempDir(), "state")
 	srv, addr, _ := startServer(t, bin, rootfsDir, stateDir)
-	c := &sandbox.Client{Base: "http://" + addr}
+	c := &sandboxapi.Client{Base: "http://" + addr}
 	ctx := context.Background()
-	if err := c.Register(ctx, sandbox.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler", Dir: writeHandler(t)}, nil); err != nil {
+	if err := c.Register(ctx, sandboxapi.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler", Dir: writeHandler(t)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := c.Run(ctx, "f", []byte(`{"who":"x"}`)); err != nil {
@@ -250,7 +250,7 @@ func TestListensOnPrivateUnixSocket(t *testing.T) {
 		srv.Process.Signal(syscall.SIGTERM)
 		srv.Wait()
 	}()
-	c := &sandbox.Client{Base: "unix://" + sock}
+	c := &sandboxapi.Client{Base: "unix://" + sock}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := c.List(context.Background())

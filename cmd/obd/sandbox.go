@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"github.com/spf13/cobra"
 )
 
@@ -21,9 +21,9 @@ type lambdaFlags struct {
 	timeout time.Duration
 }
 
-func (f *lambdaFlags) client(cmd *cobra.Command) (*sandbox.Client, context.Context, context.CancelFunc) {
+func (f *lambdaFlags) client(cmd *cobra.Command) (*sandboxapi.Client, context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-	return &sandbox.Client{Base: f.server}, ctx, cancel
+	return &sandboxapi.Client{Base: f.server}, ctx, cancel
 }
 
 func newSandboxCmd() *cobra.Command {
@@ -42,7 +42,7 @@ func newSandboxCmd() *cobra.Command {
 
 func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 	var (
-		spec    sandbox.FunctionSpec
+		spec    sandboxapi.FunctionSpec
 		code    string
 		timeout time.Duration
 	)
@@ -67,7 +67,7 @@ func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 				}
 				if st.IsDir() {
 					var buf bytes.Buffer
-					if err := sandbox.ArchiveDir(code, &buf); err != nil {
+					if err := sandboxapi.ArchiveDir(code, &buf); err != nil {
 						return err
 					}
 					upload = &buf

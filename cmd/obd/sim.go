@@ -14,7 +14,7 @@ import (
 	"github.com/obdproject/obd/policy/probe"
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
-	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 func newSimCmd() *cobra.Command {
@@ -134,7 +134,7 @@ func newProbeCmd() *cobra.Command {
 			if sweep == 0 {
 				sweep = keepAlive / 4
 			}
-			c := &sandbox.Client{Base: server}
+			c := &sandboxapi.Client{Base: server}
 			names, err := probe.Deploy(ctx, c, image, prefix, functions)
 			defer func() {
 				for _, n := range names {

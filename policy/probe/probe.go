@@ -5,7 +5,8 @@
 // thawed idle instance) and latency. It measures cold against warm/hot start latency, how
 // long an idle instance lives, and whether the server's cold starts over a trace match what
 // the simulator (package policy/sim) predicts for the same schedule. It sits outside the read
-// path of DESIGN.md, looking at its last box ("/ sandbox") through the API alone.
+// path of DESIGN.md, looking at its last box ("/ sandbox") through the API alone
+// (sandbox/sandboxapi), without linking the engine.
 package probe
 
 import (
@@ -21,12 +22,12 @@ import (
 	"github.com/obdproject/obd/policy"
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
-	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
-// Server is the part of the sandbox server's API the probe invokes (sandbox.Client has it).
+// Server is the part of the sandbox server's API the probe invokes (sandboxapi.Client has it).
 type Server interface {
-	Run(ctx context.Context, name string, event []byte) (json.RawMessage, sandbox.StartPath, error)
+	Run(ctx context.Context, name string, event []byte) (json.RawMessage, sandboxapi.StartPath, error)
 }
 
 // callTimeout bounds each call to the server (a function's own timeout defaults to 10 s).
@@ -38,7 +39,7 @@ const handlerCode = "def handler(event):\n    return {\"ok\": True}\n"
 
 // Deploy registers n probe functions named prefix-0 ... on image and returns their names
 // (on error, the names registered so far).
-func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int) ([]string, error) {
+func Deploy(ctx context.Context, c *sandboxapi.Client, image, prefix string, n int) ([]string, error) {
 	var code bytes.Buffer
 	tw := tar.NewWriter(&code)
 	if err := tw.WriteHeader(&tar.Header{Name: "main.py", Mode: 0o644, Size: int64(len(handlerCode)), Typeflag: tar.TypeReg}); err != nil {
@@ -53,7 +54,7 @@ func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int)
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("%s-%d", prefix, i)
-		spec := sandbox.FunctionSpec{Name: names[i], Image: image, Entry: "main.handler"}
+		spec := sandboxapi.FunctionSpec{Name: names[i], Image: image, Entry: "main.handler"}
 		callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 		err := c.Register(callCtx, spec, bytes.NewReader(code.Bytes()))
 		cancel()
@@ -66,15 +67,15 @@ func Deploy(ctx context.Context, c *sandbox.Client, image, prefix string, n int)
 
 // Observation is one invocation as seen from outside.
 type Observation struct {
-	Function int               // index into the names given to Replay
-	At       time.Duration     // when it was sent, from the start of the replay
-	Path     sandbox.StartPath // how the server obtained the sandbox
-	Latency  time.Duration     // request to response
+	Function int                  // index into the names given to Replay
+	At       time.Duration        // when it was sent, from the start of the replay
+	Path     sandboxapi.StartPath // how the server obtained the sandbox
+	Latency  time.Duration        // request to response
 	Err      error
 }
 
 // invoke runs one invocation and times it.
-func invoke(ctx context.Context, s Server, name string) (sandbox.StartPath, time.Duration, error) {
+func invoke(ctx context.Context, s Server, name string) (sandboxapi.StartPath, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	start := time.Now()
@@ -129,7 +130,7 @@ func (s Summary) Starts() int { return s.Cold + s.Warm }
 // Summarize counts obs.
 func Summarize(obs []Observation) Summary {
 	var s Summary
-	lat := map[sandbox.StartPath][]time.Duration{}
+	lat := map[sandboxapi.StartPath][]time.Duration{}
 	for _, o := range obs {
 		s.Invocations++
 		if o.Err != nil {
@@ -137,16 +138,16 @@ func Summarize(obs []Observation) Summary {
 			continue
 		}
 		switch o.Path {
-		case sandbox.Cold:
+		case sandboxapi.Cold:
 			s.Cold++
-		case sandbox.Warm:
+		case sandboxapi.Warm:
 			s.Warm++
-		case sandbox.Hot:
+		case sandboxapi.Hot:
 			s.Hot++
 		}
 		lat[o.Path] = append(lat[o.Path], o.Latency)
 	}
-	s.ColdP50, s.WarmP50, s.HotP50 = median(lat[sandbox.Cold]), median(lat[sandbox.Warm]), median(lat[sandbox.Hot])
+	s.ColdP50, s.WarmP50, s.HotP50 = median(lat[sandboxapi.Cold]), median(lat[sandboxapi.Warm]), median(lat[sandboxapi.Hot])
 	return s
 }
 
@@ -182,7 +183,7 @@ func Lifetime(ctx context.Context, s Server, name string, gaps []time.Duration) 
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, LifetimeSample{Gap: gap, Hot: path == sandbox.Hot})
+		out = append(out, LifetimeSample{Gap: gap, Hot: path == sandboxapi.Hot})
 	}
 	return out, nil
 }

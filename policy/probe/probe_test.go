@@ -11,11 +11,12 @@ import (
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
 	"github.com/obdproject/obd/sandbox"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
 // liveServer starts a real sandbox server (package sandbox behind its HTTP handler) with the
 // given keep-alive, on the python rootfs scripts/mkrootfs.sh builds.
-func liveServer(t *testing.T, keepAlive time.Duration) *sandbox.Client {
+func liveServer(t *testing.T, keepAlive time.Duration) *sandboxapi.Client {
 	t.Helper()
 	rootfs := testenv.PythonRootfs(t)
 	state := t.TempDir()
@@ -31,7 +32,7 @@ func liveServer(t *testing.T, keepAlive time.Duration) *sandbox.Client {
 			t.Errorf("sandbox manager close: %v", err)
 		}
 	})
-	return &sandbox.Client{Base: srv.URL}
+	return &sandboxapi.Client{Base: srv.URL}
 }
 
 // TestLiveServerMatchesSimulator replays a small trace against a live server with a fixed

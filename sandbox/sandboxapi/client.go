@@ -1,4 +1,4 @@
-package sandbox
+package sandboxapi
 
 import (
 	"bytes"
@@ -13,7 +13,8 @@ import (
 	"strings"
 )
 
-// Client talks to a Handler (the obd-lambda server); `obd sandbox` uses it.
+// Client speaks the API to a server (cmd/obd-lambda, sandbox.Handler); `obd sandbox` and the
+// policy probe use it. Its methods are safe for concurrent use.
 type Client struct {
 	Base string       // http://HOST:PORT, or unix:///PATH for a server on a unix socket
 	HTTP *http.Client // default http.DefaultClient (or a unix-socket client for unix://)
@@ -39,15 +40,8 @@ func (c *Client) endpoint() (string, *http.Client) {
 	return strings.TrimRight(c.Base, "/"), http.DefaultClient
 }
 
-// APIError is an error response of the server.
-type APIError struct {
-	Status  int
-	Message string
-}
-
-// Error implements error.
-func (e *APIError) Error() string { return fmt.Sprintf("server: %s (HTTP %d)", e.Message, e.Status) }
-
+// do sends one request. A response with status 300 or more is closed and returned as an
+// *APIError.
 func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
 	base, hc := c.endpoint()
 	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
@@ -63,9 +57,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		var e struct {
-			Error string `json:"error"`
-		}
+		var e ErrorBody
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(b))
@@ -84,8 +76,8 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// Register registers spec. code, when not nil, is a tar (or tar.gz) of the handler directory,
-// uploaded; otherwise spec.Dir names a directory on the server.
+// Register registers spec. code, when not nil, is a tar (or tar.gz) of the handler directory
+// (ArchiveDir makes one), uploaded; otherwise spec.Dir names a directory on the server.
 func (c *Client) Register(ctx context.Context, spec FunctionSpec, code io.Reader) error {
 	js, err := json.Marshal(spec)
 	if err != nil {
@@ -98,10 +90,10 @@ func (c *Client) Register(ctx context.Context, spec FunctionSpec, code io.Reader
 		pr, pw := io.Pipe()
 		mw := multipart.NewWriter(pw)
 		go func() {
-			err := mw.WriteField("spec", string(js))
+			err := mw.WriteField(FormSpec, string(js))
 			if err == nil {
 				var part io.Writer
-				if part, err = mw.CreateFormFile("code", "code.tar"); err == nil {
+				if part, err = mw.CreateFormFile(FormCode, "code.tar"); err == nil {
 					_, err = io.Copy(part, code)
 				}
 			}

@@ -1,0 +1,88 @@
+// Package sandboxapi is the contract of the sandbox server (cmd/obd-lambda, package sandbox):
+// the types spoken over its HTTP API and the Client that speaks them. It sits beside the last
+// box of the read path in DESIGN.md ("/ sandbox"): callers such as `obd sandbox` and the
+// policy probe (policy/probe) use it to reach the server without linking the engine, and the
+// engine's Handler serves it. It imports the standard library only.
+//
+// The API:
+//
+//	POST   /functions            register: JSON FunctionSpec, or multipart with FormSpec (JSON)
+//	                             and FormCode (tar or tar.gz of the handler directory; ArchiveDir)
+//	GET    /functions            list: JSON []FunctionSpec
+//	GET    /functions/NAME/stats counters: JSON Stats
+//	DELETE /functions/NAME       unregister
+//	POST   /run/NAME             invoke: JSON event in, the handler's JSON result out, with
+//	                             HeaderStartPath and HeaderStartTime set
+//
+// Errors are JSON ErrorBody with 400, 404, 409, 500 (handler raised), 502 (sandbox died),
+// 504 (timeout); Client returns them as *APIError.
+package sandboxapi
+
+import (
+	"fmt"
+	"time"
+)
+
+// FunctionSpec is a function on the wire (register requests and listings). Zero limits take
+// the server's defaults.
+type FunctionSpec struct {
+	Name      string   `json:"name"`
+	Image     string   `json:"image"`
+	Entry     string   `json:"entry"`
+	Dir       string   `json:"dir,omitempty"` // handler code directory on the server; or upload FormCode
+	MemoryMB  int64    `json:"memory_mb,omitempty"`
+	CPUs      float64  `json:"cpus,omitempty"`
+	Pids      int64    `json:"pids,omitempty"`
+	TimeoutMS int64    `json:"timeout_ms,omitempty"`
+	Imports   []string `json:"imports,omitempty"`
+	Packages  []string `json:"packages,omitempty"`
+}
+
+// Stats are a function's counters.
+type Stats struct {
+	Name        string        `json:"name"`
+	Invocations int64         `json:"invocations"`
+	Errors      int64         `json:"errors"`
+	Cold        int64         `json:"cold"`
+	Warm        int64         `json:"warm"`
+	Hot         int64         `json:"hot"`
+	Idle        int           `json:"idle"`
+	Busy        int           `json:"busy"`
+	TotalTime   time.Duration `json:"total_time_ns"`
+}
+
+// StartPath says how the sandbox that served an invocation was obtained.
+type StartPath string
+
+const (
+	Cold StartPath = "cold" // new process started by the server
+	Warm StartPath = "warm" // forked from a zygote
+	Hot  StartPath = "hot"  // thawed from the handler cache
+)
+
+// Response headers of POST /run/NAME.
+const (
+	HeaderStartPath = "X-Obd-Start-Path"   // cold, warm or hot
+	HeaderStartTime = "X-Obd-Start-Micros" // time to a ready sandbox
+)
+
+// Form fields of a multipart register request. FormSpec comes first, so the server can name
+// the code's directory after the function.
+const (
+	FormSpec = "spec"
+	FormCode = "code"
+)
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// APIError is an error response of the server.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+// Error implements error.
+func (e *APIError) Error() string { return fmt.Sprintf("server: %s (HTTP %d)", e.Message, e.Status) }
