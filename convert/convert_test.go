@@ -18,6 +18,7 @@ import (
 	"github.com/obdproject/obd/convert/internal/extmount"
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/zfile"
@@ -186,9 +187,9 @@ func checkManifest(t *testing.T, dir string, man ocispec.Manifest) {
 			t.Errorf("layer %d media type %s", i, l.MediaType)
 		}
 		for k, v := range map[string]string{
-			convert.AnnotationBlobDigest: l.Digest.String(),
-			convert.AnnotationFSType:     "ext4",
-			convert.AnnotationVersion:    "0.1.0",
+			imagelabels.BlobDigest: l.Digest.String(),
+			imagelabels.FSType:     "ext4",
+			imagelabels.Version:    "0.1.0",
 		} {
 			if l.Annotations[k] != v {
 				t.Errorf("layer %d annotation %s = %q, want %q", i, k, l.Annotations[k], v)

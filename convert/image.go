@@ -8,18 +8,13 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/obdproject/obd/imagelabels"
 )
 
-// Annotations on each converted layer descriptor, as upstream's snapshotter
-// expects them (FORMAT.md, "Layer blob in a registry").
-const (
-	AnnotationBlobDigest = "containerd.io/snapshot/overlaybd/blob-digest"
-	AnnotationBlobSize   = "containerd.io/snapshot/overlaybd/blob-size"
-	AnnotationFSType     = "containerd.io/snapshot/overlaybd/blob-fs-type"
-	AnnotationVersion    = "containerd.io/snapshot/overlaybd/version"
-	// FormatVersion is the value of AnnotationVersion.
-	FormatVersion = "0.1.0"
-)
+// FormatVersion is the overlaybd format version of the layers the converter writes: the
+// value of their imagelabels.Version annotation.
+const FormatVersion = "0.1.0"
 
 // Docker media types the converter reads besides the OCI ones.
 const (
@@ -47,10 +42,10 @@ func layerDescriptor(d digest.Digest, size int64) ocispec.Descriptor {
 		Digest:    d,
 		Size:      size,
 		Annotations: map[string]string{
-			AnnotationBlobDigest: d.String(),
-			AnnotationBlobSize:   strconv.FormatInt(size, 10),
-			AnnotationFSType:     "ext4",
-			AnnotationVersion:    FormatVersion,
+			imagelabels.BlobDigest: d.String(),
+			imagelabels.BlobSize:   strconv.FormatInt(size, 10),
+			imagelabels.FSType:     "ext4",
+			imagelabels.Version:    FormatVersion,
 		},
 	}
 }
@@ -58,7 +53,7 @@ func layerDescriptor(d digest.Digest, size int64) ocispec.Descriptor {
 // isConverted reports whether every layer of m is already an overlaybd blob.
 func isConverted(m ocispec.Manifest) bool {
 	for _, l := range m.Layers {
-		if l.Annotations[AnnotationBlobDigest] == "" {
+		if l.Annotations[imagelabels.BlobDigest] == "" {
 			return false
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -24,13 +24,13 @@ func overlaybdBlobs(manifest ocispec.Manifest) ([]digest.Digest, error) {
 	}
 	blobs := make([]digest.Digest, 0, len(manifest.Layers))
 	for i, layer := range manifest.Layers {
-		raw, ok := layer.Annotations[convert.AnnotationBlobDigest]
+		raw, ok := layer.Annotations[imagelabels.BlobDigest]
 		if !ok {
-			return nil, fmt.Errorf("%w: layer %d (%s) has no %s annotation (convert it with obdconv)", ErrNotOverlaybd, i, layer.Digest, convert.AnnotationBlobDigest)
+			return nil, fmt.Errorf("%w: layer %d (%s) has no %s annotation (convert it with obdconv)", ErrNotOverlaybd, i, layer.Digest, imagelabels.BlobDigest)
 		}
 		d, err := digest.Parse(raw)
 		if err != nil {
-			return nil, fmt.Errorf("%w: layer %d: %s %q: %v", ErrNotOverlaybd, i, convert.AnnotationBlobDigest, raw, err)
+			return nil, fmt.Errorf("%w: layer %d: %s %q: %v", ErrNotOverlaybd, i, imagelabels.BlobDigest, raw, err)
 		}
 		blobs = append(blobs, d)
 	}

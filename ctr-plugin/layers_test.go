@@ -9,13 +9,12 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/obdproject/obd/convert"
-	"github.com/obdproject/obd/snapshotter"
+	"github.com/obdproject/obd/imagelabels"
 )
 
 func overlaybdLayer(blob digest.Digest) ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromString("tar of " + blob.String()),
-		Annotations: map[string]string{convert.AnnotationBlobDigest: blob.String(), convert.AnnotationBlobSize: "4096"}}
+		Annotations: map[string]string{imagelabels.BlobDigest: blob.String(), imagelabels.BlobSize: "4096"}}
 }
 
 func TestOverlaybdBlobs(t *testing.T) {
@@ -30,7 +29,7 @@ func TestOverlaybdBlobs(t *testing.T) {
 
 	plain := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromString("plain")}
 	bad := overlaybdLayer(lower)
-	bad.Annotations[convert.AnnotationBlobDigest] = "sha256:short"
+	bad.Annotations[imagelabels.BlobDigest] = "sha256:short"
 	for name, m := range map[string]ocispec.Manifest{
 		"no layers":         {},
 		"a plain layer":     {Layers: []ocispec.Descriptor{overlaybdLayer(lower), plain}},
@@ -59,13 +58,13 @@ func TestLazyLayerLabels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := children[1].Annotations[snapshotter.LabelImageRef]; got != ref {
-		t.Fatalf("layer's %s = %q, want %q", snapshotter.LabelImageRef, got, ref)
+	if got := children[1].Annotations[imagelabels.ImageRef]; got != ref {
+		t.Fatalf("layer's %s = %q, want %q", imagelabels.ImageRef, got, ref)
 	}
-	if _, ok := layer.Annotations[snapshotter.LabelImageRef]; ok {
+	if _, ok := layer.Annotations[imagelabels.ImageRef]; ok {
 		t.Fatal("the handler changed the annotations map of its input")
 	}
-	if _, ok := children[0].Annotations[snapshotter.LabelImageRef]; ok {
+	if _, ok := children[0].Annotations[imagelabels.ImageRef]; ok {
 		t.Fatal("the config descriptor was labelled as a layer")
 	}
 

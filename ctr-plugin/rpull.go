@@ -15,8 +15,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/convert"
-	"github.com/obdproject/obd/snapshotter"
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -87,12 +86,12 @@ func lazyLayerLabels(ref string) func(images.Handler) images.Handler {
 				if !images.IsLayerType(children[i].MediaType) {
 					continue
 				}
-				if _, ok := children[i].Annotations[convert.AnnotationBlobDigest]; !ok {
+				if _, ok := children[i].Annotations[imagelabels.BlobDigest]; !ok {
 					return nil, fmt.Errorf("%w: layer %s of manifest %s has no %s annotation (convert it with obdconv, or pull it with `images pull`)",
-						ErrNotOverlaybd, children[i].Digest, desc.Digest, convert.AnnotationBlobDigest)
+						ErrNotOverlaybd, children[i].Digest, desc.Digest, imagelabels.BlobDigest)
 				}
 				annotations := maps.Clone(children[i].Annotations)
-				annotations[snapshotter.LabelImageRef] = ref
+				annotations[imagelabels.ImageRef] = ref
 				children[i].Annotations = annotations
 			}
 			return children, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/layerblob"
@@ -88,8 +89,8 @@ func pushLazyBusybox(t *testing.T) lazyBusybox {
 	repo := "obdtest/busybox"
 	blobDigest := registry.PushBlob(t, repo, blob)
 	img := testenv.BuildBusyboxImage(t, testenv.WithLayerAnnotations(map[string]string{
-		LabelBlobDigest: blobDigest.String(),
-		LabelBlobSize:   strconv.Itoa(len(blob)),
+		imagelabels.BlobDigest: blobDigest.String(),
+		imagelabels.BlobSize:   strconv.Itoa(len(blob)),
 	}))
 	ref := registry.Host + "/" + repo + ":obd"
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

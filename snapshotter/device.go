@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/obdproject/obd/imagelabels"
 )
 
 // A lazy chain's read-only device is attached for its top lazy layer and mounted in that
@@ -229,13 +231,9 @@ func (o *Snapshotter) isLingering(id string) bool {
 	return false
 }
 
-// imageLayersLabel lists, on each layer containerd unpacks, the digests of that layer and
-// of those above it (containerd's snapshotters.TargetImageLayersLabel).
-const imageLayersLabel = "containerd.io/snapshot/cri.image-layers"
-
 // isTopLayer says whether the labels of a layer being unpacked mark the image's top layer.
 func isTopLayer(labels map[string]string) bool {
-	v, ok := labels[imageLayersLabel]
+	v, ok := labels[imagelabels.CRIImageLayers]
 	return ok && v != "" && !strings.Contains(v, ",")
 }
 

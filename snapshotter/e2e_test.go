@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
-	"github.com/opencontainers/go-digest"
 )
 
 // servedSnapshotter is a Snapshotter served on a unix socket the way cmd/overlaybd-snapshotter
@@ -130,8 +132,8 @@ func TestE2ELazyImageRunsFromADevice(t *testing.T) {
 	})
 	blob := digest.FromString("busybox as an overlaybd blob")
 	img := testenv.BuildBusyboxImage(t, testenv.WithLayerAnnotations(map[string]string{
-		LabelBlobDigest: blob.String(),
-		LabelBlobSize:   "1048576",
+		imagelabels.BlobDigest: blob.String(),
+		imagelabels.BlobSize:   "1048576",
 	}))
 	devices.blobs[blob] = img.RootFS
 	registry := testregistry.Start(t, testregistry.Options{})

@@ -10,18 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/tracestore"
-)
-
-// Labels a snapshot carries (from the image manifest's layer annotations, passed on by
-// containerd's unpacker) when its layer is an overlaybd blob to be read lazily.
-const (
-	LabelBlobDigest = "containerd.io/snapshot/overlaybd/blob-digest"
-	LabelBlobSize   = "containerd.io/snapshot/overlaybd/blob-size"
-	LabelImageRef   = "containerd.io/snapshot/image-ref"
-	// LabelCRIImageRef is the image reference nerdctl and CRI attach to layers for remote
-	// snapshotters; used when LabelImageRef is absent.
-	LabelCRIImageRef = "containerd.io/snapshot/cri.image-ref"
 )
 
 // RemoteLayer is one overlaybd layer blob in a registry.
@@ -47,25 +37,25 @@ var ErrBadLayerLabels = errors.New("invalid overlaybd layer labels")
 // remoteLayerFromLabels returns the overlaybd blob the labels name. ok is false when the labels
 // do not mark an overlaybd layer at all (no blob digest label).
 func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool, err error) {
-	rawDigest, ok := labels[LabelBlobDigest]
+	rawDigest, ok := labels[imagelabels.BlobDigest]
 	if !ok {
 		return RemoteLayer{}, false, nil
 	}
 	dgst, err := digest.Parse(rawDigest)
 	if err != nil {
-		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, LabelBlobDigest, rawDigest, err)
+		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, imagelabels.BlobDigest, rawDigest, err)
 	}
-	rawSize := labels[LabelBlobSize]
+	rawSize := labels[imagelabels.BlobSize]
 	size, err := strconv.ParseInt(rawSize, 10, 64)
 	if err != nil || size <= 0 {
-		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q is not a positive size", ErrBadLayerLabels, LabelBlobSize, rawSize)
+		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q is not a positive size", ErrBadLayerLabels, imagelabels.BlobSize, rawSize)
 	}
-	ref := labels[LabelImageRef]
+	ref := labels[imagelabels.ImageRef]
 	if ref == "" {
-		ref = labels[LabelCRIImageRef]
+		ref = labels[imagelabels.CRIImageRef]
 	}
 	if ref == "" {
-		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s has neither %s nor %s", ErrBadLayerLabels, dgst, LabelImageRef, LabelCRIImageRef)
+		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s has neither %s nor %s", ErrBadLayerLabels, dgst, imagelabels.ImageRef, imagelabels.CRIImageRef)
 	}
 	return RemoteLayer{Ref: ref, Digest: dgst, Size: size}, true, nil
 }

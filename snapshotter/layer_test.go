@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/imagelabels"
 )
 
 func TestRemoteLayerFromLabels(t *testing.T) {
@@ -19,14 +21,14 @@ func TestRemoteLayerFromLabels(t *testing.T) {
 		ref    string
 	}{
 		{"plain layer", map[string]string{"containerd.io/snapshot.ref": "x"}, false, true, ""},
-		{"image-ref", map[string]string{LabelBlobDigest: good, LabelBlobSize: "7", LabelImageRef: "a/b:1"}, true, true, "a/b:1"},
-		{"cri image-ref", map[string]string{LabelBlobDigest: good, LabelBlobSize: "7", LabelCRIImageRef: "c/d:2"}, true, true, "c/d:2"},
-		{"image-ref wins", map[string]string{LabelBlobDigest: good, LabelBlobSize: "7", LabelImageRef: "a", LabelCRIImageRef: "c"}, true, true, "a"},
-		{"bad digest", map[string]string{LabelBlobDigest: "sha256:xyz", LabelBlobSize: "7", LabelImageRef: "a"}, true, false, ""},
-		{"missing size", map[string]string{LabelBlobDigest: good, LabelImageRef: "a"}, true, false, ""},
-		{"zero size", map[string]string{LabelBlobDigest: good, LabelBlobSize: "0", LabelImageRef: "a"}, true, false, ""},
-		{"negative size", map[string]string{LabelBlobDigest: good, LabelBlobSize: "-5", LabelImageRef: "a"}, true, false, ""},
-		{"missing ref", map[string]string{LabelBlobDigest: good, LabelBlobSize: "7"}, true, false, ""},
+		{"image-ref", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "7", imagelabels.ImageRef: "a/b:1"}, true, true, "a/b:1"},
+		{"cri image-ref", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "7", imagelabels.CRIImageRef: "c/d:2"}, true, true, "c/d:2"},
+		{"image-ref wins", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "7", imagelabels.ImageRef: "a", imagelabels.CRIImageRef: "c"}, true, true, "a"},
+		{"bad digest", map[string]string{imagelabels.BlobDigest: "sha256:xyz", imagelabels.BlobSize: "7", imagelabels.ImageRef: "a"}, true, false, ""},
+		{"missing size", map[string]string{imagelabels.BlobDigest: good, imagelabels.ImageRef: "a"}, true, false, ""},
+		{"zero size", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "0", imagelabels.ImageRef: "a"}, true, false, ""},
+		{"negative size", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "-5", imagelabels.ImageRef: "a"}, true, false, ""},
+		{"missing ref", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "7"}, true, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			layer, lazy, err := remoteLayerFromLabels(tc.labels)
@@ -66,12 +68,12 @@ func FuzzRemoteLayerFromLabels(f *testing.F) {
 	f.Add("sha256:"+digestHex('a'), "-1", "", "ref")
 	f.Add("md5:abc", "99999999999999999999", "", "")
 	f.Fuzz(func(t *testing.T, dgst, size, ref, criRef string) {
-		labels := map[string]string{LabelBlobDigest: dgst, LabelBlobSize: size}
+		labels := map[string]string{imagelabels.BlobDigest: dgst, imagelabels.BlobSize: size}
 		if ref != "" {
-			labels[LabelImageRef] = ref
+			labels[imagelabels.ImageRef] = ref
 		}
 		if criRef != "" {
-			labels[LabelCRIImageRef] = criRef
+			labels[imagelabels.CRIImageRef] = criRef
 		}
 		layer, lazy, err := remoteLayerFromLabels(labels)
 		if !lazy {

@@ -14,16 +14,18 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
-	"github.com/obdproject/obd/internal/testenv"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/internal/testenv"
 )
 
 func lazyLabels(layer RemoteLayer, target string) snapshots.Opt {
 	return snapshots.WithLabels(map[string]string{
 		snapshots.LabelSnapshotRef: target,
-		LabelBlobDigest:            layer.Digest.String(),
-		LabelBlobSize:              strconv.FormatInt(layer.Size, 10),
-		LabelCRIImageRef:           layer.Ref,
+		imagelabels.BlobDigest:     layer.Digest.String(),
+		imagelabels.BlobSize:       strconv.FormatInt(layer.Size, 10),
+		imagelabels.CRIImageRef:    layer.Ref,
 	})
 }
 
@@ -165,7 +167,7 @@ func TestLazyLayerIsRecordedWithoutFetching(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Kind != snapshots.KindCommitted || info.Parent != "app-layer-0" || info.Labels[LabelBlobDigest] != upper.Digest.String() {
+	if info.Kind != snapshots.KindCommitted || info.Parent != "app-layer-0" || info.Labels[imagelabels.BlobDigest] != upper.Digest.String() {
 		t.Fatalf("Stat(%s) = %+v, want a committed snapshot on app-layer-0 keeping its labels", top, info)
 	}
 	if _, err := sn.Stat(ctx, "extract-"+top); !errdefs.IsNotFound(err) {
@@ -203,7 +205,7 @@ func TestLazyLayerRefusals(t *testing.T) {
 	layer := RemoteLayer{Ref: "registry.test/app:v1", Digest: digest.Digest("sha256:" + strings.Repeat("c", 64)), Size: 10}
 
 	bad := snapshots.WithLabels(map[string]string{
-		snapshots.LabelSnapshotRef: "bad", LabelBlobDigest: "sha256:nothex", LabelBlobSize: "10", LabelImageRef: "r",
+		snapshots.LabelSnapshotRef: "bad", imagelabels.BlobDigest: "sha256:nothex", imagelabels.BlobSize: "10", imagelabels.ImageRef: "r",
 	})
 	if _, err := sn.Prepare(ctx, "extract-bad", "", bad); !errdefs.IsInvalidArgument(err) || !errors.Is(err, ErrBadLayerLabels) {
 		t.Fatalf("bad digest label: err = %v, want InvalidArgument and ErrBadLayerLabels", err)
@@ -334,7 +336,7 @@ func TestTopLayerPreattaches(t *testing.T) {
 	parent := ""
 	for i, layer := range []RemoteLayer{lower, upper} {
 		target := "pre-layer-" + strconv.Itoa(i)
-		labels := snapshots.WithLabels(map[string]string{imageLayersLabel: strings.Join([]string{lower.Digest.String(), upper.Digest.String()}[i:], ",")})
+		labels := snapshots.WithLabels(map[string]string{imagelabels.CRIImageLayers: strings.Join([]string{lower.Digest.String(), upper.Digest.String()}[i:], ",")})
 		if _, err := f.sn.Prepare(ctx, "extract-"+target, parent, lazyLabels(layer, target), labels); !errdefs.IsAlreadyExists(err) {
 			t.Fatalf("Prepare of lazy layer %s: err = %v, want AlreadyExists", target, err)
 		}

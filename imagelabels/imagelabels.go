@@ -1,0 +1,35 @@
+// Package imagelabels names the annotation keys of an overlaybd layer descriptor in an image
+// manifest and the snapshot labels containerd hands the snapshotter.
+//
+// It is the contract between the writers and the readers of an image (FORMAT.md, "Layer blob in
+// a registry"): convert puts the annotations on the layers it writes, ctr-plugin adds the image
+// reference while it pulls, and containerd's unpacker passes every layer annotation under
+// containerd.io/snapshot/ on to the snapshotter as a label of the same key, where snapshotter
+// reads them. The keys are those of upstream's overlaybd snapshotter, so images converted by
+// either pull with the other.
+package imagelabels
+
+// Annotations on each overlaybd layer descriptor, which reach the snapshotter as labels.
+const (
+	// BlobDigest is the digest of the overlaybd layer blob; its presence marks a layer as one.
+	BlobDigest = "containerd.io/snapshot/overlaybd/blob-digest"
+	// BlobSize is the blob's size in bytes, in decimal.
+	BlobSize = "containerd.io/snapshot/overlaybd/blob-size"
+	// FSType is the filesystem inside the blob's block device ("ext4").
+	FSType = "containerd.io/snapshot/overlaybd/blob-fs-type"
+	// Version is the overlaybd format version the blob was written in.
+	Version = "containerd.io/snapshot/overlaybd/version"
+)
+
+// Labels that a pull adds to a layer for the snapshotter.
+const (
+	// ImageRef is the reference of the image a layer is pulled for (set by ctr-plugin's rpull);
+	// it tells the snapshotter which repository holds the blob.
+	ImageRef = "containerd.io/snapshot/image-ref"
+	// CRIImageRef is the image reference nerdctl and CRI attach to layers for remote
+	// snapshotters; used when ImageRef is absent (containerd's snapshotters.TargetRefLabel).
+	CRIImageRef = "containerd.io/snapshot/cri.image-ref"
+	// CRIImageLayers lists, on each layer containerd unpacks, the digests of that layer and of
+	// those above it, comma-separated (containerd's snapshotters.TargetImageLayersLabel).
+	CRIImageLayers = "containerd.io/snapshot/cri.image-layers"
+)
