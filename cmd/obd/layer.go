@@ -233,7 +233,7 @@ func newLayerCommitCmd() *cobra.Command {
 				if err := w.Close(); err != nil {
 					return err
 				}
-				return copySealed(args[0], args[1], wopts)
+				return copyWrapped(filepath.Join(args[0], lsmt.DataFileName), args[1], wopts)
 			}
 			defer w.Close()
 			return writeOutput(args[1], func(out *os.File) error {
@@ -249,16 +249,16 @@ func newLayerCommitCmd() *cobra.Command {
 	return cmd
 }
 
-// copySealed writes the sealed data file of the layer in dir to out, wrapped as asked.
-func copySealed(dir, out string, wopts layerblob.WriteOptions) error {
-	sealed, err := os.Open(filepath.Join(dir, lsmt.DataFileName))
+// copyWrapped writes the file src to out, compressed and tar-wrapped as wopts say.
+func copyWrapped(src, out string, wopts layerblob.WriteOptions) error {
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	defer sealed.Close()
+	defer in.Close()
 	return writeOutput(out, func(f *os.File) error {
 		return layerblob.Write(f, wopts, func(dst io.Writer) error {
-			_, err := io.Copy(dst, sealed)
+			_, err := io.Copy(dst, in)
 			return err
 		})
 	})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/tarblob"
 	"github.com/obdproject/obd/zfile"
 )
@@ -65,52 +66,12 @@ func newZFileCompressCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			in, err := os.Open(args[0])
-			if err != nil {
-				return err
-			}
-			defer in.Close()
-			return writeOutput(args[1], func(out *os.File) error {
-				return compressTo(out, in, opts, tar)
-			})
+			return copyWrapped(args[0], args[1], layerblob.WriteOptions{ZFile: &opts, Tar: tar})
 		},
 	}
 	zf.register(cmd, "algorithm", "lz4")
 	cmd.Flags().BoolVar(&tar, "tar", false, "wrap the ZFile in a tar holding one member "+tarblob.MemberName+" (the registry layer format)")
 	return cmd
-}
-
-// compressTo writes src as a ZFile to out, tar-wrapped if asked. A tar header needs the
-// payload size up front, so the tar case compresses into a temporary file first.
-func compressTo(out *os.File, src io.Reader, opts zfile.Options, tar bool) error {
-	if !tar {
-		return compressInto(out, src, opts)
-	}
-	tmp, err := os.CreateTemp("", "obd-zfile-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	if err := compressInto(tmp, src, opts); err != nil {
-		return err
-	}
-	size, err := tmp.Seek(0, io.SeekEnd)
-	if err != nil {
-		return err
-	}
-	return tarblob.Write(out, io.NewSectionReader(tmp, 0, size), size)
-}
-
-func compressInto(w io.Writer, src io.Reader, opts zfile.Options) error {
-	zw, err := zfile.NewWriter(w, opts)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(zw, src); err != nil {
-		return err
-	}
-	return zw.Close()
 }
 
 func newZFileDecompressCmd() *cobra.Command {
