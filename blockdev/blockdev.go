@@ -1,4 +1,4 @@
-// Package blockdev is the last box of the read path in DESIGN.md: it names what a
+// Package blockdev is the blockdev box of the read path in docs/DESIGN.md: it names what a
 // transport serves (a Backend, in practice the merged *lsmt.Stack) and what a transport
 // produces (a Device the kernel exposes as /dev/loopN or /dev/nbdN, on which ext4 is
 // mounted), and the readahead every such device is given (SetReadAhead).

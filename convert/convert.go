@@ -1,5 +1,5 @@
-// Package convert turns OCI images into overlaybd images (issue #6, DESIGN.md
-// "Converter"). It sits before the read path: it produces the registry blobs
+// Package convert turns OCI images into overlaybd images (issue #6, docs/DESIGN.md
+// "The write paths"). It sits before the read path: it produces the registry blobs
 // that remotefetch, zfile and lsmt later read lazily.
 //
 // For each source layer, in order, the converter stacks the already converted

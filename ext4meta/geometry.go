@@ -3,7 +3,7 @@
 // bitmaps, the used part of every inode table, extent tree blocks and the blocks of every
 // directory and slow symlink.
 //
-// It sits beside the read path of DESIGN.md, on top of a block device's lsmt.Stack: bdd walks
+// It sits beside the read path of docs/DESIGN.md, on top of a block device's lsmt.Stack: bdd walks
 // a freshly attached lazy device so that the first path lookups and stat calls of a container
 // find their blocks already fetched, instead of paying one registry round trip per inode
 // table block and directory block. It is the block-level counterpart of the table of

@@ -117,7 +117,8 @@ var imapBlock = regexp.MustCompile(`located at block (\d+)`)
 func TestWalkReadsWhatLookupsNeed(t *testing.T) {
 	requireTools(t)
 	layouts := map[string][]string{
-		// the converter's mkfs (FORMAT.md): no checksums, so unused-inode counts are not kept
+		// the converter's mkfs (docs/FORMAT.md, "The filesystem inside"): no checksums, so
+		// unused-inode counts are not kept
 		"converter": {"-b", "4096", "-I", "256", "-i", "16384", "-O", "64bit,flex_bg,extent,sparse_super2,resize_inode,dir_index,^has_journal,^metadata_csum"},
 		"checksums": {"-b", "4096", "-I", "256", "-O", "extent,flex_bg,metadata_csum,64bit,dir_index,filetype,extra_isize"},
 		"1k-blocks": {"-b", "1024", "-I", "128", "-O", "extent,dir_index,filetype"},

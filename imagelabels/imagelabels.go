@@ -1,12 +1,12 @@
 // Package imagelabels names the annotation keys of an overlaybd layer descriptor in an image
 // manifest and the snapshot labels containerd hands the snapshotter.
 //
-// It is the contract between the writers and the readers of an image (FORMAT.md, "Layer blob in
-// a registry"): convert puts the annotations on the layers it writes, ctr-plugin adds the image
-// reference while it pulls, and containerd's unpacker passes every layer annotation under
-// containerd.io/snapshot/ on to the snapshotter as a label of the same key, where snapshotter
-// reads them. The keys are those of upstream's overlaybd snapshotter, so images converted by
-// either pull with the other.
+// It is the contract between the writers and the readers of an image (docs/FORMAT.md,
+// "Annotations and labels"): convert puts the annotations on the layers it writes, ctr-plugin
+// adds the image reference while it pulls, and containerd's unpacker passes every layer
+// annotation under containerd.io/snapshot/ on to the snapshotter as a label of the same key,
+// where snapshotter reads them. The keys are those of upstream's overlaybd snapshotter, so
+// images converted by either pull with the other.
 package imagelabels
 
 // Annotations on each overlaybd layer descriptor, which reach the snapshotter as labels.

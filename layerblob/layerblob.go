@@ -1,6 +1,6 @@
 // Package layerblob opens and writes overlaybd layer blobs however they are wrapped.
 //
-// In the read path of DESIGN.md it is the joint between the "tar member", "zfile.Reader"
+// In the read path of docs/DESIGN.md it is the joint between the "tar member", "zfile.Reader"
 // and "lsmt.Layer" boxes: a blob is detected by magic (a layer tar holding
 // `overlaybd.commit`, a ZFile, or a plain committed LSMT file) and the matching readers
 // are stacked on each other, all as io.ReaderAt. None of the wrapped packages knows

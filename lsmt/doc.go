@@ -1,5 +1,5 @@
 // Package lsmt reads and writes overlaybd LSMT layers: the box between zfile and
-// blockdev in the read path of DESIGN.md.
+// blockdev in the read path of docs/DESIGN.md.
 //
 // A committed layer (File, opened with Open over any io.ReaderAt such as a plain
 // file or a zfile.Reader) maps logical sectors of a virtual disk to sectors of its
@@ -9,7 +9,7 @@
 // up to 255 lower layers once, at open, and puts an optional Writable on top, so a
 // read is a binary search plus direct reads from the layers that own the data.
 //
-// The byte format is FORMAT.md's LSMT section. All Segment fields are in sectors.
+// The byte format is docs/FORMAT.md's LSMT section. All Segment fields are in sectors.
 package lsmt
 
 import "errors"

@@ -22,7 +22,7 @@ func TestSegmentRoundTrip(t *testing.T) {
 			t.Errorf("round trip of %+v gave %+v", s, got)
 		}
 	}
-	// The padding record's exact bytes, as FORMAT.md gives them.
+	// The padding record's exact bytes, as docs/FORMAT.md gives them.
 	var b [RecordSize]byte
 	EncodeSegment(Segment{Offset: invalidOffset}, b[:])
 	if want := []byte{0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0}; !bytes.Equal(b[:], want) {

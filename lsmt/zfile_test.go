@@ -11,7 +11,7 @@ import (
 
 // TestReferenceZFileCommit reads upstream's `overlaybd-commit -z` output: an
 // LSMT committed file inside a ZFile (lz4, 4 KiB blocks), opened over the
-// zfile.Reader as DESIGN.md's read path composes them.
+// zfile.Reader as docs/DESIGN.md's read path composes them.
 func TestReferenceZFileCommit(t *testing.T) {
 	f, err := os.Open(filepath.Join(lsmt.RefDir, "A.commit.lz4-bs4k.zfile"))
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package policy decides when function sandboxes are kept warm: how long an idle instance stays
 // loaded after an invocation, and whether to unload it and load it again just before the next
-// invocation is expected (pre-warm). It sits beside the read path of DESIGN.md, at its last box
-// ("ext4 mount ▶ ... / sandbox"): the sandbox server asks a Policy what to do with an instance
+// invocation is expected (pre-warm). It sits beside the read path of docs/DESIGN.md, at its top box
+// ("container / sandbox"): the sandbox server asks a Policy what to do with an instance
 // each time an invocation finishes, and the trace-driven simulator (package policy/sim) asks the
 // same Policy while replaying a trace (package policy/trace).
 //

@@ -1,6 +1,6 @@
-// Package remotefetch is the bottom box of the read path in DESIGN.md: it opens a layer blob
-// in an OCI registry as an io.ReaderAt (Blob) that fetches byte ranges on demand, so the tar,
-// zfile and lsmt readers can sit directly on top of it.
+// Package remotefetch is the remotefetch.Blob box, at the bottom of the read path in
+// docs/DESIGN.md: it opens a layer blob in an OCI registry as an io.ReaderAt (Blob) that fetches
+// byte ranges on demand, so the tar, zfile and lsmt readers can sit directly on top of it.
 //
 // Layers inside: remote (range GETs: hosts.toml mirrors and TLS via containerd's
 // remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response

@@ -1,5 +1,5 @@
-// Package sandbox runs serverless functions in lean, SOCK-style sandboxes: the last box of the
-// read path in DESIGN.md ("ext4 mount ▶ ... / sandbox"). An image's rootfs (an obd device's
+// Package sandbox runs serverless functions in lean, SOCK-style sandboxes: the top box of the
+// read path in docs/DESIGN.md ("container / sandbox"). An image's rootfs (an obd device's
 // ext4, mounted read-only once per image by a RootfsProvider such as sandbox/bddrootfs, or a
 // local directory via DirProvider) is bind-mounted read-only per sandbox, with a writable
 // scratch dir at /tmp, the handler code read-only at /srv and the install cache read-only at

@@ -1,5 +1,5 @@
 // Package snapshotter is obd's containerd snapshotter, served to containerd v2 as the proxy
-// plugin `overlaybd`. It sits at the very top of the read path in DESIGN.md: the ext4 on a
+// plugin `overlaybd`. It sits at the very top of the read path in docs/DESIGN.md: the ext4 on a
 // block device (blockdev, attached through bdd) is mounted here and handed to containers,
 // read-only under an overlayfs upper directory (rwMode "overlayfs") or as a writable device
 // (rwMode "dev").

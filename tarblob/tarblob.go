@@ -1,4 +1,4 @@
-// Package tarblob is the "tar member" box of obd's read path (DESIGN.md): an overlaybd layer
+// Package tarblob is the "tar member" box of obd's read path (docs/DESIGN.md): an overlaybd layer
 // blob in a registry is an uncompressed tar holding exactly one regular file,
 // overlaybd.commit, whose payload is the (usually ZFile-wrapped) committed LSMT layer.
 //

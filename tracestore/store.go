@@ -1,9 +1,10 @@
-// Package tracestore keeps the start traces that `ctr-obd record-trace` records (read by the snapshotter and `ctr-obd rpull`), one file per
-// chain of overlaybd layer blobs, where later starts of the same image look them up and hand
-// them to bdd's Prefetch; and, beside each, the chain's page trace (pagetrace), which the
-// snapshotter records when it releases the chain's device and reads in at the next mount. It sits beside the read path of DESIGN.md: a trace lists byte ranges
-// of remotefetch.Blob, the registry box at the bottom, and prefetching fills the cache box
-// above it before the block device asks.
+// Package tracestore keeps the start traces that `ctr-obd record-trace` records (read by the
+// snapshotter and `ctr-obd rpull`), one file per chain of overlaybd layer blobs, where later
+// starts of the same image look them up and hand them to bdd's Prefetch; and, beside each, the
+// chain's page trace (pagetrace), which the snapshotter records when it releases the chain's
+// device and reads in at the next mount. It sits beside the read path of docs/DESIGN.md: a
+// trace lists byte ranges of remotefetch.Blob, the registry box at the bottom, and prefetching
+// fills the cache box above it before the block device asks.
 package tracestore
 
 import (

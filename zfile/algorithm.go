@@ -5,7 +5,7 @@ import "fmt"
 // Algorithm is the block compression algorithm, as stored in the ZFile's algo byte.
 type Algorithm uint8
 
-// The algorithms of FORMAT.md.
+// The algorithms of docs/FORMAT.md (the algo field).
 const (
 	LZ4  Algorithm = 1 // raw LZ4 block format, no frame
 	ZSTD Algorithm = 2 // one complete zstd frame per block

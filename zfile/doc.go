@@ -1,5 +1,5 @@
-// Package zfile is the "zfile.Reader" box of obd's read path (DESIGN.md): it reads and
-// writes overlaybd's ZFile format (FORMAT.md, "ZFile"), a file cut into fixed-size blocks
+// Package zfile is the "zfile.Reader" box of obd's read path (docs/DESIGN.md): it reads and
+// writes overlaybd's ZFile format (docs/FORMAT.md, "ZFile"), a file cut into fixed-size blocks
 // that are compressed one by one (LZ4 or zstd), each followed by a CRC32C, with a jump table
 // of stored block lengths and a trailer describing it all.
 //

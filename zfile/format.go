@@ -6,7 +6,7 @@ import (
 	"hash/crc32"
 )
 
-// Layout constants of FORMAT.md.
+// Layout constants of docs/FORMAT.md.
 const (
 	structSize   = 512    // header and trailer on disk
 	infoSize     = 96     // the meaningful part of them, recorded in the structure itself
@@ -17,7 +17,7 @@ const (
 	minBlockSize = 512
 )
 
-// Structure flags (FORMAT.md); each bit is tested on its own.
+// Structure flags (docs/FORMAT.md); each bit is tested on its own.
 const (
 	flagHeader            = 1 << 0
 	flagData              = 1 << 1

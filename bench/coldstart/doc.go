@@ -1,7 +1,8 @@
 // Package coldstart is obd's cold-start benchmark (issue #8): it measures how long a container
 // takes from `nerdctl pull` to its first line of output when its image is read lazily through the
-// whole read path of DESIGN.md (registry → remotefetch → cache → zfile → lsmt → blockdev → ext4 →
-// overlayfs), against containerd's full pull onto overlayfs and against the stargz snapshotter.
+// whole read path of docs/DESIGN.md (registry → remotefetch → cache → zfile → lsmt → blockdev →
+// ext4 → overlayfs), against containerd's full pull onto overlayfs and against the stargz
+// snapshotter.
 //
 // The package holds the pure parts, unit-tested in `make test`: the shuffled interleaved run
 // schedule (plan.go), statistics (stats.go), the markdown report with the issue's targets

@@ -2,7 +2,7 @@
 // process (bdd runs one as its `bdd fdkeeper` subcommand) holds the /dev/fuse descriptors of fuseloop devices and
 // hands them back over a unix socket (SCM_RIGHTS), so that a FUSE connection outlives
 // a crashed daemon and a restarted one can resume serving it (fuseloop.Resume). It sits
-// beside the blockdev box of DESIGN.md, not in the read path.
+// beside the blockdev box of docs/DESIGN.md, not in the read path.
 //
 // The protocol is one JSON message per SOCK_SEQPACKET packet, with at most one
 // descriptor attached: a request {"op","key"} and a response {"error","keys"}.

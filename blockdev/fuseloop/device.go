@@ -1,4 +1,4 @@
-// Package fuseloop is the FUSE + loop transport of the blockdev box in DESIGN.md: it
+// Package fuseloop is the FUSE + loop transport of the blockdev box in docs/DESIGN.md: it
 // serves a blockdev.Backend as a one-file FUSE filesystem and attaches that file to a
 // loop device with direct I/O, giving /dev/loopN for ext4 to mount. It is the default
 // transport where the kernel has no NBD module.

@@ -1,4 +1,4 @@
-// Package kernelnbd is the kernel NBD transport of the blockdev box in DESIGN.md: it
+// Package kernelnbd is the kernel NBD transport of the blockdev box in docs/DESIGN.md: it
 // connects a /dev/nbdN device, through go-nbd's client (the NBD ioctls), to an
 // nbdexport server over a socketpair, so that the kernel's block requests reach the
 // Backend. It is used where the nbd module is loaded; elsewhere fuseloop is.

@@ -1,5 +1,5 @@
 // Package nbdexport serves a blockdev.Backend as an NBD export (fixed newstyle
-// negotiation, simple replies), one of the transports of the blockdev box in DESIGN.md.
+// negotiation, simple replies), one of the transports of the blockdev box in docs/DESIGN.md.
 // Any NBD client can use it: libnbd's nbdinfo/nbdcopy/nbdfuse, qemu-img, and the kernel
 // NBD driver (package kernelnbd feeds it over a socketpair).
 //

@@ -1,11 +1,11 @@
 // Package ext4fs makes the converter's ext4 filesystem reproducible: it formats
-// the first layer with fixed parameters (FORMAT.md, "The filesystem inside")
+// the first layer with fixed parameters (docs/FORMAT.md, "The filesystem inside")
 // and, after each layer is applied and unmounted, rewrites the fields the
 // kernel fills from the clock or the random pool (inode change/creation/deletion
 // times, inode generations and change counters, superblock mount and write
 // times) to fixed values.
 //
-// It sits in the converter (DESIGN.md, "Converter") between the block device
+// It sits in the converter (docs/DESIGN.md, "The write paths") between the block device
 // exposing the writable LSMT stack and the commit: Format runs on the device,
 // Normalize on the stack itself (an io.ReaderAt + io.WriterAt) once the
 // filesystem is unmounted.

@@ -1,7 +1,7 @@
 // Package tarapply applies one OCI layer tar onto a directory tree, refusing
 // hostile input.
 //
-// It sits in the converter (DESIGN.md, "Converter"), between the pulled OCI layer
+// It sits in the converter (docs/DESIGN.md, "The write paths"), between the pulled OCI layer
 // and the ext4 filesystem mounted from the writable LSMT upper: the converter
 // mounts the stack, calls Apply with the uncompressed layer stream, unmounts and
 // commits. Apply is independent of ext4 and works on any directory, which is how

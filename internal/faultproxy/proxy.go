@@ -2,7 +2,7 @@
 // a real server (a registry from internal/testregistry) and misbehaves on request: error
 // bursts (5xx, 429), connection resets mid-body, truncated or corrupted bodies, stalls, wrong
 // Content-Range, plus shaping (added latency per request, a shared bandwidth limit). It is
-// test infrastructure outside the read path of DESIGN.md.
+// test infrastructure outside the read path of docs/DESIGN.md.
 //
 // Faults apply to requests the filter selects (by default GETs of blobs); everything else,
 // such as token requests and uploads, passes through untouched.

@@ -1,6 +1,6 @@
 // Package testenv runs the real programs obd's end-to-end tests need: a private containerd v2,
 // nerdctl and ctr against it, and tiny OCI images built offline. It sits outside the read path of
-// DESIGN.md, at testing level 3: the top of the process picture (nerdctl → containerd → proxy
+// docs/DESIGN.md, at testing level 3: the top of the process picture (nerdctl → containerd → proxy
 // snapshotter → bdd) assembled from the binaries scripts/setup.sh installs under OBD_DEPS.
 //
 // Tests using it skip, with the reason, when a program is not installed or they are not root;

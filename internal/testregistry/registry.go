@@ -1,5 +1,5 @@
 // Package testregistry runs a real OCI distribution registry (distribution v3, in process) for
-// tests. It is test infrastructure, outside the read path of DESIGN.md: remotefetch, the
+// tests. It is test infrastructure, outside the read path of docs/DESIGN.md: remotefetch, the
 // converter and the snapshotter point their clients at it instead of at a mock.
 //
 // A registry listens on 127.0.0.1 with filesystem storage in a temp dir. Options add htpasswd

@@ -5,7 +5,7 @@
 // thawed idle instance) and latency. It measures cold against warm/hot start latency, how
 // long an idle instance lives, and whether the server's cold starts over a trace match what
 // the simulator (package policy/sim) predicts for the same schedule. It sits outside the read
-// path of DESIGN.md, looking at its last box ("/ sandbox") through the API alone
+// path of docs/DESIGN.md, looking at its top box ("container / sandbox") through the API alone
 // (sandbox/sandboxapi), without linking the engine.
 package probe
 

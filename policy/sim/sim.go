@@ -1,7 +1,7 @@
 // Package sim replays serverless invocation traces (package policy/trace) against keep-alive
 // policies (package policy) under a cost model, and reports cold-start rate, wasted memory-time
-// and added latency per policy. It predicts what the sandbox server, at the last box of
-// DESIGN.md's read path ("/ sandbox"), would do with the same policy and trace.
+// and added latency per policy. It predicts what the sandbox server, at the top box of
+// docs/DESIGN.md's read path ("container / sandbox"), would do with the same policy and trace.
 //
 // The model follows Shahrad et al. (ATC'20): each function has at most one instance, which
 // serves concurrent invocations (Config.InstancePerInvocation instead gives each concurrent

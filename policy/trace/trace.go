@@ -1,8 +1,8 @@
 // Package trace reads and writes serverless invocation traces in the CSV layout of the Azure
 // Functions 2019 public dataset, and generates synthetic traces in the same layout. It feeds
 // the keep-alive simulator (package policy/sim), which replays a trace against the policies of
-// package policy: the decisions the sandbox server makes at the last box of DESIGN.md's read
-// path ("/ sandbox").
+// package policy: the decisions the sandbox server makes at the top box of docs/DESIGN.md's read
+// path ("container / sandbox").
 //
 // One day of the dataset is three files, all read and written here:
 //

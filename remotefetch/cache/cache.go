@@ -1,4 +1,4 @@
-// Package cache is the persistent cache box of the read path in DESIGN.md: it sits between
+// Package cache is the persistent cache box of the read path in docs/DESIGN.md: it sits between
 // remotefetch.Blob (which fetches missing ranges from the registry) and the readers above it.
 // It knows nothing about HTTP; it stores bytes by blob digest.
 //

@@ -1,6 +1,6 @@
 // Package credentials finds registry credentials the way the docker CLI does: Docker's
 // config.json ("auths", "credsStore", "credHelpers") and docker-credential-* helper programs.
-// It sits beside remotefetch's HTTP layer in the read path of DESIGN.md: remotefetch asks it
+// It sits beside remotefetch's HTTP layer in the read path of docs/DESIGN.md: remotefetch asks it
 // for a host's username and secret when a registry challenges a request.
 //
 // Secrets are returned to the caller only; they never appear in errors or logs.

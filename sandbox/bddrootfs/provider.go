@@ -1,5 +1,5 @@
 // Package bddrootfs provides function sandboxes' root filesystems from obd images served by
-// the bdd daemon: the "ext4 mount" box of DESIGN.md's read path, under package sandbox. An
+// the bdd daemon: the "ext4 mount" box of docs/DESIGN.md's read path, under package sandbox. An
 // image's layer stack is attached through bdd's control API as a read-only block device whose
 // blocks are fetched lazily, its ext4 is mounted read-only once, and package sandbox
 // bind-mounts that directory into every sandbox of the image.

@@ -1,7 +1,7 @@
 // Package cgroup keeps a pool of pre-created control groups for function sandboxes (the
-// "cgroup" part of a sandbox in DESIGN.md's "Lean function sandboxes"). Creating a cgroup costs
-// a few mkdirs per hierarchy; the pool pays that once, hands a group to a new sandbox, and takes
-// it back clean (no process left, limits reset) when the sandbox ends.
+// "cgroup" part of a sandbox in docs/DESIGN.md's "Function sandboxes and policies"). Creating a
+// cgroup costs a few mkdirs per hierarchy; the pool pays that once, hands a group to a new sandbox,
+// and takes it back clean (no process left, limits reset) when the sandbox ends.
 //
 // Both layouts are supported: cgroup v1 with separate memory, cpu, pids and freezer hierarchies
 // (this machine), and the unified v2 hierarchy when /sys/fs/cgroup/cgroup.controllers exists.

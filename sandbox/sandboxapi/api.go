@@ -1,7 +1,7 @@
 // Package sandboxapi is the contract of the sandbox server (cmd/obd-lambda, package sandbox):
-// the types spoken over its HTTP API and the Client that speaks them. It sits beside the last
-// box of the read path in DESIGN.md ("/ sandbox"): callers such as `obd sandbox` and the
-// policy probe (policy/probe) use it to reach the server without linking the engine, and the
+// the types spoken over its HTTP API and the Client that speaks them. It sits beside the top
+// box of the read path in docs/DESIGN.md ("container / sandbox"): callers such as `obd sandbox` and
+// the policy probe (policy/probe) use it to reach the server without linking the engine, and the
 // engine's Handler serves it. It imports the standard library only.
 //
 // The API:

@@ -1,6 +1,6 @@
 // Package extmount exposes a block backend (an lsmt.Stack) as a loop device
 // through blockdev/fuseloop and mounts the ext4 on it: the "blockdev ▶ ext4
-// mount" end of DESIGN.md's read path, as the converter and its tests use it
+// mount" end of docs/DESIGN.md's read path, as the converter and its tests use it
 // in process. Close unmounts and detaches, waiting out the moments when udev
 // still holds a new device.
 package extmount
