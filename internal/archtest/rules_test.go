@@ -1,5 +1,7 @@
 package archtest
 
+import "slices"
+
 // rules is the module's dependency table; docs/DESIGN.md ("Who may import whom") shows the same
 // table in prose and must change with it.
 //
@@ -10,7 +12,7 @@ package archtest
 var rules = []rule{
 	{
 		name:  "formats link no fetcher, daemon, transport or client",
-		from:  []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/...", "blocktrace/...", "pagetrace/..."},
+		from:  slices.Concat(layerFormats, []string{"imagelabels/..."}, traceFormats),
 		scope: links,
 		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
 	},
@@ -18,19 +20,19 @@ var rules = []rule{
 		name:  "the fetcher links no layer format",
 		from:  []string{"remotefetch/..."},
 		scope: links,
-		deny:  []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/..."},
+		deny:  layerFormats,
 	},
 	{
 		name:  "the snapshotter links no daemon, transport or fetcher",
 		from:  []string{"snapshotter/...", "cmd/overlaybd-snapshotter", "tracestore/..."},
 		scope: links,
-		deny:  fetcherDaemonTransport,
+		deny:  daemonTransportFetcher,
 	},
 	{
 		name:  "clients of bdd import no daemon, transport or fetcher",
 		from:  []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs"},
 		scope: imports,
-		deny:  fetcherDaemonTransport,
+		deny:  daemonTransportFetcher,
 	},
 	{
 		name:   "policies link no sandbox",
@@ -52,6 +54,12 @@ var rules = []rule{
 	},
 }
 
-// fetcherDaemonTransport are the packages a client of bdd reaches only through api/bdd/v1
-// and bddclient.
-var fetcherDaemonTransport = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
+var (
+	// layerFormats read and write the bytes of an image's layers.
+	layerFormats = []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/..."}
+	// traceFormats encode what a start read: blocks of blobs, ranges of files.
+	traceFormats = []string{"blocktrace/...", "pagetrace/..."}
+	// daemonTransportFetcher are what a client of bdd reaches only through api/bdd/v1 and
+	// bddclient.
+	daemonTransportFetcher = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
+)
