@@ -21,7 +21,7 @@ func (b *Blob) startBackground() {
 			return
 		}
 		if err := b.backgroundFill(); err != nil && b.ctx.Err() == nil {
-			b.log.Warn("remotefetch: background fill stopped", "error", err)
+			b.log.Warn("remotefetch: background fill stopped", "err", err)
 		}
 	})
 }

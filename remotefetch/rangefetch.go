@@ -102,7 +102,7 @@ func (b *Blob) fetchRange(ctx context.Context, c *rangeCall) (err error) {
 			break
 		}
 		b.lastErr.Store(&err)
-		b.log.Debug("remotefetch: fetch failed", "error", err)
+		b.log.Debug("remotefetch: fetch failed", "err", err)
 		if isPermanent(err) || ctx.Err() != nil {
 			return fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, c.off, c.end, err)
 		}

@@ -106,7 +106,7 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 	}
 	if err := mountLazy(dev, mnt, o.cfg.fsType, flags); err != nil {
 		if detachErr := o.cfg.devices.Detach(ctx, key); detachErr != nil {
-			o.cfg.logger.WarnContext(ctx, "detach after failed mount", "key", key, "error", detachErr)
+			o.cfg.logger.WarnContext(ctx, "detach after failed mount", "key", key, "err", detachErr)
 		}
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, o.cfg.fsType, mnt, err)
 	}
@@ -184,7 +184,7 @@ func (o *Snapshotter) releaseChainDevice(ctx context.Context, parentIDs []string
 
 func (o *Snapshotter) releaseSharedDeviceLogged(ctx context.Context, id string) {
 	if err := o.releaseSharedDevice(ctx, id); err != nil {
-		o.cfg.logger.WarnContext(ctx, "shared device left for Cleanup", "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "shared device left for Cleanup", "id", id, "err", err)
 	}
 }
 
@@ -262,7 +262,7 @@ func (o *Snapshotter) preattach(ctx context.Context, parentIDs []string) {
 		unlock := o.devLocks.lock(parentIDs[0])
 		defer unlock()
 		if err := o.mountDevice(ctx, parentIDs[0], c.layers, ""); err != nil {
-			o.cfg.logger.WarnContext(ctx, "device not attached ahead of use", "id", parentIDs[0], "error", err)
+			o.cfg.logger.WarnContext(ctx, "device not attached ahead of use", "id", parentIDs[0], "err", err)
 			return
 		}
 		o.cfg.logger.InfoContext(ctx, "device attached ahead of use", "id", parentIDs[0], "took", time.Since(start))

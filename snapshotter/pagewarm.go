@@ -50,7 +50,7 @@ func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []Remot
 	}
 	m := &mountedChain{chain: chain}
 	if m.pages, err = o.cfg.pageTraces.LoadPages(chain); err != nil && !errors.Is(err, tracestore.ErrNoTrace) {
-		o.cfg.logger.WarnContext(ctx, "page trace not read in", "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "page trace not read in", "id", id, "err", err)
 		m.pages = pagetrace.Trace{} // a broken one is not replaced by recording
 	}
 	if len(m.pages) > 0 {
@@ -60,7 +60,7 @@ func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []Remot
 			defer close(m.done)
 			start := time.Now()
 			asked, err := pagetrace.Warm(warmCtx, o.deviceMountPath(id), m.pages, warmReaders)
-			o.cfg.logger.InfoContext(ctx, "page trace read in", "id", id, "bytes", asked, "took", time.Since(start), "error", err)
+			o.cfg.logger.InfoContext(ctx, "page trace read in", "id", id, "bytes", asked, "took", time.Since(start), "err", err)
 		}()
 	}
 	o.mountedMu.Lock()
@@ -92,7 +92,7 @@ func (o *Snapshotter) finishWarmup(ctx context.Context, id string) {
 		err = o.cfg.pageTraces.SavePages(m.chain, pages)
 	}
 	if err != nil {
-		o.cfg.logger.WarnContext(ctx, "page trace not recorded", "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "page trace not recorded", "id", id, "err", err)
 		return
 	}
 	o.cfg.logger.InfoContext(ctx, "page trace recorded", "id", id, "ranges", len(pages), "took", time.Since(start))

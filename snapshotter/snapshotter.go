@@ -365,7 +365,7 @@ func (o *Snapshotter) Remove(ctx context.Context, key string) error {
 	o.releaseChainDeviceLater(ctx, parentIDs)
 	if err != nil {
 		// The directory may hold the upper layer of a device still attached: keep it.
-		o.cfg.logger.WarnContext(ctx, "device of removed snapshot left for Cleanup", "key", key, "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "device of removed snapshot left for Cleanup", "key", key, "id", id, "err", err)
 		return nil
 	}
 	o.removeSnapshotDir(ctx, id)
@@ -484,7 +484,7 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			_, _, err := storage.Remove(ctx, key)
 			return err
 		}); rmErr != nil {
-			o.cfg.logger.ErrorContext(ctx, "failed to roll back snapshot", "key", key, "error", rmErr)
+			o.cfg.logger.ErrorContext(ctx, "failed to roll back snapshot", "key", key, "err", rmErr)
 		}
 		return nil, fmt.Errorf("snapshot %s: %w", key, err)
 	}
@@ -636,11 +636,11 @@ func (o *Snapshotter) mounts(s storage.Snapshot, c chain) []mount.Mount {
 // (deleting through a mount would destroy the device's contents); Cleanup retries later.
 func (o *Snapshotter) removeSnapshotDir(ctx context.Context, id string) {
 	if mounted, err := isMountPoint(o.deviceMountPath(id)); err != nil || mounted {
-		o.cfg.logger.WarnContext(ctx, "snapshot directory kept: device still mounted", "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "snapshot directory kept: device still mounted", "id", id, "err", err)
 		return
 	}
 	if err := os.RemoveAll(o.snapshotDir(id)); err != nil {
-		o.cfg.logger.WarnContext(ctx, "failed to remove snapshot directory", "id", id, "error", err)
+		o.cfg.logger.WarnContext(ctx, "failed to remove snapshot directory", "id", id, "err", err)
 	}
 }
 
