@@ -1,0 +1,90 @@
+package traceartifact
+
+import (
+	"bytes"
+	"fmt"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/obdproject/obd/remotefetch"
+)
+
+// This file is all the package knows of the block trace encoding.
+
+// Summary counts a block trace.
+type Summary struct {
+	Blobs, Ranges int
+	Bytes         int64 // the ranges' total length: what a replay fetches
+}
+
+// Summarize decodes a block trace and counts it.
+func Summarize(blocks []byte) (Summary, error) {
+	t, err := decodeBlocks(blocks)
+	if err != nil {
+		return Summary{}, err
+	}
+	return summarize(t), nil
+}
+
+// CheckPlausible returns an error wrapping ErrImplausibleTrace for a trace that cannot have
+// recorded a container start: no ranges, or fewer than MinTracedBytes.
+func (s Summary) CheckPlausible() error {
+	if s.Ranges == 0 || s.Bytes < MinTracedBytes {
+		return fmt.Errorf("%w: %d ranges, %d bytes traced (a start reads at least %d bytes of its image; "+
+			"the page cache, or bdd's cache, likely served the start's reads)", ErrImplausibleTrace, s.Ranges, s.Bytes, MinTracedBytes)
+	}
+	return nil
+}
+
+func decodeBlocks(data []byte) (remotefetch.Trace, error) {
+	if len(data) > MaxBlocksBytes {
+		return remotefetch.Trace{}, fmt.Errorf("%w: block trace of %d bytes, cap %d", ErrTooLarge, len(data), MaxBlocksBytes)
+	}
+	t, err := remotefetch.ReadTrace(bytes.NewReader(data))
+	if err != nil {
+		return remotefetch.Trace{}, fmt.Errorf("%w: %v", ErrBadTrace, err)
+	}
+	return t, nil
+}
+
+func summarize(t remotefetch.Trace) Summary {
+	s := Summary{Blobs: len(t.Blobs)}
+	for _, b := range t.Blobs {
+		s.Ranges += len(b.Ranges)
+		for _, r := range b.Ranges {
+			s.Bytes += r.Len
+		}
+	}
+	return s
+}
+
+// fitBlocks checks that every blob of a block trace is one of layers (digest and size) and
+// that every range lies inside its blob, and returns the trace re-encoded with every blob's
+// reference set to ref: the image's repository, never one a registry's artifact names.
+func fitBlocks(data []byte, layers []ocispec.Descriptor, ref string) ([]byte, Summary, error) {
+	t, err := decodeBlocks(data)
+	if err != nil {
+		return nil, Summary{}, err
+	}
+	sizes := make(map[string]int64, len(layers))
+	for _, l := range layers {
+		sizes[l.Digest.String()] = l.Size
+	}
+	for i := range t.Blobs {
+		b := &t.Blobs[i]
+		size, ok := sizes[b.Digest.String()]
+		if !ok {
+			return nil, Summary{}, fmt.Errorf("%w: blob %s is not a layer of the image", ErrBadTrace, b.Digest)
+		}
+		if b.Size != size {
+			return nil, Summary{}, fmt.Errorf("%w: blob %s has size %d in the trace, %d in the image", ErrBadTrace, b.Digest, b.Size, size)
+		}
+		// ReadTrace checked every range against b.Size.
+		b.Ref = ref
+	}
+	var out bytes.Buffer
+	if _, err := t.WriteTo(&out); err != nil {
+		return nil, Summary{}, err
+	}
+	return out.Bytes(), summarize(t), nil
+}
