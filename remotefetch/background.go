@@ -27,12 +27,12 @@ func (b *Blob) startBackground() {
 }
 
 func (b *Blob) backgroundFill() error {
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	rate := b.f.opts.BackgroundRate
 	// Small chunks keep a foreground read from waiting long behind a background request.
 	chunk := int(max(1, min(b.f.opts.MaxRequestSize, 1<<20)/unit))
 	start, sent := time.Now(), int64(0)
-	for u := 0; u < b.entry.Units(); {
+	for u := 0; u < b.entry.Layout().Units(); {
 		for b.foreground.Load() > 0 {
 			if !sleepCtx(b.ctx, foregroundPoll) {
 				return b.ctx.Err()
@@ -43,14 +43,14 @@ func (b *Blob) backgroundFill() error {
 				return b.ctx.Err()
 			}
 		}
-		last := min(u+chunk, b.entry.Units()) - 1
+		last := min(u+chunk, b.entry.Layout().Units()) - 1
 		missing := b.entry.Missing(u, last)
 		if len(missing) == 0 {
 			u = last + 1
 			continue
 		}
-		off, _ := b.entry.UnitRange(missing[0])
-		endOff, endN := b.entry.UnitRange(missing[len(missing)-1])
+		off, _ := b.entry.Layout().UnitRange(missing[0])
+		endOff, endN := b.entry.Layout().UnitRange(missing[len(missing)-1])
 		ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
 		err := b.ensure(ctx, off, endOff+endN)
 		cancel()

@@ -42,12 +42,11 @@ type Blob struct {
 
 	lastErr    atomic.Pointer[error] // most recent fetch failure, for deadline errors
 	poisoned   atomic.Pointer[error] // set when digest verification failed
-	verifyMu   sync.Mutex
-	foreground atomic.Int64 // ReadAt calls in progress; background fill waits for zero
-	seqEnd     atomic.Int64 // end of the previous read, for sequential readahead
-	raStart    int          // first unit of the last readahead window issued; guarded by mu
-	raEnd      int          // first unit past the issued readahead; guarded by mu
-	raWindow   int          // current readahead window in units, grown by sequential reads; guarded by mu
+	foreground atomic.Int64          // ReadAt calls in progress; background fill waits for zero
+	seqEnd     atomic.Int64          // end of the previous read, for sequential readahead
+	raStart    int                   // first unit of the last readahead window issued; guarded by mu
+	raEnd      int                   // first unit past the issued readahead; guarded by mu
+	raWindow   int                   // current readahead window in units, grown by sequential reads; guarded by mu
 }
 
 // Size is the blob's size in bytes.
@@ -169,7 +168,7 @@ func (b *Blob) readAt(ctx context.Context, p []byte, off int64, quiet bool) (int
 // readFile reads from the cache file the units of dst (at off) that fetchInto did not copy
 // (copied[i] for the i-th unit of the range; nil = none), one read per run of such units.
 func (b *Blob) readFile(dst []byte, off int64, copied []bool) error {
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	first, end := off/unit, off+int64(len(dst))
 	inFile := func(pos int64) bool { return copied == nil || !copied[pos/unit-first] }
 	for pos := off; pos < end; {
@@ -204,7 +203,7 @@ func (b *Blob) fetchInto(ctx context.Context, off int64, dst []byte, readahead b
 
 // fetch is ensure (dst nil) and fetchInto.
 func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead bool) (missed bool, copied []bool, err error) {
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	first, last := int(off/unit), int((end-1)/unit)
 	if readahead {
 		b.readahead(off, end)
@@ -244,7 +243,7 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 				ok, fetchErr = c.waitStored(ctx)
 			} else {
 				// Bytes that had all arrived when asked for are a hit, though not yet stored.
-				start, n := b.entry.UnitRange(c.unit)
+				start, n := b.entry.Layout().UnitRange(c.unit)
 				lo, hi := max(off, start), min(end, start+n)
 				var inMem, waited bool
 				ok, inMem, waited, fetchErr = c.read(ctx, dst[lo-off:hi-off], lo-start)
@@ -286,18 +285,18 @@ func (b *Blob) fetch(ctx context.Context, off, end int64, dst []byte, readahead 
 // already chose to fetch, and reading past it on speculation only takes link time from them
 // (bench/FINDINGS.md: megabytes of a base layer's inode tables during a replayed start).
 func (b *Blob) readahead(off, end int64) {
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	last := int((end - 1) / unit)
-	maxWindow := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
+	maxWindow := int(max(1, b.f.opts.MaxRequestSize/b.entry.Layout().Unit))
 	b.mu.Lock()
 	b.raWindow = min(max(2, 2*b.raWindow), maxWindow)
 	window := b.raWindow
 	from := max(b.raEnd, last+1)
-	if from-last > window/2 || from >= b.entry.Units() || !b.readaheadEarnedLocked(off, end) {
+	if from-last > window/2 || from >= b.entry.Layout().Units() || !b.readaheadEarnedLocked(off, end) {
 		b.mu.Unlock()
 		return
 	}
-	to := min(from+window, b.entry.Units())
+	to := min(from+window, b.entry.Layout().Units())
 	b.raStart, b.raEnd = from, to
 	b.mu.Unlock()
 	_, _ = b.claimAndFetch(from, to-1)
@@ -306,13 +305,13 @@ func (b *Blob) readahead(off, end int64) {
 // readaheadEarnedLocked reports whether a sequential read of [off, end) earns readahead (see
 // readahead). b.mu is held.
 func (b *Blob) readaheadEarnedLocked(off, end int64) bool {
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	first, last := int(off/unit), int((end-1)/unit)
 	if last >= b.raStart && first < b.raEnd {
 		return true
 	}
 	for u := first; u <= last; u++ {
-		uoff, n := b.entry.UnitRange(u)
+		uoff, n := b.entry.Layout().UnitRange(u)
 		lo, hi := max(off, uoff), min(end, uoff+n)
 		if b.inflight[u] == nil && !b.entry.HasRange(lo, hi) && b.rangeCoveringLocked(lo, hi) == nil {
 			return true
@@ -349,7 +348,7 @@ func (b *Blob) claimAndFetch(first, last int) ([]*unitCall, error) {
 	var waits []*unitCall
 	var runStart = -1
 	var run []*unitCall
-	maxUnits := int(max(1, b.f.opts.MaxRequestSize/b.entry.FillUnit()))
+	maxUnits := int(max(1, b.f.opts.MaxRequestSize/b.entry.Layout().Unit))
 	flush := func() {
 		if runStart >= 0 {
 			b.startFetch(runStart, run)
@@ -364,10 +363,9 @@ func (b *Blob) claimAndFetch(first, last int) ([]*unitCall, error) {
 	if perr := b.poisoned.Load(); perr != nil {
 		return nil, *perr // a corrupt blob is not fetched again until reopened
 	}
-	for u := first; u <= last; u++ {
-		if b.entry.Has(u) {
-			flush()
-			continue
+	for _, u := range b.entry.Missing(first, last) {
+		if runStart >= 0 && u != runStart+len(run) {
+			flush() // a present unit ends the run
 		}
 		if c := b.inflight[u]; c != nil {
 			flush()
@@ -512,11 +510,6 @@ func (b *Blob) startVerify() {
 }
 
 func (b *Blob) verify() error {
-	b.verifyMu.Lock()
-	defer b.verifyMu.Unlock()
-	if b.entry.Verified() {
-		return nil
-	}
 	err := b.entry.Verify()
 	if errors.Is(err, ErrDigestMismatch) {
 		b.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", b.ref)

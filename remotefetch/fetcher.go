@@ -237,7 +237,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		refs:     1,
 	}
 	f.blobs[dgst] = b
-	if entry.Complete() && !entry.Verified() {
+	if entry.NeedsVerify() {
 		b.startVerify() // completed before a crash or restart
 	}
 	if f.opts.BackgroundDelay > 0 {

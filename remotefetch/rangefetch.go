@@ -10,9 +10,9 @@ import (
 
 // Range fills: a trace replay fetches exactly the ranges the workload read, not the fill
 // units around them. On a slow link the rounding costs: a 16 KiB unit around each 3-5 KB
-// compressed block of a start trace adds a fifth to the bytes. The cache keeps such ranges
-// (cache.Entry.WriteRange), and a read inside one is served from it; a read that strays
-// outside fetches whole units as always.
+// compressed block of a start trace adds a fifth to the bytes. The cache keeps such ranges (a
+// cache.Writer need not cover whole units), and a read inside one is served from it; a read
+// that strays outside fetches whole units as always.
 
 // rangeCall is one in-flight FillRange: the bytes [off, end), counted from off in the
 // embedded unitCall (avail, buf, done, err), so readers take them as they arrive.
@@ -58,7 +58,7 @@ func (b *Blob) claimRange(off, end int64) (*rangeCall, error) {
 	if perr := b.poisoned.Load(); perr != nil {
 		return nil, *perr
 	}
-	unit := b.entry.FillUnit()
+	unit := b.entry.Layout().Unit
 	for u := int(off / unit); u <= int((end-1)/unit); u++ {
 		if b.inflight[u] != nil {
 			return nil, nil
@@ -89,7 +89,11 @@ func (b *Blob) fetchRange(ctx context.Context, c *rangeCall) (err error) {
 		close(c.done)
 		b.mu.Unlock()
 	}()
-	gen := b.entry.Generation()
+	w, err := b.entry.NewWriter(c.off, c.end)
+	if err != nil {
+		return fmt.Errorf("remotefetch: blob %s: %w", b.dgst, err)
+	}
+	defer w.Abort() // unless committed
 	buf := make([]byte, c.end-c.off)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
@@ -107,7 +111,10 @@ func (b *Blob) fetchRange(ctx context.Context, c *rangeCall) (err error) {
 			return fmt.Errorf("remotefetch: blob %s range %d-%d: %w", b.dgst, c.off, c.end, err)
 		}
 	}
-	complete, err := b.entry.WriteRange(c.off, buf, gen)
+	if _, err = w.WriteAt(buf, c.off); err != nil {
+		return fmt.Errorf("remotefetch: blob %s: %w", b.dgst, err)
+	}
+	complete, err := w.Commit()
 	if err != nil {
 		return fmt.Errorf("remotefetch: blob %s: %w", b.dgst, err)
 	}

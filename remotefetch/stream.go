@@ -7,6 +7,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/obdproject/obd/remotefetch/cache"
 )
 
 // How a response reaches readers and the cache file: its bytes are received into batches,
@@ -124,8 +126,8 @@ type batch struct {
 
 // newBatch takes a buffer for units first.. of calls and attaches it to them.
 func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
-	off, _ := b.entry.UnitRange(first)
-	lastOff, lastN := b.entry.UnitRange(first + len(calls) - 1)
+	off, _ := b.entry.Layout().UnitRange(first)
+	lastOff, lastN := b.entry.Layout().UnitRange(first + len(calls) - 1)
 	n := lastOff + lastN - off
 	bt := &batch{first: first, calls: calls}
 	if n > smallBatch {
@@ -135,7 +137,7 @@ func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
 		bt.buf = make([]byte, n) // a lazy start's many small misses each hold little memory
 	}
 	for i, c := range calls {
-		uoff, un := b.entry.UnitRange(first + i)
+		uoff, un := b.entry.Layout().UnitRange(first + i)
 		c.attach(bt.buf[uoff-off : uoff-off+un : uoff-off+un])
 	}
 	return bt
@@ -144,13 +146,13 @@ func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
 // receive reads the batch's bytes from r, telling the waiting readers of each unit how far it
 // has come.
 func (b *Blob) receive(r io.Reader, bt *batch) error {
-	base, _ := b.entry.UnitRange(bt.first)
+	base, _ := b.entry.Layout().UnitRange(bt.first)
 	i := 0 // first unit not yet whole
 	for bt.recvd < int64(len(bt.buf)) {
 		n, err := r.Read(bt.buf[bt.recvd:])
 		bt.recvd += int64(n)
 		for ; i < len(bt.calls); i++ {
-			uoff, un := b.entry.UnitRange(bt.first + i)
+			uoff, un := b.entry.Layout().UnitRange(bt.first + i)
 			got := min(un, bt.recvd-(uoff-base))
 			if got > 0 {
 				bt.calls[i].advance(got)
@@ -172,15 +174,29 @@ func (b *Blob) receive(r io.Reader, bt *batch) error {
 	return nil
 }
 
-// store writes what arrived of a batch into the cache file, releases the buffer and marks the
-// batch's whole units filled. It returns how many units it marked. If the write fails, the
-// buffer stays with the units (their bytes are nowhere else) and is not reused.
+// store writes what arrived of a batch into the cache file, releases the buffer and makes
+// the batch's whole units present. It returns how many units it made present. A unit that
+// arrived in part is written for its readers, who take its bytes from the file, but not
+// made present. If a write fails, the buffer stays with the units (their bytes are nowhere
+// else) and is not reused.
 func (b *Blob) store(bt *batch) (stored int, err error) {
-	gen := b.entry.Generation()
-	if bt.recvd > 0 {
-		if err := b.entry.WriteUnits(bt.first, bt.buf[:bt.recvd]); err != nil {
+	stored, whole := bt.whole(b.entry.Layout())
+	base, _ := b.entry.Layout().UnitRange(bt.first)
+	var done *cache.Writer
+	if whole > 0 {
+		if done, err = b.write(base, bt.buf[:whole]); err != nil {
 			return 0, err
 		}
+	}
+	if bt.recvd > whole {
+		part, err := b.write(base+whole, bt.buf[whole:bt.recvd])
+		if err != nil {
+			if done != nil {
+				done.Abort()
+			}
+			return 0, err
+		}
+		part.Abort()
 	}
 	for _, c := range bt.calls {
 		c.detach() // readers find the bytes in the file now, a unit that arrived in part too
@@ -188,24 +204,44 @@ func (b *Blob) store(bt *batch) (stored int, err error) {
 	if bt.pooled != nil {
 		b.f.batches.Put(bt.pooled)
 	}
-	base, _ := b.entry.UnitRange(bt.first)
-	for i := range bt.calls {
-		u := bt.first + i
-		uoff, un := b.entry.UnitRange(u)
-		if uoff-base+un > bt.recvd {
-			break // arrived in part: written for its readers, not filled
-		}
-		complete, err := b.entry.CommitUnit(u, gen)
-		if err != nil {
-			return stored, err
-		}
-		b.stats.fetchedBytes(int(un))
-		stored++
-		if complete {
-			b.startVerify()
-		}
+	if done == nil {
+		return 0, nil
+	}
+	complete, err := done.Commit()
+	if err != nil {
+		return 0, err
+	}
+	b.stats.fetchedBytes(int(whole))
+	if complete {
+		b.startVerify()
 	}
 	return stored, nil
+}
+
+// whole counts the units of the batch that arrived whole and their bytes.
+func (bt *batch) whole(lay cache.Layout) (units int, n int64) {
+	base, _ := lay.UnitRange(bt.first)
+	for i := range bt.calls {
+		uoff, un := lay.UnitRange(bt.first + i)
+		if uoff-base+un > bt.recvd {
+			break
+		}
+		units, n = i+1, uoff-base+un
+	}
+	return units, n
+}
+
+// write begins a cache fill of p at off and stores p, leaving the commit to the caller.
+func (b *Blob) write(off int64, p []byte) (*cache.Writer, error) {
+	w, err := b.entry.NewWriter(off, off+int64(len(p)))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.WriteAt(p, off); err != nil {
+		w.Abort()
+		return nil, err
+	}
+	return w, nil
 }
 
 // startAttempt starts a GET of [off, off+n) under ctx, which a watchdog cancels (through
@@ -233,8 +269,8 @@ func (b *Blob) startAttempt(ctx context.Context, cancel context.CancelCauseFunc,
 // how many units it stored whole and why it stopped early.
 func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (stored int, err error) {
 	last := first + len(calls) - 1
-	off, _ := b.entry.UnitRange(first)
-	lastOff, lastN := b.entry.UnitRange(last)
+	off, _ := b.entry.Layout().UnitRange(first)
+	lastOff, lastN := b.entry.Layout().UnitRange(last)
 	n := lastOff + lastN - off
 
 	attemptCtx, cancel := context.WithCancelCause(ctx)
@@ -266,7 +302,7 @@ func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (sto
 		}
 	}()
 	var recvErr error
-	per := int(max(1, streamBatch/b.entry.FillUnit()))
+	per := int(max(1, streamBatch/b.entry.Layout().Unit))
 	for i := 0; i < len(calls) && recvErr == nil; i += per {
 		bt := b.newBatch(first+i, calls[i:min(i+per, len(calls))])
 		recvErr = b.receive(r, bt)

@@ -6,16 +6,16 @@
 // bit per fill unit. A unit's bit is persisted only after its data has been fdatasync'ed, so
 // after a crash every set bit still describes durable data; units written but not yet synced
 // are simply fetched again. The bitmap survives restarts, so a new process re-uses every
-// filled unit. Ranges stored outside whole units (WriteRange: a trace replay's exact ranges)
-// are readable while this process runs, and are fetched again after a restart. A capacity
-// limit evicts whole blobs that no one holds, least recently used first (recency is the
-// bitmap file's mtime, so it too survives restarts).
+// filled unit. Bytes reach an Entry through a Writer, which makes its range present only when
+// it commits. Ranges committed outside whole units (a trace replay's exact ranges) are present
+// while this process runs, and are fetched again after a restart. A capacity limit evicts
+// whole blobs that no one holds, least recently used first (recency is the bitmap file's
+// mtime, so it too survives restarts).
 package cache
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -34,8 +34,8 @@ const DefaultFillUnit = 256 << 10
 // copy has been discarded.
 var ErrDigestMismatch = errors.New("cache: digest mismatch")
 
-// ErrDiscarded reports a unit written across a discard of its blob; it was not marked.
-var ErrDiscarded = errors.New("cache: entry discarded while the unit was written")
+// ErrDiscarded reports a fill committed across a discard of its blob; it was not made present.
+var ErrDiscarded = errors.New("cache: entry discarded while the range was filled")
 
 // ErrClosed reports use of a closed Cache.
 var ErrClosed = errors.New("cache: closed")
@@ -76,7 +76,7 @@ type record struct {
 	refs     int
 	dirty    bool // entry has units written but not yet durable
 	unitSize int64
-	parts    *rangeSet // ranges stored outside whole units, while this process runs
+	parts    *rangeSet // bytes committed outside whole units, while this process runs
 }
 
 // Open opens (creating if needed) the cache in opts.Dir and indexes the blobs already there.
@@ -202,8 +202,8 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 	}
 	r := c.records[d]
 	if r != nil && r.entry != nil {
-		if r.entry.size != size {
-			return nil, fmt.Errorf("cache: acquire %s with size %d: held with size %d", d, size, r.entry.size)
+		if r.entry.lay.Size != size {
+			return nil, fmt.Errorf("cache: acquire %s with size %d: held with size %d", d, size, r.entry.lay.Size)
 		}
 		r.refs++
 		r.lastUse = time.Now()
@@ -260,7 +260,7 @@ func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, er
 		data.Close()
 		return nil, false, fmt.Errorf("cache: open bitmap %s: %w", d, err)
 	}
-	e = &Entry{cache: c, dgst: d, size: size, unit: c.opts.FillUnit, units: n, data: data, bmFile: bmf,
+	e = &Entry{cache: c, dgst: d, lay: Layout{Size: size, Unit: c.opts.FillUnit}, units: n, data: data, bmFile: bmf,
 		present: bm, durable: bm.clone(), flags: flags}
 	e.unpinned.L = &e.mu
 	if err := e.persistBitmap(bm, flags); err != nil {
@@ -401,377 +401,3 @@ func (c *Cache) Close() error {
 	c.syncDirty()
 	return nil
 }
-
-// Entry is one held cached blob. ReadAt reads filled units; WriteUnit fills them.
-type Entry struct {
-	cache *Cache
-	dgst  digest.Digest
-	size  int64
-	unit  int64
-	units int
-
-	data   *os.File
-	bmFile *os.File
-	parts  *rangeSet // see WriteRange; shared with the record, so it outlives this hold; guarded by mu
-
-	// fillMu orders unit writes (shared) against discard (exclusive), so a discarded
-	// unit's bit is never set over truncated data.
-	fillMu sync.RWMutex
-
-	mu             sync.Mutex
-	present        bitmap // units whose data is in the data file (maybe not yet durable)
-	durable        bitmap // units whose bit is persisted
-	flags          uint64
-	persistedFlags uint64
-	generation     int       // bumped by discard; a sync of an older generation is dropped
-	pins           int       // syncs in progress; files stay open until they finish
-	unpinned       sync.Cond // signalled when pins drops to 0
-}
-
-// Digest is the blob's digest.
-func (e *Entry) Digest() digest.Digest { return e.dgst }
-
-// Size is the blob's size in bytes.
-func (e *Entry) Size() int64 { return e.size }
-
-// FillUnit is the unit size in bytes.
-func (e *Entry) FillUnit() int64 { return e.unit }
-
-// Units is the number of fill units of the blob.
-func (e *Entry) Units() int { return e.units }
-
-// UnitRange is the byte range [off, off+n) of unit i.
-func (e *Entry) UnitRange(i int) (off, n int64) {
-	off = int64(i) * e.unit
-	return off, min(e.unit, e.size-off)
-}
-
-// Has reports whether unit i is filled.
-func (e *Entry) Has(i int) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.present.has(i)
-}
-
-// Missing returns the units in [first, last] that are not filled.
-func (e *Entry) Missing(first, last int) []int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []int
-	for i := first; i <= last; i++ {
-		if !e.present.has(i) {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
-// Complete reports whether every unit is filled.
-func (e *Entry) Complete() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.present.count() == e.units
-}
-
-// Verified reports whether the complete blob was checked against its digest.
-func (e *Entry) Verified() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.flags&flagVerified != 0
-}
-
-func (e *Entry) filledBytes() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return filledBytes(e.present, e.unit, e.size)
-}
-
-// ReadAt reads cached bytes. The caller must only read filled units.
-func (e *Entry) ReadAt(p []byte, off int64) (int, error) {
-	n, err := e.data.ReadAt(p, off)
-	if err == io.EOF && off+int64(n) == e.size {
-		err = nil
-		if n < len(p) {
-			err = io.EOF
-		}
-	}
-	return n, err
-}
-
-// WriteUnit stores the bytes of unit i (exactly UnitRange(i) bytes) and marks it filled. It
-// becomes durable within SyncDelay or at Release. It reports whether the blob is now complete
-// (and unverified), so the caller can verify it.
-func (e *Entry) WriteUnit(i int, p []byte) (complete bool, err error) {
-	if i >= 0 && i < e.units {
-		if _, n := e.UnitRange(i); int64(len(p)) != n {
-			return false, fmt.Errorf("cache: %s: unit %d: %d bytes, want %d", e.dgst, i, len(p), n)
-		}
-	}
-	gen := e.Generation()
-	if err := e.WritePart(i, p, 0); err != nil {
-		return false, err
-	}
-	return e.CommitUnit(i, gen)
-}
-
-// Generation changes whenever the entry is discarded; CommitUnit takes the value read before
-// the unit's first WritePart.
-func (e *Entry) Generation() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.generation
-}
-
-// WritePart stores p at offset at within unit i without marking the unit filled, so a unit
-// can be stored as its bytes arrive. Readers may read stored parts while the unit fills.
-func (e *Entry) WritePart(i int, p []byte, at int64) error {
-	if i < 0 || i >= e.units {
-		return fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)
-	}
-	off, n := e.UnitRange(i)
-	if at < 0 || at+int64(len(p)) > n {
-		return fmt.Errorf("cache: %s: unit %d: %d bytes at %d overflow %d", e.dgst, i, len(p), at, n)
-	}
-	e.fillMu.RLock()
-	defer e.fillMu.RUnlock()
-	if _, err := e.data.WriteAt(p, off+at); err != nil {
-		return fmt.Errorf("cache: %s: write unit %d: %w", e.dgst, i, err)
-	}
-	return nil
-}
-
-// WriteUnits stores p from the start of unit first on, across as many consecutive units as it
-// covers (the last one possibly in part), without marking any of them filled: one write for a
-// run of units that arrived together. Mark each complete unit with CommitUnit.
-func (e *Entry) WriteUnits(first int, p []byte) error {
-	if first < 0 || first >= e.units {
-		return fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, first, e.units)
-	}
-	off, _ := e.UnitRange(first)
-	if int64(len(p)) > e.size-off {
-		return fmt.Errorf("cache: %s: %d bytes from unit %d overflow size %d", e.dgst, len(p), first, e.size)
-	}
-	e.fillMu.RLock()
-	defer e.fillMu.RUnlock()
-	for len(p) > 0 {
-		n := min(len(p), maxWrite)
-		if _, err := e.data.WriteAt(p[:n], off); err != nil {
-			return fmt.Errorf("cache: %s: write units from %d: %w", e.dgst, first, err)
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
-}
-
-// maxWrite bounds one write to the data file. The kernel may back a write with page-cache
-// folios as large as the write; once free memory is fragmented, allocating 1 MiB folios made
-// writes several times slower (measured: 150-250 MB/s against 1.1 GB/s for 256 KiB writes).
-const maxWrite = 256 << 10
-
-// CommitUnit marks unit i filled once all its bytes were stored with WritePart or WriteUnits.
-// gen is the Generation read before the first write; if the entry was discarded since, the
-// unit is not marked and ErrDiscarded is returned. It reports whether the blob is now complete
-// (and unverified), so the caller can verify it.
-func (e *Entry) CommitUnit(i int, gen int) (complete bool, err error) {
-	if i < 0 || i >= e.units {
-		return false, fmt.Errorf("cache: %s: unit %d out of range [0,%d)", e.dgst, i, e.units)
-	}
-	e.fillMu.RLock()
-	defer e.fillMu.RUnlock()
-	e.mu.Lock()
-	if e.generation != gen {
-		e.mu.Unlock()
-		return false, fmt.Errorf("cache: %s: unit %d: %w", e.dgst, i, ErrDiscarded)
-	}
-	if e.present.has(i) {
-		e.mu.Unlock()
-		return false, nil
-	}
-	e.present.set(i)
-	complete = e.present.count() == e.units && e.flags&flagVerified == 0
-	e.mu.Unlock()
-	_, n := e.UnitRange(i)
-	e.cache.grew(e.dgst, n)
-	return complete, nil
-}
-
-// WriteRange stores p at off, a range that need not start or end on a unit boundary (a trace
-// replay fetches exactly the ranges a workload read), and makes it readable: HasRange covers
-// it. The units it completes, with the ranges stored before, are marked filled as CommitUnit
-// would; the rest of it is remembered in memory only, for as long as this Cache is open and
-// the blob stays cached, so after a restart those bytes are fetched again; nor do they count
-// in Usage (they are at most a trace's worth). gen is as for CommitUnit. It reports whether
-// the blob is now complete (and unverified).
-func (e *Entry) WriteRange(off int64, p []byte, gen int) (complete bool, err error) {
-	end := off + int64(len(p))
-	if off < 0 || end > e.size {
-		return false, fmt.Errorf("cache: %s: range %d+%d outside size %d", e.dgst, off, len(p), e.size)
-	}
-	if len(p) == 0 {
-		return false, nil
-	}
-	e.fillMu.RLock()
-	defer e.fillMu.RUnlock()
-	for at := off; at < end; {
-		n := min(end-at, maxWrite)
-		if _, err := e.data.WriteAt(p[at-off:at-off+n], at); err != nil {
-			return false, fmt.Errorf("cache: %s: write range %d+%d: %w", e.dgst, off, len(p), err)
-		}
-		at += n
-	}
-	e.mu.Lock()
-	if e.generation != gen {
-		e.mu.Unlock()
-		return false, fmt.Errorf("cache: %s: range %d+%d: %w", e.dgst, off, len(p), ErrDiscarded)
-	}
-	e.parts.add(off, end)
-	var grown int64
-	for i := int(off / e.unit); i <= int((end-1)/e.unit); i++ {
-		uoff, n := e.UnitRange(i)
-		if !e.present.has(i) && e.parts.covers(uoff, uoff+n) {
-			e.present.set(i)
-			grown += n
-		}
-	}
-	complete = grown > 0 && e.present.count() == e.units && e.flags&flagVerified == 0
-	e.mu.Unlock()
-	if grown > 0 {
-		e.cache.grew(e.dgst, grown)
-	}
-	return complete, nil
-}
-
-// HasRange reports whether every byte of [off, end) is readable: in filled units or in ranges
-// stored with WriteRange.
-func (e *Entry) HasRange(off, end int64) bool {
-	if off >= end {
-		return true
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for i := int(off / e.unit); i <= int((end-1)/e.unit); i++ {
-		if e.present.has(i) {
-			continue
-		}
-		uoff, n := e.UnitRange(i)
-		if !e.parts.covers(max(off, uoff), min(end, uoff+n)) {
-			return false
-		}
-	}
-	return true
-}
-
-// Verify hashes the complete blob. A match is recorded in the bitmap; a mismatch discards
-// every filled unit and returns ErrDigestMismatch.
-func (e *Entry) Verify() error {
-	v := e.dgst.Verifier()
-	if _, err := io.Copy(v, io.NewSectionReader(e.data, 0, e.size)); err != nil {
-		return fmt.Errorf("cache: verify %s: %w", e.dgst, err)
-	}
-	if !v.Verified() {
-		if err := e.discard(); err != nil {
-			return fmt.Errorf("cache: discard %s: %w (after %w)", e.dgst, err, ErrDigestMismatch)
-		}
-		return fmt.Errorf("cache: blob %s: %w; cached copy discarded", e.dgst, ErrDigestMismatch)
-	}
-	e.mu.Lock()
-	e.flags |= flagVerified
-	e.mu.Unlock()
-	return e.sync()
-}
-
-// discard forgets every unit: bitmap first, then the data.
-func (e *Entry) discard() error {
-	e.fillMu.Lock()
-	defer e.fillMu.Unlock()
-	e.mu.Lock()
-	e.present, e.durable, e.flags = newBitmap(e.units), newBitmap(e.units), 0
-	e.parts.reset()
-	e.generation++
-	err := e.persistBitmap(e.present, 0)
-	e.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if err := e.data.Truncate(0); err != nil {
-		return err
-	}
-	if err := e.data.Truncate(e.size); err != nil {
-		return err
-	}
-	c := e.cache
-	c.mu.Lock()
-	if r := c.records[e.dgst]; r != nil {
-		c.usage -= r.filled
-		r.filled = 0
-	}
-	c.mu.Unlock()
-	return nil
-}
-
-// sync makes written units durable: fdatasync the data, then persist their bits.
-func (e *Entry) sync() error {
-	e.mu.Lock()
-	snapshot, flags, gen := e.present.clone(), e.flags, e.generation
-	same := slices.Equal(snapshot, e.durable) && flags == e.persistedFlags
-	e.mu.Unlock()
-	if same {
-		return nil
-	}
-	if err := e.data.Sync(); err != nil {
-		return fmt.Errorf("cache: sync %s: %w", e.dgst, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if gen != e.generation {
-		return nil // discarded meanwhile: the snapshot describes data that is gone
-	}
-	// A concurrent sync may have persisted a newer snapshot: never write fewer bits.
-	for i, w := range e.durable {
-		snapshot[i] |= w
-	}
-	flags |= e.persistedFlags
-	if err := e.persistBitmap(snapshot, flags); err != nil {
-		return err
-	}
-	e.durable = snapshot
-	return nil
-}
-
-// persistBitmap writes the bitmap file; e.mu must be held (or e not yet shared).
-func (e *Entry) persistBitmap(bm bitmap, flags uint64) error {
-	if _, err := e.bmFile.WriteAt(bm.encode(e.unit, e.size, flags, e.units), 0); err != nil {
-		return fmt.Errorf("cache: write bitmap %s: %w", e.dgst, err)
-	}
-	e.persistedFlags = flags
-	return nil
-}
-
-func (e *Entry) pin() {
-	e.mu.Lock()
-	e.pins++
-	e.mu.Unlock()
-}
-
-func (e *Entry) unpin() {
-	e.mu.Lock()
-	e.pins--
-	if e.pins == 0 {
-		e.unpinned.Broadcast()
-	}
-	e.mu.Unlock()
-}
-
-// closeFiles waits for background syncs of e, then closes its files.
-func (e *Entry) closeFiles() {
-	e.mu.Lock()
-	for e.pins > 0 {
-		e.unpinned.Wait()
-	}
-	e.mu.Unlock()
-	_ = e.data.Close()
-	_ = e.bmFile.Close()
-}
-
-// Release drops the caller's hold on e (see Cache.Acquire).
-func (e *Entry) Release() error { return e.cache.release(e) }

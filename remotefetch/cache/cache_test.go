@@ -39,15 +39,33 @@ func openCache(t *testing.T, dir string, capacity int64) *Cache {
 	return c
 }
 
+// fillRange stores data[off:end] through one Writer and commits it, reporting whether that
+// completed the blob.
+func fillRange(e *Entry, data []byte, off, end int64) (complete bool, err error) {
+	w, err := e.NewWriter(off, end)
+	if err != nil {
+		return false, err
+	}
+	if _, err := w.WriteAt(data[off:end], off); err != nil {
+		w.Abort()
+		return false, err
+	}
+	return w.Commit()
+}
+
+// fillUnits fills the given units of e with their bytes of data, one Writer each.
 func fillUnits(t testing.TB, e *Entry, data []byte, units ...int) {
 	t.Helper()
 	for _, i := range units {
-		off, n := e.UnitRange(i)
-		if _, err := e.WriteUnit(i, data[off:off+n]); err != nil {
+		off, n := e.Layout().UnitRange(i)
+		if _, err := fillRange(e, data, off, off+n); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
+
+// has reports whether unit i of e is present as a whole.
+func has(e *Entry, i int) bool { return len(e.Missing(i, i)) == 0 }
 
 func TestRestartReusesFilledUnits(t *testing.T) {
 	dir := t.TempDir()
@@ -73,11 +91,11 @@ func TestRestartReusesFilledUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e2.Release()
-	if got := e2.Missing(0, e2.Units()-1); fmt.Sprint(got) != "[1 2 4 5 6 7 8 9]" {
+	if got := e2.Missing(0, e2.Layout().Units()-1); fmt.Sprint(got) != "[1 2 4 5 6 7 8 9]" {
 		t.Fatalf("missing after restart: %v", got)
 	}
 	for _, i := range []int{0, 3, 10} {
-		off, n := e2.UnitRange(i)
+		off, n := e2.Layout().UnitRange(i)
 		buf := make([]byte, n)
 		if _, err := e2.ReadAt(buf, off); err != nil || !bytes.Equal(buf, data[off:off+n]) {
 			t.Fatalf("unit %d differs after restart (err %v)", i, err)
@@ -102,13 +120,13 @@ func TestDigestMismatchDiscards(t *testing.T) {
 	bad[testUnit+5] ^= 1
 	var complete bool
 	for i := range 3 {
-		off, n := e.UnitRange(i)
-		if complete, err = e.WriteUnit(i, bad[off:off+n]); err != nil {
+		off, n := e.Layout().UnitRange(i)
+		if complete, err = fillRange(e, bad, off, off+n); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if !complete {
-		t.Fatal("last WriteUnit did not report completion")
+	if !complete || !e.NeedsVerify() {
+		t.Fatal("the last fill did not report completion")
 	}
 	if err := e.Verify(); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("Verify of corrupt blob: %v", err)
@@ -117,7 +135,7 @@ func TestDigestMismatchDiscards(t *testing.T) {
 		t.Fatalf("after mismatch: missing %v usage %d", e.Missing(0, 2), c.Usage())
 	}
 	fillUnits(t, e, data, 0, 1, 2)
-	if err := e.Verify(); err != nil || !e.Verified() {
+	if err := e.Verify(); err != nil || e.NeedsVerify() {
 		t.Fatalf("Verify of good blob: %v", err)
 	}
 }
@@ -147,7 +165,7 @@ func TestCapacityUnderConcurrentReaders(t *testing.T) {
 				}
 				held.Store(g, int64(size))
 				for range 4 {
-					fillUnits(t, e, data, r.IntN(e.Units()))
+					fillUnits(t, e, data, r.IntN(e.Layout().Units()))
 				}
 				var holding int64
 				held.Range(func(_, v any) bool { holding += v.(int64); return true })
@@ -251,17 +269,17 @@ func TestCrashSafety(t *testing.T) {
 	defer e.Release()
 	filled := 0
 	buf := make([]byte, testUnit)
-	for i := range e.Units() {
-		if !e.Has(i) {
+	for i := range e.Layout().Units() {
+		if !has(e, i) {
 			continue
 		}
 		filled++
-		off, n := e.UnitRange(i)
+		off, n := e.Layout().UnitRange(i)
 		if _, err := e.ReadAt(buf[:n], off); err != nil || !bytes.Equal(buf[:n], data[off:off+n]) {
 			t.Fatalf("unit %d marked filled but holds wrong bytes after crash (err %v)", i, err)
 		}
 	}
-	if filled < 200 || filled == e.Units() {
+	if filled < 200 || filled == e.Layout().Units() {
 		t.Fatalf("%d units filled after crash: the child was not killed mid-fill", filled)
 	}
 }
@@ -279,9 +297,9 @@ func crashChild(dir string) {
 	}
 	seed, _ := strconv.Atoi(os.Getenv("SEED"))
 	r := rand.New(rand.NewPCG(uint64(seed), 3))
-	for _, i := range r.Perm(e.Units()) {
-		off, n := e.UnitRange(i)
-		if _, err := e.WriteUnit(i, data[off:off+n]); err != nil {
+	for _, i := range r.Perm(e.Layout().Units()) {
+		off, n := e.Layout().UnitRange(i)
+		if _, err := fillRange(e, data, off, off+n); err != nil {
 			panic(err)
 		}
 		time.Sleep(200 * time.Microsecond)
@@ -307,8 +325,8 @@ func FuzzDecodeBitmap(f *testing.F) {
 	})
 }
 
-// TestCommitAcrossDiscardRefused: a unit written in parts is not marked if the entry was
-// discarded after its first part.
+// TestCommitAcrossDiscardRefused: a fill written in parts is not made present if the entry
+// was discarded after its first part.
 func TestCommitAcrossDiscardRefused(t *testing.T) {
 	c := openCache(t, t.TempDir(), 0)
 	data := blobData(3, 2*testUnit)
@@ -317,27 +335,28 @@ func TestCommitAcrossDiscardRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Release()
-	gen := e.Generation()
-	if err := e.WritePart(0, data[:100], 0); err != nil {
+	w, err := e.NewWriter(0, testUnit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(data[:100], 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.discard(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.WritePart(0, data[100:testUnit], 100); err != nil {
+	if _, err := w.WriteAt(data[100:testUnit], 100); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CommitUnit(0, gen); !errors.Is(err, ErrDiscarded) || e.Has(0) {
-		t.Fatalf("commit across discard: %v, has %v", err, e.Has(0))
-	}
-	if err := e.WritePart(0, data[:testUnit+1], 0); err == nil {
-		t.Fatal("a part longer than the unit: no error")
+	if _, err := w.Commit(); !errors.Is(err, ErrDiscarded) || has(e, 0) {
+		t.Fatalf("commit across discard: %v, has %v", err, has(e, 0))
 	}
 }
 
-// TestWriteUnitsSpansUnits: one write stores a run of units, the last one in part; only the
-// committed units are filled, and a run past the end of the blob is refused.
-func TestWriteUnitsSpansUnits(t *testing.T) {
+// TestWriterContract: a Writer's bytes are present only once it commits its whole range;
+// writes outside the range, a commit of a range not fully written and any use after Commit or
+// Abort are refused.
+func TestWriterContract(t *testing.T) {
 	c := openCache(t, t.TempDir(), 0)
 	data := blobData(4, 3*testUnit+100)
 	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
@@ -345,30 +364,50 @@ func TestWriteUnitsSpansUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Release()
-	gen := e.Generation()
-	if err := e.WriteUnits(1, data[testUnit:2*testUnit+50]); err != nil {
+	if _, err := e.NewWriter(0, int64(len(data))+1); err == nil {
+		t.Fatal("a fill past the end of the blob: no error")
+	}
+	if _, err := e.NewWriter(5, 5); err == nil {
+		t.Fatal("an empty fill: no error")
+	}
+	w, err := e.NewWriter(testUnit, 3*testUnit)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Has(1) || e.Has(2) {
-		t.Fatal("WriteUnits marked units filled")
+	if _, err := w.WriteAt(data[testUnit:3*testUnit+1], testUnit); err == nil {
+		t.Fatal("a write past the fill range: no error")
 	}
-	if _, err := e.CommitUnit(1, gen); err != nil {
+	if _, err := w.WriteAt(data[testUnit:2*testUnit+50], testUnit); err != nil {
 		t.Fatal(err)
+	}
+	if e.HasRange(testUnit, testUnit+1) {
+		t.Fatal("written bytes are present before Commit")
 	}
 	got := make([]byte, testUnit+50)
 	if _, err := e.ReadAt(got, testUnit); err != nil || !bytes.Equal(got, data[testUnit:2*testUnit+50]) {
-		t.Fatalf("read back after WriteUnits: %v", err)
+		t.Fatalf("read back before Commit: %v", err)
 	}
-	if !e.Has(1) || e.Has(2) {
-		t.Fatalf("filled: unit 1 %v, unit 2 %v; want only unit 1", e.Has(1), e.Has(2))
+	if _, err := w.Commit(); err == nil || has(e, 1) {
+		t.Fatalf("commit of a range written in part: %v, unit 1 present %v", err, has(e, 1))
 	}
-	if err := e.WriteUnits(2, data[2*testUnit:]); err != nil {
-		t.Fatalf("the run to the end of the blob: %v", err)
+	if _, err := w.WriteAt(data[testUnit:testUnit+1], testUnit); err == nil {
+		t.Fatal("a write after Commit: no error")
 	}
-	if err := e.WriteUnits(2, make([]byte, testUnit+101)); err == nil {
-		t.Fatal("a run past the end of the blob: no error")
+	a, err := e.NewWriter(0, testUnit)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := e.WriteUnits(4, data[:1]); err == nil {
-		t.Fatal("a unit past the last: no error")
+	if _, err := a.WriteAt(data[:testUnit], 0); err != nil {
+		t.Fatal(err)
+	}
+	a.Abort()
+	if _, err := a.Commit(); err == nil || has(e, 0) {
+		t.Fatalf("commit after Abort: %v, unit 0 present %v", err, has(e, 0))
+	}
+	if complete, err := fillRange(e, data, testUnit, int64(len(data))); err != nil || complete {
+		t.Fatalf("fill to the end: complete %v, %v; want not complete", complete, err)
+	}
+	if !has(e, 1) || !has(e, 3) || has(e, 0) {
+		t.Fatalf("present: units 0 %v, 1 %v, 3 %v; want 1 and 3", has(e, 0), has(e, 1), has(e, 3))
 	}
 }

@@ -5,9 +5,9 @@ import (
 	"slices"
 )
 
-// rangeSet is a set of byte ranges [lo, hi) kept sorted and merged: the bytes of a blob stored
-// outside whole units (Entry.WriteRange). It lives in memory only; the Entry holding it guards
-// it with its mu.
+// rangeSet is a set of byte ranges [lo, hi) kept sorted and merged: the bytes of a blob
+// committed outside whole units, or the bytes a Writer has stored. It lives in memory only;
+// its owner guards it.
 type rangeSet struct {
 	ranges []byteRange
 }

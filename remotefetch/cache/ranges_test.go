@@ -42,7 +42,7 @@ func TestRangeSetMatchesModel(t *testing.T) {
 	})
 }
 
-func TestWriteRange(t *testing.T) {
+func TestCommitRanges(t *testing.T) {
 	dir := t.TempDir()
 	data := blobData(3, 4*testUnit+100)
 	d := digest.FromBytes(data)
@@ -53,7 +53,7 @@ func TestWriteRange(t *testing.T) {
 	}
 	write := func(off, end int64) {
 		t.Helper()
-		if _, err := e.WriteRange(off, data[off:end], e.Generation()); err != nil {
+		if _, err := fillRange(e, data, off, end); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -68,13 +68,13 @@ func TestWriteRange(t *testing.T) {
 			t.Errorf("HasRange(%d, %d) = %v, want %v", q.off, q.end, got, q.want)
 		}
 	}
-	if e.Has(0) || c.Usage() != 0 {
+	if has(e, 0) || c.Usage() != 0 {
 		t.Fatalf("a partly written unit counts as filled (usage %d)", c.Usage())
 	}
 	write(0, 100)
 	write(300, testUnit-50) // unit 0 is now whole
-	if !e.Has(0) || e.Has(1) || c.Usage() != testUnit {
-		t.Fatalf("after unit 0 was written in ranges: has 0 %v, has 1 %v, usage %d", e.Has(0), e.Has(1), c.Usage())
+	if !has(e, 0) || has(e, 1) || c.Usage() != testUnit {
+		t.Fatalf("after unit 0 was written in ranges: has 0 %v, has 1 %v, usage %d", has(e, 0), has(e, 1), c.Usage())
 	}
 	buf := make([]byte, 60)
 	if _, err := e.ReadAt(buf, testUnit-50); err != nil || !bytes.Equal(buf, data[testUnit-50:testUnit+10]) {
@@ -91,15 +91,21 @@ func TestWriteRange(t *testing.T) {
 	if !e.HasRange(testUnit, testUnit+10) {
 		t.Fatal("range forgotten across a release")
 	}
-	// A stale generation is refused; a discard forgets the ranges.
-	gen := e.Generation()
+	// A fill begun before a discard is refused; a discard forgets the ranges.
+	w, err := e.NewWriter(2*testUnit, 2*testUnit+5)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := e.Verify(); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("verify of an incomplete blob: %v", err)
 	}
-	if _, err := e.WriteRange(2*testUnit, data[2*testUnit:2*testUnit+5], gen); !errors.Is(err, ErrDiscarded) {
-		t.Fatalf("write across a discard: %v", err)
+	if _, err := w.WriteAt(data[2*testUnit:2*testUnit+5], 2*testUnit); err != nil {
+		t.Fatal(err)
 	}
-	if e.HasRange(testUnit, testUnit+10) || e.Has(0) {
+	if _, err := w.Commit(); !errors.Is(err, ErrDiscarded) {
+		t.Fatalf("commit across a discard: %v", err)
+	}
+	if e.HasRange(testUnit, testUnit+10) || has(e, 0) {
 		t.Fatal("ranges or units survived a discard")
 	}
 	write(testUnit, testUnit+10)
@@ -118,13 +124,10 @@ func TestWriteRange(t *testing.T) {
 	if e2.HasRange(testUnit, testUnit+10) {
 		t.Fatal("an in-memory range survived a restart")
 	}
-	if _, err := e2.WriteRange(int64(len(data))-5, make([]byte, 10), e2.Generation()); err == nil {
-		t.Fatal("range past the end accepted")
-	}
 }
 
-// TestWriteRangeCompletesBlob: ranges that cover every byte make the blob complete.
-func TestWriteRangeCompletesBlob(t *testing.T) {
+// TestRangesCompleteBlob: ranges that cover every byte make the blob complete.
+func TestRangesCompleteBlob(t *testing.T) {
 	data := blobData(4, 2*testUnit+7)
 	c := openCache(t, t.TempDir(), 0)
 	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
@@ -132,11 +135,11 @@ func TestWriteRangeCompletesBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Release()
-	if complete, err := e.WriteRange(0, data[:5000], e.Generation()); err != nil || complete {
+	if complete, err := fillRange(e, data, 0, 5000); err != nil || complete {
 		t.Fatalf("first range: complete %v, err %v", complete, err)
 	}
-	complete, err := e.WriteRange(5000, data[5000:], e.Generation())
-	if err != nil || !complete || !e.Complete() {
+	complete, err := fillRange(e, data, 5000, int64(len(data)))
+	if err != nil || !complete || !e.NeedsVerify() {
 		t.Fatalf("last range: complete %v, err %v", complete, err)
 	}
 	if err := e.Verify(); err != nil {
