@@ -22,11 +22,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/obdproject/obd/blockdev"
@@ -216,33 +216,11 @@ func (d *Device) Close() error {
 // isMountPoint reports whether path is a mount point, from /proc/self/mountinfo
 // (stat would reach a FUSE server that may not be running).
 func isMountPoint(path string) (bool, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
 	if err != nil {
 		return false, fmt.Errorf("fuseloop: %w", err)
 	}
-	for line := range strings.Lines(string(data)) {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescapeMountPath(fields[4]) == path {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for space and so on).
-func unescapeMountPath(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return len(mounts) > 0, nil
 }
 
 // unmount unmounts the FUSE file, waiting briefly for the loop device to let go.
