@@ -46,20 +46,8 @@ func overlaybdBlob(t *testing.T, dir string) []byte {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	block, zero := make([]byte, 4096), make([]byte, 4096)
-	for off := int64(0); ; off += int64(len(block)) {
-		n, err := io.ReadFull(src, block)
-		if n > 0 && !bytes.Equal(block[:n], zero[:n]) {
-			if _, err := layer.WriteAt(block[:n], off); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	if _, err := layer.Import(src, 0); err != nil {
+		t.Fatal(err)
 	}
 	var blob bytes.Buffer
 	opts := layerblob.WriteOptions{ZFile: &zfile.Options{Algorithm: zfile.LZ4}, Tar: true, TempDir: work}

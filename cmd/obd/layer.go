@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -58,12 +57,6 @@ func newLayerCreateCmd() *cobra.Command {
 	return cmd
 }
 
-// importChunk is how much of the raw image is read at a time; a multiple of zeroBlock.
-const importChunk = 1 << 20
-
-// zeroBlock is the granularity at which all-zero data is skipped by `layer import`.
-const zeroBlock = 4096
-
 func newLayerImportCmd() *cobra.Command {
 	var offset string
 	cmd := &cobra.Command{
@@ -86,7 +79,7 @@ func newLayerImportCmd() *cobra.Command {
 				return err
 			}
 			defer raw.Close()
-			n, err := importRaw(w, raw, off)
+			n, err := w.Import(raw, off)
 			if err != nil {
 				w.Close()
 				return fmt.Errorf("import %s at offset %d: %w", args[1], off, err)
@@ -102,69 +95,6 @@ func newLayerImportCmd() *cobra.Command {
 	cmd.Flags().StringVar(&offset, "offset", "0", "byte offset in the virtual disk (a multiple of 512)")
 	return cmd
 }
-
-// importRaw copies src into w at off, skipping all-zero 4 KiB blocks so that they stay
-// holes (they read as zeros, or as the layer below in a stack). The tail of the
-// image is padded with zeros to a whole sector. It returns the bytes stored.
-func importRaw(w *lsmt.Writable, src io.Reader, off int64) (int64, error) {
-	if off%lsmt.SectorSize != 0 {
-		return 0, fmt.Errorf("offset %d is not a multiple of %d", off, lsmt.SectorSize)
-	}
-	buf := make([]byte, importChunk)
-	var stored int64
-	for {
-		n, err := io.ReadFull(src, buf)
-		if n > 0 {
-			padded := (n + lsmt.SectorSize - 1) / lsmt.SectorSize * lsmt.SectorSize
-			clear(buf[n:padded])
-			if off+int64(padded) > w.VirtualSize() {
-				return stored, fmt.Errorf("image does not fit: byte %d is past the layer's virtual size %d", off+int64(padded), w.VirtualSize())
-			}
-			s, werr := writeNonZero(w, buf[:padded], off)
-			stored += s
-			if werr != nil {
-				return stored, werr
-			}
-			off += int64(padded)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return stored, nil
-		}
-		if err != nil {
-			return stored, err
-		}
-	}
-}
-
-// writeNonZero writes the runs of p that are not all-zero 4 KiB blocks.
-func writeNonZero(w *lsmt.Writable, p []byte, off int64) (int64, error) {
-	var stored int64
-	start := -1 // start of the current non-zero run
-	flush := func(end int) error {
-		if start < 0 {
-			return nil
-		}
-		_, err := w.WriteAt(p[start:end], off+int64(start))
-		stored += int64(end - start)
-		start = -1
-		return err
-	}
-	for i := 0; i < len(p); i += zeroBlock {
-		end := min(i+zeroBlock, len(p))
-		if isZero(p[i:end]) {
-			if err := flush(i); err != nil {
-				return stored, err
-			}
-		} else if start < 0 {
-			start = i
-		}
-	}
-	return stored, flush(len(p))
-}
-
-var zeroPage [zeroBlock]byte
-
-func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:len(p)]) }
 
 // outputFlags are the wrapping knobs shared by `layer commit` and `layer merge`.
 type outputFlags struct {

@@ -87,9 +87,10 @@ func rawImage(seed int64, n int) ([]byte, int) {
 	rng := rand.New(rand.NewSource(seed))
 	b := make([]byte, n)
 	nonZero := 0
-	for off := 0; off < n; off += zeroBlock {
-		end := min(off+zeroBlock, n)
-		if (off/zeroBlock)%3 == 0 {
+	const block = lsmt.ImportZeroBlock
+	for off := 0; off < n; off += block {
+		end := min(off+block, n)
+		if (off/block)%3 == 0 {
 			continue
 		}
 		// Text-like, compressible bytes.
@@ -151,9 +152,10 @@ func TestLayerLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRun(t, "layer", "import", "--offset", "1028K", upper2, patchPath)
-	for i := 0; i < len(patch); i += zeroBlock {
-		if !isZero(patch[i : i+zeroBlock]) { // zero blocks were skipped: the lower shows through
-			copy(disk[1028<<10+i:], patch[i:i+zeroBlock])
+	const block = lsmt.ImportZeroBlock
+	for i := 0; i < len(patch); i += block {
+		if !bytes.Equal(patch[i:i+block], make([]byte, block)) { // zero blocks were skipped: the lower shows through
+			copy(disk[1028<<10+i:], patch[i:i+block])
 		}
 	}
 	if got := mustRun(t, "layer", "cat", out, upper2); got != string(disk) {
