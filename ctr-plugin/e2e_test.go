@@ -10,11 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/snapshotter"
+	"github.com/obdproject/obd/traceartifact"
 	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
 )
@@ -206,9 +209,19 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 	}
 
 	traceFile := filepath.Join(t.TempDir(), "start.trace")
-	out = first.ctr(t, "record-trace", "--trace-dir", traceDir, "--bdd-socket", first.bdd.Socket, obdRef, traceFile, "--", "sh", "-c", startWorkload)
+	resolver := docker.NewResolver(docker.ResolverOptions{})
+	regCtx, regCancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer regCancel()
+	_, image, err := resolver.Resolve(regCtx, obdRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = first.ctr(t, "record-trace", "--push", "--trace-dir", traceDir, "--bdd-socket", first.bdd.Socket, obdRef, traceFile, "--", "sh", "-c", startWorkload)
 	if !strings.HasPrefix(out, "started\n") || !strings.Contains(out, "recorded a trace of 1 blobs") {
 		t.Fatalf("record-trace output = %q, want the command's output and a one-blob trace", out)
+	}
+	if want := "for " + obdRef + "@" + image.Digest.String(); !strings.Contains(out, "pushed start trace sha256:") || !strings.Contains(out, want) {
+		t.Fatalf("record-trace --push output = %q, want a pushed artifact %s", out, want)
 	}
 	first.waitNoDevices(t)
 	data, err := os.ReadFile(traceFile)
@@ -228,6 +241,17 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 	}
 	if storedTrace, err := (tracestore.Store{Dir: traceDir}).Load(chain); err != nil || !bytes.Equal(storedTrace, data) {
 		t.Fatalf("trace stored under the image's chain: %v (equal to the file: %v)", err, bytes.Equal(storedTrace, data))
+	}
+	// The pushed artifact holds the same trace, and the image is as it was.
+	if _, now, err := resolver.Resolve(regCtx, obdRef); err != nil || now.Digest != image.Digest {
+		t.Fatalf("after record-trace --push the image is %s (%v), want %s", now.Digest, err, image.Digest)
+	}
+	artifacts, err := traceartifact.List(regCtx, resolver, obdRef, image.Digest)
+	if err != nil || len(artifacts) != 1 {
+		t.Fatalf("start traces of the image in the registry: %v, %v; want the pushed one", artifacts, err)
+	}
+	if pushed, err := traceartifact.Fetch(regCtx, resolver, obdRef, image.Digest, artifacts[0]); err != nil || !bytes.Equal(pushed.Blocks, data) {
+		t.Fatalf("the pushed trace differs from the recorded one (err %v)", err)
 	}
 
 	// A second cold host: rpull prefetches the trace, and the same start then fetches less.

@@ -1,7 +1,6 @@
 package ctrplugin
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,13 +12,14 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/cmd/ctr/commands"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/docker/go-units"
 	"github.com/urfave/cli/v3"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/traceartifact"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -33,11 +33,18 @@ reads from the registry. Recording stops when the command exits or after --run-t
 whichever is first. The trace is written to <trace-file> and kept in --trace-dir under the
 chain of the image's layer blobs, where rpull finds it and has bdd prefetch it.
 bdd records reads of every device while the trace runs: record on a quiet host. The image's
-device must not be mounted yet (no running container of it), or the page cache hides reads.`,
-	Flags: []cli.Flag{
+device must not be mounted yet (no running container of it), or the page cache hides reads;
+a trace with no ranges, or under 4 KiB, is refused as such.
+
+With --push the trace also goes to the image's repository as an OCI artifact whose subject
+is the image's manifest (for an index, the platform's manifest that was unpacked), so that
+nodes pulling the image find it there; the page trace the snapshotter stored for the image
+since the run started, if any, goes with it. The image itself is not changed.`,
+	Flags: append([]cli.Flag{
 		snapshotterFlag, bddSocketFlag, traceDirFlag,
 		&cli.DurationFlag{Name: "run-timeout", Usage: "Stop recording (and kill the container) after this long", Value: time.Minute},
-	},
+		&cli.BoolFlag{Name: "push", Usage: "Also push the trace to the image's repository, attached to the image's manifest"},
+	}, commands.RegistryFlags...),
 	Action: runRecordTrace,
 }
 
@@ -77,12 +84,27 @@ func runRecordTrace(ctx context.Context, cmd *cli.Command) error {
 	}
 	defer conn.Close()
 
+	var resolver remotes.Resolver
+	if cmd.Bool("push") { // before the run: a wrong registry flag costs no recording
+		if resolver, err = commands.GetResolver(ctx, cmd); err != nil {
+			return err
+		}
+	}
+
 	out := cmd.Root().Writer
 	run := traceRun{client: client, daemon: daemon, image: img, snapshotter: sn, args: procArgs,
 		timeout: cmd.Duration("run-timeout"), stdout: out, stderr: cmd.Root().ErrWriter}
-	trace, err := run.record(ctx)
+	started := time.Now()
+	trace, ranArgs, err := run.record(ctx)
 	if err != nil {
 		return fmt.Errorf("record-trace %s: %w", ref, err)
+	}
+	summary, err := traceartifact.Summarize(trace)
+	if err == nil {
+		err = summary.CheckPlausible()
+	}
+	if err != nil {
+		return fmt.Errorf("record-trace %s: no trace kept: %w", ref, err)
 	}
 	if err := os.WriteFile(traceFile, trace, 0o644); err != nil {
 		return fmt.Errorf("record-trace: %w", err)
@@ -91,7 +113,28 @@ func runRecordTrace(ctx context.Context, cmd *cli.Command) error {
 	if err := store.Save(chain, trace); err != nil {
 		return fmt.Errorf("record-trace: %w", err)
 	}
-	fmt.Fprintf(out, "recorded %s in %s and %s\n", summarize(trace), traceFile, store.Path(chain))
+	fmt.Fprintf(out, "recorded %s in %s and %s\n", describe(summary), traceFile, store.Path(chain))
+	if resolver == nil {
+		return nil
+	}
+	pages, err := recordedPages(store, chain, started)
+	if err != nil {
+		return fmt.Errorf("record-trace: page trace: %w", err)
+	}
+	pushed, err := pushTrace(ctx, resolver, img, traceartifact.Trace{Blocks: trace, Pages: pages},
+		traceartifact.Info{Created: started, Command: ranArgs, Recorder: "ctr-obd record-trace"})
+	if err != nil {
+		return fmt.Errorf("record-trace: push the trace of %s: %w", ref, err)
+	}
+	withPages := "no page trace (the snapshotter stored none since the run started)"
+	if pages != nil {
+		withPages = "the page trace " + store.PagesPath(chain)
+	}
+	fmt.Fprintf(out, "pushed start trace %s (%s: manifest, block trace, %s) for %s@%s\n", pushed.Descriptor.Digest,
+		units.BytesSize(float64(pushed.Bytes)), withPages, img.Name(), pushed.Subject.Digest)
+	if pushed.ReferrersTag != "" {
+		fmt.Fprintf(out, "the registry keeps no referrers itself: listed in the referrers tag %s\n", pushed.ReferrersTag)
+	}
 	return nil
 }
 
@@ -107,16 +150,16 @@ type traceRun struct {
 }
 
 // record starts bdd's trace, runs the container until its command exits (or the timeout kills
-// it), and returns the trace. The container and its snapshot are removed, also on errors and
-// when ctx is cancelled.
-func (r traceRun) record(ctx context.Context) (_ []byte, err error) {
+// it), and returns the trace and the command that ran. The container and its snapshot are
+// removed, also on errors and when ctx is cancelled.
+func (r traceRun) record(ctx context.Context) (_ []byte, args []string, err error) {
 	// Cleanup must run after a Ctrl-C too, with the namespace ctx carries.
 	cleanupCtx := context.WithoutCancel(ctx)
 	if err := r.callBDD(ctx, func(ctx context.Context) error {
 		_, err := r.daemon.StartTrace(ctx, &bddv1.StartTraceRequest{})
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("bdd StartTrace: %w", err)
+		return nil, nil, fmt.Errorf("bdd StartTrace: %w", err)
 	}
 	var trace []byte
 	stopTrace := func() error {
@@ -143,16 +186,21 @@ func (r traceRun) record(ctx context.Context) (_ []byte, err error) {
 		containerd.WithNewSnapshot(id, r.image),
 		containerd.WithNewSpec(specOpts...))
 	if err != nil {
-		return nil, fmt.Errorf("create container: %w", err)
+		return nil, nil, fmt.Errorf("create container: %w", err)
 	}
 	defer func() {
 		if derr := container.Delete(cleanupCtx, containerd.WithSnapshotCleanup); derr != nil {
 			err = errors.Join(err, fmt.Errorf("delete container %s: %w", id, derr))
 		}
 	}()
+	spec, err := container.Spec(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spec of container %s: %w", id, err)
+	}
+	args = spec.Process.Args
 	task, err := container.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, r.stdout, r.stderr)))
 	if err != nil {
-		return nil, fmt.Errorf("create task: %w", err)
+		return nil, nil, fmt.Errorf("create task: %w", err)
 	}
 	defer func() {
 		if _, derr := task.Delete(cleanupCtx, containerd.WithProcessKill); derr != nil {
@@ -161,10 +209,10 @@ func (r traceRun) record(ctx context.Context) (_ []byte, err error) {
 	}()
 	exited, err := task.Wait(cleanupCtx)
 	if err != nil {
-		return nil, fmt.Errorf("wait for task: %w", err)
+		return nil, nil, fmt.Errorf("wait for task: %w", err)
 	}
 	if err := task.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start task: %w", err)
+		return nil, nil, fmt.Errorf("start task: %w", err)
 	}
 	timer := time.NewTimer(r.timeout)
 	defer timer.Stop()
@@ -174,18 +222,18 @@ func (r traceRun) record(ctx context.Context) (_ []byte, err error) {
 	case <-timer.C:
 		fmt.Fprintf(r.stderr, "record-trace: the command still runs after %s: recording stops, the container is killed\n", r.timeout)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	if err := stopTrace(); err != nil {
-		return nil, fmt.Errorf("bdd StopTrace: %w", err)
+		return nil, nil, fmt.Errorf("bdd StopTrace: %w", err)
 	}
 	if err := status.Error(); err != nil {
-		return nil, fmt.Errorf("wait for the command: %w", err)
+		return nil, nil, fmt.Errorf("wait for the command: %w", err)
 	}
 	if code := status.ExitCode(); code != 0 {
-		return nil, fmt.Errorf("the command exited with status %d: no trace kept", code)
+		return nil, nil, fmt.Errorf("the command exited with status %d: no trace kept", code)
 	}
-	return trace, nil
+	return trace, args, nil
 }
 
 func (r traceRun) callBDD(ctx context.Context, call func(context.Context) error) error {
@@ -194,19 +242,7 @@ func (r traceRun) callBDD(ctx context.Context, call func(context.Context) error)
 	return call(ctx)
 }
 
-// summarize describes a trace for the user: blobs, ranges and bytes.
-func summarize(trace []byte) string {
-	t, err := remotefetch.ReadTrace(bytes.NewReader(trace))
-	if err != nil {
-		return fmt.Sprintf("an unreadable trace (%v)", err)
-	}
-	var ranges int
-	var size int64
-	for _, b := range t.Blobs {
-		ranges += len(b.Ranges)
-		for _, rg := range b.Ranges {
-			size += rg.Len
-		}
-	}
-	return fmt.Sprintf("a trace of %d blobs, %d ranges, %s", len(t.Blobs), ranges, units.BytesSize(float64(size)))
+// describe describes a trace for the user: blobs, ranges and bytes.
+func describe(s traceartifact.Summary) string {
+	return fmt.Sprintf("a trace of %d blobs, %d ranges, %s", s.Blobs, s.Ranges, units.BytesSize(float64(s.Bytes)))
 }

@@ -15,7 +15,7 @@
 //   - subject: the descriptor of the image manifest the trace was recorded on (a platform
 //     manifest, never an index);
 //   - annotations: AnnotationCreated (RFC 3339), AnnotationCommand (the command that ran, a JSON
-//     array; absent when the image's own), AnnotationRecorder (what recorded it) and
+//     array of its arguments; absent when unknown), AnnotationRecorder (what recorded it) and
 //     AnnotationTracedBytes (the block trace's ranges' total length, decimal).
 //
 // Registries with the OCI 1.1 referrers API list the artifact under its subject themselves.
@@ -105,7 +105,7 @@ type Trace struct {
 // Info describes how a trace was recorded; it becomes the artifact's annotations.
 type Info struct {
 	Created  time.Time // zero: the time of the push
-	Command  []string  // nil: the image's own command
+	Command  []string  // the arguments of the command that ran; nil: unknown
 	Recorder string    // e.g. "ctr-obd record-trace"
 }
 

@@ -22,6 +22,8 @@ import (
 type Pushed struct {
 	// Descriptor is the artifact manifest's, as the subject's referrers list shows it.
 	Descriptor ocispec.Descriptor
+	// Subject is the image manifest's.
+	Subject ocispec.Descriptor
 	// Bytes is the size of the manifest and its blobs (some may have been in the registry).
 	Bytes int64
 	// ReferrersTag is the referrers tag Push updated, for a registry that did not list the
@@ -101,7 +103,7 @@ func Push(ctx context.Context, resolver remotes.Resolver, ref string, img Image,
 	if err != nil {
 		return Pushed{}, fmt.Errorf("traceartifact: push to %s: %w", repo, err)
 	}
-	pushed := Pushed{Summary: summary}
+	pushed := Pushed{Subject: subject, Summary: summary}
 	for _, b := range blobs {
 		if err := pushBytes(ctx, pusher, repo, b.desc, b.data); err != nil {
 			return Pushed{}, fmt.Errorf("traceartifact: push to %s: %w", repo, err)
