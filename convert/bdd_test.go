@@ -3,15 +3,15 @@ package convert_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
-	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/convert/internal/fstree"
-	"github.com/obdproject/obd/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/convert/internal/fixture"
+	"github.com/obdproject/obd/internal/testenv"
 )
 
 // TestConvertThroughBddMatchesUmoci converts the fixture into a registry,
@@ -19,10 +19,7 @@ import (
 // and compares the whole tree with `umoci unpack` of the source image.
 func TestConvertThroughBddMatchesUmoci(t *testing.T) {
 	requireDevices(t)
-	umoci, err := exec.LookPath("umoci")
-	if err != nil {
-		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
-	}
+	umoci := fixture.Umoci(t)
 	tmp := t.TempDir()
 	reg, cfgPath, c := registryConverter(t, tmp)
 	src := fixtureLayout(t)
@@ -63,23 +60,7 @@ func TestConvertThroughBddMatchesUmoci(t *testing.T) {
 		}
 	}()
 
-	bundle := filepath.Join(tmp, "bundle")
-	if out, err := exec.Command(umoci, "unpack", "--image", src+":v1", bundle).CombinedOutput(); err != nil {
-		t.Fatalf("umoci unpack: %v\n%s", err, out)
-	}
-	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := fstree.Snapshot(mnt, fstree.Options{Skip: []string{"lost+found"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	delete(want, ".")
-	delete(got, ".")
-	for _, d := range fstree.Diff(want, got) {
-		t.Error(d)
-	}
+	checkMatchesUmoci(t, umoci, src, mnt)
 
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)

@@ -138,10 +138,7 @@ func mountLayers(t *testing.T, layers []lsmt.Layer) string {
 // compares the whole tree with `umoci unpack` of the source image.
 func TestConvertMatchesUmoci(t *testing.T) {
 	requireDevices(t)
-	umoci, err := exec.LookPath("umoci")
-	if err != nil {
-		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
-	}
+	umoci := fixture.Umoci(t)
 	src := fixtureLayout(t)
 	tmp := t.TempDir()
 	dst := filepath.Join(tmp, "dst")
@@ -156,19 +153,18 @@ func TestConvertMatchesUmoci(t *testing.T) {
 	man := readManifest(t, dst, "obd")
 	checkManifest(t, dst, man)
 
-	bundle := filepath.Join(tmp, "bundle")
-	if out, err := exec.Command(umoci, "unpack", "--image", src+":v1", bundle).CombinedOutput(); err != nil {
-		t.Fatalf("umoci unpack: %v\n%s", err, out)
-	}
-	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
+	checkMatchesUmoci(t, umoci, src, mountConverted(t, dst, man))
+}
+
+// checkMatchesUmoci compares the tree mounted at mnt with `umoci unpack` of the fixture
+// layout src, tag v1: the converter's output must hold exactly what the image holds.
+func checkMatchesUmoci(t *testing.T, umoci, src, mnt string) {
+	t.Helper()
+	want := fixture.UmociTree(t, umoci, src, "v1")
+	got, err := fstree.Snapshot(mnt, fstree.Options{Skip: []string{"lost+found"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := fstree.Snapshot(mountConverted(t, dst, man), fstree.Options{Skip: []string{"lost+found"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	delete(want, ".")
 	delete(got, ".")
 	for _, d := range fstree.Diff(want, got) {
 		t.Error(d)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -25,10 +24,7 @@ func requireRoot(t *testing.T) {
 // directory and compares the tree with `umoci unpack` of the same image.
 func TestApplyMatchesUmoci(t *testing.T) {
 	requireRoot(t)
-	umoci, err := exec.LookPath("umoci")
-	if err != nil {
-		t.Skip("umoci not installed (apt-get install umoci): it is the independent reference")
-	}
+	umoci := fixture.Umoci(t)
 	tmp := t.TempDir()
 	layers, err := fixture.Layers(tmp)
 	if err != nil {
@@ -38,15 +34,7 @@ func TestApplyMatchesUmoci(t *testing.T) {
 	if err := fixture.WriteLayout(layout, "v1", layers); err != nil {
 		t.Fatal(err)
 	}
-	bundle := filepath.Join(tmp, "bundle")
-	if out, err := exec.Command(umoci, "unpack", "--image", layout+":v1", bundle).CombinedOutput(); err != nil {
-		t.Fatalf("umoci unpack: %v\n%s", err, out)
-	}
-	want, err := fstree.Snapshot(filepath.Join(bundle, "rootfs"), fstree.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	delete(want, ".")
+	want := fixture.UmociTree(t, umoci, layout, "v1")
 	for _, deferRemoval := range []bool{false, true} {
 		root := filepath.Join(tmp, fmt.Sprintf("root-%v", deferRemoval))
 		if err := os.Mkdir(root, 0o755); err != nil {
