@@ -151,7 +151,7 @@ func (c *Cache) indexExisting(d digest.Digest) {
 	}
 	st, serr := os.Stat(bmPath)
 	if err != nil || serr != nil || unit != c.opts.FillUnit {
-		c.log.Warn("cache: discarding unusable entry", "digest", d, "error", err)
+		c.log.Warn("cache: discarding unusable entry", "digest", d, "err", err)
 		_ = os.Remove(bmPath)
 		_ = os.Remove(dataPath)
 		return
@@ -242,7 +242,7 @@ func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, er
 		if got, f, derr := decodeBitmap(raw, c.opts.FillUnit, size); derr == nil {
 			bm, flags = got, f
 		} else {
-			c.log.Warn("cache: discarding entry", "digest", d, "error", derr)
+			c.log.Warn("cache: discarding entry", "digest", d, "err", derr)
 			_ = os.Remove(dataPath)
 			fresh = true
 		}
@@ -338,7 +338,7 @@ func (c *Cache) evictLocked() {
 		bmPath, dataPath := c.paths(r.dgst)
 		// Bitmap first: without it the data file is never trusted.
 		if err := os.Remove(bmPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("cache: evict", "digest", r.dgst, "error", err)
+			c.log.Warn("cache: evict", "digest", r.dgst, "err", err)
 			continue
 		}
 		_ = os.Remove(dataPath)
@@ -380,7 +380,7 @@ func (c *Cache) syncDirty() {
 	c.mu.Unlock()
 	for _, e := range dirty {
 		if err := e.sync(); err != nil {
-			c.log.Warn("cache: sync", "digest", e.dgst, "error", err)
+			c.log.Warn("cache: sync", "digest", e.dgst, "err", err)
 		}
 		e.unpin()
 	}
