@@ -5,65 +5,72 @@ import (
 	"time"
 )
 
-// foregroundPoll is how often background fill checks whether foreground reads are done.
+// foregroundPoll is how often background work checks whether foreground reads are done.
 const foregroundPoll = 5 * time.Millisecond
 
 // startBackground fills the rest of the blob after BackgroundDelay, in order, at most
 // BackgroundRate bytes/s, pausing whenever a foreground read is in progress so that it never
 // competes with one for the connection.
-func (b *Blob) startBackground() {
-	b.wg.Go(func() {
-		delay := time.NewTimer(b.f.opts.BackgroundDelay)
+func (f *filler) startBackground() {
+	f.wg.Go(func() {
+		delay := time.NewTimer(f.opts.BackgroundDelay)
 		defer delay.Stop()
 		select {
 		case <-delay.C:
-		case <-b.ctx.Done():
+		case <-f.ctx.Done():
 			return
 		}
-		if err := b.backgroundFill(); err != nil && b.ctx.Err() == nil {
-			b.log.Warn("remotefetch: background fill stopped", "err", err)
+		if err := f.backgroundFill(); err != nil && f.ctx.Err() == nil {
+			f.log.Warn("remotefetch: background fill stopped", "err", err)
 		}
 	})
 }
 
-func (b *Blob) backgroundFill() error {
-	unit := b.entry.Layout().Unit
-	rate := b.f.opts.BackgroundRate
+// backgroundFill fetches the missing units in chunks, in order, until the blob is present,
+// the filler closes or a fetch fails for good.
+func (f *filler) backgroundFill() error {
+	lay := f.entry.Layout()
 	// Small chunks keep a foreground read from waiting long behind a background request.
-	chunk := int(max(1, min(b.f.opts.MaxRequestSize, 1<<20)/unit))
+	chunk := int(max(1, min(f.opts.MaxRequestSize, 1<<20)/lay.Unit))
 	start, sent := time.Now(), int64(0)
-	for u := 0; u < b.entry.Layout().Units(); {
-		for b.foreground.Load() > 0 {
-			if !sleepCtx(b.ctx, foregroundPoll) {
-				return b.ctx.Err()
-			}
+	for u := 0; u < lay.Units(); {
+		if !f.backgroundTurn(start, sent) {
+			return f.ctx.Err()
 		}
-		if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
-			if !sleepCtx(b.ctx, ahead) {
-				return b.ctx.Err()
-			}
-		}
-		last := min(u+chunk, b.entry.Layout().Units()) - 1
-		missing := b.entry.Missing(u, last)
+		last := min(u+chunk, lay.Units()) - 1
+		missing := f.entry.Missing(u, last)
 		if len(missing) == 0 {
 			u = last + 1
 			continue
 		}
-		off, _ := b.entry.Layout().UnitRange(missing[0])
-		endOff, endN := b.entry.Layout().UnitRange(missing[len(missing)-1])
-		ctx, cancel := context.WithTimeout(b.ctx, b.f.opts.ReadTimeout)
-		err := b.ensure(ctx, off, endOff+endN)
+		off, _ := lay.UnitRange(missing[0])
+		endOff, endN := lay.UnitRange(missing[len(missing)-1])
+		ctx, cancel := context.WithTimeout(f.ctx, f.opts.ReadTimeout)
+		err := f.ensure(ctx, off, endOff+endN)
 		cancel()
 		if err != nil {
-			if isPermanent(err) || b.ctx.Err() != nil || b.poisoned.Load() != nil {
+			if isPermanent(err) || f.ctx.Err() != nil || f.failed() != nil {
 				return err
 			}
 			continue // the deadline passed: try the chunk again
 		}
-		sent += int64(len(missing)) * unit
+		sent += int64(len(missing)) * lay.Unit
 		u = last + 1
 	}
 	return nil
+}
+
+// backgroundTurn waits until no foreground read is in progress and background fill, which
+// started at start and has sent bytes since, is within BackgroundRate. It returns false when
+// the filler closes first.
+func (f *filler) backgroundTurn(start time.Time, sent int64) bool {
+	for f.busy() {
+		if !sleepCtx(f.ctx, foregroundPoll) {
+			return false
+		}
+	}
+	ahead := time.Duration(float64(sent)/float64(f.opts.BackgroundRate)*float64(time.Second)) - time.Since(start)
+	return ahead <= 0 || sleepCtx(f.ctx, ahead)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -2,13 +2,16 @@
 // docs/DESIGN.md: it opens a layer blob in an OCI registry as an io.ReaderAt (Blob) that fetches
 // byte ranges on demand, so the tar, zfile and lsmt readers can sit directly on top of it.
 //
-// Layers inside: remote (range GETs: hosts.toml mirrors and TLS via containerd's
+// Layers inside: Blob, the read front (reads under a per-read deadline from the cache or
+// through the filler, sequential readahead, trace recording; blob.go, readahead.go); its
+// filler, behind the small source interface (fill-unit claims with one fetch per unit, merged
+// adjacent misses, retries with backoff, digest verification: filler.go, retry.go; streaming,
+// where readers copy response bytes from memory as they arrive while batches are stored
+// behind them: stream.go; exact range fills for trace replay: rangefetch.go; background fill:
+// background.go); remote (range GETs: hosts.toml mirrors and TLS via containerd's
 // remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response
-// checks), Blob (fill-unit claims with one fetch per unit, merged adjacent misses, retries with
-// backoff under a per-read deadline, sequential readahead), streaming (readers copy response
-// bytes from memory as they arrive while batches are stored behind them, stream.go), cache
-// (persistent sparse file and fill bitmap per digest, package remotefetch/cache), background
-// fill, and trace/prefetch (a replay fetches exactly the traced ranges, rangefetch.go).
+// checks); cache (persistent sparse file and fill bitmap per digest, filled through commit or
+// abort Writers, package remotefetch/cache); and trace/prefetch.
 package remotefetch
 
 import (
@@ -226,23 +229,9 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	if err != nil {
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
-	bctx, cancel := context.WithCancel(context.Background())
-	b := &Blob{
-		f: f, ref: named.String(), dgst: dgst, size: size, entry: entry,
-		remote: &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse},
-		log:    f.log.With("digest", dgst.String()),
-		stats:  counters{m: f.metrics},
-		ctx:    bctx, cancel: cancel,
-		inflight: map[int]*unitCall{},
-		refs:     1,
-	}
+	rem := &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse}
+	b := newBlob(f, named.String(), dgst, size, entry, rem)
 	f.blobs[dgst] = b
-	if entry.NeedsVerify() {
-		b.startVerify() // completed before a crash or restart
-	}
-	if f.opts.BackgroundDelay > 0 {
-		b.startBackground()
-	}
 	return b, nil
 }
 

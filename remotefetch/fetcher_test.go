@@ -779,13 +779,7 @@ func TestReadsJoinRangeFillInFlight(t *testing.T) {
 	off, n := int64(1000), int64(2*testUnit)
 	done := make(chan error, 1)
 	go func() { done <- b.FillRange(t.Context(), off, n) }()
-	for {
-		b.mu.Lock()
-		inFlight := len(b.ranges) > 0
-		b.mu.Unlock()
-		if inFlight {
-			break
-		}
+	for _, ranges := inFlight(b); ranges == 0; _, ranges = inFlight(b) {
 		time.Sleep(time.Millisecond)
 	}
 	var wg sync.WaitGroup
@@ -978,14 +972,19 @@ func testLogger(t testing.TB) *slog.Logger {
 // unitPresent reports whether unit u of b is in the cache as a whole.
 func unitPresent(b *Blob, u int) bool { return len(b.entry.Missing(u, u)) == 0 }
 
+// inFlight counts the unit fetches and range fills of b in flight.
+func inFlight(b *Blob) (units, ranges int) {
+	f := b.fill.(*filler)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.inflight), len(f.ranges)
+}
+
 // waitForIdle waits until b has no fetch in flight (readahead runs in the background).
 func waitForIdle(t testing.TB, b *Blob) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		b.mu.Lock()
-		n := len(b.inflight) + len(b.ranges)
-		b.mu.Unlock()
-		if n == 0 {
+		if units, ranges := inFlight(b); units+ranges == 0 {
 			return
 		}
 	}

@@ -125,19 +125,20 @@ type batch struct {
 }
 
 // newBatch takes a buffer for units first.. of calls and attaches it to them.
-func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
-	off, _ := b.entry.Layout().UnitRange(first)
-	lastOff, lastN := b.entry.Layout().UnitRange(first + len(calls) - 1)
+func (f *filler) newBatch(first int, calls []*unitCall) *batch {
+	lay := f.entry.Layout()
+	off, _ := lay.UnitRange(first)
+	lastOff, lastN := lay.UnitRange(first + len(calls) - 1)
 	n := lastOff + lastN - off
 	bt := &batch{first: first, calls: calls}
 	if n > smallBatch {
-		bt.pooled = b.f.batches.Get().(*[]byte)
+		bt.pooled = f.batches.Get().(*[]byte)
 		bt.buf = (*bt.pooled)[:n]
 	} else {
 		bt.buf = make([]byte, n) // a lazy start's many small misses each hold little memory
 	}
 	for i, c := range calls {
-		uoff, un := b.entry.Layout().UnitRange(first + i)
+		uoff, un := lay.UnitRange(first + i)
 		c.attach(bt.buf[uoff-off : uoff-off+un : uoff-off+un])
 	}
 	return bt
@@ -145,14 +146,15 @@ func (b *Blob) newBatch(first int, calls []*unitCall) *batch {
 
 // receive reads the batch's bytes from r, telling the waiting readers of each unit how far it
 // has come.
-func (b *Blob) receive(r io.Reader, bt *batch) error {
-	base, _ := b.entry.Layout().UnitRange(bt.first)
+func (f *filler) receive(r io.Reader, bt *batch) error {
+	lay := f.entry.Layout()
+	base, _ := lay.UnitRange(bt.first)
 	i := 0 // first unit not yet whole
 	for bt.recvd < int64(len(bt.buf)) {
 		n, err := r.Read(bt.buf[bt.recvd:])
 		bt.recvd += int64(n)
 		for ; i < len(bt.calls); i++ {
-			uoff, un := b.entry.Layout().UnitRange(bt.first + i)
+			uoff, un := lay.UnitRange(bt.first + i)
 			got := min(un, bt.recvd-(uoff-base))
 			if got > 0 {
 				bt.calls[i].advance(got)
@@ -168,7 +170,7 @@ func (b *Blob) receive(r io.Reader, bt *batch) error {
 			err = io.ErrUnexpectedEOF
 		}
 		if err != nil {
-			return fmt.Errorf("remotefetch: body of %s at unit %d: %w", b.dgst, bt.first+i, err)
+			return fmt.Errorf("remotefetch: body of %s at unit %d: %w", f.dgst, bt.first+i, err)
 		}
 	}
 	return nil
@@ -179,17 +181,17 @@ func (b *Blob) receive(r io.Reader, bt *batch) error {
 // arrived in part is written for its readers, who take its bytes from the file, but not
 // made present. If a write fails, the buffer stays with the units (their bytes are nowhere
 // else) and is not reused.
-func (b *Blob) store(bt *batch) (stored int, err error) {
-	stored, whole := bt.whole(b.entry.Layout())
-	base, _ := b.entry.Layout().UnitRange(bt.first)
+func (f *filler) store(bt *batch) (stored int, err error) {
+	stored, whole := bt.whole(f.entry.Layout())
+	base, _ := f.entry.Layout().UnitRange(bt.first)
 	var done *cache.Writer
 	if whole > 0 {
-		if done, err = b.write(base, bt.buf[:whole]); err != nil {
+		if done, err = f.write(base, bt.buf[:whole]); err != nil {
 			return 0, err
 		}
 	}
 	if bt.recvd > whole {
-		part, err := b.write(base+whole, bt.buf[whole:bt.recvd])
+		part, err := f.write(base+whole, bt.buf[whole:bt.recvd])
 		if err != nil {
 			if done != nil {
 				done.Abort()
@@ -202,18 +204,13 @@ func (b *Blob) store(bt *batch) (stored int, err error) {
 		c.detach() // readers find the bytes in the file now, a unit that arrived in part too
 	}
 	if bt.pooled != nil {
-		b.f.batches.Put(bt.pooled)
+		f.batches.Put(bt.pooled)
 	}
 	if done == nil {
 		return 0, nil
 	}
-	complete, err := done.Commit()
-	if err != nil {
+	if err := f.commit(done, whole); err != nil {
 		return 0, err
-	}
-	b.stats.fetchedBytes(int(whole))
-	if complete {
-		b.startVerify()
 	}
 	return stored, nil
 }
@@ -232,8 +229,8 @@ func (bt *batch) whole(lay cache.Layout) (units int, n int64) {
 }
 
 // write begins a cache fill of p at off and stores p, leaving the commit to the caller.
-func (b *Blob) write(off int64, p []byte) (*cache.Writer, error) {
-	w, err := b.entry.NewWriter(off, off+int64(len(p)))
+func (f *filler) write(off int64, p []byte) (*cache.Writer, error) {
+	w, err := f.entry.NewWriter(off, off+int64(len(p)))
 	if err != nil {
 		return nil, err
 	}
@@ -244,79 +241,98 @@ func (b *Blob) write(off int64, p []byte) (*cache.Writer, error) {
 	return w, nil
 }
 
-// startAttempt starts a GET of [off, off+n) under ctx, which a watchdog cancels (through
-// cancel) when no bytes arrive for StallTimeout. closeBody stops the watchdog and closes the
-// body.
-func (b *Blob) startAttempt(ctx context.Context, cancel context.CancelCauseFunc, off, n int64) (body io.Reader, closeBody func(), err error) {
-	stall := b.f.opts.StallTimeout
-	watchdog := time.AfterFunc(stall, func() {
-		cancel(fmt.Errorf("stalled: no data for %v", stall))
-	})
-	rc, err := b.remote.get(ctx, off, n)
+// commit commits w, which holds n fetched bytes, and verifies the blob in the background if
+// that completed it.
+func (f *filler) commit(w *cache.Writer, n int64) error {
+	complete, err := w.Commit()
 	if err != nil {
-		watchdog.Stop()
-		return nil, nil, withCause(ctx, err)
+		return err
 	}
-	closeBody = func() {
-		watchdog.Stop()
-		rc.Close()
+	f.stats.fetchedBytes(int(n))
+	if complete {
+		f.startVerify()
 	}
-	return &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}, closeBody, nil
+	return nil
 }
 
 // fetchOnce requests the units of calls (consecutive, from first), hands their bytes to
 // waiting readers as they arrive and stores them in batches behind the receiver. It returns
 // how many units it stored whole and why it stopped early.
-func (b *Blob) fetchOnce(ctx context.Context, first int, calls []*unitCall) (stored int, err error) {
-	last := first + len(calls) - 1
-	off, _ := b.entry.Layout().UnitRange(first)
-	lastOff, lastN := b.entry.Layout().UnitRange(last)
+func (f *filler) fetchOnce(ctx context.Context, first int, calls []*unitCall) (stored int, err error) {
+	lay := f.entry.Layout()
+	off, _ := lay.UnitRange(first)
+	lastOff, lastN := lay.UnitRange(first + len(calls) - 1)
 	n := lastOff + lastN - off
 
 	attemptCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	start := time.Now()
-	r, closeBody, err := b.startAttempt(attemptCtx, cancel, off, n)
+	r, closeBody, err := f.startAttempt(attemptCtx, cancel, off, n)
 	if err != nil {
 		return 0, err
 	}
 	defer closeBody()
-
-	// The store goroutine writes batches in order; after a failed write it stores nothing
-	// more and cancels the attempt, so that the receiver stops too.
-	queue := make(chan *batch, storeQueue)
-	var storeErr error
-	storeDone := make(chan struct{})
-	go func() {
-		defer close(storeDone)
-		for bt := range queue {
-			if storeErr != nil {
-				continue
-			}
-			n, err := b.store(bt)
-			stored += n
-			if err != nil {
-				storeErr = permanent(err)
-				cancel(storeErr)
-			}
-		}
-	}()
-	var recvErr error
-	per := int(max(1, streamBatch/b.entry.Layout().Unit))
-	for i := 0; i < len(calls) && recvErr == nil; i += per {
-		bt := b.newBatch(first+i, calls[i:min(i+per, len(calls))])
-		recvErr = b.receive(r, bt)
-		queue <- bt // also in part: its bytes were handed to readers and must be in the file
-	}
-	close(queue)
-	<-storeDone
+	st := f.startStorer(cancel)
+	recvErr := f.receiveAll(r, first, calls, st.queue)
+	stored, storeErr := st.finish()
 	if storeErr != nil {
 		return stored, storeErr
 	}
 	if recvErr != nil {
 		return stored, withCause(attemptCtx, recvErr)
 	}
-	b.f.metrics.fetchLatency.Observe(time.Since(start).Seconds())
-	b.log.Debug("remotefetch: fetched", "off", off, "bytes", n, "took", time.Since(start))
+	f.latency.Observe(time.Since(start).Seconds())
+	f.log.Debug("remotefetch: fetched", "off", off, "bytes", n, "took", time.Since(start))
 	return stored, nil
+}
+
+// receiveAll receives the units of calls (consecutive, from first) from r in batches and
+// queues each batch for storing, also one that arrived in part: its bytes were handed to
+// readers and must be in the file.
+func (f *filler) receiveAll(r io.Reader, first int, calls []*unitCall, queue chan<- *batch) error {
+	per := int(max(1, streamBatch/f.entry.Layout().Unit))
+	for i := 0; i < len(calls); i += per {
+		bt := f.newBatch(first+i, calls[i:min(i+per, len(calls))])
+		err := f.receive(r, bt)
+		queue <- bt
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storer is the goroutine behind a receiver that stores its batches in order. After a failed
+// store it stores nothing more and cancels the attempt, so that the receiver stops too.
+type storer struct {
+	queue  chan *batch
+	done   chan struct{}
+	stored int   // units stored whole
+	err    error // the failed store's, permanent
+}
+
+func (f *filler) startStorer(cancel context.CancelCauseFunc) *storer {
+	s := &storer{queue: make(chan *batch, storeQueue), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for bt := range s.queue {
+			if s.err != nil {
+				continue
+			}
+			n, err := f.store(bt)
+			s.stored += n
+			if err != nil {
+				s.err = permanent(err)
+				cancel(s.err)
+			}
+		}
+	}()
+	return s
+}
+
+// finish waits until the queued batches are stored and returns what the storer did.
+func (s *storer) finish() (stored int, err error) {
+	close(s.queue)
+	<-s.done
+	return s.stored, s.err
 }
