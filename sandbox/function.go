@@ -1,0 +1,238 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/obdproject/obd/sandbox/sandboxapi"
+)
+
+// Function is a registered handler. sandboxapi.FunctionSpec is its form on the wire.
+type Function struct {
+	Name     string
+	Image    string        // runtime image ref, resolved by the RootfsProvider
+	Entry    string        // module.function, e.g. "main.handler"
+	Dir      string        // handler code directory on the server
+	MemoryMB int64         // memory limit; default 128
+	CPUs     float64       // CPU quota in cores; default 1
+	Pids     int64         // process limit; default 32
+	Timeout  time.Duration // per invocation; default 10s
+	Imports  []string      // modules its own zygote imports
+	Packages []string      // install-cache packages on its sys.path
+}
+
+var namePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+var entryPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Validate checks f and fills in defaults.
+func (f *Function) Validate() error {
+	if !namePattern.MatchString(f.Name) {
+		return fmt.Errorf("sandbox: function name %q: want letters, digits, '_', '.', '-'", f.Name)
+	}
+	if f.Image == "" {
+		return fmt.Errorf("sandbox: function %s: no image", f.Name)
+	}
+	if !entryPattern.MatchString(f.Entry) {
+		return fmt.Errorf("sandbox: function %s: entry %q: want module.function", f.Name, f.Entry)
+	}
+	if f.MemoryMB == 0 {
+		f.MemoryMB = 128
+	}
+	if f.CPUs == 0 {
+		f.CPUs = 1
+	}
+	if f.Pids == 0 {
+		f.Pids = 32
+	}
+	if f.Timeout == 0 {
+		f.Timeout = 10 * time.Second
+	}
+	if f.MemoryMB < 16 || f.CPUs < 0 || f.Pids < 4 || f.Timeout < 0 {
+		return fmt.Errorf("sandbox: function %s: limits too small (memory %d MB ≥ 16, pids %d ≥ 4)", f.Name, f.MemoryMB, f.Pids)
+	}
+	for _, m := range append(slices.Clone(f.Imports), f.Packages...) {
+		if !namePattern.MatchString(m) {
+			return fmt.Errorf("sandbox: function %s: bad module or package name %q", f.Name, m)
+		}
+	}
+	return nil
+}
+
+// function is a registered Function with its sandboxes.
+type function struct {
+	Function
+	image  *image
+	zygote *zygote // the function's own zygote, forked from the image's
+	idle   []*box  // handler cache, most recently used last; all frozen
+	// spare holds prepared sandboxes (no process yet), filled by
+	// keepSpares until stopSpares closes; sparesDone closes when it has cleaned up.
+	spare      chan *box
+	stopSpares chan struct{}
+	sparesDone chan struct{}
+	busy       int
+	stats      sandboxapi.Stats
+	gone       bool // deleted; its sandboxes are destroyed instead of cached
+}
+
+// registration is a function between reserve and commit: its name is taken and its image
+// acquired, its code not yet installed.
+type registration struct {
+	fn      *function
+	id      int     // names the root the code is compiled in
+	runtime *zygote // the image's runtime zygote at reserve time; nil without zygotes
+}
+
+// Register adds f. Its image is acquired (and its zygotes started) on first use by any
+// function. It fails with ErrExists for a name registered or being registered, ErrClosed once
+// the manager is closed.
+func (m *Manager) Register(ctx context.Context, f Function) error {
+	if err := m.admit(&f); err != nil {
+		return err
+	}
+	r, err := m.reserve(ctx, f)
+	if err != nil {
+		return err
+	}
+	// Compiling and forking the function's zygote take a while: not under m.mu, which every
+	// invocation takes.
+	return m.commit(r.fn, m.install(r))
+}
+
+// admit validates f (filling in its defaults) and checks that its handler dir and its
+// packages exist on the server.
+func (m *Manager) admit(f *Function) error {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	if st, err := os.Stat(f.Dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("sandbox: function %s: handler dir %q: not a directory", f.Name, f.Dir)
+	}
+	for _, p := range f.Packages {
+		if m.cfg.PackagesDir == "" {
+			return fmt.Errorf("sandbox: function %s: package %s: the server has no install cache", f.Name, p)
+		}
+		if _, err := os.Stat(filepath.Join(m.cfg.PackagesDir, p)); err != nil {
+			return fmt.Errorf("sandbox: function %s: package %s not in the install cache: %w", f.Name, p, err)
+		}
+	}
+	return nil
+}
+
+// reserve takes f's name (as pending) and acquires its image.
+func (m *Manager) reserve(ctx context.Context, f Function) (registration, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return registration{}, ErrClosed
+	}
+	if _, ok := m.funcs[f.Name]; ok || m.pending[f.Name] {
+		return registration{}, fmt.Errorf("%w: %s", ErrExists, f.Name)
+	}
+	img, err := m.acquireImage(ctx, f.Image)
+	if err != nil {
+		return registration{}, err
+	}
+	m.pending[f.Name] = true
+	m.nextID++
+	fn := &function{Function: f, image: img, stats: sandboxapi.Stats{Name: f.Name},
+		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
+	return registration{fn: fn, id: m.nextID, runtime: img.zygote}, nil
+}
+
+// install byte-compiles the handler code of r and forks the function's own zygote when it
+// names imports and its image has a zygote.
+func (m *Manager) install(r registration) (err error) {
+	fn := r.fn
+	err = m.compile(fn.image, fn.Dir, r.id)
+	if err == nil && r.runtime != nil && len(fn.Imports) > 0 {
+		if fn.zygote, err = r.runtime.child(fn.Imports); err != nil {
+			err = fmt.Errorf("zygote: %w", err)
+		}
+	}
+	return err
+}
+
+// commit ends fn's registration: with installErr nil and the manager open, fn is registered
+// and its spares start; otherwise what fn holds is released and the error returned.
+func (m *Manager) commit(fn *function, installErr error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pending, fn.Name)
+	err := installErr
+	if err == nil && m.closed {
+		err = ErrClosed
+	}
+	if err != nil {
+		if fn.zygote != nil {
+			fn.zygote.close()
+		}
+		m.releaseImage(fn.Image, fn.image)
+		return fmt.Errorf("sandbox: function %s: %w", fn.Name, err)
+	}
+	m.funcs[fn.Name] = fn
+	if m.cfg.SpareRoots > 0 {
+		go m.keepSpares(fn)
+	} else {
+		close(fn.sparesDone)
+	}
+	m.log.Info("function registered", "name", fn.Name, "image", fn.Image, "entry", fn.Entry, "memory_mb", fn.MemoryMB, "timeout", fn.Timeout)
+	return nil
+}
+
+// Functions lists the registered functions, sorted by name.
+func (m *Manager) Functions() []Function {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Function, 0, len(m.funcs))
+	for _, fn := range m.funcs {
+		out = append(out, fn.Function)
+	}
+	slices.SortFunc(out, func(a, b Function) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Delete unregisters function name and destroys its idle sandboxes; running invocations
+// finish and their sandboxes are destroyed.
+func (m *Manager) Delete(name string) error {
+	m.mu.Lock()
+	fn, ok := m.funcs[name]
+	if !ok {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	delete(m.funcs, name)
+	m.mu.Unlock()
+	m.log.Info("function deleted", "name", name)
+	return m.remove(fn)
+}
+
+// remove destroys what fn holds: idle sandboxes, spares, its zygote, its use of the image.
+func (m *Manager) remove(fn *function) error {
+	m.mu.Lock()
+	fn.gone = true
+	idle := fn.idle
+	fn.idle = nil
+	m.mu.Unlock()
+	close(fn.stopSpares)
+	<-fn.sparesDone
+	// Sandboxes first: a frozen sandbox in a zygote's PID namespace would make the zygote's
+	// exit (which waits for the whole namespace to die) block forever.
+	var errs []error
+	for _, b := range idle {
+		errs = append(errs, b.destroy(m.pool))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fn.zygote != nil {
+		errs = append(errs, fn.zygote.close())
+	}
+	errs = append(errs, m.releaseImage(fn.Image, fn.image))
+	return errors.Join(errs...)
+}

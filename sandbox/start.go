@@ -1,0 +1,161 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/obdproject/obd/sandbox/cgroup"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
+	"golang.org/x/sys/unix"
+)
+
+// nobody is the user handlers run as.
+const nobody = 65534
+
+// start gets fn a new sandbox, sends it event as its first request and returns once the
+// handler is imported (call reads the result). The sandbox is a spare, set up ahead, when one
+// is waiting; else one prepared and started now: forked from a zygote when there is one, cold
+// otherwise or when the zygote stopped answering. The path is returned on error too: the one
+// the start took, or was to take.
+func (m *Manager) start(ctx context.Context, fn *function, event json.RawMessage) (_ *box, _ sandboxapi.StartPath, err error) {
+	b := m.takeSpare(fn)
+	if b == nil {
+		if b, err = m.prepare(fn, m.newID()); err != nil {
+			return nil, m.plannedPath(fn), err
+		}
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	if b.conn == nil {
+		if err = m.launchOrCold(fn, b); err != nil {
+			return nil, b.path, err
+		}
+	}
+	// The event goes out at once: the sandbox reads it as soon as it is set up, so importing
+	// the handler and running it follow without another round trip.
+	deadline, _ := ctx.Deadline()
+	if err = b.send(event, deadline); err == nil {
+		_, err = b.await(deadline)
+	}
+	if err != nil {
+		return nil, b.path, fmt.Errorf("sandbox: %s start: %w", b.path, err)
+	}
+	b.sent = true
+	return b, b.path, nil
+}
+
+// plannedPath is the path a new sandbox of fn would take: warm with a zygote, else cold.
+func (m *Manager) plannedPath(fn *function) sandboxapi.StartPath {
+	if m.zygoteOf(fn) != nil {
+		return sandboxapi.Warm
+	}
+	return sandboxapi.Cold
+}
+
+// launchOrCold starts the process of b, a prepared sandbox of fn, from fn's zygote. A zygote
+// that no longer answers does not fail the start: it goes cold, and the zygotes are started
+// again.
+func (m *Manager) launchOrCold(fn *function, b *box) error {
+	z := m.zygoteOf(fn)
+	err := m.launch(fn, b, z)
+	if errors.Is(err, errZygoteGone) {
+		m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)
+		b.conn.Close()
+		err = m.launch(fn, b, nil)
+		m.reviveZygotes(fn, z)
+	}
+	return err
+}
+
+// prepare makes everything of a sandbox for fn but its process: a cgroup with fn's limits
+// (its cgroup.procs files open for the process to join), a scratch dir and a root (the image,
+// the handler code, the install cache and the scratch dir, bind-mounted). id names its dir.
+func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
+	b := &box{id: id, dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	if b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	if b.procs, err = b.group.OpenProcs(); err != nil {
+		return nil, err
+	}
+	scratch := filepath.Join(b.dir, "scratch")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	if err := os.Chown(scratch, nobody, nobody); err != nil {
+		return nil, fmt.Errorf("sandbox: scratch: %w", err)
+	}
+	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
+	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// launch starts the process of b, a prepared sandbox of fn: forked from z, or cold when z is
+// nil. The process joins b's cgroup and root itself; b.conn is its channel.
+func (m *Manager) launch(fn *function, b *box, z *zygote) error {
+	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(b.id), Cgroups: len(b.procs)}
+	for _, p := range fn.Packages {
+		s.Paths = append(s.Paths, "/opt/"+p)
+	}
+	ours, theirs, err := socketPair(unix.SOCK_STREAM)
+	if err != nil {
+		return err
+	}
+	defer theirs.Close()
+	if b.conn, err = fileConn(ours); err != nil {
+		return err
+	}
+	if z != nil {
+		b.path = sandboxapi.Warm
+		err = forkFrom(z, s, b.root.dir, theirs, b.procs)
+	} else {
+		b.path = sandboxapi.Cold
+		err = m.startCold(b, s, theirs, b.procs)
+	}
+	if err != nil {
+		return err
+	}
+	b.closeProcs()
+	return nil
+}
+
+// forkFrom has z fork a sandbox with spec s into root; chanFile is the sandbox's end of its
+// channel, procs the cgroup.procs files it joins.
+func forkFrom(z *zygote, s spec, root string, chanFile *os.File, procs []*os.File) error {
+	rootFile, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("sandbox: open root: %w", err)
+	}
+	defer rootFile.Close()
+	return z.fork(s, rootFile, chanFile, procs)
+}
+
+// startCold starts the process of b as the server's child with spec s, in the shared empty
+// network namespace; chanFile and procs as for forkFrom.
+func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File) error {
+	js, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	b.cmd = runnerCmd(b.root.dir, sandboxFlags, m.stderr, append([]*os.File{chanFile}, procs...), "cold", string(js))
+	if err := m.netns.start(b.cmd.Start); err != nil {
+		b.cmd = nil
+		return fmt.Errorf("sandbox: start cold sandbox: %w", err)
+	}
+	return nil
+}
