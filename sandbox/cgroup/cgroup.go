@@ -216,13 +216,9 @@ func (g *Group) Pids() ([]int, error) {
 
 // MemoryPeak is the group's highest memory use since it was last reset, in bytes.
 func (g *Group) MemoryPeak() (int64, error) {
-	file := "memory.max_usage_in_bytes"
-	if g.pool.version == V2 {
-		file = "memory.peak"
-	}
-	b, err := os.ReadFile(filepath.Join(g.dir("memory"), file))
+	b, err := g.readMemory("memory.max_usage_in_bytes", "memory.peak")
 	if err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", g.name, err)
+		return 0, err
 	}
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }
@@ -230,13 +226,9 @@ func (g *Group) MemoryPeak() (int64, error) {
 // oomKills is how many processes the kernel killed in the group for exceeding its memory
 // limit, ever (the counter cannot be reset).
 func (g *Group) oomKills() (int64, error) {
-	file := "memory.oom_control"
-	if g.pool.version == V2 {
-		file = "memory.events"
-	}
-	b, err := os.ReadFile(filepath.Join(g.dir("memory"), file))
+	b, err := g.readMemory("memory.oom_control", "memory.events")
 	if err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", g.name, err)
+		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
@@ -244,6 +236,19 @@ func (g *Group) oomKills() (int64, error) {
 		}
 	}
 	return 0, nil
+}
+
+// readMemory reads a file of the group's memory controller: v1 on a v1 hierarchy, v2 on v2.
+func (g *Group) readMemory(v1, v2 string) ([]byte, error) {
+	file := v1
+	if g.pool.version == V2 {
+		file = v2
+	}
+	b, err := os.ReadFile(filepath.Join(g.dir("memory"), file))
+	if err != nil {
+		return nil, fmt.Errorf("cgroup %s: %w", g.name, err)
+	}
+	return b, nil
 }
 
 // MemoryLimitHit reports whether the kernel killed a process of the group for exceeding the
