@@ -113,39 +113,44 @@ func (g *Group) Add(pid int) error {
 
 // SetLimits applies lim to the group.
 func (g *Group) SetLimits(lim Limits) error {
-	var mem, cpu, pids string
 	if g.pool.version == V2 {
-		mem, cpu, pids = "max", "max "+strconv.Itoa(cpuPeriodMicros), "max"
-		if lim.MemoryBytes > 0 {
-			mem = strconv.FormatInt(lim.MemoryBytes, 10)
-		}
-		if lim.CPUs > 0 {
-			cpu = fmt.Sprintf("%d %d", int64(lim.CPUs*cpuPeriodMicros), cpuPeriodMicros)
-		}
-		if lim.Pids > 0 {
-			pids = strconv.FormatInt(lim.Pids, 10)
-		}
-		if err := g.write("memory", "memory.max", mem); err != nil {
-			return err
-		}
-		// Without swap accounting disabled a limited group would page out instead of failing.
-		if err := g.write("memory", "memory.swap.max", map[bool]string{true: "0", false: "max"}[lim.MemoryBytes > 0]); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		if err := g.write("cpu", "cpu.max", cpu); err != nil {
-			return err
-		}
-		return g.write("pids", "pids.max", pids)
+		return g.setLimitsV2(lim)
 	}
-	mem, cpu, pids = "-1", "-1", "max"
-	if lim.MemoryBytes > 0 {
-		mem = strconv.FormatInt(lim.MemoryBytes, 10)
+	return g.setLimitsV1(lim)
+}
+
+// limitValue is n for a limit file, or unlimited when n is not positive.
+func limitValue(n int64, unlimited string) string {
+	if n > 0 {
+		return strconv.FormatInt(n, 10)
 	}
+	return unlimited
+}
+
+// setLimitsV2 writes lim to the group's cgroup v2 files.
+func (g *Group) setLimitsV2(lim Limits) error {
+	cpu := "max " + strconv.Itoa(cpuPeriodMicros)
+	if lim.CPUs > 0 {
+		cpu = fmt.Sprintf("%d %d", int64(lim.CPUs*cpuPeriodMicros), cpuPeriodMicros)
+	}
+	if err := g.write("memory", "memory.max", limitValue(lim.MemoryBytes, "max")); err != nil {
+		return err
+	}
+	// Without swap accounting disabled a limited group would page out instead of failing.
+	if err := g.write("memory", "memory.swap.max", map[bool]string{true: "0", false: "max"}[lim.MemoryBytes > 0]); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := g.write("cpu", "cpu.max", cpu); err != nil {
+		return err
+	}
+	return g.write("pids", "pids.max", limitValue(lim.Pids, "max"))
+}
+
+// setLimitsV1 writes lim to the group's files in the v1 hierarchies.
+func (g *Group) setLimitsV1(lim Limits) error {
+	mem, cpu := limitValue(lim.MemoryBytes, "-1"), "-1"
 	if lim.CPUs > 0 {
 		cpu = strconv.FormatInt(int64(lim.CPUs*cpuPeriodMicros), 10)
-	}
-	if lim.Pids > 0 {
-		pids = strconv.FormatInt(lim.Pids, 10)
 	}
 	// memory+swap must stay ≥ memory: lift it, set memory, then cap memory+swap to the same
 	// value so a limited group cannot page out instead of failing. Without swap accounting
@@ -172,7 +177,7 @@ func (g *Group) SetLimits(lim Limits) error {
 	if err := g.write("cpu", "cpu.cfs_quota_us", cpu); err != nil {
 		return err
 	}
-	return g.write("pids", "pids.max", pids)
+	return g.write("pids", "pids.max", limitValue(lim.Pids, "max"))
 }
 
 func (g *Group) write(controller, file, value string) error {
