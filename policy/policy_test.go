@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -231,5 +232,16 @@ func TestPoliciesTakeAnyTime(t *testing.T) {
 				t.Errorf("%s at %v: %+v", pol.Name(), at, w)
 			}
 		}
+	}
+}
+
+func TestNodeClassCheck(t *testing.T) {
+	for _, nc := range []NodeClass{{Price: 0, Slowdown: 1}, {Price: -1, Slowdown: 1}, {Price: 1, Slowdown: 0.5}, {Price: math.NaN(), Slowdown: 1}, {Price: 1, Slowdown: math.NaN()}} {
+		if nc.Check() == nil {
+			t.Errorf("%+v accepted", nc)
+		}
+	}
+	if err := (NodeClass{Name: "ok", Price: 0.4, Slowdown: 1.5}).Check(); err != nil {
+		t.Errorf("valid class refused: %v", err)
 	}
 }

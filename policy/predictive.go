@@ -18,6 +18,15 @@ type NodeClass struct {
 	Slowdown float64 // execution time multiplier relative to the default class (≥ 1)
 }
 
+// Check returns an error naming nc unless its price is above 0 and its slowdown at least 1.
+// Callers wrap it in their own ErrConfig.
+func (nc NodeClass) Check() error {
+	if !(nc.Price > 0) || !(nc.Slowdown >= 1) {
+		return fmt.Errorf("node class %q needs price > 0 and slowdown ≥ 1", nc.Name)
+	}
+	return nil
+}
+
 // PredictiveConfig tunes the predictive policy. A zero field takes the default in its comment.
 type PredictiveConfig struct {
 	History time.Duration // length of the per-minute invocation series analysed; default 512m
@@ -77,8 +86,8 @@ func (c *PredictiveConfig) setDefaults() error {
 		return fmt.Errorf("%w: predictive horizon ≥ 1m, threshold ≥ 0 and periodicity ≥ 0 required", ErrConfig)
 	}
 	for _, nc := range c.Classes {
-		if !(nc.Price > 0) || !(nc.Slowdown >= 1) {
-			return fmt.Errorf("%w: node class %q needs price > 0 and slowdown ≥ 1", ErrConfig, nc.Name)
+		if err := nc.Check(); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
 	return nil

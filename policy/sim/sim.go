@@ -76,8 +76,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: negative cost or arrivals per minute below 1", ErrConfig)
 	}
 	for _, nc := range c.Classes {
-		if !(nc.Price > 0) || !(nc.Slowdown >= 1) {
-			return fmt.Errorf("%w: node class %q needs price > 0 and slowdown ≥ 1", ErrConfig, nc.Name)
+		if err := nc.Check(); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
 	return nil
