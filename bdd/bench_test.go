@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pierrec/lz4/v4"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/zfile"
-	"github.com/pierrec/lz4/v4"
 )
 
 // textImage writes an image of size bytes of compressible, text-like data (every
@@ -119,7 +120,7 @@ func BenchmarkColdSeqReadLZ4(b *testing.B) {
 			// A new device each time: nothing of it is cached in bdd or the loop device.
 			dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
 			rate := fioReadRate(b, dev.GetDevicePath(), size, 1)
-			if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+			if _, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
 				b.Fatal(err)
 			}
 			ratios, rates, decodes = append(ratios, rate/decode), append(rates, rate), append(decodes, decode)
@@ -161,16 +162,16 @@ func BenchmarkRSS10Devices(b *testing.B) {
 					fioReadRate(b, dev.GetDevicePath(), size, 2)
 				}
 				readRate := 10 * float64(size) / time.Since(start).Seconds()
-				busy := vmRSS(b, d.cmd.Process.Pid)
+				busy := vmRSS(b, d.Pid())
 				// The same devices, attached but idle for a few seconds.
 				time.Sleep(5 * time.Second)
-				idle := vmRSS(b, d.cmd.Process.Pid)
+				idle := vmRSS(b, d.Pid())
 				b.ReportMetric(float64(busy)/(1<<20), "RSS-after-reads-MiB")
 				b.ReportMetric(float64(idle)/(1<<20), "RSS-idle-MiB")
 				b.ReportMetric(float64(busy)/(64<<20), "ratio-after-reads-vs-64MiB")
 				b.ReportMetric(float64(idle)/(64<<20), "ratio-idle-vs-64MiB")
 				b.ReportMetric(readRate/1e6, "read-MB/s")
-				d.stop()
+				d.Stop(b)
 			}
 		})
 	}

@@ -6,18 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/obdproject/obd/internal/testenv"
 )
 
 // bddBinary is cmd/bdd built once for the tests that run the daemon as a process.
@@ -59,175 +53,18 @@ func requireBlockFacilities(t testing.TB) {
 	}
 }
 
-// daemon is a bdd process run by a test, with its own state, cache and run dirs.
+// daemon is a bdd process run by a test (testenv.BDD, from the binary TestMain built), with
+// the helpers the tests here share.
 type daemon struct {
-	t       testing.TB
-	dir     string
-	config  string
-	socket  string
-	logPath string
-	cmd     *exec.Cmd
-	client  bddv1.DaemonClient
-	conn    *grpc.ClientConn
-
-	stopOnce sync.Once
+	*testenv.BDD
+	t testing.TB
 }
 
-// startDaemon writes a config under a temp dir and starts bdd with it. extra is
-// appended to the config file. The daemon is stopped when the test ends.
+// startDaemon starts bdd with its own state, cache and run dirs. extra is added to the config
+// file. The daemon is stopped when the test ends.
 func startDaemon(t testing.TB, extra string) *daemon {
 	t.Helper()
-	dir := t.TempDir()
-	d := &daemon{t: t, dir: dir, config: filepath.Join(dir, "bdd.toml"), socket: filepath.Join(dir, "bdd.sock"), logPath: filepath.Join(dir, "bdd.log")}
-	cfg := fmt.Sprintf("state_dir = %q\nsocket = %q\nrun_dir = %q\nlog_level = \"debug\"\n%s\n[cache]\ndir = %q\nsize = \"1GiB\"\n",
-		filepath.Join(dir, "state"), d.socket, filepath.Join(dir, "run"), extra, filepath.Join(dir, "cache"))
-	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	client, conn, err := bdd.Dial(d.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.client, d.conn = client, conn
-	d.start()
-	t.Cleanup(d.stop)
-	return d
-}
-
-func (d *daemon) start() {
-	d.t.Helper()
-	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer logf.Close()
-	d.cmd = exec.Command(bddBinary, "--config", d.config)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- d.cmd.Wait() }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := d.client.List(ctx, &bddv1.ListRequest{})
-		cancel()
-		if err == nil {
-			// Keep reaping the process in the background.
-			go func() { <-exited }()
-			return
-		}
-		select {
-		case werr := <-exited:
-			d.t.Fatalf("bdd exited at start: %v\n%s", werr, d.logs())
-		default:
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("bdd did not answer within 30s: %v\n%s", err, d.logs())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// kill9 kills bdd the hard way, as a crash would.
-func (d *daemon) kill9() {
-	d.t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		d.t.Fatal(err)
-	}
-	if !waitGone(d.cmd.Process.Pid, 10*time.Second) {
-		d.t.Fatal("bdd survived SIGKILL")
-	}
-}
-
-// terminate stops bdd with SIGTERM, leaving its devices attached.
-func (d *daemon) terminate() {
-	d.t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		d.t.Fatal(err)
-	}
-	if !waitGone(d.cmd.Process.Pid, 10*time.Second) {
-		d.t.Fatal("bdd did not stop on SIGTERM")
-	}
-}
-
-// stop detaches every device (so the test leaves no mounts or loop devices), stops
-// bdd and its fd keeper, and clears whatever a failed test left behind.
-func (d *daemon) stop() { d.stopOnce.Do(d.stopNow) }
-
-func (d *daemon) stopNow() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if list, err := d.client.List(ctx, &bddv1.ListRequest{}); err == nil {
-		for _, dev := range list.GetDevices() {
-			d.detachEventually(ctx, dev.GetId())
-		}
-	}
-	pid := d.cmd.Process.Pid
-	syscall.Kill(pid, syscall.SIGTERM)
-	if !waitGone(pid, 10*time.Second) {
-		// A hung daemon: dump its goroutines into the log, then kill it.
-		d.t.Errorf("bdd did not stop on SIGTERM")
-		syscall.Kill(pid, syscall.SIGQUIT)
-		if !waitGone(pid, 5*time.Second) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			waitGone(pid, 5*time.Second)
-		}
-	}
-	d.stopKeeper()
-	d.conn.Close()
-	if d.t.Failed() {
-		d.t.Logf("bdd log:\n%s", d.logs())
-	}
-}
-
-// detachEventually detaches a device, retrying while the kernel still holds it
-// for a moment after an unmount.
-func (d *daemon) detachEventually(ctx context.Context, id string) {
-	for {
-		_, err := d.client.Detach(ctx, &bddv1.DetachRequest{Id: id})
-		if err == nil {
-			return
-		}
-		if status.Code(err) != codes.FailedPrecondition || ctx.Err() != nil {
-			d.t.Errorf("cleanup: detach %s: %v", id, err)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// stopKeeper kills the fd keeper bdd started (it outlives bdd by design) and
-// lazily unmounts FUSE files a failed test left, so the temp dirs can go.
-func (d *daemon) stopKeeper() {
-	cfg := bdd.DefaultConfig()
-	cfg.RunDir = filepath.Join(d.dir, "run")
-	if b, err := os.ReadFile(bdd.KeeperPIDFile(cfg)); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-			waitGone(pid, 5*time.Second)
-		}
-	}
-	mounts, _ := filepath.Glob(filepath.Join(cfg.RunDir, "fuse", "*"))
-	for _, m := range mounts {
-		syscall.Unmount(m, syscall.MNT_DETACH)
-	}
-}
-
-// waitGone waits until process pid no longer exists.
-func waitGone(pid int, limit time.Duration) bool {
-	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
-		if err := syscall.Kill(pid, 0); err != nil {
-			return true
-		}
-	}
-	return false
-}
-
-func (d *daemon) logs() string {
-	b, _ := os.ReadFile(d.logPath)
-	return string(b)
+	return &daemon{BDD: testenv.StartBDD(t, testenv.WithBinary(bddBinary), testenv.WithConfig(extra)), t: t}
 }
 
 func (d *daemon) ctx() context.Context {
@@ -238,9 +75,9 @@ func (d *daemon) ctx() context.Context {
 
 func (d *daemon) attach(req *bddv1.AttachRequest) *bddv1.Device {
 	d.t.Helper()
-	resp, err := d.client.Attach(d.ctx(), req)
+	resp, err := d.Client.Attach(d.ctx(), req)
 	if err != nil {
-		d.t.Fatalf("attach: %v\n%s", err, d.logs())
+		d.t.Fatalf("attach: %v\n%s", err, d.Logs())
 	}
 	return resp.GetDevice()
 }
@@ -251,20 +88,6 @@ func pathLayers(paths ...string) []*bddv1.Layer {
 		ls = append(ls, &bddv1.Layer{Source: &bddv1.Layer_Path{Path: p}})
 	}
 	return ls
-}
-
-// logContains reports whether all the words occur on one line of bdd's log.
-func (d *daemon) logContains(words ...string) bool {
-	for _, line := range strings.Split(d.logs(), "\n") {
-		all := true
-		for _, w := range words {
-			all = all && strings.Contains(line, w)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }
 
 // TestDaemonRejectsBadConfig runs the real binary with broken settings: it must

@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/zfile"
-	"google.golang.org/grpc/codes"
 )
 
 // ext4Image builds an ext4 image of a generated tree and returns both.
@@ -61,7 +63,7 @@ func TestFUSEDetachMountedIsRefused(t *testing.T) {
 	d := startDaemon(t, "")
 	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
 	mnt := mount(t, dev.GetDevicePath(), true)
-	_, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()})
+	_, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()})
 	if grpcCode(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "busy") {
 		t.Fatalf("detach of a mounted device: %v, want FailedPrecondition saying busy", err)
 	}
@@ -70,7 +72,7 @@ func TestFUSEDetachMountedIsRefused(t *testing.T) {
 		t.Fatalf("mount broken by the refused detach: %v", err)
 	}
 	run(t, "umount", mnt)
-	if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+	if _, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
 		t.Fatalf("detach after umount: %v", err)
 	}
 }
@@ -84,21 +86,21 @@ func TestFUSECrashRecovery(t *testing.T) {
 	tree, img := ext4Image(t, 3, 60, 64<<20)
 	t.Run("local", func(t *testing.T) {
 		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
-		crashRecovery(t, tree, pathLayers(files...), (*daemon).kill9)
+		crashRecovery(t, tree, pathLayers(files...), (*testenv.BDD).Kill9)
 	})
 	t.Run("registry", func(t *testing.T) {
 		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, true)
 		reg := testregistry.Start(t, testregistry.Options{})
-		crashRecovery(t, tree, pushLayers(t, reg, "obd/crash", files), (*daemon).kill9)
+		crashRecovery(t, tree, pushLayers(t, reg, "obd/crash", files), (*testenv.BDD).Kill9)
 	})
 	// A clean stop (SIGTERM) must leave devices to the keeper just the same.
 	t.Run("sigterm", func(t *testing.T) {
 		files := splitImage(t, img, 2, &zfile.Options{Algorithm: zfile.LZ4}, false)
-		crashRecovery(t, tree, pathLayers(files...), (*daemon).terminate)
+		crashRecovery(t, tree, pathLayers(files...), (*testenv.BDD).Terminate)
 	})
 }
 
-func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*daemon)) {
+func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*testenv.BDD, testing.TB)) {
 	d := startDaemon(t, "")
 	upper := filepath.Join(t.TempDir(), "upper")
 	dev := d.attach(&bddv1.AttachRequest{Layers: layers, UpperDir: upper, Transport: bddv1.Transport_TRANSPORT_FUSE})
@@ -108,7 +110,7 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*
 
 	before := writeFiles(t, mnt, "before", 20)
 	syncFS(t, mnt)
-	stop(d)
+	stop(d.BDD, t)
 
 	// A reader arriving while no daemon runs must wait, not fail.
 	gapRead := make(chan error, 1)
@@ -121,7 +123,7 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*
 		gapRead <- err
 	}()
 	time.Sleep(500 * time.Millisecond)
-	d.start()
+	d.Start(t)
 	select {
 	case err := <-gapRead:
 		if err != nil {
@@ -130,7 +132,7 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*
 	case <-time.After(30 * time.Second):
 		t.Fatal("read issued during the restart never completed")
 	}
-	list, err := d.client.List(d.ctx(), &bddv1.ListRequest{})
+	list, err := d.Client.List(d.ctx(), &bddv1.ListRequest{})
 	if err != nil || len(list.GetDevices()) != 1 || list.GetDevices()[0].GetDevicePath() != dev.GetDevicePath() {
 		t.Fatalf("after restart: %v %+v", err, list.GetDevices())
 	}
@@ -145,10 +147,10 @@ func crashRecovery(t *testing.T, tree string, layers []*bddv1.Layer, stop func(*
 		want[p] = s
 	}
 	compareSums(t, want, got)
-	if !d.logContains("restored", dev.GetId()) {
+	if !d.LogContains("restored", dev.GetId()) {
 		t.Errorf("the log does not say the device was restored")
 	}
-	if !d.logContains("api call", "/obd.bdd.v1.Daemon/Attach", "code=OK") {
+	if !d.LogContains("api call", "/obd.bdd.v1.Daemon/Attach", "code=OK") {
 		t.Errorf("API calls are not logged at debug level")
 	}
 }
@@ -216,8 +218,8 @@ func TestFUSECorruptLayer(t *testing.T) {
 	if failed == 0 {
 		t.Fatal("no read failed although a block is corrupt")
 	}
-	if !d.logContains("ERROR", layers[0], "block") {
-		t.Errorf("no log line names the layer %s and the block:\n%s", layers[0], d.logs())
+	if !d.LogContains("ERROR", layers[0], "block") {
+		t.Errorf("no log line names the layer %s and the block:\n%s", layers[0], d.Logs())
 	}
 }
 
@@ -235,7 +237,7 @@ func TestFUSEManyDevices(t *testing.T) {
 		dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
 		mounts[i] = mount(t, dev.GetDevicePath(), true)
 	}
-	list, err := d.client.List(d.ctx(), &bddv1.ListRequest{})
+	list, err := d.Client.List(d.ctx(), &bddv1.ListRequest{})
 	if err != nil || len(list.GetDevices()) != devices {
 		t.Fatalf("List: %v, %d devices", err, len(list.GetDevices()))
 	}
@@ -282,7 +284,7 @@ func TestFUSEFioVerify(t *testing.T) {
 			if err != nil {
 				t.Fatalf("fio verify failed: %v\n%s", err, out)
 			}
-			if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+			if _, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -298,15 +300,15 @@ func TestFUSEOrphanDropped(t *testing.T) {
 	layers := splitImage(t, img, 1, nil, false)
 	d := startDaemon(t, "")
 	dev := d.attach(&bddv1.AttachRequest{Layers: pathLayers(layers...), ReadOnly: true})
-	d.kill9()
-	if err := os.Remove(filepath.Join(d.dir, "state", "devices", dev.GetId()+".json")); err != nil {
+	d.Kill9(t)
+	if err := os.Remove(filepath.Join(d.Dir, "state", "devices", dev.GetId()+".json")); err != nil {
 		t.Fatal(err)
 	}
-	d.start()
-	if !d.logContains("dropping the FUSE connection", dev.GetId()) {
-		t.Fatalf("orphaned device %s was not dropped:\n%s", dev.GetId(), d.logs())
+	d.Start(t)
+	if !d.LogContains("dropping the FUSE connection", dev.GetId()) {
+		t.Fatalf("orphaned device %s was not dropped:\n%s", dev.GetId(), d.Logs())
 	}
-	fuseFile := filepath.Join(d.dir, "run", "fuse", dev.GetId())
+	fuseFile := filepath.Join(d.Dir, "run", "fuse", dev.GetId())
 	if out, _ := exec.Command("findmnt", "-n", fuseFile).Output(); len(out) != 0 {
 		t.Fatalf("the orphan's FUSE file is still mounted: %s", out)
 	}

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/zfile"
-	"github.com/opencontainers/go-digest"
 )
 
 // pushLayers pushes layer files to a test registry and returns them as API layers.
@@ -49,14 +50,14 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	tree, reg, layers := registryImage(t, 5, 120, 64<<20)
 
 	d := startDaemon(t, "")
-	if _, err := d.client.StartTrace(d.ctx(), &bddv1.StartTraceRequest{}); err != nil {
+	if _, err := d.Client.StartTrace(d.ctx(), &bddv1.StartTraceRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	dev := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
 	mnt := mount(t, dev.GetDevicePath(), true)
 	compareSums(t, treeSums(t, tree), treeSums(t, mnt))
 
-	stats, err := d.client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
+	stats, err := d.Client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 			t.Errorf("layer %d named %q, want %q", i, l.GetName(), want)
 		}
 	}
-	traceResp, err := d.client.StopTrace(d.ctx(), &bddv1.StopTraceRequest{})
+	traceResp, err := d.Client.StopTrace(d.ctx(), &bddv1.StopTraceRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,15 +80,15 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	if len(trace.Blobs) != len(layers) {
 		t.Fatalf("trace covers %d blobs, want %d", len(trace.Blobs), len(layers))
 	}
-	if _, err := d.client.Prefetch(d.ctx(), &bddv1.PrefetchRequest{Trace: traceResp.GetTrace()}); err != nil {
+	if _, err := d.Client.Prefetch(d.ctx(), &bddv1.PrefetchRequest{Trace: traceResp.GetTrace()}); err != nil {
 		t.Fatalf("prefetch: %v", err)
 	}
 	// A device attached over the blobs a replay has just covered leaves fetching ahead to it.
 	again := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
-	if !d.logContains("metadata and file prefetch skipped: a trace replay covers the device", again.GetId()) {
-		t.Errorf("device %s attached after a replay of its blobs did not skip its own prefetch:\n%s", again.GetId(), d.logs())
+	if !d.LogContains("metadata and file prefetch skipped: a trace replay covers the device", again.GetId()) {
+		t.Errorf("device %s attached after a replay of its blobs did not skip its own prefetch:\n%s", again.GetId(), d.Logs())
 	}
-	if _, err := d.client.Detach(d.ctx(), &bddv1.DetachRequest{Id: again.GetId()}); err != nil {
+	if _, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: again.GetId()}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -95,10 +96,10 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	missing := &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{
 		Ref: reg.Host + "/obd/app", Digest: digest.FromString("absent").String(), Size: 4096,
 	}}}
-	if _, err := d.client.Attach(d.ctx(), &bddv1.AttachRequest{Layers: []*bddv1.Layer{missing}}); err == nil {
+	if _, err := d.Client.Attach(d.ctx(), &bddv1.AttachRequest{Layers: []*bddv1.Layer{missing}}); err == nil {
 		t.Fatal("attach of a missing blob succeeded")
 	}
-	if list, _ := d.client.List(d.ctx(), &bddv1.ListRequest{}); len(list.GetDevices()) != 1 {
+	if list, _ := d.Client.List(d.ctx(), &bddv1.ListRequest{}); len(list.GetDevices()) != 1 {
 		t.Fatalf("devices after a failed attach: %+v", list.GetDevices())
 	}
 }
@@ -112,15 +113,15 @@ func TestFUSERegistryMetadataPrefetch(t *testing.T) {
 
 	d := startDaemon(t, "")
 	dev := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
-	for deadline := time.Now().Add(30 * time.Second); !d.logContains("metadata prefetched", dev.GetId()); {
+	for deadline := time.Now().Add(30 * time.Second); !d.LogContains("metadata prefetched", dev.GetId()); {
 		if time.Now().After(deadline) {
-			t.Fatalf("no metadata walk reported:\n%s", d.logs())
+			t.Fatalf("no metadata walk reported:\n%s", d.Logs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	// totals sums the layers' cache misses and bytes fetched.
 	totals := func() (misses, fetched uint64) {
-		stats, err := d.client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
+		stats, err := d.Client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,41 +8,62 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
-	"google.golang.org/grpc"
 )
 
 // BDD is a bdd daemon private to one test: cmd/bdd built from this module, run as a process
-// with its own state, cache, run dir and socket. Kill9 and Start crash and restart it.
+// with its own state, cache, run dir and socket. Kill9, Terminate and Start crash, stop and
+// restart it.
 type BDD struct {
 	Socket string
-	Dir    string
+	Dir    string // holds state/, run/, cache/, the config and the log
 	Client bddv1.DaemonClient
 
-	binary  string
-	config  string
-	logPath string
-	conn    *grpc.ClientConn
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	binary   string
+	config   string
+	logPath  string
+	conn     *grpc.ClientConn
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	stopOnce sync.Once
 }
 
 // BDDOption adjusts the daemon StartBDD runs.
 type BDDOption func(*bddSettings)
 
-type bddSettings struct{ dockerConfig string }
+type bddSettings struct {
+	dockerConfig string
+	extraConfig  string
+	binary       string
+}
 
 // WithDockerConfig gives bdd a docker config.json holding registry credentials.
 func WithDockerConfig(path string) BDDOption {
 	return func(s *bddSettings) { s.dockerConfig = path }
 }
 
-// StartBDD builds cmd/bdd and starts it. At cleanup it detaches every device, stops bdd and
+// WithConfig adds top-level settings (TOML lines) to bdd's config file.
+func WithConfig(toml string) BDDOption {
+	return func(s *bddSettings) { s.extraConfig = toml }
+}
+
+// WithBinary runs the cmd/bdd already built at path instead of building it.
+func WithBinary(path string) BDDOption {
+	return func(s *bddSettings) { s.binary = path }
+}
+
+// StartBDD starts cmd/bdd, building it unless WithBinary names it. It skips the test when it is
+// not root or /dev/fuse is absent. At cleanup (or Stop) it detaches every device, stops bdd and
 // its descriptor keeper, and prints bdd's log if the test failed.
 func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	t.Helper()
@@ -50,25 +71,28 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skip("testenv: /dev/fuse is absent, bdd's FUSE transport cannot run")
 	}
-	dir := t.TempDir()
-	b := &BDD{
-		Socket:  filepath.Join(dir, "bdd.sock"),
-		Dir:     dir,
-		binary:  filepath.Join(dir, "bdd"),
-		config:  filepath.Join(dir, "bdd.toml"),
-		logPath: filepath.Join(dir, "bdd.log"),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", b.binary, "github.com/obdproject/obd/cmd/bdd").CombinedOutput(); err != nil {
-		t.Fatalf("testenv: build cmd/bdd: %v\n%s", err, out)
-	}
 	var settings bddSettings
 	for _, o := range opts {
 		o(&settings)
 	}
-	cfg := fmt.Sprintf("state_dir = %q\nsocket = %q\nrun_dir = %q\nlog_level = \"debug\"\n[cache]\ndir = %q\nsize = \"1GiB\"\n",
-		filepath.Join(dir, "state"), b.Socket, b.runDir(), filepath.Join(dir, "cache"))
+	dir := t.TempDir()
+	b := &BDD{
+		Socket:  filepath.Join(dir, "bdd.sock"),
+		Dir:     dir,
+		binary:  settings.binary,
+		config:  filepath.Join(dir, "bdd.toml"),
+		logPath: filepath.Join(dir, "bdd.log"),
+	}
+	if b.binary == "" {
+		b.binary = filepath.Join(dir, "bdd")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", b.binary, "github.com/obdproject/obd/cmd/bdd").CombinedOutput(); err != nil {
+			t.Fatalf("testenv: build cmd/bdd: %v\n%s", err, out)
+		}
+	}
+	cfg := fmt.Sprintf("state_dir = %q\nsocket = %q\nrun_dir = %q\nlog_level = \"debug\"\n%s\n[cache]\ndir = %q\nsize = \"1GiB\"\n",
+		filepath.Join(dir, "state"), b.Socket, b.runDir(), settings.extraConfig, filepath.Join(dir, "cache"))
 	if settings.dockerConfig != "" {
 		cfg += fmt.Sprintf("[registry]\ndocker_config = %q\n", settings.dockerConfig)
 	}
@@ -80,14 +104,14 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 		t.Fatalf("testenv: %v", err)
 	}
 	b.Client, b.conn = client, conn
-	t.Cleanup(func() { b.cleanup(t) })
+	t.Cleanup(func() { b.Stop(t) })
 	b.Start(t)
 	return b
 }
 
 func (b *BDD) runDir() string { return filepath.Join(b.Dir, "run") }
 
-// Start runs bdd (again, after Kill9) and waits until it answers.
+// Start runs bdd (again, after Kill9 or Terminate) and waits until it answers.
 func (b *BDD) Start(t testing.TB) {
 	t.Helper()
 	logFile, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -115,15 +139,18 @@ func (b *BDD) Start(t testing.TB) {
 		}
 		select {
 		case <-b.exited:
-			t.Fatalf("testenv: bdd exited at start\n%s", b.log())
+			t.Fatalf("testenv: bdd exited at start\n%s", b.logSection())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testenv: bdd did not answer within 30 s: %v\n%s", err, b.log())
+			t.Fatalf("testenv: bdd did not answer within 30 s: %v\n%s", err, b.logSection())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Pid is the process ID of the running bdd.
+func (b *BDD) Pid() int { return b.cmd.Process.Pid }
 
 // Kill9 kills bdd with SIGKILL, as a crash would, and waits until it is gone.
 func (b *BDD) Kill9(t testing.TB) {
@@ -134,7 +161,41 @@ func (b *BDD) Kill9(t testing.TB) {
 	<-b.exited
 }
 
-func (b *BDD) log() string {
+// Terminate stops bdd with SIGTERM, which leaves its devices attached, and waits until it is
+// gone.
+func (b *BDD) Terminate(t testing.TB) {
+	t.Helper()
+	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("testenv: terminate bdd: %v", err)
+	}
+	select {
+	case <-b.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("testenv: bdd did not stop on SIGTERM")
+	}
+}
+
+// Logs returns what bdd has logged so far.
+func (b *BDD) Logs() string {
+	data, _ := os.ReadFile(b.logPath)
+	return string(data)
+}
+
+// LogContains reports whether all the words occur on one line of bdd's log.
+func (b *BDD) LogContains(words ...string) bool {
+	for line := range strings.Lines(b.Logs()) {
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(line, w)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *BDD) logSection() string {
 	data, err := os.ReadFile(b.logPath)
 	if err != nil {
 		return fmt.Sprintf("(no bdd log: %v)", err)
@@ -142,7 +203,12 @@ func (b *BDD) log() string {
 	return "bdd log:\n" + string(data)
 }
 
-func (b *BDD) cleanup(t testing.TB) {
+// Stop detaches every device (so the test leaves no mounts or loop devices), stops bdd and its
+// descriptor keeper, and clears what a failed test left behind. It runs once; StartBDD
+// registers it as a cleanup.
+func (b *BDD) Stop(t testing.TB) { b.stopOnce.Do(func() { b.stop(t) }) }
+
+func (b *BDD) stop(t testing.TB) {
 	if b.cmd != nil {
 		select {
 		case <-b.exited:
@@ -150,26 +216,52 @@ func (b *BDD) cleanup(t testing.TB) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			if list, err := b.Client.List(ctx, &bddv1.ListRequest{}); err == nil {
 				for _, dev := range list.GetDevices() {
-					if _, err := b.Client.Detach(ctx, &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
-						t.Errorf("testenv: bdd cleanup: detach %s: %v", dev.GetId(), err)
-					}
+					b.detachEventually(ctx, t, dev.GetId())
 				}
 			}
 			cancel()
-			_ = b.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-b.exited:
-			case <-time.After(15 * time.Second):
-				t.Errorf("testenv: bdd did not stop on SIGTERM")
-				_ = b.cmd.Process.Kill()
-				<-b.exited
-			}
+			b.stopProcess(t)
 		}
 	}
 	b.stopKeeper()
 	b.conn.Close()
 	if t.Failed() {
-		t.Log(b.log())
+		t.Log(b.logSection())
+	}
+}
+
+// detachEventually detaches a device, retrying while the kernel still holds it for a moment
+// after an unmount.
+func (b *BDD) detachEventually(ctx context.Context, t testing.TB, id string) {
+	for {
+		_, err := b.Client.Detach(ctx, &bddv1.DetachRequest{Id: id})
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.FailedPrecondition || ctx.Err() != nil {
+			t.Errorf("testenv: bdd cleanup: detach %s: %v", id, err)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stopProcess sends SIGTERM; a bdd that hangs is made to dump its goroutines into the log
+// (SIGQUIT), then killed.
+func (b *BDD) stopProcess(t testing.TB) {
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.exited:
+		return
+	case <-time.After(15 * time.Second):
+	}
+	t.Errorf("testenv: bdd did not stop on SIGTERM")
+	_ = b.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-b.exited:
+	case <-time.After(5 * time.Second):
+		_ = b.cmd.Process.Kill()
+		<-b.exited
 	}
 }
 
