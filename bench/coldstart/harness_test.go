@@ -274,7 +274,7 @@ func (h *harness) startRegistry(t *testing.T) {
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startDaemon(t, filepath.Join(dir, "registry.log"), tcpReady(h.registry), binary, "serve", path)
+	testenv.StartProcess(t, filepath.Join(dir, "registry.log"), testenv.TCPReady(h.registry), binary, "serve", path)
 }
 
 // startNetworks puts a counting relay in front of the registry (behind its BlobFront) for
@@ -559,7 +559,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		}
 		bddSocket, runDir := filepath.Join(dir, "bdd.sock"), filepath.Join(dir, "bdd-run")
 		t.Cleanup(func() { stopKeeper(runDir) }) // after bdd has stopped
-		startDaemon(t, filepath.Join(dir, "bdd.log"), socketReady(bddSocket), filepath.Join(h.bin, "bdd"),
+		testenv.StartProcess(t, filepath.Join(dir, "bdd.log"), testenv.SocketReady(bddSocket), filepath.Join(h.bin, "bdd"),
 			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
 			"--run-dir", runDir, "--cache-dir", filepath.Join(dir, "bdd-cache"))
 		client, conn, err := bdd.Dial(bddSocket)
@@ -573,13 +573,13 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		// After the snapshotter has stopped and before bdd stops: unmount the devices'
 		// file systems and detach the devices, so no loop device outlives the run.
 		t.Cleanup(func() { detachAll(t, client, snRoot) })
-		startDaemon(t, filepath.Join(dir, "snapshotter.log"), socketReady(snSocket), filepath.Join(h.bin, "overlaybd-snapshotter"),
+		testenv.StartProcess(t, filepath.Join(dir, "snapshotter.log"), testenv.SocketReady(snSocket), filepath.Join(h.bin, "overlaybd-snapshotter"),
 			"--config", filepath.Join(dir, "snapshotter.json"), "--root", snRoot, "--address", snSocket, "--bdd-socket", bddSocket)
 		snapshotter = "overlaybd"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
 	case ModeStargz:
 		snSocket := filepath.Join(dir, "stargz.sock")
-		startDaemon(t, filepath.Join(dir, "stargz.log"), socketReady(snSocket), filepath.Join(h.benchDir, "bin", "stargz-snapshotter"),
+		testenv.StartProcess(t, filepath.Join(dir, "stargz.log"), testenv.SocketReady(snSocket), filepath.Join(h.benchDir, "bin", "stargz-snapshotter"),
 			"--root", filepath.Join(dir, "stargz"), "--address", snSocket)
 		snapshotter = "stargz"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -248,22 +247,7 @@ func (c *Containerd) running() bool {
 
 // logTail returns the last lines of containerd's log for failure messages.
 func (c *Containerd) logTail() string {
-	const maxLines = 80
-	f, err := os.Open(c.LogPath)
-	if err != nil {
-		return fmt.Sprintf("(no containerd log: %v)", err)
-	}
-	defer f.Close()
-	var lines []string
-	scanner := bufio.NewScanner(f)
-	scanner.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for scanner.Scan() {
-		lines = append(lines, scanner.Text())
-		if len(lines) > maxLines {
-			lines = lines[1:]
-		}
-	}
-	return "containerd log (" + c.LogPath + ", last lines):\n" + strings.Join(lines, "\n")
+	return "containerd log (" + c.LogPath + ", last lines):\n" + logTail(c.LogPath, 80)
 }
 
 func (c *Containerd) cleanup(t testing.TB) {
