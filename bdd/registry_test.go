@@ -1,7 +1,6 @@
 package bdd_test
 
 import (
-	"bytes"
 	"io"
 	"io/fs"
 	"os"
@@ -13,8 +12,8 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testregistry"
-	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -73,7 +72,7 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trace, err := remotefetch.ReadTrace(bytes.NewReader(traceResp.GetTrace()))
+	trace, err := blocktrace.Decode(traceResp.GetTrace())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package bdd
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,6 +14,7 @@ import (
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/fdkeeper"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/tarblob"
@@ -315,17 +315,17 @@ func (s *Server) StartTrace(context.Context, *bddv1.StartTraceRequest) (*bddv1.S
 
 // StopTrace stops recording and returns the ranges read since StartTrace.
 func (s *Server) StopTrace(context.Context, *bddv1.StopTraceRequest) (*bddv1.StopTraceResponse, error) {
-	var buf bytes.Buffer
-	if _, err := s.fetcher.StopTrace().WriteTo(&buf); err != nil {
+	trace, err := s.fetcher.StopTrace().Encode()
+	if err != nil {
 		return nil, grpcError(fmt.Errorf("encode trace: %w", err))
 	}
-	return &bddv1.StopTraceResponse{Trace: buf.Bytes()}, nil
+	return &bddv1.StopTraceResponse{Trace: trace}, nil
 }
 
 // Prefetch fetches every range of a trace into the cache. Devices over the trace's blobs
 // stop fetching ahead meanwhile (see replays).
 func (s *Server) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bddv1.PrefetchResponse, error) {
-	trace, err := remotefetch.ReadTrace(bytes.NewReader(req.GetTrace()))
+	trace, err := blocktrace.Decode(req.GetTrace())
 	if err != nil {
 		return nil, grpcError(fmt.Errorf("%w: trace: %w", ErrInvalidRequest, err))
 	}

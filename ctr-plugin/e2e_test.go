@@ -13,9 +13,9 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
-	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/snapshotter"
 	"github.com/obdproject/obd/traceartifact"
 	"github.com/obdproject/obd/tracestore"
@@ -228,7 +228,7 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trace, err := remotefetch.ReadTrace(bytes.NewReader(data))
+	trace, err := blocktrace.Decode(data)
 	if err != nil {
 		t.Fatalf("record-trace wrote an unreadable trace: %v", err)
 	}

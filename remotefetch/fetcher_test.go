@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testregistry"
 )
@@ -698,11 +699,11 @@ func TestTraceAndPrefetch(t *testing.T) {
 	}
 	tr := f1.StopTrace()
 	b.Close()
-	var buf bytes.Buffer
-	if _, err := tr.WriteTo(&buf); err != nil {
+	enc, err := tr.Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	tr2, err := ReadTrace(&buf)
+	tr2, err := blocktrace.Decode(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -734,10 +735,10 @@ func TestPrefetchFetchesExactRanges(t *testing.T) {
 	f := newFetcher(t, Options{})
 	b := open(t, f, e) // held across the replay, so its counters see the replay's fetches
 	defer b.Close()
-	ranges := []TraceRange{{Off: 100, Len: 3000, First: 1}, {Off: 5*testUnit - 700, Len: 1500, First: 2},
+	ranges := []blocktrace.Range{{Off: 100, Len: 3000, First: 1}, {Off: 5*testUnit - 700, Len: 1500, First: 2},
 		{Off: 31*testUnit + 10, Len: testUnit - 10, First: 3},
 		{Off: 8*testUnit + 5, Len: 17 * testUnit, First: 4}} // over a stream batch: units 8-25
-	tr := Trace{Blobs: []TraceBlob{{Ref: e.ref, Digest: e.dgst, Size: int64(len(e.data)), Ranges: ranges}}}
+	tr := blocktrace.Trace{Blobs: []blocktrace.Blob{{Ref: e.ref, Digest: e.dgst, Size: int64(len(e.data)), Ranges: ranges}}}
 	if err := f.Prefetch(t.Context(), tr); err != nil {
 		t.Fatal(err)
 	}
@@ -802,18 +803,6 @@ func TestReadsJoinRangeFillInFlight(t *testing.T) {
 	}
 	if got := e.proxy.Requests(); got != 1 {
 		t.Fatalf("%d requests, want the range fill's one", got)
-	}
-}
-
-func TestReadTraceRejectsBadInput(t *testing.T) {
-	for _, in := range []string{
-		``, `{"version":2,"blobs":[]}`,
-		`{"version":1,"blobs":[{"ref":"a/b","digest":"sha256:zz","size":1}]}`,
-		`{"version":1,"blobs":[{"ref":"a/b","digest":"` + digest.FromString("x").String() + `","size":10,"ranges":[{"off":5,"len":6}]}]}`,
-	} {
-		if _, err := ReadTrace(strings.NewReader(in)); !errors.Is(err, ErrBadTrace) {
-			t.Errorf("ReadTrace(%q): %v", in, err)
-		}
 	}
 }
 
@@ -940,26 +929,6 @@ func FuzzParseContentRange(f *testing.F) {
 		}
 		if first < 0 || last < first || (total >= 0 && last >= total) {
 			t.Fatalf("%q parsed to inconsistent %d-%d/%d", s, first, last, total)
-		}
-	})
-}
-
-func FuzzReadTrace(f *testing.F) {
-	var buf bytes.Buffer
-	Trace{Blobs: []TraceBlob{{Ref: "r/x", Digest: digest.FromString("x"), Size: 100, Ranges: []TraceRange{{Off: 0, Len: 10}}}}}.WriteTo(&buf)
-	f.Add(buf.Bytes())
-	f.Add([]byte(`{"version":1}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		tr, err := ReadTrace(bytes.NewReader(b))
-		if err != nil {
-			return
-		}
-		var out bytes.Buffer
-		if _, err := tr.WriteTo(&out); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ReadTrace(&out); err != nil {
-			t.Fatalf("re-read of a valid trace: %v", err)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testregistry"
 )
 
@@ -95,15 +96,15 @@ func TestTraceRecordsFirstRead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var buf bytes.Buffer
-	if _, err := f.StopTrace().WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := ReadTrace(&buf)
+	enc, err := f.StopTrace().Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []TraceRange{{Off: 3 * testUnit, Len: testUnit, First: 2}, {Off: 20 * testUnit, Len: 2 * testUnit, First: 1}}
+	tr, err := blocktrace.Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []blocktrace.Range{{Off: 3 * testUnit, Len: testUnit, First: 2}, {Off: 20 * testUnit, Len: 2 * testUnit, First: 1}}
 	if len(tr.Blobs) != 1 || !slices.Equal(tr.Blobs[0].Ranges, want) {
 		t.Fatalf("trace ranges %+v, want %+v", tr.Blobs, want)
 	}

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
@@ -311,15 +311,15 @@ func TestBDDDevicesPrefetchRecordedTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{
+	tr := blocktrace.Trace{Blobs: []blocktrace.Blob{{
 		Ref: traced[1].Ref, Digest: traced[1].Digest, Size: traced[1].Size,
-		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}},
+		Ranges: []blocktrace.Range{{Off: 0, Len: 4096}},
 	}}}
-	var want bytes.Buffer
-	if _, err := tr.WriteTo(&want); err != nil {
+	want, err := tr.Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (tracestore.Store{Dir: traceDir}).Save(chain, want.Bytes()); err != nil {
+	if err := (tracestore.Store{Dir: traceDir}).Save(chain, want); err != nil {
 		t.Fatal(err)
 	}
 
@@ -331,8 +331,8 @@ func TestBDDDevicesPrefetchRecordedTrace(t *testing.T) {
 	}
 	select {
 	case got := <-bdd.prefetched:
-		if !bytes.Equal(got, want.Bytes()) {
-			t.Errorf("prefetched trace %q, want the recorded %q", got, want.Bytes())
+		if !bytes.Equal(got, want) {
+			t.Errorf("prefetched trace %q, want the recorded %q", got, want)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no Prefetch reached bdd within 30s of attaching a chain with a recorded trace")
@@ -367,13 +367,13 @@ func TestBDDDevicesAttachFailureStopsReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{Ref: layers[0].Ref, Digest: layers[0].Digest, Size: layers[0].Size,
-		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}}}}}
-	var buf bytes.Buffer
-	if _, err := tr.WriteTo(&buf); err != nil {
+	tr := blocktrace.Trace{Blobs: []blocktrace.Blob{{Ref: layers[0].Ref, Digest: layers[0].Digest, Size: layers[0].Size,
+		Ranges: []blocktrace.Range{{Off: 0, Len: 4096}}}}}
+	enc, err := tr.Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (tracestore.Store{Dir: traceDir}).Save(chain, buf.Bytes()); err != nil {
+	if err := (tracestore.Store{Dir: traceDir}).Save(chain, enc); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := manager.Attach(context.Background(), "failing", layers, ""); err == nil {

@@ -8,7 +8,7 @@
 //
 //   - artifactType ArtifactType (application/vnd.obd.start-trace.v1);
 //   - config: the OCI empty descriptor (application/vnd.oci.empty.v1+json, the 2 bytes "{}");
-//   - layers: one block trace (MediaTypeBlocks, remotefetch's JSON trace: which ranges of which
+//   - layers: one block trace (MediaTypeBlocks, blocktrace's JSON encoding: which ranges of which
 //     layer blobs the start read, in first-read order), then at most one page trace
 //     (MediaTypePages, pagetrace's text format: the file ranges the start left in the page
 //     cache); no other layers;
@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -44,7 +45,7 @@ import (
 const (
 	// ArtifactType is the artifactType of a start trace manifest.
 	ArtifactType = "application/vnd.obd.start-trace.v1"
-	// MediaTypeBlocks is the block trace layer: remotefetch's JSON encoding of a trace.
+	// MediaTypeBlocks is the block trace layer: blocktrace's JSON encoding.
 	MediaTypeBlocks = "application/vnd.obd.start-trace.blocks.v1+json"
 	// MediaTypePages is the optional page trace layer: pagetrace's text encoding.
 	MediaTypePages = "application/vnd.obd.start-trace.pages.v1"
@@ -67,8 +68,8 @@ const (
 	MaxIndexBytes = 4 << 20
 	// MaxReferrers caps the descriptors of a subject's referrers list, of every artifact type.
 	MaxReferrers = 4096
-	// MaxBlocksBytes caps a block trace blob: the most remotefetch's trace decoder reads.
-	MaxBlocksBytes = 64 << 20
+	// MaxBlocksBytes caps a block trace blob: the most blocktrace.Decode reads.
+	MaxBlocksBytes = blocktrace.MaxEncodedBytes
 	// MaxPagesBytes caps a page trace blob.
 	MaxPagesBytes = 32 << 20
 	// MinTracedBytes is the least a plausible start reads: a trace with fewer traced bytes
@@ -98,7 +99,7 @@ var (
 
 // Trace is the content of a start trace artifact.
 type Trace struct {
-	Blocks []byte // block trace, remotefetch's encoding
+	Blocks []byte // block trace, blocktrace's encoding
 	Pages  []byte // page trace, pagetrace's encoding; nil when there is none
 }
 

@@ -1,12 +1,11 @@
 package traceartifact
 
 import (
-	"bytes"
 	"fmt"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/obdproject/obd/remotefetch"
+	"github.com/obdproject/obd/blocktrace"
 )
 
 // This file is all the package knows of the block trace encoding.
@@ -36,18 +35,18 @@ func (s Summary) CheckPlausible() error {
 	return nil
 }
 
-func decodeBlocks(data []byte) (remotefetch.Trace, error) {
+func decodeBlocks(data []byte) (blocktrace.Trace, error) {
 	if len(data) > MaxBlocksBytes {
-		return remotefetch.Trace{}, fmt.Errorf("%w: block trace of %d bytes, cap %d", ErrTooLarge, len(data), MaxBlocksBytes)
+		return blocktrace.Trace{}, fmt.Errorf("%w: block trace of %d bytes, cap %d", ErrTooLarge, len(data), MaxBlocksBytes)
 	}
-	t, err := remotefetch.ReadTrace(bytes.NewReader(data))
+	t, err := blocktrace.Decode(data)
 	if err != nil {
-		return remotefetch.Trace{}, fmt.Errorf("%w: %v", ErrBadTrace, err)
+		return blocktrace.Trace{}, fmt.Errorf("%w: %w", ErrBadTrace, err)
 	}
 	return t, nil
 }
 
-func summarize(t remotefetch.Trace) Summary {
+func summarize(t blocktrace.Trace) Summary {
 	s := Summary{Blobs: len(t.Blobs)}
 	for _, b := range t.Blobs {
 		s.Ranges += len(b.Ranges)
@@ -79,12 +78,12 @@ func fitBlocks(data []byte, layers []ocispec.Descriptor, ref string) ([]byte, Su
 		if b.Size != size {
 			return nil, Summary{}, fmt.Errorf("%w: blob %s has size %d in the trace, %d in the image", ErrBadTrace, b.Digest, b.Size, size)
 		}
-		// ReadTrace checked every range against b.Size.
+		// Decode checked every range against b.Size.
 		b.Ref = ref
 	}
-	var out bytes.Buffer
-	if _, err := t.WriteTo(&out); err != nil {
-		return nil, Summary{}, err
+	out, err := t.Encode()
+	if err != nil {
+		return nil, Summary{}, fmt.Errorf("%w: %w", ErrBadTrace, err)
 	}
-	return out.Bytes(), summarize(t), nil
+	return out, summarize(t), nil
 }

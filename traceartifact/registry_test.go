@@ -22,10 +22,10 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/pagetrace"
-	"github.com/obdproject/obd/remotefetch"
 )
 
 // registryKind starts one kind of real registry and returns its host and whether it serves the
@@ -114,21 +114,21 @@ func mustPush(t *testing.T, pusher remotes.Pusher, ref string, d ocispec.Descrip
 // blockTrace encodes a block trace of img's layers, n ranges of length each in every layer.
 func blockTrace(t *testing.T, img testImage, n int, length int64) []byte {
 	t.Helper()
-	var tr remotefetch.Trace
+	var tr blocktrace.Trace
 	first := int64(1)
 	for _, l := range img.Layers {
-		b := remotefetch.TraceBlob{Ref: "elsewhere.example/other/name:tag", Digest: l.Digest, Size: l.Size}
+		b := blocktrace.Blob{Ref: "elsewhere.example/other/name:tag", Digest: l.Digest, Size: l.Size}
 		for i := range n {
-			b.Ranges = append(b.Ranges, remotefetch.TraceRange{Off: int64(i) * 2 * length, Len: length, First: first})
+			b.Ranges = append(b.Ranges, blocktrace.Range{Off: int64(i) * 2 * length, Len: length, First: first})
 			first++
 		}
 		tr.Blobs = append(tr.Blobs, b)
 	}
-	var buf bytes.Buffer
-	if _, err := tr.WriteTo(&buf); err != nil {
+	blocks, err := tr.Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return blocks
 }
 
 func pageTrace() []byte {
@@ -209,7 +209,7 @@ func TestPushListFetchSelect(t *testing.T) {
 			if err != nil || sel.Descriptor.Digest != first.Descriptor.Digest || !bytes.Equal(sel.Pages, small.Pages) {
 				t.Fatalf("Select(32 KiB) = %v, %v; want %s", sel.Descriptor.Digest, err, first.Descriptor.Digest)
 			}
-			decoded, err := remotefetch.ReadTrace(bytes.NewReader(sel.Blocks))
+			decoded, err := blocktrace.Decode(sel.Blocks)
 			if err != nil {
 				t.Fatal(err)
 			}

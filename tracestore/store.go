@@ -3,12 +3,11 @@
 // starts of the same image look them up and hand them to bdd's Prefetch; and, beside each, the
 // chain's page trace (pagetrace), which the snapshotter records when it releases the chain's
 // device and reads in at the next mount. It sits beside the read path of docs/DESIGN.md: a
-// trace lists byte ranges of remotefetch.Blob, the registry box at the bottom, and prefetching
-// fills the cache box above it before the block device asks.
+// trace (blocktrace) lists byte ranges of remotefetch.Blob, the registry box at the bottom,
+// and prefetching fills the cache box above it before the block device asks.
 package tracestore
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -17,8 +16,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/pagetrace"
-	"github.com/obdproject/obd/remotefetch"
 )
 
 // DefaultDir is where traces are kept unless a command says otherwise: next to bdd's default
@@ -52,13 +51,13 @@ func (s Store) Path(chain digest.Digest) string {
 	return filepath.Join(s.Dir, chain.Algorithm().String()+"-"+chain.Encoded()+".trace")
 }
 
-// Save validates trace (remotefetch's encoding, as bdd's StopTrace returns it) and stores it
+// Save validates trace (blocktrace's encoding, as bdd's StopTrace returns it) and stores it
 // for chain, replacing an earlier one atomically.
 func (s Store) Save(chain digest.Digest, trace []byte) error {
 	if err := chain.Validate(); err != nil {
 		return fmt.Errorf("tracestore: chain %q: %w", chain, err)
 	}
-	if _, err := remotefetch.ReadTrace(bytes.NewReader(trace)); err != nil {
+	if _, err := blocktrace.Decode(trace); err != nil {
 		return fmt.Errorf("tracestore: save trace of %s: %w", chain, err)
 	}
 	return s.write(s.Path(chain), trace)
@@ -141,7 +140,7 @@ func (s Store) write(path string, data []byte) error {
 func (s Store) Load(chain digest.Digest) ([]byte, error) {
 	var trace []byte
 	err := s.read(chain, s.Path, "", func(data []byte) error {
-		_, err := remotefetch.ReadTrace(bytes.NewReader(data))
+		_, err := blocktrace.Decode(data)
 		trace = data
 		return err
 	})

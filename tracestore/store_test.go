@@ -10,21 +10,21 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/pagetrace"
-	"github.com/obdproject/obd/remotefetch"
 )
 
 func encodedTrace(t *testing.T, blob digest.Digest) []byte {
 	t.Helper()
-	tr := remotefetch.Trace{Blobs: []remotefetch.TraceBlob{{
+	tr := blocktrace.Trace{Blobs: []blocktrace.Blob{{
 		Ref: "registry.local/app", Digest: blob, Size: 1 << 20,
-		Ranges: []remotefetch.TraceRange{{Off: 0, Len: 4096}, {Off: 65536, Len: 8192}},
+		Ranges: []blocktrace.Range{{Off: 0, Len: 4096}, {Off: 65536, Len: 8192}},
 	}}}
-	var buf bytes.Buffer
-	if _, err := tr.WriteTo(&buf); err != nil {
+	enc, err := tr.Encode()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return enc
 }
 
 func TestSaveLoad(t *testing.T) {
@@ -87,13 +87,13 @@ func TestChainIDDependsOnOrder(t *testing.T) {
 func TestBadTracesAreRefused(t *testing.T) {
 	s := Store{Dir: t.TempDir()}
 	chain := digest.FromString("c")
-	if err := s.Save(chain, []byte("not a trace")); !errors.Is(err, remotefetch.ErrBadTrace) {
+	if err := s.Save(chain, []byte("not a trace")); !errors.Is(err, blocktrace.ErrBadTrace) {
 		t.Fatalf("Save of garbage: %v, want ErrBadTrace", err)
 	}
 	if err := os.WriteFile(s.Path(chain), []byte(`{"version":1,"blobs":[{"digest":"x"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Load(chain); !errors.Is(err, remotefetch.ErrBadTrace) {
+	if _, err := s.Load(chain); !errors.Is(err, blocktrace.ErrBadTrace) {
 		t.Fatalf("Load of a corrupt file: %v, want ErrBadTrace", err)
 	}
 	if err := s.Save("sha256:nope", encodedTrace(t, chain)); err == nil {

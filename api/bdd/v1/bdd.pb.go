@@ -916,7 +916,7 @@ func (*StopTraceRequest) Descriptor() ([]byte, []int) {
 
 type StopTraceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The recorded trace in remotefetch's trace encoding.
+	// The recorded trace in blocktrace's encoding.
 	Trace         []byte `protobuf:"bytes,1,opt,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
