@@ -11,10 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -558,7 +556,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 			}
 		}
 		bddSocket, runDir := filepath.Join(dir, "bdd.sock"), filepath.Join(dir, "bdd-run")
-		t.Cleanup(func() { stopKeeper(runDir) }) // after bdd has stopped
+		t.Cleanup(func() { testenv.KillBDDKeeper(runDir) }) // after bdd has stopped
 		testenv.StartProcess(t, filepath.Join(dir, "bdd.log"), testenv.SocketReady(bddSocket), filepath.Join(h.bin, "bdd"),
 			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
 			"--run-dir", runDir, "--cache-dir", filepath.Join(dir, "bdd-cache"))
@@ -698,25 +696,6 @@ func detachAll(t *testing.T, client bddv1.DaemonClient, snRoot string) {
 			}
 			break
 		}
-	}
-}
-
-// stopKeeper kills the descriptor keeper bdd started in runDir: it outlives bdd by design
-// (it carries FUSE connections over bdd restarts), so stopping bdd leaves it running.
-func stopKeeper(runDir string) {
-	cfg := bdd.DefaultConfig()
-	cfg.RunDir = runDir
-	data, err := os.ReadFile(bdd.KeeperPIDFile(cfg))
-	if err != nil {
-		return // bdd never started one
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && syscall.Kill(pid, 0) == nil; {
-		time.Sleep(25 * time.Millisecond)
 	}
 }
 

@@ -265,20 +265,29 @@ func (b *BDD) stopProcess(t testing.TB) {
 	}
 }
 
-// stopKeeper kills the descriptor keeper bdd starts (it outlives bdd by design) and lazily
-// unmounts the FUSE files left behind, so that the temp dir can be removed.
+// stopKeeper kills the descriptor keeper bdd starts and lazily unmounts the FUSE files left
+// behind, so that the temp dir can be removed.
 func (b *BDD) stopKeeper() {
-	cfg := bdd.DefaultConfig()
-	cfg.RunDir = b.runDir()
-	if data, err := os.ReadFile(bdd.KeeperPIDFile(cfg)); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
-				if syscall.Kill(pid, 0) != nil {
-					break
-				}
-			}
-		}
-	}
+	KillBDDKeeper(b.runDir())
 	_ = UnmountAll(b.runDir())
+}
+
+// KillBDDKeeper kills the descriptor keeper of the bdd whose run dir is runDir and waits up to
+// 5 s for it to go; it does nothing when there is none. The keeper outlives bdd by design (it
+// carries FUSE connections over bdd restarts), so stopping bdd leaves it running.
+func KillBDDKeeper(runDir string) {
+	cfg := bdd.DefaultConfig()
+	cfg.RunDir = runDir
+	data, err := os.ReadFile(bdd.KeeperPIDFile(cfg))
+	if err != nil {
+		return // bdd never started one
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && syscall.Kill(pid, 0) == nil; {
+		time.Sleep(25 * time.Millisecond)
+	}
 }
