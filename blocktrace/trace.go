@@ -2,8 +2,8 @@
 // a container start read, numbered by when each was first read. remotefetch records a trace
 // (Fetcher.StartTrace, StopTrace) and replays one into its cache (Fetcher.Prefetch); bdd hands
 // traces over its API; tracestore keeps them, one per image. It sits beside the read path of
-// DESIGN.md at its bottom box: a trace's ranges are ranges of the blobs remotefetch reads from
-// the registry. Encoded traces are JSON, version 1; Decode takes them from untrusted sources.
+// docs/DESIGN.md at its bottom box: a trace's ranges are ranges of the blobs remotefetch reads
+// from the registry. Encoded traces are JSON, version 1; Decode takes them from untrusted sources.
 package blocktrace
 
 import (
