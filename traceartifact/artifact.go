@@ -36,9 +36,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/obdproject/obd/blocktrace"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/obdproject/obd/blocktrace"
 )
 
 // Media types of a start trace artifact.
