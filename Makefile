@@ -82,11 +82,12 @@ bench-coldstart: deps
 	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter .
 	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee $(OBD_DEPS)/bench/bench-coldstart.out
 
-# demo is the README's main command (issue #7): a private registry, bdd, the overlaybd
-# snapshotter and containerd; a sample image built offline and converted with `obd convert`;
-# a lazy `nerdctl --snapshotter overlaybd run` timed next to a plain overlayfs pull + run.
-# Everything is removed on exit and on Ctrl-C. Needs root. DEMO_IMAGE=python for a Debian +
-# python3 image (scripts/mkrootfs.sh, minutes the first time) instead of busybox.
+# demo is the README's main command (issue #7): an image started on fresh nodes that reach a
+# private registry only over an emulated WAN link (demo/wanlink: 100 Mbit/s, 20 ms per request):
+# containerd's full pull onto overlayfs against obd's lazy `nerdctl --snapshotter overlaybd run`,
+# with a table of times, bytes and ratios. Everything is removed on exit and on Ctrl-C. Needs
+# root. The image is Debian + python3 (scripts/mkrootfs.sh, 1.5-4 minutes the first time, then
+# reused); DEMO_IMAGE=busybox is a quick one with nothing to be lazy about.
 .PHONY: demo
 demo: deps
 	BIN=$(abspath $(BIN)) bash demo/demo.sh
