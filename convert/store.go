@@ -20,7 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/obdproject/obd/remotefetch/credentials"
+	"github.com/obdproject/obd/credentials"
 )
 
 // store is an image source or destination. Blobs are pushed before the

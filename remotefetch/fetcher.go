@@ -29,8 +29,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/obdproject/obd/credentials"
 	"github.com/obdproject/obd/remotefetch/cache"
-	"github.com/obdproject/obd/remotefetch/credentials"
 )
 
 // Options configure a Fetcher. Zero values take the documented defaults.

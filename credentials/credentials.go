@@ -1,7 +1,8 @@
 // Package credentials finds registry credentials the way the docker CLI does: Docker's
 // config.json ("auths", "credsStore", "credHelpers") and docker-credential-* helper programs.
-// It sits beside remotefetch's HTTP layer in the read path of docs/DESIGN.md: remotefetch asks it
-// for a host's username and secret when a registry challenges a request.
+// It sits beside the registry clients: remotefetch's HTTP layer in the read path of
+// docs/DESIGN.md, and convert's pulls and pushes, ask it for a host's username and secret when
+// a registry challenges a request. It imports neither.
 //
 // Secrets are returned to the caller only; they never appear in errors or logs.
 package credentials
