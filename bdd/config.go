@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/obdproject/obd/bddclient"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
 )
@@ -77,9 +78,9 @@ type RegistryConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		StateDir:  "/var/lib/obd/bdd",
-		Socket:    "/run/obd/bdd.sock",
+		Socket:    bddclient.DefaultSocket,
 		LogLevel:  "info",
-		Transport: "fuse",
+		Transport: bddclient.TransportFUSE,
 		RunDir:    "/run/obd/bdd",
 		// Keeps a daemon serving ten devices within 64 MiB of resident memory.
 		MemoryLimit: 48 << 20,
@@ -175,7 +176,7 @@ func (c *Config) Validate() error {
 	if _, err := c.SlogLevel(); err != nil {
 		return err
 	}
-	if _, err := ParseTransport(c.Transport); err != nil {
+	if _, err := bddclient.ParseTransport(c.Transport); err != nil {
 		return fmt.Errorf("bdd: config: %w", err)
 	}
 	if c.Cache.FillUnit < 4096 || c.Cache.FillUnit%4096 != 0 {

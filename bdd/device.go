@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/kernelnbd"
 	"github.com/obdproject/obd/blockdev/nbdexport"
@@ -40,7 +41,7 @@ type device struct {
 func (d *device) readOnly() bool { return d.spec.ReadOnly || d.spec.UpperDir == "" }
 
 func (d *device) toAPI() *bddv1.Device {
-	t, _ := ParseTransport(d.spec.Transport)
+	t, _ := bddclient.ParseTransport(d.spec.Transport)
 	out := &bddv1.Device{
 		Id:         d.spec.ID,
 		UpperDir:   d.spec.UpperDir,
@@ -168,9 +169,9 @@ func (s *Server) expose(ctx context.Context, d *device, resume bool) (err error)
 	}()
 	d.nbdSocket, d.export = sock, srv
 	switch d.spec.Transport {
-	case TransportNBD:
+	case bddclient.TransportNBD:
 		return s.exposeKernelNBD(ctx, d, log)
-	case TransportFUSE:
+	case bddclient.TransportFUSE:
 		return s.exposeFUSE(ctx, d, resume)
 	}
 	return fmt.Errorf("%w: unknown transport %q", ErrInvalidRequest, d.spec.Transport)

@@ -24,18 +24,3 @@ func FuzzLoadConfig(f *testing.F) {
 		}
 	})
 }
-
-// FuzzParseBlobLayer checks that the command-line blob syntax either parses into a
-// layer the daemon accepts or is refused.
-func FuzzParseBlobLayer(f *testing.F) {
-	f.Add("127.0.0.1:5000/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:42")
-	f.Fuzz(func(t *testing.T, s string) {
-		l, err := ParseBlobLayer(s)
-		if err != nil {
-			return
-		}
-		if _, err := layerSpecFromAPI(l); err != nil {
-			t.Fatalf("ParseBlobLayer(%q) gave a layer the daemon refuses: %v", s, err)
-		}
-	})
-}

@@ -11,7 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/zfile"
@@ -64,7 +64,7 @@ func TestFUSERegistryLayersExt4(t *testing.T) {
 		if l.GetMisses() == 0 || l.GetBytesFetched() == 0 || l.GetErrors() != 0 {
 			t.Errorf("layer %d stats %+v: want misses and fetched bytes, no errors", i, l)
 		}
-		if want := bdd.LayerName(layers[i]); l.GetName() != want {
+		if want := bddclient.LayerName(layers[i]); l.GetName() != want {
 			t.Errorf("layer %d named %q, want %q", i, l.GetName(), want)
 		}
 	}

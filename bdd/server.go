@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/fdkeeper"
 	"github.com/obdproject/obd/blocktrace"
@@ -372,7 +373,7 @@ func (s *Server) Shutdown() error {
 		if err := d.stack.Sync(); err != nil {
 			errs = append(errs, fmt.Errorf("device %s: sync: %w", id, err))
 		}
-		if d.spec.Transport == TransportNBD {
+		if d.spec.Transport == bddclient.TransportNBD {
 			errs = append(errs, s.closeDevice(d))
 			delete(s.devices, id)
 		}

@@ -18,6 +18,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -73,7 +74,7 @@ func startInProcess(t *testing.T, cfg bdd.Config) *inProcess {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
-	client, conn, err := bdd.Dial(cfg.Socket)
+	client, conn, err := bddclient.Dial(cfg.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func testConfig(t *testing.T) bdd.Config {
 	cfg.RunDir = filepath.Join(dir, "run")
 	cfg.Cache.Dir = filepath.Join(dir, "cache")
 	cfg.Cache.Size = 1 << 30
-	cfg.Transport = bdd.TransportNBD
+	cfg.Transport = bddclient.TransportNBD
 	return cfg
 }
 

@@ -4,43 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/lsmt"
-	"github.com/opencontainers/go-digest"
 )
 
 // ErrInvalidRequest marks requests that can never succeed as given.
 var ErrInvalidRequest = errors.New("invalid request")
-
-// Transport names accepted in the config and on the command line.
-const (
-	TransportFUSE = "fuse"
-	TransportNBD  = "nbd"
-)
-
-// ParseTransport maps a transport name to its API value.
-func ParseTransport(name string) (bddv1.Transport, error) {
-	switch name {
-	case TransportFUSE:
-		return bddv1.Transport_TRANSPORT_FUSE, nil
-	case TransportNBD:
-		return bddv1.Transport_TRANSPORT_NBD, nil
-	}
-	return 0, fmt.Errorf("unknown transport %q: want %s or %s", name, TransportFUSE, TransportNBD)
-}
-
-// TransportName is the inverse of ParseTransport; TRANSPORT_UNSPECIFIED gives "".
-func TransportName(t bddv1.Transport) string {
-	switch t {
-	case bddv1.Transport_TRANSPORT_FUSE:
-		return TransportFUSE
-	case bddv1.Transport_TRANSPORT_NBD:
-		return TransportNBD
-	}
-	return ""
-}
 
 // specFromRequest checks an Attach request and turns it into a spec with the given
 // id, filling the transport with defaultTransport when the request leaves it open.
@@ -50,7 +21,7 @@ func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport strin
 		UpperDir:  cleanPath(req.GetUpperDir()),
 		UpperSize: req.GetUpperSize(),
 		ReadOnly:  req.GetReadOnly(),
-		Transport: TransportName(req.GetTransport()),
+		Transport: bddclient.TransportName(req.GetTransport()),
 	}
 	if spec.Transport == "" {
 		if req.GetTransport() != bddv1.Transport_TRANSPORT_UNSPECIFIED {
@@ -92,27 +63,14 @@ func cleanPath(p string) string {
 }
 
 func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
+	if err := bddclient.CheckLayer(l); err != nil {
+		return LayerSpec{}, err
+	}
 	if p := l.GetPath(); p != "" {
-		if !filepath.IsAbs(p) {
-			return LayerSpec{}, fmt.Errorf("path %q is not absolute", p)
-		}
 		return LayerSpec{Path: filepath.Clean(p)}, nil
 	}
 	b := l.GetBlob()
-	if b == nil {
-		return LayerSpec{}, errors.New("neither a path nor a blob")
-	}
-	if b.GetRef() == "" || strings.ContainsAny(b.GetRef(), " \t\n@") {
-		return LayerSpec{}, fmt.Errorf("blob ref %q is not a repository reference", b.GetRef())
-	}
-	d, err := digest.Parse(b.GetDigest())
-	if err != nil {
-		return LayerSpec{}, fmt.Errorf("blob digest %q: %w", b.GetDigest(), err)
-	}
-	if b.GetSize() <= 0 {
-		return LayerSpec{}, fmt.Errorf("blob %s: size %d is not positive", d, b.GetSize())
-	}
-	return LayerSpec{Ref: b.GetRef(), Digest: d.String(), Size: b.GetSize()}, nil
+	return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize()}, nil
 }
 
 // toAPI describes the layer in API terms.

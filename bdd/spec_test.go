@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/lsmt"
 )
 
@@ -21,11 +22,11 @@ func TestSpecFromRequest(t *testing.T) {
 		Layers:   []*bddv1.Layer{pathLayer("/a/../b/layer"), blobLayer("127.0.0.1:5000/app", goodDigest, 42)},
 		UpperDir: "/up",
 	}
-	spec, err := specFromRequest("x1", req, TransportFUSE)
+	spec, err := specFromRequest("x1", req, bddclient.TransportFUSE)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spec.Transport != TransportFUSE || spec.Layers[0].Path != "/b/layer" || spec.Layers[1].Size != 42 {
+	if spec.Transport != bddclient.TransportFUSE || spec.Layers[0].Path != "/b/layer" || spec.Layers[1].Size != 42 {
 		t.Fatalf("spec = %+v", spec)
 	}
 	for i, l := range spec.Layers {
@@ -50,27 +51,8 @@ func TestSpecFromRequestRejects(t *testing.T) {
 		"bad transport":  {Layers: []*bddv1.Layer{pathLayer("/l")}, Transport: 99},
 		"too many":       {Layers: make([]*bddv1.Layer, lsmt.MaxLayers+1)},
 	} {
-		if _, err := specFromRequest("x", req, TransportFUSE); !errors.Is(err, ErrInvalidRequest) {
+		if _, err := specFromRequest("x", req, bddclient.TransportFUSE); !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("%s: got %v, want ErrInvalidRequest", name, err)
-		}
-	}
-}
-
-func TestParseBlobLayer(t *testing.T) {
-	l, err := ParseBlobLayer("127.0.0.1:5000/lib/app@" + goodDigest + ":1234")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := l.GetBlob()
-	if b.GetRef() != "127.0.0.1:5000/lib/app" || b.GetDigest() != goodDigest || b.GetSize() != 1234 {
-		t.Fatalf("parsed %+v", b)
-	}
-	if LayerName(l) != "127.0.0.1:5000/lib/app@"+goodDigest {
-		t.Errorf("LayerName = %q", LayerName(l))
-	}
-	for _, bad := range []string{"", "app", "app@" + goodDigest, "app@" + goodDigest + ":x", "@" + goodDigest + ":1", "app@sha256:00:5"} {
-		if _, err := ParseBlobLayer(bad); err == nil {
-			t.Errorf("accepted %q", bad)
 		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/obdproject/obd/bddclient"
 )
 
 // DeviceSpec is everything needed to bring a device back after a restart. It is
@@ -31,12 +33,7 @@ type LayerSpec struct {
 }
 
 // Name identifies the layer in logs and stats: its path, or ref@digest.
-func (l LayerSpec) Name() string {
-	if l.Path != "" {
-		return l.Path
-	}
-	return l.Ref + "@" + l.Digest
-}
+func (l LayerSpec) Name() string { return bddclient.LayerName(l.toAPI()) }
 
 // validID keeps ids usable as file names and safe to pass around.
 var validID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)

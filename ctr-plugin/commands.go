@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -32,7 +32,7 @@ var (
 	bddSocketFlag = &cli.StringFlag{
 		Name:  "bdd-socket",
 		Usage: "Control socket of bdd",
-		Value: bdd.DefaultConfig().Socket,
+		Value: bddclient.DefaultSocket,
 	}
 	traceDirFlag = &cli.StringFlag{
 		Name:  "trace-dir",
@@ -47,7 +47,7 @@ const bddCallTimeout = 30 * time.Second
 // dialBDD connects to bdd's control socket and checks that it answers, so a wrong socket is
 // reported before any work starts.
 func dialBDD(ctx context.Context, socket string) (bddv1.DaemonClient, *grpc.ClientConn, error) {
-	client, conn, err := bdd.Dial(socket)
+	client, conn, err := bddclient.Dial(socket)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -69,7 +70,7 @@ func DefaultConfig() Config {
 	return Config{
 		Root:      "/var/lib/overlaybd-snapshotter",
 		Address:   "/run/overlaybd-snapshotter/grpc.sock",
-		BDDSocket: "/run/obd/bdd.sock", // bdd's own default
+		BDDSocket: bddclient.DefaultSocket,
 		TraceDir:  tracestore.DefaultDir,
 		RWMode:    RWModeOverlayFS,
 		FSType:    "ext4",

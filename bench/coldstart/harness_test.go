@@ -17,7 +17,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/pagetrace"
@@ -560,7 +560,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		testenv.StartProcess(t, filepath.Join(dir, "bdd.log"), testenv.SocketReady(bddSocket), filepath.Join(h.bin, "bdd"),
 			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
 			"--run-dir", runDir, "--cache-dir", filepath.Join(dir, "bdd-cache"))
-		client, conn, err := bdd.Dial(bddSocket)
+		client, conn, err := bddclient.Dial(bddSocket)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/sandbox"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/spf13/cobra"
@@ -121,7 +121,7 @@ func run(o options) error {
 	}
 	var rootfs sandbox.RootfsProvider = sandbox.DirProvider{Root: o.rootfsDir}
 	if o.bddSocket != "" {
-		client, conn, err := bdd.Dial(o.bddSocket)
+		client, conn, err := bddclient.Dial(o.bddSocket)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/spf13/cobra"
 )
 
@@ -21,14 +22,14 @@ type daemonFlags struct {
 
 func addDaemonFlags(cmd *cobra.Command) *daemonFlags {
 	f := &daemonFlags{}
-	cmd.Flags().StringVar(&f.socket, "socket", bdd.DefaultConfig().Socket, "control socket of bdd")
+	cmd.Flags().StringVar(&f.socket, "socket", bddclient.DefaultSocket, "control socket of bdd")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the call to bdd")
 	return f
 }
 
 // call dials bdd and runs fn with a context bounded by the timeout flag.
 func (f *daemonFlags) call(cmd *cobra.Command, fn func(context.Context, bddv1.DaemonClient) error) error {
-	client, conn, err := bdd.Dial(f.socket)
+	client, conn, err := bddclient.Dial(f.socket)
 	if err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func newAttachCmd() *cobra.Command {
 		}
 		req.UpperSize = int64(upperSize)
 		if transport != "" {
-			t, err := bdd.ParseTransport(transport)
+			t, err := bddclient.ParseTransport(transport)
 			if err != nil {
 				return err
 			}
@@ -98,7 +99,7 @@ type layerFlag struct {
 
 func (f layerFlag) Set(s string) error {
 	if f.remote {
-		l, err := bdd.ParseBlobLayer(s)
+		l, err := bddclient.ParseBlobLayer(s)
 		if err != nil {
 			return err
 		}
@@ -160,7 +161,7 @@ func newLsCmd() *cobra.Command {
 				if d.GetReadOnly() || d.GetUpperDir() == "" {
 					mode = "ro"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.GetId(), bdd.TransportName(d.GetTransport()), mode,
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.GetId(), bddclient.TransportName(d.GetTransport()), mode,
 					bdd.ByteSize(d.GetSize()), dash(d.GetDevicePath()), dash(d.GetNbdSocket()), len(d.GetLayers()), dash(d.GetUpperDir()))
 			}
 			return w.Flush()

@@ -17,7 +17,7 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/snapshotter"
 )
 
@@ -69,7 +69,7 @@ func run(cfg snapshotter.Config) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	opts := append(cfg.Options(), snapshotter.WithLogger(logger))
 	if cfg.BDDSocket != "" {
-		client, conn, err := bdd.Dial(cfg.BDDSocket)
+		client, conn, err := bddclient.Dial(cfg.BDDSocket)
 		if err != nil {
 			return err
 		}

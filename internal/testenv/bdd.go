@@ -19,6 +19,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 )
 
 // BDD is a bdd daemon private to one test: cmd/bdd built from this module, run as a process
@@ -99,7 +100,7 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	if err := os.WriteFile(b.config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	client, conn, err := bdd.Dial(b.Socket)
+	client, conn, err := bddclient.Dial(b.Socket)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/sandbox"
 	"golang.org/x/sys/unix"
 )
@@ -44,7 +44,7 @@ func Layers(ref string) ([]*bddv1.Layer, error) {
 			layers = append(layers, &bddv1.Layer{Source: &bddv1.Layer_Path{Path: filepath.Clean(s)}})
 			continue
 		}
-		l, err := bdd.ParseBlobLayer(s)
+		l, err := bddclient.ParseBlobLayer(s)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", sandbox.ErrBadImage, err)
 		}

@@ -1,0 +1,68 @@
+package bddclient
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+)
+
+// ParseBlobLayer parses the command-line form of a remote layer, REF@DIGEST:SIZE
+// (e.g. 127.0.0.1:5000/app@sha256:ab…:12345), into an API layer that CheckLayer accepts.
+func ParseBlobLayer(s string) (*bddv1.Layer, error) {
+	at := strings.LastIndexByte(s, '@')
+	colon := strings.LastIndexByte(s, ':')
+	if at <= 0 || colon < at {
+		return nil, fmt.Errorf("bddclient: blob %q: want REF@DIGEST:SIZE", s)
+	}
+	size, err := strconv.ParseInt(s[colon+1:], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("bddclient: blob %q: size %q is not a number", s, s[colon+1:])
+	}
+	l := &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: s[:at], Digest: s[at+1 : colon], Size: size}}}
+	if err := CheckLayer(l); err != nil {
+		return nil, fmt.Errorf("bddclient: blob %q: %w", s, err)
+	}
+	return l, nil
+}
+
+// CheckLayer checks that l can name a layer bdd opens: an absolute path, or a blob with a
+// repository reference (no tag or digest: no '@', no white space), a valid digest and a
+// positive size. Whether the layer exists is for the daemon to find out. The error says what
+// is wrong, for the caller to put in context.
+func CheckLayer(l *bddv1.Layer) error {
+	if p := l.GetPath(); p != "" {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("path %q is not absolute", p)
+		}
+		return nil
+	}
+	b := l.GetBlob()
+	if b == nil {
+		return errors.New("neither a path nor a blob")
+	}
+	if b.GetRef() == "" || strings.ContainsAny(b.GetRef(), " \t\n@") {
+		return fmt.Errorf("blob ref %q is not a repository reference", b.GetRef())
+	}
+	d, err := digest.Parse(b.GetDigest())
+	if err != nil {
+		return fmt.Errorf("blob digest %q: %w", b.GetDigest(), err)
+	}
+	if b.GetSize() <= 0 {
+		return fmt.Errorf("blob %s: size %d is not positive", d, b.GetSize())
+	}
+	return nil
+}
+
+// LayerName is how a layer of the API is shown to people: its path or ref@digest.
+func LayerName(l *bddv1.Layer) string {
+	if p := l.GetPath(); p != "" {
+		return p
+	}
+	return l.GetBlob().GetRef() + "@" + l.GetBlob().GetDigest()
+}
