@@ -69,17 +69,20 @@ bench-sandbox:
 	@mkdir -p $(BIN)
 	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee $(BIN)/bench-sandbox.out
 
-# bench-coldstart is the cold-start benchmark of issue #8 (tens of minutes, needs root, deps and
-# the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd with a
-# trace vs the stargz snapshotter (built from bench/stargz, its own Go module), on loopback and a
-# shaped link. Writes bench/RESULTS.md, bench/coldstart.png and bench/results.json.
-# BENCH_ARGS narrows it, e.g. BENCH_ARGS='-coldstart.runs 3 -coldstart.workloads python'.
+# bench-coldstart is the cold-start benchmark of issues #8 and #18 (tens of minutes, needs root,
+# deps and the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd
+# with a local trace or one from the registry vs the stargz snapshotter on plain and optimized
+# eStargz images (the snapshotter and the optimizer built from bench/stargz, its own Go module),
+# on loopback and a shaped link. Writes bench/RESULTS.md, bench/coldstart.png and
+# bench/results.json. BENCH_ARGS narrows it, e.g.
+# BENCH_ARGS='-coldstart.runs 3 -coldstart.workloads python'.
 BENCH_ARGS ?=
 .PHONY: bench-coldstart
 bench-coldstart: deps
 	@mkdir -p $(BIN) $(OBD_DEPS)/bench/bin
-	$(GO) build -o $(BIN)/ ./cmd/obd ./cmd/bdd ./cmd/overlaybd-snapshotter
-	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter .
+	$(GO) build -o $(BIN)/ ./cmd/obd ./cmd/bdd ./cmd/overlaybd-snapshotter ./cmd/ctr-obd
+	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter . && \
+		$(GO) build -o $(OBD_DEPS)/bench/bin/estargz-optimize ./optimize
 	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee $(OBD_DEPS)/bench/bench-coldstart.out
 
 # demo is the README's main command (issue #7): an image started on fresh nodes that reach a

@@ -31,7 +31,7 @@ import (
 var (
 	runBench      = flag.Bool("coldstart", false, "run the cold-start benchmark (tens of minutes; `make bench-coldstart`)")
 	flagRuns      = flag.Int("coldstart.runs", 5, "cold runs per cell")
-	flagModes     = flag.String("coldstart.modes", "overlayfs,obd,obd+trace,stargz", "modes to measure")
+	flagModes     = flag.String("coldstart.modes", "overlayfs,obd,obd+trace,stargz,estargz-opt", "modes to measure")
 	flagNetworks  = flag.String("coldstart.networks", "loopback,shaped", "networks to measure")
 	flagWorkloads = flag.String("coldstart.workloads", "python,gcc,busybox", "workloads to measure")
 	flagOut       = flag.String("coldstart.out", "..", "directory for RESULTS.md, coldstart.png and results.json")
@@ -88,13 +88,17 @@ const (
 	replayFromSnapshotter = "snapshotter"
 )
 
-// imageTag is the tag of each mode's variant of an image in the benchmark registry.
-func imageTag(m Mode) string {
-	switch m {
-	case ModeOBD, ModeOBDTrace:
+// imageTag is the tag of a cell's variant of its image in the benchmark registry. An
+// optimized eStargz image holds the prioritized files of one workload, so each workload has
+// its own.
+func imageTag(c Cell) string {
+	switch c.Mode {
+	case ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace:
 		return "obd-" + *flagAlgorithm
 	case ModeStargz:
 		return "estargz"
+	case ModeEstargzOpt:
+		return "estargz-opt-" + c.Workload
 	}
 	return "gzip"
 }
@@ -122,7 +126,11 @@ func TestColdStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"bdd", "overlaybd-snapshotter", "obd"} {
+	binaries := []string{"bdd", "overlaybd-snapshotter", "obd"}
+	if slices.ContainsFunc(cells, func(c Cell) bool { return c.Mode == ModeOBDRegistryTrace }) {
+		binaries = append(binaries, "ctr-obd")
+	}
+	for _, b := range binaries {
 		if _, err := os.Stat(filepath.Join(h.bin, b)); err != nil {
 			t.Fatalf("%s: %v (run `make build` or pass -coldstart.bin)", b, err)
 		}
@@ -132,6 +140,7 @@ func TestColdStart(t *testing.T) {
 	h.prepareImages(t, cells)
 	h.startNetworks(t)
 	h.recordTraces(t, cells)
+	h.pushTraces(t, cells)
 
 	seed := *flagSeed
 	if seed == 0 {
@@ -307,15 +316,21 @@ func (h *harness) startNetworks(t *testing.T) {
 
 // prepareImages pushes every image variant the cells need to the registry: gzip from the OCI
 // layouts, obd by `obd convert` (each run, so it is the current converter's output; its layer
-// cache makes repeats quick), estargz by nerdctl (once: kept in the registry's storage).
+// cache makes repeats quick), estargz by nerdctl and estargz-opt by bench/stargz/optimize (once:
+// kept in the registry's storage).
 func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 	need := map[string]map[string]bool{} // image -> tags
+	optimize := map[string][]workload{}  // image -> workloads of estargz-opt cells
 	for _, c := range cells {
 		w := workloadNamed(c.Workload)
 		if need[w.image] == nil {
 			need[w.image] = map[string]bool{}
 		}
-		need[w.image][imageTag(c.Mode)] = true
+		tag := imageTag(c)
+		if c.Mode == ModeEstargzOpt && !need[w.image][tag] {
+			optimize[w.image] = append(optimize[w.image], w)
+		}
+		need[w.image][tag] = true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -323,7 +338,7 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 		layout := h.imageLayout(t, ctx, image)
 		repo := h.registry + "/bench/" + image
 		h.command(t, ctx, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout, "docker://"+repo+":gzip")
-		if obdTag := imageTag(ModeOBD); tags[obdTag] {
+		if obdTag := imageTag(Cell{Mode: ModeOBD}); tags[obdTag] {
 			args := []string{"convert", "--algorithm", *flagAlgorithm, "--work-dir", filepath.Join(h.benchDir, "convert-work")}
 			if *flagBlockSize != "" {
 				args = append(args, "--block-size", *flagBlockSize)
@@ -332,6 +347,11 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 		}
 		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
 			h.convertEstargz(t, ctx, repo)
+		}
+		for _, w := range optimize[image] {
+			if tag := imageTag(Cell{Workload: w.name, Mode: ModeEstargzOpt}); !h.manifestExists(t, ctx, "bench/"+image, tag) {
+				h.optimizeEstargz(t, ctx, repo, tag, w)
+			}
 		}
 	}
 }
@@ -384,6 +404,29 @@ func (h *harness) convertEstargz(t *testing.T, ctx context.Context, repo string)
 		if _, err := n.run(ctx, args...); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// optimizeEstargz converts repo's gzip image to eStargz optimized for workload w, as
+// ctr-remote's `image optimize` does (bench/stargz/optimize: stargz's analyzer runs the
+// workload once and records the files it opens, its converter puts them first in each layer),
+// and pushes it as repo:tag. The prioritized files are kept under OBD_DEPS/bench/traces.
+func (h *harness) optimizeEstargz(t *testing.T, ctx context.Context, repo, tag string, w workload) {
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{})
+	n := newNerdctl(t, ctrd, "overlayfs")
+	if _, err := n.run(ctx, "pull", "--quiet", repo+":gzip"); err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(h.benchDir, "traces", "estargz-opt-"+w.name+".json")
+	if err := os.MkdirAll(filepath.Dir(record), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := h.command(t, ctx, filepath.Join(h.benchDir, "bin", "estargz-optimize"), append([]string{
+		"-address", ctrd.Address, "-namespace", ctrd.Namespace, "-record-out", record,
+		repo + ":gzip", repo + ":" + tag, "--"}, w.args...)...)
+	t.Logf("estargz-opt of %s: %s(prioritized files in %s)", w.name, out, record)
+	if _, err := n.run(ctx, "push", repo+":"+tag); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -503,14 +546,23 @@ func (h *harness) recordTraces(t *testing.T, cells []Cell) {
 	}
 }
 
-// trial measures one cold start. With record it also records bdd's trace of the start and
-// the page trace of the files it read.
-func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recording) {
-	m := Measurement{Trial: tr}
-	w := workloadNamed(tr.Workload)
-	relay := h.relays[tr.Network]
-	ref := relay.Addr + "/bench/" + w.image + ":" + imageTag(tr.Mode)
+// node is a fresh node of one trial: a new containerd with the mode's snapshotter (for the obd
+// modes a new bdd and overlaybd-snapshotter, for the stargz modes a new stargz snapshotter), all
+// with empty state, caches and trace directories, stopped and removed in t.Cleanup.
+type node struct {
+	dir    string // the daemons' logs, sockets and state
+	ctrd   *testenv.Containerd
+	n      *nerdctl
+	daemon bddv1.DaemonClient // obd modes only
+	// obd modes only: bdd's control socket, the snapshotter's root and trace directory.
+	bddSocket, snRoot, traceDir string
+}
 
+// startNode starts a node for mode. For the obd modes, stage (if not nil) runs before the
+// snapshotter starts, to put files into its trace directory; remoteTraces says whether the
+// snapshotter may look for start traces in the registry (only mode obd+registry-trace's
+// trials: the trace artifact refers to the same image as the other obd modes use).
+func (h *harness) startNode(t *testing.T, mode Mode, remoteTraces bool, stage func(traceDir string)) *node {
 	// Unix sockets live here: the path must stay short.
 	dir, err := os.MkdirTemp("", "obd-cs-")
 	if err != nil {
@@ -527,26 +579,18 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		}
 		os.RemoveAll(dir)
 	})
-
+	nd := &node{dir: dir}
 	snapshotter := "overlayfs"
 	var plugins []testenv.ProxyPlugin
-	var daemon bddv1.DaemonClient
-	var snRoot string
-	switch tr.Mode {
-	case ModeOBD, ModeOBDTrace:
+	switch mode {
+	case ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace:
 		// Config files of the trial's own keep host-wide ones (/etc/obd,
 		// /etc/overlaybd-snapshotter, /var/lib/obd/traces) out.
-		traceDir := filepath.Join(dir, "traces")
-		if tr.Mode == ModeOBDTrace {
-			rec := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
-			if *flagReplay == replayFromSnapshotter {
-				h.storeTrace(t, traceDir, ref, rec.trace)
-			}
-			if *flagPages && len(rec.pages) > 0 {
-				h.storePages(t, traceDir, ref, rec.pages)
-			}
+		nd.traceDir = filepath.Join(dir, "traces")
+		if stage != nil {
+			stage(nd.traceDir)
 		}
-		snapshotterConfig, err := json.Marshal(map[string]string{"traceDir": traceDir})
+		snapshotterConfig, err := json.Marshal(map[string]any{"traceDir": nd.traceDir, "remoteTraces": remoteTraces})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -555,35 +599,104 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 				t.Fatal(err)
 			}
 		}
-		bddSocket, runDir := filepath.Join(dir, "bdd.sock"), filepath.Join(dir, "bdd-run")
+		nd.bddSocket = filepath.Join(dir, "bdd.sock")
+		runDir := filepath.Join(dir, "bdd-run")
 		t.Cleanup(func() { testenv.KillBDDKeeper(runDir) }) // after bdd has stopped
-		testenv.StartProcess(t, filepath.Join(dir, "bdd.log"), testenv.SocketReady(bddSocket), filepath.Join(h.bin, "bdd"),
-			"--config", filepath.Join(dir, "bdd.toml"), "--socket", bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
+		testenv.StartProcess(t, filepath.Join(dir, "bdd.log"), testenv.SocketReady(nd.bddSocket), filepath.Join(h.bin, "bdd"),
+			"--config", filepath.Join(dir, "bdd.toml"), "--socket", nd.bddSocket, "--state-dir", filepath.Join(dir, "bdd-state"),
 			"--run-dir", runDir, "--cache-dir", filepath.Join(dir, "bdd-cache"))
-		client, conn, err := bddclient.Dial(bddSocket)
+		client, conn, err := bddclient.Dial(nd.bddSocket)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
-		daemon = client
+		nd.daemon = client
 		snSocket := filepath.Join(dir, "sn.sock")
-		snRoot = filepath.Join(dir, "sn")
+		nd.snRoot = filepath.Join(dir, "sn")
 		// After the snapshotter has stopped and before bdd stops: unmount the devices'
 		// file systems and detach the devices, so no loop device outlives the run.
-		t.Cleanup(func() { detachAll(t, client, snRoot) })
+		t.Cleanup(func() { detachAll(t, client, nd.snRoot) })
 		testenv.StartProcess(t, filepath.Join(dir, "snapshotter.log"), testenv.SocketReady(snSocket), filepath.Join(h.bin, "overlaybd-snapshotter"),
-			"--config", filepath.Join(dir, "snapshotter.json"), "--root", snRoot, "--address", snSocket, "--bdd-socket", bddSocket)
+			"--config", filepath.Join(dir, "snapshotter.json"), "--root", nd.snRoot, "--address", snSocket, "--bdd-socket", nd.bddSocket)
 		snapshotter = "overlaybd"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
-	case ModeStargz:
+	case ModeStargz, ModeEstargzOpt:
 		snSocket := filepath.Join(dir, "stargz.sock")
 		testenv.StartProcess(t, filepath.Join(dir, "stargz.log"), testenv.SocketReady(snSocket), filepath.Join(h.benchDir, "bin", "stargz-snapshotter"),
 			"--root", filepath.Join(dir, "stargz"), "--address", snSocket)
 		snapshotter = "stargz"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
 	}
-	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{ProxyPlugins: plugins})
-	n := newNerdctl(t, ctrd, snapshotter)
+	nd.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{ProxyPlugins: plugins})
+	nd.n = newNerdctl(t, nd.ctrd, snapshotter)
+	return nd
+}
+
+// pushTraces records, once per workload measured in mode obd+registry-trace, a cold obd start
+// of the workload with `ctr-obd record-trace --push`, which leaves the trace in the registry as
+// an artifact referring to the image, where the trials' snapshotters find it.
+func (h *harness) pushTraces(t *testing.T, cells []Cell) {
+	done := map[string]bool{}
+	for _, c := range cells {
+		if c.Mode != ModeOBDRegistryTrace || done[c.Workload] {
+			continue
+		}
+		done[c.Workload] = true
+		if !t.Run("push-trace/"+c.Workload, func(t *testing.T) { h.pushTrace(t, workloadNamed(c.Workload)) }) {
+			t.Fatalf("recording and pushing the trace of %s failed", c.Workload)
+		}
+	}
+}
+
+func (h *harness) pushTrace(t *testing.T, w workload) {
+	// Straight to the registry, not through a relay: the recording is not measured. The
+	// recording node looks for no registry trace, which an earlier push would offer.
+	nd := h.startNode(t, ModeOBDRegistryTrace, false, nil)
+	ref := h.registry + "/bench/" + w.image + ":" + imageTag(Cell{Workload: w.name, Mode: ModeOBDRegistryTrace})
+	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
+	defer cancel()
+	if _, err := nd.n.run(ctx, "pull", "--quiet", ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := dropCaches(); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(h.benchDir, "traces", w.name+"-registry.json")
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := h.command(t, ctx, filepath.Join(h.bin, "ctr-obd"), append([]string{
+		"--address", nd.ctrd.Address, "--namespace", nd.ctrd.Namespace,
+		"record-trace", "--snapshotter", "overlaybd", "--bdd-socket", nd.bddSocket, "--trace-dir", nd.traceDir,
+		"--plain-http", "--push", ref, file, "--"}, w.args...)...)
+	if !strings.Contains(out, "pushed start trace") {
+		t.Fatalf("ctr-obd record-trace --push did not push:\n%s", out)
+	}
+	t.Logf("registry trace of %s:\n%s", w.name, out)
+}
+
+// trial measures one cold start. With record it also records bdd's trace of the start and
+// the page trace of the files it read.
+func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recording) {
+	m := Measurement{Trial: tr}
+	w := workloadNamed(tr.Workload)
+	relay := h.relays[tr.Network]
+	ref := relay.Addr + "/bench/" + w.image + ":" + imageTag(tr.Cell)
+	local := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
+
+	var stage func(traceDir string)
+	if tr.Mode == ModeOBDTrace {
+		stage = func(traceDir string) {
+			if *flagReplay == replayFromSnapshotter {
+				h.storeTrace(t, traceDir, ref, local.trace)
+			}
+			if *flagPages && len(local.pages) > 0 {
+				h.storePages(t, traceDir, ref, local.pages)
+			}
+		}
+	}
+	nd := h.startNode(t, tr.Mode, tr.Mode == ModeOBDRegistryTrace, stage)
+	n, daemon := nd.n, nd.daemon
 	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
 	defer cancel()
 
@@ -600,9 +713,8 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 	var prefetch sync.WaitGroup
 	var prefetchErr error
 	if tr.Mode == ModeOBDTrace && *flagReplay == replayFromHarness {
-		trace := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}].trace
 		prefetch.Go(func() {
-			_, prefetchErr = daemon.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
+			_, prefetchErr = daemon.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: local.trace})
 		})
 	}
 	fail := func(err error) (Measurement, recording) {
@@ -610,6 +722,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		prefetch.Wait()
 		return m, recording{}
 	}
+	var err error
 	if m.Pull, err = n.run(ctx, "pull", "--quiet", ref); err != nil {
 		return fail(err)
 	}
@@ -628,6 +741,9 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 	if prefetchErr != nil {
 		return fail(fmt.Errorf("prefetch: %w", prefetchErr))
 	}
+	if err := checkTraceSource(tr.Mode, nd.dir); err != nil {
+		return fail(err)
+	}
 	var rec recording
 	if record {
 		resp, err := daemon.StopTrace(ctx, &bddv1.StopTraceRequest{})
@@ -635,7 +751,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 			return fail(fmt.Errorf("StopTrace: %w", err))
 		}
 		rec.trace = resp.GetTrace()
-		if rec.pages, err = recordPages(ctx, snRoot); err != nil {
+		if rec.pages, err = recordPages(ctx, nd.snRoot); err != nil {
 			return fail(err)
 		}
 	}
@@ -651,6 +767,38 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		return fail(err)
 	}
 	return m, rec
+}
+
+// checkTraceSource checks in a finished trial's daemon logs (in dir) that a trial of mode
+// obd+registry-trace replayed the trace the registry holds, and that no other obd trial did:
+// bdd logs "registry trace found" when the snapshotter's FetchTrace finds the artifact, the
+// snapshotter "trace prefetched" with source=registry when it starts its replay.
+func checkTraceSource(mode Mode, dir string) error {
+	if mode != ModeOBD && mode != ModeOBDTrace && mode != ModeOBDRegistryTrace {
+		return nil
+	}
+	bddLog, err := os.ReadFile(filepath.Join(dir, "bdd.log"))
+	if err != nil {
+		return err
+	}
+	snLog, err := os.ReadFile(filepath.Join(dir, "snapshotter.log"))
+	if err != nil {
+		return err
+	}
+	found := bytes.Contains(bddLog, []byte("registry trace found"))
+	replayed := slices.ContainsFunc(bytes.Split(snLog, []byte("\n")), func(line []byte) bool {
+		return bytes.Contains(line, []byte("trace prefetched")) &&
+			(bytes.Contains(line, []byte("source=registry")) || bytes.Contains(line, []byte(`"source":"registry"`)))
+	})
+	switch {
+	case mode == ModeOBDRegistryTrace && !found:
+		return fmt.Errorf("no registry trace: bdd did not log \"registry trace found\" (%s)", filepath.Join(dir, "bdd.log"))
+	case mode == ModeOBDRegistryTrace && !replayed:
+		return fmt.Errorf("the registry trace was not replayed: the snapshotter did not log \"trace prefetched\" with source=registry (%s)", filepath.Join(dir, "snapshotter.log"))
+	case mode != ModeOBDRegistryTrace && (found || replayed):
+		return fmt.Errorf("mode %s picked up the registry's trace (remoteTraces must be off)", mode)
+	}
+	return nil
 }
 
 // recordPages records the page trace of the image device mounted under the snapshotter's

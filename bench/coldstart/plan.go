@@ -5,16 +5,23 @@ import "math/rand/v2"
 // Mode is how an image reaches the container's root filesystem.
 type Mode string
 
-// The modes of issue #8, in the order the report lists them.
+// The modes of issues #8 and #18, in the order the report lists them.
 const (
 	ModeFullPull Mode = "overlayfs" // containerd pulls and unpacks the gzip OCI image, then runs
 	ModeOBD      Mode = "obd"       // overlaybd image read lazily through bdd
-	ModeOBDTrace Mode = "obd+trace" // as ModeOBD, with a recorded trace prefetched at start
-	ModeStargz   Mode = "stargz"    // eStargz image read lazily by the stargz snapshotter
+	ModeOBDTrace Mode = "obd+trace" // as ModeOBD, with a locally recorded trace prefetched at start
+	// ModeOBDRegistryTrace is ModeOBD on a node that has never run the image: the trace comes
+	// from the registry, an artifact referring to the image that `ctr-obd record-trace --push`
+	// left there, and the snapshotter replays it by itself.
+	ModeOBDRegistryTrace Mode = "obd+registry-trace"
+	ModeStargz           Mode = "stargz" // eStargz image read lazily by the stargz snapshotter
+	// ModeEstargzOpt is ModeStargz on an eStargz image optimized for the workload (its
+	// prioritized files first, prefetched at mount): stargz's peer of a recorded start.
+	ModeEstargzOpt Mode = "estargz-opt"
 )
 
 // Modes lists every mode in report order.
-var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeStargz}
+var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace, ModeStargz, ModeEstargzOpt}
 
 // Network is the link between the host and the registry.
 type Network string

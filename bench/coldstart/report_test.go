@@ -34,7 +34,7 @@ func TestTargetsMet(t *testing.T) {
 	r := fakeReport(map[Mode]time.Duration{
 		ModeFullPull: 20 * time.Second, ModeOBD: 4 * time.Second, ModeOBDTrace: 2200 * time.Millisecond, ModeStargz: 5 * time.Second,
 	}, 2*time.Second, map[Mode]int64{ModeOBD: 5 << 20, ModeStargz: 8 << 20})
-	for _, target := range r.Targets() {
+	for _, target := range r.Targets()[:4] { // issue #8's; TestRegistryTraceTargets has #18's
 		if !target.Met {
 			t.Errorf("target %q not met: %s", target.Name, target.Measured)
 		}
@@ -127,5 +127,115 @@ func TestDescribeMachine(t *testing.T) {
 	d := DescribeMachine()
 	if !strings.Contains(d, "×") || !strings.Contains(d, "go1.") {
 		t.Fatalf("machine description %q lacks the CPU count or Go version", d)
+	}
+}
+
+// shapedRuns returns three runs of a shaped-network cell with the given median total (the runs
+// are total-100ms, total, total+100ms) and bytes fetched.
+func shapedRuns(workload string, mode Mode, total time.Duration, fetched int64) []Measurement {
+	var ms []Measurement
+	for i, d := range []time.Duration{-100 * time.Millisecond, 0, 100 * time.Millisecond} {
+		ms = append(ms, Measurement{Trial: Trial{Cell: Cell{Workload: workload, Mode: mode, Network: NetShaped}, Round: i},
+			Total: total + d, Warm: 200 * time.Millisecond, BytesFetched: fetched})
+	}
+	return ms
+}
+
+func TestRegistryTraceTargets(t *testing.T) {
+	const ms, mb = time.Millisecond, int64(1 << 20)
+	type want struct {
+		measured string
+		met      bool
+	}
+	for _, tc := range []struct {
+		name  string
+		cells [][]Measurement
+		want  map[string]want // target name -> outcome
+	}{{
+		name: "met",
+		cells: [][]Measurement{
+			shapedRuns("python", ModeOBDTrace, 1000*ms, 5*mb),
+			shapedRuns("python", ModeOBDRegistryTrace, 1050*ms, 5*mb),
+			shapedRuns("python", ModeEstargzOpt, 1500*ms, 6*mb),
+			shapedRuns("gcc", ModeOBDRegistryTrace, 2000*ms, 15*mb),
+			shapedRuns("gcc", ModeEstargzOpt, 3000*ms, 15*mb),
+		},
+		want: map[string]want{
+			"obd+registry-trace vs obd+trace, end to end":               {"1.05× (1.05 s vs 1.00 s; 5.0 MiB vs 5.0 MiB)", true},
+			"obd+registry-trace vs estargz-opt, end to end (python)":    {"1.43× (1.50 s vs 1.05 s)", true},
+			"obd+registry-trace vs estargz-opt, bytes fetched (python)": {"5.0 MiB vs 6.0 MiB", true},
+			"obd+registry-trace vs estargz-opt, end to end (gcc)":       {"1.50× (3.00 s vs 2.00 s)", true},
+			"obd+registry-trace vs estargz-opt, bytes fetched (gcc)":    {"15.0 MiB vs 15.0 MiB", true},
+		},
+	}, {
+		name: "missed",
+		cells: [][]Measurement{
+			shapedRuns("python", ModeOBDTrace, 1000*ms, 5*mb),
+			shapedRuns("python", ModeOBDRegistryTrace, 1200*ms, 7*mb),
+			shapedRuns("python", ModeEstargzOpt, 1500*ms, 6*mb),
+			shapedRuns("gcc", ModeOBDRegistryTrace, 2000*ms, 16*mb),
+			shapedRuns("gcc", ModeEstargzOpt, 2400*ms, 15*mb),
+		},
+		want: map[string]want{
+			"obd+registry-trace vs obd+trace, end to end":               {"1.20× (1.20 s vs 1.00 s; 7.0 MiB vs 5.0 MiB)", false},
+			"obd+registry-trace vs estargz-opt, end to end (python)":    {"1.25× (1.50 s vs 1.20 s)", false},
+			"obd+registry-trace vs estargz-opt, bytes fetched (python)": {"7.0 MiB vs 6.0 MiB", false},
+			"obd+registry-trace vs estargz-opt, end to end (gcc)":       {"1.20× (2.40 s vs 2.00 s)", false},
+			"obd+registry-trace vs estargz-opt, bytes fetched (gcc)":    {"16.0 MiB vs 15.0 MiB", false},
+		},
+	}, {
+		name: "gcc and the local trace not measured",
+		cells: [][]Measurement{
+			shapedRuns("python", ModeOBDRegistryTrace, 1000*ms, 5*mb),
+			shapedRuns("python", ModeEstargzOpt, 1500*ms, 6*mb),
+			shapedRuns("gcc", ModeEstargzOpt, 2400*ms, 15*mb),
+		},
+		want: map[string]want{
+			"obd+registry-trace vs obd+trace, end to end":            {"not measured", false},
+			"obd+registry-trace vs estargz-opt, end to end (python)": {"1.50× (1.50 s vs 1.00 s)", true},
+			"obd+registry-trace vs estargz-opt, end to end (gcc)":    {"not measured", false},
+			"obd+registry-trace vs estargz-opt, bytes fetched (gcc)": {"not measured", false},
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Report{Workloads: []string{"python", "gcc"}}
+			for _, c := range tc.cells {
+				r.Measurements = append(r.Measurements, c...)
+			}
+			got := map[string]TargetResult{}
+			for _, target := range r.Targets() {
+				got[target.Name] = target
+			}
+			for name, w := range tc.want {
+				g, ok := got[name]
+				if !ok {
+					t.Errorf("no target %q among %v", name, r.Targets())
+					continue
+				}
+				if g.Measured != w.measured || g.Met != w.met {
+					t.Errorf("%s: got %q met=%v, want %q met=%v", name, g.Measured, g.Met, w.measured, w.met)
+				}
+			}
+		})
+	}
+}
+
+func TestWriteMarkdownListsRegistryTraceTargets(t *testing.T) {
+	r := &Report{Workloads: []string{"python"}, Measurements: append(
+		shapedRuns("python", ModeOBDRegistryTrace, time.Second, 1<<20),
+		shapedRuns("python", ModeEstargzOpt, 2*time.Second, 2<<20)...)}
+	var b bytes.Buffer
+	if err := r.WriteMarkdown(&b, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| obd+registry-trace vs estargz-opt, end to end (python) | ≥ 1.3× faster | 2.00× (2.00 s vs 1.00 s) | yes |",
+		"| obd+registry-trace vs obd+trace, end to end | ≤ 1.10× the time | not measured | — |",
+		"| shaped | obd+registry-trace | 3 |",
+		"| shaped | estargz-opt | 3 |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
 	}
 }
