@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -30,6 +31,7 @@ type BlobFront struct {
 	storage  string // the registry's rootdirectory
 	registry *httputil.ReverseProxy
 	srv      *http.Server
+	requests atomic.Int64
 }
 
 // blobPath matches /v2/<repository>/blobs/<digest>.
@@ -49,10 +51,15 @@ func StartBlobFront(registry, storage string) (*BlobFront, error) {
 	return f, nil
 }
 
+// Requests returns how many HTTP requests the front has received (blob reads it served and
+// requests it passed on alike) since it started.
+func (f *BlobFront) Requests() int64 { return f.requests.Load() }
+
 // Close stops the front.
 func (f *BlobFront) Close() error { return f.srv.Close() }
 
 func (f *BlobFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		if path, dgst, ok := f.blobFile(r.URL.Path); ok {
 			if file, err := os.Open(path); err == nil {

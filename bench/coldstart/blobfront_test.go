@@ -77,4 +77,7 @@ func TestBlobFront(t *testing.T) {
 			t.Errorf("%s: served by the front (%d), want the registry", path, resp.StatusCode)
 		}
 	}
+	if n := front.Requests(); n != 6 {
+		t.Errorf("front counted %d requests, want 6 (2 served, 4 passed on)", n)
+	}
 }

@@ -108,7 +108,11 @@ type harness struct {
 	benchDir string // OBD_DEPS/bench: cached images, the registry's storage
 	registry string // host:port of the registry
 	relays   map[Network]*Relay
+	front    *BlobFront         // counts the requests of every network
 	traces   map[Cell]recording // recorded traces, keyed by workload and network (Mode = ModeOBDTrace)
+	// registryTraces says whether mode obd+registry-trace is measured: only then do the obd
+	// snapshotters' configs set remoteTraces, which snapshotters before it reject.
+	registryTraces bool
 }
 
 // TestColdStart is the cold-start benchmark of issue #8. It runs only with -coldstart.
@@ -127,7 +131,8 @@ func TestColdStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	binaries := []string{"bdd", "overlaybd-snapshotter", "obd"}
-	if slices.ContainsFunc(cells, func(c Cell) bool { return c.Mode == ModeOBDRegistryTrace }) {
+	h.registryTraces = slices.ContainsFunc(cells, func(c Cell) bool { return c.Mode == ModeOBDRegistryTrace })
+	if h.registryTraces {
 		binaries = append(binaries, "ctr-obd")
 	}
 	for _, b := range binaries {
@@ -157,8 +162,8 @@ func TestColdStart(t *testing.T) {
 		m := Measurement{Trial: tr, Err: "the trial's setup failed (see the test log)"}
 		name := fmt.Sprintf("%s/%s/%s/%d", tr.Workload, tr.Network, strings.ReplaceAll(string(tr.Mode), "+", "-"), tr.Round)
 		t.Run(name, func(t *testing.T) { m, _ = h.trial(t, tr, false) })
-		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s %s", i+1, len(trials), name,
-			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), oneLine(m.Err))
+		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s in %d requests %s", i+1, len(trials), name,
+			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), m.Requests, oneLine(m.Err))
 		report.Measurements = append(report.Measurements, m)
 		if err := writeResults(report, *flagOut); err != nil { // after every trial, so a cut-off run keeps its data
 			t.Fatal(err)
@@ -237,9 +242,9 @@ func selectCells() ([]Cell, error) {
 
 func methodNotes(seed uint64) []string {
 	return []string{
-		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz).", convertFlags()),
+		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz), and per workload eStargz optimized for it (estargz-opt: bench/stargz/optimize, stargz-snapshotter v0.18.1's analyzer and converter as ctr-remote's `image optimize` uses them, the workload's command run once, its opened files prioritized; gzip level 9 and default chunks as nerdctl's).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
-		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch.",
+		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); obd+registry-trace = obd on a node that never ran the image (empty bdd cache and state, empty trace directory): `ctr-obd record-trace --push` recorded a cold start of the workload once before the measurements and pushed the trace as an OCI artifact referring to the image's manifest; the snapshotter (remoteTraces on, off in the other obd modes) finds it through bdd's FetchTrace and replays it, no replay is started by the harness, and a trial whose logs do not show the registry trace found and replayed fails; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch; estargz-opt = the same snapshotter on the optimized eStargz image (its prioritized files are prefetched at mount).",
 		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
@@ -292,6 +297,7 @@ func (h *harness) startNetworks(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { front.Close() })
+	h.front = front
 	loop, err := StartRelay(front.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -590,7 +596,11 @@ func (h *harness) startNode(t *testing.T, mode Mode, remoteTraces bool, stage fu
 		if stage != nil {
 			stage(nd.traceDir)
 		}
-		snapshotterConfig, err := json.Marshal(map[string]any{"traceDir": nd.traceDir, "remoteTraces": remoteTraces})
+		config := map[string]any{"traceDir": nd.traceDir}
+		if h.registryTraces {
+			config["remoteTraces"] = remoteTraces
+		}
+		snapshotterConfig, err := json.Marshal(config)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -708,7 +718,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 			t.Fatalf("StartTrace: %v", err)
 		}
 	}
-	fetched0 := relay.BytesDown()
+	fetched0, requests0 := relay.BytesDown(), h.front.Requests()
 	start := time.Now()
 	var prefetch sync.WaitGroup
 	var prefetchErr error
@@ -736,7 +746,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		return fail(err)
 	}
 	m.Run, m.Total = readyAt.Sub(runStart), readyAt.Sub(start)
-	m.BytesFetched = relay.BytesDown() - fetched0
+	m.BytesFetched, m.Requests = relay.BytesDown()-fetched0, h.front.Requests()-requests0
 	prefetch.Wait()
 	if prefetchErr != nil {
 		return fail(fmt.Errorf("prefetch: %w", prefetchErr))

@@ -11,11 +11,13 @@ import (
 // Pull (`nerdctl pull`), Create (`nerdctl create`), Run (`nerdctl start -a` until the workload's
 // ready line) and Total (from the pull command to that line). Warm is a second `nerdctl run` of
 // the same image right after, with everything cached. BytesFetched counts the bytes the registry
-// sent (headers included) from the pull until the ready line.
+// sent (headers included) and Requests the HTTP requests it received from the pull until the
+// ready line.
 type Measurement struct {
 	Trial
 	Pull, Create, Run, Total, Warm time.Duration
 	BytesFetched                   int64
+	Requests                       int64 `json:",omitempty"`
 	// Err is why the trial failed; failed trials are reported but not summarized.
 	Err string `json:",omitempty"`
 }
@@ -25,6 +27,7 @@ type CellSummary struct {
 	Cell
 	Pull, Create, Run, Total, Warm Summary
 	BytesFetched                   int64 // median
+	Requests                       int64 // median
 	Failed                         int
 	FirstErr                       string
 }
@@ -63,7 +66,7 @@ func (r *Report) Summaries() []CellSummary {
 func summarizeCell(c Cell, ms []Measurement) CellSummary {
 	s := CellSummary{Cell: c}
 	var pull, create, run, total, warm []time.Duration
-	var fetched []int64
+	var fetched, requests []int64
 	for _, m := range ms {
 		if m.Err != "" {
 			if s.Failed == 0 {
@@ -74,11 +77,11 @@ func summarizeCell(c Cell, ms []Measurement) CellSummary {
 		}
 		pull, create, run = append(pull, m.Pull), append(create, m.Create), append(run, m.Run)
 		total, warm = append(total, m.Total), append(warm, m.Warm)
-		fetched = append(fetched, m.BytesFetched)
+		fetched, requests = append(fetched, m.BytesFetched), append(requests, m.Requests)
 	}
 	s.Pull, s.Create, s.Run = Summarize(pull), Summarize(create), Summarize(run)
 	s.Total, s.Warm = Summarize(total), Summarize(warm)
-	s.BytesFetched = medianInt64(fetched)
+	s.BytesFetched, s.Requests = medianInt64(fetched), medianInt64(requests)
 	return s
 }
 
@@ -214,8 +217,8 @@ func (r *Report) WriteMarkdown(w io.Writer, chart string) error {
 	var failures []string
 	for _, wl := range r.Workloads {
 		fmt.Fprintf(&b, "\n## Workload %s\n\n", wl)
-		b.WriteString("| network | mode | runs | pull | create | run | total (command → output) | warm start | MiB fetched |\n")
-		b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+		b.WriteString("| network | mode | runs | pull | create | run | total (command → output) | warm start | MiB fetched | requests |\n")
+		b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, s := range sums {
 			if s.Workload != wl {
 				continue
@@ -225,11 +228,11 @@ func (r *Report) WriteMarkdown(w io.Writer, chart string) error {
 					s.Workload, s.Network, s.Mode, s.Failed, oneLine(s.FirstErr)))
 			}
 			if s.Total.N == 0 {
-				fmt.Fprintf(&b, "| %s | %s | 0/%d | failed | | | | | |\n", s.Network, s.Mode, s.Failed)
+				fmt.Fprintf(&b, "| %s | %s | 0/%d | failed | | | | | | |\n", s.Network, s.Mode, s.Failed)
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | **%s** | %s | %s |\n", s.Network, s.Mode, s.Total.N,
-				spread(s.Pull), spread(s.Create), spread(s.Run), spread(s.Total), spread(s.Warm), mib(s.BytesFetched))
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | **%s** | %s | %s | %s |\n", s.Network, s.Mode, s.Total.N,
+				spread(s.Pull), spread(s.Create), spread(s.Run), spread(s.Total), spread(s.Warm), mib(s.BytesFetched), count(s.Requests))
 		}
 	}
 	if len(failures) > 0 {
@@ -247,6 +250,14 @@ func (r *Report) WriteMarkdown(w io.Writer, chart string) error {
 
 func spread(s Summary) string {
 	return fmt.Sprintf("%.2f (%.2f–%.2f)", s.Median.Seconds(), s.Min.Seconds(), s.Max.Seconds())
+}
+
+// count prints a request count; 0 is a results.json from before requests were counted.
+func count(n int64) string {
+	if n == 0 {
+		return "—"
+	}
+	return fmt.Sprint(n)
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }

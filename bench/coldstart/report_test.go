@@ -18,7 +18,7 @@ func fakeReport(totals map[Mode]time.Duration, warm time.Duration, fetched map[M
 			r.Measurements = append(r.Measurements, Measurement{
 				Trial: Trial{Cell: Cell{Workload: "python", Mode: mode, Network: NetShaped}, Round: i},
 				Pull:  total / 2, Create: total / 4, Run: total / 4, Total: total + d, Warm: warm,
-				BytesFetched: fetched[mode],
+				BytesFetched: fetched[mode], Requests: 40,
 			})
 		}
 	}
@@ -91,7 +91,8 @@ func TestWriteMarkdown(t *testing.T) {
 		"![median time from command to output](chart.png)",
 		"| obd lazy vs full pull, end to end | ≥ 5× faster | 5.00× (20.00 s vs 4.00 s) | yes |",
 		"| obd with trace vs obd lazy | removes ≥ 80% of the gap to a warm start | not measured | — |",
-		"| shaped | obd | 3 | 2.00 (2.00–2.00) | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | **4.00 (3.00–5.00)** | 2.00 (2.00–2.00) | 5.0 MiB |",
+		"| shaped | obd | 3 | 2.00 (2.00–2.00) | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | **4.00 (3.00–5.00)** | 2.00 (2.00–2.00) | 5.0 MiB | 40 |",
+		"| loopback | overlayfs | 1 | 0.00 (0.00–0.00) | 0.00 (0.00–0.00) | 0.00 (0.00–0.00) | **1.00 (1.00–1.00)** | 1.00 (1.00–1.00) | 0.0 MiB | — |",
 		"## Workload busybox",
 		"- python / shaped / stargz: 1 failed run(s); first: nerdctl pull: exit status 1\n",
 		"- a note",

@@ -53,7 +53,6 @@ func main() {
 	}
 	address := flag.String("address", "/run/containerd/containerd.sock", "containerd's socket")
 	namespace := flag.String("namespace", "default", "containerd namespace holding the source image")
-	snapshotter := flag.String("snapshotter", "overlayfs", "snapshotter to unpack and run the source image with")
 	period := flag.Duration("period", time.Minute, "stop recording (and kill the container) after this long")
 	waitLine := flag.String("wait-line", "", "stop recording once the container prints a line containing this")
 	recordOut := flag.String("record-out", "", "also write the prioritized files, per layer digest, to this JSON file")
@@ -67,7 +66,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	o := optimizer{address: *address, namespace: *namespace, snapshotter: *snapshotter, period: *period,
+	o := optimizer{address: *address, namespace: *namespace, period: *period,
 		waitLine: *waitLine, recordOut: *recordOut, source: args[0], target: args[1], command: args[3:]}
 	if err := o.run(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "optimize:", err)
@@ -76,11 +75,11 @@ func main() {
 }
 
 type optimizer struct {
-	address, namespace, snapshotter string
-	period                          time.Duration
-	waitLine, recordOut             string
-	source, target                  string
-	command                         []string
+	address, namespace  string
+	period              time.Duration
+	waitLine, recordOut string
+	source, target      string
+	command             []string
 }
 
 func (o optimizer) run(ctx context.Context) error {
@@ -96,8 +95,10 @@ func (o optimizer) run(ctx context.Context) error {
 	}
 	defer done(context.WithoutCancel(ctx))
 
+	// containerd's default snapshotter, as ctr-remote: with a snapshotter named, the
+	// analyzer's container (its rootfs a path the analyzer mounted) fails the image config's
+	// user lookup, which then wants a snapshot of the container's own.
 	aOpts := []analyzer.Option{
-		analyzer.WithSnapshotter(o.snapshotter),
 		analyzer.WithPeriod(o.period),
 		analyzer.WithSpecOpts(o.specOpts),
 	}
@@ -108,7 +109,7 @@ func (o optimizer) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("analyze %s: %w", o.source, err)
 	}
-	prioritized, err := o.prioritizedFiles(ctx, client, record)
+	prioritized, layers, err := o.prioritizedFiles(ctx, client, record)
 	if err != nil {
 		return err
 	}
@@ -121,15 +122,25 @@ func (o optimizer) run(ctx context.Context) error {
 			return err
 		}
 	}
-	layerOpts := map[digest.Digest][]estargz.Option{}
+	entries := make([]layerEntries, len(layers))
+	for i, l := range layers {
+		if entries[i], err = readEntries(ctx, client.ContentStore(), l); err != nil {
+			return err
+		}
+	}
+	dirs := impliedDirs(layers, entries, prioritized)
 	for layer, files := range prioritized {
-		layerOpts[layer] = []estargz.Option{estargz.WithPrioritizedFiles(files)}
-		fmt.Printf("layer %s: %d prioritized files\n", layer, len(files))
+		fmt.Printf("layer %s: %d prioritized files, %d implied directories added\n", layer, len(files), len(dirs[layer]))
 	}
 	// ctr-remote's defaults: best gzip compression, the default chunk size, OCI media types
 	// (Docker's lose the TOC digest annotation), the host's platform only.
-	convert := estargzconvert.LayerConvertWithLayerAndCommonOptsFunc(layerOpts,
-		estargz.WithCompressionLevel(gzip.BestCompression))
+	convert := withImpliedDirs(dirs, func(original digest.Digest) converter.ConvertFunc {
+		opts := []estargz.Option{estargz.WithCompressionLevel(gzip.BestCompression)}
+		if files := prioritized[original]; len(files) > 0 {
+			opts = append(opts, estargz.WithPrioritizedFiles(files))
+		}
+		return estargzconvert.LayerConvertFunc(opts...)
+	})
 	img, err := converter.Convert(ctx, client, o.target, o.source,
 		converter.WithPlatform(platforms.DefaultStrict()),
 		converter.WithDockerToOCI(true),
@@ -154,28 +165,29 @@ func (o optimizer) specOpts(image containerd.Image, rootfs string) ([]oci.SpecOp
 }
 
 // prioritizedFiles reads the analyzer's record from the content store: the files the run
-// opened, per layer blob of the source image's platform manifest, in first-open order.
-func (o optimizer) prioritizedFiles(ctx context.Context, client *containerd.Client, record digest.Digest) (map[digest.Digest][]string, error) {
+// opened, per layer blob of the source image's platform manifest, in first-open order, and
+// that manifest's layers.
+func (o optimizer) prioritizedFiles(ctx context.Context, client *containerd.Client, record digest.Digest) (map[digest.Digest][]string, []ocispec.Descriptor, error) {
 	cs := client.ContentStore()
 	src, err := client.ImageService().Get(ctx, o.source)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	manifestDesc, err := containerdutil.ManifestDesc(ctx, cs, src.Target, platforms.DefaultStrict())
 	if err != nil {
-		return nil, fmt.Errorf("manifest of %s: %w", o.source, err)
+		return nil, nil, fmt.Errorf("manifest of %s: %w", o.source, err)
 	}
 	p, err := content.ReadBlob(ctx, cs, manifestDesc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var manifest ocispec.Manifest
 	if err := json.Unmarshal(p, &manifest); err != nil {
-		return nil, fmt.Errorf("manifest of %s: %w", o.source, err)
+		return nil, nil, fmt.Errorf("manifest of %s: %w", o.source, err)
 	}
 	ra, err := cs.ReaderAt(ctx, ocispec.Descriptor{Digest: record})
 	if err != nil {
-		return nil, fmt.Errorf("analyzer record: %w", err)
+		return nil, nil, fmt.Errorf("analyzer record: %w", err)
 	}
 	defer ra.Close()
 	files := map[digest.Digest][]string{}
@@ -186,7 +198,7 @@ func (o optimizer) prioritizedFiles(ctx context.Context, client *containerd.Clie
 		if err := dec.Decode(&e); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return nil, fmt.Errorf("analyzer record: %w", err)
+			return nil, nil, fmt.Errorf("analyzer record: %w", err)
 		}
 		if e.LayerIndex == nil || *e.LayerIndex < 0 || *e.LayerIndex >= len(manifest.Layers) ||
 			e.ManifestDigest != manifestDesc.Digest.String() {
@@ -207,7 +219,7 @@ func (o optimizer) prioritizedFiles(ctx context.Context, client *containerd.Clie
 			layers = append(layers, l.Digest.String())
 		}
 		sort.Strings(layers)
-		return nil, fmt.Errorf("the run of %q opened no file of the image's layers %v", o.command, layers)
+		return nil, nil, fmt.Errorf("the run of %q opened no file of the image's layers %v", o.command, layers)
 	}
-	return files, nil
+	return files, manifest.Layers, nil
 }
