@@ -6,11 +6,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/quantity"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
 )
@@ -34,7 +34,7 @@ type Config struct {
 	// collector works harder near it and returns memory to the system sooner. It is
 	// raised automatically to stay 10% above the live heap (about 2 MiB per busy
 	// device plus the layer indexes). 0 turns the limit off.
-	MemoryLimit ByteSize `toml:"memory_limit"`
+	MemoryLimit quantity.Size `toml:"memory_limit"`
 	// RunDir holds runtime files: the FUSE mounts (fuse/) and NBD sockets (nbd/) of
 	// the devices.
 	RunDir string `toml:"run_dir"`
@@ -45,12 +45,12 @@ type Config struct {
 
 // CacheConfig configures the persistent cache of remote blobs.
 type CacheConfig struct {
-	Dir  string   `toml:"dir"`
-	Size ByteSize `toml:"size"`
+	Dir  string        `toml:"dir"`
+	Size quantity.Size `toml:"size"`
 	// FillUnit is how much of a blob one cache miss fetches at least (sequential reads
 	// fetch more through readahead). Small units suit lazy starts on slow links: a
 	// container start reads ~100 scattered ranges, and each unit costs transfer time.
-	FillUnit ByteSize `toml:"fill_unit"`
+	FillUnit quantity.Size `toml:"fill_unit"`
 	// PrefetchMetadata walks the ext4 metadata (inode tables, directories, extent trees)
 	// of every new device with remote layers in the background, so that path lookups
 	// find it fetched: a few concurrent rounds of reads instead of a round trip per
@@ -61,7 +61,7 @@ type CacheConfig struct {
 	// program goes on reading a binary, library or module it has started, and one request
 	// for the file costs less than a round trip per page fault. Needs PrefetchMetadata,
 	// whose walk learns where files lie.
-	PrefetchFileMax ByteSize `toml:"prefetch_file_max"`
+	PrefetchFileMax quantity.Size `toml:"prefetch_file_max"`
 }
 
 // RegistryConfig configures how remote blobs are fetched.
@@ -71,7 +71,7 @@ type RegistryConfig struct {
 	// DockerConfig is a docker config.json holding registry credentials.
 	DockerConfig string `toml:"docker_config"`
 	// ReadTimeout bounds one read of a remote blob, retries included.
-	ReadTimeout Duration `toml:"read_timeout"`
+	ReadTimeout quantity.Duration `toml:"read_timeout"`
 }
 
 // DefaultConfig returns the configuration used when neither file nor flag says otherwise.
@@ -93,7 +93,7 @@ func DefaultConfig() Config {
 			PrefetchMetadata: true, PrefetchFileMax: 64 << 20},
 		Registry: RegistryConfig{
 			CertsDir:    "/etc/containerd/certs.d",
-			ReadTimeout: Duration(30 * time.Second),
+			ReadTimeout: quantity.Duration(30 * time.Second),
 		},
 	}
 }
@@ -199,71 +199,3 @@ func (c *Config) SlogLevel() (slog.Level, error) {
 	}
 	return l, nil
 }
-
-// ByteSize is a size in bytes written as a plain number or with a unit suffix
-// (KiB, MiB, GiB, TiB, or K, M, G, T meaning the same binary units).
-type ByteSize int64
-
-var byteUnits = []struct {
-	suffix string
-	shift  uint
-}{
-	{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10},
-	{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}, {"B", 0},
-}
-
-// Set parses s; it implements pflag.Value.
-func (b *ByteSize) Set(s string) error {
-	t := strings.TrimSpace(s)
-	shift := uint(0)
-	for _, u := range byteUnits {
-		if strings.HasSuffix(t, u.suffix) {
-			t, shift = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.shift
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)>>shift {
-		return fmt.Errorf("invalid size %q: want a number with an optional unit (KiB, MiB, GiB, TiB)", s)
-	}
-	*b = ByteSize(n << shift)
-	return nil
-}
-
-// UnmarshalText lets TOML hold sizes as strings ("10GiB").
-func (b *ByteSize) UnmarshalText(p []byte) error { return b.Set(string(p)) }
-
-// String formats the size in the largest unit that divides it.
-func (b ByteSize) String() string {
-	for _, u := range byteUnits[:4] {
-		if b != 0 && int64(b)%(1<<u.shift) == 0 {
-			return strconv.FormatInt(int64(b)>>u.shift, 10) + u.suffix
-		}
-	}
-	return strconv.FormatInt(int64(b), 10)
-}
-
-// Type implements pflag.Value.
-func (*ByteSize) Type() string { return "size" }
-
-// Duration is a time.Duration written as a Go duration string ("30s").
-type Duration time.Duration
-
-// Set parses s; it implements pflag.Value.
-func (d *Duration) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("invalid duration %q: want e.g. 30s or 1m", s)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// UnmarshalText lets TOML hold durations as strings.
-func (d *Duration) UnmarshalText(p []byte) error { return d.Set(string(p)) }
-
-// String formats the duration like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// Type implements pflag.Value.
-func (*Duration) Type() string { return "duration" }

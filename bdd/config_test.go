@@ -81,21 +81,3 @@ func TestConfigMissingFile(t *testing.T) {
 		t.Fatal("an explicitly named missing config file must be an error")
 	}
 }
-
-func TestByteSize(t *testing.T) {
-	for in, want := range map[string]ByteSize{"4096": 4096, "10GiB": 10 << 30, "3 M": 3 << 20, "1K": 1024, "7B": 7} {
-		var b ByteSize
-		if err := b.Set(in); err != nil || b != want {
-			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
-		}
-	}
-	for _, bad := range []string{"", "-1", "1.5GiB", "GiB", "99999999999TiB"} {
-		var b ByteSize
-		if err := b.Set(bad); err == nil {
-			t.Errorf("Set(%q) accepted as %d", bad, b)
-		}
-	}
-	if s := ByteSize(10 << 30).String(); s != "10GiB" {
-		t.Errorf("String = %q", s)
-	}
-}

@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/docker/go-units"
 	"github.com/urfave/cli/v3"
 
 	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/quantity"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -46,12 +46,12 @@ func runObdconv(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return fmt.Errorf("--algorithm: %w", err)
 	}
-	size, err := units.RAMInBytes(cmd.String("vsize"))
+	size, err := quantity.ParseSize(cmd.String("vsize"))
 	if err != nil || size <= 0 {
 		return fmt.Errorf("--vsize %q: want a size such as 64G", cmd.String("vsize"))
 	}
 	c, err := convert.New(convert.Options{
-		Algorithm: algo, BlockSize: int(cmd.Int("block-size")), VirtualSize: size,
+		Algorithm: algo, BlockSize: int(cmd.Int("block-size")), VirtualSize: int64(size),
 		Platforms: cmd.StringSlice("platform"), WorkDir: cmd.String("work-dir"),
 		Registry: convert.RegistryOptions{
 			HostsDir: cmd.String("hosts-dir"), DockerConfig: cmd.String("docker-config"), PlainHTTP: cmd.Bool("plain-http"),

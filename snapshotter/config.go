@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/quantity"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -42,28 +43,8 @@ type Config struct {
 	// DeviceLinger is how long a lazy image's device stays attached after its last
 	// container or view is removed (a Go duration, default "10s"; "0s" detaches at once):
 	// `nerdctl run` reads the image through a view just before it creates the container.
-	DeviceLinger Duration `json:"deviceLinger"`
+	DeviceLinger quantity.Duration `json:"deviceLinger"`
 }
-
-// Duration is a time.Duration written in JSON as a Go duration string ("10s").
-type Duration time.Duration
-
-// UnmarshalJSON parses a duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration: want a string such as \"10s\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // DefaultConfig returns the configuration used for fields a config file leaves out.
 func DefaultConfig() Config {
@@ -76,7 +57,7 @@ func DefaultConfig() Config {
 		FSType:    "ext4",
 		LogLevel:  "info",
 		// Covers the view `nerdctl run` mounts just before the container.
-		DeviceLinger: Duration(10 * time.Second),
+		DeviceLinger: quantity.Duration(10 * time.Second),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/quantity"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -37,16 +38,16 @@ func newConvertCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--algorithm: %w", err)
 			}
-			size, err := parseSize(vsize)
+			size, err := quantity.ParseSize(vsize)
 			if err != nil {
 				return fmt.Errorf("--vsize: %w", err)
 			}
-			block, err := parseSize(blockSize)
+			block, err := quantity.ParseSize(blockSize)
 			if err != nil {
 				return fmt.Errorf("--block-size: %w", err)
 			}
 			c, err := convert.New(convert.Options{
-				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: size,
+				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: int64(size),
 				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
 			})
 			if err != nil {

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/quantity"
 	"github.com/spf13/cobra"
 )
 
@@ -43,7 +43,7 @@ func newAttachCmd() *cobra.Command {
 	var (
 		req       bddv1.AttachRequest
 		transport string
-		upperSize bdd.ByteSize
+		upperSize quantity.Size
 	)
 	cmd := &cobra.Command{
 		Use:   "attach (--layer FILE | --blob REF@DIGEST:SIZE)... [--upper DIR] [--ro] [--transport fuse|nbd]",
@@ -162,7 +162,7 @@ func newLsCmd() *cobra.Command {
 					mode = "ro"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.GetId(), bddclient.TransportName(d.GetTransport()), mode,
-					bdd.ByteSize(d.GetSize()), dash(d.GetDevicePath()), dash(d.GetNbdSocket()), len(d.GetLayers()), dash(d.GetUpperDir()))
+					quantity.Size(d.GetSize()), dash(d.GetDevicePath()), dash(d.GetNbdSocket()), len(d.GetLayers()), dash(d.GetUpperDir()))
 			}
 			return w.Flush()
 		})

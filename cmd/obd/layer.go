@@ -11,6 +11,7 @@ import (
 
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/quantity"
 )
 
 func newLayerCmd() *cobra.Command {
@@ -32,7 +33,7 @@ func newLayerCreateCmd() *cobra.Command {
 		Example: "  obd layer create --size 64G ./upper",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vsize, err := parseSize(size)
+			vsize, err := quantity.ParseSize(size)
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
@@ -42,7 +43,7 @@ func newLayerCreateCmd() *cobra.Command {
 			if err := os.MkdirAll(args[0], 0o755); err != nil {
 				return err
 			}
-			w, err := lsmt.Create(args[0], lsmt.CreateOptions{VirtualSize: vsize, Sparse: sparse, UUID: uuid, ParentUUID: parent})
+			w, err := lsmt.Create(args[0], lsmt.CreateOptions{VirtualSize: int64(vsize), Sparse: sparse, UUID: uuid, ParentUUID: parent})
 			if err != nil {
 				return err
 			}
@@ -65,7 +66,7 @@ func newLayerImportCmd() *cobra.Command {
 		Example: "  obd layer import --offset 0 ./upper rootfs.ext4",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			off, err := parseSize(offset)
+			off, err := quantity.ParseSize(offset)
 			if err != nil {
 				return fmt.Errorf("--offset: %w", err)
 			}
@@ -79,7 +80,7 @@ func newLayerImportCmd() *cobra.Command {
 				return err
 			}
 			defer raw.Close()
-			n, err := w.Import(raw, off)
+			n, err := w.Import(raw, int64(off))
 			if err != nil {
 				w.Close()
 				return fmt.Errorf("import %s at offset %d: %w", args[1], off, err)
@@ -325,20 +326,21 @@ func newLayerCatCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			off, err := parseSize(offset)
+			size := quantity.Size(s.Size())
+			off, err := quantity.ParseSize(offset)
 			if err != nil {
 				return fmt.Errorf("--offset: %w", err)
 			}
-			n := s.Size() - off
+			n := size - off
 			if length != "" {
-				if n, err = parseSize(length); err != nil {
+				if n, err = quantity.ParseSize(length); err != nil {
 					return fmt.Errorf("--length: %w", err)
 				}
 			}
-			if off > s.Size() || n < 0 || off+n > s.Size() {
-				return fmt.Errorf("range [%d, %d) is outside the disk (size %d)", off, off+n, s.Size())
+			if off > size || n < 0 || off+n > size {
+				return fmt.Errorf("range [%d, %d) is outside the disk (size %d)", off, off+n, size)
 			}
-			_, err = io.Copy(cmd.OutOrStdout(), io.NewSectionReader(s, off, n))
+			_, err = io.Copy(cmd.OutOrStdout(), io.NewSectionReader(s, int64(off), int64(n)))
 			return err
 		},
 	}

@@ -271,17 +271,3 @@ func TestCommandErrors(t *testing.T) {
 		}
 	}
 }
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "4096": 4096, "64K": 64 << 10, "64k": 64 << 10, "64KiB": 64 << 10, "1M": 1 << 20, "1G": 1 << 30, "2T": 2 << 40, "1GB": 1 << 30} {
-		got, err := parseSize(in)
-		if err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "K", "-1", "1.5G", "12Q", "99999999999T"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) succeeded, want an error", in)
-		}
-	}
-}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/obdproject/obd/layerblob"
+	"github.com/obdproject/obd/quantity"
 	"github.com/obdproject/obd/tarblob"
 	"github.com/obdproject/obd/zfile"
 )
@@ -45,7 +46,7 @@ func (f *zfileFlags) options() (zfile.Options, error) {
 	if err != nil {
 		return zfile.Options{}, err
 	}
-	bs, err := parseSize(f.blockSize)
+	bs, err := quantity.ParseSize(f.blockSize)
 	if err != nil {
 		return zfile.Options{}, fmt.Errorf("--block-size: %w", err)
 	}
