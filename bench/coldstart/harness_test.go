@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -162,8 +163,8 @@ func TestColdStart(t *testing.T) {
 		m := Measurement{Trial: tr, Err: "the trial's setup failed (see the test log)"}
 		name := fmt.Sprintf("%s/%s/%s/%d", tr.Workload, tr.Network, strings.ReplaceAll(string(tr.Mode), "+", "-"), tr.Round)
 		t.Run(name, func(t *testing.T) { m, _ = h.trial(t, tr, false) })
-		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s in %d requests %s", i+1, len(trials), name,
-			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), m.Requests, oneLine(m.Err))
+		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s in %d requests, daemons' CPU %.2fs %s", i+1, len(trials), name,
+			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), m.Requests, m.DaemonCPU.Seconds(), oneLine(m.Err))
 		report.Measurements = append(report.Measurements, m)
 		if err := writeResults(report, *flagOut); err != nil { // after every trial, so a cut-off run keeps its data
 			t.Fatal(err)
@@ -747,6 +748,10 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 	}
 	m.Run, m.Total = readyAt.Sub(runStart), readyAt.Sub(start)
 	m.BytesFetched, m.Requests = relay.BytesDown()-fetched0, h.front.Requests()-requests0
+	m.DaemonCPU = daemonCPU(nd.dir)
+	if err := writePhases(nd.dir, start, start.Add(m.Pull), runStart, readyAt); err != nil {
+		return fail(err)
+	}
 	prefetch.Wait()
 	if prefetchErr != nil {
 		return fail(fmt.Errorf("prefetch: %w", prefetchErr))
@@ -777,6 +782,45 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 		return fail(err)
 	}
 	return m, rec
+}
+
+// daemonCPU returns the CPU time (user and system) the processes started for a node have used
+// so far: bdd and overlaybd-snapshotter, or the stargz snapshotter, whose command lines name
+// the node's directory. Since they started with the node, it is their cost of the start.
+func daemonCPU(dir string) time.Duration {
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	var ticks int64
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(dir+"/")) {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join(p, "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command's name (in parentheses, which may hold spaces): utime and
+		// stime are the 14th and 15th fields of the line, the 12th and 13th after it.
+		_, after, ok := bytes.Cut(stat, []byte(") "))
+		fields := strings.Fields(string(after))
+		if !ok || len(fields) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseInt(fields[11], 10, 64)
+		stime, _ := strconv.ParseInt(fields[12], 10, 64)
+		ticks += utime + stime
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ, 100 on Linux
+}
+
+// writePhases records when a trial's steps started and the ready line came, for reading its
+// kept daemon logs (-coldstart.keep-logs) against them.
+func writePhases(dir string, start, pulled, runStart, ready time.Time) error {
+	data, err := json.Marshal(map[string]time.Time{"start": start, "pulled": pulled, "runStart": runStart, "ready": ready})
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "phases.json"), data, 0o644)
 }
 
 // checkTraceSource checks in a finished trial's daemon logs (in dir) that a trial of mode

@@ -18,6 +18,9 @@ type Measurement struct {
 	Pull, Create, Run, Total, Warm time.Duration
 	BytesFetched                   int64
 	Requests                       int64 `json:",omitempty"`
+	// DaemonCPU is the CPU time the node's snapshotter daemons (bdd and overlaybd-snapshotter,
+	// or the stargz snapshotter) used from their start until the cold container exited.
+	DaemonCPU time.Duration `json:",omitempty"`
 	// Err is why the trial failed; failed trials are reported but not summarized.
 	Err string `json:",omitempty"`
 }
