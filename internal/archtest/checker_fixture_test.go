@@ -29,8 +29,12 @@ func TestCheckerReportsPlantedImports(t *testing.T) {
 			detail: "snapshotter → tracestore → remotefetch"},
 		{rule: "the snapshotter links no daemon, transport or fetcher", importer: "tracestore", imported: "remotefetch", verb: "links",
 			detail: "tracestore → remotefetch"},
-		{rule: "clients of bdd import no daemon, transport or fetcher", importer: "ctr-plugin", imported: "bdd", verb: "imports",
+		{rule: "clients of bdd link no daemon or fetcher", importer: "cmd/obd-lambda", imported: "remotefetch", verb: "links",
+			detail: "cmd/obd-lambda → tracestore → remotefetch"},
+		{rule: "clients of bdd link no daemon or fetcher", importer: "ctr-plugin", imported: "bdd", verb: "links",
 			detail: "ctr-plugin → bdd"},
+		{rule: "clients of bdd import no transport", importer: "sandbox/bddrootfs", imported: "blockdev", verb: "imports",
+			detail: "sandbox/bddrootfs → blockdev"},
 		{rule: "policies link no sandbox", importer: "policy/sim", imported: "sandbox", verb: "links",
 			detail: "policy/sim → sandbox"},
 		{rule: "no cycle between top-level boxes", importer: "policy", imported: "sandbox", verb: "imports",
@@ -62,7 +66,8 @@ func TestCheckerPassesCleanFixture(t *testing.T) {
 	}
 	planted := map[string]string{
 		"zfile": "remotefetch", "internal/util": "blockdev", "remotefetch/cache": "lsmt",
-		"tracestore": "remotefetch", "ctr-plugin": "bdd", "policy/sim": "sandbox", "sandbox": "policy",
+		"tracestore": "remotefetch", "ctr-plugin": "bdd", "sandbox/bddrootfs": "blockdev",
+		"policy/sim": "sandbox", "sandbox": "policy",
 	}
 	for from, to := range planted {
 		g.drop(from, to)

@@ -29,10 +29,17 @@ var rules = []rule{
 		deny:  daemonTransportFetcher,
 	},
 	{
-		name:  "clients of bdd import no daemon, transport or fetcher",
-		from:  []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs"},
+		name:  "clients of bdd link no daemon or fetcher",
+		from:  bddClients,
+		scope: links,
+		deny:  []string{"bdd/...", "remotefetch/..."},
+	},
+	{
+		// They link one through convert, which mounts the images it builds.
+		name:  "clients of bdd import no transport",
+		from:  bddClients,
 		scope: imports,
-		deny:  daemonTransportFetcher,
+		deny:  []string{"blockdev/..."},
 	},
 	{
 		name:   "policies link no sandbox",
@@ -62,4 +69,6 @@ var (
 	// daemonTransportFetcher are what a client of bdd reaches only through api/bdd/v1 and
 	// bddclient.
 	daemonTransportFetcher = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
+	// bddClients talk to bdd through api/bdd/v1 and bddclient.
+	bddClients = []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs"}
 )
