@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -565,11 +566,10 @@ type node struct {
 	bddSocket, snRoot, traceDir string
 }
 
-// startNode starts a node for mode. For the obd modes, stage (if not nil) runs before the
-// snapshotter starts, to put files into its trace directory; remoteTraces says whether the
-// snapshotter may look for start traces in the registry (only mode obd+registry-trace's
-// trials: the trace artifact refers to the same image as the other obd modes use).
-func (h *harness) startNode(t *testing.T, mode Mode, remoteTraces bool, stage func(traceDir string)) *node {
+// startNode starts a node for mode. For the obd modes, settings are added to the
+// snapshotter's configuration (besides its trace directory), and stage (if not nil) runs
+// before the snapshotter starts, to put files into its trace directory.
+func (h *harness) startNode(t *testing.T, mode Mode, settings map[string]any, stage func(traceDir string)) *node {
 	// Unix sockets live here: the path must stay short.
 	dir, err := os.MkdirTemp("", "obd-cs-")
 	if err != nil {
@@ -598,9 +598,7 @@ func (h *harness) startNode(t *testing.T, mode Mode, remoteTraces bool, stage fu
 			stage(nd.traceDir)
 		}
 		config := map[string]any{"traceDir": nd.traceDir}
-		if h.registryTraces {
-			config["remoteTraces"] = remoteTraces
-		}
+		maps.Copy(config, settings)
 		snapshotterConfig, err := json.Marshal(config)
 		if err != nil {
 			t.Fatal(err)
@@ -662,7 +660,7 @@ func (h *harness) pushTraces(t *testing.T, cells []Cell) {
 func (h *harness) pushTrace(t *testing.T, w workload) {
 	// Straight to the registry, not through a relay: the recording is not measured. The
 	// recording node looks for no registry trace, which an earlier push would offer.
-	nd := h.startNode(t, ModeOBDRegistryTrace, false, nil)
+	nd := h.startNode(t, ModeOBDRegistryTrace, map[string]any{"remoteTraces": false}, nil)
 	ref := h.registry + "/bench/" + w.image + ":" + imageTag(Cell{Workload: w.name, Mode: ModeOBDRegistryTrace})
 	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
 	defer cancel()
@@ -706,7 +704,13 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 			}
 		}
 	}
-	nd := h.startNode(t, tr.Mode, tr.Mode == ModeOBDRegistryTrace, stage)
+	var settings map[string]any
+	if h.registryTraces {
+		// The trace artifact refers to the image's manifest, which every obd mode pulls:
+		// only mode obd+registry-trace's snapshotter may look for it.
+		settings = map[string]any{"remoteTraces": tr.Mode == ModeOBDRegistryTrace}
+	}
+	nd := h.startNode(t, tr.Mode, settings, stage)
 	n, daemon := nd.n, nd.daemon
 	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
 	defer cancel()
