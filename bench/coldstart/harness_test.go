@@ -48,12 +48,13 @@ var (
 	// lazy start on a slow link pays for), and as fast on loopback (bench/FINDINGS.md).
 	flagAlgorithm = flag.String("coldstart.algorithm", "zstd", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
 	flagBlockSize = flag.String("coldstart.block-size", "16K", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
+	flagRTT       = flag.Duration("coldstart.rtt", 20*time.Millisecond, "latency the shaped network adds before each request")
 )
 
-// The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request.
+// The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request
+// (-coldstart.rtt changes the latter, to tell round trips from bandwidth in a profile).
 const (
 	shapedBandwidth = 100e6 / 8
-	shapedRTT       = 20 * time.Millisecond
 	readyLine       = "ready"
 	trialTimeout    = 10 * time.Minute
 )
@@ -248,7 +249,7 @@ func methodNotes(seed uint64) []string {
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
 		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); obd+registry-trace = obd on a node that never ran the image (empty bdd cache and state, empty trace directory): `ctr-obd record-trace --push` recorded a cold start of the workload once before the measurements and pushed the trace as an OCI artifact referring to the image's manifest; the snapshotter (remoteTraces on, off in the other obd modes) finds it through bdd's FetchTrace and replays it, no replay is started by the harness, and a trial whose logs do not show the registry trace found and replayed fails; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch; estargz-opt = the same snapshotter on the optimized eStargz image (its prioritized files are prefetched at mount).",
 		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
-		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", shapedRTT, shapedBandwidth*8/1e6),
+		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", *flagRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
 		fmt.Sprintf("Runs interleaved: each round runs every cell once in a freshly shuffled order (seed %d).", seed),
 	}
@@ -313,7 +314,7 @@ func (h *harness) startNetworks(t *testing.T) {
 	}
 	t.Cleanup(func() { proxy.Close() })
 	proxy.SetFilter(func(*http.Request) bool { return true })
-	proxy.SetShaping(faultproxy.Shaping{Latency: shapedRTT, Bandwidth: shapedBandwidth})
+	proxy.SetShaping(faultproxy.Shaping{Latency: *flagRTT, Bandwidth: shapedBandwidth})
 	shaped, err := StartRelay(proxy.Host)
 	if err != nil {
 		t.Fatal(err)
