@@ -831,33 +831,51 @@ func writePhases(dir string, start, pulled, runStart, ready time.Time) error {
 // checkTraceSource checks in a finished trial's daemon logs (in dir) that a trial of mode
 // obd+registry-trace replayed the trace the registry holds, and that no other obd trial did:
 // bdd logs "registry trace found" when the snapshotter's FetchTrace finds the artifact, the
-// snapshotter "trace prefetched" with source=registry when it starts its replay.
+// snapshotter "trace prefetched" with source=registry when its replay has ended, which may be
+// a moment after the container's output: it is waited for up to traceLogWait.
 func checkTraceSource(mode Mode, dir string) error {
 	if mode != ModeOBD && mode != ModeOBDTrace && mode != ModeOBDRegistryTrace {
 		return nil
 	}
+	deadline := time.Now().Add(traceLogWait)
+	for {
+		found, replayed, err := registryTraceLogged(dir)
+		switch {
+		case err != nil:
+			return err
+		case mode != ModeOBDRegistryTrace && (found || replayed):
+			return fmt.Errorf("mode %s picked up the registry's trace (remoteTraces must be off)", mode)
+		case mode != ModeOBDRegistryTrace || (found && replayed):
+			return nil
+		case time.Now().After(deadline) && !found:
+			return fmt.Errorf("no registry trace: bdd did not log \"registry trace found\" (%s)", filepath.Join(dir, "bdd.log"))
+		case time.Now().After(deadline):
+			return fmt.Errorf("the registry trace was not replayed: the snapshotter did not log \"trace prefetched\" with source=registry (%s)", filepath.Join(dir, "snapshotter.log"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// traceLogWait is how long checkTraceSource waits for a registry trace's replay to end.
+const traceLogWait = 15 * time.Second
+
+// registryTraceLogged reads a node's logs: whether bdd found a trace in the registry, and
+// whether the snapshotter finished replaying one.
+func registryTraceLogged(dir string) (found, replayed bool, err error) {
 	bddLog, err := os.ReadFile(filepath.Join(dir, "bdd.log"))
 	if err != nil {
-		return err
+		return false, false, err
 	}
 	snLog, err := os.ReadFile(filepath.Join(dir, "snapshotter.log"))
 	if err != nil {
-		return err
+		return false, false, err
 	}
-	found := bytes.Contains(bddLog, []byte("registry trace found"))
-	replayed := slices.ContainsFunc(bytes.Split(snLog, []byte("\n")), func(line []byte) bool {
+	found = bytes.Contains(bddLog, []byte("registry trace found"))
+	replayed = slices.ContainsFunc(bytes.Split(snLog, []byte("\n")), func(line []byte) bool {
 		return bytes.Contains(line, []byte("trace prefetched")) &&
 			(bytes.Contains(line, []byte("source=registry")) || bytes.Contains(line, []byte(`"source":"registry"`)))
 	})
-	switch {
-	case mode == ModeOBDRegistryTrace && !found:
-		return fmt.Errorf("no registry trace: bdd did not log \"registry trace found\" (%s)", filepath.Join(dir, "bdd.log"))
-	case mode == ModeOBDRegistryTrace && !replayed:
-		return fmt.Errorf("the registry trace was not replayed: the snapshotter did not log \"trace prefetched\" with source=registry (%s)", filepath.Join(dir, "snapshotter.log"))
-	case mode != ModeOBDRegistryTrace && (found || replayed):
-		return fmt.Errorf("mode %s picked up the registry's trace (remoteTraces must be off)", mode)
-	}
-	return nil
+	return found, replayed, nil
 }
 
 // recordPages records the page trace of the image device mounted under the snapshotter's
