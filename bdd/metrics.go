@@ -12,6 +12,9 @@ import (
 type metrics struct {
 	devices      prometheus.Gauge
 	attachErrors prometheus.Counter
+	// registryTraces counts FetchTrace answers by result: found, none, refused (a bad
+	// request or artifact), error (the registry could not be asked).
+	registryTraces *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -24,9 +27,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "obd", Subsystem: "bdd", Name: "attach_errors_total",
 			Help: "Attach requests that failed.",
 		}),
+		registryTraces: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "obd", Subsystem: "bdd", Name: "registry_traces_total",
+			Help: "Start-trace lookups in the registry (FetchTrace), by result: found, none, refused, error.",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.devices, m.attachErrors} {
+		for _, c := range []prometheus.Collector{m.devices, m.attachErrors, m.registryTraces} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("bdd: metrics: %w", err)
 			}

@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/distribution/reference"
@@ -280,3 +281,9 @@ func (f *Fetcher) Close() error {
 
 // CacheUsage is the number of bytes the cache holds.
 func (f *Fetcher) CacheUsage() int64 { return f.cache.Usage() }
+
+// Resolver returns a resolver for manifests and other non-layer content of the fetcher's
+// registries, with the same hosts.toml (mirrors, TLS) and credentials as its blob reads.
+func (f *Fetcher) Resolver() remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{Hosts: f.hosts})
+}

@@ -1040,6 +1040,151 @@ func (*PrefetchResponse) Descriptor() ([]byte, []int) {
 	return file_bdd_proto_rawDescGZIP(), []int{17}
 }
 
+type FetchTraceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Image reference (repository, with or without tag); its repository holds the
+	// image and its trace artifacts.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Digest of the image's platform manifest: the artifacts' subject.
+	ManifestDigest string `protobuf:"bytes,2,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"`
+	// The image's layer blobs: the only blobs a trace may name.
+	Layers []*RemoteBlob `protobuf:"bytes,3,rep,name=layers,proto3" json:"layers,omitempty"`
+	// The most traced bytes the caller will replay; 0 means bdd's default.
+	MaxBytes      int64 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchTraceRequest) Reset() {
+	*x = FetchTraceRequest{}
+	mi := &file_bdd_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchTraceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchTraceRequest) ProtoMessage() {}
+
+func (x *FetchTraceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchTraceRequest.ProtoReflect.Descriptor instead.
+func (*FetchTraceRequest) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FetchTraceRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *FetchTraceRequest) GetManifestDigest() string {
+	if x != nil {
+		return x.ManifestDigest
+	}
+	return ""
+}
+
+func (x *FetchTraceRequest) GetLayers() []*RemoteBlob {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+func (x *FetchTraceRequest) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+type FetchTraceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the registry holds a start trace for the image within the budget.
+	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	// The block trace, blobs named by the request's repository (for Prefetch).
+	Trace []byte `protobuf:"bytes,2,opt,name=trace,proto3" json:"trace,omitempty"`
+	// The page trace stored with it (pagetrace's encoding); empty when none.
+	PageTrace []byte `protobuf:"bytes,3,opt,name=page_trace,json=pageTrace,proto3" json:"page_trace,omitempty"`
+	// Digest of the trace artifact's manifest.
+	ArtifactDigest string `protobuf:"bytes,4,opt,name=artifact_digest,json=artifactDigest,proto3" json:"artifact_digest,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FetchTraceResponse) Reset() {
+	*x = FetchTraceResponse{}
+	mi := &file_bdd_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchTraceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchTraceResponse) ProtoMessage() {}
+
+func (x *FetchTraceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchTraceResponse.ProtoReflect.Descriptor instead.
+func (*FetchTraceResponse) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *FetchTraceResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *FetchTraceResponse) GetTrace() []byte {
+	if x != nil {
+		return x.Trace
+	}
+	return nil
+}
+
+func (x *FetchTraceResponse) GetPageTrace() []byte {
+	if x != nil {
+		return x.PageTrace
+	}
+	return nil
+}
+
+func (x *FetchTraceResponse) GetArtifactDigest() string {
+	if x != nil {
+		return x.ArtifactDigest
+	}
+	return ""
+}
+
 var File_bdd_proto protoreflect.FileDescriptor
 
 const file_bdd_proto_rawDesc = "" +
@@ -1102,11 +1247,22 @@ const file_bdd_proto_rawDesc = "" +
 	"\x05trace\x18\x01 \x01(\fR\x05trace\"'\n" +
 	"\x0fPrefetchRequest\x12\x14\n" +
 	"\x05trace\x18\x01 \x01(\fR\x05trace\"\x12\n" +
-	"\x10PrefetchResponse*M\n" +
+	"\x10PrefetchResponse\"\x9b\x01\n" +
+	"\x11FetchTraceRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12'\n" +
+	"\x0fmanifest_digest\x18\x02 \x01(\tR\x0emanifestDigest\x12.\n" +
+	"\x06layers\x18\x03 \x03(\v2\x16.obd.bdd.v1.RemoteBlobR\x06layers\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x03R\bmaxBytes\"\x88\x01\n" +
+	"\x12FetchTraceResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
+	"\x05trace\x18\x02 \x01(\fR\x05trace\x12\x1d\n" +
+	"\n" +
+	"page_trace\x18\x03 \x01(\fR\tpageTrace\x12'\n" +
+	"\x0fartifact_digest\x18\x04 \x01(\tR\x0eartifactDigest*M\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eTRANSPORT_FUSE\x10\x01\x12\x11\n" +
-	"\rTRANSPORT_NBD\x10\x022\xe1\x03\n" +
+	"\rTRANSPORT_NBD\x10\x022\xae\x04\n" +
 	"\x06Daemon\x12?\n" +
 	"\x06Attach\x12\x19.obd.bdd.v1.AttachRequest\x1a\x1a.obd.bdd.v1.AttachResponse\x12?\n" +
 	"\x06Detach\x12\x19.obd.bdd.v1.DetachRequest\x1a\x1a.obd.bdd.v1.DetachResponse\x129\n" +
@@ -1115,7 +1271,9 @@ const file_bdd_proto_rawDesc = "" +
 	"\n" +
 	"StartTrace\x12\x1d.obd.bdd.v1.StartTraceRequest\x1a\x1e.obd.bdd.v1.StartTraceResponse\x12H\n" +
 	"\tStopTrace\x12\x1c.obd.bdd.v1.StopTraceRequest\x1a\x1d.obd.bdd.v1.StopTraceResponse\x12E\n" +
-	"\bPrefetch\x12\x1b.obd.bdd.v1.PrefetchRequest\x1a\x1c.obd.bdd.v1.PrefetchResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
+	"\bPrefetch\x12\x1b.obd.bdd.v1.PrefetchRequest\x1a\x1c.obd.bdd.v1.PrefetchResponse\x12K\n" +
+	"\n" +
+	"FetchTrace\x12\x1d.obd.bdd.v1.FetchTraceRequest\x1a\x1e.obd.bdd.v1.FetchTraceResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
 
 var (
 	file_bdd_proto_rawDescOnce sync.Once
@@ -1130,7 +1288,7 @@ func file_bdd_proto_rawDescGZIP() []byte {
 }
 
 var file_bdd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_bdd_proto_goTypes = []any{
 	(Transport)(0),             // 0: obd.bdd.v1.Transport
 	(*Layer)(nil),              // 1: obd.bdd.v1.Layer
@@ -1151,6 +1309,8 @@ var file_bdd_proto_goTypes = []any{
 	(*StopTraceResponse)(nil),  // 16: obd.bdd.v1.StopTraceResponse
 	(*PrefetchRequest)(nil),    // 17: obd.bdd.v1.PrefetchRequest
 	(*PrefetchResponse)(nil),   // 18: obd.bdd.v1.PrefetchResponse
+	(*FetchTraceRequest)(nil),  // 19: obd.bdd.v1.FetchTraceRequest
+	(*FetchTraceResponse)(nil), // 20: obd.bdd.v1.FetchTraceResponse
 }
 var file_bdd_proto_depIdxs = []int32{
 	2,  // 0: obd.bdd.v1.Layer.blob:type_name -> obd.bdd.v1.RemoteBlob
@@ -1161,25 +1321,28 @@ var file_bdd_proto_depIdxs = []int32{
 	4,  // 5: obd.bdd.v1.AttachResponse.device:type_name -> obd.bdd.v1.Device
 	4,  // 6: obd.bdd.v1.ListResponse.devices:type_name -> obd.bdd.v1.Device
 	11, // 7: obd.bdd.v1.StatsResponse.layers:type_name -> obd.bdd.v1.LayerStats
-	3,  // 8: obd.bdd.v1.Daemon.Attach:input_type -> obd.bdd.v1.AttachRequest
-	6,  // 9: obd.bdd.v1.Daemon.Detach:input_type -> obd.bdd.v1.DetachRequest
-	8,  // 10: obd.bdd.v1.Daemon.List:input_type -> obd.bdd.v1.ListRequest
-	10, // 11: obd.bdd.v1.Daemon.Stats:input_type -> obd.bdd.v1.StatsRequest
-	13, // 12: obd.bdd.v1.Daemon.StartTrace:input_type -> obd.bdd.v1.StartTraceRequest
-	15, // 13: obd.bdd.v1.Daemon.StopTrace:input_type -> obd.bdd.v1.StopTraceRequest
-	17, // 14: obd.bdd.v1.Daemon.Prefetch:input_type -> obd.bdd.v1.PrefetchRequest
-	5,  // 15: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
-	7,  // 16: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
-	9,  // 17: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
-	12, // 18: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
-	14, // 19: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
-	16, // 20: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
-	18, // 21: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	2,  // 8: obd.bdd.v1.FetchTraceRequest.layers:type_name -> obd.bdd.v1.RemoteBlob
+	3,  // 9: obd.bdd.v1.Daemon.Attach:input_type -> obd.bdd.v1.AttachRequest
+	6,  // 10: obd.bdd.v1.Daemon.Detach:input_type -> obd.bdd.v1.DetachRequest
+	8,  // 11: obd.bdd.v1.Daemon.List:input_type -> obd.bdd.v1.ListRequest
+	10, // 12: obd.bdd.v1.Daemon.Stats:input_type -> obd.bdd.v1.StatsRequest
+	13, // 13: obd.bdd.v1.Daemon.StartTrace:input_type -> obd.bdd.v1.StartTraceRequest
+	15, // 14: obd.bdd.v1.Daemon.StopTrace:input_type -> obd.bdd.v1.StopTraceRequest
+	17, // 15: obd.bdd.v1.Daemon.Prefetch:input_type -> obd.bdd.v1.PrefetchRequest
+	19, // 16: obd.bdd.v1.Daemon.FetchTrace:input_type -> obd.bdd.v1.FetchTraceRequest
+	5,  // 17: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
+	7,  // 18: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
+	9,  // 19: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
+	12, // 20: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
+	14, // 21: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
+	16, // 22: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
+	18, // 23: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
+	20, // 24: obd.bdd.v1.Daemon.FetchTrace:output_type -> obd.bdd.v1.FetchTraceResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_bdd_proto_init() }
@@ -1197,7 +1360,7 @@ func file_bdd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bdd_proto_rawDesc), len(file_bdd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

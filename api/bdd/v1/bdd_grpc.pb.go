@@ -30,6 +30,7 @@ const (
 	Daemon_StartTrace_FullMethodName = "/obd.bdd.v1.Daemon/StartTrace"
 	Daemon_StopTrace_FullMethodName  = "/obd.bdd.v1.Daemon/StopTrace"
 	Daemon_Prefetch_FullMethodName   = "/obd.bdd.v1.Daemon/Prefetch"
+	Daemon_FetchTrace_FullMethodName = "/obd.bdd.v1.Daemon/FetchTrace"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -52,6 +53,11 @@ type DaemonClient interface {
 	StopTrace(ctx context.Context, in *StopTraceRequest, opts ...grpc.CallOption) (*StopTraceResponse, error)
 	// Prefetch replays a trace: it fetches the recorded ranges into the cache.
 	Prefetch(ctx context.Context, in *PrefetchRequest, opts ...grpc.CallOption) (*PrefetchResponse, error)
+	// FetchTrace looks up the start traces stored in the registry as artifacts
+	// referring to an image's manifest, and returns the one to replay: the newest
+	// whose traced bytes fit the budget. Registry access (hosts.toml, credentials)
+	// is the fetcher's. An image without one is not an error: found is false.
+	FetchTrace(ctx context.Context, in *FetchTraceRequest, opts ...grpc.CallOption) (*FetchTraceResponse, error)
 }
 
 type daemonClient struct {
@@ -132,6 +138,16 @@ func (c *daemonClient) Prefetch(ctx context.Context, in *PrefetchRequest, opts .
 	return out, nil
 }
 
+func (c *daemonClient) FetchTrace(ctx context.Context, in *FetchTraceRequest, opts ...grpc.CallOption) (*FetchTraceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchTraceResponse)
+	err := c.cc.Invoke(ctx, Daemon_FetchTrace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -152,6 +168,11 @@ type DaemonServer interface {
 	StopTrace(context.Context, *StopTraceRequest) (*StopTraceResponse, error)
 	// Prefetch replays a trace: it fetches the recorded ranges into the cache.
 	Prefetch(context.Context, *PrefetchRequest) (*PrefetchResponse, error)
+	// FetchTrace looks up the start traces stored in the registry as artifacts
+	// referring to an image's manifest, and returns the one to replay: the newest
+	// whose traced bytes fit the budget. Registry access (hosts.toml, credentials)
+	// is the fetcher's. An image without one is not an error: found is false.
+	FetchTrace(context.Context, *FetchTraceRequest) (*FetchTraceResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -182,6 +203,9 @@ func (UnimplementedDaemonServer) StopTrace(context.Context, *StopTraceRequest) (
 }
 func (UnimplementedDaemonServer) Prefetch(context.Context, *PrefetchRequest) (*PrefetchResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Prefetch not implemented")
+}
+func (UnimplementedDaemonServer) FetchTrace(context.Context, *FetchTraceRequest) (*FetchTraceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FetchTrace not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -330,6 +354,24 @@ func _Daemon_Prefetch_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_FetchTrace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchTraceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).FetchTrace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_FetchTrace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).FetchTrace(ctx, req.(*FetchTraceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -364,6 +406,10 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Prefetch",
 			Handler:    _Daemon_Prefetch_Handler,
+		},
+		{
+			MethodName: "FetchTrace",
+			Handler:    _Daemon_FetchTrace_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
