@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/imagelabels"
 )
 
 // ParseBlobLayer parses the command-line form of a remote layer, REF@DIGEST:SIZE
@@ -33,8 +34,8 @@ func ParseBlobLayer(s string) (*bddv1.Layer, error) {
 
 // CheckLayer checks that l can name a layer bdd opens: an absolute path, or a blob with a
 // repository reference (no tag or digest: no '@', no white space), a valid digest and a
-// positive size. Whether the layer exists is for the daemon to find out. The error says what
-// is wrong, for the caller to put in context.
+// size in (0, imagelabels.MaxBlobSize]. Whether the layer exists is for the daemon to find
+// out. The error says what is wrong, for the caller to put in context.
 func CheckLayer(l *bddv1.Layer) error {
 	if p := l.GetPath(); p != "" {
 		if !filepath.IsAbs(p) {
@@ -53,8 +54,8 @@ func CheckLayer(l *bddv1.Layer) error {
 	if err != nil {
 		return fmt.Errorf("blob digest %q: %w", b.GetDigest(), err)
 	}
-	if b.GetSize() <= 0 {
-		return fmt.Errorf("blob %s: size %d is not positive", d, b.GetSize())
+	if err := imagelabels.CheckBlobSize(b.GetSize()); err != nil {
+		return fmt.Errorf("blob %s: %w", d, err)
 	}
 	return nil
 }

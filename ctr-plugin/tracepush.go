@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -56,9 +55,9 @@ func overlaybdLayers(manifest ocispec.Manifest) ([]ocispec.Descriptor, error) {
 	layers := make([]ocispec.Descriptor, len(blobs))
 	for i, blob := range blobs {
 		raw := manifest.Layers[i].Annotations[imagelabels.BlobSize]
-		size, err := strconv.ParseInt(raw, 10, 64)
-		if err != nil || size <= 0 {
-			return nil, fmt.Errorf("%w: layer %d: %s %q is not a positive size", ErrNotOverlaybd, i, imagelabels.BlobSize, raw)
+		size, err := imagelabels.ParseBlobSize(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: layer %d: %w", ErrNotOverlaybd, i, err)
 		}
 		layers[i] = ocispec.Descriptor{Digest: blob, Size: size}
 	}

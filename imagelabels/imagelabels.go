@@ -9,6 +9,11 @@
 // images converted by either pull with the other.
 package imagelabels
 
+import (
+	"fmt"
+	"strconv"
+)
+
 // Annotations on each overlaybd layer descriptor, which reach the snapshotter as labels.
 const (
 	// BlobDigest is the digest of the overlaybd layer blob; its presence marks a layer as one.
@@ -33,3 +38,29 @@ const (
 	// those above it, comma-separated (containerd's snapshotters.TargetImageLayersLabel).
 	CRIImageLayers = "containerd.io/snapshot/cri.image-layers"
 )
+
+// MaxBlobSize bounds the blob size an annotation, a label or a request to bdd may claim
+// (1 TiB). Sizes come from outside (a manifest, containerd, a client) and size what bdd
+// allocates for a blob before it reads a byte, so a larger claim is refused, not trusted.
+const MaxBlobSize = 1 << 40
+
+// ParseBlobSize parses a BlobSize value: a decimal size in (0, MaxBlobSize].
+func ParseBlobSize(s string) (int64, error) {
+	size, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s %q is not a decimal size", BlobSize, s)
+	}
+	if err := CheckBlobSize(size); err != nil {
+		return 0, fmt.Errorf("%s: %w", BlobSize, err)
+	}
+	return size, nil
+}
+
+// CheckBlobSize says whether size is a blob size obd accepts: positive and at most
+// MaxBlobSize.
+func CheckBlobSize(size int64) error {
+	if size <= 0 || size > MaxBlobSize {
+		return fmt.Errorf("size %d is not in (0, %d]", size, int64(MaxBlobSize))
+	}
+	return nil
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 
 	"github.com/opencontainers/go-digest"
 
@@ -46,9 +45,9 @@ func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool
 		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, imagelabels.BlobDigest, rawDigest, err)
 	}
 	rawSize := labels[imagelabels.BlobSize]
-	size, err := strconv.ParseInt(rawSize, 10, 64)
-	if err != nil || size <= 0 {
-		return RemoteLayer{}, true, fmt.Errorf("%w: %s %q is not a positive size", ErrBadLayerLabels, imagelabels.BlobSize, rawSize)
+	size, err := imagelabels.ParseBlobSize(rawSize)
+	if err != nil {
+		return RemoteLayer{}, true, fmt.Errorf("%w: %w", ErrBadLayerLabels, err)
 	}
 	ref := labels[imagelabels.ImageRef]
 	if ref == "" {

@@ -28,6 +28,8 @@ func TestRemoteLayerFromLabels(t *testing.T) {
 		{"missing size", map[string]string{imagelabels.BlobDigest: good, imagelabels.ImageRef: "a"}, true, false, ""},
 		{"zero size", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "0", imagelabels.ImageRef: "a"}, true, false, ""},
 		{"negative size", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "-5", imagelabels.ImageRef: "a"}, true, false, ""},
+		{"huge size", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "9223372036854775807", imagelabels.ImageRef: "a"}, true, false, ""},
+		{"past the cap", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "1099511627777", imagelabels.ImageRef: "a"}, true, false, ""},
 		{"missing ref", map[string]string{imagelabels.BlobDigest: good, imagelabels.BlobSize: "7"}, true, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

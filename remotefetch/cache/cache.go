@@ -30,6 +30,10 @@ import (
 // DefaultFillUnit is the default granularity of fills and of the bitmap.
 const DefaultFillUnit = 256 << 10
 
+// MaxUnits bounds the fill units of one blob: its bitmap is in memory twice while the blob is
+// open (32 MiB each at this bound), and the size comes from outside.
+const MaxUnits = 1 << 28
+
 // ErrDigestMismatch reports a complete blob whose bytes do not match its digest; the cached
 // copy has been discarded.
 var ErrDigestMismatch = errors.New("cache: digest mismatch")
@@ -192,8 +196,9 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("cache: acquire %q: %w", d, err)
 	}
-	if size < 0 {
-		return nil, fmt.Errorf("cache: acquire %s: negative size %d", d, size)
+	if size < 0 || size > MaxUnits*c.opts.FillUnit {
+		return nil, fmt.Errorf("cache: acquire %s: size %d is not in [0, %d] (%d fill units of %d bytes)",
+			d, size, MaxUnits*c.opts.FillUnit, int64(MaxUnits), c.opts.FillUnit)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
