@@ -88,6 +88,9 @@ func open(r io.ReaderAt, size int64, name string) (*File, error) {
 	return f, nil
 }
 
+// indexPieceRecords is how many index records are read at a time (1 MiB).
+const indexPieceRecords = 1 << 16
+
 // readIndex reads and validates the committed index the trailer describes.
 func readIndex(r io.ReaderAt, size int64, trailer Header) ([]Segment, error) {
 	indexEnd := uint64(size - HeaderSize)
@@ -98,29 +101,36 @@ func readIndex(r io.ReaderAt, size int64, trailer Header) ([]Segment, error) {
 	case off > indexEnd || n > (indexEnd-off)/RecordSize:
 		return nil, fmt.Errorf("%w: index of %d records at %d runs past the trailer at %d", ErrFormat, n, off, indexEnd)
 	}
-	raw := make([]byte, n*RecordSize)
-	if _, err := readFull(r, raw, int64(off)); err != nil {
-		return nil, fmt.Errorf("read index at %d: %w", off, err)
-	}
+	// The index is read in pieces, so a claimed size costs memory only as its records
+	// arrive and prove valid: a bad record stops the read early.
 	dataEnd := off / SectorSize
-	segs := make([]Segment, 0, n)
-	for i := 0; i < len(raw); i += RecordSize {
-		s := DecodeSegment(raw[i:])
-		if s.isPadding() {
-			continue
+	segs := make([]Segment, 0, min(n, indexPieceRecords))
+	raw := make([]byte, min(n, indexPieceRecords)*RecordSize)
+	for first := uint64(0); first < n; first += indexPieceRecords {
+		piece := raw[:min(n-first, indexPieceRecords)*RecordSize]
+		at := int64(off + first*RecordSize)
+		if _, err := readFull(r, piece, at); err != nil {
+			return nil, fmt.Errorf("read index at %d: %w", at, err)
 		}
-		s.Tag = 0
-		switch {
-		case s.Length == 0:
-			return nil, fmt.Errorf("%w: index record %d: zero length", ErrFormat, i/RecordSize)
-		case len(segs) > 0 && s.Offset < segs[len(segs)-1].End():
-			return nil, fmt.Errorf("%w: index record %d at sector %d: unsorted or overlaps the previous one ending at %d",
-				ErrFormat, i/RecordSize, s.Offset, segs[len(segs)-1].End())
-		case !s.Zeroed && (s.MOffset < HeaderSize/SectorSize || s.MOffset+uint64(s.Length) > dataEnd):
-			return nil, fmt.Errorf("%w: index record %d: data sectors [%d, %d) outside the data area [8, %d)",
-				ErrFormat, i/RecordSize, s.MOffset, s.MOffset+uint64(s.Length), dataEnd)
+		for i := 0; i < len(piece); i += RecordSize {
+			s := DecodeSegment(piece[i:])
+			if s.isPadding() {
+				continue
+			}
+			s.Tag = 0
+			rec := first + uint64(i/RecordSize)
+			switch {
+			case s.Length == 0:
+				return nil, fmt.Errorf("%w: index record %d: zero length", ErrFormat, rec)
+			case len(segs) > 0 && s.Offset < segs[len(segs)-1].End():
+				return nil, fmt.Errorf("%w: index record %d at sector %d: unsorted or overlaps the previous one ending at %d",
+					ErrFormat, rec, s.Offset, segs[len(segs)-1].End())
+			case !s.Zeroed && (s.MOffset < HeaderSize/SectorSize || s.MOffset+uint64(s.Length) > dataEnd):
+				return nil, fmt.Errorf("%w: index record %d: data sectors [%d, %d) outside the data area [8, %d)",
+					ErrFormat, rec, s.MOffset, s.MOffset+uint64(s.Length), dataEnd)
+			}
+			segs = append(segs, s)
 		}
-		segs = append(segs, s)
 	}
 	return segs, nil
 }

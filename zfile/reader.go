@@ -46,7 +46,18 @@ type Reader struct {
 	lengths     []uint32 // stored length of each block, CRC included
 	checkpoints []int64  // file offset of block k*checkpointEvery
 	concurrency int      // decode goroutines per fetch; 0 means GOMAXPROCS
+	maxRatio    int64    // most original bytes per stored byte
 }
+
+// DefaultMaxRatio bounds a ZFile's original size against its stored size unless
+// WithMaxRatio says otherwise. Everything above a ZFile sizes its reads and indexes by the
+// original size, which the file only claims; real layers stay far below this (a whole
+// layer of 64 KiB zstd blocks of one repeated byte comes to about 2300), while the format
+// alone would allow 1 MiB per 5 stored bytes.
+const DefaultMaxRatio = 4096
+
+// tablePiece is how many jump table entries are read at a time (1 MiB).
+const tablePiece = 1 << 18
 
 // OpenOption configures Open.
 type OpenOption func(*Reader)
@@ -57,6 +68,10 @@ func WithName(name string) OpenOption { return func(r *Reader) { r.name = name }
 // WithConcurrency sets how many goroutines decode the blocks of one large ReadAt; n <= 0
 // means runtime.GOMAXPROCS(0) at the time of the read (the default).
 func WithConcurrency(n int) OpenOption { return func(r *Reader) { r.concurrency = n } }
+
+// WithMaxRatio sets the most original bytes a ZFile may claim per stored byte (its whole
+// size, header and jump table included); n <= 0 means DefaultMaxRatio.
+func WithMaxRatio(n int64) OpenOption { return func(r *Reader) { r.maxRatio = n } }
 
 // HasMagic reports whether r holds the ZFile magic at offset 0.
 func HasMagic(r io.ReaderAt) bool {
@@ -72,6 +87,9 @@ func Open(r io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 	zr := &Reader{r: r}
 	for _, o := range opts {
 		o(zr)
+	}
+	if zr.maxRatio <= 0 {
+		zr.maxRatio = DefaultMaxRatio
 	}
 	if size < 2*structSize {
 		return nil, zr.formatErr("file of %d bytes is shorter than header and trailer", size)
@@ -129,6 +147,10 @@ func (zr *Reader) setup(m structure, size int64) error {
 	case m.originalSize > m.indexSize*uint64(m.blockSize) || m.indexSize != (m.originalSize+uint64(m.blockSize)-1)/uint64(m.blockSize):
 		return zr.formatErr("%d blocks of %d bytes cannot hold original size %d", m.indexSize, m.blockSize, m.originalSize)
 	}
+	if m.originalSize/uint64(size) > uint64(zr.maxRatio) {
+		return zr.formatErr("original size %d is more than %d times the stored size %d (ratio bound)",
+			m.originalSize, zr.maxRatio, size)
+	}
 	tableEnd := uint64(size - structSize)
 	if m.indexOffset < structSize || m.indexOffset > tableEnd || m.indexSize*4 > tableEnd-m.indexOffset {
 		return zr.formatErr("jump table of %d entries at offset %d does not fit between header and trailer (file size %d)",
@@ -148,32 +170,40 @@ func (zr *Reader) setup(m structure, size int64) error {
 
 // loadJumpTable reads and checks the jump table and builds the checkpoints.
 func (zr *Reader) loadJumpTable(m structure, size int64) error {
-	table := make([]byte, 4*m.indexSize)
-	if err := readFull(zr.r, table, int64(m.indexOffset)); err != nil {
-		return fmt.Errorf("%s: read jump table at offset %d: %w", prefix(zr.name), m.indexOffset, err)
-	}
-	if m.has(flagDigest) {
-		if got := crc(0, table); got != m.indexCRC {
-			return zr.formatErr("jump table CRC %#08x, computed %#08x", m.indexCRC, got)
-		}
-	}
+	// The table is read in pieces, so a claimed size costs memory only as its entries
+	// arrive and prove valid.
 	minLen, maxLen := uint32(1), uint32(maxStoredLen(zr.info.BlockSize))
 	if zr.info.Verify {
 		minLen, maxLen = crcSize+1, maxLen+crcSize
 	}
-	zr.lengths = make([]uint32, m.indexSize)
-	zr.checkpoints = make([]int64, 0, (len(zr.lengths)+checkpointEvery-1)/checkpointEvery)
+	n := int(m.indexSize)
+	zr.lengths = make([]uint32, 0, min(n, tablePiece))
+	zr.checkpoints = make([]int64, 0, (min(n, tablePiece)+checkpointEvery-1)/checkpointEvery)
+	table := make([]byte, 4*min(n, tablePiece))
+	var tableCRC uint32
 	off := zr.dataStart
-	for i := range zr.lengths {
-		l := binary.LittleEndian.Uint32(table[4*i:])
-		if l < minLen || l > maxLen {
-			return zr.formatErr("block %d: stored length %d outside [%d, %d]", i, l, minLen, maxLen)
+	for first := 0; first < n; first += tablePiece {
+		piece := table[:4*min(n-first, tablePiece)]
+		at := int64(m.indexOffset) + 4*int64(first)
+		if err := readFull(zr.r, piece, at); err != nil {
+			return fmt.Errorf("%s: read jump table at offset %d: %w", prefix(zr.name), at, err)
 		}
-		if i%checkpointEvery == 0 {
-			zr.checkpoints = append(zr.checkpoints, off)
+		tableCRC = crc(tableCRC, piece)
+		for j := 0; j < len(piece); j += 4 {
+			i := first + j/4
+			l := binary.LittleEndian.Uint32(piece[j:])
+			if l < minLen || l > maxLen {
+				return zr.formatErr("block %d: stored length %d outside [%d, %d]", i, l, minLen, maxLen)
+			}
+			if i%checkpointEvery == 0 {
+				zr.checkpoints = append(zr.checkpoints, off)
+			}
+			zr.lengths = append(zr.lengths, l)
+			off += int64(l)
 		}
-		zr.lengths[i] = l
-		off += int64(l)
+	}
+	if m.has(flagDigest) && tableCRC != m.indexCRC {
+		return zr.formatErr("jump table CRC %#08x, computed %#08x", m.indexCRC, tableCRC)
 	}
 	if off != int64(m.indexOffset) {
 		return zr.formatErr("blocks end at offset %d but the jump table starts at %d", off, m.indexOffset)
