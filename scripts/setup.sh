@@ -5,12 +5,14 @@
 #
 #   OBD_DEPS/bin/{containerd,ctr,containerd-shim-runc-v2}   containerd, built from its Go module
 #   OBD_DEPS/bin/nerdctl                                      nerdctl, built from its Go module
+#   OBD_DEPS/bin/crictl                                       crictl (cri-tools), built from its Go module
 #   OBD_DEPS/stamps/<component>                               the version installed
 set -euo pipefail
 
 OBD_DEPS=${OBD_DEPS:-/opt/obd-deps}
 CONTAINERD_VERSION=v2.4.2
 NERDCTL_VERSION=v2.2.2
+CRITOOLS_VERSION=v1.37.0
 APT_PACKAGES=(
   e2fsprogs fuse3 libnbd-bin nbdkit qemu-utils fio umoci skopeo docker-registry runc
   busybox-static debootstrap iproute2 erofs-utils util-linux kmod
@@ -99,6 +101,18 @@ install_nerdctl() {
   log "nerdctl $NERDCTL_VERSION: installed in $OBD_DEPS/bin"
 }
 
+install_crictl() {
+  if stamp_ok crictl "$CRITOOLS_VERSION" crictl; then
+    log "crictl $CRITOOLS_VERSION: present"
+    return
+  fi
+  log "crictl $CRITOOLS_VERSION: building (about 30 s)"
+  (cd / && GOBIN="$OBD_DEPS/bin" GOFLAGS= go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRITOOLS_VERSION") \
+    || die "go install cri-tools/cmd/crictl@$CRITOOLS_VERSION failed"
+  echo "$CRITOOLS_VERSION" >"$OBD_DEPS/stamps/crictl"
+  log "crictl $CRITOOLS_VERSION: installed in $OBD_DEPS/bin"
+}
+
 # Container hosts run with a shared root mount (systemd makes it so): then runc's rslave copy
 # of the mount table in a new container sees our unmounts, and a device obd unmounts is
 # really released. Without systemd the root mount is private and every container started
@@ -114,7 +128,9 @@ start=$SECONDS
 install_apt_packages
 install_containerd
 install_nerdctl
+install_crictl
 share_root_mount
 "$OBD_DEPS/bin/containerd" --version >/dev/null || die "installed containerd does not run"
 "$OBD_DEPS/bin/nerdctl" --version >/dev/null || die "installed nerdctl does not run"
+"$OBD_DEPS/bin/crictl" --version >/dev/null || die "installed crictl does not run"
 log "done in $((SECONDS - start)) s; binaries in $OBD_DEPS/bin"

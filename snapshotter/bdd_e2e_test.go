@@ -3,8 +3,6 @@ package snapshotter
 import (
 	"bytes"
 	"context"
-	"crypto/md5"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -87,7 +85,7 @@ func pushLazyBusybox(t *testing.T) lazyBusybox {
 		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
 		t.Fatalf("skopeo copy: %v\n%s", err, out)
 	}
-	return lazyBusybox{ref: ref, registry: registry, busyboxMD5: fileMD5(t, filepath.Join(plain.RootFS, "bin", "busybox"))}
+	return lazyBusybox{ref: ref, registry: registry, busyboxMD5: plain.BusyboxMD5(t)}
 }
 
 // bddStack is bdd, the snapshotter using it and containerd using the snapshotter.
@@ -214,13 +212,4 @@ func TestE2EBDDDevMode(t *testing.T) {
 
 	stack.nerdctl(t, "rm", "-f", "long")
 	waitFor(t, "bdd to have no devices", func() bool { return len(stack.devices(t)) == 0 })
-}
-
-func fileMD5(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x", md5.Sum(data))
 }

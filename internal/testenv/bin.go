@@ -8,10 +8,12 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // DefaultDepsDir is where scripts/setup.sh installs built binaries when OBD_DEPS is unset.
@@ -57,4 +59,17 @@ func findBin(name string) (string, bool) {
 // find the binaries setup.sh built (containerd looks up containerd-shim-runc-v2 on PATH).
 func pathWithDeps() string {
 	return filepath.Join(DepsDir(), "bin") + string(os.PathListSeparator) + os.Getenv("PATH")
+}
+
+// GoBuild builds the command package pkg of this module (e.g.
+// "github.com/obdproject/obd/cmd/obd") into t.TempDir() and returns the binary's path.
+func GoBuild(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("testenv: go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
 }

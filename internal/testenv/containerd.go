@@ -32,6 +32,11 @@ type ContainerdOptions struct {
 	ProxyPlugins []ProxyPlugin
 	// StartTimeout bounds the wait for containerd's socket; 30 s when zero.
 	StartTimeout time.Duration
+	// NodeConfig, when set, is a node's whole containerd config (version 3 TOML, such as
+	// docs/containerd-cri.toml with its paths pointed at the test's) used instead of the
+	// default one: the CRI plugin runs, and only the test's own root, state dir and sockets
+	// are added. ProxyPlugins must then be empty (the config names its plugins itself).
+	NodeConfig string
 }
 
 // Containerd is a containerd process private to one test: its own config, root, state dir,
@@ -44,6 +49,7 @@ type Containerd struct {
 
 	cmd  *exec.Cmd
 	done chan error // receives cmd.Wait's result once
+	cri  bool       // runs the CRI plugin (NodeConfig), whose namespace is k8s.io
 }
 
 // commandTimeout bounds one nerdctl or ctr invocation so a wedged daemon fails the test
@@ -81,7 +87,15 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		t.Fatalf("testenv: %v", err)
 	}
 	configPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(configPath, []byte(c.config(opts.ProxyPlugins)), 0o600); err != nil {
+	config := c.config(opts.ProxyPlugins)
+	if opts.NodeConfig != "" {
+		if len(opts.ProxyPlugins) > 0 {
+			t.Fatal("testenv: NodeConfig and ProxyPlugins are exclusive")
+		}
+		c.cri, c.Namespace = true, CRINamespace
+		config = c.nodeConfig(opts.NodeConfig)
+	}
+	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatalf("testenv: containerd config: %v", err)
 	}
 	logFile, err := os.Create(c.LogPath)
@@ -123,6 +137,23 @@ func (c *Containerd) config(plugins []ProxyPlugin) string {
 	b.WriteString("[plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n")
 	for _, p := range plugins {
 		fmt.Fprintf(&b, "[proxy_plugins.%q]\n  type = %q\n  address = %q\n", p.Name, p.Type, p.Address)
+	}
+	return b.String()
+}
+
+// nodeConfig is node (a version 3 config) with this containerd's root, state dir and sockets
+// set in front of its tables. NRI stays off: its socket is one per host.
+func (c *Containerd) nodeConfig(node string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "version = 3\nroot = %q\nstate = %q\n", filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"))
+	b.WriteString(`disabled_plugins = ["io.containerd.nri.v1.nri"]` + "\n")
+	fmt.Fprintf(&b, "[grpc]\n  address = %q\n", c.Address)
+	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n", c.Address+".ttrpc")
+	for line := range strings.Lines(node) {
+		if strings.HasPrefix(strings.TrimSpace(line), "version") {
+			continue
+		}
+		b.WriteString(line)
 	}
 	return b.String()
 }
@@ -269,8 +300,11 @@ func (c *Containerd) cleanup(t testing.TB) {
 	if err := UnmountAll(c.Dir); err != nil {
 		t.Errorf("testenv: %v", err)
 	}
-	// The runc shim keeps per-namespace state outside containerd's state dir.
-	_ = os.RemoveAll(filepath.Join("/run/containerd/runc", c.Namespace))
+	// The runc shim keeps per-namespace state outside containerd's state dir; CRI's namespace
+	// k8s.io is shared with other tests' containerds.
+	if !c.cri {
+		_ = os.RemoveAll(filepath.Join("/run/containerd/runc", c.Namespace))
+	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		t.Errorf("testenv: remove %s: %v", c.Dir, err)
 	}

@@ -3,6 +3,7 @@ package testenv
 import (
 	"archive/tar"
 	"context"
+	"crypto/md5"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,6 +34,12 @@ type ImageOpt func(*imageOptions)
 
 type imageOptions struct {
 	layerAnnotations map[string]string
+	cmd              []string
+}
+
+// WithCmd sets the image's command (default /bin/sh).
+func WithCmd(args ...string) ImageOpt {
+	return func(o *imageOptions) { o.cmd = args }
 }
 
 // WithLayerAnnotations adds annotations to the layer descriptors of the image's manifest.
@@ -42,7 +49,7 @@ func WithLayerAnnotations(annotations map[string]string) ImageOpt {
 }
 
 // busyboxApplets are the commands the image links to /bin/busybox.
-var busyboxApplets = []string{"sh", "echo", "cat", "ls", "mount", "sleep", "true", "stat", "wc", "head"}
+var busyboxApplets = []string{"sh", "echo", "cat", "ls", "mount", "sleep", "true", "stat", "wc", "head", "md5sum", "dd"}
 
 // BuildBusyboxImage makes a one-layer busybox image with umoci (init, new, insert, config) from
 // Debian's busybox-static in t.TempDir(). It skips when umoci or busybox is not installed.
@@ -77,11 +84,19 @@ func BuildBusyboxImage(t testing.TB, opts ...ImageOpt) *BusyboxImage {
 	}
 
 	image := img.Layout + ":" + img.Tag
+	cmd := options.cmd
+	if len(cmd) == 0 {
+		cmd = []string{"/bin/sh"}
+	}
+	config := []string{"config", "--image", image, "--config.env", "PATH=/bin"}
+	for _, arg := range cmd {
+		config = append(config, "--config.cmd", arg)
+	}
 	steps := [][]string{
 		{"init", "--layout", img.Layout},
 		{"new", "--image", image},
 		{"insert", "--image", image, rootfs, "/bin"},
-		{"config", "--image", image, "--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"},
+		config,
 	}
 	for _, args := range steps {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -225,4 +240,14 @@ func tarDir(root, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// BusyboxMD5 is the hex MD5 of the image's /bin/busybox, for checking what a container reads.
+func (img *BusyboxImage) BusyboxMD5(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(img.RootFS, "bin", "busybox"))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return fmt.Sprintf("%x", md5.Sum(data))
 }
