@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/blockdev/fdkeeper"
 	"github.com/obdproject/obd/blockdev/fuseloop"
 	"golang.org/x/sys/unix"
@@ -19,10 +20,7 @@ import (
 
 // keeperSocket and keeperPIDFile live in the run dir; a keeper outlives bdd.
 func (c *Config) keeperSocket() string  { return filepath.Join(c.RunDir, "fdkeeper.sock") }
-func (c *Config) keeperPIDFile() string { return filepath.Join(c.RunDir, "fdkeeper.pid") }
-
-// KeeperPIDFile is where the keeper started for cfg records its process id.
-func KeeperPIDFile(cfg Config) string { return cfg.keeperPIDFile() }
+func (c *Config) keeperPIDFile() string { return bddclient.KeeperPIDFile(c.RunDir) }
 
 // RunKeeper runs the descriptor keeper for cfg until ctx is done: it holds the
 // /dev/fuse descriptors of FUSE devices so that they survive a crash of bdd. bdd

@@ -19,35 +19,18 @@ import (
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// syncBuffer is a log sink tests can read while the server writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // inProcess is a Server serving its API on a socket in a temp dir.
 type inProcess struct {
 	reg    *prometheus.Registry
 	cfg    bdd.Config
 	client bddv1.DaemonClient
-	log    *syncBuffer
+	log    *testenv.LogBuffer
 	stop   func()
 }
 
@@ -55,7 +38,7 @@ type inProcess struct {
 // cfg's dirs; a second call with the same cfg plays a restarted daemon.
 func startInProcess(t *testing.T, cfg bdd.Config) *inProcess {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	reg := prometheus.NewRegistry()
 	srv, err := bdd.NewServer(cfg, slog.New(slog.NewTextHandler(logs, nil)), reg)
 	if err != nil {

@@ -35,3 +35,8 @@ func Dial(path string) (bddv1.DaemonClient, *grpc.ClientConn, error) {
 	}
 	return bddv1.NewDaemonClient(conn), conn, nil
 }
+
+// KeeperPIDFile is where the descriptor keeper of the bdd whose run_dir is runDir records its
+// process id. The keeper outlives bdd by design (it carries FUSE connections over restarts of
+// bdd), so whoever removes a bdd for good (a test, the benchmark) stops it by this file.
+func KeeperPIDFile(runDir string) string { return filepath.Join(runDir, "fdkeeper.pid") }

@@ -3,6 +3,7 @@ package ctrplugin
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,18 +28,39 @@ import (
 type stack struct {
 	bdd    *testenv.BDD
 	ctrd   *testenv.Containerd
-	ctrObd string // the cmd/ctr-obd binary
+	ctrObd string             // the cmd/ctr-obd binary
+	snLog  *testenv.LogBuffer // the snapshotter's log
 }
 
-func startStack(t *testing.T, ctrObd string) *stack {
+// stackOptions are the snapshotter settings of a stack beyond the defaults.
+type stackOptions struct {
+	// remoteTraces has the snapshotter replay start traces from the registry, and keep
+	// page traces in a trace directory of its own.
+	remoteTraces bool
+}
+
+func startStack(t *testing.T, ctrObd string, opts ...stackOptions) *stack {
 	t.Helper()
+	var o stackOptions
+	for _, opt := range opts {
+		o = opt
+	}
 	b := testenv.StartBDD(t)
 	dir := t.TempDir()
-	devices, err := snapshotter.NewBDDDevices(b.Client, filepath.Join(dir, "devices"))
+	snLog := &testenv.LogBuffer{}
+	logger := slog.New(slog.NewTextHandler(snLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	bddOpts := []snapshotter.BDDOption{snapshotter.WithBDDLogger(logger)}
+	snOpts := []snapshotter.Opt{snapshotter.WithLogger(logger)}
+	if o.remoteTraces {
+		remote := snapshotter.NewRemoteTraces(b.Client, logger)
+		bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
+		snOpts = append(snOpts, snapshotter.WithRemotePageTraces(remote), snapshotter.WithPageTraces(filepath.Join(dir, "traces")))
+	}
+	devices, err := snapshotter.NewBDDDevices(b.Client, filepath.Join(dir, "devices"), bddOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, err := snapshotter.NewSnapshotter(filepath.Join(dir, "root"), snapshotter.WithDeviceManager(devices))
+	sn, err := snapshotter.NewSnapshotter(filepath.Join(dir, "root"), append(snOpts, snapshotter.WithDeviceManager(devices))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,11 +79,14 @@ func startStack(t *testing.T, ctrObd string) *stack {
 		if err := testenv.UnmountAll(dir); err != nil {
 			t.Error(err)
 		}
+		if t.Failed() {
+			t.Logf("snapshotter log:\n%s", snLog.String())
+		}
 	})
 	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
 		ProxyPlugins: []testenv.ProxyPlugin{{Name: Snapshotter, Type: "snapshot", Address: address}},
 	})
-	return &stack{bdd: b, ctrd: ctrd, ctrObd: ctrObd}
+	return &stack{bdd: b, ctrd: ctrd, ctrObd: ctrObd, snLog: snLog}
 }
 
 // ctr runs ctr-obd against the stack's containerd and bdd and returns its standard output.

@@ -61,6 +61,9 @@ func TestLazyLayerLabels(t *testing.T) {
 	if got := children[1].Annotations[imagelabels.ImageRef]; got != ref {
 		t.Fatalf("layer's %s = %q, want %q", imagelabels.ImageRef, got, ref)
 	}
+	if got := children[1].Annotations[imagelabels.CRIManifestDigest]; got != manifest.Digest.String() {
+		t.Fatalf("layer's %s = %q, want the manifest's digest %s", imagelabels.CRIManifestDigest, got, manifest.Digest)
+	}
 	if _, ok := layer.Annotations[imagelabels.ImageRef]; ok {
 		t.Fatal("the handler changed the annotations map of its input")
 	}

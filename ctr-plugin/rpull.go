@@ -70,8 +70,8 @@ func runRPull(ctx context.Context, cmd *cli.Command) error {
 	return prefetchRecorded(ctx, cmd, img, out)
 }
 
-// lazyLayerLabels adds the image reference to the layer descriptors of every manifest the pull
-// walks. containerd's unpacker passes a layer's containerd.io/snapshot/ annotations to the
+// lazyLayerLabels adds the image reference and the manifest's digest (which the snapshotter
+// looks up start traces by) to the layer descriptors of every manifest the pull walks. containerd's unpacker passes a layer's containerd.io/snapshot/ annotations to the
 // snapshotter as labels (next to its own chain-ID label containerd.io/snapshot.ref), and the
 // overlaybd snapshotter needs the reference to know which repository holds the blobs. A layer
 // that is not an overlaybd blob fails the pull before anything is downloaded.
@@ -92,6 +92,7 @@ func lazyLayerLabels(ref string) func(images.Handler) images.Handler {
 				}
 				annotations := maps.Clone(children[i].Annotations)
 				annotations[imagelabels.ImageRef] = ref
+				annotations[imagelabels.CRIManifestDigest] = desc.Digest.String()
 				children[i].Annotations = annotations
 			}
 			return children, nil

@@ -37,6 +37,10 @@ const (
 	// CRIImageLayers lists, on each layer containerd unpacks, the digests of that layer and of
 	// those above it, comma-separated (containerd's snapshotters.TargetImageLayersLabel).
 	CRIImageLayers = "containerd.io/snapshot/cri.image-layers"
+	// CRIManifestDigest is the digest of the platform manifest a layer is pulled for
+	// (containerd's snapshotters.TargetManifestDigestLabel, which nerdctl and CRI set; rpull
+	// sets it too): the subject of the image's start-trace artifacts.
+	CRIManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
 )
 
 // MaxBlobSize bounds the blob size an annotation, a label or a request to bdd may claim

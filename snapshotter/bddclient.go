@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/tracestore"
@@ -30,6 +31,7 @@ type BDDDevices struct {
 	client   bddv1.DaemonClient
 	stateDir string
 	traces   *tracestore.Store // nil: no prefetch at attach
+	remote   *RemoteTraces     // nil: no traces from the registry
 	logger   *slog.Logger
 }
 
@@ -43,6 +45,12 @@ type BDDOption func(*BDDDevices)
 // ranges while the container starts, so they leave its critical path.
 func WithTracePrefetch(dir string) BDDOption {
 	return func(b *BDDDevices) { b.traces = &tracestore.Store{Dir: dir} }
+}
+
+// WithRemoteTracePrefetch makes a new device whose chain has no local trace replay the start
+// trace the registry holds for its image (RemoteTraces), in the same way.
+func WithRemoteTracePrefetch(r *RemoteTraces) BDDOption {
+	return func(b *BDDDevices) { b.remote = r }
 }
 
 // WithBDDLogger sets the logger of background work (trace prefetch).
@@ -65,12 +73,13 @@ func NewBDDDevices(client bddv1.DaemonClient, stateDir string, opts ...BDDOption
 // prefetchTimeout bounds a background trace replay.
 const prefetchTimeout = 5 * time.Minute
 
-// startPrefetch asks bdd, in the background, to replay the trace recorded for the chain of
-// layers, if there is one, and returns what stops the replay (for an attach that failed). It
-// never fails the attach: a missing or broken trace only costs the speed-up.
+// startPrefetch asks bdd, in the background, to replay the start trace of the chain of layers,
+// if there is one, and returns what stops the replay (for an attach that failed). The trace
+// recorded on this node wins; without one, the registry's (WithRemoteTracePrefetch). It never
+// fails the attach: a missing or broken trace only costs the speed-up.
 func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func()) {
 	stop = func() {}
-	if b.traces == nil {
+	if b.traces == nil && b.remote == nil {
 		return stop
 	}
 	chain, err := chainID(layers)
@@ -78,29 +87,51 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func(
 		b.logger.Warn("no trace prefetch", "key", key, "err", err)
 		return stop
 	}
-	trace, err := b.traces.Load(chain)
-	if errors.Is(err, tracestore.ErrNoTrace) {
-		return stop
-	}
+	trace, err := b.localTrace(chain)
 	if err != nil {
 		b.logger.Warn("no trace prefetch", "key", key, "chain", chain, "err", err)
+		return stop
+	}
+	if trace == nil && b.remote == nil {
 		return stop
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 	go func() {
 		defer cancel()
+		source, artifact := "local", ""
+		if trace == nil {
+			if trace, artifact, err = b.remote.Trace(ctx, layers); err != nil {
+				if !errors.Is(err, ErrNoRemoteTrace) && !errors.Is(ctx.Err(), context.Canceled) {
+					b.logger.Warn("no trace prefetch", "key", key, "chain", chain, "err", err)
+				}
+				return
+			}
+			source = "registry"
+		}
 		start := time.Now()
 		_, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
 		switch {
 		case errors.Is(ctx.Err(), context.Canceled):
 			b.logger.Info("trace prefetch stopped: the attach failed", "key", key, "chain", chain)
 		case err != nil:
-			b.logger.Warn("trace prefetch failed", "key", key, "chain", chain, "err", err)
+			b.logger.Warn("trace prefetch failed", "key", key, "chain", chain, "source", source, "err", err)
 		default:
-			b.logger.Info("trace prefetched", "key", key, "chain", chain, "took", time.Since(start))
+			b.logger.Info("trace prefetched", "key", key, "chain", chain, "source", source, "artifact", artifact, "took", time.Since(start))
 		}
 	}()
 	return cancel
+}
+
+// localTrace returns the trace recorded on this node for chain; nil when there is none.
+func (b *BDDDevices) localTrace(chain digest.Digest) ([]byte, error) {
+	if b.traces == nil {
+		return nil, nil
+	}
+	trace, err := b.traces.Load(chain)
+	if errors.Is(err, tracestore.ErrNoTrace) {
+		return nil, nil
+	}
+	return trace, err
 }
 
 // Attach returns the device path of key, asking bdd to attach the chain (read-only when

@@ -44,11 +44,15 @@ type loopBDD struct {
 	// that the failure has a replay to call off.
 	failAttach    bool
 	replayRunning chan struct{}
+	// registry holds start traces by manifest digest, for FetchTrace; fetchTraces counts
+	// its calls by manifest digest.
+	registry    map[string][]byte
+	fetchTraces map[string]int
 }
 
 func startLoopBDD(t *testing.T, devices *loopDevices) (*loopBDD, bddv1.DaemonClient) {
 	t.Helper()
-	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, prefetched: make(chan []byte, 8), replayEnded: make(chan error, 8), replayRunning: make(chan struct{}, 8)}
+	server := &loopBDD{devices: devices, attached: map[string]*bddv1.Device{}, registry: map[string][]byte{}, fetchTraces: map[string]int{}, prefetched: make(chan []byte, 8), replayEnded: make(chan error, 8), replayRunning: make(chan struct{}, 8)}
 	socket := filepath.Join(t.TempDir(), "bdd.sock")
 	listener, err := net.Listen("unix", socket)
 	if err != nil {
@@ -138,6 +142,20 @@ func (s *loopBDD) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bd
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	return &bddv1.PrefetchResponse{}, nil
+}
+
+func (s *loopBDD) FetchTrace(ctx context.Context, req *bddv1.FetchTraceRequest) (*bddv1.FetchTraceResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fetchTraces[req.GetManifestDigest()]++
+	trace, ok := s.registry[req.GetManifestDigest()]
+	return &bddv1.FetchTraceResponse{Found: ok, Trace: trace, ArtifactDigest: digest.FromBytes(trace).String()}, nil
+}
+
+func (s *loopBDD) fetchTraceCalls(manifest digest.Digest) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetchTraces[manifest.String()]
 }
 
 // forget drops a device from the server's books without detaching it, as a bdd whose state

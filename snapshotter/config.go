@@ -32,6 +32,11 @@ type Config struct {
 	// recorded when a chain's device is released and read in when it is mounted again.
 	// Empty disables both.
 	TraceDir string `json:"traceDir"`
+	// RemoteTraces (default true) looks up, for a chain without a local start trace, the one
+	// the registry holds as an artifact referring to the image's manifest (pushed by
+	// `ctr-obd record-trace --push` or `obd convert --record-trace`), through bdd, once per
+	// image, and replays it and its page trace as a local one. Needs bddSocket.
+	RemoteTraces bool `json:"remoteTraces"`
 	// RWMode is "overlayfs" (default) or "dev"; see RWModeOverlayFS and RWModeDev.
 	RWMode RWMode `json:"rwMode"`
 	// FSType is the filesystem on lazy chains' devices (default "ext4").
@@ -49,13 +54,14 @@ type Config struct {
 // DefaultConfig returns the configuration used for fields a config file leaves out.
 func DefaultConfig() Config {
 	return Config{
-		Root:      "/var/lib/overlaybd-snapshotter",
-		Address:   "/run/overlaybd-snapshotter/grpc.sock",
-		BDDSocket: bddclient.DefaultSocket,
-		TraceDir:  tracestore.DefaultDir,
-		RWMode:    RWModeOverlayFS,
-		FSType:    "ext4",
-		LogLevel:  "info",
+		Root:         "/var/lib/overlaybd-snapshotter",
+		Address:      "/run/overlaybd-snapshotter/grpc.sock",
+		BDDSocket:    bddclient.DefaultSocket,
+		TraceDir:     tracestore.DefaultDir,
+		RemoteTraces: true,
+		RWMode:       RWModeOverlayFS,
+		FSType:       "ext4",
+		LogLevel:     "info",
 		// Covers the view `nerdctl run` mounts just before the container.
 		DeviceLinger: quantity.Duration(10 * time.Second),
 	}

@@ -18,6 +18,9 @@ type RemoteLayer struct {
 	Ref    string        `json:"ref"` // image reference the blob belongs to
 	Digest digest.Digest `json:"digest"`
 	Size   int64         `json:"size"`
+	// Manifest is the digest of the image manifest the layer was pulled for, "" when the pull
+	// did not say: the subject of the image's start traces in the registry.
+	Manifest digest.Digest `json:"manifest,omitempty"`
 }
 
 // DeviceManager attaches the block devices of lazy chains (bdd, through its API, in production).
@@ -56,7 +59,13 @@ func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool
 	if ref == "" {
 		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s has neither %s nor %s", ErrBadLayerLabels, dgst, imagelabels.ImageRef, imagelabels.CRIImageRef)
 	}
-	return RemoteLayer{Ref: ref, Digest: dgst, Size: size}, true, nil
+	var manifest digest.Digest
+	if raw, ok := labels[imagelabels.CRIManifestDigest]; ok {
+		if manifest, err = digest.Parse(raw); err != nil {
+			return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, imagelabels.CRIManifestDigest, raw, err)
+		}
+	}
+	return RemoteLayer{Ref: ref, Digest: dgst, Size: size, Manifest: manifest}, true, nil
 }
 
 // writeLayerRecord stores the blob of a lazy snapshot in its directory; the record's presence is
@@ -83,6 +92,11 @@ func readLayerRecord(path string) (layer RemoteLayer, ok bool, err error) {
 	}
 	if err := layer.Digest.Validate(); err != nil {
 		return RemoteLayer{}, false, fmt.Errorf("layer record %s: %w", path, err)
+	}
+	if layer.Manifest != "" {
+		if err := layer.Manifest.Validate(); err != nil {
+			return RemoteLayer{}, false, fmt.Errorf("layer record %s: manifest: %w", path, err)
+		}
 	}
 	return layer, true, nil
 }

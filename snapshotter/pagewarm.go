@@ -35,13 +35,22 @@ func WithPageTraces(dir string) Opt {
 	}
 }
 
+// WithRemotePageTraces reads in, for a chain without a local page trace, the page trace that
+// came with its start trace from the registry (RemoteTraces), waiting for the chain's lookup.
+func WithRemotePageTraces(r *RemoteTraces) Opt {
+	return func(c *config) error {
+		c.remoteTraces = r
+		return nil
+	}
+}
+
 // startWarmup keeps the chain of the shared device just mounted for snapshot id and, when the
-// chain has a page trace, reads it in in the background. It starts at the mount, which for an
-// image being pulled is during the pull: its reads then overlap the pull's round trips rather
-// than the container's create (measured: 35 ms less per python start). The caller holds the
-// device's lock.
+// chain has a page trace (local, else the registry's), reads it in in the background. It
+// starts at the mount, which for an image being pulled is during the pull: its reads then
+// overlap the pull's round trips rather than the container's create (measured: 35 ms less per
+// python start). The caller holds the device's lock.
 func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []RemoteLayer) {
-	if o.cfg.pageTraces == nil {
+	if o.cfg.pageTraces == nil && o.cfg.remoteTraces == nil {
 		return
 	}
 	chain, err := chainID(layers)
@@ -49,23 +58,42 @@ func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []Remot
 		return
 	}
 	m := &mountedChain{chain: chain}
-	if m.pages, err = o.cfg.pageTraces.LoadPages(chain); err != nil && !errors.Is(err, tracestore.ErrNoTrace) {
-		o.cfg.logger.WarnContext(ctx, "page trace not read in", "id", id, "err", err)
-		m.pages = pagetrace.Trace{} // a broken one is not replaced by recording
+	if o.cfg.pageTraces != nil {
+		m.pages, err = o.cfg.pageTraces.LoadPages(chain)
+		if err != nil && !errors.Is(err, tracestore.ErrNoTrace) {
+			o.cfg.logger.WarnContext(ctx, "page trace not read in", "id", id, "err", err)
+			m.pages = pagetrace.Trace{} // a broken one is not replaced by recording
+		}
 	}
-	if len(m.pages) > 0 {
+	if pages, source := o.pageSource(m, layers); pages != nil {
 		warmCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		m.cancel, m.done = cancel, make(chan struct{})
 		go func() {
 			defer close(m.done)
+			t, err := pages(warmCtx)
+			if err != nil {
+				return // no page trace in the registry either
+			}
 			start := time.Now()
-			asked, err := pagetrace.Warm(warmCtx, o.deviceMountPath(id), m.pages, warmReaders)
-			o.cfg.logger.InfoContext(ctx, "page trace read in", "id", id, "bytes", asked, "took", time.Since(start), "err", err)
+			asked, err := pagetrace.Warm(warmCtx, o.deviceMountPath(id), t, warmReaders)
+			o.cfg.logger.InfoContext(ctx, "page trace read in", "id", id, "source", source, "bytes", asked, "took", time.Since(start), "err", err)
 		}()
 	}
 	o.mountedMu.Lock()
 	o.mounted[id] = m
 	o.mountedMu.Unlock()
+}
+
+// pageSource says where the page trace of a chain being mounted comes from: its local one,
+// else the registry's when RemoteTraces are on; nil when neither can have one.
+func (o *Snapshotter) pageSource(m *mountedChain, layers []RemoteLayer) (pages func(context.Context) (pagetrace.Trace, error), source string) {
+	switch {
+	case len(m.pages) > 0:
+		return func(context.Context) (pagetrace.Trace, error) { return m.pages, nil }, "local"
+	case m.pages == nil && o.cfg.remoteTraces != nil:
+		return func(ctx context.Context) (pagetrace.Trace, error) { return o.cfg.remoteTraces.Pages(ctx, layers) }, "registry"
+	}
+	return nil, ""
 }
 
 // finishWarmup stops the warm-up of snapshot id's device, if one runs (its open files would
@@ -83,8 +111,8 @@ func (o *Snapshotter) finishWarmup(ctx context.Context, id string) {
 		m.cancel()
 		<-m.done
 	}
-	if m.pages != nil {
-		return // the chain has a page trace
+	if m.pages != nil || o.cfg.pageTraces == nil {
+		return // the chain has a page trace, or they are not kept
 	}
 	start := time.Now()
 	pages, err := pagetrace.Record(ctx, o.deviceMountPath(id))

@@ -47,6 +47,7 @@ type config struct {
 	deviceKeys   string
 	deviceLinger time.Duration
 	pageTraces   *tracestore.Store
+	remoteTraces *RemoteTraces
 	logger       *slog.Logger
 }
 

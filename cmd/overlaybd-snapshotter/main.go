@@ -78,6 +78,11 @@ func run(cfg snapshotter.Config) error {
 		if cfg.TraceDir != "" {
 			bddOpts = append(bddOpts, snapshotter.WithTracePrefetch(cfg.TraceDir))
 		}
+		if cfg.RemoteTraces {
+			remote := snapshotter.NewRemoteTraces(client, logger)
+			bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
+			opts = append(opts, snapshotter.WithRemotePageTraces(remote))
+		}
 		devices, err := snapshotter.NewBDDDevices(client, filepath.Join(cfg.Root, "devices"), bddOpts...)
 		if err != nil {
 			return err
@@ -94,6 +99,7 @@ func run(cfg snapshotter.Config) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger.Info("serving", "address", cfg.Address, "root", cfg.Root, "rwMode", cfg.RWMode, "bddSocket", cfg.BDDSocket)
+	logger.Info("serving", "address", cfg.Address, "root", cfg.Root, "rwMode", cfg.RWMode, "bddSocket", cfg.BDDSocket,
+		"traceDir", cfg.TraceDir, "remoteTraces", cfg.RemoteTraces)
 	return snapshotter.Serve(ctx, sn, cfg.Address)
 }

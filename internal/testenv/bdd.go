@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/bddclient"
 )
 
@@ -277,9 +276,7 @@ func (b *BDD) stopKeeper() {
 // 5 s for it to go; it does nothing when there is none. The keeper outlives bdd by design (it
 // carries FUSE connections over bdd restarts), so stopping bdd leaves it running.
 func KillBDDKeeper(runDir string) {
-	cfg := bdd.DefaultConfig()
-	cfg.RunDir = runDir
-	data, err := os.ReadFile(bdd.KeeperPIDFile(cfg))
+	data, err := os.ReadFile(bddclient.KeeperPIDFile(runDir))
 	if err != nil {
 		return // bdd never started one
 	}
