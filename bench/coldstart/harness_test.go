@@ -33,7 +33,7 @@ import (
 var (
 	runBench      = flag.Bool("coldstart", false, "run the cold-start benchmark (tens of minutes; `make bench-coldstart`)")
 	flagRuns      = flag.Int("coldstart.runs", 5, "cold runs per cell")
-	flagModes     = flag.String("coldstart.modes", "overlayfs,obd,obd+trace,stargz,estargz-opt", "modes to measure")
+	flagModes     = flag.String("coldstart.modes", "overlayfs,obd,obd+trace,obd+registry-trace,stargz,estargz-opt", "modes to measure")
 	flagNetworks  = flag.String("coldstart.networks", "loopback,shaped", "networks to measure")
 	flagWorkloads = flag.String("coldstart.workloads", "python,gcc,busybox", "workloads to measure")
 	flagOut       = flag.String("coldstart.out", "..", "directory for RESULTS.md, coldstart.png and results.json")
@@ -113,9 +113,6 @@ type harness struct {
 	relays   map[Network]*Relay
 	front    *BlobFront         // counts the requests of every network
 	traces   map[Cell]recording // recorded traces, keyed by workload and network (Mode = ModeOBDTrace)
-	// registryTraces says whether mode obd+registry-trace is measured: only then do the obd
-	// snapshotters' configs set remoteTraces, which snapshotters before it reject.
-	registryTraces bool
 }
 
 // TestColdStart is the cold-start benchmark of issue #8. It runs only with -coldstart.
@@ -134,8 +131,7 @@ func TestColdStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	binaries := []string{"bdd", "overlaybd-snapshotter", "obd"}
-	h.registryTraces = slices.ContainsFunc(cells, func(c Cell) bool { return c.Mode == ModeOBDRegistryTrace })
-	if h.registryTraces {
+	if slices.ContainsFunc(cells, func(c Cell) bool { return c.Mode == ModeOBDRegistryTrace }) {
 		binaries = append(binaries, "ctr-obd")
 	}
 	for _, b := range binaries {
@@ -705,12 +701,10 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 			}
 		}
 	}
-	var settings map[string]any
-	if h.registryTraces {
-		// The trace artifact refers to the image's manifest, which every obd mode pulls:
-		// only mode obd+registry-trace's snapshotter may look for it.
-		settings = map[string]any{"remoteTraces": tr.Mode == ModeOBDRegistryTrace}
-	}
+	// The trace artifact refers to the image's manifest, which every obd mode pulls (and the
+	// registry's storage outlives a run): only mode obd+registry-trace's snapshotter may look
+	// for it.
+	settings := map[string]any{"remoteTraces": tr.Mode == ModeOBDRegistryTrace}
 	nd := h.startNode(t, tr.Mode, settings, stage)
 	n, daemon := nd.n, nd.daemon
 	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
