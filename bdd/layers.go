@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/obdproject/obd/layerblob"
@@ -24,6 +25,57 @@ type openLayer struct {
 	source io.Closer
 	// blob is set for remote layers; its counters feed Stats.
 	blob *remotefetch.Blob
+	// opening are the ranges of blob that opening the layer read (offset, length).
+	opening [][2]int64
+}
+
+// retrace enters the reads that opened l into a running trace: a device that stacks a layer
+// already open does not read them again, but the same start on a node where the layer is not
+// open does, and a trace must not depend on which node recorded it.
+func (l *openLayer) retrace() {
+	if l.blob == nil {
+		return
+	}
+	for _, r := range l.opening {
+		l.blob.RecordRead(r[0], r[1])
+	}
+}
+
+// maxOpeningReads bounds the ranges an opening layer has noted: a well-formed layer opens in a
+// handful (tar header, ZFile header, trailer and jump table, LSMT index; a table read in
+// pieces is one range).
+const maxOpeningReads = 256
+
+// openingReads is a remote layer's reader that notes the ranges read while the layer opens.
+// It stays under the opened layer, passing reads through.
+type openingReads struct {
+	r       io.ReaderAt
+	opening atomic.Bool
+	mu      sync.Mutex
+	ranges  [][2]int64
+}
+
+func (o *openingReads) ReadAt(p []byte, off int64) (int, error) {
+	if o.opening.Load() {
+		o.mu.Lock()
+		n := len(o.ranges)
+		switch {
+		case n > 0 && o.ranges[n-1][0]+o.ranges[n-1][1] == off: // a table read in pieces
+			o.ranges[n-1][1] += int64(len(p))
+		case n < maxOpeningReads:
+			o.ranges = append(o.ranges, [2]int64{off, int64(len(p))})
+		}
+		o.mu.Unlock()
+	}
+	return o.r.ReadAt(p, off)
+}
+
+// opened stops noting reads and returns those noted.
+func (o *openingReads) opened() [][2]int64 {
+	o.opening.Store(false)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ranges
 }
 
 // layerKey identifies a layer's content: a remote blob by digest, a local file by
@@ -73,6 +125,7 @@ func (p *layerPool) acquire(ctx context.Context, ls LayerSpec) (*openLayer, erro
 	if l := p.layers[key]; l != nil {
 		l.refs++
 		p.mu.Unlock()
+		l.retrace()
 		return l, nil
 	}
 	p.mu.Unlock()
@@ -106,11 +159,13 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 	if err != nil {
 		return nil, err
 	}
-	f, err := layerblob.Open(blob, blob.Size(), ls.Name())
+	reads := &openingReads{r: blob}
+	reads.opening.Store(true)
+	f, err := layerblob.Open(reads, blob.Size(), ls.Name())
 	if err != nil {
 		return nil, errors.Join(err, blob.Close())
 	}
-	return &openLayer{file: f, source: blob, blob: blob}, nil
+	return &openLayer{file: f, source: blob, blob: blob, opening: reads.opened()}, nil
 }
 
 // release drops one use of each layer and closes those no device uses any more.

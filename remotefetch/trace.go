@@ -56,6 +56,17 @@ func (f *Fetcher) StopTrace() blocktrace.Trace {
 	return t
 }
 
+// RecordRead enters a read of n bytes of b at off into a running trace without reading, as
+// if it were read now: for the reads that opening a layer made once and that every later user
+// of the opened layer relies on, so that a trace holds them whether or not the layer was
+// already open when the trace started. The range is clipped to the blob.
+func (b *Blob) RecordRead(off, n int64) {
+	if off < 0 || off >= b.size || n <= 0 {
+		return
+	}
+	b.f.recordTrace(b, off, min(n, b.size-off))
+}
+
 func (f *Fetcher) recordTrace(b *Blob, off, n int64) {
 	if !f.tracer.on.Load() {
 		return
