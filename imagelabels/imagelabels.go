@@ -5,8 +5,9 @@
 // "Annotations and labels"): convert puts the annotations on the layers it writes, ctr-plugin
 // adds the image reference while it pulls, and containerd's unpacker passes every layer
 // annotation under containerd.io/snapshot/ on to the snapshotter as a label of the same key,
-// where snapshotter reads them. The keys are those of upstream's overlaybd snapshotter, so
-// images converted by either pull with the other.
+// where snapshotter reads them. The layer keys are those of upstream's overlaybd snapshotter,
+// so images converted by either pull with the other; OwnDevice is obd's own, a label that
+// ctr-plugin's record-trace puts on its container's snapshot.
 package imagelabels
 
 import (
@@ -68,3 +69,13 @@ func CheckBlobSize(size int64) error {
 	}
 	return nil
 }
+
+// Labels a client puts on a container's snapshot.
+const (
+	// OwnDevice, set to "true" on the active snapshot of a container on an overlaybd image,
+	// gives that snapshot a device of its own rather than the image's shared one: a fresh page
+	// cache, so that every read of the container's start reaches the device (and bdd's
+	// traces), and a page trace of that start alone, which replaces the image's page trace
+	// when the snapshot is removed. `ctr-obd record-trace` sets it.
+	OwnDevice = "containerd.io/snapshot/overlaybd/own-device"
+)

@@ -21,8 +21,9 @@ import (
 )
 
 // A lazy chain's read-only device is attached for its top lazy layer and mounted in that
-// layer's directory (block/mnt); a dev-mode container's device is attached for the container's
-// snapshot and mounted in its own directory. Whether a device is needed is always recomputed
+// layer's directory (block/mnt); a container's own device (rwMode dev, or asked for with
+// imagelabels.OwnDevice) is attached for the container's snapshot and mounted in its own
+// directory. Whether a device is needed is always recomputed
 // from the metadata, so nothing about devices has to be persisted besides the mounts themselves.
 
 // chain is what an active or view snapshot sits on.
@@ -56,34 +57,49 @@ func (o *Snapshotter) chainOf(parentIDs []string) (chain, error) {
 }
 
 // lowerDirs returns the overlay lower directories of chain c, highest first: the upper
-// directories of ordinary parents, then the mounted device of the lazy layers below them.
-func (o *Snapshotter) lowerDirs(c chain) []string {
+// directories of ordinary parents, then the device of the lazy layers below them, mounted in
+// the directory of snapshot deviceID.
+func (o *Snapshotter) lowerDirs(c chain, deviceID string) []string {
 	lowers := make([]string, 0, len(c.parentIDs))
 	for i, id := range c.parentIDs {
 		if i == c.lazyTop {
-			return append(lowers, o.deviceMountPath(id))
+			return append(lowers, o.deviceMountPath(deviceID))
 		}
 		lowers = append(lowers, o.upperPath(id))
 	}
 	return lowers
 }
 
+// deviceOf returns the snapshot in whose directory the device of snapshot s on chain c is
+// mounted (s itself when it has a device of its own, else the chain's top lazy layer; "" on
+// a chain without lazy layers) and that device's upper directory ("": read-only).
+func (o *Snapshotter) deviceOf(s storage.Snapshot, c chain) (id, upperDir string) {
+	switch {
+	case c.lazyTop < 0:
+		return "", ""
+	case o.hasWritableDevice(s.ID):
+		return s.ID, o.deviceUpperPath(s.ID)
+	case o.hasOwnDevice(s.ID):
+		return s.ID, ""
+	}
+	return c.parentIDs[c.lazyTop], ""
+}
+
 // ensureDevices attaches and mounts the device snapshot s needs, if it needs one and it is not
 // mounted yet.
 func (o *Snapshotter) ensureDevices(ctx context.Context, s storage.Snapshot, c chain) error {
-	if c.lazyTop < 0 {
+	id, upperDir := o.deviceOf(s, c)
+	if id == "" {
 		return nil
-	}
-	id, upperDir := c.parentIDs[c.lazyTop], ""
-	if o.hasOwnDevice(s.ID) {
-		id, upperDir = s.ID, o.deviceUpperPath(s.ID)
 	}
 	defer o.devLocks.lock(id)()
 	return o.mountDevice(ctx, id, c.layers, upperDir)
 }
 
 // mountDevice attaches the device of snapshot id and mounts it in the snapshot's directory,
-// read-only when upperDir is "". The caller holds the device's lock.
+// read-only when upperDir is "". A device a snapshot asked for (imagelabels.OwnDevice) starts
+// recording its page trace; the chain's shared one reads the chain's page trace in. The caller
+// holds the device's lock.
 func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []RemoteLayer, upperDir string) error {
 	mnt := o.deviceMountPath(id)
 	if mounted, err := isMountPoint(mnt); err != nil || mounted {
@@ -111,7 +127,10 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, o.cfg.fsType, mnt, err)
 	}
 	o.cfg.logger.InfoContext(ctx, "device mounted", "key", key, "device", dev, "mountpoint", mnt, "writable", upperDir != "")
-	if upperDir == "" {
+	switch {
+	case o.askedOwnDevice(id):
+		o.startRecording(ctx, id, layers)
+	case upperDir == "":
 		o.startWarmup(ctx, id, layers)
 	}
 	return nil

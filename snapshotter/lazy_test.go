@@ -134,9 +134,9 @@ func (f *lazyFixture) open(t testing.TB, opts ...Opt) {
 	t.Cleanup(func() { sn.Close() })
 }
 
-func (f *lazyFixture) prepare(t testing.TB, key, parent string) []mount.Mount {
+func (f *lazyFixture) prepare(t testing.TB, key, parent string, opts ...snapshots.Opt) []mount.Mount {
 	t.Helper()
-	mounts, err := f.sn.Prepare(context.Background(), key, parent)
+	mounts, err := f.sn.Prepare(context.Background(), key, parent, opts...)
 	if err != nil {
 		t.Fatalf("Prepare(%s, %s): %v", key, parent, err)
 	}

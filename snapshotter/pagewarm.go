@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"context"
 	"errors"
+	"os"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -15,11 +16,13 @@ import (
 // and decoding path busy on both cores while the program's own reads come one at a time.
 const warmReaders = 8
 
-// mountedChain is what the snapshotter keeps about a shared device it mounted: the chain it
-// serves, and its page trace, read in when the device is mounted.
+// mountedChain is what the snapshotter keeps about a device it mounted (a chain's shared one,
+// or one a snapshot asked for): the chain it serves, and its page trace, read in when a shared
+// device is mounted.
 type mountedChain struct {
 	chain  digest.Digest
 	pages  pagetrace.Trace // nil: the chain has none, record one when the device goes
+	own    bool            // a snapshot's own device: its record replaces the chain's trace
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the warm-up ends; nil without one
 }
@@ -27,7 +30,9 @@ type mountedChain struct {
 // WithPageTraces keeps page traces in dir (a tracestore directory): when a lazy chain's
 // shared device is released, the file ranges its containers left in the page cache are
 // recorded for the chain unless it has a page trace already; when the chain's device is
-// mounted again, they are read in ahead of the container's own reads.
+// mounted again, they are read in ahead of the container's own reads. A device a snapshot
+// asked for (imagelabels.OwnDevice) reads nothing in, and what its container read replaces
+// the chain's page trace when it goes.
 func WithPageTraces(dir string) Opt {
 	return func(c *config) error {
 		c.pageTraces = &tracestore.Store{Dir: dir}
@@ -79,6 +84,27 @@ func (o *Snapshotter) startWarmup(ctx context.Context, id string, layers []Remot
 			o.cfg.logger.InfoContext(ctx, "page trace read in", "id", id, "source", source, "bytes", asked, "took", time.Since(start), "err", err)
 		}()
 	}
+	o.track(id, m)
+}
+
+// startRecording keeps the chain of the device snapshot id asked for, so that what its
+// container reads becomes the chain's page trace when the device goes (finishWarmup). Nothing
+// is read in: the page cache must hold the container's reads alone. Only this process knows:
+// a device mounted before a restart of the snapshotter records nothing. The caller holds the
+// device's lock.
+func (o *Snapshotter) startRecording(ctx context.Context, id string, layers []RemoteLayer) {
+	if o.cfg.pageTraces == nil {
+		return
+	}
+	chain, err := chainID(layers)
+	if err != nil {
+		o.cfg.logger.WarnContext(ctx, "page trace will not be recorded", "id", id, "err", err)
+		return
+	}
+	o.track(id, &mountedChain{chain: chain, own: true})
+}
+
+func (o *Snapshotter) track(id string, m *mountedChain) {
 	o.mountedMu.Lock()
 	o.mounted[id] = m
 	o.mountedMu.Unlock()
@@ -97,8 +123,9 @@ func (o *Snapshotter) pageSource(m *mountedChain, layers []RemoteLayer) (pages f
 }
 
 // finishWarmup stops the warm-up of snapshot id's device, if one runs (its open files would
-// keep the device busy), and, before the device goes, records what its containers read if
-// the chain has no page trace yet. The caller holds the device's lock.
+// keep the device busy), and, before the device goes, records what its containers read: for
+// a snapshot's own device always, for a shared one if the chain has no page trace yet. The
+// caller holds the device's lock.
 func (o *Snapshotter) finishWarmup(ctx context.Context, id string) {
 	o.mountedMu.Lock()
 	m := o.mounted[id]
@@ -114,6 +141,12 @@ func (o *Snapshotter) finishWarmup(ctx context.Context, id string) {
 	if m.pages != nil || o.cfg.pageTraces == nil {
 		return // the chain has a page trace, or they are not kept
 	}
+	if !m.own {
+		// A snapshot's own device may have recorded one since this device was mounted.
+		if _, err := os.Stat(o.cfg.pageTraces.PagesPath(m.chain)); err == nil {
+			return
+		}
+	}
 	start := time.Now()
 	pages, err := pagetrace.Record(ctx, o.deviceMountPath(id))
 	if err == nil && len(pages) > 0 {
@@ -123,7 +156,7 @@ func (o *Snapshotter) finishWarmup(ctx context.Context, id string) {
 		o.cfg.logger.WarnContext(ctx, "page trace not recorded", "id", id, "err", err)
 		return
 	}
-	o.cfg.logger.InfoContext(ctx, "page trace recorded", "id", id, "ranges", len(pages), "took", time.Since(start))
+	o.cfg.logger.InfoContext(ctx, "page trace recorded", "id", id, "own_device", m.own, "ranges", len(pages), "took", time.Since(start))
 }
 
 // stopWarmups ends every warm-up, for Close.

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/tracestore"
 )
 
@@ -241,7 +242,7 @@ func (o *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 		return usage, nil
 	}
 	dir := o.upperPath(id)
-	if o.hasOwnDevice(id) {
+	if o.hasWritableDevice(id) {
 		dir = o.deviceUpperPath(id)
 	}
 	du, err := fs.DiskUsage(ctx, dir)
@@ -300,7 +301,8 @@ func (o *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 }
 
 // Commit turns the active snapshot key into the committed snapshot name, recording its disk
-// usage. Snapshots with their own writable device (rwMode dev) cannot be committed.
+// usage. Snapshots with a device of their own (rwMode dev, imagelabels.OwnDevice) cannot be
+// committed.
 func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
 	var parentIDs []string
 	if err := o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
@@ -309,7 +311,7 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 			return err
 		}
 		if o.hasOwnDevice(s.ID) {
-			return fmt.Errorf("snapshot %s writes to its own device (rwMode dev): %w", key, errdefs.ErrNotImplemented)
+			return fmt.Errorf("snapshot %s has a device of its own (rwMode dev or %s): %w", key, imagelabels.OwnDevice, errdefs.ErrNotImplemented)
 		}
 		usage, err := fs.DiskUsage(ctx, o.upperPath(s.ID))
 		if err != nil {
@@ -450,6 +452,10 @@ func readDirNames(dir string) ([]string, error) {
 // the device it needs.
 func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, labels map[string]string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
 	_, unpacking := labels[snapshots.LabelSnapshotRef]
+	asksOwn, err := asksOwnDevice(labels)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w: %w", key, errdefs.ErrInvalidArgument, err)
+	}
 	var (
 		s      storage.Snapshot
 		c      chain
@@ -468,13 +474,14 @@ func (o *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return err
 		}
 		// Unpacking writes a layer diff into the upper directory; only a container's root
-		// may live on its own writable device.
-		ownDevice := kind == snapshots.KindActive && !unpacking && o.cfg.rwMode == RWModeDev && c.lazyTop == 0
+		// (an active snapshot right on a lazy chain) may have a device of its own.
+		canOwn := kind == snapshots.KindActive && !unpacking && c.lazyTop == 0
+		own := ownDevice{writable: canOwn && o.cfg.rwMode == RWModeDev, fresh: canOwn && asksOwn}
 		var fill func(dir string) error
 		if len(s.ParentIDs) > 0 && c.lazyTop != 0 {
 			fill = func(dir string) error { return copyOwner(o.upperPath(s.ParentIDs[0]), filepath.Join(dir, "fs")) }
 		}
-		placed, err = o.placeDirectory(s.ID, kind, ownDevice, fill)
+		placed, err = o.placeDirectory(s.ID, kind, own, fill)
 		return err
 	}); err != nil {
 		return nil, err
@@ -523,7 +530,7 @@ func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target 
 			return fmt.Errorf("commit overlaybd layer %s: %w", target, err)
 		}
 		id, parentIDs = s.ID, s.ParentIDs
-		placed, err = o.placeDirectory(id, snapshots.KindCommitted, false, func(dir string) error {
+		placed, err = o.placeDirectory(id, snapshots.KindCommitted, ownDevice{}, func(dir string) error {
 			return writeLayerRecord(filepath.Join(dir, layerRecordName), layer)
 		})
 		return err
@@ -543,8 +550,8 @@ func (o *Snapshotter) prepareLazyLayer(ctx context.Context, key, parent, target 
 // placeDirectory creates the directory of snapshot id: prepareDirectory under a temporary
 // name, fill (if any) to complete it, then a rename into place. placed reports whether the
 // directory is in place; on error nothing else is left behind.
-func (o *Snapshotter) placeDirectory(id string, kind snapshots.Kind, ownDevice bool, fill func(dir string) error) (placed bool, err error) {
-	tmp, err := o.prepareDirectory(kind, ownDevice)
+func (o *Snapshotter) placeDirectory(id string, kind snapshots.Kind, own ownDevice, fill func(dir string) error) (placed bool, err error) {
+	tmp, err := o.prepareDirectory(kind, own)
 	if err == nil && fill != nil {
 		err = fill(tmp)
 	}
@@ -562,8 +569,8 @@ func (o *Snapshotter) placeDirectory(id string, kind snapshots.Kind, ownDevice b
 
 // prepareDirectory creates a snapshot directory under a temporary name: fs/ (the upper or
 // bind-mounted root), work/ for active snapshots, block/upper/ for a snapshot with its own
-// writable device.
-func (o *Snapshotter) prepareDirectory(kind snapshots.Kind, ownDevice bool) (string, error) {
+// writable device, block/own for one that asked for a device of its own.
+func (o *Snapshotter) prepareDirectory(kind snapshots.Kind, own ownDevice) (string, error) {
 	tmp, err := os.MkdirTemp(filepath.Join(o.root, "snapshots"), "new-")
 	if err != nil {
 		return "", fmt.Errorf("failed to create temp dir: %w", err)
@@ -584,8 +591,16 @@ func (o *Snapshotter) prepareDirectory(kind snapshots.Kind, ownDevice bool) (str
 			return tmp, err
 		}
 	}
-	if ownDevice {
+	if own.writable {
 		if err := mkdir(filepath.Join("block", "upper"), 0o700); err != nil {
+			return tmp, err
+		}
+	}
+	if own.fresh {
+		if err := mkdir("block", 0o700); err != nil {
+			return tmp, err
+		}
+		if err := os.WriteFile(filepath.Join(tmp, ownDeviceMarker), nil, 0o600); err != nil {
 			return tmp, err
 		}
 	}
@@ -611,10 +626,11 @@ func copyOwner(src, dst string) error {
 
 // mounts returns what containerd mounts for snapshot s on chain c.
 func (o *Snapshotter) mounts(s storage.Snapshot, c chain) []mount.Mount {
-	if o.hasOwnDevice(s.ID) {
+	if o.hasWritableDevice(s.ID) {
 		return []mount.Mount{{Source: o.deviceMountPath(s.ID), Type: "bind", Options: []string{"rw", "rbind"}}}
 	}
-	lowers := o.lowerDirs(c)
+	deviceID, _ := o.deviceOf(s, c)
+	lowers := o.lowerDirs(c, deviceID)
 	if len(lowers) == 0 {
 		mode := "rw"
 		if s.Kind == snapshots.KindView {
@@ -666,8 +682,42 @@ func (o *Snapshotter) isLazy(id string) bool {
 	return err == nil
 }
 
-// hasOwnDevice reports whether snapshot id writes to its own device (rwMode dev).
+// ownDevice says which device of its own a new container's snapshot gets: none, a writable
+// one (rwMode dev), a fresh one asked for by imagelabels.OwnDevice (read-only under the
+// container's overlay in rwMode overlayfs), or both (the writable one, asked for).
+type ownDevice struct{ writable, fresh bool }
+
+// ownDeviceMarker, in a snapshot's directory, records that the snapshot asked for a device of
+// its own (imagelabels.OwnDevice).
+const ownDeviceMarker = "block/own"
+
+// asksOwnDevice reads imagelabels.OwnDevice from a new snapshot's labels.
+func asksOwnDevice(labels map[string]string) (bool, error) {
+	switch v, ok := labels[imagelabels.OwnDevice]; {
+	case !ok || v == "false":
+		return false, nil
+	case v == "true":
+		return true, nil
+	default:
+		return false, fmt.Errorf("label %s=%q: want \"true\" or \"false\"", imagelabels.OwnDevice, v)
+	}
+}
+
+// hasOwnDevice reports whether snapshot id has a device of its own rather than its chain's
+// shared one.
 func (o *Snapshotter) hasOwnDevice(id string) bool {
+	return o.hasWritableDevice(id) || o.askedOwnDevice(id)
+}
+
+// hasWritableDevice reports whether snapshot id writes to its own device (rwMode dev).
+func (o *Snapshotter) hasWritableDevice(id string) bool {
 	_, err := os.Stat(o.deviceUpperPath(id))
+	return err == nil
+}
+
+// askedOwnDevice reports whether snapshot id asked for a device of its own
+// (imagelabels.OwnDevice): its page trace is recorded when the device goes.
+func (o *Snapshotter) askedOwnDevice(id string) bool {
+	_, err := os.Stat(filepath.Join(o.snapshotDir(id), ownDeviceMarker))
 	return err == nil
 }
