@@ -3,10 +3,12 @@ package ctrplugin
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/pagetrace"
 	"github.com/obdproject/obd/snapshotter"
 	"github.com/obdproject/obd/traceartifact"
 	"github.com/obdproject/obd/tracestore"
@@ -37,6 +40,9 @@ type stackOptions struct {
 	// remoteTraces has the snapshotter replay start traces from the registry, and keep
 	// page traces in a trace directory of its own.
 	remoteTraces bool
+	// pageTraces has the snapshotter keep page traces in this directory (record-trace's
+	// --trace-dir), instead.
+	pageTraces string
 }
 
 func startStack(t *testing.T, ctrObd string, opts ...stackOptions) *stack {
@@ -54,7 +60,13 @@ func startStack(t *testing.T, ctrObd string, opts ...stackOptions) *stack {
 	if o.remoteTraces {
 		remote := snapshotter.NewRemoteTraces(b.Client, logger)
 		bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
-		snOpts = append(snOpts, snapshotter.WithRemotePageTraces(remote), snapshotter.WithPageTraces(filepath.Join(dir, "traces")))
+		snOpts = append(snOpts, snapshotter.WithRemotePageTraces(remote))
+		if o.pageTraces == "" {
+			o.pageTraces = filepath.Join(dir, "traces")
+		}
+	}
+	if o.pageTraces != "" {
+		snOpts = append(snOpts, snapshotter.WithPageTraces(o.pageTraces))
 	}
 	devices, err := snapshotter.NewBDDDevices(b.Client, filepath.Join(dir, "devices"), bddOpts...)
 	if err != nil {
@@ -162,6 +174,34 @@ func buildCtrObd(t *testing.T) string {
 	return bin
 }
 
+// requireStackFacilities skips an end-to-end test in -short mode or without root or overlayfs.
+func requireStackFacilities(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd, the snapshotter and containers")
+	}
+	testenv.RequireRoot(t)
+	if data, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(data), "\toverlay\n") {
+		t.Skip("overlayfs is not available in this kernel")
+	}
+}
+
+// pushPlainBusybox pushes the test busybox image, unconverted, to registry and returns its
+// reference.
+func pushPlainBusybox(t *testing.T, registry *testregistry.Registry) string {
+	t.Helper()
+	skopeo := testenv.Bin(t, "skopeo")
+	plain := testenv.BuildBusyboxImage(t)
+	plainRef := registry.Host + "/obdtest/busybox:plain"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--dest-tls-verify=false",
+		"oci:"+plain.Layout+":"+plain.Tag, "docker://"+plainRef).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	return plainRef
+}
+
 // startWorkload is what a container's start reads: the shell, busybox in full, a directory.
 const startWorkload = "cat /bin/busybox > /dev/null; ls -l /bin > /dev/null; echo started"
 
@@ -170,27 +210,13 @@ const startWorkload = "cat /bin/busybox > /dev/null; ls -l /bin > /dev/null; ech
 // it fetching no layer, a start reads on demand, record-trace stores a trace, and on a second
 // cold host rpull prefetches it so that the same start fetches less on the critical path.
 func TestE2ERpullObdconvRecordTrace(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end: runs bdd, containerd, the snapshotter and containers")
-	}
-	testenv.RequireRoot(t)
-	if data, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(data), "\toverlay\n") {
-		t.Skip("overlayfs is not available in this kernel")
-	}
-	skopeo := testenv.Bin(t, "skopeo")
+	requireStackFacilities(t)
 	ctrObd := buildCtrObd(t)
 	registry := testregistry.Start(t, testregistry.Options{})
-	plain := testenv.BuildBusyboxImage(t)
-	plainRef, obdRef := registry.Host+"/obdtest/busybox:plain", registry.Host+"/obdtest/busybox:obd"
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--dest-tls-verify=false",
-		"oci:"+plain.Layout+":"+plain.Tag, "docker://"+plainRef).CombinedOutput(); err != nil {
-		t.Fatalf("skopeo copy: %v\n%s", err, out)
-	}
+	plainRef, obdRef := pushPlainBusybox(t, registry), registry.Host+"/obdtest/busybox:obd"
 	traceDir := filepath.Join(t.TempDir(), "traces")
 
-	first := startStack(t, ctrObd)
+	first := startStack(t, ctrObd, stackOptions{pageTraces: traceDir})
 	out := first.ctr(t, "obdconv", "--work-dir", t.TempDir(), "--vsize", "256M", plainRef, obdRef)
 	if !strings.HasPrefix(out, obdRef+" sha256:") {
 		t.Fatalf("obdconv output = %q, want the pushed reference and digest", out)
@@ -248,6 +274,9 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 	if want := "for " + obdRef + "@" + image.Digest.String(); !strings.Contains(out, "pushed start trace sha256:") || !strings.Contains(out, want) {
 		t.Fatalf("record-trace --push output = %q, want a pushed artifact %s", out, want)
 	}
+	if !strings.Contains(out, "block trace, the page trace ") {
+		t.Fatalf("record-trace --push output = %q, want the run's page trace pushed with it", out)
+	}
 	first.waitNoDevices(t)
 	data, err := os.ReadFile(traceFile)
 	if err != nil {
@@ -275,8 +304,17 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 	if err != nil || len(artifacts) != 1 {
 		t.Fatalf("start traces of the image in the registry: %v, %v; want the pushed one", artifacts, err)
 	}
-	if pushed, err := traceartifact.Fetch(regCtx, resolver, obdRef, image.Digest, artifacts[0]); err != nil || !bytes.Equal(pushed.Blocks, data) {
+	pushed, err := traceartifact.Fetch(regCtx, resolver, obdRef, image.Digest, artifacts[0])
+	if err != nil || !bytes.Equal(pushed.Blocks, data) {
 		t.Fatalf("the pushed trace differs from the recorded one (err %v)", err)
+	}
+	// The run's page trace went with it: the busybox binary the run read.
+	pages, err := pagetrace.Decode(pushed.Pages)
+	if err != nil {
+		t.Fatalf("pushed page trace: %v", err)
+	}
+	if files := pageFiles(pages); !files["bin/busybox"] {
+		t.Fatalf("pushed page trace covers %v, want bin/busybox, which the run read", files)
 	}
 
 	// A second cold host: rpull prefetches the trace, and the same start then fetches less.
@@ -309,4 +347,123 @@ func TestE2ERpullObdconvRecordTrace(t *testing.T) {
 		t.Fatalf("record-trace left containers behind: %q", containers)
 	}
 	second.waitNoDevices(t)
+}
+
+// pageFiles returns the files a page trace covers.
+func pageFiles(pages pagetrace.Trace) map[string]bool {
+	files := map[string]bool{}
+	for _, r := range pages {
+		files[r.Path] = true
+	}
+	return files
+}
+
+// TestE2ERecordTraceWarmEqualsCold: record-trace on a node that has run the image (bdd's cache
+// holds every byte the start reads, the image's shared device is mounted with those bytes in
+// its page cache) records the same ranges as on a cold node, and pushes the page trace of its
+// own run rather than the one the node had stored.
+func TestE2ERecordTraceWarmEqualsCold(t *testing.T) {
+	requireStackFacilities(t)
+	ctrObd := buildCtrObd(t)
+	registry := testregistry.Start(t, testregistry.Options{})
+	plainRef, obdRef := pushPlainBusybox(t, registry), registry.Host+"/obdtest/busybox:obd"
+
+	record := func(s *stack, traceDir string) (blocktrace.Trace, string) {
+		t.Helper()
+		traceFile := filepath.Join(t.TempDir(), "start.trace")
+		out := s.ctr(t, "record-trace", "--push", "--trace-dir", traceDir, "--bdd-socket", s.bdd.Socket, obdRef, traceFile, "--", "sh", "-c", startWorkload)
+		data, err := os.ReadFile(traceFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trace, err := blocktrace.Decode(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return trace, out
+	}
+
+	coldDir := filepath.Join(t.TempDir(), "traces")
+	cold := startStack(t, ctrObd, stackOptions{pageTraces: coldDir})
+	cold.ctr(t, "obdconv", "--work-dir", t.TempDir(), "--vsize", "256M", plainRef, obdRef)
+	cold.ctr(t, "rpull", "--trace-dir", coldDir, "--bdd-socket", cold.bdd.Socket, obdRef)
+	coldTrace, _ := record(cold, coldDir)
+
+	warmDir := filepath.Join(t.TempDir(), "traces")
+	warm := startStack(t, ctrObd, stackOptions{pageTraces: warmDir})
+	warm.ctr(t, "rpull", "--trace-dir", warmDir, "--bdd-socket", warm.bdd.Socket, obdRef)
+	// The start once: bdd's cache gets what it reads; the stopped container keeps the image's
+	// device, and what it read in its page cache.
+	if out := warm.ctr(t, "run", "--snapshotter", Snapshotter, obdRef, "warm", "sh", "-c", startWorkload); strings.TrimSpace(out) != "started" {
+		t.Fatalf("warm-up run output = %q", out)
+	}
+	if _, fetched := warm.deviceFetches(t); fetched == 0 {
+		t.Fatal("the warm-up run fetched nothing: the image is not read lazily")
+	}
+	// An older page trace of the image on this node, which the push must not take.
+	chain, err := tracestore.ChainID([]digest.Digest{coldTrace.Blobs[0].Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (tracestore.Store{Dir: warmDir}).SavePages(chain, pagetrace.Trace{{Off: 0, Len: 4096, Path: "older/run"}}); err != nil {
+		t.Fatal(err)
+	}
+	blobGets := registry.BlobGets()
+	warmTrace, out := record(warm, warmDir)
+	t.Logf("record-trace on the warm node fetched %d blobs from the registry", registry.BlobGets()-blobGets)
+
+	if got, want := traceRanges(warmTrace), traceRanges(coldTrace); got != want {
+		t.Fatalf("record-trace on a warm node recorded\n%s\non a cold node\n%s", got, want)
+	}
+	t.Logf("both nodes recorded %s", traceRanges(coldTrace))
+
+	resolver := docker.NewResolver(docker.ResolverOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, image, err := resolver.Resolve(ctx, obdRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	artifacts, err := traceartifact.List(ctx, resolver, obdRef, image.Digest)
+	if err != nil || len(artifacts) != 2 {
+		t.Fatalf("start traces of the image: %v, %v; want the two pushed", artifacts, err)
+	}
+	var warmPages pagetrace.Trace
+	for _, a := range artifacts {
+		pushed, err := traceartifact.Fetch(ctx, resolver, obdRef, image.Digest, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages, err := pagetrace.Decode(pushed.Pages)
+		if err != nil {
+			t.Fatalf("pushed page trace of %s: %v", a.Digest, err)
+		}
+		if files := pageFiles(pages); !files["bin/busybox"] || files["older/run"] {
+			t.Fatalf("pushed page trace covers %v, want the run's bin/busybox and nothing older (record-trace said %q)", files, out)
+		}
+		warmPages = pages
+	}
+	warm.ctr(t, "containers", "rm", "warm")
+	warm.waitNoDevices(t)
+	// The shared device, gone now, left the own device's page trace in place.
+	if stored, err := (tracestore.Store{Dir: warmDir}).LoadPages(chain); err != nil || !pageFiles(stored)["bin/busybox"] {
+		t.Fatalf("page trace stored on the warm node after its devices went: %v (%v), want the recorded run's (%v)", stored, err, pageFiles(warmPages))
+	}
+}
+
+// traceRanges describes a trace's ranges, blob by blob in digest order, for comparison:
+// first-read order depends on how the kernel happened to queue reads, the ranges do not.
+func traceRanges(trace blocktrace.Trace) string {
+	blobs := slices.SortedFunc(slices.Values(trace.Blobs), func(a, b blocktrace.Blob) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	var b strings.Builder
+	for _, blob := range blobs {
+		fmt.Fprintf(&b, "%s:", blob.Digest.Encoded()[:12])
+		var total int64
+		for _, r := range blob.Ranges {
+			fmt.Fprintf(&b, " %d+%d", r.Off, r.Len)
+			total += r.Len
+		}
+		fmt.Fprintf(&b, " (%d ranges, %d bytes)\n", len(blob.Ranges), total)
+	}
+	return b.String()
 }

@@ -64,12 +64,20 @@ func overlaybdLayers(manifest ocispec.Manifest) ([]ocispec.Descriptor, error) {
 	return layers, nil
 }
 
-// recordedPages returns the page trace the snapshotter stored for chain since the recording
-// started, nil when it stored none since: it records one when it releases the chain's
-// device, which a device linger puts off.
+// coarseClockLag bounds how far a file time may lag the clock time.Now reads.
+const coarseClockLag = 50 * time.Millisecond
+
+// recordedPages returns the page trace the snapshotter stored for chain since the given time
+// (when the recording run's snapshot was collected: the snapshotter stores the page trace of
+// the run's own device as it removes it), nil when it stored none since or since is zero.
 func recordedPages(store tracestore.Store, chain digest.Digest, since time.Time) ([]byte, error) {
+	if since.IsZero() {
+		return nil, nil
+	}
 	info, err := os.Stat(store.PagesPath(chain))
-	if errors.Is(err, os.ErrNotExist) || (err == nil && info.ModTime().Before(since)) {
+	// File times come from the kernel's coarse clock, which may lag the one since was read
+	// from by a tick.
+	if errors.Is(err, os.ErrNotExist) || (err == nil && info.ModTime().Before(since.Add(-coarseClockLag))) {
 		return nil, nil
 	}
 	if err != nil {
