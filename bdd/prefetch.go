@@ -51,8 +51,10 @@ type prefetcher struct {
 	files   atomic.Pointer[ext4meta.Files] // set when the walk is done
 	quiet   io.ReaderAt                    // the lower layers through their Prefetchers
 	mu      sync.Mutex
-	fetched map[int]bool // files whose prefetch has started
-	buffers chan []byte  // filePieceReads buffers: a piece is read while it holds one
+	fetched map[int]bool      // files whose prefetch has started
+	queue   []ext4meta.Extent // pieces of files waiting for a worker, in order
+	workers bool              // the filePieceReads workers have started
+	work    chan struct{}     // signalled when queue has pieces
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -62,10 +64,7 @@ type prefetcher struct {
 func (s *Server) newPrefetcher(d *device) *prefetcher {
 	p := &prefetcher{
 		Backend: d.stack, layers: d.layers, maxFile: int64(s.cfg.Cache.PrefetchFileMax), replays: s.replays,
-		log: s.log.With("device", d.spec.ID), fetched: map[int]bool{}, buffers: make(chan []byte, filePieceReads),
-	}
-	for range filePieceReads {
-		p.buffers <- nil // allocated on first use: most devices never prefetch a file
+		log: s.log.With("device", d.spec.ID), fetched: map[int]bool{}, work: make(chan struct{}, 1),
 	}
 	for i, l := range d.layers {
 		if l.blob != nil {
@@ -166,17 +165,18 @@ func (p *prefetcher) misses() (n uint64) {
 	return n
 }
 
-// fetchFile reads file through the quiet stack in pieces, the pieces from at onward first
-// (where the reader is heading), at most filePieceReads at once per device. The pieces are
-// decoded and dropped: what matters is that their blocks are in the cache.
+// fetchFile queues file's pieces to be read through the quiet stack, the pieces from at
+// onward first (where the reader is heading). filePieceReads workers per device read the
+// queue in order (started on first use: most devices never prefetch a file), however many
+// pieces there are. The pieces are decoded and dropped: what matters is that their blocks
+// are in the cache.
 func (p *prefetcher) fetchFile(files *ext4meta.Files, file int, at int64) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.fetched[file] || files.Size(file) > p.maxFile || p.ctx.Err() != nil {
-		p.mu.Unlock()
 		return
 	}
 	p.fetched[file] = true
-	p.mu.Unlock()
 	var pieces []ext4meta.Extent
 	for _, e := range files.Extents(file) {
 		for off := e.Off; off < e.End(); off += filePieceSize {
@@ -186,22 +186,53 @@ func (p *prefetcher) fetchFile(files *ext4meta.Files, file int, at int64) {
 	slices.SortStableFunc(pieces, func(a, b ext4meta.Extent) int {
 		return cmp.Compare(boolInt(a.End() <= at), boolInt(b.End() <= at))
 	})
-	for _, piece := range pieces {
-		p.wg.Go(func() {
-			var buf []byte
-			select { // blocked senders queue in order, so pieces go out in order
-			case buf = <-p.buffers:
+	p.queue = append(p.queue, pieces...)
+	if !p.workers {
+		p.workers = true
+		for range filePieceReads {
+			p.wg.Go(p.readPieces)
+		}
+	}
+	p.signal()
+}
+
+// signal wakes a worker waiting for pieces.
+func (p *prefetcher) signal() {
+	select {
+	case p.work <- struct{}{}:
+	default:
+	}
+}
+
+// readPieces is a worker of fetchFile: it reads queued pieces until the prefetch ends.
+func (p *prefetcher) readPieces() {
+	var buf []byte
+	for {
+		p.mu.Lock()
+		if len(p.queue) == 0 {
+			p.mu.Unlock()
+			select {
+			case <-p.work:
+				continue
 			case <-p.ctx.Done():
 				return
 			}
-			if buf == nil {
-				buf = make([]byte, filePieceSize)
-			}
-			defer func() { p.buffers <- buf }()
-			if _, err := p.quiet.ReadAt(buf[:piece.Len], piece.Off); err != nil && p.ctx.Err() == nil {
-				p.log.Debug("file prefetch failed", "file", file, "off", piece.Off, "err", err)
-			}
-		})
+		}
+		piece := p.queue[0]
+		p.queue = p.queue[1:]
+		if len(p.queue) > 0 {
+			p.signal()
+		}
+		p.mu.Unlock()
+		if p.ctx.Err() != nil {
+			return
+		}
+		if buf == nil {
+			buf = make([]byte, filePieceSize)
+		}
+		if _, err := p.quiet.ReadAt(buf[:piece.Len], piece.Off); err != nil && p.ctx.Err() == nil {
+			p.log.Debug("file prefetch failed", "off", piece.Off, "err", err)
+		}
 	}
 }
 

@@ -27,11 +27,25 @@ type Files struct {
 	byOff  []fileExtent // every extent, by device offset
 }
 
-func newFiles(sizes []int64, exts []fileExtent) *Files {
-	f := &Files{sizes: sizes, byFile: slices.Clone(exts), byOff: exts, start: make([]int, len(sizes)+1)}
-	slices.SortFunc(f.byFile, func(a, b fileExtent) int {
+// newFiles indexes exts, keeping of each file's extents (in device order) no more than
+// its size rounded up to whole blocks of bs bytes: extents that overlap in the file, as a
+// hostile filesystem's may, cannot make a file own more of the device than its size.
+func newFiles(sizes []int64, exts []fileExtent, bs int64) *Files {
+	slices.SortStableFunc(exts, func(a, b fileExtent) int {
 		return cmp.Or(cmp.Compare(a.file, b.file), cmp.Compare(a.Off, b.Off))
 	})
+	f := &Files{sizes: sizes, start: make([]int, len(sizes)+1)}
+	var left int64
+	for i, e := range exts {
+		if i == 0 || e.file != exts[i-1].file {
+			left = (sizes[e.file] + bs - 1) / bs * bs
+		}
+		if e.Len = min(e.Len, left); e.Len > 0 {
+			left -= e.Len
+			f.byFile = append(f.byFile, e)
+		}
+	}
+	f.byOff = slices.Clone(f.byFile)
 	slices.SortFunc(f.byOff, func(a, b fileExtent) int { return cmp.Compare(a.Off, b.Off) })
 	i := 0
 	for file := range sizes {

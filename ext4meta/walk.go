@@ -148,7 +148,7 @@ func Walk(ctx context.Context, dev io.ReaderAt, opts Options) (Stats, *Files, er
 			return w.stats, nil, err
 		}
 	}
-	return w.stats, newFiles(w.fileSizes, w.fileExtents), nil
+	return w.stats, newFiles(w.fileSizes, w.fileExtents, g.BlockSize), nil
 }
 
 // extent is a run of blocks.
@@ -253,8 +253,11 @@ func (w *walker) extentNode(b []byte, n node, next *level) {
 			switch {
 			case count == 0 || count > uninitExtentLen: // allocated but never written
 			case n.file >= 0:
-				if w.inside(start, count) && len(w.fileExtents) < maxFileExtents {
-					bs := w.g.BlockSize
+				// Blocks past the file's size hold nothing of it: a hostile inode may claim
+				// a small size over huge extents.
+				bs, logical := w.g.BlockSize, int64(le.Uint32(e[0:]))
+				count = min(count, (w.fileSizes[n.file]+bs-1)/bs-logical)
+				if count > 0 && w.inside(start, count) && len(w.fileExtents) < maxFileExtents {
 					w.fileExtents = append(w.fileExtents, fileExtent{Extent{start * bs, count * bs}, int32(n.file)})
 				}
 			case n.wantData:

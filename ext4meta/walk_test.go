@@ -266,3 +266,37 @@ func TestWalkStopsWithContext(t *testing.T) {
 		t.Fatalf("walk with a cancelled context: %v", err)
 	}
 }
+
+// TestFilesClipsExtentsToSize: an inode that claims 100 bytes over 3 MiB of extents (as a
+// hostile image's would) owns one block of the device, not 3 MiB: what Files reports is
+// what a prefetch of the file reads.
+func TestFilesClipsExtentsToSize(t *testing.T) {
+	requireTools(t)
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "big"), bytes.Repeat([]byte("data"), 3<<20/4), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := mkfs(t, src, 64<<20, "-b", "4096", "-O", "extent")
+	if out, err := exec.Command("debugfs", "-w", "-R", "sif /big size 100", img).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v: %s", err, out)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, files, err := ext4meta.Walk(context.Background(), f, ext4meta.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files.Len() != 1 || files.Size(0) != 100 {
+		t.Fatalf("want one file of 100 bytes, got %d files", files.Len())
+	}
+	var total int64
+	for _, e := range files.Extents(0) {
+		total += e.Len
+	}
+	if total != 4096 {
+		t.Errorf("a file of 100 bytes owns %d device bytes, want one 4 KiB block", total)
+	}
+}

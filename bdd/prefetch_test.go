@@ -1,0 +1,108 @@
+package bdd
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/obdproject/obd/ext4meta"
+)
+
+// gate is a device whose reads block until it is opened, counting the reads in flight.
+type gate struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	open    bool
+	waiting int
+}
+
+func newGate() *gate { g := &gate{}; g.cond = sync.NewCond(&g.mu); return g }
+
+func (g *gate) ReadAt(p []byte, _ int64) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.waiting++
+	g.cond.Broadcast()
+	for !g.open {
+		g.cond.Wait()
+	}
+	g.waiting--
+	return len(p), nil
+}
+
+// waitFor blocks until n reads are in flight.
+func (g *gate) waitFor(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.waiting < n {
+		g.cond.Wait()
+	}
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	g.open = true
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// fileOf walks an ext4 holding one regular file of size bytes and returns its Files.
+func fileOf(t *testing.T, size int) *ext4meta.Files {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+	}
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), bytes.Repeat([]byte{1}, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, int64(size)+16<<20); err != nil {
+		t.Fatal(err)
+	}
+	mkfs := []string{"env", "MKE2FS_CONFIG=/dev/null", "mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "extent", "-d", src, img}
+	if out, err := exec.Command(mkfs[0], mkfs[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v: %s", mkfs, err, out)
+	}
+	var files *ext4meta.Files
+	f, err := os.Open(img)
+	if err == nil {
+		defer f.Close()
+		_, files, err = ext4meta.Walk(context.Background(), f, ext4meta.Options{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files.Len() != 1 || len(files.Extents(0)) == 0 {
+		t.Fatalf("walk found %d files, want 1 with data", files.Len())
+	}
+	return files
+}
+
+// TestFilePrefetchUsesFixedWorkers: fetching a file of 32 pieces keeps filePieceReads reads
+// in flight on as many goroutines, not a goroutine per piece.
+func TestFilePrefetchUsesFixedWorkers(t *testing.T) {
+	files := fileOf(t, 32*filePieceSize)
+	dev := newGate()
+	p := &prefetcher{maxFile: 1 << 30, quiet: dev, fetched: map[int]bool{}, work: make(chan struct{}, 1),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), replays: newReplays()}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	defer p.stop()
+	defer dev.release()
+	before := runtime.NumGoroutine()
+	p.fetchFile(files, 0, 0)
+	dev.waitFor(filePieceReads)
+	if grown := runtime.NumGoroutine() - before; grown > filePieceReads {
+		t.Errorf("a file of 32 pieces started %d goroutines, want at most %d", grown, filePieceReads)
+	}
+}
