@@ -3,11 +3,13 @@ package sandbox
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // compileTimeout bounds byte-compiling one function's handler code.
@@ -15,24 +17,31 @@ const compileTimeout = time.Minute
 
 // compile byte-compiles the handler code once, with the image's python3, into __pycache__
 // next to the sources: every sandbox would otherwise compile it again on import (about 1 ms
-// for a small handler, measured). No handler code runs: compileall only parses. A syntax
-// error fails the registration. id names the root it runs in.
-func (m *Manager) compile(img *image, codeDir string, id int) error {
-	root, err := mountRoot(filepath.Join(m.cfg.StateDir, "sandboxes", "compile-"+strconv.Itoa(id)), img.dir,
-		[]bind{{src: codeDir, target: "srv", writable: true}})
+// for a small handler, measured). No handler code runs: compileall only parses, but the
+// image's python3 does, so it runs confined as a sandbox is, with codeDir (handed to the
+// sandbox user for it) writable at /srv. A syntax error fails the registration.
+func (m *Manager) compile(img *image, codeDir string) error {
+	if err := chownTree(codeDir, m.cfg.UIDBase+nobody); err != nil {
+		return err
+	}
+	root, err := cloneTree(img.dir, roAttrs)
 	if err != nil {
 		return err
 	}
-	defer root.unmount()
-	cmd := &exec.Cmd{
-		Path:        pythonPath,
-		Args:        []string{"python3", "-I", "-c", "import compileall, sys; sys.exit(not compileall.compile_dir('/srv', quiet=1))"},
-		Env:         []string{"LANG=C.UTF-8"},
-		Dir:         "/",
-		SysProcAttr: &syscall.SysProcAttr{Chroot: root.dir, Cloneflags: sandboxFlags, Pdeathsig: syscall.SIGKILL},
+	defer root.close()
+	code, err := cloneTree(codeDir, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
+	if err != nil {
+		return err
+	}
+	if err := root.attach("srv", code); err != nil {
+		return err
 	}
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd, err := m.command(confined{root: root, flags: sandboxFlags, stdout: &out, stderr: &out,
+		argv: []string{pythonPath, "-I", "-c", "import compileall, sys; sys.exit(not compileall.compile_dir('/srv', quiet=1))"}})
+	if err != nil {
+		return err
+	}
 	if err := m.netns.start(cmd.Start); err != nil {
 		return fmt.Errorf("compile handler: %w", err)
 	}
@@ -40,6 +49,20 @@ func (m *Manager) compile(img *image, codeDir string, id int) error {
 		return fmt.Errorf("compile handler code: %w: %s", err, bytes.TrimSpace(out.Bytes()))
 	}
 	return nil
+}
+
+// chownTree gives every file and directory under dir (symlinks themselves, never followed)
+// to uid (and the group of that number).
+func chownTree(dir string, uid int) error {
+	return filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(path, uid, uid); err != nil {
+			return fmt.Errorf("sandbox: code dir: %w", err)
+		}
+		return nil
+	})
 }
 
 // waitOrKill waits for cmd, started, to exit; past limit it is killed and reaped.

@@ -16,16 +16,17 @@ import (
 
 // Function is a registered handler. sandboxapi.FunctionSpec is its form on the wire.
 type Function struct {
-	Name     string
-	Image    string        // runtime image ref, resolved by the RootfsProvider
-	Entry    string        // module.function, e.g. "main.handler"
-	Dir      string        // handler code directory on the server
-	MemoryMB int64         // memory limit; default 128
-	CPUs     float64       // CPU quota in cores; default 1
-	Pids     int64         // process limit; default 32
-	Timeout  time.Duration // per invocation; default 10s
-	Imports  []string      // modules its own zygote imports
-	Packages []string      // install-cache packages on its sys.path
+	Name      string
+	Image     string        // runtime image ref, resolved by the RootfsProvider
+	Entry     string        // module.function, e.g. "main.handler"
+	Dir       string        // handler code directory on the server
+	MemoryMB  int64         // memory limit; default 128
+	CPUs      float64       // CPU quota in cores; default 1
+	Pids      int64         // process limit; default 32
+	Timeout   time.Duration // per invocation; default 10s
+	ScratchMB int64         // size of its /tmp (a tmpfs, counted in its memory too); default 64
+	Imports   []string      // modules its own zygote imports
+	Packages  []string      // install-cache packages on its sys.path
 }
 
 var namePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -54,8 +55,11 @@ func (f *Function) Validate() error {
 	if f.Timeout == 0 {
 		f.Timeout = 10 * time.Second
 	}
-	if f.MemoryMB < 16 || f.CPUs < 0 || f.Pids < 4 || f.Timeout < 0 {
-		return fmt.Errorf("sandbox: function %s: limits too small (memory %d MB ≥ 16, pids %d ≥ 4)", f.Name, f.MemoryMB, f.Pids)
+	if f.ScratchMB == 0 {
+		f.ScratchMB = 64
+	}
+	if f.MemoryMB < 16 || f.CPUs < 0 || f.Pids < 4 || f.Timeout < 0 || f.ScratchMB < 1 {
+		return fmt.Errorf("sandbox: function %s: limits too small (memory %d MB ≥ 16, pids %d ≥ 4, scratch %d MB ≥ 1)", f.Name, f.MemoryMB, f.Pids, f.ScratchMB)
 	}
 	for _, m := range append(slices.Clone(f.Imports), f.Packages...) {
 		if !namePattern.MatchString(m) {
@@ -69,8 +73,9 @@ func (f *Function) Validate() error {
 type function struct {
 	Function
 	image  *image
-	zygote *zygote // the function's own zygote, forked from the image's
-	idle   []*box  // handler cache, most recently used last; all frozen
+	tree   *mountTree // its sandboxes' root but scratch: image, code at /srv, packages at /opt, devices; nil once removed
+	zygote *zygote    // the function's own zygote, forked from the image's
+	idle   []*box     // handler cache, most recently used last; all frozen
 	// spare holds prepared sandboxes (no process yet), filled by
 	// keepSpares until stopSpares closes; sparesDone closes when it has cleaned up.
 	spare      chan *box
@@ -150,7 +155,10 @@ func (m *Manager) reserve(ctx context.Context, f Function) (registration, error)
 // names imports and its image has a zygote.
 func (m *Manager) install(r registration) (err error) {
 	fn := r.fn
-	err = m.compile(fn.image, fn.Dir, r.id)
+	err = m.compile(fn.image, fn.Dir)
+	if err == nil {
+		fn.tree, err = m.functionTree(fn)
+	}
 	if err == nil && r.runtime != nil && len(fn.Imports) > 0 {
 		if fn.zygote, err = r.runtime.child(fn.Imports); err != nil {
 			err = fmt.Errorf("zygote: %w", err)
@@ -173,6 +181,8 @@ func (m *Manager) commit(fn *function, installErr error) error {
 		if fn.zygote != nil {
 			fn.zygote.close()
 		}
+		fn.tree.close()
+		fn.tree = nil
 		m.releaseImage(fn.Image, fn.image)
 		return fmt.Errorf("sandbox: function %s: %w", fn.Name, err)
 	}
@@ -184,6 +194,28 @@ func (m *Manager) commit(fn *function, installErr error) error {
 	}
 	m.log.Info("function registered", "name", fn.Name, "image", fn.Image, "entry", fn.Entry, "memory_mb", fn.MemoryMB, "timeout", fn.Timeout)
 	return nil
+}
+
+// functionTree is the root of fn's sandboxes but their scratch: the image's tree with the
+// handler code at /srv and the host's null, zero, random and urandom devices.
+func (m *Manager) functionTree(fn *function) (_ *mountTree, err error) {
+	t, err := m.imageTree(fn.image.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			t.close()
+		}
+	}()
+	code, err := cloneTree(fn.Dir, roAttrs)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.attach("srv", code); err != nil {
+		return nil, err
+	}
+	return t, t.bindDevices()
 }
 
 // Functions lists the registered functions, sorted by name.
@@ -233,6 +265,8 @@ func (m *Manager) remove(fn *function) error {
 	if fn.zygote != nil {
 		errs = append(errs, fn.zygote.close())
 	}
+	errs = append(errs, fn.tree.close())
+	fn.tree = nil
 	errs = append(errs, m.releaseImage(fn.Image, fn.image))
 	return errors.Join(errs...)
 }

@@ -3,8 +3,6 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"path/filepath"
-	"strconv"
 )
 
 // image is an acquired rootfs with the zygote root and runtime zygote made from it, shared by
@@ -12,7 +10,7 @@ import (
 type image struct {
 	dir     string
 	release func() error
-	root    *rootMount
+	tree    *mountTree // the runtime zygote's root: the image, the install cache at /opt
 	zygote  *zygote
 	users   int
 }
@@ -34,11 +32,10 @@ func (m *Manager) acquireImage(ctx context.Context, ref string) (_ *image, err e
 		}
 	}()
 	if !m.cfg.NoZygotes {
-		m.nextID++
-		if img.root, err = mountRoot(filepath.Join(m.cfg.StateDir, "images", strconv.Itoa(m.nextID)), dir, m.packageBinds()); err != nil {
+		if img.tree, err = m.imageTree(dir); err != nil {
 			return nil, err
 		}
-		if img.zygote, err = startRuntimeZygote(img.root.dir, m.netns, m.stderr, m.cfg.Imports); err != nil {
+		if img.zygote, err = m.startRuntimeZygote(img.tree); err != nil {
 			return nil, err
 		}
 	}
@@ -46,12 +43,23 @@ func (m *Manager) acquireImage(ctx context.Context, ref string) (_ *image, err e
 	return img, nil
 }
 
-// packageBinds are the binds of the install cache into a root: read-only at /opt.
-func (m *Manager) packageBinds() []bind {
-	if m.cfg.PackagesDir == "" {
-		return nil
+// imageTree is a tree of the image at dir with the install cache, if any, at /opt; all
+// read-only, nosuid, nodev.
+func (m *Manager) imageTree(dir string) (_ *mountTree, err error) {
+	t, err := cloneTree(dir, roAttrs)
+	if err != nil || m.cfg.PackagesDir == "" {
+		return t, err
 	}
-	return []bind{{src: m.cfg.PackagesDir, target: "opt"}}
+	defer func() {
+		if err != nil {
+			t.close()
+		}
+	}()
+	pkgs, err := cloneTree(m.cfg.PackagesDir, roAttrs)
+	if err != nil {
+		return nil, err
+	}
+	return t, t.attach("opt", pkgs)
 }
 
 // close stops the image's runtime zygote, unmounts its root and releases the rootfs.
@@ -60,9 +68,7 @@ func (img *image) close() error {
 	if img.zygote != nil {
 		errs = append(errs, img.zygote.close())
 	}
-	if img.root != nil {
-		errs = append(errs, img.root.unmount())
-	}
+	errs = append(errs, img.tree.close())
 	errs = append(errs, img.release())
 	return errors.Join(errs...)
 }
@@ -129,7 +135,7 @@ func (m *Manager) restartRuntimeZygote(img *image, ref string) {
 		defer m.destroying.Done()
 		old.close()
 	}()
-	z, err := startRuntimeZygote(img.root.dir, m.netns, m.stderr, m.cfg.Imports)
+	z, err := m.startRuntimeZygote(img.tree)
 	if err != nil {
 		m.log.Warn("restart runtime zygote", "image", ref, "err", err)
 		return

@@ -20,15 +20,27 @@ import (
 // forked from zygotes ahead of demand (spares), and one that forks them on demand: the
 // isolation properties must hold on every path.
 func forEachPath(t *testing.T, fn func(t *testing.T, m *Manager)) {
+	forEachPathWith(t, nil, fn)
+}
+
+// forEachPathWith is forEachPath with base applied to every manager's config first.
+func forEachPathWith(t *testing.T, base func(*Config), fn func(t *testing.T, m *Manager)) {
 	for _, p := range []struct {
 		name string
 		mod  func(*Config)
 	}{
-		{"warm", nil},
+		{"warm", func(*Config) {}},
 		{"warm-on-demand", func(c *Config) { c.SpareRoots = -1 }},
 		{"cold", func(c *Config) { c.NoZygotes = true }},
 	} {
-		t.Run(p.name, func(t *testing.T) { fn(t, newTestManager(t, p.mod)) })
+		t.Run(p.name, func(t *testing.T) {
+			fn(t, newTestManager(t, func(c *Config) {
+				if base != nil {
+					base(c)
+				}
+				p.mod(c)
+			}))
+		})
 	}
 }
 
@@ -196,7 +208,7 @@ func TestKeepAliveExpiresIdleSandboxes(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) > 0 {
+	if pids := runnerPids(t, m, true); len(pids) > 0 {
 		t.Errorf("expired sandbox's processes still alive: %v", pids)
 	}
 	if _, res := invoke(t, m, "ka", map[string]any{"op": "echo"}); res.Path != sandboxapi.Warm {
@@ -208,13 +220,13 @@ func TestDeleteRemovesSandboxes(t *testing.T) {
 	m := newTestManager(t, nil)
 	register(t, m, "del", func(f *Function) { f.Imports = []string{"decimal"} })
 	invoke(t, m, "del", map[string]any{"op": "echo"})
-	if len(runnerPids(t, m.cfg.StateDir+"/sandboxes")) == 0 {
+	if len(runnerPids(t, m, true)) == 0 {
 		t.Fatal("no cached sandbox process found before delete")
 	}
 	if err := m.Delete("del"); err != nil {
 		t.Fatal(err)
 	}
-	if pids := runnerPids(t, m.cfg.StateDir); len(pids) > 0 {
+	if pids := runnerPids(t, m, false); len(pids) > 0 {
 		t.Errorf("processes left after deleting the only function: %v", pids)
 	}
 	if _, err := m.Invoke(context.Background(), "del", nil); !errors.Is(err, ErrNotFound) {

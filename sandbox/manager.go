@@ -42,6 +42,7 @@ type Config struct {
 	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
 	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
 	NoZygotes    bool             // start every sandbox cold (for comparison)
+	UIDBase      int              // sandbox uids and gids 0..65535 are these on the host; default 1000000000
 	Log          *slog.Logger     // default slog.Default()
 	Now          func() time.Time // for tests of keep-alive; default time.Now
 }
@@ -64,6 +65,9 @@ func (c *Config) setDefaults() {
 	if c.Imports == nil {
 		c.Imports = []string{"json", "sqlite3"}
 	}
+	if c.UIDBase == 0 {
+		c.UIDBase = 1_000_000_000
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -80,6 +84,9 @@ type Manager struct {
 	pool   *cgroup.Pool
 	netns  *emptyNetns
 	stderr *os.File
+	exe    *os.File // the server's binary, re-executed to confine image code (confine.go)
+
+	poolName string
 
 	mu      sync.Mutex
 	funcs   map[string]*function
@@ -101,6 +108,12 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, errors.New("sandbox: config needs StateDir and Rootfs")
 	}
 	cfg.setDefaults()
+	if cfg.UIDBase < 1 || cfg.UIDBase > 1<<32-1-idRange {
+		return nil, fmt.Errorf("sandbox: uid base %d out of range", cfg.UIDBase)
+	}
+	if _, _, _, err := filters(); err != nil {
+		return nil, err
+	}
 	if err := resetStateDir(cfg.StateDir); err != nil {
 		return nil, err
 	}
@@ -108,19 +121,27 @@ func NewManager(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: log: %w", err)
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, stderr: stderr, funcs: map[string]*function{}, pending: map[string]bool{}, images: map[string]*image{},
+	exe, err := os.Open("/proc/self/exe")
+	if err != nil {
+		stderr.Close()
+		return nil, fmt.Errorf("sandbox: open own binary: %w", err)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log, stderr: stderr, exe: exe, funcs: map[string]*function{}, pending: map[string]bool{}, images: map[string]*image{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	removeDeadPools(cfg.CgroupRoot, cfg.Log)
 	// The pool name carries the pid and a sequence number so two servers, or two managers of
 	// one process, never share groups.
-	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, fmt.Sprintf("%s%d-%d", poolPrefix, os.Getpid(), poolSeq.Add(1)), cfg.PoolSize)
+	m.poolName = fmt.Sprintf("%s%d-%d", poolPrefix, os.Getpid(), poolSeq.Add(1))
+	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, m.poolName, cfg.PoolSize)
 	if err != nil {
 		stderr.Close()
+		exe.Close()
 		return nil, err
 	}
 	if m.netns, err = newEmptyNetns(); err != nil {
 		m.pool.Close()
 		stderr.Close()
+		exe.Close()
 		return nil, err
 	}
 	go m.sweep()
@@ -212,6 +233,6 @@ func (m *Manager) Close() error {
 	m.destroying.Wait()
 	// Groups still in use by running invocations are killed here; those invocations then
 	// destroy their own boxes.
-	errs = append(errs, m.pool.Close(), m.netns.Close(), m.stderr.Close())
+	errs = append(errs, m.pool.Close(), m.netns.Close(), m.stderr.Close(), m.exe.Close())
 	return errors.Join(errs...)
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,20 +76,26 @@ func assertNothingLeft(t testing.TB, m *Manager) {
 	if left := leftCgroups(m.cfg.CgroupRoot, os.Getpid()); len(left) > 0 {
 		t.Errorf("cgroups left after Close: %v", left)
 	}
-	if pids := runnerPids(t, m.cfg.StateDir); len(pids) > 0 {
+	if pids := runnerPids(t, m, false); len(pids) > 0 {
 		t.Errorf("sandbox processes left after Close: %v", pids)
 	}
 }
 
-// runnerPids lists live runner.py processes rooted under stateDir.
-func runnerPids(t testing.TB, stateDir string) []string {
+// runnerPids lists the processes m started (zygotes, sandboxes), or only its sandboxes (run
+// as nobody).
+func runnerPids(t testing.TB, m *Manager, sandboxesOnly bool) []string {
 	entries, _ := os.ReadDir("/proc")
 	var pids []string
 	for _, e := range entries {
-		root, err := os.Readlink(filepath.Join("/proc", e.Name(), "root"))
-		if err == nil && strings.HasPrefix(root, stateDir) {
-			pids = append(pids, e.Name())
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !slices.Contains(strings.Split(string(env), "\x00"), "OBD_SANDBOX="+m.poolName) {
+			continue
 		}
+		if st, err := os.Stat(filepath.Join("/proc", e.Name())); err == nil && sandboxesOnly &&
+			st.Sys().(*syscall.Stat_t).Uid != uint32(m.cfg.UIDBase+nobody) {
+			continue
+		}
+		pids = append(pids, e.Name())
 	}
 	return pids
 }
@@ -172,7 +180,7 @@ func TestSparesRunNoHandlerCodeAhead(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if pids := runnerPids(t, m.cfg.StateDir+"/sandboxes"); len(pids) < cap(fn.spare) {
+	if pids := runnerPids(t, m, true); len(pids) < cap(fn.spare) {
 		t.Fatalf("%d sandbox processes for %d spares: spares are not forked ahead", len(pids), cap(fn.spare))
 	}
 	before := float64(time.Now().UnixNano()) / 1e9

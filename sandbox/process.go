@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
-	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +22,12 @@ var runnerSource string
 // pythonPath is the runtime's interpreter inside an image.
 const pythonPath = "/usr/bin/python3"
 
-// sandboxFlags are the namespaces a cold sandbox is created in (a zygote's children unshare
-// the same ones in runner.py).
+// sandboxFlags are the namespaces a sandbox is created in, besides its user namespace (a
+// zygote's children clone the same ones in runner.py).
 const sandboxFlags = unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// zygoteTimeout bounds one request to a zygote: one that takes longer counts as gone.
+const zygoteTimeout = 10 * time.Second
 
 // spec is what runner.py needs to become a sandbox.
 type spec struct {
@@ -35,23 +39,9 @@ type spec struct {
 	Cgroups  int      `json:"cgroups"`
 }
 
-// runnerCmd is python3 running runner.py in root (a chroot) with the given namespaces.
-// files become fds 3, 4, ... of the process.
-func runnerCmd(root string, flags uintptr, stderr *os.File, files []*os.File, args ...string) *exec.Cmd {
-	return &exec.Cmd{
-		Path:       pythonPath,
-		Args:       append([]string{"python3", "-I", "-c", runnerSource}, args...),
-		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"},
-		Dir:        "/",
-		Stderr:     stderr,
-		ExtraFiles: files,
-		SysProcAttr: &syscall.SysProcAttr{
-			Chroot:     root,
-			Cloneflags: flags,
-			// Only the server may outlive its processes: if it dies they go too.
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}
+// runnerArgv is python3 running runner.py with args.
+func runnerArgv(args ...string) []string {
+	return append([]string{pythonPath, "-I", "-c", runnerSource}, args...)
 }
 
 // socketPair returns two connected sockets of the given type as files.
@@ -85,15 +75,26 @@ type zygote struct {
 	parent *zygote
 }
 
-func startRuntimeZygote(root string, netns *emptyNetns, stderr *os.File, imports []string) (*zygote, error) {
+// startRuntimeZygote starts the runtime zygote of an image in root (a tree of the image),
+// confined, importing m's Imports.
+func (m *Manager) startRuntimeZygote(root *mountTree) (*zygote, error) {
+	_, _, forked, err := filters()
+	if err != nil {
+		return nil, err
+	}
 	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, err
 	}
 	defer theirs.Close()
-	mods, _ := json.Marshal(imports)
-	cmd := runnerCmd(root, sandboxFlags, stderr, []*os.File{theirs}, "zygote", string(mods))
-	if err := netns.start(cmd.Start); err != nil {
+	mods, _ := json.Marshal(m.cfg.Imports)
+	cmd, err := m.command(confined{root: root, files: []*os.File{theirs}, zygote: true, flags: sandboxFlags, stderr: m.stderr,
+		argv: runnerArgv("zygote", string(mods), hex.EncodeToString(filterBytes(forked)))})
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	if err := m.netns.start(cmd.Start); err != nil {
 		ours.Close()
 		return nil, fmt.Errorf("sandbox: start zygote: %w", err)
 	}
@@ -121,6 +122,7 @@ func (z *zygote) request(req any, files ...*os.File) error {
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	z.ctl.SetDeadline(time.Now().Add(zygoteTimeout))
 	if _, _, err := z.ctl.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
 		return fmt.Errorf("%w: request: %w", errZygoteGone, err)
 	}
@@ -163,7 +165,7 @@ func (z *zygote) child(imports []string) (*zygote, error) {
 	return &zygote{ctl: c.(*net.UnixConn), parent: z}, nil
 }
 
-// fork asks the zygote for a sandbox that chroots into root, joins the cgroups whose
+// fork asks the zygote for a sandbox that chroots into root (a mount tree), joins the cgroups whose
 // cgroup.procs files are procs, and serves requests on chan.
 func (z *zygote) fork(s spec, root, chanFile *os.File, procs []*os.File) error {
 	return z.request(map[string]any{"op": "fork", "spec": s}, append([]*os.File{root, chanFile}, procs...)...)

@@ -1,7 +1,13 @@
 # obd sandbox runner: runs inside a function sandbox's chroot with the image's python3.
 #
-#   python3 -I -c RUNNER zygote MODULES   serve fork requests on fd 3 (SOCK_SEQPACKET)
-#   python3 -I -c RUNNER cold SPEC        become one sandbox: channel fd 3, cgroup.procs fds 4..
+#   python3 -I -c RUNNER zygote MODULES FILTER   serve fork requests on fd 3 (SOCK_SEQPACKET)
+#   python3 -I -c RUNNER cold SPEC               be one sandbox, channel on fd 3
+#
+# The server started it confined (confine.go): in a user namespace, chrooted, with a seccomp
+# filter; a cold sandbox is nobody already and in its cgroup. A zygote holds the few
+# capabilities it needs to make sandboxes; each forked sandbox becomes nobody, losing them, and
+# stacks FILTER (hex of a struct sock_filter array) to give up what the zygote's filter allowed
+# it alone: chroot, sethostname, clone of namespaces.
 #
 # Zygote requests are JSON messages with file descriptors attached (SCM_RIGHTS):
 #   {"op": "fork", "spec": SPEC}      fds: sandbox root dir, channel, cgroup.procs files...
@@ -32,6 +38,8 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 MAX_FRAME = 16 << 20
 
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
@@ -90,12 +98,30 @@ def join_cgroup(fds):
 
 
 def drop_privileges(uid):
-    # setuid to an unprivileged user clears every capability; no_new_privs stops setuid
-    # binaries from getting them back.
+    # setuid to an unprivileged user clears every capability; no_new_privs (set by confine
+    # already) stops setuid binaries from getting them back.
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
+    if os.getuid() != uid:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    if FORKED_FILTER is not None:
+        check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(FORKED_FILTER[0]), 0, 0), "seccomp")
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# The filter a forked sandbox stacks: (struct sock_fprog, its buffer), kept alive.
+FORKED_FILTER = None
+
+
+def load_forked_filter(hexprog):
+    global FORKED_FILTER
+    prog = bytes.fromhex(hexprog)
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    FORKED_FILTER = (SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p)), buf)
 
 
 def find_code(module):
@@ -242,14 +268,12 @@ def serve_zygote(ctl):
 def main():
     mode = sys.argv[1]
     if mode == "zygote":
+        load_forked_filter(sys.argv[3])
         for name in json.loads(sys.argv[2]):
             importlib.import_module(name)
         serve_zygote(socket.socket(fileno=3))
     elif mode == "cold":
-        spec = json.loads(sys.argv[2])
-        join_cgroup(range(4, 4 + spec["cgroups"]))
-        socket.sethostname(spec.get("hostname", "sandbox"))
-        run_sandbox(spec, 3)
+        run_sandbox(json.loads(sys.argv[2]), 3)
     else:
         sys.exit("runner: unknown mode " + mode)
 

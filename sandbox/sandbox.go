@@ -26,13 +26,12 @@ var (
 	ErrClosed   = errors.New("sandbox: manager closed")
 )
 
-// box is one live sandbox: its cgroup, root mounts, scratch dir and the channel to its
+// box is one live sandbox: its cgroup, root (with its scratch tmpfs) and the channel to its
 // runner.
 type box struct {
 	id       int
-	dir      string // state dir of the sandbox: root/ and scratch/
 	group    *cgroup.Group
-	root     *rootMount
+	root     *mountTree
 	conn     net.Conn
 	procs    []*os.File           // the group's cgroup.procs files, until the process has joined
 	cmd      *exec.Cmd            // cold sandboxes: the server's child, reaped here
@@ -155,7 +154,7 @@ func (b *box) closeProcs() {
 }
 
 // destroy kills every process of the sandbox and removes its cgroup (back to the pool),
-// mounts and scratch dir.
+// root and scratch.
 func (b *box) destroy(pool *cgroup.Pool) error {
 	var errs []error
 	b.closeProcs()
@@ -170,12 +169,7 @@ func (b *box) destroy(pool *cgroup.Pool) error {
 	if b.cmd != nil {
 		b.cmd.Wait()
 	}
-	if b.root != nil {
-		if err := b.root.unmount(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := os.RemoveAll(b.dir); err != nil {
+	if err := b.root.close(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

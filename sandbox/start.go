@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/obdproject/obd/sandbox/cgroup"
@@ -76,10 +75,10 @@ func (m *Manager) launchOrCold(fn *function, b *box) error {
 }
 
 // prepare makes everything of a sandbox for fn but its process: a cgroup with fn's limits
-// (its cgroup.procs files open for the process to join), a scratch dir and a root (the image,
-// the handler code, the install cache and the scratch dir, bind-mounted). id names its dir.
+// (its cgroup.procs files open for the process to join) and a root: a clone of fn's tree
+// with a new scratch tmpfs at /tmp. id names its hostname.
 func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
-	b := &box{id: id, dir: filepath.Join(m.cfg.StateDir, "sandboxes", strconv.Itoa(id))}
+	b := &box{id: id}
 	if b.group, err = m.pool.Get(cgroup.Limits{MemoryBytes: fn.MemoryMB << 20, CPUs: fn.CPUs, Pids: fn.Pids}); err != nil {
 		return nil, err
 	}
@@ -91,18 +90,21 @@ func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
 	if b.procs, err = b.group.OpenProcs(); err != nil {
 		return nil, err
 	}
-	scratch := filepath.Join(b.dir, "scratch")
-	if err := os.MkdirAll(scratch, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox: scratch: %w", err)
+	m.mu.Lock()
+	if fn.tree == nil {
+		err = fmt.Errorf("%w: %s", ErrNotFound, fn.Name)
+	} else {
+		b.root, err = fn.tree.clone()
 	}
-	if err := os.Chown(scratch, nobody, nobody); err != nil {
-		return nil, fmt.Errorf("sandbox: scratch: %w", err)
-	}
-	binds := append(m.packageBinds(), bind{src: fn.Dir, target: "srv"}, bind{src: scratch, target: "tmp", writable: true})
-	if b.root, err = mountRoot(filepath.Join(b.dir, "root"), fn.image.dir, binds); err != nil {
+	m.mu.Unlock()
+	if err != nil {
 		return nil, err
 	}
-	return b, nil
+	scratch, err := tmpfs(fn.ScratchMB<<20, m.cfg.UIDBase+nobody)
+	if err != nil {
+		return nil, err
+	}
+	return b, b.root.attach("tmp", scratch)
 }
 
 // launch starts the process of b, a prepared sandbox of fn: forked from z, or cold when z is
@@ -122,7 +124,7 @@ func (m *Manager) launch(fn *function, b *box, z *zygote) error {
 	}
 	if z != nil {
 		b.path = sandboxapi.Warm
-		err = forkFrom(z, s, b.root.dir, theirs, b.procs)
+		err = z.fork(s, b.root.f, theirs, b.procs)
 	} else {
 		b.path = sandboxapi.Cold
 		err = m.startCold(b, s, theirs, b.procs)
@@ -134,25 +136,20 @@ func (m *Manager) launch(fn *function, b *box, z *zygote) error {
 	return nil
 }
 
-// forkFrom has z fork a sandbox with spec s into root; chanFile is the sandbox's end of its
-// channel, procs the cgroup.procs files it joins.
-func forkFrom(z *zygote, s spec, root string, chanFile *os.File, procs []*os.File) error {
-	rootFile, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return fmt.Errorf("sandbox: open root: %w", err)
-	}
-	defer rootFile.Close()
-	return z.fork(s, rootFile, chanFile, procs)
-}
-
-// startCold starts the process of b as the server's child with spec s, in the shared empty
-// network namespace; chanFile and procs as for forkFrom.
+// startCold starts the process of b as the server's child with spec s, confined, in the
+// shared empty network namespace. chanFile is the sandbox's end of its channel, procs the
+// cgroup.procs files it joins.
 func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File) error {
+	hostname := s.Hostname
+	s.Cgroups, s.Hostname = 0, "" // confine does both
 	js, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
-	b.cmd = runnerCmd(b.root.dir, sandboxFlags, m.stderr, append([]*os.File{chanFile}, procs...), "cold", string(js))
+	if b.cmd, err = m.command(confined{root: b.root, files: []*os.File{chanFile}, cgroups: procs, hostname: hostname,
+		flags: sandboxFlags, stderr: m.stderr, argv: runnerArgv("cold", string(js))}); err != nil {
+		return err
+	}
 	if err := m.netns.start(b.cmd.Start); err != nil {
 		b.cmd = nil
 		return fmt.Errorf("sandbox: start cold sandbox: %w", err)

@@ -59,6 +59,7 @@ type options struct {
 	poolSize  int
 	imports   []string
 	noZygotes bool
+	uidBase   int
 	logLevel  string
 }
 
@@ -101,6 +102,7 @@ cgroup it made is removed.`,
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
 	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
+	f.IntVar(&o.uidBase, "uid-base", 1_000_000_000, "host uid (and gid) of uid 0 in the sandboxes' user namespaces; they use 65536 from there, which no host user may own")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.MarkFlagsOneRequired("rootfs-dir", "bdd-socket")
 	cmd.MarkFlagsMutuallyExclusive("rootfs-dir", "bdd-socket")
@@ -130,7 +132,7 @@ func run(o options) error {
 	}
 	m, err := sandbox.NewManager(sandbox.Config{
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
-		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, Log: log,
+		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
 	})
 	if err != nil {
 		return err

@@ -55,10 +55,10 @@ func TestServeAndCleanShutdown(t *testing.T) {
 	testCLI(t, tmp, addr, code)
 
 	// One sandbox waits frozen in the handler cache, the zygotes run: now stop the server.
-	if n := processesUnder(stateDir); n < 3 {
-		t.Fatalf("%d processes under the state dir before shutdown, want zygote, function zygote and sandbox", n)
-	}
 	pid := srv.Process.Pid
+	if n := processesOf(pid); n < 3 {
+		t.Fatalf("%d processes of the server before shutdown, want zygote, function zygote and sandbox", n)
+	}
 	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestServeAndCleanShutdown(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("server did not exit within 30s of SIGTERM")
 	}
-	if n := processesUnder(stateDir); n != 0 {
+	if n := processesOf(pid); n != 0 {
 		t.Errorf("%d sandbox processes left after SIGTERM", n)
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
@@ -89,12 +89,14 @@ func TestServeAndCleanShutdown(t *testing.T) {
 	}
 }
 
-// processesUnder counts processes whose root directory is below dir.
-func processesUnder(dir string) int {
+// processesOf counts the sandbox processes (zygotes, sandboxes) of the server with pid: their
+// environment names its cgroup pool.
+func processesOf(pid int) int {
+	mark := fmt.Sprintf("\x00OBD_SANDBOX=obd-sandbox-%d-", pid)
 	entries, _ := os.ReadDir("/proc")
 	n := 0
 	for _, e := range entries {
-		if root, err := os.Readlink(filepath.Join("/proc", e.Name(), "root")); err == nil && strings.HasPrefix(root, dir) {
+		if env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil && strings.Contains("\x00"+string(env), mark) {
 			n++
 		}
 	}
@@ -224,10 +226,10 @@ func TestRestartAfterKill9(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for processesUnder(stateDir) > 0 && time.Now().Before(deadline) {
+	for processesOf(oldPid) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if n := processesUnder(stateDir); n > 0 {
+	if n := processesOf(oldPid); n > 0 {
 		t.Errorf("%d processes of the killed server survive the restart", n)
 	}
 	srv2.Process.Signal(syscall.SIGTERM)
