@@ -1,0 +1,258 @@
+package gzindex
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// sample returns n bytes that compress somewhat, like a tar of text and binaries.
+func sample(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	words := []string{"usr/lib/", "python3", "import ", "def ", "return ", "\x00\x00\x00\x00", "self.", "\n"}
+	var b bytes.Buffer
+	for b.Len() < n {
+		if rng.IntN(10) == 0 {
+			chunk := make([]byte, rng.IntN(2000))
+			for i := range chunk {
+				chunk[i] = byte(rng.Uint32())
+			}
+			b.Write(chunk)
+			continue
+		}
+		b.WriteString(words[rng.IntN(len(words))])
+	}
+	return b.Bytes()[:n]
+}
+
+func gz(t testing.TB, level int, members ...[]byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	for _, m := range members {
+		w, err := gzip.NewWriterLevel(&out, level)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Name = "layer.tar"
+		w.Write(m)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out.Bytes()
+}
+
+// check builds an index of blob, round-trips its encoding and compares reads
+// through it with want.
+func check(t *testing.T, blob, want []byte, kind Kind, spacing int64) *Index {
+	t.Helper()
+	var stream bytes.Buffer
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: kind, Spacing: spacing}, &stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(stream.Bytes(), want) {
+		t.Fatalf("build stream: %d bytes differ from the %d expected", stream.Len(), len(want))
+	}
+	if x.Size != int64(len(want)) || x.BlobSize != int64(len(blob)) {
+		t.Fatalf("sizes %d/%d, want %d/%d", x.Size, x.BlobSize, len(want), len(blob))
+	}
+	y, err := Decode(x.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(y.Encode(), x.Encode()) {
+		t.Fatal("encoding does not round-trip")
+	}
+	r := NewReader(bytes.NewReader(blob), y, ReaderOptions{CacheBytes: 3 * spacing})
+	rng := rand.New(rand.NewPCG(uint64(len(blob)), 2))
+	for k := 0; k < 200 && len(want) > 0; k++ {
+		off := rng.Int64N(int64(len(want)))
+		n := rng.IntN(int(min(3*spacing, int64(len(want))-off))) + 1
+		got := make([]byte, n)
+		if m, err := r.ReadAt(got, off); m != n || (err != nil && err != io.EOF) {
+			t.Fatalf("ReadAt(%d, %d) = %d, %v", n, off, m, err)
+		}
+		if !bytes.Equal(got, want[off:off+int64(n)]) {
+			t.Fatalf("ReadAt(%d, %d): wrong bytes", n, off)
+		}
+	}
+	if _, err := r.ReadAt(make([]byte, 1), int64(len(want))); err != io.EOF {
+		t.Fatalf("read at the end: %v, want io.EOF", err)
+	}
+	return y
+}
+
+func TestGzipRoundTrip(t *testing.T) {
+	data := sample(1, 3<<20)
+	for _, level := range []int{gzip.NoCompression, gzip.BestSpeed, gzip.DefaultCompression, gzip.BestCompression, gzip.HuffmanOnly} {
+		x := check(t, gz(t, level, data), data, KindGzip, MinSpacing)
+		if len(x.Spans) < 10 {
+			t.Errorf("level %d: %d spans for 3 MiB at 64 KiB spacing", level, len(x.Spans))
+		}
+		for i, s := range x.Spans[1:] {
+			if len(s.Window) != WindowSize {
+				t.Fatalf("span %d: window %d", i+1, len(s.Window))
+			}
+		}
+	}
+}
+
+func TestGzipMembersAndEdges(t *testing.T) {
+	a, b := sample(2, 700<<10), sample(3, 300<<10)
+	check(t, gz(t, 6, a, b, nil, a), append(append(append([]byte{}, a...), b...), a...), KindGzip, MinSpacing)
+	check(t, gz(t, 6, nil), nil, KindGzip, MinSpacing)
+	check(t, gz(t, 6, []byte("x")), []byte("x"), KindGzip, MinSpacing)
+}
+
+func TestRaw(t *testing.T) {
+	data := sample(4, 1<<20+17)
+	x := check(t, data, data, KindRaw, MinSpacing)
+	if len(x.Spans) != 17 {
+		t.Fatalf("%d spans, want 17", len(x.Spans))
+	}
+}
+
+func TestBuildRejectsCorrupt(t *testing.T) {
+	blob := gz(t, 6, sample(5, 200<<10))
+	for name, b := range map[string][]byte{
+		"trailing garbage": append(append([]byte{}, blob...), 1, 2, 3),
+		"truncated":        blob[:len(blob)-20],
+		"bad crc":          func() []byte { c := append([]byte{}, blob...); c[len(c)-6] ^= 1; return c }(),
+		"not gzip":         []byte("plain text, not gzip at all"),
+	} {
+		if _, err := Build(bytes.NewReader(b), BuildOptions{Kind: KindGzip}, nil); err == nil {
+			t.Errorf("%s: built", name)
+		}
+	}
+}
+
+func TestTamperedBlob(t *testing.T) {
+	data := sample(6, 1<<20)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte{}, blob...)
+	bad[len(bad)/2] ^= 0x40
+	r := NewReader(bytes.NewReader(bad), x, ReaderOptions{})
+	var failed bool
+	for off := int64(0); off < x.Size; off += MinSpacing {
+		if _, err := r.ReadAt(make([]byte, 100), off); err != nil {
+			if !errors.Is(err, ErrMismatch) {
+				t.Fatalf("error %v is not ErrMismatch", err)
+			}
+			failed = true
+		}
+	}
+	if !failed {
+		t.Fatal("a tampered blob read without error")
+	}
+}
+
+func TestHostileIndex(t *testing.T) {
+	data := sample(7, 600<<10)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(f func(y *Index)) error {
+		y, _ := Decode(x.Encode())
+		f(y)
+		_, err := Decode(y.Encode())
+		return err
+	}
+	for name, tc := range map[string]struct {
+		f    func(y *Index)
+		want string
+	}{
+		"checkpoint outside the blob": {func(y *Index) { y.Spans[2].InBit = y.BlobSize*8 + 5 }, "outside the blob"},
+		"short window":                {func(y *Index) { y.Spans[1].Window = y.Spans[1].Window[:100] }, "window"},
+		"unordered":                   {func(y *Index) { y.Spans[1], y.Spans[2] = y.Spans[2], y.Spans[1] }, "does not follow"},
+		"first span moved":            {func(y *Index) { y.Spans[0].InBit = 8 }, "blob's start"},
+		"huge span":                   {func(y *Index) { y.Size = y.Spans[len(y.Spans)-1].Out + MaxSpanBytes + 1 }, "over"},
+		"unknown kind":                {func(y *Index) { y.Kind = 9 }, "kind"},
+	} {
+		err := mutate(tc.f)
+		if !errors.Is(err, ErrBadIndex) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrBadIndex mentioning %q", name, err, tc.want)
+		}
+	}
+	enc := x.Encode()
+	for _, cut := range []int{0, 7, headerSize, headerSize + 3, len(enc) - 1} {
+		if _, err := Decode(enc[:cut]); !errors.Is(err, ErrBadIndex) {
+			t.Errorf("cut at %d: %v", cut, err)
+		}
+	}
+	// A checkpoint moved to a wrong bit inside the blob decodes to garbage or
+	// fails: the reader must report a mismatch, never wrong bytes.
+	y, _ := Decode(x.Encode())
+	y.Spans[2].InBit += 3
+	if _, err := Decode(y.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(bytes.NewReader(blob), y, ReaderOptions{})
+	got := make([]byte, 10)
+	if _, err := r.ReadAt(got, y.Spans[2].Out); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("moved checkpoint: %v, want ErrMismatch", err)
+	}
+}
+
+// countingReaderAt counts ReadAt calls.
+type countingReaderAt struct {
+	r io.ReaderAt
+	sync.Mutex
+	calls int
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.Lock()
+	c.calls++
+	c.Unlock()
+	return c.r.ReadAt(p, off)
+}
+
+func TestSpanCache(t *testing.T) {
+	data := sample(8, 1<<20)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: 256 << 10}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &countingReaderAt{r: bytes.NewReader(blob)}
+	r := NewReader(c, x, ReaderOptions{CacheBytes: 1 << 20})
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := int64(0); off < 200<<10; off += 4096 {
+				if _, err := r.ReadAt(make([]byte, 4096), off); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if c.calls != 1 {
+		t.Fatalf("%d blob reads for reads inside one span, want 1", c.calls)
+	}
+	// A small cache evicts: reading every span and then the first again reads it again.
+	r = NewReader(c, x, ReaderOptions{CacheBytes: 1})
+	c.calls = 0
+	for i := range x.Spans {
+		r.ReadAt(make([]byte, 1), x.Spans[i].Out)
+	}
+	r.ReadAt(make([]byte, 1), 0)
+	if c.calls != len(x.Spans)+1 {
+		t.Fatalf("%d blob reads, want %d", c.calls, len(x.Spans)+1)
+	}
+}
