@@ -25,6 +25,14 @@ const (
 	FSType = "containerd.io/snapshot/overlaybd/blob-fs-type"
 	// Version is the overlaybd format version the blob was written in.
 	Version = "containerd.io/snapshot/overlaybd/version"
+	// RangeTable is the digest of the blob's range table (package rangetable), which the
+	// blob carries at RangeTableOffset, after the end of its tar. It is obd's own: upstream
+	// ignores it. Pinned by the manifest, it lets a reader check each fetched range of the
+	// blob before using it; a layer without it is verified only as a whole.
+	RangeTable = "containerd.io/snapshot/obd/range-table"
+	// RangeTableOffset is where in the blob the range table starts, in decimal: the table
+	// covers the bytes before it and runs to the end of the blob.
+	RangeTableOffset = "containerd.io/snapshot/obd/range-table-offset"
 )
 
 // Labels that a pull adds to a layer for the snapshotter.

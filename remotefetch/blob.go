@@ -20,6 +20,7 @@ import (
 type Blob struct {
 	f     *Fetcher
 	ref   string
+	bkey  blobKey // how it is shared: its cache entry's key (verify.go) and repository
 	dgst  digest.Digest
 	size  int64
 	entry *cache.Entry
@@ -34,19 +35,24 @@ type Blob struct {
 	ra         readahead
 }
 
-// newBlob opens the blob dgst of size bytes, ref's repository, over the cache entry and the
-// registry through rem. It verifies a blob that was completed before a restart, and starts
-// background fill unless the Fetcher disables it.
-func newBlob(f *Fetcher, ref string, dgst digest.Digest, size int64, entry *cache.Entry, rem *remote) *Blob {
+// newBlob opens the blob key.key.Digest of size bytes, ref's repository, over the cache entry and
+// the registry through rem, checking what it fetches against the range table that table
+// loads (nil: none). It starts loading the table, verifies a blob that was completed before a
+// restart, and starts background fill unless the Fetcher disables it.
+func newBlob(f *Fetcher, ref string, key blobKey, size int64, entry *cache.Entry, rem *remote, table *tableLoader) *Blob {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Blob{f: f, ref: ref, dgst: dgst, size: size, entry: entry, stats: &counters{m: f.metrics},
+	dgst := key.key.Digest
+	b := &Blob{f: f, ref: ref, bkey: key, dgst: dgst, size: size, entry: entry, stats: &counters{m: f.metrics},
 		ctx: ctx, refs: 1}
 	fl := newFiller(ctx, cancel, fillerConfig{
-		opts: &f.opts, ref: ref, dgst: dgst, entry: entry, remote: rem, stats: b.stats,
+		opts: &f.opts, ref: ref, dgst: dgst, entry: entry, remote: rem, table: table, stats: b.stats,
 		log: f.log.With("digest", dgst.String()), batches: &f.batches,
 		latency: f.metrics.fetchLatency, busy: func() bool { return b.foreground.Load() > 0 },
 	})
 	b.fill = fl
+	if table != nil && !entry.HasRange(0, size) {
+		table.start(fl)
+	}
 	if entry.NeedsVerify() {
 		fl.startVerify() // completed before a crash or restart
 	}

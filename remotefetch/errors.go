@@ -3,6 +3,7 @@ package remotefetch
 import (
 	"errors"
 
+	"github.com/obdproject/obd/rangetable"
 	"github.com/obdproject/obd/remotefetch/cache"
 )
 
@@ -21,6 +22,12 @@ var (
 	// ErrBadResponse: a response did not match the request (status, Content-Range, length).
 	// It is retried; it appears as the cause of an ErrDeadline when it persists.
 	ErrBadResponse = errors.New("remotefetch: bad response")
+	// ErrRangeMismatch: bytes a registry sent do not match the blob's range table (or the
+	// table does not match the digest the image pins). The error names the blob, the bytes and
+	// the host that sent them. Such a fetch is retried a few times, then fails the read.
+	ErrRangeMismatch = rangetable.ErrMismatch
+	// ErrUnverified: the blob has no range table and Options.RequireVerified refuses it.
+	ErrUnverified = errors.New("remotefetch: blob has no range table and only verified blobs are allowed")
 	// ErrClosed: the Blob or Fetcher was closed.
 	ErrClosed = errors.New("remotefetch: closed")
 )

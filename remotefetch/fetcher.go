@@ -63,9 +63,23 @@ type Options struct {
 	RedirectReuse time.Duration
 	// PlainHTTP uses http:// for registries without a hosts.toml; hosts.toml can also say so
 	// per host. Loopback registries with a port use HTTP anyway.
-	PlainHTTP  bool
-	Registerer prometheus.Registerer // nil = metrics are not exported
+	PlainHTTP bool
+	// RequireVerified refuses to open a blob without a range table (WithRangeTable): one
+	// whose bytes can be checked only once all of them are in.
+	RequireVerified bool
+	// MaxRangeTable bounds the size of a blob's range table; default DefaultMaxRangeTable.
+	MaxRangeTable int64
+	Registerer    prometheus.Registerer // nil = metrics are not exported
 	Logger     *slog.Logger          // nil = no logging
+}
+
+// blobKey is what an open Blob is shared by: its cache entry (verify.go) and the repository it
+// fetches from. Opens of one entry from two repositories share the entry's checked bytes but
+// not a Blob: each fetches from its own registry, so a registry that serves wrong bytes fails
+// only its own images' reads.
+type blobKey struct {
+	key  cache.Key
+	repo string // registry host and repository
 }
 
 // Fetcher opens blobs; it holds the cache, registry connections and token caches. It is safe
@@ -83,7 +97,7 @@ type Fetcher struct {
 
 	trMu       sync.Mutex
 	transports []*http.Transport       // to drop idle connections on Close
-	blobs      map[digest.Digest]*Blob // open blobs: one per digest, shared by every Open
+	blobs      map[blobKey]*Blob // open blobs, shared by every Open of one key
 	closed     bool
 
 	tracer tracer
@@ -118,6 +132,9 @@ func New(opts Options) (*Fetcher, error) {
 	if opts.RedirectReuse <= 0 {
 		opts.RedirectReuse = 5 * time.Minute
 	}
+	if opts.MaxRangeTable <= 0 {
+		opts.MaxRangeTable = DefaultMaxRangeTable
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -134,7 +151,7 @@ func New(opts Options) (*Fetcher, error) {
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
-		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[digest.Digest]*Blob{}}
+		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[blobKey]*Blob{}}
 	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
 	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
 	hostOpts := config.HostOptions{
@@ -192,10 +209,12 @@ func (f *Fetcher) registryHosts(domain string) ([]docker.RegistryHost, error) {
 }
 
 // Open returns the blob dgst of size bytes in the repository of image reference ref (e.g.
-// "registry.example.com/team/app:v1"; tag or digest are ignored). It does no network I/O;
-// reads fetch what they need. A blob that is already open is shared (same *Blob, so misses
-// on one unit cause one fetch however many users read it); each Open needs its own Close.
-func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size int64) (*Blob, error) {
+// "registry.example.com/team/app:v1"; tag or digest are ignored). It does no network I/O
+// but to start loading the range table (WithRangeTable); reads fetch what they need. A blob
+// that is already open in the same scope (verify.go: the same range table, or for a blob
+// without one, the same repository) is shared (same *Blob, so misses on one unit cause one
+// fetch however many users read it); each Open needs its own Close.
+func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size int64, opts ...OpenOption) (*Blob, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -209,7 +228,19 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	if size < 0 {
 		return nil, fmt.Errorf("remotefetch: blob %s: negative size %d", dgst, size)
 	}
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.table != "" {
+		if err := checkTablePin(dgst, size, o, f.opts.MaxRangeTable); err != nil {
+			return nil, err
+		}
+	} else if f.opts.RequireVerified {
+		return nil, fmt.Errorf("remotefetch: blob %s of %s: %w", dgst, ref, ErrUnverified)
+	}
 	domain, repo := reference.Domain(named), reference.Path(named)
+	key := scopeKey(dgst, o, domain, repo)
 	hosts, err := f.registryHosts(domain)
 	if err != nil {
 		return nil, err
@@ -219,20 +250,25 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	if f.closed {
 		return nil, ErrClosed
 	}
-	if b := f.blobs[dgst]; b != nil {
+	bkey := blobKey{key: key, repo: domain + "/" + repo}
+	if b := f.blobs[bkey]; b != nil {
 		if b.size != size {
 			return nil, fmt.Errorf("remotefetch: blob %s opened with size %d, already open with size %d", dgst, size, b.size)
 		}
 		b.refs++
 		return b, nil
 	}
-	entry, err := f.cache.Acquire(dgst, size)
+	entry, err := f.cache.AcquireKey(key, size)
 	if err != nil {
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
 	rem := &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse}
-	b := newBlob(f, named.String(), dgst, size, entry, rem)
-	f.blobs[dgst] = b
+	var table *tableLoader
+	if o.table != "" {
+		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size}
+	}
+	b := newBlob(f, named.String(), bkey, size, entry, rem, table)
+	f.blobs[bkey] = b
 	return b, nil
 }
 
@@ -247,7 +283,7 @@ func (f *Fetcher) release(b *Blob) (last bool, err error) {
 	if b.refs > 0 {
 		return false, nil
 	}
-	delete(f.blobs, b.dgst)
+	delete(f.blobs, b.bkey)
 	return true, nil
 }
 

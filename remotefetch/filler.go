@@ -53,6 +53,7 @@ type fillerConfig struct {
 	dgst    digest.Digest
 	entry   *cache.Entry
 	remote  *remote
+	table   *tableLoader // nil: the blob has no range table, and is verified only as a whole
 	stats   *counters
 	log     *slog.Logger
 	batches *sync.Pool // *[]byte buffers a stream batch long

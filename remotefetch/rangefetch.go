@@ -104,6 +104,7 @@ func (f *filler) fetchRange(ctx context.Context, c *rangeCall) (err error) {
 // receiveRange receives the bytes of c into buf, retrying with backoff until ctx ends or the
 // error is permanent.
 func (f *filler) receiveRange(ctx context.Context, c *rangeCall, buf []byte) (err error) {
+	mismatches := 0
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if !f.backoff(ctx, attempt) {
@@ -114,6 +115,7 @@ func (f *filler) receiveRange(ctx context.Context, c *rangeCall, buf []byte) (er
 		if err = f.fetchRangeOnce(ctx, c, buf); err == nil {
 			return nil
 		}
+		err = mismatchLimit(err, &mismatches)
 		f.failedAttempt(err)
 		if isPermanent(err) || ctx.Err() != nil {
 			return fmt.Errorf("remotefetch: blob %s range %d-%d: %w", f.dgst, c.off, c.end, err)

@@ -40,9 +40,18 @@ type remote struct {
 type rangeBody struct {
 	io.Reader
 	closer io.Closer
+	from   string // the host that sent it, for errors
 }
 
 func (r rangeBody) Close() error { return r.closer.Close() }
+
+// sourceOf names the host a body of get came from.
+func sourceOf(rc io.ReadCloser) string {
+	if b, ok := rc.(rangeBody); ok {
+		return b.from
+	}
+	return "?"
+}
 
 // get starts a GET of [off, off+n). The body must be closed. Errors are retryable unless
 // wrapped as permanent.
@@ -168,7 +177,7 @@ func (r *remote) checkResponse(resp *http.Response, u *url.URL, off, n int64) (i
 			drain(resp)
 			return nil, fmt.Errorf("%s: %w", redact(u), err)
 		}
-		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body}, nil
+		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body, from: u.Host}, nil
 	case resp.StatusCode == http.StatusOK:
 		// The server ignored Range: accept the whole blob if its length is right.
 		if resp.ContentLength != r.size {
@@ -179,7 +188,7 @@ func (r *remote) checkResponse(resp *http.Response, u *url.URL, off, n int64) (i
 			resp.Body.Close()
 			return nil, fmt.Errorf("remotefetch: %s: skip to %d: %w", redact(u), off, err)
 		}
-		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body}, nil
+		return rangeBody{Reader: io.LimitReader(resp.Body, n), closer: resp.Body, from: u.Host}, nil
 	}
 	drain(resp)
 	err := &statusError{code: resp.StatusCode, url: redact(u), retryAfter: retryAfter(resp)}

@@ -37,6 +37,7 @@ func (f *filler) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 			f.finish(first+next, calls[next:], lastErr)
 		}
 	}()
+	mismatches := 0
 	for attempt := 0; next < len(calls); attempt++ {
 		if attempt > 0 {
 			if !f.backoff(ctx, attempt) {
@@ -53,6 +54,10 @@ func (f *filler) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 		if ctx.Err() != nil && lastErr != nil {
 			return // our own deadline cut the attempt short: the previous cause is the real one
 		}
+		if stored > 0 {
+			mismatches = 0
+		}
+		err = mismatchLimit(err, &mismatches)
 		lastErr = err
 		f.failedAttempt(err)
 		if isPermanent(err) {
@@ -102,12 +107,23 @@ func (f *filler) backoff(ctx context.Context, attempt int) bool {
 // startAttempt starts a GET of [off, off+n) under ctx, which a watchdog cancels (through
 // cancel) when no bytes arrive for StallTimeout. closeBody stops the watchdog and closes the
 // body.
+//
+// For a blob with a range table, the request covers the whole chunks around [off, off+n) and
+// body hands on only bytes that passed their check (verify.go); it waits for the table first.
 func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFunc, off, n int64) (body io.Reader, closeBody func(), err error) {
+	var v *rangeVerifier
+	from, to := off, off+n
+	if f.table != nil {
+		if v, err = f.table.verifier(ctx, f); err != nil {
+			return nil, nil, err
+		}
+		from, to = v.widen(off, off+n)
+	}
 	stall := f.opts.StallTimeout
 	watchdog := time.AfterFunc(stall, func() {
 		cancel(fmt.Errorf("stalled: no data for %v", stall))
 	})
-	rc, err := f.remote.get(ctx, off, n)
+	rc, err := f.remote.get(ctx, from, to-from)
 	if err != nil {
 		watchdog.Stop()
 		return nil, nil, withCause(ctx, err)
@@ -116,7 +132,23 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 		watchdog.Stop()
 		rc.Close()
 	}
-	return &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}, closeBody, nil
+	body = &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}
+	if v != nil {
+		body = &verifyingReader{r: body, v: v, dgst: f.dgst, from: sourceOf(rc), pos: from, want: off, end: off + n, bufOff: -1}
+	}
+	return body, closeBody, nil
+}
+
+// mismatchLimit makes err permanent once fetches of one range have brought bytes that failed
+// their check maxMismatches times in a row (*count, which it advances).
+func mismatchLimit(err error, count *int) error {
+	if !errors.Is(err, ErrRangeMismatch) {
+		return err
+	}
+	if *count++; *count >= maxMismatches && !isPermanent(err) {
+		return permanent(err)
+	}
+	return err
 }
 
 // withCause replaces a bare "context canceled" by the watchdog's reason.

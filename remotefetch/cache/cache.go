@@ -1,9 +1,10 @@
 // Package cache is the persistent cache box of the read path in docs/DESIGN.md: it sits between
 // remotefetch.Blob (which fetches missing ranges from the registry) and the readers above it.
-// It knows nothing about HTTP; it stores bytes by blob digest.
+// It knows nothing about HTTP; it stores bytes by Key: a blob digest and the scope of trust the
+// bytes were fetched under (remotefetch says which: see Key).
 //
-// Each blob is a sparse file <Dir>/<algo>/<hex>.data plus <hex>.bitmap, a fill bitmap with one
-// bit per fill unit. A unit's bit is persisted only after its data has been fdatasync'ed, so
+// Each blob is a sparse file <Dir>/<algo>/<hex>[.<scope>].data plus <hex>[.<scope>].bitmap, a
+// fill bitmap with one bit per fill unit. A unit's bit is persisted only after its data has been fdatasync'ed, so
 // after a crash every set bit still describes durable data; units written but not yet synced
 // are simply fetched again. The bitmap survives restarts, so a new process re-uses every
 // filled unit. Bytes reach an Entry through a Writer, which makes its range present only when
@@ -44,6 +45,33 @@ var ErrDiscarded = errors.New("cache: entry discarded while the range was filled
 // ErrClosed reports use of a closed Cache.
 var ErrClosed = errors.New("cache: closed")
 
+// Key names a cache entry: the blob's digest and a scope. Entries of one digest in different
+// scopes are different entries with their own bytes, never shared: a blob whose bytes were
+// checked against one image's range table, or not checked at all yet, must not serve another
+// image that pins other checks. Scope is "" or 1 to 64 lower-case hex digits.
+type Key struct {
+	Digest digest.Digest
+	Scope  string
+}
+
+func (k Key) String() string {
+	if k.Scope == "" {
+		return k.Digest.String()
+	}
+	return k.Digest.String() + "." + k.Scope
+}
+
+// validate checks the digest and the scope's form.
+func (k Key) validate() error {
+	if err := k.Digest.Validate(); err != nil {
+		return err
+	}
+	if len(k.Scope) > 64 || strings.Trim(k.Scope, "0123456789abcdef") != "" {
+		return fmt.Errorf("scope %q is not at most 64 lower-case hex digits", k.Scope)
+	}
+	return nil
+}
+
 // Options configure a Cache.
 type Options struct {
 	Dir      string // required
@@ -62,7 +90,7 @@ type Cache struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	records map[digest.Digest]*record
+	records map[Key]*record
 	usage   int64 // filled bytes over all records
 	closed  bool
 
@@ -73,7 +101,7 @@ type Cache struct {
 
 // record is the cache's bookkeeping for one blob, open or not.
 type record struct {
-	dgst     digest.Digest
+	key      Key
 	filled   int64 // bytes of filled units
 	lastUse  time.Time
 	entry    *Entry // non-nil while held
@@ -104,7 +132,7 @@ func Open(opts Options) (*Cache, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	c := &Cache{opts: opts, log: opts.Logger, records: map[digest.Digest]*record{},
+	c := &Cache{opts: opts, log: opts.Logger, records: map[Key]*record{},
 		syncKick: make(chan struct{}, 1), stop: make(chan struct{}), syncDone: make(chan struct{})}
 	if err := c.scan(); err != nil {
 		return nil, err
@@ -132,17 +160,18 @@ func (c *Cache) scan() error {
 			if !ok {
 				continue
 			}
-			d := digest.NewDigestFromEncoded(digest.Algorithm(a.Name()), name)
-			if d.Validate() != nil {
+			hex, scope, _ := strings.Cut(name, ".")
+			k := Key{Digest: digest.NewDigestFromEncoded(digest.Algorithm(a.Name()), hex), Scope: scope}
+			if k.validate() != nil {
 				continue
 			}
-			c.indexExisting(d)
+			c.indexExisting(k)
 		}
 	}
 	return nil
 }
 
-func (c *Cache) indexExisting(d digest.Digest) {
+func (c *Cache) indexExisting(d Key) {
 	bmPath, dataPath := c.paths(d)
 	raw, err := os.ReadFile(bmPath)
 	var unit, size int64
@@ -155,12 +184,12 @@ func (c *Cache) indexExisting(d digest.Digest) {
 	}
 	st, serr := os.Stat(bmPath)
 	if err != nil || serr != nil || unit != c.opts.FillUnit {
-		c.log.Warn("cache: discarding unusable entry", "digest", d, "err", err)
+		c.log.Warn("cache: discarding unusable entry", "entry", d.String(), "err", err)
 		_ = os.Remove(bmPath)
 		_ = os.Remove(dataPath)
 		return
 	}
-	c.records[d] = &record{dgst: d, filled: filledBytes(bm, unit, size), lastUse: st.ModTime(), unitSize: unit}
+	c.records[d] = &record{key: d, filled: filledBytes(bm, unit, size), lastUse: st.ModTime(), unitSize: unit}
 	c.usage += c.records[d].filled
 }
 
@@ -174,8 +203,12 @@ func filledBytes(bm bitmap, unit, size int64) int64 {
 	return n
 }
 
-func (c *Cache) paths(d digest.Digest) (bitmapPath, dataPath string) {
-	base := filepath.Join(c.opts.Dir, string(d.Algorithm()), d.Encoded())
+func (c *Cache) paths(k Key) (bitmapPath, dataPath string) {
+	name := k.Digest.Encoded()
+	if k.Scope != "" {
+		name += "." + k.Scope
+	}
+	base := filepath.Join(c.opts.Dir, string(k.Digest.Algorithm()), name)
 	return base + ".bitmap", base + ".data"
 }
 
@@ -189,11 +222,16 @@ func (c *Cache) Usage() int64 {
 	return c.usage
 }
 
-// Acquire returns the entry for blob d of the given size, creating empty files if the blob is
-// not cached, and holds it (it will not be evicted) until Release. Acquiring a held blob
-// returns the same Entry; each Acquire needs its own Release.
+// Acquire is AcquireKey of blob d in the shared scope.
 func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
-	if err := d.Validate(); err != nil {
+	return c.AcquireKey(Key{Digest: d}, size)
+}
+
+// AcquireKey returns the entry of key d for a blob of the given size, creating empty files if
+// it is not cached, and holds it (it will not be evicted) until Release. Acquiring a held
+// entry returns the same Entry; each Acquire needs its own Release.
+func (c *Cache) AcquireKey(d Key, size int64) (*Entry, error) {
+	if err := d.validate(); err != nil {
 		return nil, fmt.Errorf("cache: acquire %q: %w", d, err)
 	}
 	if size < 0 || size > MaxUnits*c.opts.FillUnit {
@@ -219,7 +257,7 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 		return nil, err
 	}
 	if r == nil {
-		r = &record{dgst: d, unitSize: c.opts.FillUnit}
+		r = &record{key: d, unitSize: c.opts.FillUnit}
 		c.records[d] = r
 	}
 	if r.parts == nil || fresh {
@@ -234,7 +272,7 @@ func (c *Cache) Acquire(d digest.Digest, size int64) (*Entry, error) {
 
 // openEntry opens or creates the files of blob d. A bitmap written for another size or unit
 // is discarded together with its data (fresh reports that the data file is new).
-func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, err error) {
+func (c *Cache) openEntry(d Key, size int64) (e *Entry, fresh bool, err error) {
 	bmPath, dataPath := c.paths(d)
 	if err := os.MkdirAll(filepath.Dir(bmPath), 0o700); err != nil {
 		return nil, false, fmt.Errorf("cache: %w", err)
@@ -247,7 +285,7 @@ func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, er
 		if got, f, derr := decodeBitmap(raw, c.opts.FillUnit, size); derr == nil {
 			bm, flags = got, f
 		} else {
-			c.log.Warn("cache: discarding entry", "digest", d, "err", derr)
+			c.log.Warn("cache: discarding entry", "entry", d.String(), "err", derr)
 			_ = os.Remove(dataPath)
 			fresh = true
 		}
@@ -265,7 +303,7 @@ func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, er
 		data.Close()
 		return nil, false, fmt.Errorf("cache: open bitmap %s: %w", d, err)
 	}
-	e = &Entry{cache: c, dgst: d, lay: Layout{Size: size, Unit: c.opts.FillUnit}, units: n, data: data, bmFile: bmf,
+	e = &Entry{cache: c, key: d, dgst: d.Digest, lay: Layout{Size: size, Unit: c.opts.FillUnit}, units: n, data: data, bmFile: bmf,
 		present: bm, durable: bm.clone(), flags: flags}
 	e.unpinned.L = &e.mu
 	if err := e.persistBitmap(bm, flags); err != nil {
@@ -279,10 +317,10 @@ func (c *Cache) openEntry(d digest.Digest, size int64) (e *Entry, fresh bool, er
 // lets it be evicted.
 func (c *Cache) release(e *Entry) error {
 	c.mu.Lock()
-	r := c.records[e.dgst]
+	r := c.records[e.key]
 	if r == nil || r.entry != e || r.refs == 0 {
 		c.mu.Unlock()
-		return fmt.Errorf("cache: release %s: not held", e.dgst)
+		return fmt.Errorf("cache: release %s: not held", e.key)
 	}
 	r.refs--
 	r.lastUse = time.Now()
@@ -295,7 +333,7 @@ func (c *Cache) release(e *Entry) error {
 	c.mu.Unlock()
 
 	err := e.sync()
-	bmPath, _ := c.paths(e.dgst)
+	bmPath, _ := c.paths(e.key)
 	now := time.Now()
 	_ = os.Chtimes(bmPath, now, now) // LRU order across restarts
 	e.closeFiles()
@@ -306,7 +344,7 @@ func (c *Cache) release(e *Entry) error {
 }
 
 // grew accounts n more filled bytes for d and evicts if the cache is over capacity.
-func (c *Cache) grew(d digest.Digest, n int64) {
+func (c *Cache) grew(d Key, n int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r := c.records[d]; r != nil {
@@ -340,16 +378,16 @@ func (c *Cache) evictLocked() {
 		if c.usage <= c.opts.Capacity {
 			return
 		}
-		bmPath, dataPath := c.paths(r.dgst)
+		bmPath, dataPath := c.paths(r.key)
 		// Bitmap first: without it the data file is never trusted.
 		if err := os.Remove(bmPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("cache: evict", "digest", r.dgst, "err", err)
+			c.log.Warn("cache: evict", "entry", r.key.String(), "err", err)
 			continue
 		}
 		_ = os.Remove(dataPath)
 		c.usage -= r.filled
-		delete(c.records, r.dgst)
-		c.log.Debug("cache: evicted", "digest", r.dgst, "bytes", r.filled)
+		delete(c.records, r.key)
+		c.log.Debug("cache: evicted", "entry", r.key.String(), "bytes", r.filled)
 	}
 }
 
@@ -385,7 +423,7 @@ func (c *Cache) syncDirty() {
 	c.mu.Unlock()
 	for _, e := range dirty {
 		if err := e.sync(); err != nil {
-			c.log.Warn("cache: sync", "digest", e.dgst, "err", err)
+			c.log.Warn("cache: sync", "entry", e.key.String(), "err", err)
 		}
 		e.unpin()
 	}

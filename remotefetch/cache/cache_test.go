@@ -411,3 +411,51 @@ func TestWriterContract(t *testing.T) {
 		t.Fatalf("present: units 0 %v, 1 %v, 3 %v; want 1 and 3", has(e, 0), has(e, 1), has(e, 3))
 	}
 }
+
+// Entries of one digest in different scopes keep their own bytes, also across a reopen: bytes
+// fetched for one scope never serve another.
+func TestScopesAreSeparate(t *testing.T) {
+	dir := t.TempDir()
+	data := blobData(41, 3*testUnit)
+	d := digest.FromBytes(data)
+	other := bytes.Repeat([]byte{0xee}, len(data))
+	c := openCache(t, dir, 0)
+	a, err := c.AcquireKey(Key{Digest: d, Scope: "aa"}, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillUnits(t, a, other, 0, 1, 2)
+	if err := a.Release(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	c = openCache(t, dir, 0)
+	for _, k := range []Key{{Digest: d}, {Digest: d, Scope: "bb"}} {
+		e, err := c.AcquireKey(k, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.HasRange(0, 1) {
+			t.Fatalf("%s has the bytes of scope aa", k)
+		}
+		if err := e.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := c.AcquireKey(Key{Digest: d, Scope: "aa"}, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	got := make([]byte, len(data))
+	if !e.HasRange(0, int64(len(data))) {
+		t.Fatal("scope aa lost its bytes across a reopen")
+	}
+	if _, err := e.ReadAt(got, 0); err != nil || !bytes.Equal(got, other) {
+		t.Fatalf("scope aa reads other bytes (%v)", err)
+	}
+	if _, err := c.AcquireKey(Key{Digest: d, Scope: "../x"}, 1); err == nil {
+		t.Fatal("a scope that is not hex was accepted")
+	}
+}

@@ -35,7 +35,8 @@ func (l Layout) UnitOf(off int64) int { return int(off / l.Unit) }
 // (Verify on a mismatch). It is safe for concurrent use.
 type Entry struct {
 	cache *Cache
-	dgst  digest.Digest
+	key   Key
+	dgst  digest.Digest // key.Digest
 	lay   Layout
 	units int
 
@@ -177,7 +178,7 @@ func (e *Entry) discard() error {
 	}
 	c := e.cache
 	c.mu.Lock()
-	if r := c.records[e.dgst]; r != nil {
+	if r := c.records[e.key]; r != nil {
 		c.usage -= r.filled
 		r.filled = 0
 	}
