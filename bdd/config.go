@@ -72,6 +72,9 @@ type RegistryConfig struct {
 	DockerConfig string `toml:"docker_config"`
 	// ReadTimeout bounds one read of a remote blob, retries included.
 	ReadTimeout quantity.Duration `toml:"read_timeout"`
+	// RequireVerified refuses remote layers without a range table (images made by upstream
+	// overlaybd or an older obd), whose bytes can be checked only once a whole blob is in.
+	RequireVerified bool `toml:"require_verified"`
 }
 
 // DefaultConfig returns the configuration used when neither file nor flag says otherwise.
@@ -115,6 +118,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Registry.CertsDir, "certs-dir", c.Registry.CertsDir, "containerd-style hosts directory (certs.d)")
 	fs.StringVar(&c.Registry.DockerConfig, "docker-config", c.Registry.DockerConfig, "docker config.json with registry credentials")
 	fs.Var(&c.Registry.ReadTimeout, "read-timeout", "time limit of one remote read, retries included")
+	fs.BoolVar(&c.Registry.RequireVerified, "require-verified", c.Registry.RequireVerified, "refuse remote layers without a range table")
 }
 
 // Load builds the configuration: c's current values (DefaultConfig), then the TOML

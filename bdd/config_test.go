@@ -29,6 +29,7 @@ size = "2GiB"
 [registry]
 read_timeout = "5s"
 docker_config = "/root/.docker/config.json"
+require_verified = true
 `)
 	cfg := DefaultConfig()
 	fs := pflag.NewFlagSet("bdd", pflag.ContinueOnError)
@@ -45,8 +46,8 @@ docker_config = "/root/.docker/config.json"
 	if cfg.Cache.Size != 512<<20 || cfg.Socket != "/tmp/x.sock" {
 		t.Errorf("flags must override the file: size %v socket %q", cfg.Cache.Size, cfg.Socket)
 	}
-	if time.Duration(cfg.Registry.ReadTimeout) != 5*time.Second {
-		t.Errorf("read timeout %v", cfg.Registry.ReadTimeout)
+	if time.Duration(cfg.Registry.ReadTimeout) != 5*time.Second || !cfg.Registry.RequireVerified {
+		t.Errorf("read timeout %v, require verified %v", cfg.Registry.ReadTimeout, cfg.Registry.RequireVerified)
 	}
 	if cfg.Registry.CertsDir != "/etc/containerd/certs.d" {
 		t.Errorf("unset value lost its default: %q", cfg.Registry.CertsDir)

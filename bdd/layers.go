@@ -78,10 +78,14 @@ func (o *openingReads) opened() [][2]int64 {
 	return o.ranges
 }
 
-// layerKey identifies a layer's content: a remote blob by digest, a local file by
-// its inode and change time (so a file replaced at the same path is opened anew).
+// layerKey identifies a layer's content: a remote blob by digest, what its bytes are checked
+// against (its range table) and the repository they come from, as remotefetch shares its
+// blobs (a registry that serves wrong bytes then fails only its own images' reads); a local
+// file by its inode and change time (so a file replaced at the same path is opened anew).
 type layerKey struct {
 	digest        string
+	table         string // range table digest and offset
+	repo          string // the blob's repository
 	dev, ino      uint64
 	size, ctimeNs int64
 }
@@ -114,7 +118,10 @@ func localKey(path string) (layerKey, error) {
 // acquire returns the opened layer of ls, opening it on first use. Each acquire
 // needs one release.
 func (p *layerPool) acquire(ctx context.Context, ls LayerSpec) (*openLayer, error) {
-	key := layerKey{digest: ls.Digest}
+	key := layerKey{digest: ls.Digest, repo: ls.Ref}
+	if ls.RangeTable != "" {
+		key.table = fmt.Sprintf("%s@%d", ls.RangeTable, ls.RangeTableOffset)
+	}
 	if ls.Path != "" {
 		var err error
 		if key, err = localKey(ls.Path); err != nil {
@@ -155,7 +162,11 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 		}
 		return &openLayer{file: b.File, source: b}, nil
 	}
-	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size)
+	var opts []remotefetch.OpenOption
+	if ls.RangeTable != "" {
+		opts = append(opts, remotefetch.WithRangeTable(digest.Digest(ls.RangeTable), ls.RangeTableOffset))
+	}
+	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -79,14 +79,15 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		return nil, err
 	}
 	fetcher, err := remotefetch.New(remotefetch.Options{
-		CacheDir:     cfg.Cache.Dir,
-		CacheSize:    int64(cfg.Cache.Size),
-		FillUnit:     int64(cfg.Cache.FillUnit),
-		HostsDir:     cfg.Registry.CertsDir,
-		DockerConfig: cfg.Registry.DockerConfig,
-		ReadTimeout:  time.Duration(cfg.Registry.ReadTimeout),
-		Registerer:   reg,
-		Logger:       log,
+		CacheDir:        cfg.Cache.Dir,
+		CacheSize:       int64(cfg.Cache.Size),
+		FillUnit:        int64(cfg.Cache.FillUnit),
+		HostsDir:        cfg.Registry.CertsDir,
+		DockerConfig:    cfg.Registry.DockerConfig,
+		ReadTimeout:     time.Duration(cfg.Registry.ReadTimeout),
+		RequireVerified: cfg.Registry.RequireVerified,
+		Registerer:      reg,
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bdd: remote fetcher: %w", err)

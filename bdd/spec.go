@@ -70,7 +70,8 @@ func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
 		return LayerSpec{Path: filepath.Clean(p)}, nil
 	}
 	b := l.GetBlob()
-	return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize()}, nil
+	return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize(),
+		RangeTable: b.GetRangeTable(), RangeTableOffset: b.GetRangeTableOffset()}, nil
 }
 
 // toAPI describes the layer in API terms.
@@ -78,5 +79,6 @@ func (l LayerSpec) toAPI() *bddv1.Layer {
 	if l.Path != "" {
 		return &bddv1.Layer{Source: &bddv1.Layer_Path{Path: l.Path}}
 	}
-	return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size}}}
+	return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size,
+		RangeTable: l.RangeTable, RangeTableOffset: l.RangeTableOffset}}}
 }

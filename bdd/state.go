@@ -30,6 +30,9 @@ type LayerSpec struct {
 	Ref    string `json:"ref,omitempty"`
 	Digest string `json:"digest,omitempty"`
 	Size   int64  `json:"size,omitempty"`
+	// RangeTable and RangeTableOffset pin the blob's range table, if it has one.
+	RangeTable       string `json:"range_table,omitempty"`
+	RangeTableOffset int64  `json:"range_table_offset,omitempty"`
 }
 
 // Name identifies the layer in logs and stats: its path, or ref@digest.

@@ -33,8 +33,9 @@ func ParseBlobLayer(s string) (*bddv1.Layer, error) {
 }
 
 // CheckLayer checks that l can name a layer bdd opens: an absolute path, or a blob with a
-// repository reference (no tag or digest: no '@', no white space), a valid digest and a
-// size in (0, imagelabels.MaxBlobSize]. Whether the layer exists is for the daemon to find
+// repository reference (no tag or digest: no '@', no white space), a valid digest, a
+// size in (0, imagelabels.MaxBlobSize] and, if it has a range table, the table's digest and
+// an offset inside the blob. Whether the layer exists is for the daemon to find
 // out. The error says what is wrong, for the caller to put in context.
 func CheckLayer(l *bddv1.Layer) error {
 	if p := l.GetPath(); p != "" {
@@ -56,6 +57,14 @@ func CheckLayer(l *bddv1.Layer) error {
 	}
 	if err := imagelabels.CheckBlobSize(b.GetSize()); err != nil {
 		return fmt.Errorf("blob %s: %w", d, err)
+	}
+	if t := b.GetRangeTable(); t != "" || b.GetRangeTableOffset() != 0 {
+		if _, err := digest.Parse(t); err != nil {
+			return fmt.Errorf("blob %s: range table digest %q: %w", d, t, err)
+		}
+		if off := b.GetRangeTableOffset(); off <= 0 || off >= b.GetSize() {
+			return fmt.Errorf("blob %s: range table offset %d is not inside the %d-byte blob", d, off, b.GetSize())
+		}
 	}
 	return nil
 }

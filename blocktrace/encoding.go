@@ -108,6 +108,10 @@ func (d *decoder) blobValue() (Blob, error) {
 			return d.value(key, &b.Digest)
 		case "size":
 			return d.value(key, &b.Size)
+		case "rangeTable":
+			return d.value(key, &b.RangeTable)
+		case "rangeTableOffset":
+			return d.value(key, &b.RangeTableOffset)
 		case "ranges":
 			return d.list(key, func(n int) error {
 				d.rng = n

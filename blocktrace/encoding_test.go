@@ -86,6 +86,10 @@ func TestDecodeRejects(t *testing.T) {
 		{blob(`"ranges":[{"off":0,"len":1,"first":-3}]`), ErrBadValue, "first -3"},
 		{blob(`"ranges":[{"off":0,"len":1},{"off":5,"len":6}]`), ErrOutsideBlob, "blob 0 range 1: range outside its blob: off 5 len 6, blob size 10"},
 		{blob(`"ranges":[{"off":11,"len":1}]`), ErrOutsideBlob, "off 11"},
+		{blob(`"rangeTable":"sha256:zz","rangeTableOffset":5,"ranges":[{"off":0,"len":1}]`), ErrBadValue, "range table"},
+		{blob(`"rangeTable":"` + d + `","ranges":[{"off":0,"len":1}]`), ErrBadValue, "range table offset 0"},
+		{blob(`"rangeTableOffset":5,"ranges":[{"off":0,"len":1}]`), ErrBadValue, "range table"},
+		{blob(`"rangeTable":"` + d + `","rangeTableOffset":10,"ranges":[{"off":0,"len":1}]`), ErrBadValue, "range table offset 10"},
 		{blob(`"ranges":[{"off":1,"len":9223372036854775807}]`), ErrOutsideBlob, "off 1"},
 		{`{"version":1,"blobs":[{"ref":"r/x","digest":"sha256:zz","size":1,"ranges":[{"off":0,"len":1}]}]}`, ErrBadValue, "digest"},
 		{`{"version":1,"blobs":[{"digest":"` + d + `","size":1,"ranges":[{"off":0,"len":1}]}]}`, ErrBadValue, "ref: empty"},
@@ -121,6 +125,19 @@ func encodeRanges(blobs, n int) []byte {
 	}
 	b.WriteString(`]}`)
 	return b.Bytes()
+}
+
+func TestRangeTableRoundTrip(t *testing.T) {
+	in := Trace{Blobs: []Blob{{Ref: "r/x", Digest: digest.FromString("b"), Size: 100, Ranges: []Range{{Off: 0, Len: 10, First: 1}},
+		RangeTable: digest.FromString("t"), RangeTableOffset: 90}}}
+	raw, err := in.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Decode(raw)
+	if err != nil || out.Blobs[0].RangeTable != in.Blobs[0].RangeTable || out.Blobs[0].RangeTableOffset != 90 {
+		t.Fatalf("decoded %+v, %v", out, err)
+	}
 }
 
 func TestDecodeLimits(t *testing.T) {

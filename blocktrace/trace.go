@@ -28,6 +28,12 @@ type Blob struct {
 	Digest digest.Digest `json:"digest"`
 	Size   int64         `json:"size"`
 	Ranges []Range       `json:"ranges"`
+	// RangeTable and RangeTableOffset pin the blob's range table, when it has one, so a
+	// replay fetches into the cache entry of the devices that check against that table.
+	// They are a hint like the rest: whoever replays a trace for an image should set them
+	// from the image's manifest.
+	RangeTable       digest.Digest `json:"rangeTable,omitempty"`
+	RangeTableOffset int64         `json:"rangeTableOffset,omitempty"`
 }
 
 // Range is the byte range [Off, Off+Len) of its blob. First orders the ranges of all blobs of

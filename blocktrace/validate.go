@@ -116,6 +116,14 @@ func (b Blob) validate(i int) error {
 	if b.Size <= 0 {
 		return blobFault(i, -1, ErrBadValue, "%s: size %d", b.Digest, b.Size)
 	}
+	if b.RangeTable != "" || b.RangeTableOffset != 0 {
+		if err := b.RangeTable.Validate(); err != nil {
+			return blobFault(i, -1, ErrBadValue, "%s: range table %q: %v", b.Digest, b.RangeTable, err)
+		}
+		if b.RangeTableOffset <= 0 || b.RangeTableOffset >= b.Size {
+			return blobFault(i, -1, ErrBadValue, "%s: range table offset %d, blob size %d", b.Digest, b.RangeTableOffset, b.Size)
+		}
+	}
 	if len(b.Ranges) == 0 {
 		return blobFault(i, -1, ErrBadValue, "%s: no ranges", b.Digest)
 	}

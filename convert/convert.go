@@ -36,6 +36,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/rangetable"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -52,6 +53,10 @@ type Options struct {
 	Level       int             // zstd level 1-22; zfile.DefaultZstdLevel when 0; LZ4 ignores it
 	BlockSize   int             // ZFile block size; zfile.DefaultBlockSize when 0
 	VirtualSize int64           // ext4 size; DefaultVirtualSize when 0
+	// RangeChunk is the chunk size of the range table appended to each layer blob
+	// (docs/FORMAT.md, "Range table"): rangetable.DefaultChunk when 0; < 0 writes no table,
+	// as upstream and older obd do.
+	RangeChunk int64
 	// Platforms selects the platforms of a multi-platform source ("linux/amd64");
 	// empty converts every platform.
 	Platforms []string
@@ -97,6 +102,14 @@ func New(opts Options) (*Converter, error) {
 	}
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
+	}
+	if opts.RangeChunk == 0 {
+		opts.RangeChunk = rangetable.DefaultChunk
+	}
+	if opts.RangeChunk > 0 {
+		if _, err := rangetable.NewBuilder(opts.RangeChunk); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
 	}
 	if opts.VirtualSize < 64<<20 || opts.VirtualSize%4096 != 0 {
 		return nil, fmt.Errorf("convert: virtual size %d must be a multiple of 4096 and at least 64 MiB", opts.VirtualSize)
@@ -350,6 +363,9 @@ func (c *Converter) cacheKey(chain digest.Digest) string {
 	if c.opts.Level != 0 && c.opts.Level != zfile.DefaultZstdLevel {
 		k += fmt.Sprintf(" level=%d", c.opts.Level) // keys of default-level layers stay as they were
 	}
+	if c.opts.RangeChunk > 0 {
+		k += fmt.Sprintf(" rangechunk=%d", c.opts.RangeChunk)
+	}
 	return digest.FromString(k).Encoded()
 }
 
@@ -402,9 +418,28 @@ func (r *run) convertLayer(ctx context.Context, src ocispec.Descriptor, diffID d
 	defer tmp.Close()
 	outDigest := digest.Canonical.Digester()
 	counted := &countingWriter{w: io.MultiWriter(tmp, outDigest.Hash())}
-	st, err := r.c.buildLayer(ctx, b, tarStream, counted)
+	var table *rangetable.Builder
+	out := io.Writer(counted)
+	if r.c.opts.RangeChunk > 0 {
+		if table, err = rangetable.NewBuilder(r.c.opts.RangeChunk); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		out = io.MultiWriter(counted, table)
+	}
+	st, err := r.c.buildLayer(ctx, b, tarStream, out)
 	if err != nil {
 		return ocispec.Descriptor{}, err
+	}
+	// The range table goes after the tar's end, where tar readers (upstream's too) do not
+	// look; its digest goes in the descriptor's annotations.
+	var tableDigest digest.Digest
+	tableOffset := counted.n
+	if table != nil {
+		tbl := table.Table()
+		if _, err := counted.Write(tbl); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		tableDigest = digest.FromBytes(tbl)
 	}
 	// The tar ends before its stream does (padding, compression trailer): the
 	// rest must be read for the digests.
@@ -423,7 +458,7 @@ func (r *run) convertLayer(ctx context.Context, src ocispec.Descriptor, diffID d
 	if err := os.Rename(tmp.Name(), filepath.Join(dir, "layer.tar")); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	d := layerDescriptor(outDigest.Digest(), counted.n)
+	d := layerDescriptor(outDigest.Digest(), counted.n, tableDigest, tableOffset)
 	meta, err := json.Marshal(d)
 	if err != nil {
 		return d, err

@@ -21,6 +21,7 @@ import (
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/rangetable"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -191,6 +192,7 @@ func checkManifest(t *testing.T, dir string, man ocispec.Manifest) {
 				t.Errorf("layer %d annotation %s = %q, want %q", i, k, l.Annotations[k], v)
 			}
 		}
+		checkRangeTable(t, blobPath(dir, l.Digest.Encoded()), l)
 		if cfg.RootFS.DiffIDs[i] != l.Digest {
 			t.Errorf("diff_id %d = %s, want the uncompressed tar digest %s", i, cfg.RootFS.DiffIDs[i], l.Digest)
 		}
@@ -200,6 +202,33 @@ func checkManifest(t *testing.T, dir string, man ocispec.Manifest) {
 	}
 	if strings.Join(cfg.Config.Entrypoint, " ") != "/usr/bin/su" || cfg.Config.Labels["fixture"] != "obd" {
 		t.Errorf("config not kept: %+v", cfg.Config)
+	}
+}
+
+// checkRangeTable checks the range table a layer blob carries after its tar: pinned by the
+// descriptor's annotations, covering every byte before it.
+func checkRangeTable(t *testing.T, path string, l ocispec.Descriptor) {
+	t.Helper()
+	blob, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, off, err := imagelabels.ParseRangeTable(l.Annotations[imagelabels.RangeTable], l.Annotations[imagelabels.RangeTableOffset], l.Size)
+	if err != nil || table == "" {
+		t.Fatalf("layer %s: range table annotations %v (%v)", l.Digest, l.Annotations, err)
+	}
+	if off%512 != 0 || digest.FromBytes(blob[off:]) != table {
+		t.Fatalf("layer %s: the bytes at %d are not the pinned range table", l.Digest, off)
+	}
+	tbl, err := rangetable.Parse(blob[off:])
+	if err != nil || tbl.Covered() != off || tbl.Chunk() != rangetable.DefaultChunk {
+		t.Fatalf("layer %s: range table %v (%v)", l.Digest, tbl, err)
+	}
+	for pos := int64(0); pos < off; pos += tbl.Chunk() {
+		from, to := tbl.ChunkRange(pos)
+		if err := tbl.Check(from, blob[from:to]); err != nil {
+			t.Fatalf("layer %s: %v", l.Digest, err)
+		}
 	}
 }
 

@@ -35,9 +35,10 @@ func isIndex(mt string) bool { return mt == ocispec.MediaTypeImageIndex || mt ==
 
 func isManifest(mt string) bool { return mt == ocispec.MediaTypeImageManifest || mt == dockerManifest }
 
-// layerDescriptor describes a converted layer blob.
-func layerDescriptor(d digest.Digest, size int64) ocispec.Descriptor {
-	return ocispec.Descriptor{
+// layerDescriptor describes a converted layer blob, whose range table (if table is not "")
+// starts at tableOffset.
+func layerDescriptor(d digest.Digest, size int64, table digest.Digest, tableOffset int64) ocispec.Descriptor {
+	desc := ocispec.Descriptor{
 		MediaType: ocispec.MediaTypeImageLayer,
 		Digest:    d,
 		Size:      size,
@@ -48,6 +49,11 @@ func layerDescriptor(d digest.Digest, size int64) ocispec.Descriptor {
 			imagelabels.Version:    FormatVersion,
 		},
 	}
+	if table != "" {
+		desc.Annotations[imagelabels.RangeTable] = table.String()
+		desc.Annotations[imagelabels.RangeTableOffset] = strconv.FormatInt(tableOffset, 10)
+	}
+	return desc
 }
 
 // isConverted reports whether every layer of m is already an overlaybd blob.

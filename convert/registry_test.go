@@ -19,6 +19,7 @@ import (
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/convert/tarapply"
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
@@ -120,7 +121,11 @@ func TestConvertToRegistryAndLazyRead(t *testing.T) {
 	t.Cleanup(func() { f.Close() })
 	var layers []lsmt.Layer
 	for _, l := range man.Layers {
-		b, err := f.Open(ctx, ref, l.Digest, l.Size)
+		table, off, err := imagelabels.ParseRangeTable(l.Annotations[imagelabels.RangeTable], l.Annotations[imagelabels.RangeTableOffset], l.Size)
+		if err != nil || table == "" {
+			t.Fatalf("layer %s: no range table (%v)", l.Digest, err)
+		}
+		b, err := f.Open(ctx, ref, l.Digest, l.Size, remotefetch.WithRangeTable(table, off))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,6 +13,8 @@ package imagelabels
 import (
 	"fmt"
 	"strconv"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // Annotations on each overlaybd layer descriptor, which reach the snapshotter as labels.
@@ -87,3 +89,21 @@ const (
 	// when the snapshot is removed. `ctr-obd record-trace` sets it.
 	OwnDevice = "containerd.io/snapshot/overlaybd/own-device"
 )
+
+// ParseRangeTable parses the RangeTable and RangeTableOffset values of a blob of blobSize
+// bytes: a digest, and an offset inside the blob. Both empty is a blob without a table (""
+// and 0, no error); one without the other is an error.
+func ParseRangeTable(table, offset string, blobSize int64) (digest.Digest, int64, error) {
+	if table == "" && offset == "" {
+		return "", 0, nil
+	}
+	d, err := digest.Parse(table)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s %q: %w", RangeTable, table, err)
+	}
+	off, err := strconv.ParseInt(offset, 10, 64)
+	if err != nil || off <= 0 || off >= blobSize {
+		return "", 0, fmt.Errorf("%s %q is not an offset inside the %d-byte blob", RangeTableOffset, offset, blobSize)
+	}
+	return d, off, nil
+}

@@ -26,6 +26,7 @@ type Blob struct {
 	entry *cache.Entry
 	stats *counters
 	fill  source
+	table *tableLoader // the range table's pin; nil for a blob without one
 
 	ctx context.Context // lives until the filler closes; reads end with it
 
@@ -43,7 +44,7 @@ func newBlob(f *Fetcher, ref string, key blobKey, size int64, entry *cache.Entry
 	ctx, cancel := context.WithCancel(context.Background())
 	dgst := key.key.Digest
 	b := &Blob{f: f, ref: ref, bkey: key, dgst: dgst, size: size, entry: entry, stats: &counters{m: f.metrics},
-		ctx: ctx, refs: 1}
+		ctx: ctx, refs: 1, table: table}
 	fl := newFiller(ctx, cancel, fillerConfig{
 		opts: &f.opts, ref: ref, dgst: dgst, entry: entry, remote: rem, table: table, stats: b.stats,
 		log: f.log.With("digest", dgst.String()), batches: &f.batches,

@@ -70,7 +70,7 @@ type Options struct {
 	// MaxRangeTable bounds the size of a blob's range table; default DefaultMaxRangeTable.
 	MaxRangeTable int64
 	Registerer    prometheus.Registerer // nil = metrics are not exported
-	Logger     *slog.Logger          // nil = no logging
+	Logger        *slog.Logger          // nil = no logging
 }
 
 // blobKey is what an open Blob is shared by: its cache entry (verify.go) and the repository it
@@ -96,7 +96,7 @@ type Fetcher struct {
 	hostsCache map[string][]docker.RegistryHost // by registry domain, so tokens and connections are shared
 
 	trMu       sync.Mutex
-	transports []*http.Transport       // to drop idle connections on Close
+	transports []*http.Transport // to drop idle connections on Close
 	blobs      map[blobKey]*Blob // open blobs, shared by every Open of one key
 	closed     bool
 

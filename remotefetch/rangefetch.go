@@ -115,7 +115,7 @@ func (f *filler) receiveRange(ctx context.Context, c *rangeCall, buf []byte) (er
 		if err = f.fetchRangeOnce(ctx, c, buf); err == nil {
 			return nil
 		}
-		err = mismatchLimit(err, &mismatches)
+		err = f.mismatchLimit(err, &mismatches)
 		f.failedAttempt(err)
 		if isPermanent(err) || ctx.Err() != nil {
 			return fmt.Errorf("remotefetch: blob %s range %d-%d: %w", f.dgst, c.off, c.end, err)

@@ -57,7 +57,7 @@ func (f *filler) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 		if stored > 0 {
 			mismatches = 0
 		}
-		err = mismatchLimit(err, &mismatches)
+		err = f.mismatchLimit(err, &mismatches)
 		lastErr = err
 		f.failedAttempt(err)
 		if isPermanent(err) {
@@ -140,12 +140,14 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 }
 
 // mismatchLimit makes err permanent once fetches of one range have brought bytes that failed
-// their check maxMismatches times in a row (*count, which it advances).
-func mismatchLimit(err error, count *int) error {
+// their check maxMismatches times in a row (*count, which it advances), and logs it: the
+// registry keeps serving other bytes than the image pins.
+func (f *filler) mismatchLimit(err error, count *int) error {
 	if !errors.Is(err, ErrRangeMismatch) {
 		return err
 	}
 	if *count++; *count >= maxMismatches && !isPermanent(err) {
+		f.log.Error("remotefetch: fetched bytes keep failing their range table check; the read fails", "ref", f.ref, "err", err)
 		return permanent(err)
 	}
 	return err

@@ -79,6 +79,9 @@ func (f *Fetcher) recordTrace(b *Blob, off, n int64) {
 	tb := f.tracer.blobs[b.dgst]
 	if tb == nil {
 		tb = &blocktrace.Blob{Ref: b.ref, Digest: b.dgst, Size: b.size}
+		if t := b.table; t != nil {
+			tb.RangeTable, tb.RangeTableOffset = t.table, t.offset
+		}
 		f.tracer.blobs[b.dgst] = tb
 		f.tracer.order = append(f.tracer.order, b.dgst)
 	}
@@ -126,7 +129,11 @@ func (f *Fetcher) Prefetch(ctx context.Context, t blocktrace.Trace) error {
 		queue  []job
 	)
 	for _, tb := range t.Blobs {
-		b, err := f.Open(ctx, tb.Ref, tb.Digest, tb.Size)
+		var opts []OpenOption
+		if tb.RangeTable != "" {
+			opts = append(opts, WithRangeTable(tb.RangeTable, tb.RangeTableOffset))
+		}
+		b, err := f.Open(ctx, tb.Ref, tb.Digest, tb.Size, opts...)
 		if err != nil {
 			fail(err)
 			continue

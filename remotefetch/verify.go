@@ -256,12 +256,7 @@ func (l *tableLoader) load(f *filler) (*rangeVerifier, error) {
 			return v, nil
 		}
 		f.failedAttempt(err)
-		if errors.Is(err, ErrRangeMismatch) {
-			if mismatches++; mismatches >= maxMismatches {
-				return nil, permanent(err)
-			}
-		}
-		if isPermanent(err) || ctx.Err() != nil {
+		if err = f.mismatchLimit(err, &mismatches); isPermanent(err) || ctx.Err() != nil {
 			return nil, err
 		}
 	}

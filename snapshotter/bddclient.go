@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/tracestore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -109,7 +110,7 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func(
 			source = "registry"
 		}
 		start := time.Now()
-		_, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: trace})
+		_, err := b.client.Prefetch(ctx, &bddv1.PrefetchRequest{Trace: pinTrace(trace, layers)})
 		switch {
 		case errors.Is(ctx.Err(), context.Canceled):
 			b.logger.Info("trace prefetch stopped: the attach failed", "key", key, "chain", chain)
@@ -120,6 +121,41 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func(
 		}
 	}()
 	return cancel
+}
+
+// pinTrace makes each blob of an encoded trace that is one of layers name it as the device
+// will: its repository and its range table from the image (a trace is only a hint, the
+// manifest is what pins a blob), so that the replay fills the cache entry the device reads.
+// A trace it cannot decode goes as it is, for bdd to refuse.
+func pinTrace(raw []byte, layers []RemoteLayer) []byte {
+	t, err := blocktrace.Decode(raw)
+	if err != nil {
+		return raw
+	}
+	changed := false
+	for i := range t.Blobs {
+		tb := &t.Blobs[i]
+		for _, l := range layers {
+			if l.Digest != tb.Digest {
+				continue
+			}
+			repo, err := repository(l.Ref)
+			if theirs, terr := repository(tb.Ref); err == nil && (terr != nil || theirs != repo) {
+				tb.Ref, changed = repo, true
+			}
+			if tb.RangeTable != l.RangeTable || tb.RangeTableOffset != l.RangeTableOffset {
+				tb.RangeTable, tb.RangeTableOffset, changed = l.RangeTable, l.RangeTableOffset, true
+			}
+		}
+	}
+	if !changed {
+		return raw
+	}
+	out, err := t.Encode()
+	if err != nil {
+		return raw
+	}
+	return out
 }
 
 // localTrace returns the trace recorded on this node for chain; nil when there is none.
@@ -158,6 +194,7 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		}
 		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{
 			Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
+			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset,
 		}}})
 	}
 	// The replay starts first: the device's first reads (its layers' indexes) are the

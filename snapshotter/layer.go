@@ -21,6 +21,10 @@ type RemoteLayer struct {
 	// Manifest is the digest of the image manifest the layer was pulled for, "" when the pull
 	// did not say: the subject of the image's start traces in the registry.
 	Manifest digest.Digest `json:"manifest,omitempty"`
+	// RangeTable and RangeTableOffset pin the blob's range table (imagelabels.RangeTable),
+	// which bdd checks every fetched range against; empty for a blob without one.
+	RangeTable       digest.Digest `json:"rangeTable,omitempty"`
+	RangeTableOffset int64         `json:"rangeTableOffset,omitempty"`
 }
 
 // DeviceManager attaches the block devices of lazy chains (bdd, through its API, in production).
@@ -65,7 +69,11 @@ func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool
 			return RemoteLayer{}, true, fmt.Errorf("%w: %s %q: %v", ErrBadLayerLabels, imagelabels.CRIManifestDigest, raw, err)
 		}
 	}
-	return RemoteLayer{Ref: ref, Digest: dgst, Size: size, Manifest: manifest}, true, nil
+	table, tableOff, err := imagelabels.ParseRangeTable(labels[imagelabels.RangeTable], labels[imagelabels.RangeTableOffset], size)
+	if err != nil {
+		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s: %w", ErrBadLayerLabels, dgst, err)
+	}
+	return RemoteLayer{Ref: ref, Digest: dgst, Size: size, Manifest: manifest, RangeTable: table, RangeTableOffset: tableOff}, true, nil
 }
 
 // writeLayerRecord stores the blob of a lazy snapshot in its directory; the record's presence is

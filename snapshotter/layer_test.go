@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/imagelabels"
 )
 
@@ -91,4 +92,62 @@ func FuzzRemoteLayerFromLabels(f *testing.F) {
 			t.Fatalf("accepted an unusable layer %+v", layer)
 		}
 	})
+}
+
+func TestRemoteLayerRangeTableLabels(t *testing.T) {
+	blob := "sha256:" + strings.Repeat("d", 64)
+	table := "sha256:" + strings.Repeat("e", 64)
+	base := func(extra map[string]string) map[string]string {
+		l := map[string]string{imagelabels.BlobDigest: blob, imagelabels.BlobSize: "100000", imagelabels.ImageRef: "a/b:1"}
+		for k, v := range extra {
+			l[k] = v
+		}
+		return l
+	}
+	layer, _, err := remoteLayerFromLabels(base(map[string]string{imagelabels.RangeTable: table, imagelabels.RangeTableOffset: "99000"}))
+	if err != nil || layer.RangeTable.String() != table || layer.RangeTableOffset != 99000 {
+		t.Fatalf("layer %+v, err %v", layer, err)
+	}
+	for name, extra := range map[string]map[string]string{
+		"table without offset": {imagelabels.RangeTable: table},
+		"offset without table": {imagelabels.RangeTableOffset: "99000"},
+		"bad digest":           {imagelabels.RangeTable: "sha256:zz", imagelabels.RangeTableOffset: "99000"},
+		"offset past the blob": {imagelabels.RangeTable: table, imagelabels.RangeTableOffset: "100000"},
+		"offset zero":          {imagelabels.RangeTable: table, imagelabels.RangeTableOffset: "0"},
+		"offset not a number":  {imagelabels.RangeTable: table, imagelabels.RangeTableOffset: "1e4"},
+	} {
+		if _, _, err := remoteLayerFromLabels(base(extra)); !errors.Is(err, ErrBadLayerLabels) {
+			t.Errorf("%s: err %v, want ErrBadLayerLabels", name, err)
+		}
+	}
+}
+
+// A replayed trace names its blobs as the device will: the image's repository and range
+// table win over whatever the trace says.
+func TestPinTrace(t *testing.T) {
+	blob, other := digest.FromString("blob"), digest.FromString("other")
+	table := digest.FromString("table")
+	raw, err := blocktrace.Trace{Blobs: []blocktrace.Blob{
+		{Ref: "elsewhere.example/x/y", Digest: blob, Size: 100, Ranges: []blocktrace.Range{{Off: 0, Len: 1}},
+			RangeTable: digest.FromString("bogus"), RangeTableOffset: 50},
+		{Ref: "r.example/o", Digest: other, Size: 10, Ranges: []blocktrace.Range{{Off: 0, Len: 1}}},
+	}}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := []RemoteLayer{{Ref: "reg.example/team/app:v1", Digest: blob, Size: 100, RangeTable: table, RangeTableOffset: 90}}
+	got, err := blocktrace.Decode(pinTrace(raw, layers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := got.Blobs[0]
+	if b.Ref != "reg.example/team/app" || b.RangeTable != table || b.RangeTableOffset != 90 {
+		t.Fatalf("pinned blob %+v", b)
+	}
+	if got.Blobs[1].Ref != "r.example/o" || got.Blobs[1].RangeTable != "" {
+		t.Fatalf("a blob of no layer changed: %+v", got.Blobs[1])
+	}
+	if string(pinTrace([]byte("junk"), layers)) != "junk" {
+		t.Fatal("an undecodable trace was changed")
+	}
 }

@@ -18,6 +18,7 @@ import (
 func newConvertCmd() *cobra.Command {
 	var (
 		algorithm, vsize, workDir, blockSize string
+		rangeChunk                           string
 		platforms                            []string
 		level                                int
 		reg                                  convert.RegistryOptions
@@ -46,8 +47,15 @@ func newConvertCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--block-size: %w", err)
 			}
+			chunk, err := quantity.ParseSize(rangeChunk)
+			if err != nil {
+				return fmt.Errorf("--range-chunk: %w", err)
+			}
+			if chunk == 0 {
+				chunk = -1 // no table
+			}
 			c, err := convert.New(convert.Options{
-				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: int64(size),
+				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: int64(size), RangeChunk: int64(chunk),
 				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
 			})
 			if err != nil {
@@ -73,6 +81,7 @@ func newConvertCmd() *cobra.Command {
 	f.IntVar(&level, "level", 0, "zstd compression level, 1-22 (0 = default 3; higher: smaller layers, slower conversion)")
 	f.StringVar(&blockSize, "block-size", "4K", "ZFile block size: 4K, 8K, 16K, 32K or 64K")
 	f.StringVar(&vsize, "vsize", "64G", "virtual size of the image's ext4 filesystem")
+	f.StringVar(&rangeChunk, "range-chunk", "16K", "chunk size of each layer's range table, which lets bdd check every fetched range (4K-1M; 0 = no table, as upstream)")
 	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
 	f.StringVar(&workDir, "work-dir", filepath.Join(os.TempDir(), "obd-convert"), "scratch space and converted-layer cache")
 	f.StringVar(&reg.HostsDir, "hosts-dir", "", "registry host configuration (containerd certs.d layout with hosts.toml)")

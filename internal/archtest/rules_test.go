@@ -12,7 +12,7 @@ import "slices"
 var rules = []rule{
 	{
 		name:  "formats link no fetcher, daemon, transport or client",
-		from:  slices.Concat(layerFormats, []string{"imagelabels/..."}, traceFormats),
+		from:  slices.Concat(layerFormats, []string{"imagelabels/...", "rangetable/..."}, traceFormats),
 		scope: links,
 		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
 	},

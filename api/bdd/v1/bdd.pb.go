@@ -171,9 +171,15 @@ type RemoteBlob struct {
 	// Content digest, e.g. "sha256:...".
 	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	// Size of the blob in bytes.
-	Size          int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Size int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// Digest of the blob's range table (docs/FORMAT.md), which the image manifest pins; bdd
+	// then checks every range it fetches against it. Empty: the blob has no table and is
+	// checked only as a whole (refused under require_verified).
+	RangeTable string `protobuf:"bytes,4,opt,name=range_table,json=rangeTable,proto3" json:"range_table,omitempty"`
+	// Where the range table starts in the blob; it runs to the end. Set with range_table.
+	RangeTableOffset int64 `protobuf:"varint,5,opt,name=range_table_offset,json=rangeTableOffset,proto3" json:"range_table_offset,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RemoteBlob) Reset() {
@@ -223,6 +229,20 @@ func (x *RemoteBlob) GetDigest() string {
 func (x *RemoteBlob) GetSize() int64 {
 	if x != nil {
 		return x.Size
+	}
+	return 0
+}
+
+func (x *RemoteBlob) GetRangeTable() string {
+	if x != nil {
+		return x.RangeTable
+	}
+	return ""
+}
+
+func (x *RemoteBlob) GetRangeTableOffset() int64 {
+	if x != nil {
+		return x.RangeTableOffset
 	}
 	return 0
 }
@@ -1194,12 +1214,15 @@ const file_bdd_proto_rawDesc = "" +
 	"\x05Layer\x12\x14\n" +
 	"\x04path\x18\x01 \x01(\tH\x00R\x04path\x12,\n" +
 	"\x04blob\x18\x02 \x01(\v2\x16.obd.bdd.v1.RemoteBlobH\x00R\x04blobB\b\n" +
-	"\x06source\"J\n" +
+	"\x06source\"\x99\x01\n" +
 	"\n" +
 	"RemoteBlob\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\xc8\x01\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1f\n" +
+	"\vrange_table\x18\x04 \x01(\tR\n" +
+	"rangeTable\x12,\n" +
+	"\x12range_table_offset\x18\x05 \x01(\x03R\x10rangeTableOffset\"\xc8\x01\n" +
 	"\rAttachRequest\x12)\n" +
 	"\x06layers\x18\x01 \x03(\v2\x11.obd.bdd.v1.LayerR\x06layers\x12\x1b\n" +
 	"\tupper_dir\x18\x02 \x01(\tR\bupperDir\x12\x1b\n" +
