@@ -114,10 +114,13 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 	var v *rangeVerifier
 	from, to := off, off+n
 	if f.table != nil {
-		if v, err = f.table.verifier(ctx, f); err != nil {
-			return nil, nil, err
+		// Until the table is in, the request goes out beside it, widened by a guess at its
+		// chunks: the first reads of a layer do not wait a round trip for it.
+		if v = f.table.ready(); v != nil {
+			from, to = v.widen(off, off+n)
+		} else {
+			from, to = f.table.guessWiden(off, off+n)
 		}
-		from, to = v.widen(off, off+n)
 	}
 	stall := f.opts.StallTimeout
 	watchdog := time.AfterFunc(stall, func() {
@@ -133,10 +136,28 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 		rc.Close()
 	}
 	body = &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}
-	if v != nil {
-		body = &verifyingReader{r: body, v: v, dgst: f.dgst, from: sourceOf(rc), pos: from, want: off, end: off + n, bufOff: -1}
+	if f.table != nil {
+		if body, err = f.verifiedBody(ctx, v, body, sourceOf(rc), from, to, off, n); err != nil {
+			closeBody()
+			return nil, nil, err
+		}
 	}
 	return body, closeBody, nil
+}
+
+// verifiedBody is a response body of the chunks [from, to) that hands on [off, off+n) chunk
+// by chunk as each passes its check against v, or once it is loaded, the blob's table.
+func (f *filler) verifiedBody(ctx context.Context, v *rangeVerifier, body io.Reader, src string, from, to, off, n int64) (io.Reader, error) {
+	if v == nil {
+		var err error
+		if v, err = f.table.verifier(ctx, f); err != nil {
+			return nil, err
+		}
+		if a, b := v.widen(from, to); a != from || b != to {
+			return nil, fmt.Errorf("remotefetch: blob %s: bytes %d-%d are not whole chunks of its range table (%d bytes each); fetching again", f.dgst, from, to, v.tbl.Chunk())
+		}
+	}
+	return &verifyingReader{r: body, v: v, dgst: f.dgst, from: src, pos: from, want: off, end: off + n, bufOff: -1}, nil
 }
 
 // mismatchLimit makes err permanent once fetches of one range have brought bytes that failed

@@ -88,18 +88,29 @@ type rangeVerifier struct {
 // chunkAt is the chunk [off, end) holding byte pos: a chunk of the table, or a piece of the
 // table itself, in chunk-sized pieces from its start.
 func (v *rangeVerifier) chunkAt(pos int64) (off, end int64) {
-	if p := v.tbl.Covered(); pos >= p {
-		c := v.tbl.Chunk()
-		off = p + (pos-p)/c*c
-		return off, min(off+c, v.size)
-	}
-	return v.tbl.ChunkRange(pos)
+	return chunkOf(pos, v.tbl.Chunk(), v.tbl.Covered(), v.size)
 }
 
 // widen is the smallest run of whole chunks holding [off, end).
 func (v *rangeVerifier) widen(off, end int64) (int64, int64) {
-	a, _ := v.chunkAt(off)
-	_, b := v.chunkAt(end - 1)
+	return widenBy(off, end, v.tbl.Chunk(), v.tbl.Covered(), v.size)
+}
+
+// chunkOf is the chunk holding pos of a blob of size bytes whose table, of chunks of c bytes,
+// covers [0, p) and takes up the rest.
+func chunkOf(pos, c, p, size int64) (off, end int64) {
+	if pos >= p {
+		off = p + (pos-p)/c*c
+		return off, min(off+c, size)
+	}
+	off = pos / c * c
+	return off, min(off+c, p)
+}
+
+// widenBy is the smallest run of whole chunks holding [off, end), as chunkOf divides the blob.
+func widenBy(off, end, c, p, size int64) (int64, int64) {
+	a, _ := chunkOf(off, c, p, size)
+	_, b := chunkOf(end-1, c, p, size)
 	return a, b
 }
 
@@ -204,6 +215,21 @@ func (l *tableLoader) verifier(ctx context.Context, f *filler) (*rangeVerifier, 
 			return v, err
 		}
 	}
+}
+
+// ready returns the verifier if the table is loaded, else nil; it does not wait.
+func (l *tableLoader) ready() *rangeVerifier {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.v
+}
+
+// guessWiden widens [off, end) to whole chunks of the size convert writes by default, for a
+// fetch that starts before the table is in: it is right for every table whose chunks are at
+// most that size (all of convert's by default), and a fetch that guessed wrong is noticed
+// once the table is in and made again (verifiedBody).
+func (l *tableLoader) guessWiden(off, end int64) (int64, int64) {
+	return widenBy(off, end, rangetable.DefaultChunk, l.offset, l.size)
 }
 
 // start begins loading the table in the background, so that it is on its way when the first

@@ -173,29 +173,35 @@ func TestWrongRangeTableFailsReads(t *testing.T) {
 }
 
 // Reads, unit fills and exact range fills of every size and alignment return the blob's bytes
-// when the fill unit is smaller than the table's chunks and the blob ends in a short chunk.
+// when the fill unit is smaller than the table's chunks and the blob ends in a short chunk,
+// for tables whose chunks are smaller than, as large as and larger than the guess a fetch
+// makes before the table is in.
 func TestVerifiedReadsAnyAlignment(t *testing.T) {
-	payload := randomBytes(14, 3*rangetable.DefaultChunk+5000)
-	honest, table, offset := withTable(t, payload, rangetable.DefaultChunk)
-	reg := testregistry.Start(t, testregistry.Options{})
-	dgst := reg.PushBlob(t, "obd/app", honest)
-	f := newFetcher(t, Options{FillUnit: 4096, ReadTimeout: 5e9})
-	b, err := f.Open(t.Context(), reg.Host+"/obd/app:v1", dgst, int64(len(honest)), WithRangeTable(table, offset))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	size := int64(len(honest))
-	if err := b.FillRange(t.Context(), 5000, 3000); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range [][2]int64{{5000, 3000}, {0, 1}, {offset - 10, 20}, {size - 7, 7}, {20000, 40000}, {offset, size - offset}, {0, size}} {
-		if err := checkRead(t, b, honest, r[0], r[1]); err != nil {
-			t.Fatalf("read %d+%d: %v", r[0], r[1], err)
-		}
-	}
-	if err := b.Verify(t.Context()); err != nil {
-		t.Fatal(err)
+	for _, chunk := range []int64{rangetable.MinChunk, rangetable.DefaultChunk, 4 * rangetable.DefaultChunk} {
+		t.Run(fmt.Sprint(chunk), func(t *testing.T) {
+			payload := randomBytes(14, int(3*chunk+5000))
+			honest, table, offset := withTable(t, payload, chunk)
+			reg := testregistry.Start(t, testregistry.Options{})
+			dgst := reg.PushBlob(t, "obd/app", honest)
+			f := newFetcher(t, Options{FillUnit: 4096, ReadTimeout: 5e9})
+			b, err := f.Open(t.Context(), reg.Host+"/obd/app:v1", dgst, int64(len(honest)), WithRangeTable(table, offset))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			size := int64(len(honest))
+			if err := b.FillRange(t.Context(), 5000, 3000); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range [][2]int64{{5000, 3000}, {0, 1}, {offset - 10, 20}, {size - 7, 7}, {size / 3, size / 2}, {offset, size - offset}, {0, size}} {
+				if err := checkRead(t, b, honest, r[0], r[1]); err != nil {
+					t.Fatalf("read %d+%d: %v", r[0], r[1], err)
+				}
+			}
+			if err := b.Verify(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

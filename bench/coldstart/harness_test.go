@@ -46,9 +46,10 @@ var (
 	flagReplay    = flag.String("coldstart.replay-from", replayFromHarness, "who starts the obd+trace replay: harness (bdd's Prefetch with the pull, as obd trace replay or a platform that knows the next function does) or snapshotter (from its trace directory when the pull records the top layer, what nerdctl run gets after ctr-obd record-trace)")
 	// zstd in 16 KiB blocks: 30% fewer bytes per range than lz4 in 4 KiB blocks (what a
 	// lazy start on a slow link pays for), and as fast on loopback (bench/FINDINGS.md).
-	flagAlgorithm = flag.String("coldstart.algorithm", "zstd", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
-	flagBlockSize = flag.String("coldstart.block-size", "16K", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
-	flagRTT       = flag.Duration("coldstart.rtt", 20*time.Millisecond, "latency the shaped network adds before each request")
+	flagAlgorithm  = flag.String("coldstart.algorithm", "zstd", "ZFile compression of the obd image: lz4 or zstd (obd convert --algorithm)")
+	flagBlockSize  = flag.String("coldstart.block-size", "16K", "ZFile block size of the obd image (obd convert --block-size; empty: its default)")
+	flagRangeChunk = flag.String("coldstart.range-chunk", "", "chunk size of the obd image's range tables (obd convert --range-chunk; 0: no tables, reads checked only per whole blob; empty: its default)")
+	flagRTT        = flag.Duration("coldstart.rtt", 20*time.Millisecond, "latency the shaped network adds before each request")
 )
 
 // The shaped link of issue #8: 100 Mbit/s and a 20 ms round trip per request
@@ -348,6 +349,9 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 			if *flagBlockSize != "" {
 				args = append(args, "--block-size", *flagBlockSize)
 			}
+			if *flagRangeChunk != "" {
+				args = append(args, "--range-chunk", *flagRangeChunk)
+			}
 			h.command(t, ctx, filepath.Join(h.bin, "obd"), append(args, repo+":gzip", repo+":"+obdTag)...)
 		}
 		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
@@ -366,6 +370,9 @@ func convertFlags() string {
 	s := "--algorithm " + *flagAlgorithm
 	if *flagBlockSize != "" {
 		s += " --block-size " + *flagBlockSize
+	}
+	if *flagRangeChunk != "" {
+		s += " --range-chunk " + *flagRangeChunk
 	}
 	return s
 }
