@@ -107,6 +107,17 @@ func imageTag(c Cell) string {
 	return "gzip"
 }
 
+// imageRepo is the repository of a cell's image in the registry. Mode obd+registry-trace
+// has one per workload, as estargz-opt has an image per workload: a node replays the newest
+// start trace of an image, so workloads that share one image would replay each other's.
+func imageRepo(c Cell) string {
+	w := workloadNamed(c.Workload)
+	if c.Mode == ModeOBDRegistryTrace {
+		return "bench/" + w.image + "-" + w.name
+	}
+	return "bench/" + w.image
+}
+
 type harness struct {
 	bin      string
 	benchDir string // OBD_DEPS/bench: cached images, the registry's storage
@@ -244,7 +255,7 @@ func methodNotes(seed uint64) []string {
 	return []string{
 		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz), and per workload eStargz optimized for it (estargz-opt: bench/stargz/optimize, stargz-snapshotter v0.18.1's analyzer and converter as ctr-remote's `image optimize` uses them, the workload's command run once, its opened files prioritized; gzip level 9 and default chunks as nerdctl's).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
-		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); obd+registry-trace = obd on a node that never ran the image (empty bdd cache and state, empty trace directory): `ctr-obd record-trace --push` recorded a cold start of the workload once before the measurements and pushed the trace as an OCI artifact referring to the image's manifest; the snapshotter (remoteTraces on, off in the other obd modes) finds it through bdd's FetchTrace and replays it, no replay is started by the harness, and a trial whose logs do not show the registry trace found and replayed fails; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch; estargz-opt = the same snapshotter on the optimized eStargz image (its prioritized files are prefetched at mount).",
+		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); obd+registry-trace = obd on a node that never ran the image (empty bdd cache and state, empty trace directory): `ctr-obd record-trace --push` recorded a cold start of the workload once before the measurements and pushed the trace as an OCI artifact referring to the image's manifest, in a repository of the workload's own (a node replays an image's newest trace; estargz-opt likewise has an image per workload); the snapshotter (remoteTraces on, off in the other obd modes) finds it through bdd's FetchTrace and replays it, no replay is started by the harness, and a trial whose logs do not show the registry trace found and replayed fails; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch; estargz-opt = the same snapshotter on the optimized eStargz image (its prioritized files are prefetched at mount).",
 		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", *flagRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
@@ -327,6 +338,7 @@ func (h *harness) startNetworks(t *testing.T) {
 func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 	need := map[string]map[string]bool{} // image -> tags
 	optimize := map[string][]workload{}  // image -> workloads of estargz-opt cells
+	ownRepo := map[string][]Cell{}       // image -> cells with a repository of their own
 	for _, c := range cells {
 		w := workloadNamed(c.Workload)
 		if need[w.image] == nil {
@@ -335,6 +347,9 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 		tag := imageTag(c)
 		if c.Mode == ModeEstargzOpt && !need[w.image][tag] {
 			optimize[w.image] = append(optimize[w.image], w)
+		}
+		if r := imageRepo(c); r != "bench/"+w.image && !slices.ContainsFunc(ownRepo[w.image], func(o Cell) bool { return imageRepo(o) == r }) {
+			ownRepo[w.image] = append(ownRepo[w.image], c)
 		}
 		need[w.image][tag] = true
 	}
@@ -353,6 +368,11 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 				args = append(args, "--range-chunk", *flagRangeChunk)
 			}
 			h.command(t, ctx, filepath.Join(h.bin, "obd"), append(args, repo+":gzip", repo+":"+obdTag)...)
+		}
+		for _, c := range ownRepo[image] {
+			tag := imageTag(c)
+			h.command(t, ctx, "skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
+				"docker://"+repo+":"+tag, "docker://"+h.registry+"/"+imageRepo(c)+":"+tag)
 		}
 		if tags["estargz"] && !h.manifestExists(t, ctx, "bench/"+image, "estargz") {
 			h.convertEstargz(t, ctx, repo)
@@ -665,7 +685,8 @@ func (h *harness) pushTrace(t *testing.T, w workload) {
 	// Straight to the registry, not through a relay: the recording is not measured. The
 	// recording node looks for no registry trace, which an earlier push would offer.
 	nd := h.startNode(t, ModeOBDRegistryTrace, map[string]any{"remoteTraces": false}, nil)
-	ref := h.registry + "/bench/" + w.image + ":" + imageTag(Cell{Workload: w.name, Mode: ModeOBDRegistryTrace})
+	c := Cell{Workload: w.name, Mode: ModeOBDRegistryTrace}
+	ref := h.registry + "/" + imageRepo(c) + ":" + imageTag(c)
 	ctx, cancel := context.WithTimeout(context.Background(), trialTimeout)
 	defer cancel()
 	if _, err := nd.n.run(ctx, "pull", "--quiet", ref); err != nil {
@@ -694,7 +715,7 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 	m := Measurement{Trial: tr}
 	w := workloadNamed(tr.Workload)
 	relay := h.relays[tr.Network]
-	ref := relay.Addr + "/bench/" + w.image + ":" + imageTag(tr.Cell)
+	ref := relay.Addr + "/" + imageRepo(tr.Cell) + ":" + imageTag(tr.Cell)
 	local := h.traces[Cell{Workload: tr.Workload, Mode: ModeOBDTrace, Network: tr.Network}]
 
 	var stage func(traceDir string)
