@@ -231,18 +231,18 @@ func (m *Manager) Functions() []Function {
 }
 
 // Delete unregisters function name and destroys its idle sandboxes; running invocations
-// finish and their sandboxes are destroyed.
-func (m *Manager) Delete(name string) error {
+// finish and their sandboxes are destroyed. It returns what was registered.
+func (m *Manager) Delete(name string) (Function, error) {
 	m.mu.Lock()
 	fn, ok := m.funcs[name]
 	if !ok {
 		m.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrNotFound, name)
+		return Function{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	delete(m.funcs, name)
 	m.mu.Unlock()
 	m.log.Info("function deleted", "name", name)
-	return m.remove(fn)
+	return fn.Function, m.remove(fn)
 }
 
 // remove destroys what fn holds: idle sandboxes, spares, its zygote, its use of the image.

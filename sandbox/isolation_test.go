@@ -223,7 +223,7 @@ func TestDeleteRemovesSandboxes(t *testing.T) {
 	if len(runnerPids(t, m, true)) == 0 {
 		t.Fatal("no cached sandbox process found before delete")
 	}
-	if err := m.Delete("del"); err != nil {
+	if _, err := m.Delete("del"); err != nil {
 		t.Fatal(err)
 	}
 	if pids := runnerPids(t, m, false); len(pids) > 0 {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,8 +50,33 @@ func listen(addr string) (net.Listener, error) {
 	return l, err
 }
 
+// readToken reads the bearer token of o.tokenFile, and checks that a TCP listener has one.
+func readToken(o options) (string, error) {
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return "", errors.New("--tls-cert and --tls-key go together")
+	}
+	if o.tokenFile == "" {
+		if !filepath.IsAbs(o.listen) {
+			return "", fmt.Errorf("--listen %s is TCP: anyone who can connect could run code; give --token-file", o.listen)
+		}
+		return "", nil
+	}
+	b, err := os.ReadFile(o.tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if len(token) < 16 {
+		return "", fmt.Errorf("--token-file %s: the token must be at least 16 characters", o.tokenFile)
+	}
+	return token, nil
+}
+
 type options struct {
 	listen    string
+	tokenFile string
+	tlsCert   string
+	tlsKey    string
 	stateDir  string
 	rootfsDir string
 	bddSocket string
@@ -74,8 +100,10 @@ namespace, a pooled cgroup with memory/CPU/pids limits, and the handler running 
 New sandboxes are forked (a few per function ahead of demand) from zygotes that already
 imported the runtime's modules; idle ones are frozen in the handler cache for --keep-alive.
 
-HTTP API (obd sandbox register|run|ls|stats|rm talks to it):
-  POST   /functions            register (JSON spec, or multipart "spec" + "code" tarball)
+HTTP API (obd sandbox register|run|ls|stats|rm talks to it), on a root-only unix socket by
+default; on TCP (--listen HOST:PORT) every request must carry the bearer token of --token-file,
+optionally over TLS (--tls-cert, --tls-key):
+  POST   /functions            register (multipart "spec" + "code" tarball: code is uploaded)
   GET    /functions            list
   GET    /functions/NAME/stats counters
   DELETE /functions/NAME       unregister
@@ -93,7 +121,10 @@ cgroup it made is removed.`,
 	}
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	f := cmd.Flags()
-	f.StringVar(&o.listen, "listen", defaultSocket, "HTTP listen address: a unix socket path (root-only, 0600), or host:port (no authentication: anyone who can connect can register and run code)")
+	f.StringVar(&o.listen, "listen", defaultSocket, "HTTP listen address: a unix socket path (root-only, 0600), or host:port (needs --token-file)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token every request must carry; required to listen on TCP")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM; with --tls-key)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/obd/lambda", "sandbox roots, scratch dirs, uploaded code, sandbox log")
 	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref")
 	f.StringVar(&o.bddSocket, "bdd-socket", "", "control socket of bdd: images are obd layer stacks attached through it")
@@ -114,6 +145,10 @@ func run(o options) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
+	}
+	token, err := readToken(o)
+	if err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	codeDir := filepath.Join(o.stateDir, "functions")
@@ -142,11 +177,17 @@ func run(o options) error {
 		m.Close()
 		return err
 	}
-	srv := &http.Server{Handler: sandbox.NewHandler(m, codeDir), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: sandbox.NewHandler(m, codeDir, token), ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
+	go func() {
+		if o.tlsCert != "" {
+			served <- srv.ServeTLS(l, o.tlsCert, o.tlsKey)
+			return
+		}
+		served <- srv.Serve(l)
+	}()
 	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "bdd_socket", o.bddSocket, "keep_alive", o.keepAlive)
 	select {
 	case <-ctx.Done():

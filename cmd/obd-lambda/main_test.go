@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,9 +31,8 @@ func TestServeAndCleanShutdown(t *testing.T) {
 	bin, rootfsDir := buildServer(t)
 	tmp := t.TempDir()
 	stateDir := filepath.Join(tmp, "state")
-	srv, addr, logs := startServer(t, bin, rootfsDir, stateDir)
+	srv, c, logs := startServer(t, bin, rootfsDir, stateDir, nil)
 	defer srv.Process.Kill()
-	c := &sandboxapi.Client{Base: "http://" + addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	code := writeHandler(t)
@@ -52,7 +53,7 @@ func TestServeAndCleanShutdown(t *testing.T) {
 			t.Fatalf("run %d: %s via %s, want path %s", i, res, path, want)
 		}
 	}
-	testCLI(t, tmp, addr, code)
+	testCLI(t, tmp, c.Base, code)
 
 	// One sandbox waits frozen in the handler cache, the zygotes run: now stop the server.
 	pid := srv.Process.Pid
@@ -104,7 +105,7 @@ func processesOf(pid int) int {
 }
 
 // testCLI drives `obd sandbox` against the server.
-func testCLI(t *testing.T, tmp, addr, code string) {
+func testCLI(t *testing.T, tmp, server, code string) {
 	t.Helper()
 	obd := filepath.Join(tmp, "obd")
 	if out, err := exec.Command("go", "build", "-o", obd, "../obd").CombinedOutput(); err != nil {
@@ -112,7 +113,7 @@ func testCLI(t *testing.T, tmp, addr, code string) {
 	}
 	run := func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(obd, append([]string{"sandbox", "--server", "http://" + addr}, args...)...).CombinedOutput()
+		out, err := exec.Command(obd, append([]string{"sandbox", "--server", server}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("obd sandbox %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
@@ -129,7 +130,7 @@ func testCLI(t *testing.T, tmp, addr, code string) {
 		t.Errorf("obd sandbox stats: %s", out)
 	}
 	run("rm", "cli")
-	out, err := exec.Command(obd, "sandbox", "--server", "http://"+addr, "run", "cli").CombinedOutput()
+	out, err := exec.Command(obd, "sandbox", "--server", server, "run", "cli").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "404") {
 		t.Errorf("run after rm: %v %s", err, out)
 	}
@@ -146,16 +147,17 @@ func buildServer(t *testing.T) (bin, rootfsDir string) {
 	return bin, filepath.Dir(rootfs)
 }
 
-// startServer runs obd-lambda and waits until it answers.
-func startServer(t *testing.T, bin, rootfsDir, stateDir string) (*exec.Cmd, string, chan string) {
+// startServer runs obd-lambda on a unix socket next to stateDir (or with the listen flags
+// of extra, reached by c) and waits until it answers. base is the address for clients.
+func startServer(t *testing.T, bin, rootfsDir, stateDir string, c *sandboxapi.Client, extra ...string) (*exec.Cmd, *sandboxapi.Client, chan string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	args := []string{"--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m"}
+	if c == nil {
+		sock := filepath.Join(filepath.Dir(stateDir), "lambda.sock")
+		args = append(args, "--listen", sock)
+		c = &sandboxapi.Client{Base: "unix://" + sock}
 	}
-	addr := l.Addr().String()
-	l.Close()
-	srv := exec.Command(bin, "--listen", addr, "--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m")
+	srv := exec.Command(bin, append(args, extra...)...)
 	stderr, _ := srv.StderrPipe()
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -171,19 +173,72 @@ func startServer(t *testing.T, bin, rootfsDir, stateDir string) (*exec.Cmd, stri
 		}
 		close(logs)
 	}()
-	c := &sandboxapi.Client{Base: "http://" + addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
 		_, err := c.List(ctx)
 		if err == nil {
-			return srv, addr, logs
+			return srv, c, logs
 		}
 		if ctx.Err() != nil {
 			srv.Process.Kill()
 			t.Fatalf("server never answered: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// freeAddr is a free TCP address on loopback.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestTCPNeedsToken: on TCP the server refuses to start without a token, and answers 401 to
+// requests without it.
+func TestTCPNeedsToken(t *testing.T) {
+	bin, rootfsDir := buildServer(t)
+	tmp := t.TempDir()
+	addr := freeAddr(t)
+	out, err := exec.Command(bin, "--listen", addr, "--state-dir", filepath.Join(tmp, "state"), "--rootfs-dir", rootfsDir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--token-file") {
+		t.Fatalf("server on TCP without a token: %v %s, want a refusal naming --token-file", err, out)
+	}
+	tokenFile := filepath.Join(tmp, "token")
+	const token = "0123456789abcdef-token"
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, c, _ := startServer(t, bin, rootfsDir, filepath.Join(tmp, "state"), &sandboxapi.Client{Base: "http://" + addr, Token: token},
+		"--listen", addr, "--token-file", tokenFile)
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		srv.Wait()
+	}()
+	var code strings.Builder
+	if err := sandboxapi.ArchiveDir(writeHandler(t), &code); err != nil {
+		t.Fatal(err)
+	}
+	spec := sandboxapi.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler"}
+	for _, bad := range []string{"", "0123456789abcdef-tokeN"} {
+		noToken := &sandboxapi.Client{Base: c.Base, Token: bad}
+		err := noToken.Register(context.Background(), spec, strings.NewReader(code.String()))
+		if ae := (*sandboxapi.APIError)(nil); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Errorf("register with token %q: %v, want 401", bad, err)
+		}
+		if _, _, err := noToken.Run(context.Background(), "f", nil); err == nil {
+			t.Errorf("run with token %q succeeded", bad)
+		}
+	}
+	if err := c.Register(context.Background(), spec, strings.NewReader(code.String())); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := c.Run(context.Background(), "f", []byte(`{"who":"tcp"}`)); err != nil || !strings.Contains(string(out), "tcp") {
+		t.Errorf("run with the token: %s %v", out, err)
 	}
 }
 
@@ -202,10 +257,13 @@ func writeHandler(t *testing.T) string {
 func TestRestartAfterKill9(t *testing.T) {
 	bin, rootfsDir := buildServer(t)
 	stateDir := filepath.Join(t.TempDir(), "state")
-	srv, addr, _ := startServer(t, bin, rootfsDir, stateDir)
-	c := &sandboxapi.Client{Base: "http://" + addr}
+	srv, c, _ := startServer(t, bin, rootfsDir, stateDir, nil)
 	ctx := context.Background()
-	if err := c.Register(ctx, sandboxapi.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler", Dir: writeHandler(t)}, nil); err != nil {
+	var code strings.Builder
+	if err := sandboxapi.ArchiveDir(writeHandler(t), &code); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Register(ctx, sandboxapi.FunctionSpec{Name: "f", Image: "python3-bookworm", Entry: "main.handler"}, strings.NewReader(code.String())); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := c.Run(ctx, "f", []byte(`{"who":"x"}`)); err != nil {
@@ -215,7 +273,7 @@ func TestRestartAfterKill9(t *testing.T) {
 	srv.Process.Kill()
 	srv.Wait()
 
-	srv2, _, _ := startServer(t, bin, rootfsDir, stateDir)
+	srv2, _, _ := startServer(t, bin, rootfsDir, stateDir, nil)
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mounts), filepath.Join(stateDir, "sandboxes")) {
 		t.Errorf("the killed server's sandbox mounts survive the restart")

@@ -17,13 +17,22 @@ import (
 
 // lambdaFlags are the connection settings of every `obd sandbox` command.
 type lambdaFlags struct {
-	server  string
-	timeout time.Duration
+	server    string
+	tokenFile string
+	timeout   time.Duration
 }
 
-func (f *lambdaFlags) client(cmd *cobra.Command) (*sandboxapi.Client, context.Context, context.CancelFunc) {
+func (f *lambdaFlags) client(cmd *cobra.Command) (*sandboxapi.Client, context.Context, context.CancelFunc, error) {
+	c := &sandboxapi.Client{Base: f.server, Token: os.Getenv("OBD_LAMBDA_TOKEN")}
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--token-file: %w", err)
+		}
+		c.Token = strings.TrimSpace(string(b))
+	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-	return &sandboxapi.Client{Base: f.server}, ctx, cancel
+	return c, ctx, cancel, nil
 }
 
 func newSandboxCmd() *cobra.Command {
@@ -34,7 +43,8 @@ func newSandboxCmd() *cobra.Command {
 		Long: "sandbox talks to obd-lambda, which runs functions in lean sandboxes started from obd images\n" +
 			"(cold, forked from a zygote, or thawed from the handler cache).",
 	}
-	cmd.PersistentFlags().StringVar(&f.server, "server", "unix:///run/obd/lambda.sock", "obd-lambda address: unix:///PATH or http://HOST:PORT")
+	cmd.PersistentFlags().StringVar(&f.server, "server", "unix:///run/obd/lambda.sock", "obd-lambda address: unix:///PATH or http(s)://HOST:PORT")
+	cmd.PersistentFlags().StringVar(&f.tokenFile, "token-file", "", "file holding the server's bearer token (a server on TCP needs it; or $OBD_LAMBDA_TOKEN)")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the call to the server")
 	cmd.AddCommand(newSandboxRegisterCmd(f), newSandboxRunCmd(f), newSandboxLsCmd(f), newSandboxStatsCmd(f), newSandboxRmCmd(f))
 	return cmd
@@ -47,40 +57,41 @@ func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "register NAME --image REF --entry MODULE.FUNC (--code DIR|FILE.tar[.gz] | --dir SERVER_DIR)",
+		Use:   "register NAME --image REF --entry MODULE.FUNC --code DIR|FILE.tar[.gz]",
 		Short: "Register a function",
-		Long: "register adds a function. Its handler code is a local directory or tarball uploaded with\n" +
-			"--code, or a directory on the server given with --dir. The entry point is module.function,\n" +
-			"called with the decoded JSON event; its return value is the JSON result.",
+		Long: "register adds a function. Its handler code is a local directory or tarball, uploaded. The\n" +
+			"entry point is module.function, called with the decoded JSON event; its return value is the\n" +
+			"JSON result.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
 			spec.TimeoutMS = timeout.Milliseconds()
-			if (code == "") == (spec.Dir == "") {
-				return fmt.Errorf("give exactly one of --code and --dir")
+			if code == "" {
+				return fmt.Errorf("--code is required")
 			}
 			var upload io.Reader
-			if code != "" {
-				st, err := os.Stat(code)
+			st, err := os.Stat(code)
+			if err != nil {
+				return err
+			}
+			if st.IsDir() {
+				var buf bytes.Buffer
+				if err := sandboxapi.ArchiveDir(code, &buf); err != nil {
+					return err
+				}
+				upload = &buf
+			} else {
+				file, err := os.Open(code)
 				if err != nil {
 					return err
 				}
-				if st.IsDir() {
-					var buf bytes.Buffer
-					if err := sandboxapi.ArchiveDir(code, &buf); err != nil {
-						return err
-					}
-					upload = &buf
-				} else {
-					file, err := os.Open(code)
-					if err != nil {
-						return err
-					}
-					defer file.Close()
-					upload = file
-				}
+				defer file.Close()
+				upload = file
 			}
-			c, ctx, cancel := f.client(cmd)
+			c, ctx, cancel, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
 			defer cancel()
 			if err := c.Register(ctx, spec, upload); err != nil {
 				return err
@@ -93,7 +104,7 @@ func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 	fl.StringVar(&spec.Image, "image", "", "runtime image ref (e.g. python3-bookworm)")
 	fl.StringVar(&spec.Entry, "entry", "main.handler", "entry point module.function")
 	fl.StringVar(&code, "code", "", "local handler directory or tarball to upload")
-	fl.StringVar(&spec.Dir, "dir", "", "handler directory on the server")
+	fl.Int64Var(&spec.ScratchMB, "scratch", 64, "size of its /tmp in MB")
 	fl.Int64Var(&spec.MemoryMB, "memory", 128, "memory limit in MB")
 	fl.Float64Var(&spec.CPUs, "cpus", 1, "CPU quota in cores")
 	fl.Int64Var(&spec.Pids, "pids", 32, "process limit")
@@ -125,7 +136,10 @@ func newSandboxRunCmd(f *lambdaFlags) *cobra.Command {
 			if !json.Valid(event) {
 				return fmt.Errorf("event is not JSON: %.80s", event)
 			}
-			c, ctx, cancel := f.client(cmd)
+			c, ctx, cancel, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
 			defer cancel()
 			out, path, err := c.Run(ctx, args[0], event)
 			if err != nil {
@@ -148,7 +162,10 @@ func newSandboxLsCmd(f *lambdaFlags) *cobra.Command {
 		Short: "List registered functions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, ctx, cancel := f.client(cmd)
+			c, ctx, cancel, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
 			defer cancel()
 			specs, err := c.List(ctx)
 			if err != nil {
@@ -170,7 +187,10 @@ func newSandboxStatsCmd(f *lambdaFlags) *cobra.Command {
 		Short: "Show a function's counters as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel := f.client(cmd)
+			c, ctx, cancel, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
 			defer cancel()
 			st, err := c.Stats(ctx, args[0])
 			if err != nil {
@@ -189,7 +209,10 @@ func newSandboxRmCmd(f *lambdaFlags) *cobra.Command {
 		Short: "Unregister functions (their sandboxes are destroyed)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, ctx, cancel := f.client(cmd)
+			c, ctx, cancel, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
 			defer cancel()
 			for _, name := range args {
 				if err := c.Delete(ctx, name); err != nil {

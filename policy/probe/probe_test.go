@@ -25,7 +25,7 @@ func liveServer(t *testing.T, keepAlive time.Duration) *sandboxapi.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(state, "code")))
+	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(state, "code"), ""))
 	t.Cleanup(func() {
 		srv.Close()
 		if err := m.Close(); err != nil {

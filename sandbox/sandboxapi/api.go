@@ -6,16 +6,18 @@
 //
 // The API:
 //
-//	POST   /functions            register: JSON FunctionSpec, or multipart with FormSpec (JSON)
-//	                             and FormCode (tar or tar.gz of the handler directory; ArchiveDir)
+//	POST   /functions            register: multipart with FormSpec (JSON FunctionSpec) and
+//	                             FormCode (tar or tar.gz of the handler directory; ArchiveDir):
+//	                             code arrives only by upload, never as a path on the server
 //	GET    /functions            list: JSON []FunctionSpec
 //	GET    /functions/NAME/stats counters: JSON Stats
 //	DELETE /functions/NAME       unregister
 //	POST   /run/NAME             invoke: JSON event in, the handler's JSON result out, with
 //	                             HeaderStartPath and HeaderStartTime set
 //
-// Errors are JSON ErrorBody with 400, 404, 409, 500 (handler raised), 502 (sandbox died),
-// 504 (timeout); Client returns them as *APIError.
+// Errors are JSON ErrorBody with 400, 401 (no or wrong bearer token), 404, 409, 500 (handler
+// raised), 502 (sandbox died), 504 (timeout); Client returns them as *APIError. A server on
+// TCP requires "Authorization: Bearer TOKEN" on every request (Client.Token).
 package sandboxapi
 
 import (
@@ -29,11 +31,11 @@ type FunctionSpec struct {
 	Name      string   `json:"name"`
 	Image     string   `json:"image"`
 	Entry     string   `json:"entry"`
-	Dir       string   `json:"dir,omitempty"` // handler code directory on the server; or upload FormCode
 	MemoryMB  int64    `json:"memory_mb,omitempty"`
 	CPUs      float64  `json:"cpus,omitempty"`
 	Pids      int64    `json:"pids,omitempty"`
 	TimeoutMS int64    `json:"timeout_ms,omitempty"`
+	ScratchMB int64    `json:"scratch_mb,omitempty"` // size of its /tmp
 	Imports   []string `json:"imports,omitempty"`
 	Packages  []string `json:"packages,omitempty"`
 }

@@ -16,8 +16,9 @@ import (
 // Client speaks the API to a server (cmd/obd-lambda, sandbox.Handler); `obd sandbox` and the
 // policy probe use it. Its methods are safe for concurrent use.
 type Client struct {
-	Base string       // http://HOST:PORT, or unix:///PATH for a server on a unix socket
-	HTTP *http.Client // default http.DefaultClient (or a unix-socket client for unix://)
+	Base  string       // http(s)://HOST:PORT, or unix:///PATH for a server on a unix socket
+	HTTP  *http.Client // default http.DefaultClient (or a unix-socket client for unix://)
+	Token string       // bearer token, sent when not empty (a server on TCP requires one)
 }
 
 // endpoint returns the URL prefix and HTTP client for c.Base.
@@ -51,6 +52,9 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox client: %s %s: %w", method, path, err)
@@ -76,35 +80,33 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// Register registers spec. code, when not nil, is a tar (or tar.gz) of the handler directory
-// (ArchiveDir makes one), uploaded; otherwise spec.Dir names a directory on the server.
+// Register registers spec with its handler code: a tar (or tar.gz) of the handler directory
+// (ArchiveDir makes one), uploaded.
 func (c *Client) Register(ctx context.Context, spec FunctionSpec, code io.Reader) error {
+	if code == nil {
+		return fmt.Errorf("sandbox client: register %s: no handler code", spec.Name)
+	}
 	js, err := json.Marshal(spec)
 	if err != nil {
 		return err
 	}
-	var resp *http.Response
-	if code == nil {
-		resp, err = c.do(ctx, http.MethodPost, "/functions", "application/json", bytes.NewReader(js))
-	} else {
-		pr, pw := io.Pipe()
-		mw := multipart.NewWriter(pw)
-		go func() {
-			err := mw.WriteField(FormSpec, string(js))
-			if err == nil {
-				var part io.Writer
-				if part, err = mw.CreateFormFile(FormCode, "code.tar"); err == nil {
-					_, err = io.Copy(part, code)
-				}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		err := mw.WriteField(FormSpec, string(js))
+		if err == nil {
+			var part io.Writer
+			if part, err = mw.CreateFormFile(FormCode, "code.tar"); err == nil {
+				_, err = io.Copy(part, code)
 			}
-			if err == nil {
-				err = mw.Close()
-			}
-			pw.CloseWithError(err)
-		}()
-		resp, err = c.do(ctx, http.MethodPost, "/functions", mw.FormDataContentType(), pr)
-		pr.Close()
-	}
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	resp, err := c.do(ctx, http.MethodPost, "/functions", mw.FormDataContentType(), pr)
+	pr.Close()
 	if err != nil {
 		return err
 	}
