@@ -41,6 +41,25 @@ type Config struct {
 
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
+	Limits   LimitsConfig   `toml:"limits"`
+}
+
+// LimitsConfig bounds what clients, images and registries can make bdd hold. Each must be
+// positive. Sizes and counts inside images are bounded apart from these (README, "Security
+// model").
+type LimitsConfig struct {
+	// MaxDevices is how many devices may be attached (or being attached) at once; an
+	// Attach past it fails with ResourceExhausted.
+	MaxDevices int `toml:"max_devices"`
+	// MaxAPIConnections is how many connections the control socket serves at once; more
+	// wait to be accepted.
+	MaxAPIConnections int `toml:"max_api_connections"`
+	// MaxExportConnections is how many clients one device's NBD export serves at once;
+	// more are closed at once.
+	MaxExportConnections int `toml:"max_export_connections"`
+	// MaxRegistryConnections is how many connections to one registry host are open at
+	// once; more requests wait for one.
+	MaxRegistryConnections int `toml:"max_registry_connections"`
 }
 
 // CacheConfig configures the persistent cache of remote blobs.
@@ -98,6 +117,7 @@ func DefaultConfig() Config {
 			CertsDir:    "/etc/containerd/certs.d",
 			ReadTimeout: quantity.Duration(30 * time.Second),
 		},
+		Limits: LimitsConfig{MaxDevices: 512, MaxAPIConnections: 64, MaxExportConnections: 8, MaxRegistryConnections: 64},
 	}
 }
 
@@ -119,6 +139,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Registry.DockerConfig, "docker-config", c.Registry.DockerConfig, "docker config.json with registry credentials")
 	fs.Var(&c.Registry.ReadTimeout, "read-timeout", "time limit of one remote read, retries included")
 	fs.BoolVar(&c.Registry.RequireVerified, "require-verified", c.Registry.RequireVerified, "refuse remote layers without a range table")
+	fs.IntVar(&c.Limits.MaxDevices, "max-devices", c.Limits.MaxDevices, "devices attached at once")
+	fs.IntVar(&c.Limits.MaxAPIConnections, "max-api-connections", c.Limits.MaxAPIConnections, "control socket connections served at once")
+	fs.IntVar(&c.Limits.MaxExportConnections, "max-export-connections", c.Limits.MaxExportConnections, "NBD export clients per device at once")
+	fs.IntVar(&c.Limits.MaxRegistryConnections, "max-registry-connections", c.Limits.MaxRegistryConnections, "connections per registry host")
 }
 
 // Load builds the configuration: c's current values (DefaultConfig), then the TOML
@@ -191,6 +215,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.ReadTimeout <= 0 {
 		return fmt.Errorf("bdd: config: registry.read_timeout must be positive, got %s", c.Registry.ReadTimeout)
+	}
+	for _, l := range []struct {
+		name  string
+		value int
+	}{
+		{"max_devices", c.Limits.MaxDevices}, {"max_api_connections", c.Limits.MaxAPIConnections},
+		{"max_export_connections", c.Limits.MaxExportConnections}, {"max_registry_connections", c.Limits.MaxRegistryConnections},
+	} {
+		if l.value <= 0 {
+			return fmt.Errorf("bdd: config: limits.%s must be positive, got %d", l.name, l.value)
+		}
 	}
 	return nil
 }

@@ -65,6 +65,10 @@ func TestConfigErrors(t *testing.T) {
 		{"empty state", "state_dir = \"\"\n", "state_dir must not be empty"},
 		{"zero cache", "[cache]\nsize = \"0\"\n", "cache.size"},
 		{"odd fill unit", "[cache]\nfill_unit = \"6000\"\n", "cache.fill_unit"},
+		{"zero devices", "[limits]\nmax_devices = 0\n", "limits.max_devices"},
+		{"negative api connections", "[limits]\nmax_api_connections = -1\n", "limits.max_api_connections"},
+		{"zero export connections", "[limits]\nmax_export_connections = 0\n", "limits.max_export_connections"},
+		{"zero registry connections", "[limits]\nmax_registry_connections = 0\n", "limits.max_registry_connections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()

@@ -125,7 +125,8 @@ func (s *Server) acquireLayers(ctx context.Context, specs []LayerSpec) ([]*openL
 	var g errgroup.Group
 	g.SetLimit(maxConcurrentOpens)
 	for i, ls := range specs {
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			defer blockdev.Recovered(&err, fmt.Sprintf("layer %d (%s): open", i, ls.Name()))
 			l, err := s.layers.acquire(ctx, ls)
 			if err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
@@ -158,7 +159,7 @@ func (s *Server) expose(ctx context.Context, d *device, resume bool) (err error)
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		return fmt.Errorf("nbd export: %w", err)
 	}
-	srv, err := nbdexport.Listen(sock, d.prefetch, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), Logger: log})
+	srv, err := nbdexport.Listen(sock, d.prefetch, nbdexport.Options{Name: d.spec.ID, ReadOnly: d.readOnly(), MaxConns: s.cfg.Limits.MaxExportConnections, Logger: log})
 	if err != nil {
 		return err
 	}

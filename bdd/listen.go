@@ -12,9 +12,12 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blockdev"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -68,7 +71,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		case <-stopped:
 		}
 	}()
-	err := g.Serve(l)
+	err := g.Serve(netutil.LimitListener(l, s.cfg.Limits.MaxAPIConnections))
 	close(stopped)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -76,12 +79,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return err
 }
 
-// logCall logs every API call at debug level with its outcome and duration.
-func (s *Server) logCall(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// logCall logs every API call at debug level with its outcome and duration. A call that
+// panics fails with Internal, logged with the panic and its stack, and the daemon goes on
+// serving every device.
+func (s *Server) logCall(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	start := time.Now()
-	resp, err := handler(ctx, req)
-	s.log.Debug("api call", "method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start))
-	return resp, err
+	defer func() {
+		if errors.Is(err, blockdev.ErrPanic) {
+			s.log.Error("api call panicked", "method", info.FullMethod, "err", err)
+			err = status.Error(codes.Internal, err.Error())
+		}
+		s.log.Debug("api call", "method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start))
+	}()
+	defer blockdev.Recovered(&err, info.FullMethod)
+	return handler(ctx, req)
 }
 
 // ServeMetrics serves gatherer's metrics at /metrics, and Go's profiles at

@@ -90,7 +90,7 @@ func (p *prefetcher) start() {
 	}
 	p.wg.Go(func() {
 		start := time.Now()
-		st, files, err := p.walkMetadata()
+		st, files, err := p.walkMetadataGuarded()
 		switch {
 		case p.ctx.Err() != nil:
 		case errors.Is(err, ext4meta.ErrNotExt4):
@@ -116,6 +116,13 @@ func (p *prefetcher) stop() {
 	p.replays.unregister(p)
 	p.cancel()
 	p.wg.Wait()
+}
+
+// walkMetadataGuarded is walkMetadata with a panic (the walk parses bytes of the image)
+// turned into its error: the device goes on without prefetching.
+func (p *prefetcher) walkMetadataGuarded() (st ext4meta.Stats, files *ext4meta.Files, err error) {
+	defer blockdev.Recovered(&err, "metadata walk")
+	return p.walkMetadata()
 }
 
 // walkMetadata opens the lower layers again over their blobs' Prefetchers (which reads
@@ -230,10 +237,19 @@ func (p *prefetcher) readPieces() {
 		if buf == nil {
 			buf = make([]byte, filePieceSize)
 		}
-		if _, err := p.quiet.ReadAt(buf[:piece.Len], piece.Off); err != nil && p.ctx.Err() == nil {
+		if err := p.readPiece(buf[:piece.Len], piece.Off); errors.Is(err, blockdev.ErrPanic) {
+			p.log.Error("file prefetch failed", "off", piece.Off, "err", err)
+		} else if err != nil && p.ctx.Err() == nil {
 			p.log.Debug("file prefetch failed", "off", piece.Off, "err", err)
 		}
 	}
+}
+
+// readPiece reads a piece of a file through the quiet stack; a panic becomes its error.
+func (p *prefetcher) readPiece(buf []byte, off int64) (err error) {
+	defer blockdev.Recovered(&err, "file prefetch")
+	_, err = p.quiet.ReadAt(buf, off)
+	return err
 }
 
 func boolInt(b bool) int {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -105,4 +106,53 @@ func TestFilePrefetchUsesFixedWorkers(t *testing.T) {
 	if grown := runtime.NumGoroutine() - before; grown > filePieceReads {
 		t.Errorf("a file of 32 pieces started %d goroutines, want at most %d", grown, filePieceReads)
 	}
+}
+
+// TestPrefetchPanicIsLogged: a panic while fetching a file ahead (the read path parses the
+// image's bytes) is logged under err and ends that piece alone.
+func TestPrefetchPanicIsLogged(t *testing.T) {
+	files := fileOf(t, 2*filePieceSize)
+	logs := make(records, 16)
+	p := &prefetcher{maxFile: 1 << 30, quiet: panicky{}, fetched: map[int]bool{}, work: make(chan struct{}, 1),
+		log: slog.New(logs), replays: newReplays()}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	defer p.stop()
+	p.fetchFile(files, 0, 0)
+	if msg, err := logs.next(); msg != "file prefetch failed" || !strings.Contains(err, "injected") {
+		t.Fatalf("logged %q with err %q, want the prefetch failure with the panic", msg, err)
+	}
+}
+
+type panicky struct{}
+
+func (panicky) ReadAt([]byte, int64) (int, error) { panic("injected") }
+
+// records is a slog.Handler that hands a test each record's message and err attribute.
+type records chan slog.Record
+
+func (records) Enabled(context.Context, slog.Level) bool { return true }
+func (r records) Handle(_ context.Context, rec slog.Record) error {
+	select {
+	case r <- rec.Clone():
+	default: // a test reads the first few
+	}
+	return nil
+}
+func (r records) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r records) WithGroup(string) slog.Handler      { return r }
+
+// next waits for a record with an err attribute and returns its message and err.
+func (r records) next() (msg, err string) {
+	for rec := range r {
+		rec.Attrs(func(a slog.Attr) bool {
+			if a.Key == "err" {
+				msg, err = rec.Message, a.Value.String()
+			}
+			return err == ""
+		})
+		if err != "" {
+			return msg, err
+		}
+	}
+	return "", ""
 }

@@ -29,6 +29,9 @@ import (
 // ErrNotFound is returned for a device id bdd does not know.
 var ErrNotFound = errors.New("no such device")
 
+// ErrLimit is returned for a request a configured limit refuses.
+var ErrLimit = errors.New("limit reached")
+
 // Server implements the control API. It owns the devices, the remote fetcher and
 // the state store. Create it with NewServer, bring persisted devices back with
 // Restore, and serve it with Serve.
@@ -86,6 +89,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		DockerConfig:    cfg.Registry.DockerConfig,
 		ReadTimeout:     time.Duration(cfg.Registry.ReadTimeout),
 		RequireVerified: cfg.Registry.RequireVerified,
+		MaxConnsPerHost: cfg.Limits.MaxRegistryConnections,
 		Registerer:      reg,
 		Logger:          log,
 	})
@@ -130,6 +134,11 @@ func (s *Server) newID() string {
 // returning, so that the device survives a restart of bdd.
 func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.AttachResponse, error) {
 	s.mu.Lock()
+	if n := len(s.devices) + len(s.busy); n >= s.cfg.Limits.MaxDevices {
+		s.mu.Unlock()
+		s.metrics.attachErrors.Inc()
+		return nil, grpcError(fmt.Errorf("%w: %d devices attached or in progress, limits.max_devices is %d", ErrLimit, n, s.cfg.Limits.MaxDevices))
+	}
 	id := s.newID()
 	s.busy[id] = true
 	s.mu.Unlock()
@@ -354,6 +363,8 @@ func grpcError(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, blockdev.ErrBusy):
 		code = codes.FailedPrecondition
+	case errors.Is(err, ErrLimit):
+		code = codes.ResourceExhausted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

@@ -61,6 +61,9 @@ type Options struct {
 	// RedirectReuse is how long a redirect target (e.g. a presigned storage URL) is used
 	// directly; default 5 minutes.
 	RedirectReuse time.Duration
+	// MaxConnsPerHost bounds the connections open to one registry host (mirror or
+	// redirect target); more requests wait for one. 0 = unlimited.
+	MaxConnsPerHost int
 	// PlainHTTP uses http:// for registries without a hosts.toml; hosts.toml can also say so
 	// per host. Loopback registries with a port use HTTP anyway.
 	PlainHTTP bool
@@ -165,6 +168,7 @@ func New(opts Options) (*Fetcher, error) {
 				// Many concurrent range reads go to one host: keep their connections.
 				tr.MaxIdleConns = 64
 				tr.MaxIdleConnsPerHost = 32
+				tr.MaxConnsPerHost = opts.MaxConnsPerHost
 				// containerd may wrap the transport in an HTTP fallback that hides
 				// CloseIdleConnections, so remember it here.
 				f.trMu.Lock()

@@ -81,10 +81,12 @@ func (b *File) Close() error { return b.f.Close() }
 var ErrInjected = errors.New("blockdevtest: injected read error")
 
 // Faulty wraps a Backend and fails reads that touch [FailOff, FailOff+FailLen) once
-// Arm is called.
+// Arm is called: with ErrInjected, or by panicking when Panic is set (as a decoder
+// meeting bytes it did not foresee might).
 type Faulty struct {
 	blockdev.Backend
 	FailOff, FailLen int64
+	Panic            bool
 	armed            atomic.Bool
 }
 
@@ -94,6 +96,9 @@ func (b *Faulty) Arm() { b.armed.Store(true) }
 // ReadAt fails with ErrInjected for reads overlapping the failing range once armed.
 func (b *Faulty) ReadAt(p []byte, off int64) (int, error) {
 	if b.armed.Load() && off < b.FailOff+b.FailLen && off+int64(len(p)) > b.FailOff {
+		if b.Panic {
+			panic(fmt.Sprintf("blockdevtest: injected panic reading [%d,+%d)", off, len(p)))
+		}
 		return 0, fmt.Errorf("read [%d,+%d): %w", off, len(p), ErrInjected)
 	}
 	return b.Backend.ReadAt(p, off)

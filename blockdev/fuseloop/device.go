@@ -175,7 +175,7 @@ func Resume(ctx context.Context, b blockdev.Backend, fuse *os.File, opts Options
 }
 
 func newServer(fuse *os.File, b blockdev.Backend, opts Options) *server {
-	return &server{fuse: fuse, fd: int(fuse.Fd()), b: b, readOnly: opts.ReadOnly, name: opts.Name, log: opts.Logger}
+	return &server{fuse: fuse, fd: int(fuse.Fd()), b: blockdev.Guard(b), readOnly: opts.ReadOnly, name: opts.Name, log: opts.Logger}
 }
 
 // Path is the loop device, e.g. /dev/loop3.

@@ -301,13 +301,21 @@ func alignedBuf(n int) []byte {
 	return b[off%4096 : off%4096+n]
 }
 
+// TestBackendErrorIsEIO: a read the backend fails, with an error or a panic, is that
+// request's EIO; the device goes on serving other reads.
 func TestBackendErrorIsEIO(t *testing.T) {
+	for _, panics := range []bool{false, true} {
+		t.Run(fmt.Sprintf("panic=%v", panics), func(t *testing.T) { testBackendErrorIsEIO(t, panics) })
+	}
+}
+
+func testBackendErrorIsEIO(t *testing.T, panics bool) {
 	requireFacilities(t)
 	mem := blockdevtest.NewMem(16 << 20)
 	content := make([]byte, 16<<20)
 	rand.Read(content)
 	mem.WriteAt(content, 0)
-	faulty := &blockdevtest.Faulty{Backend: mem, FailOff: 4 << 20, FailLen: 4096}
+	faulty := &blockdevtest.Faulty{Backend: mem, FailOff: 4 << 20, FailLen: 4096, Panic: panics}
 	d := attach(t, faulty, Options{})
 	faulty.Arm()
 	fd, err := unix.Open(d.Path(), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)

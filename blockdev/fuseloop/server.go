@@ -3,6 +3,7 @@ package fuseloop
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -171,12 +172,25 @@ func (s *server) loop() {
 			continue
 		}
 		slow.Reset(slowRequest)
-		s.handle(h, buf[inHeaderLen:n], data, out)
+		s.handleGuarded(h, buf[inHeaderLen:n], data, out)
 		slow.Stop()
 		if s.retire() {
 			return
 		}
 	}
+}
+
+// handleGuarded is handle with a panic turned into EIO for that request: the backend is
+// guarded already (blockdev.Guard), this covers the server's own code.
+func (s *server) handleGuarded(h inHeader, in, data, out []byte) {
+	var err error
+	defer func() {
+		if err != nil {
+			s.fail(h.unique, "request", 0, 0, err)
+		}
+	}()
+	defer blockdev.Recovered(&err, fmt.Sprintf("fuse opcode %d", h.opcode))
+	s.handle(h, in, data, out)
 }
 
 // handle answers one request. data and out are the reader's scratch buffers.

@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/obdproject/obd/blockdev"
 )
@@ -34,6 +35,9 @@ type Options struct {
 	ReadOnly bool
 	// MaxInflight bounds the requests served concurrently per connection (default 32).
 	MaxInflight int
+	// MaxConns bounds the connections Serve serves at once; one past it is closed before
+	// negotiation. 0 = unlimited.
+	MaxConns int
 	// Logger receives backend errors; default slog.Default().
 	Logger *slog.Logger
 }
@@ -97,6 +101,7 @@ func Serve(ctx context.Context, l net.Listener, b blockdev.Backend, opts Options
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var open atomic.Int32
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -105,9 +110,16 @@ func Serve(ctx context.Context, l net.Listener, b blockdev.Backend, opts Options
 			}
 			return fmt.Errorf("nbdexport: accept: %w", err)
 		}
+		if opts.MaxConns > 0 && int(open.Load()) >= opts.MaxConns {
+			opts.withDefaults().Logger.Warn("nbd connection refused", "export", opts.Name, "err", fmt.Errorf("%d connections open, at most %d", open.Load(), opts.MaxConns))
+			conn.Close()
+			continue
+		}
+		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer open.Add(-1)
 			if err := ServeConn(ctx, conn, b, opts); err != nil {
 				opts.withDefaults().Logger.Warn("nbd connection ended", "export", opts.Name, "err", err)
 			}
@@ -126,7 +138,7 @@ func ServeConn(ctx context.Context, conn net.Conn, b blockdev.Backend, opts Opti
 	c := &connection{
 		conn: conn,
 		r:    bufio.NewReaderSize(conn, 128<<10),
-		b:    b,
+		b:    blockdev.Guard(b), // a panic fails its request alone
 		opts: opts,
 		sem:  make(chan struct{}, opts.MaxInflight),
 	}
@@ -340,6 +352,14 @@ func (c *connection) transmit() error {
 				defer readBuffers.Put(p)
 				buf = (*p)[:req.length]
 			}
+			var err error
+			defer func() {
+				if err != nil { // the server's own code panicked: fail the request alone
+					c.opts.Logger.Error("nbd request failed", "export", c.opts.Name, "err", err)
+					c.reply(req.handle, errIO, nil)
+				}
+			}()
+			defer blockdev.Recovered(&err, fmt.Sprintf("nbd command %d", req.typ))
 			errno, data := c.serve(req, payload, buf)
 			c.reply(req.handle, errno, data)
 		}()

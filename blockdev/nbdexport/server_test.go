@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -357,14 +358,22 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestBackendErrorIsEIO: a read the backend fails, with an error or a panic, is that
+// request's EIO; the connection goes on serving other reads.
 func TestBackendErrorIsEIO(t *testing.T) {
+	for _, panics := range []bool{false, true} {
+		t.Run(fmt.Sprintf("panic=%v", panics), func(t *testing.T) { testBackendErrorIsEIO(t, panics) })
+	}
+}
+
+func testBackendErrorIsEIO(t *testing.T, panics bool) {
 	dir := shortDir(t)
 	f, err := blockdevtest.CreateFile(filepath.Join(dir, "backing"), testSize)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	fb := &blockdevtest.Faulty{Backend: f, FailOff: 1 << 20, FailLen: 4096}
+	fb := &blockdevtest.Faulty{Backend: f, FailOff: 1 << 20, FailLen: 4096, Panic: panics}
 	fb.Arm()
 	sock := filepath.Join(dir, "s")
 	s, err := Listen(sock, fb, Options{})
@@ -478,5 +487,34 @@ func TestCloseEndsConnections(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestMaxConns: past Options.MaxConns a connection is closed before negotiation; one that
+// ends makes room for the next.
+func TestMaxConns(t *testing.T) {
+	sock, _, _ := newExport(t, Options{MaxConns: 1})
+	first := dial(t, sock, "")
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	if n, err := conn.Read(make([]byte, 18)); err != io.EOF {
+		t.Fatalf("a second connection read %d bytes, err %v; want EOF", n, err)
+	}
+	conn.Close()
+	first.conn.Close()
+	for {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(time.Minute))
+		n, _ := io.ReadFull(c, make([]byte, 18))
+		c.Close()
+		if n == 18 {
+			return // served once the first connection was gone
+		}
 	}
 }
