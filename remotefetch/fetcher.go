@@ -97,6 +97,7 @@ type Fetcher struct {
 
 	mu         sync.Mutex
 	hostsCache map[string][]docker.RegistryHost // by registry domain, so tokens and connections are shared
+	health     hostHealth                       // mirrors passed over for a while (mirror.go)
 
 	trMu       sync.Mutex
 	transports []*http.Transport // to drop idle connections on Close
@@ -266,7 +267,8 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	if err != nil {
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
-	rem := &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse}
+	rem := &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse,
+		health: &f.health, mirrorWait: mirrorWait(f.opts.StallTimeout)}
 	var table *tableLoader
 	if o.table != "" {
 		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size}

@@ -29,11 +29,15 @@ type remote struct {
 	dgst    digest.Digest
 	size    int64
 	reuse   time.Duration // how long a redirect target is used directly
+	health  *hostHealth   // the Fetcher's record of mirrors to pass over (mirror.go)
+	// mirrorWait bounds a mirror's time to answer with headers.
+	mirrorWait time.Duration
 
 	mu            sync.Mutex
 	redirect      *url.URL
 	redirectHost  *docker.RegistryHost // whose client fetches the redirect target
 	redirectUntil time.Time
+	mirrorMiss    map[int]time.Time // host index -> this blob skips that mirror until then
 }
 
 // rangeBody is a response body holding exactly the requested bytes (fewer if truncated).
@@ -60,20 +64,68 @@ func (r *remote) get(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 		return body, err
 	}
 	var lastErr error
-	notFound := 0
-	for i := range r.hosts {
-		h := &r.hosts[i]
-		body, err := r.getFromHost(ctx, h, off, n)
+	var fallback *wholeBlobAnswer // a mirror's whole-blob answer, if no host serves the range
+	defer func() {
+		if fallback != nil {
+			fallback.resp.Body.Close()
+		}
+	}()
+	notFound, last := 0, len(r.hosts)-1
+	var skipped []int // mirrors passed over: asked only when every other host failed
+	try := func(i int) (io.ReadCloser, error) {
+		var body io.ReadCloser
+		var err error
+		if i == last {
+			body, err = r.getFromHost(ctx, &r.hosts[i], off, n)
+		} else {
+			body, err = r.getFromMirror(ctx, i, off, n)
+		}
 		if err == nil {
 			return body, nil
 		}
-		if errors.Is(err, ErrNotFound) {
+		var whole *wholeBlobAnswer
+		switch {
+		case errors.As(err, &whole):
+			if fallback != nil {
+				fallback.resp.Body.Close()
+			}
+			fallback = whole
+			r.missedMirror(i)
+		case errors.Is(err, ErrNotFound):
 			notFound++
+			if i < last {
+				r.missedMirror(i)
+			}
+		case i < last && errors.As(err, new(*statusError)):
+			r.missedMirror(i)
 		}
 		lastErr = err
+		return nil, err
+	}
+	for i := range r.hosts {
+		if i < last && r.skipMirror(i) {
+			skipped = append(skipped, i)
+			continue
+		}
+		if body, err := try(i); err == nil {
+			return body, nil
+		}
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	for _, i := range skipped {
+		if fallback != nil || ctx.Err() != nil {
+			break
+		}
+		if body, err := try(i); err == nil {
+			return body, nil
+		}
+	}
+	if fallback != nil && ctx.Err() == nil {
+		resp := fallback.resp
+		fallback = nil
+		return r.checkResponse(resp, resp.Request.URL, off, n)
 	}
 	if notFound == len(r.hosts) {
 		return nil, permanent(lastErr)
@@ -146,6 +198,10 @@ func (r *remote) getFromHost(ctx context.Context, h *docker.RegistryHost, off, n
 				return nil, permanent(fmt.Errorf("%w: %s: %v", ErrUnauthorized, redact(u), err))
 			}
 			continue
+		}
+		if mirror := h != &r.hosts[len(r.hosts)-1]; mirror && resp.StatusCode == http.StatusOK &&
+			(off > 0 || n < r.size) && resp.ContentLength == r.size {
+			return nil, &wholeBlobAnswer{resp: resp, host: h.Host}
 		}
 		if final := resp.Request.URL; final.Host != u.Host {
 			r.mu.Lock()

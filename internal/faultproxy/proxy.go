@@ -58,7 +58,7 @@ type Proxy struct {
 	// Host is the proxy's "127.0.0.1:port"; URL is "http://" + Host.
 	Host, URL string
 
-	upstream  *url.URL
+	upstream  *url.URL // under mu
 	transport *http.Transport
 	srv       *http.Server
 
@@ -140,6 +140,19 @@ func (p *Proxy) SetShaping(s Shaping) {
 	p.shaping = s
 }
 
+// SetUpstream points the proxy at another server, for setups where the upstream needs to know
+// the proxy's address before it starts (e.g. a token realm behind the proxy).
+func (p *Proxy) SetUpstream(upstream string) error {
+	u, err := url.Parse(upstream)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("faultproxy: upstream %q: not a URL", upstream)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.upstream = u
+	return nil
+}
+
 // SetFilter chooses which requests faults apply to (shaping applies to all).
 func (p *Proxy) SetFilter(f func(*http.Request) bool) {
 	p.mu.Lock()
@@ -153,7 +166,7 @@ func (p *Proxy) Requests() int64 { return p.requests.Load() }
 // Injected counts faults applied so far.
 func (p *Proxy) Injected() int64 { return p.injected.Load() }
 
-func (p *Proxy) pick(r *http.Request) (Fault, Shaping, time.Duration) {
+func (p *Proxy) pick(r *http.Request) (Fault, Shaping, time.Duration, *url.URL) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := None
@@ -165,12 +178,12 @@ func (p *Proxy) pick(r *http.Request) (Fault, Shaping, time.Duration) {
 			f = p.random[p.rng.IntN(len(p.random))]
 		}
 	}
-	return f, p.shaping, p.stallFor
+	return f, p.shaping, p.stallFor, p.upstream
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.requests.Add(1)
-	fault, shaping, stallFor := p.pick(r)
+	fault, shaping, stallFor, upstream := p.pick(r)
 	if fault != None {
 		p.injected.Add(1)
 	}
@@ -190,7 +203,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
-	out.URL.Scheme, out.URL.Host = p.upstream.Scheme, p.upstream.Host
+	out.URL.Scheme, out.URL.Host = upstream.Scheme, upstream.Host
 	resp, err := p.transport.RoundTrip(out)
 	if err != nil {
 		http.Error(w, "faultproxy: upstream: "+err.Error(), http.StatusBadGateway)

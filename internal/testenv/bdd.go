@@ -44,6 +44,7 @@ type BDDOption func(*bddSettings)
 type bddSettings struct {
 	dockerConfig string
 	extraConfig  string
+	registry     string
 	binary       string
 }
 
@@ -55,6 +56,12 @@ func WithDockerConfig(path string) BDDOption {
 // WithConfig adds top-level settings (TOML lines) to bdd's config file.
 func WithConfig(toml string) BDDOption {
 	return func(s *bddSettings) { s.extraConfig = toml }
+}
+
+// WithRegistryConfig adds settings (TOML lines) to the [registry] table of bdd's config file,
+// e.g. certs_dir and read_timeout.
+func WithRegistryConfig(toml string) BDDOption {
+	return func(s *bddSettings) { s.registry = toml }
 }
 
 // WithBinary runs the cmd/bdd already built at path instead of building it.
@@ -93,8 +100,11 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	}
 	cfg := fmt.Sprintf("state_dir = %q\nsocket = %q\nrun_dir = %q\nlog_level = \"debug\"\n%s\n[cache]\ndir = %q\nsize = \"1GiB\"\n",
 		filepath.Join(dir, "state"), b.Socket, b.runDir(), settings.extraConfig, filepath.Join(dir, "cache"))
+	if settings.dockerConfig != "" || settings.registry != "" {
+		cfg += "[registry]\n" + settings.registry + "\n"
+	}
 	if settings.dockerConfig != "" {
-		cfg += fmt.Sprintf("[registry]\ndocker_config = %q\n", settings.dockerConfig)
+		cfg += fmt.Sprintf("docker_config = %q\n", settings.dockerConfig)
 	}
 	if err := os.WriteFile(b.config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("testenv: %v", err)

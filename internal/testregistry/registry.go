@@ -5,11 +5,14 @@
 // A registry listens on 127.0.0.1 with filesystem storage in a temp dir. Options add htpasswd
 // basic auth, token auth with an in-process token issuer (ECDSA-signed JWTs, the Docker token
 // flow), and redirects of blob GETs to a separate "blob store" listener, the way registries
-// backed by object storage answer.
+// backed by object storage answer. A registry can also run as a pull-through cache (Proxy) in
+// front of another one, the way a zone mirror does, and post distribution's notification
+// events to webhook endpoints (Notify).
 package testregistry
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -59,9 +62,25 @@ type Options struct {
 	// TokenTTL is how long issued tokens live (AuthToken); default 5 minutes. The registry
 	// accepts tokens up to 60 s after they expire (distribution's clock-skew leeway).
 	TokenTTL time.Duration
+	// TokenRealm is the token endpoint the registry sends clients to (AuthToken); default its
+	// own URL + "/token". A registry behind a proxy names the proxy's, since distribution's
+	// pull-through cache only follows realms on the host it proxies.
+	TokenRealm string
 	// RedirectBlobs answers authorized blob GETs with a 307 to a second listener that serves
 	// the blob's bytes (with Range support) under a signed-looking URL, like object storage.
 	RedirectBlobs bool
+	// Proxy makes the registry a pull-through cache of another registry (distribution's
+	// proxy mode): it serves what it holds and fetches, stores and serves what it lacks.
+	Proxy *Proxy
+	// Notify lists webhook URLs that get distribution's notification envelopes (events of
+	// manifest and blob pulls and pushes), as its notifications.endpoints configure.
+	Notify []string
+}
+
+// Proxy is the upstream of a pull-through cache and the credentials the cache presents to it.
+type Proxy struct {
+	RemoteURL          string
+	Username, Password string
 }
 
 // Registry is a running registry. It stops when the test ends.
@@ -74,6 +93,8 @@ type Registry struct {
 	root string
 
 	blobGets      atomic.Int64 // GET /v2/<name>/blobs/<digest> that reached the registry
+	blobBytes     atomic.Int64 // body bytes those GETs were answered with
+	blobPartial   atomic.Int64 // of those GETs, how many were answered 206
 	blobStoreGets atomic.Int64 // GETs served by the redirect target
 	tokens        atomic.Int64 // tokens issued
 	blobStoreHost string
@@ -107,6 +128,15 @@ func Start(t testing.TB, opts Options) *Registry {
 	cfg.HTTP.Secret = "testregistry-secret"
 	cfg.Log.AccessLog.Disabled = true
 	cfg.Log.Level = "error"
+	if opts.Proxy != nil {
+		ttl := time.Duration(0) // keep everything: a test's cache never expires under it
+		cfg.Proxy = configuration.Proxy{RemoteURL: opts.Proxy.RemoteURL, Username: opts.Proxy.Username,
+			Password: opts.Proxy.Password, TTL: &ttl}
+	}
+	for i, u := range opts.Notify {
+		cfg.Notifications.Endpoints = append(cfg.Notifications.Endpoints, configuration.Endpoint{
+			Name: fmt.Sprintf("notify%d", i), URL: u, Timeout: 5 * time.Second, Threshold: 5, Backoff: 100 * time.Millisecond})
+	}
 
 	mux := http.NewServeMux()
 	switch opts.Auth {
@@ -126,7 +156,7 @@ func Start(t testing.TB, opts Options) *Registry {
 			t.Fatalf("testregistry: token issuer: %v", err)
 		}
 		cfg.Auth = configuration.Auth{"token": configuration.Parameters{
-			"realm":   r.URL + "/token",
+			"realm":   cmp.Or(opts.TokenRealm, r.URL+"/token"),
 			"service": tokenService,
 			"issuer":  tokenIssuerName,
 			"jwks":    issuer.jwksPath,
@@ -163,6 +193,12 @@ func (r *Registry) Password() string { return r.opts.Password }
 // BlobGets counts blob GET requests that reached the registry itself.
 func (r *Registry) BlobGets() int64 { return r.blobGets.Load() }
 
+// BlobBytes counts the body bytes the registry answered blob GETs with: its egress for blobs.
+func (r *Registry) BlobBytes() int64 { return r.blobBytes.Load() }
+
+// PartialBlobGets counts blob GETs answered with 206 Partial Content (a range).
+func (r *Registry) PartialBlobGets() int64 { return r.blobPartial.Load() }
+
 // BlobStoreGets counts GETs served by the redirect target (RedirectBlobs).
 func (r *Registry) BlobStoreGets() int64 { return r.blobStoreGets.Load() }
 
@@ -178,10 +214,17 @@ func isBlobGet(req *http.Request) bool {
 
 func (r *Registry) countBlobGets(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if isBlobGet(req) {
-			r.blobGets.Add(1)
+		if !isBlobGet(req) {
+			next.ServeHTTP(w, req)
+			return
 		}
-		next.ServeHTTP(w, req)
+		r.blobGets.Add(1)
+		cw := &countingWriter{ResponseWriter: w}
+		next.ServeHTTP(cw, req)
+		r.blobBytes.Add(cw.n)
+		if cw.status == http.StatusPartialContent {
+			r.blobPartial.Add(1)
+		}
 	})
 }
 
@@ -245,6 +288,37 @@ func (r *Registry) blobPath(d digest.Digest) string {
 		return filepath.Join(r.root, "invalid")
 	}
 	return filepath.Join(r.root, "docker", "registry", "v2", "blobs", string(d.Algorithm()), hexd[:2], hexd, "data")
+}
+
+// countingWriter counts the body bytes and keeps the status of a response it passes on.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+// WriteHeader passes the first status on; net/http ignores later ones anyway.
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+		c.ResponseWriter.WriteHeader(code)
+	}
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// Flush passes flushes on, so streamed responses stay streamed.
+func (c *countingWriter) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // statusRecorder keeps only the status of a response.
