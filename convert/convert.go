@@ -66,6 +66,11 @@ type Options struct {
 	// Progress is where progress bars go when it is a terminal; log lines otherwise.
 	Progress *os.File
 	Logger   *slog.Logger // slog.Default() when nil
+	// BeforeTag, when set, runs once every blob and manifest of the converted image is at the
+	// destination, before the destination's tag points at it (desc: the manifest or index
+	// pushed). An error leaves the tag as it was and fails Convert. `obd convert
+	// --record-trace` records the image's start here.
+	BeforeTag func(ctx context.Context, desc ocispec.Descriptor) error
 }
 
 // Converter converts images. It may be reused; converted layers are cached
@@ -206,6 +211,10 @@ func (c *Converter) Convert(ctx context.Context, src, dst string) (Result, error
 		return Result{}, fmt.Errorf("convert %s: %w", srcLoc, err)
 	}
 	if err := r.pushAll(ctx, out); err != nil {
+		var hookErr *beforeTagError
+		if errors.As(err, &hookErr) {
+			return Result{}, fmt.Errorf("convert: %s (%s, pushed, not tagged): %w", dstLoc, out.Digest, hookErr.err)
+		}
 		return Result{}, fmt.Errorf("convert: push to %s: %w", dstLoc, err)
 	}
 	r.result.Descriptor = out
@@ -512,6 +521,12 @@ func decompress(mediaType string, r io.Reader) (io.Reader, func(), error) {
 
 // pushAll pushes every queued blob and manifest in order (layers and configs
 // before the manifests naming them), then tags root.
+// beforeTagError is pushAll's error for a failed Options.BeforeTag.
+type beforeTagError struct{ err error }
+
+func (e *beforeTagError) Error() string { return e.err.Error() }
+func (e *beforeTagError) Unwrap() error { return e.err }
+
 func (r *run) pushAll(ctx context.Context, root ocispec.Descriptor) error {
 	var rootBody []byte
 	for _, p := range r.pushes {
@@ -541,6 +556,11 @@ func (r *run) pushAll(ctx context.Context, root ocispec.Descriptor) error {
 		}
 		if err := r.dst.push(ctx, p.desc, in); err != nil {
 			return err
+		}
+	}
+	if hook := r.c.opts.BeforeTag; hook != nil {
+		if err := hook(ctx, root); err != nil {
+			return &beforeTagError{err}
 		}
 	}
 	return r.dst.tag(ctx, root, rootBody)

@@ -315,3 +315,44 @@ func TestConvertZstdLevel(t *testing.T) {
 		t.Error("levels 3 and 19 gave the same image")
 	}
 }
+
+// TestConvertBeforeTag: Options.BeforeTag sees the converted image once it is at the
+// destination, and its error fails the conversion with the destination's tag left unset.
+func TestConvertBeforeTag(t *testing.T) {
+	requireDevices(t)
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	ctx := context.Background()
+	var seen ocispec.Descriptor
+	hookErr := errors.New("the recording failed")
+	convertWith := func(dst string, err error) (convert.Result, error) {
+		c, nerr := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20,
+			BeforeTag: func(_ context.Context, desc ocispec.Descriptor) error {
+				seen = desc
+				return err
+			}})
+		if nerr != nil {
+			t.Fatal(nerr)
+		}
+		return c.Convert(ctx, "oci:"+src+":v1", "oci:"+filepath.Join(tmp, dst)+":obd")
+	}
+	if _, err := convertWith("failed", hookErr); !errors.Is(err, hookErr) {
+		t.Fatalf("Convert with a failing BeforeTag: err = %v, want it", err)
+	}
+	if _, err := os.Stat(blobPath(filepath.Join(tmp, "failed"), seen.Digest.Encoded())); err != nil {
+		t.Fatalf("BeforeTag ran before the manifest %s was at the destination: %v", seen.Digest, err)
+	}
+	if index, err := os.ReadFile(filepath.Join(tmp, "failed", "index.json")); err == nil && strings.Contains(string(index), `"obd"`) {
+		t.Fatalf("a failed BeforeTag left the tag set: %s", index)
+	}
+	res, err := convertWith("done", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen.Digest != res.Descriptor.Digest {
+		t.Fatalf("BeforeTag saw %s, the conversion pushed %s", seen.Digest, res.Descriptor.Digest)
+	}
+	if m := readManifest(t, filepath.Join(tmp, "done"), "obd"); len(m.Layers) == 0 {
+		t.Fatal("the tag of a conversion whose BeforeTag passed names no image")
+	}
+}

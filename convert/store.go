@@ -50,22 +50,31 @@ func openStore(ctx context.Context, loc Location, opts RegistryOptions) (store, 
 	if loc.Dir != "" {
 		return &layoutStore{dir: loc.Dir, tagName: loc.Tag}, nil
 	}
-	creds, err := credentials.Load(opts.DockerConfig)
+	newResolver, err := opts.Resolvers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &registryStore{ref: loc.Ref, resolver: newResolver(), newResolver: newResolver}, nil
+}
+
+// Resolvers returns what makes registry resolvers configured by o (each keeps the manifests it
+// resolved, so a push that must not see earlier lookups takes a new one).
+func (o RegistryOptions) Resolvers(ctx context.Context) (func() remotes.Resolver, error) {
+	creds, err := credentials.Load(o.DockerConfig)
 	if err != nil {
 		return nil, fmt.Errorf("convert: registry credentials: %w", err)
 	}
 	hostOpts := config.HostOptions{
 		Credentials: func(host string) (string, string, error) { return creds.Get(ctx, host) },
 	}
-	if opts.HostsDir != "" {
-		hostOpts.HostDir = config.HostDirFromRoot(opts.HostsDir)
+	if o.HostsDir != "" {
+		hostOpts.HostDir = config.HostDirFromRoot(o.HostsDir)
 	}
-	if opts.PlainHTTP {
+	if o.PlainHTTP {
 		hostOpts.DefaultScheme = "http"
 	}
 	hosts := config.ConfigureHosts(ctx, hostOpts)
-	newResolver := func() remotes.Resolver { return docker.NewResolver(docker.ResolverOptions{Hosts: hosts}) }
-	return &registryStore{ref: loc.Ref, resolver: newResolver(), newResolver: newResolver}, nil
+	return func() remotes.Resolver { return docker.NewResolver(docker.ResolverOptions{Hosts: hosts}) }, nil
 }
 
 type registryStore struct {

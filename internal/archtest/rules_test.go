@@ -70,5 +70,5 @@ var (
 	// bddclient.
 	daemonTransportFetcher = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
 	// bddClients talk to bdd through api/bdd/v1 and bddclient.
-	bddClients = []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs"}
+	bddClients = []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs", "tracerec/..."}
 )
