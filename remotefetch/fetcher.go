@@ -246,6 +246,9 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	}
 	domain, repo := reference.Domain(named), reference.Path(named)
 	key := scopeKey(dgst, o, domain, repo)
+	if f.cache.Verified(dgst) {
+		key = cache.Key{Digest: dgst} // checked whole against its digest: for everyone
+	}
 	hosts, err := f.registryHosts(domain)
 	if err != nil {
 		return nil, err

@@ -279,6 +279,8 @@ func (f *filler) startVerify() {
 	})
 }
 
+// verify checks the complete blob against its digest and, once it matches, moves its cache
+// entry to the shared scope (verify.go): bytes that match the digest may serve any image.
 func (f *filler) verify() error {
 	err := f.entry.Verify()
 	if errors.Is(err, ErrDigestMismatch) {
@@ -287,7 +289,15 @@ func (f *filler) verify() error {
 		f.poisoned.Store(&perr)
 		return perr
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	if ok, err := f.entry.Promote(); err != nil {
+		f.log.Warn("remotefetch: verified blob stays in its scope", "err", err)
+	} else if ok {
+		f.log.Debug("remotefetch: verified blob shared")
+	}
+	return nil
 }
 
 func (f *filler) close() bool {

@@ -222,3 +222,33 @@ func TestRequireVerifiedRefusesBlobsWithoutTable(t *testing.T) {
 	}
 	b.Close()
 }
+
+// A blob without a table that was read whole from one repository and matched its digest
+// serves every image, from the cache: another registry is not even asked.
+func TestVerifiedWholeBlobIsShared(t *testing.T) {
+	data := randomBytes(15, 3*testUnit)
+	reg := testregistry.Start(t, testregistry.Options{})
+	dgst := reg.PushBlob(t, "obd/app", data)
+	bad := testregistry.StartHostile(t)
+	bad.Serve("evil/app", dgst, evil(data))
+	f := newFetcher(t, Options{ReadTimeout: 5e9})
+	b, err := f.Open(t.Context(), reg.Host+"/obd/app:v1", dgst, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Verify(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	other, err := f.Open(t.Context(), bad.Host+"/evil/app:v1", dgst, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if got, err := readAll(other); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the verified blob did not serve another repository (%v)", err)
+	}
+	if n := bad.BlobGets(); n != 0 {
+		t.Errorf("the other registry was asked %d times for a blob the cache holds verified", n)
+	}
+}

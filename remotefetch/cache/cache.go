@@ -109,6 +109,7 @@ type record struct {
 	dirty    bool // entry has units written but not yet durable
 	unitSize int64
 	parts    *rangeSet // bytes committed outside whole units, while this process runs
+	verified bool      // the complete blob matched its digest
 }
 
 // Open opens (creating if needed) the cache in opts.Dir and indexes the blobs already there.
@@ -179,8 +180,9 @@ func (c *Cache) indexExisting(d Key) {
 		unit, size, err = peekBitmapHeader(raw)
 	}
 	var bm bitmap
+	var flags uint64
 	if err == nil {
-		bm, _, err = decodeBitmap(raw, unit, size)
+		bm, flags, err = decodeBitmap(raw, unit, size)
 	}
 	st, serr := os.Stat(bmPath)
 	if err != nil || serr != nil || unit != c.opts.FillUnit {
@@ -189,7 +191,8 @@ func (c *Cache) indexExisting(d Key) {
 		_ = os.Remove(dataPath)
 		return
 	}
-	c.records[d] = &record{key: d, filled: filledBytes(bm, unit, size), lastUse: st.ModTime(), unitSize: unit}
+	c.records[d] = &record{key: d, filled: filledBytes(bm, unit, size), lastUse: st.ModTime(), unitSize: unit,
+		verified: flags&flagVerified != 0}
 	c.usage += c.records[d].filled
 }
 
@@ -264,6 +267,7 @@ func (c *Cache) AcquireKey(d Key, size int64) (*Entry, error) {
 		r.parts = &rangeSet{}
 	}
 	e.parts = r.parts
+	r.verified = e.isVerified()
 	c.usage += e.filledBytes() - r.filled
 	r.filled = e.filledBytes()
 	r.entry, r.refs, r.lastUse = e, 1, time.Now()
@@ -311,6 +315,47 @@ func (c *Cache) openEntry(d Key, size int64) (e *Entry, fresh bool, err error) {
 		return nil, false, err
 	}
 	return e, fresh, nil
+}
+
+// Verified reports whether the cache holds blob d in the shared scope (Key.Scope ""), complete
+// and matched against its digest: bytes that may serve anyone.
+func (c *Cache) Verified(d digest.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.records[Key{Digest: d}]
+	return r != nil && r.verified
+}
+
+// Promote moves a verified entry into the shared scope, where Verified finds it, unless it is
+// there or the shared scope holds the blob already (then it reports false). Its files are
+// renamed; holders of e keep using it.
+func (e *Entry) Promote() (bool, error) {
+	if !e.isVerified() {
+		return false, fmt.Errorf("cache: promote %s: not verified", e.key)
+	}
+	c := e.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	shared := Key{Digest: e.dgst}
+	r := c.records[e.key]
+	if e.key.Scope == "" || c.records[shared] != nil || r == nil || r.entry != e {
+		return false, nil
+	}
+	oldBM, oldData := c.paths(e.key)
+	newBM, newData := c.paths(shared)
+	// Data first: a bitmap without its data is discarded at the next start, never trusted.
+	if err := os.Rename(oldData, newData); err != nil {
+		return false, fmt.Errorf("cache: promote %s: %w", e.key, err)
+	}
+	if err := os.Rename(oldBM, newBM); err != nil {
+		_ = os.Rename(newData, oldData)
+		return false, fmt.Errorf("cache: promote %s: %w", e.key, err)
+	}
+	delete(c.records, e.key)
+	r.key, e.key = shared, shared
+	c.records[shared] = r
+	r.verified = true
+	return true, nil
 }
 
 // Release drops one hold on e. The last release makes the entry durable, closes its files and
@@ -423,7 +468,7 @@ func (c *Cache) syncDirty() {
 	c.mu.Unlock()
 	for _, e := range dirty {
 		if err := e.sync(); err != nil {
-			c.log.Warn("cache: sync", "entry", e.key.String(), "err", err)
+			c.log.Warn("cache: sync", "digest", e.dgst, "err", err)
 		}
 		e.unpin()
 	}

@@ -459,3 +459,66 @@ func TestScopesAreSeparate(t *testing.T) {
 		t.Fatal("a scope that is not hex was accepted")
 	}
 }
+
+// A verified entry moves to the shared scope, where Verified finds it, also after a reopen;
+// an unverified one does not, nor does a second scope once the shared one is there.
+func TestPromoteVerified(t *testing.T) {
+	dir := t.TempDir()
+	data := blobData(42, 3*testUnit)
+	d := digest.FromBytes(data)
+	c := openCache(t, dir, 0)
+	a, err := c.AcquireKey(Key{Digest: d, Scope: "aa"}, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillUnits(t, a, data, 0, 1)
+	if ok, err := a.Promote(); ok || err == nil {
+		t.Fatalf("an incomplete entry was promoted (%v, %v)", ok, err)
+	}
+	fillUnits(t, a, data, 2)
+	if err := a.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Verified(d) {
+		t.Fatal("Verified before Promote")
+	}
+	if ok, err := a.Promote(); !ok || err != nil {
+		t.Fatalf("Promote: %v, %v", ok, err)
+	}
+	if !c.Verified(d) {
+		t.Fatal("not Verified after Promote")
+	}
+	b, err := c.AcquireKey(Key{Digest: d, Scope: "bb"}, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillUnits(t, b, data, 0, 1, 2)
+	if err := b.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Promote(); ok || err != nil {
+		t.Fatalf("a second scope was promoted over the first: %v, %v", ok, err)
+	}
+	for _, e := range []*Entry{a, b} {
+		if err := e.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	c = openCache(t, dir, 0)
+	if !c.Verified(d) {
+		t.Fatal("the promoted entry is not Verified after a reopen")
+	}
+	e, err := c.Acquire(d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	got := make([]byte, len(data))
+	if _, err := e.ReadAt(got, 0); err != nil || !e.HasRange(0, int64(len(data))) || !bytes.Equal(got, data) {
+		t.Fatalf("the promoted entry lost its bytes (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sha256", d.Encoded()+".aa.data")); !os.IsNotExist(err) {
+		t.Fatalf("the scoped files are still there: %v", err)
+	}
+}

@@ -154,7 +154,20 @@ func (e *Entry) Verify() error {
 	e.mu.Lock()
 	e.flags |= flagVerified
 	e.mu.Unlock()
+	c := e.cache
+	c.mu.Lock()
+	if r := c.records[e.key]; r != nil {
+		r.verified = true
+	}
+	c.mu.Unlock()
 	return e.sync()
+}
+
+// isVerified reports whether the complete blob matched its digest.
+func (e *Entry) isVerified() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.flags&flagVerified != 0
 }
 
 // discard forgets every present byte: bitmap first, then the data.
