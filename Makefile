@@ -6,7 +6,7 @@ FUZZTIME ?= 10s
 OBD_DEPS ?= /opt/obd-deps
 export OBD_DEPS
 
-.PHONY: all build test unit fuzz bench vet lint deps clean
+.PHONY: all build test unit fuzz fuzz-long bench vet lint deps clean
 
 all: build
 
@@ -27,6 +27,12 @@ unit:
 	$(GO) test -race -timeout 25m ./...
 
 fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+# fuzz-long runs every fuzz target for minutes (5 each unless FUZZTIME says otherwise, e.g.
+# make fuzz-long FUZZTIME=30m), for a machine left alone: `make test` only fuzzes briefly.
+fuzz-long: FUZZTIME = 5m
+fuzz-long:
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 test: deps build lint unit fuzz

@@ -3,6 +3,7 @@ package bdd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -54,33 +55,43 @@ func (g *gate) release() {
 	g.mu.Unlock()
 }
 
-// fileOf walks an ext4 holding one regular file of size bytes and returns its Files.
-func fileOf(t *testing.T, size int) *ext4meta.Files {
+// ext4Of makes an image of size bytes holding an ext4 (mkfs.ext4 with args) with files of
+// the given sizes, named f0, f1, ... (skipping when mkfs.ext4 is missing).
+func ext4Of(t testing.TB, size int64, sizes []int, args ...string) []byte {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 	src := t.TempDir()
-	if err := os.WriteFile(filepath.Join(src, "f"), bytes.Repeat([]byte{1}, size), 0o644); err != nil {
-		t.Fatal(err)
+	for i, n := range sizes {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), bytes.Repeat([]byte{1}, n), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	img := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(img, int64(size)+16<<20); err != nil {
+	if err := os.Truncate(img, size); err != nil {
 		t.Fatal(err)
 	}
-	mkfs := []string{"env", "MKE2FS_CONFIG=/dev/null", "mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "extent", "-d", src, img}
+	mkfs := append([]string{"env", "MKE2FS_CONFIG=/dev/null", "mkfs.ext4", "-q", "-F"}, args...)
+	mkfs = append(mkfs, "-d", src, img)
 	if out, err := exec.Command(mkfs[0], mkfs[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %v: %s", mkfs, err, out)
 	}
-	var files *ext4meta.Files
-	f, err := os.Open(img)
-	if err == nil {
-		defer f.Close()
-		_, files, err = ext4meta.Walk(context.Background(), f, ext4meta.Options{})
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return data
+}
+
+// fileOf walks an ext4 holding one regular file of size bytes and returns its Files.
+func fileOf(t *testing.T, size int) *ext4meta.Files {
+	t.Helper()
+	img := ext4Of(t, int64(size)+16<<20, []int{size}, "-b", "4096", "-O", "extent")
+	_, files, err := ext4meta.Walk(context.Background(), bytes.NewReader(img), ext4meta.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
