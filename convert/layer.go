@@ -108,19 +108,29 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 // applyOnDevice attaches stack as a block device, mounts it and applies the
 // tar. The device is detached before it returns.
 func (c *Converter) applyOnDevice(ctx context.Context, stack *lsmt.Stack, dir string, b layerBuild, tarStream io.Reader) (st tarapply.Stats, err error) {
+	err = c.onDevice(ctx, stack, dir, len(b.lowers) == 0, b.uuid, func(mnt string) error {
+		var err error
+		st, err = tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
+		return err
+	})
+	return st, err
+}
+
+// onDevice attaches stack as a block device, mounts its ext4 (formatting it
+// first with uuid when format is set) and runs fn on the mount point, on one
+// CPU (onOneCPU). The device is detached before it returns.
+func (c *Converter) onDevice(ctx context.Context, stack *lsmt.Stack, dir string, format bool, uuid string, fn func(mnt string) error) error {
 	opts := extmount.Options{Dir: dir, Flags: unix.MS_NOATIME, Data: ext4fs.MountOptions, Logger: c.log}
-	if len(b.lowers) == 0 {
-		opts.Format = func(ctx context.Context, dev string) error { return ext4fs.Format(ctx, dev, b.uuid) }
+	if format {
+		opts.Format = func(ctx context.Context, dev string) error { return ext4fs.Format(ctx, dev, uuid) }
 	}
 	m, err := extmount.Mount(ctx, stack, opts)
 	if err != nil {
-		return st, err
+		return err
 	}
 	tuneAllocator(c.log, m.Device)
-	st, err = onOneCPU(func() (tarapply.Stats, error) {
-		return tarapply.Apply(ctx, m.Path, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
-	})
-	return st, errors.Join(err, m.Close())
+	err = onOneCPU(func() error { return fn(m.Path) })
+	return errors.Join(err, m.Close())
 }
 
 // tuneAllocator turns off ext4's per-CPU locality-group preallocation for
@@ -142,9 +152,8 @@ func tuneAllocator(log *slog.Logger, dev string) {
 //
 // Threads are tried until one has a suitable ID; every thread used is
 // discarded afterwards (its goroutine exits locked).
-func onOneCPU(fn func() (tarapply.Stats, error)) (tarapply.Stats, error) {
+func onOneCPU(fn func() error) error {
 	type result struct {
-		st      tarapply.Stats
 		err     error
 		skipped bool
 	}
@@ -167,12 +176,11 @@ func onOneCPU(fn func() (tarapply.Stats, error)) (tarapply.Stats, error) {
 				}
 				_ = unix.SchedSetaffinity(0, &set) // best effort: digests may then vary
 			}
-			st, err := fn()
-			ch <- result{st: st, err: err}
+			ch <- result{err: fn()}
 		}()
 		if r := <-ch; !r.skipped {
-			return r.st, r.err
+			return r.err
 		}
 	}
-	return tarapply.Stats{}, errors.New("no thread with an ID that is a multiple of 16 after 1000 tries")
+	return errors.New("no thread with an ID that is a multiple of 16 after 1000 tries")
 }
