@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/obdproject/obd/gzindex"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/ociartifact"
 	"github.com/obdproject/obd/ociindex"
 	"github.com/obdproject/obd/zfile"
 )
@@ -41,6 +43,7 @@ type IndexedLayer struct {
 // indexedLower is an indexed layer opened as the two lsmt layers it stacks as.
 type indexedLower struct {
 	meta, mapped lsmt.Layer
+	close        func() error
 }
 
 // scannedFile is a regular file of a layer tar whose contents lie in one
@@ -118,15 +121,15 @@ func indexKind(mediaType string) (gzindex.Kind, error) {
 // stack of the lower indexed layers as convert does, records where the
 // kernel put each file's blocks, and commits everything else as the metadata
 // layer. The tar is read through the new seek index, which checks it.
-func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blobPath string, diffID digest.Digest, lowers []indexedLower, b layerBuild, spacing int64, dir string) (IndexedLayer, *gzindex.Index, error) {
+func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blobPath string, diffID digest.Digest, lowers []indexedLower, b layerBuild, spacing int64, dir string) (IndexedLayer, error) {
 	out := IndexedLayer{Source: src, GzIndex: filepath.Join(dir, "gzindex"), Meta: filepath.Join(dir, "meta.tar"), Map: filepath.Join(dir, "map")}
 	kind, err := indexKind(src.MediaType)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	blob, err := os.Open(blobPath)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	defer blob.Close()
 
@@ -147,13 +150,13 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 		err = serr
 	}
 	if err != nil {
-		return out, nil, fmt.Errorf("index: %w", err)
+		return out, fmt.Errorf("index: %w", err)
 	}
 	if got := tarDigest.Digest(); got != diffID {
-		return out, nil, fmt.Errorf("uncompressed content is %s, the config says %s", got, diffID)
+		return out, fmt.Errorf("uncompressed content is %s, the config says %s", got, diffID)
 	}
 	if err := writeFileAtomic(out.GzIndex, strings.NewReader(string(x.Encode())), ""); err != nil {
-		return out, nil, err
+		return out, err
 	}
 	stream := gzindex.NewReader(blob, x, gzindex.ReaderOptions{Name: src.Digest.String()})
 	indexed := time.Now()
@@ -166,18 +169,18 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 	}
 	work, err := os.MkdirTemp(c.workDir, "index-")
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	defer os.RemoveAll(work)
 	copts := lsmt.CreateOptions{VirtualSize: vsize, UUID: b.uuid, ParentUUID: b.parentUUID}
 	upper, err := lsmt.Create(filepath.Join(work, "upper"), copts)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	stack, err := lsmt.NewStack(layers, upper)
 	if err != nil {
 		upper.Close()
-		return out, nil, err
+		return out, err
 	}
 	defer stack.Close()
 
@@ -192,36 +195,36 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 		return err
 	})
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	if err := ext4fs.Normalize(stack, since); err != nil {
-		return out, nil, err
+		return out, err
 	}
 	if err := stack.Sync(); err != nil {
-		return out, nil, err
+		return out, err
 	}
 	free, err := ext4fs.FreeBlocks(stack)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	m, mappedBlocks, err := buildMap(extents, x.Size, vsize)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	out.MappedBytes = int64(len(mappedBlocks)) * 4096
 	// The metadata layer keeps what the filesystem needs besides the mapped
 	// file blocks; those it leaves as holes for the map above it.
 	canon, err := canonicalize(upper, work, copts, func(off int64) bool { return free(off) || mappedBlocks[off] })
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	defer canon.Close()
 	if err := writeFileAtomic(out.Map, strings.NewReader(string(ociindex.EncodeMap(m))), ""); err != nil {
-		return out, nil, err
+		return out, err
 	}
 	metaFile, err := os.Create(out.Meta)
 	if err != nil {
-		return out, nil, err
+		return out, err
 	}
 	defer metaFile.Close()
 	zopts := zfile.Options{Algorithm: c.opts.Algorithm, Level: c.opts.Level, BlockSize: c.opts.BlockSize}
@@ -230,45 +233,41 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 		return err
 	})
 	if err != nil {
-		return out, nil, fmt.Errorf("commit metadata layer: %w", err)
+		return out, fmt.Errorf("commit metadata layer: %w", err)
 	}
 	if err := metaFile.Sync(); err != nil {
-		return out, nil, err
+		return out, err
 	}
 	c.log.Debug("layer indexed", "layer", b.name, "index", indexed.Sub(start), "apply+commit", time.Since(indexed),
 		"files", len(files), "mapped", out.MappedBytes)
-	return out, x, nil
+	return out, nil
 }
 
 // openIndexedLower opens a layer indexLayer made, over its blob file.
-func openIndexedLower(l IndexedLayer, x *gzindex.Index, blob io.ReaderAt) (indexedLower, error) {
-	f, err := os.Open(l.Meta)
+func openIndexedLower(l IndexedLayer, blob io.ReaderAt) (indexedLower, error) {
+	meta, err := os.Open(l.Meta)
 	if err != nil {
 		return indexedLower{}, err
 	}
-	fi, err := f.Stat()
+	fi, err := meta.Stat()
 	if err != nil {
-		f.Close()
+		meta.Close()
 		return indexedLower{}, err
 	}
-	meta, err := layerblob.Open(f, fi.Size(), l.Meta)
+	p := ociindex.Parts{Meta: meta, MetaSize: fi.Size(), Blob: blob, Name: l.Source.Digest.String()}
+	if p.GzIndex, err = os.ReadFile(l.GzIndex); err == nil {
+		p.Map, err = os.ReadFile(l.Map)
+	}
 	if err != nil {
-		f.Close()
+		meta.Close()
 		return indexedLower{}, err
 	}
-	mb, err := os.ReadFile(l.Map)
+	layers, err := ociindex.Open(p)
 	if err != nil {
+		meta.Close()
 		return indexedLower{}, err
 	}
-	m, err := ociindex.DecodeMap(mb)
-	if err != nil {
-		return indexedLower{}, err
-	}
-	mapped, err := m.Layer(gzindex.NewReader(blob, x, gzindex.ReaderOptions{Name: l.Source.Digest.String()}), l.Map)
-	if err != nil {
-		return indexedLower{}, err
-	}
-	return indexedLower{meta: meta, mapped: mapped}, nil
+	return indexedLower{meta: layers[0], mapped: layers[1], close: meta.Close}, nil
 }
 
 // fileExtents is where the kernel put a mapped file's blocks.
@@ -365,6 +364,9 @@ func buildMap(files []fileExtents, streamSize, vsize int64) (ociindex.Map, map[i
 type IndexOptions struct {
 	// Spacing is the seek index's checkpoint spacing (0: gzindex.DefaultSpacing).
 	Spacing int64
+	// Push stores each image's index in the source's repository as an
+	// artifact whose subject is the image's manifest (a registry source only).
+	Push bool
 }
 
 // IndexedImage is the index of one platform manifest of the source.
@@ -372,6 +374,14 @@ type IndexedImage struct {
 	Manifest ocispec.Descriptor // the source's platform manifest: the artifact's subject
 	Platform *ocispec.Platform  // from the source's index, when it had one
 	Layers   []IndexedLayer     // one per layer of the manifest, in order
+	// Artifact is the pushed index artifact's manifest (IndexOptions.Push).
+	Artifact ocispec.Descriptor
+	// IndexBytes is the size of the index blobs (seek indexes, metadata
+	// layers, maps) and the artifact manifest.
+	IndexBytes int64
+	// ReferrersTag is the referrers tag the push updated, for a registry
+	// without the referrers API.
+	ReferrersTag string
 }
 
 // IndexResult describes the indexes Index built.
@@ -432,13 +442,108 @@ func (c *Converter) Index(ctx context.Context, src string, opts IndexOptions) (I
 	default:
 		return res, fmt.Errorf("index %s: unsupported media type %q", loc, root.MediaType)
 	}
-	for _, img := range res.Images {
+	for i := range res.Images {
+		img := &res.Images[i]
 		for _, l := range img.Layers {
 			res.BlobBytes += l.Source.Size
+		}
+		layers, manifest, err := artifactOf(*img, start)
+		if err != nil {
+			return res, err
+		}
+		img.Artifact = ociartifact.Descriptor(ocispec.MediaTypeImageManifest, manifest)
+		img.IndexBytes = img.Artifact.Size
+		for _, l := range layers {
+			img.IndexBytes += l.GzIndex.Size + l.Meta.Size + l.Map.Size
+		}
+		if opts.Push {
+			if err := r.pushIndex(ctx, img, layers, manifest); err != nil {
+				return res, fmt.Errorf("index %s: push: %w", loc, err)
+			}
 		}
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// artifactOf describes an image's index files and returns its artifact
+// manifest.
+func artifactOf(img IndexedImage, created time.Time) ([]ociindex.Layer, []byte, error) {
+	var layers []ociindex.Layer
+	for _, l := range img.Layers {
+		il := ociindex.Layer{Source: l.Source}
+		for _, f := range []struct {
+			path, mediaType string
+			d               *ocispec.Descriptor
+		}{{l.GzIndex, ociindex.MediaTypeGzIndex, &il.GzIndex}, {l.Meta, ociindex.MediaTypeMeta, &il.Meta}, {l.Map, ociindex.MediaTypeMap, &il.Map}} {
+			d, err := fileDescriptor(f.path, f.mediaType)
+			if err != nil {
+				return nil, nil, err
+			}
+			*f.d = d
+		}
+		layers = append(layers, il)
+	}
+	manifest, err := ociindex.BuildManifest(img.Manifest, layers, created)
+	return layers, manifest, err
+}
+
+func fileDescriptor(p, mediaType string) (ocispec.Descriptor, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer f.Close()
+	dg := digest.Canonical.Digester()
+	n, err := io.Copy(dg.Hash(), f)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return ocispec.Descriptor{MediaType: mediaType, Digest: dg.Digest(), Size: n}, nil
+}
+
+// pushIndex pushes an image's index blobs, then its artifact manifest, and
+// attaches it to the image's manifest.
+func (r *run) pushIndex(ctx context.Context, img *IndexedImage, layers []ociindex.Layer, manifest []byte) error {
+	rs, ok := r.src.(*registryStore)
+	if !ok {
+		return errors.New("an index is pushed to the image's registry repository; the source is not a registry")
+	}
+	repo, err := ociartifact.Repository(rs.ref)
+	if err != nil {
+		return err
+	}
+	pusher, err := rs.resolver.Pusher(ctx, repo)
+	if err != nil {
+		return err
+	}
+	if err := ociartifact.PushBytes(ctx, pusher, repo, ociartifact.EmptyConfig(), ocispec.DescriptorEmptyJSON.Data); err != nil {
+		return err
+	}
+	for i, l := range layers {
+		files := []string{img.Layers[i].GzIndex, img.Layers[i].Meta, img.Layers[i].Map}
+		for k, d := range []ocispec.Descriptor{l.GzIndex, l.Meta, l.Map} {
+			f, err := os.Open(files[k])
+			if err != nil {
+				return err
+			}
+			in, done := r.progress.track(f, "push "+shortDigest(d.Digest), d.Size)
+			err = ociartifact.Push(ctx, pusher, repo, d, in)
+			done()
+			f.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if err := ociartifact.PushBytes(ctx, pusher, repo, img.Artifact, manifest); err != nil {
+		return err
+	}
+	attached := img.Artifact
+	attached.ArtifactType = ociindex.ArtifactType
+	tag, err := ociartifact.Attach(ctx, rs.resolver, repo, img.Manifest.Digest, attached)
+	img.ReferrersTag = tag
+	return err
 }
 
 func (r *run) indexManifest(ctx context.Context, desc ocispec.Descriptor, opts IndexOptions) (IndexedImage, error) {
@@ -486,7 +591,7 @@ func (r *run) indexManifest(ctx context.Context, desc ocispec.Descriptor, opts I
 		}
 		uuid := layerUUID(chains[i])
 		b := layerBuild{uuid: uuid, parentUUID: parentUUID, name: l.Digest.String()}
-		il, x, err := r.c.indexLayer(ctx, l, blobPath, cfg.diffIDs[i], lowers, b, opts.Spacing, dir)
+		il, err := r.c.indexLayer(ctx, l, blobPath, cfg.diffIDs[i], lowers, b, opts.Spacing, dir)
 		if err != nil {
 			return img, fmt.Errorf("%s: %w", name, err)
 		}
@@ -495,10 +600,11 @@ func (r *run) indexManifest(ctx context.Context, desc ocispec.Descriptor, opts I
 			return img, err
 		}
 		defer f.Close()
-		lower, err := openIndexedLower(il, x, f)
+		lower, err := openIndexedLower(il, f)
 		if err != nil {
 			return img, fmt.Errorf("%s: %w", name, err)
 		}
+		defer lower.close()
 		lowers = append(lowers, lower)
 		parentUUID = uuid
 		img.Layers = append(img.Layers, il)

@@ -6,12 +6,19 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/convert/internal/fixture"
+	"github.com/obdproject/obd/credentials"
 	"github.com/obdproject/obd/gzindex"
-	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/ociartifact"
 	"github.com/obdproject/obd/ociindex"
+	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -21,42 +28,34 @@ func indexedLayers(t *testing.T, src string, img convert.IndexedImage) []lsmt.La
 	t.Helper()
 	var layers []lsmt.Layer
 	for _, l := range img.Layers {
-		mf, err := os.Open(l.Meta)
+		var p ociindex.Parts
+		for _, f := range []struct {
+			path string
+			dst  *[]byte
+		}{{l.GzIndex, &p.GzIndex}, {l.Map, &p.Map}} {
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			*f.dst = b
+		}
+		meta, err := os.Open(l.Meta)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { mf.Close() })
-		fi, _ := mf.Stat()
-		meta, err := layerblob.Open(mf, fi.Size(), l.Meta)
-		if err != nil {
-			t.Fatal(err)
-		}
-		xb, err := os.ReadFile(l.GzIndex)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, err := gzindex.Decode(xb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mb, err := os.ReadFile(l.Map)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := ociindex.DecodeMap(mb)
-		if err != nil {
-			t.Fatal(err)
-		}
+		t.Cleanup(func() { meta.Close() })
+		fi, _ := meta.Stat()
 		blob, err := os.Open(blobPath(src, l.Source.Digest.Encoded()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { blob.Close() })
-		mapped, err := m.Layer(gzindex.NewReader(blob, x, gzindex.ReaderOptions{}), l.Map)
+		p.Meta, p.MetaSize, p.Blob, p.Name = meta, fi.Size(), blob, l.Source.Digest.String()
+		ls, err := ociindex.Open(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		layers = append(layers, meta, mapped)
+		layers = append(layers, ls...)
 	}
 	return layers
 }
@@ -93,5 +92,124 @@ func TestIndexMatchesUmoci(t *testing.T) {
 	}
 	t.Logf("blobs %d bytes, mapped %d, metadata layers %d", res.BlobBytes, mapped, meta)
 	checkMatchesUmoci(t, umoci, src, mountLayers(t, indexedLayers(t, src, res.Images[0])))
-	_ = filepath.Join
+}
+
+// pushLayout copies the image tagged tag in an OCI layout to ref, unchanged.
+func pushLayout(t *testing.T, resolver remotes.Resolver, dir, tag, ref string) ocispec.Descriptor {
+	t.Helper()
+	ctx := context.Background()
+	var idx ocispec.Index
+	readJSON(t, filepath.Join(dir, "index.json"), &idx)
+	pusher, err := resolver.Pusher(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range idx.Manifests {
+		if m.Annotations[ocispec.AnnotationRefName] != tag {
+			continue
+		}
+		man := readManifest(t, dir, tag)
+		for _, d := range append([]ocispec.Descriptor{man.Config}, man.Layers...) {
+			b, err := os.ReadFile(blobPath(dir, d.Digest.Encoded()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ociartifact.PushBytes(ctx, pusher, ref, d, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := os.ReadFile(blobPath(dir, m.Digest.Encoded()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := ocispec.Descriptor{MediaType: m.MediaType, Digest: m.Digest, Size: m.Size}
+		if err := ociartifact.PushBytes(ctx, pusher, ref, d, b); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	t.Fatalf("%s has no tag %s", dir, tag)
+	return ocispec.Descriptor{}
+}
+
+// TestIndexPushedAndLazyRead pushes the fixture image to a registry with
+// credentials, indexes it there, finds the index through the image's
+// referrers, and mounts the image reading every blob lazily through
+// remotefetch: the tree must be what umoci unpacks, and the image's manifest
+// must not have changed.
+func TestIndexPushedAndLazyRead(t *testing.T) {
+	requireDevices(t)
+	umoci := fixture.Umoci(t)
+	tmp := t.TempDir()
+	reg, cfgPath, c := registryConverter(t, tmp)
+	src := fixtureLayout(t)
+	ctx := context.Background()
+	ref := reg.Host + "/fixture/plain:v1"
+	creds, err := credentials.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{
+		Credentials: func(host string) (string, string, error) { return creds.Get(ctx, host) }})})
+	image := pushLayout(t, resolver, src, "v1", ref)
+
+	res, err := c.Index(ctx, ref, convert.IndexOptions{Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := res.Images[0]
+	if img.Manifest.Digest != image.Digest || img.ReferrersTag == "" {
+		t.Fatalf("indexed %s (referrers tag %q), want %s through the referrers tag", img.Manifest.Digest, img.ReferrersTag, image.Digest)
+	}
+	if _, d, err := resolver.Resolve(ctx, ref); err != nil || d.Digest != image.Digest {
+		t.Fatalf("after indexing the tag resolves to %s, %v; want it unchanged at %s", d.Digest, err, image.Digest)
+	}
+
+	listed, err := ociartifact.Referrers(ctx, resolver, reg.Host+"/fixture/plain", image.Digest)
+	if err != nil || len(listed) != 1 || listed[0].ArtifactType != ociindex.ArtifactType {
+		t.Fatalf("referrers %+v, %v: want the index artifact", listed, err)
+	}
+	fetcher, err := resolver.Fetcher(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := ociartifact.ReadVerified(ctx, fetcher, listed[0], ociindex.MaxManifestBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man := readManifest(t, src, "v1")
+	layers, err := ociindex.ParseManifest(body, image.Digest, man.Layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := remotefetch.New(remotefetch.Options{CacheDir: filepath.Join(tmp, "cache"), DockerConfig: cfgPath, BackgroundDelay: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	var stack []lsmt.Layer
+	for _, l := range layers {
+		xb, err := ociartifact.ReadVerified(ctx, fetcher, l.GzIndex, ociindex.MaxGzIndexBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, err := ociartifact.ReadVerified(ctx, fetcher, l.Map, ociindex.MaxMapBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta, err := f.Open(ctx, ref, l.Meta.Digest, l.Meta.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, err := f.Open(ctx, ref, l.Source.Digest, l.Source.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, err := ociindex.Open(ociindex.Parts{Meta: meta, MetaSize: l.Meta.Size, GzIndex: xb, Map: mb, Blob: blob, Name: l.Source.Digest.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stack = append(stack, ls...)
+	}
+	checkMatchesUmoci(t, umoci, src, mountLayers(t, stack))
 }

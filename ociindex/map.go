@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/obdproject/obd/gzindex"
+	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
 )
 
@@ -86,4 +88,48 @@ func DecodeMap(b []byte) (Map, error) {
 // tar, m.StreamSize bytes).
 func (m Map) Layer(stream io.ReaderAt, name string) (*lsmt.Mapped, error) {
 	return lsmt.NewMapped(m.Segments, stream, m.StreamSize, m.VirtualSize, name)
+}
+
+// Parts are what an indexed layer is served from: the artifact's three blobs
+// (the metadata layer through a reader, usually lazy) and the image's
+// unchanged layer blob.
+type Parts struct {
+	Meta     io.ReaderAt // the metadata layer blob (an overlaybd layer blob)
+	MetaSize int64
+	GzIndex  []byte      // the seek index, verified against its digest
+	Map      []byte      // the map, verified against its digest
+	Blob     io.ReaderAt // the image's layer blob
+	Name     string      // the layer blob's digest, for errors
+	// CacheBytes bounds the inflated spans kept (0: gzindex's default).
+	CacheBytes int64
+}
+
+// Open returns the two lsmt layers an indexed layer stacks as, lowest first:
+// its metadata layer, then its map over the layer's tar stream. The map must
+// fit the seek index's stream, and both the virtual disk of the metadata layer.
+func Open(p Parts) ([]lsmt.Layer, error) {
+	x, err := gzindex.Decode(p.GzIndex)
+	if err != nil {
+		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+	}
+	m, err := DecodeMap(p.Map)
+	if err != nil {
+		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+	}
+	if m.StreamSize != x.Size {
+		return nil, fmt.Errorf("%w: layer %s: map of a %d-byte stream, the seek index has %d", ErrBadMap, p.Name, m.StreamSize, x.Size)
+	}
+	meta, err := layerblob.Open(p.Meta, p.MetaSize, p.Name+" metadata")
+	if err != nil {
+		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+	}
+	if meta.VirtualSize() != m.VirtualSize {
+		return nil, fmt.Errorf("%w: layer %s: map of a %d-byte disk, the metadata layer has %d", ErrBadMap, p.Name, m.VirtualSize, meta.VirtualSize())
+	}
+	stream := gzindex.NewReader(p.Blob, x, gzindex.ReaderOptions{Name: p.Name, CacheBytes: p.CacheBytes})
+	mapped, err := m.Layer(stream, p.Name)
+	if err != nil {
+		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+	}
+	return []lsmt.Layer{meta, mapped}, nil
 }

@@ -29,7 +29,6 @@
 package traceartifact
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +39,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/blocktrace"
+	"github.com/obdproject/obd/ociartifact"
 )
 
 // Media types of a start trace artifact.
@@ -65,10 +65,10 @@ const (
 const (
 	// MaxManifestBytes caps an artifact manifest.
 	MaxManifestBytes = 64 << 10
-	// MaxIndexBytes caps a referrers index (containerd's cap on manifests is 4 MiB too).
-	MaxIndexBytes = 4 << 20
+	// MaxIndexBytes caps a referrers index.
+	MaxIndexBytes = ociartifact.MaxIndexBytes
 	// MaxReferrers caps the descriptors of a subject's referrers list, of every artifact type.
-	MaxReferrers = 4096
+	MaxReferrers = ociartifact.MaxReferrers
 	// MaxBlocksBytes caps a block trace blob: the most blocktrace.Decode reads.
 	MaxBlocksBytes = blocktrace.MaxEncodedBytes
 	// MaxPagesBytes caps a page trace blob.
@@ -83,13 +83,13 @@ var (
 	// ErrBadArtifact: a manifest that is not a start trace artifact of the expected subject.
 	ErrBadArtifact = errors.New("traceartifact: bad start trace artifact")
 	// ErrBadIndex: a referrers index that cannot be read.
-	ErrBadIndex = errors.New("traceartifact: bad referrers index")
+	ErrBadIndex = ociartifact.ErrBadIndex
 	// ErrTooLarge: a manifest, index or blob over its cap.
-	ErrTooLarge = errors.New("traceartifact: too large")
+	ErrTooLarge = ociartifact.ErrTooLarge
 	// ErrDigestMismatch: content that does not match its descriptor's digest or size.
-	ErrDigestMismatch = errors.New("traceartifact: digest mismatch")
+	ErrDigestMismatch = ociartifact.ErrDigestMismatch
 	// ErrTooManyReferrers: a subject with more than MaxReferrers referrers.
-	ErrTooManyReferrers = errors.New("traceartifact: too many referrers")
+	ErrTooManyReferrers = ociartifact.ErrTooManyReferrers
 	// ErrBadTrace: a trace that does not decode, or does not fit the image.
 	ErrBadTrace = errors.New("traceartifact: bad trace")
 	// ErrImplausibleTrace: a trace with no ranges or under MinTracedBytes.
@@ -111,25 +111,8 @@ type Info struct {
 	Recorder string    // e.g. "ctr-obd record-trace"
 }
 
-// manifest is what this package writes and reads of an artifact manifest: the fields of
-// ocispec.Manifest a start trace uses.
-type manifest struct {
-	SchemaVersion int                  `json:"schemaVersion"`
-	MediaType     string               `json:"mediaType"`
-	ArtifactType  string               `json:"artifactType"`
-	Config        ocispec.Descriptor   `json:"config"`
-	Layers        []ocispec.Descriptor `json:"layers"`
-	Subject       *ocispec.Descriptor  `json:"subject,omitempty"`
-	Annotations   map[string]string    `json:"annotations,omitempty"`
-}
-
-// emptyConfig is the OCI empty descriptor without its embedded data, which registries and
-// clients need not keep.
-func emptyConfig() ocispec.Descriptor {
-	d := ocispec.DescriptorEmptyJSON
-	d.Data = nil
-	return d
-}
+// manifest is the part of an OCI image manifest an artifact uses.
+type manifest = ociartifact.Manifest
 
 // parsed is a validated artifact manifest.
 type parsed struct {
@@ -145,7 +128,7 @@ func parseManifest(data []byte, subject digest.Digest) (parsed, error) {
 		return parsed{}, fmt.Errorf("%w: manifest of %d bytes, cap %d", ErrTooLarge, len(data), MaxManifestBytes)
 	}
 	var m manifest
-	if err := decodeStrictJSON(data, &m); err != nil {
+	if err := ociartifact.DecodeStrictJSON(data, &m); err != nil {
 		return parsed{}, fmt.Errorf("%w: %v", ErrBadArtifact, err)
 	}
 	switch {
@@ -155,7 +138,7 @@ func parseManifest(data []byte, subject digest.Digest) (parsed, error) {
 		return parsed{}, fmt.Errorf("%w: mediaType %q", ErrBadArtifact, m.MediaType)
 	case m.ArtifactType != ArtifactType:
 		return parsed{}, fmt.Errorf("%w: artifactType %q, want %q", ErrBadArtifact, m.ArtifactType, ArtifactType)
-	case m.Config.MediaType != ocispec.MediaTypeEmptyJSON || m.Config.Digest != ocispec.DescriptorEmptyJSON.Digest || m.Config.Size != ocispec.DescriptorEmptyJSON.Size:
+	case !ociartifact.IsEmptyConfig(m.Config):
 		return parsed{}, fmt.Errorf("%w: config is not the empty descriptor", ErrBadArtifact)
 	case m.Subject == nil:
 		return parsed{}, fmt.Errorf("%w: no subject", ErrBadArtifact)
@@ -189,59 +172,7 @@ func parseManifest(data []byte, subject digest.Digest) (parsed, error) {
 }
 
 // checkDescriptor checks what a fetch relies on: a digest this process can verify and a size.
-func checkDescriptor(d ocispec.Descriptor) error {
-	if err := d.Digest.Validate(); err != nil {
-		return fmt.Errorf("digest %q: %v", d.Digest, err)
-	}
-	if d.Size < 0 {
-		return fmt.Errorf("size %d", d.Size)
-	}
-	return nil
-}
-
-// index is a referrers list: the image index at a subject's referrers tag.
-type index struct {
-	SchemaVersion int                  `json:"schemaVersion"`
-	MediaType     string               `json:"mediaType"`
-	Manifests     []ocispec.Descriptor `json:"manifests"`
-}
-
-// parseIndex parses and checks a referrers index: at most MaxReferrers manifests, each with a
-// digest and a size.
-func parseIndex(data []byte) (index, error) {
-	if len(data) > MaxIndexBytes {
-		return index{}, fmt.Errorf("%w: referrers index of %d bytes, cap %d", ErrTooLarge, len(data), MaxIndexBytes)
-	}
-	var idx index
-	if err := decodeStrictJSON(data, &idx); err != nil {
-		return index{}, fmt.Errorf("%w: %v", ErrBadIndex, err)
-	}
-	if idx.SchemaVersion != 2 || idx.MediaType != ocispec.MediaTypeImageIndex {
-		return index{}, fmt.Errorf("%w: schemaVersion %d, mediaType %q", ErrBadIndex, idx.SchemaVersion, idx.MediaType)
-	}
-	if len(idx.Manifests) > MaxReferrers {
-		return index{}, fmt.Errorf("%w: %d in the referrers index, cap %d", ErrTooManyReferrers, len(idx.Manifests), MaxReferrers)
-	}
-	for i, d := range idx.Manifests {
-		if err := checkDescriptor(d); err != nil {
-			return index{}, fmt.Errorf("%w: manifest %d: %v", ErrBadIndex, i, err)
-		}
-	}
-	return idx, nil
-}
-
-// decodeStrictJSON decodes one JSON value into v and nothing after it. Unknown fields are
-// allowed: manifests carry fields this package does not use.
-func decodeStrictJSON(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("data after the JSON value")
-	}
-	return nil
-}
+func checkDescriptor(d ocispec.Descriptor) error { return ociartifact.CheckDescriptor(d) }
 
 // buildManifest returns the artifact manifest for trace blobs already described by blocks and
 // pages (nil: none), attached to subject.
@@ -250,7 +181,7 @@ func buildManifest(subject, blocks ocispec.Descriptor, pages *ocispec.Descriptor
 		SchemaVersion: 2,
 		MediaType:     ocispec.MediaTypeImageManifest,
 		ArtifactType:  ArtifactType,
-		Config:        emptyConfig(),
+		Config:        ociartifact.EmptyConfig(),
 		Layers:        []ocispec.Descriptor{blocks},
 		Subject:       &ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size},
 		Annotations:   annotations,

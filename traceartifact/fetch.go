@@ -5,16 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
-	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/ociartifact"
 	"github.com/obdproject/obd/pagetrace"
 )
 
@@ -50,28 +49,9 @@ func List(ctx context.Context, resolver remotes.Resolver, ref string, subject di
 	return traces, nil
 }
 
-// referrers lists every referrer of subject, through containerd's referrers fetcher: the
-// referrers API where the registry has it, else the referrers tag.
+// referrers lists every referrer of subject (ociartifact.Referrers).
 func referrers(ctx context.Context, resolver remotes.Resolver, repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
-	if err := subject.Validate(); err != nil {
-		return nil, fmt.Errorf("traceartifact: subject %q: %w", subject, err)
-	}
-	fetcher, err := resolver.Fetcher(ctx, repo)
-	if err != nil {
-		return nil, fmt.Errorf("traceartifact: %s: %w", repo, err)
-	}
-	rf, ok := fetcher.(remotes.ReferrersFetcher)
-	if !ok {
-		return nil, fmt.Errorf("traceartifact: the resolver for %s cannot list referrers", repo)
-	}
-	all, err := rf.FetchReferrers(ctx, subject)
-	if err != nil {
-		return nil, fmt.Errorf("traceartifact: referrers of %s in %s: %w", subject, repo, err)
-	}
-	if len(all) > MaxReferrers {
-		return nil, fmt.Errorf("%w: %s has %d in %s, cap %d", ErrTooManyReferrers, subject, len(all), repo, MaxReferrers)
-	}
-	return all, nil
+	return ociartifact.Referrers(ctx, resolver, repo, subject)
 }
 
 // isStartTrace reports whether a referrer is a start trace artifact. A registry that takes a
@@ -134,33 +114,13 @@ func Fetch(ctx context.Context, resolver remotes.Resolver, ref string, subject d
 	return t, nil
 }
 
-// readVerified reads the content of desc, at most limit bytes, and checks its size and digest.
+// readVerified reads the content of desc, at most limit bytes, and checks its size and
+// digest; a descriptor that cannot be checked makes a bad artifact.
 func readVerified(ctx context.Context, fetcher remotes.Fetcher, desc ocispec.Descriptor, limit int64) ([]byte, error) {
 	if err := checkDescriptor(desc); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadArtifact, err)
 	}
-	if desc.Size > limit {
-		return nil, fmt.Errorf("%w: %s of %d bytes, cap %d", ErrTooLarge, desc.Digest, desc.Size, limit)
-	}
-	rc, err := fetcher.Fetch(ctx, desc)
-	if err != nil {
-		return nil, fmt.Errorf("traceartifact: fetch %s: %w", desc.Digest, err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
-	if errdefs.IsFailedPrecondition(err) { // containerd's reader stops at the descriptor's size
-		return nil, fmt.Errorf("%w: %s: more than %d bytes: %v", ErrDigestMismatch, desc.Digest, desc.Size, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("traceartifact: fetch %s: %w", desc.Digest, err)
-	}
-	if int64(len(data)) != desc.Size {
-		return nil, fmt.Errorf("%w: %s: %d bytes or more, want %d", ErrDigestMismatch, desc.Digest, len(data), desc.Size)
-	}
-	if got := desc.Digest.Algorithm().FromBytes(data); got != desc.Digest {
-		return nil, fmt.Errorf("%w: %s: content has digest %s", ErrDigestMismatch, desc.Digest, got)
-	}
-	return data, nil
+	return ociartifact.ReadVerified(ctx, fetcher, desc, limit)
 }
 
 // Selected is the start trace Select chose.

@@ -17,6 +17,8 @@ import (
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
+
+	"github.com/obdproject/obd/ociartifact"
 )
 
 // list adds desc to the referrers tag of img's manifest, as a registry's referrers list
@@ -27,7 +29,7 @@ func list(t *testing.T, resolver remotes.Resolver, img testImage, desc ocispec.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := addToReferrersTag(context.Background(), resolver, repo, img.Manifest.Digest, desc); err != nil {
+	if _, err := ociartifact.AddToReferrersTag(context.Background(), resolver, repo, img.Manifest.Digest, desc); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -187,7 +189,8 @@ func TestTooManyReferrers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx := index{SchemaVersion: 2, MediaType: ocispec.MediaTypeImageIndex}
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+	idx.SchemaVersion = 2
 	for range MaxReferrers + 1 {
 		idx.Manifests = append(idx.Manifests, good.Descriptor)
 	}

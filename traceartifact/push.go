@@ -1,20 +1,15 @@
 package traceartifact
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"slices"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
-	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/ociartifact"
 	"github.com/obdproject/obd/pagetrace"
 )
 
@@ -45,11 +40,9 @@ type Image struct {
 // not an image manifest, a block trace that does not decode, names blobs other than img's
 // layers or is implausible (Summary.CheckPlausible), and a page trace that does not decode.
 //
-// After the manifest is pushed Push lists the subject's referrers: a registry with the
-// referrers API lists the artifact already; for one without, Push adds it to the referrers
-// index at the subject's referrers tag. Two pushes updating that index at once can lose one
-// of the two entries (the distribution spec's tag schema has no compare-and-swap); pushing
-// again restores it.
+// After the manifest is pushed Push attaches it to the subject (ociartifact.Attach): a
+// registry with the referrers API lists it already; for one without, Push adds it to the
+// referrers index at the subject's referrers tag.
 func Push(ctx context.Context, resolver remotes.Resolver, ref string, img Image, trace Trace, info Info) (Pushed, error) {
 	subject := img.Manifest
 	if !images.IsManifestType(subject.MediaType) {
@@ -83,7 +76,7 @@ func Push(ctx context.Context, resolver remotes.Resolver, ref string, img Image,
 	}
 
 	blobs := []blob{
-		{emptyConfig(), ocispec.DescriptorEmptyJSON.Data},
+		{ociartifact.EmptyConfig(), ocispec.DescriptorEmptyJSON.Data},
 		{blobDescriptor(MediaTypeBlocks, trace.Blocks), trace.Blocks},
 	}
 	var pages *ocispec.Descriptor
@@ -105,7 +98,7 @@ func Push(ctx context.Context, resolver remotes.Resolver, ref string, img Image,
 	}
 	pushed := Pushed{Subject: subject, Summary: summary}
 	for _, b := range blobs {
-		if err := pushBytes(ctx, pusher, repo, b.desc, b.data); err != nil {
+		if err := ociartifact.PushBytes(ctx, pusher, repo, b.desc, b.data); err != nil {
 			return Pushed{}, fmt.Errorf("traceartifact: push to %s: %w", repo, err)
 		}
 		pushed.Bytes += b.desc.Size
@@ -113,16 +106,7 @@ func Push(ctx context.Context, resolver remotes.Resolver, ref string, img Image,
 	artifact.ArtifactType = ArtifactType
 	artifact.Annotations = annotations
 	pushed.Descriptor = artifact
-
-	listed, err := referrers(ctx, resolver, repo, subject.Digest)
-	if err != nil {
-		return Pushed{}, err
-	}
-	if slices.ContainsFunc(listed, func(d ocispec.Descriptor) bool { return d.Digest == artifact.Digest }) {
-		return pushed, nil
-	}
-	pushed.ReferrersTag, err = addToReferrersTag(ctx, resolver, repo, subject.Digest, artifact)
-	if err != nil {
+	if pushed.ReferrersTag, err = ociartifact.Attach(ctx, resolver, repo, subject.Digest, artifact); err != nil {
 		return Pushed{}, err
 	}
 	return pushed, nil
@@ -135,100 +119,12 @@ type blob struct {
 }
 
 func blobDescriptor(mediaType string, data []byte) ocispec.Descriptor {
-	return ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
-}
-
-// pushBytes pushes one blob or manifest to repo; one the registry has already is not an
-// error.
-func pushBytes(ctx context.Context, pusher remotes.Pusher, repo string, desc ocispec.Descriptor, data []byte) error {
-	var (
-		w   content.Writer
-		err error
-	)
-	if ingester, ok := pusher.(content.Ingester); ok {
-		// containerd's pusher remembers what it pushed by this ref (Push uses the digest
-		// alone): scoped to the repository, so that the empty config every artifact shares,
-		// pushed to one repository, is not taken as present in the next.
-		w, err = ingester.Writer(ctx, content.WithRef(repo+"@"+desc.Digest.String()), content.WithDescriptor(desc))
-	} else {
-		w, err = pusher.Push(ctx, desc)
-	}
-	if errdefs.IsAlreadyExists(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("push %s %s: %w", desc.MediaType, desc.Digest, err)
-	}
-	defer w.Close()
-	if err := content.Copy(ctx, w, bytes.NewReader(data), desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
-		return fmt.Errorf("push %s %s: %w", desc.MediaType, desc.Digest, err)
-	}
-	return nil
+	return ociartifact.Descriptor(mediaType, data)
 }
 
 // ReferrersTag is the tag of the referrers index of subject in the distribution spec's
-// referrers tag schema: <alg>-<encoded>, the algorithm cut to 32 and the encoded digest to
-// 64 characters.
-func ReferrersTag(subject digest.Digest) string {
-	alg, enc := subject.Algorithm().String(), subject.Encoded()
-	return alg[:min(len(alg), 32)] + "-" + enc[:min(len(enc), 64)]
-}
+// referrers tag schema (ociartifact.ReferrersTag).
+func ReferrersTag(subject digest.Digest) string { return ociartifact.ReferrersTag(subject) }
 
-// addToReferrersTag adds artifact to the referrers index at subject's referrers tag, creating
-// the index when there is none, and returns the tag.
-func addToReferrersTag(ctx context.Context, resolver remotes.Resolver, repo string, subject digest.Digest, artifact ocispec.Descriptor) (string, error) {
-	tag := ReferrersTag(subject)
-	tagRef := repo + ":" + tag
-	idx := index{SchemaVersion: 2, MediaType: ocispec.MediaTypeImageIndex}
-	_, desc, err := resolver.Resolve(ctx, tagRef)
-	switch {
-	case errdefs.IsNotFound(err):
-	case err != nil:
-		return "", fmt.Errorf("traceartifact: referrers tag %s: %w", tagRef, err)
-	default:
-		if desc.MediaType != ocispec.MediaTypeImageIndex {
-			return "", fmt.Errorf("%w: %s has media type %q", ErrBadIndex, tagRef, desc.MediaType)
-		}
-		fetcher, err := resolver.Fetcher(ctx, tagRef)
-		if err != nil {
-			return "", fmt.Errorf("traceartifact: referrers tag %s: %w", tagRef, err)
-		}
-		data, err := readVerified(ctx, fetcher, desc, MaxIndexBytes)
-		if err != nil {
-			return "", fmt.Errorf("referrers tag %s: %w", tagRef, err)
-		}
-		if idx, err = parseIndex(data); err != nil {
-			return "", fmt.Errorf("referrers tag %s: %w", tagRef, err)
-		}
-	}
-	if slices.ContainsFunc(idx.Manifests, func(d ocispec.Descriptor) bool { return d.Digest == artifact.Digest }) {
-		return tag, nil
-	}
-	if len(idx.Manifests) >= MaxReferrers {
-		return "", fmt.Errorf("%w: %s lists %d, cap %d", ErrTooManyReferrers, tagRef, len(idx.Manifests), MaxReferrers)
-	}
-	idx.Manifests = append(idx.Manifests, artifact)
-	data, err := json.Marshal(idx)
-	if err != nil {
-		return "", fmt.Errorf("traceartifact: %w", err)
-	}
-	// A pusher of the tag reference moves the tag to what it pushes.
-	pusher, err := resolver.Pusher(ctx, tagRef)
-	if err != nil {
-		return "", fmt.Errorf("traceartifact: push to %s: %w", tagRef, err)
-	}
-	if err := pushBytes(ctx, pusher, repo, blobDescriptor(ocispec.MediaTypeImageIndex, data), data); err != nil {
-		return "", fmt.Errorf("traceartifact: push to %s: %w", tagRef, err)
-	}
-	return tag, nil
-}
-
-// repository returns the repository of ref, a reference with or without tag or digest, in
-// the form containerd's resolver takes (e.g. docker.io/library/busybox).
-func repository(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return "", fmt.Errorf("traceartifact: reference %q: %w", ref, err)
-	}
-	return reference.TrimNamed(named).String(), nil
-}
+// repository returns the repository of ref (ociartifact.Repository).
+func repository(ref string) (string, error) { return ociartifact.Repository(ref) }

@@ -26,6 +26,8 @@ import (
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/pagetrace"
+
+	"github.com/obdproject/obd/ociartifact"
 )
 
 // registryKind starts one kind of real registry and returns its host and whether it serves the
@@ -106,7 +108,7 @@ func pushImage(t *testing.T, resolver remotes.Resolver, ref string) testImage {
 
 func mustPush(t *testing.T, pusher remotes.Pusher, ref string, d ocispec.Descriptor, data []byte) {
 	t.Helper()
-	if err := pushBytes(context.Background(), pusher, ref, d, data); err != nil {
+	if err := ociartifact.PushBytes(context.Background(), pusher, ref, d, data); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/docker/go-units"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
@@ -132,13 +133,18 @@ func newConvertCmd() *cobra.Command {
 	f.StringVar(&rangeChunk, "range-chunk", "16K", "chunk size of each layer's range table, which lets bdd check every fetched range (4K-1M; 0 = no table, as upstream)")
 	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
 	f.StringVar(&workDir, "work-dir", filepath.Join(os.TempDir(), "obd-convert"), "scratch space and converted-layer cache")
-	f.StringVar(&reg.HostsDir, "hosts-dir", "", "registry host configuration (containerd certs.d layout with hosts.toml)")
-	f.StringVar(&reg.DockerConfig, "docker-config", "", "docker config.json with registry credentials (default $DOCKER_CONFIG or ~/.docker)")
-	f.BoolVar(&reg.PlainHTTP, "plain-http", false, "talk plain HTTP to every registry (localhost registries always may)")
+	registryFlags(f, &reg)
 	f.BoolVar(&rec.enabled, "record-trace", false, "run the converted image's command once and push its start trace with the image")
 	f.DurationVar(&rec.timeout, "record-timeout", tracerec.DefaultTimeout, "with --record-trace: stop the command after this long (and keep the trace)")
 	f.StringVar(&rec.socket, "bdd-socket", bddclient.DefaultSocket, "with --record-trace: control socket of the bdd that serves the image")
 	return cmd
+}
+
+// registryFlags adds the flags of registry access (hosts, credentials, plain HTTP).
+func registryFlags(f *pflag.FlagSet, reg *convert.RegistryOptions) {
+	f.StringVar(&reg.HostsDir, "hosts-dir", "", "registry host configuration (containerd certs.d layout with hosts.toml)")
+	f.StringVar(&reg.DockerConfig, "docker-config", "", "docker config.json with registry credentials (default $DOCKER_CONFIG or ~/.docker)")
+	f.BoolVar(&reg.PlainHTTP, "plain-http", false, "talk plain HTTP to every registry (localhost registries always may)")
 }
 
 // recordFlags are convert's --record-trace options.

@@ -14,6 +14,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(newZFileCmd(), newLayerCmd())
 	root.AddCommand(newConvertCmd())
+	root.AddCommand(newIndexCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
 	root.AddCommand(newSimCmd(), newProbeCmd())
 	root.AddCommand(newSandboxCmd())

@@ -63,7 +63,7 @@ var rules = []rule{
 
 var (
 	// layerFormats read and write the bytes of an image's layers.
-	layerFormats = []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/...", "gzindex/..."}
+	layerFormats = []string{"zfile/...", "lsmt/...", "tarblob/...", "layerblob/...", "ext4meta/...", "gzindex/...", "ociindex/..."}
 	// traceFormats encode what a start read: blocks of blobs, ranges of files.
 	traceFormats = []string{"blocktrace/...", "pagetrace/..."}
 	// daemonTransportFetcher are what a client of bdd reaches only through api/bdd/v1 and
