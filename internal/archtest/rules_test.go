@@ -56,6 +56,14 @@ var rules = []rule{
 		allow: []string{"sandbox/*api"},
 	},
 	{
+		// A start path the sandbox manager can take up without the engine coming with it.
+		name:  "checkpoint links no other obd package",
+		from:  []string{"checkpoint/..."},
+		scope: links,
+		deny:  []string{"*/..."},
+		allow: []string{"checkpoint/..."},
+	},
+	{
 		name:  "no cycle between top-level boxes",
 		scope: boxCycles,
 	},

@@ -1,0 +1,201 @@
+package checkpoint
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MetaFile is obd's record beside CRIU's image files: what Restore needs that CRIU's images do
+// not say.
+const MetaFile = "checkpoint.json"
+
+// metaVersion is the version of MetaFile's format this package writes and reads.
+const metaVersion = 1
+
+// maxMetaSize bounds MetaFile: an image may come from a registry.
+const maxMetaSize = 64 << 10
+
+// ErrBadImage means a checkpoint directory is not one Dump wrote.
+var ErrBadImage = errors.New("checkpoint: bad image")
+
+// meta is MetaFile's content.
+type meta struct {
+	Version int `json:"version"`
+	// CRIU is the version of the criu that dumped.
+	CRIU string `json:"criu"`
+	// Stdio are the identities of the handler's fds 0, 1 and 2 when dumped, as CRIU names
+	// them ("pipe:[12345]"), to be replaced by new pipes at restore.
+	Stdio [3]string `json:"stdio"`
+}
+
+var pipeID = regexp.MustCompile(`^pipe:\[[0-9]{1,20}\]$`)
+
+// Dump checkpoints p, which Start or Restore made, into dir (created if missing; it must hold no
+// earlier checkpoint) and ends it, as criu dump does. The handler should be quiescent, blocked
+// reading its next request.
+func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
+	m := meta{Version: metaVersion, CRIU: c.Version}
+	for fd := range m.Stdio {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", p.Pid, fd))
+		if err != nil {
+			return fmt.Errorf("checkpoint: dump %d: fd %d: %w", p.Pid, fd, err)
+		}
+		if !pipeID.MatchString(link) {
+			return fmt.Errorf("checkpoint: dump %d: fd %d is %q, not the pipe Start gave it", p.Pid, fd, link)
+		}
+		m.Stdio[fd] = link
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("checkpoint: dump: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, MetaFile)); err == nil {
+		return fmt.Errorf("checkpoint: dump: %s already holds a checkpoint", dir)
+	}
+	if err := c.run(ctx, filepath.Join(dir, "dump.log"), nil,
+		"dump", "--tree", strconv.Itoa(p.Pid), "--images-dir", dir); err != nil {
+		return err
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("checkpoint: dump: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, MetaFile), data, 0o600); err != nil {
+		return fmt.Errorf("checkpoint: dump: %w", err)
+	}
+	// criu dump has killed the tree; reap it.
+	_ = p.Close()
+	return nil
+}
+
+func readMeta(dir string) (meta, error) {
+	var m meta
+	f, err := os.Open(filepath.Join(dir, MetaFile))
+	if err != nil {
+		return m, fmt.Errorf("%w: %v", ErrBadImage, err)
+	}
+	defer f.Close()
+	dec := json.NewDecoder(&limitedReader{f: f, left: maxMetaSize})
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return m, fmt.Errorf("%w: %s: %v", ErrBadImage, MetaFile, err)
+	}
+	if m.Version != metaVersion {
+		return m, fmt.Errorf("%w: %s: version %d, want %d", ErrBadImage, MetaFile, m.Version, metaVersion)
+	}
+	for fd, id := range m.Stdio {
+		if !pipeID.MatchString(id) {
+			return m, fmt.Errorf("%w: %s: fd %d is %q, want pipe:[N]", ErrBadImage, MetaFile, fd, id)
+		}
+	}
+	return m, nil
+}
+
+// limitedReader fails a read past left bytes instead of ending the stream there, so an
+// oversized file is an error and not a truncated one.
+type limitedReader struct {
+	f    *os.File
+	left int64
+}
+
+func (r *limitedReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, fmt.Errorf("over %d bytes", maxMetaSize)
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.f.Read(p)
+	r.left -= int64(n)
+	return n, err
+}
+
+// RestoreOptions tune Restore.
+type RestoreOptions struct {
+	// LazyPages restores with `criu restore --lazy-pages`: a `criu lazy-pages` daemon serves
+	// the process's private memory from the image through userfaultfd, on first touch and in
+	// the background, so the process runs before its memory is copied in.
+	LazyPages bool
+	// LazyPagesTimeout bounds the wait for the lazy-pages daemon to be ready (default 10 s).
+	LazyPagesTimeout time.Duration
+}
+
+// Restore restores the handler checkpointed in dir, with new stdio pipes, as a child of the
+// caller in a new PID namespace of its own. dir is only read: logs and sockets go to a private
+// work directory, removed when the process exits. Restores of one dir may run at the same time.
+func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ *Process, err error) {
+	m, err := readMeta(dir)
+	if err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp("", "obd-restore-")
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: restore: %w", err)
+	}
+	var lazy *lazyDaemon
+	cleanup := func() {
+		if lazy != nil {
+			lazy.stop()
+		}
+		os.RemoveAll(work)
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	args := []string{"restore", "--images-dir", dir, "--work-dir", work, "--restore-detached",
+		"--restore-sibling", "--pidfile", filepath.Join(work, "pid")}
+	if opts.LazyPages {
+		if lazy, err = c.startLazyPages(ctx, dir, work, opts.LazyPagesTimeout); err != nil {
+			return nil, err
+		}
+		args = append(args, "--lazy-pages")
+	}
+	pipes, err := newChildPipes()
+	if err != nil {
+		return nil, err
+	}
+	for fd, id := range m.Stdio {
+		// The child's ends are criu's fds 3, 4 and 5 (ExtraFiles).
+		args = append(args, "--inherit-fd", fmt.Sprintf("fd[%d]:%s", 3+fd, id))
+	}
+	err = c.run(ctx, filepath.Join(work, "restore.log"), pipes.child[:], args...)
+	pipes.closeChild()
+	if err != nil {
+		pipes.closeAll()
+		return nil, err
+	}
+	proc, err := restoredProcess(filepath.Join(work, "pid"))
+	if err != nil {
+		pipes.closeAll()
+		return nil, err
+	}
+	p := newProcess(proc, pipes, cleanup)
+	p.work = work
+	return p, nil
+}
+
+// restoredProcess finds the process criu restored as the caller's child from its pidfile.
+func restoredProcess(pidfile string) (*os.Process, error) {
+	data, err := os.ReadFile(pidfile)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: restore: pidfile: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return nil, fmt.Errorf("checkpoint: restore: pidfile holds %q", data)
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: restore: process %d: %w", pid, err)
+	}
+	return proc, nil
+}

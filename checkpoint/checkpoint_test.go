@@ -1,0 +1,310 @@
+package checkpoint
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// python is the interpreter the test handler runs on: Debian's, as in the sandbox images.
+const python = "/usr/bin/python3"
+
+// replyTimeout bounds a wait for one reply, so a broken restore fails the test instead of
+// hanging it; it is not a performance bound.
+const replyTimeout = 60 * time.Second
+
+// needCRIU returns the installed criu, skipping the test, with the reason, when it cannot run
+// here; under OBD_REQUIRE_E2E=1 such a skip fails instead.
+func needCRIU(tb testing.TB) *CRIU {
+	tb.Helper()
+	skip := func(format string, args ...any) {
+		tb.Helper()
+		if os.Getenv("OBD_REQUIRE_E2E") == "1" {
+			tb.Fatalf(format+" (OBD_REQUIRE_E2E=1)", args...)
+		}
+		tb.Skipf(format, args...)
+	}
+	if testing.Short() {
+		skip("checkpoint: runs criu; not in -short")
+	}
+	if os.Geteuid() != 0 {
+		skip("checkpoint: criu dump/restore need root")
+	}
+	if _, err := os.Stat(python); err != nil {
+		skip("checkpoint: test handler needs %s: %v", python, err)
+	}
+	c, err := Find()
+	if err != nil {
+		skip("checkpoint: %v", err)
+	}
+	return c
+}
+
+func handlerSpec(tb testing.TB) Spec {
+	tb.Helper()
+	script, err := filepath.Abs("testdata/handler.py")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return Spec{Path: python, Args: []string{"python3", "-I", script}, Dir: "/", Env: []string{"LANG=C.UTF-8"}}
+}
+
+// client speaks the test handler's protocol over a Process's pipes.
+type client struct {
+	p *Process
+	r *bufio.Reader
+}
+
+func newClient(p *Process) *client { return &client{p: p, r: bufio.NewReader(p.Stdout)} }
+
+type reply struct {
+	Ready  bool    `json:"ready"`
+	InitMS float64 `json:"init_ms"`
+	K      int     `json:"k"`
+	V      string  `json:"v"`
+	Served int     `json:"served"`
+	Pid    int     `json:"pid"`
+}
+
+func (c *client) read() (reply, error) {
+	var r reply
+	if err := c.p.Stdout.SetReadDeadline(time.Now().Add(replyTimeout)); err != nil {
+		return r, err
+	}
+	line, err := c.r.ReadBytes('\n')
+	if err != nil {
+		return r, fmt.Errorf("reading a reply: %w (stderr: %s)", err, c.p.Stderr())
+	}
+	if err := json.Unmarshal(line, &r); err != nil {
+		return r, fmt.Errorf("reply %q: %w", line, err)
+	}
+	return r, nil
+}
+
+func (c *client) ask(k int) (reply, error) {
+	if _, err := fmt.Fprintf(c.p.Stdin, "{\"k\": %d}\n", k); err != nil {
+		return reply{}, fmt.Errorf("sending a request: %w", err)
+	}
+	r, err := c.read()
+	if err == nil && r.K != k {
+		err = fmt.Errorf("asked for %d, got a reply for %d", k, r.K)
+	}
+	return r, err
+}
+
+// coldStart starts the handler, waits for it to be initialized and asks it one request.
+func coldStart(tb testing.TB, spec Spec) (*Process, *client, reply) {
+	tb.Helper()
+	p, err := Start(spec)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	c := newClient(p)
+	ready, err := c.read()
+	if err != nil || !ready.Ready {
+		tb.Fatalf("cold start: %+v, %v", ready, err)
+	}
+	r, err := c.ask(1)
+	if err != nil {
+		tb.Fatalf("cold start: %v", err)
+	}
+	return p, c, r
+}
+
+func restore(tb testing.TB, criu *CRIU, dir string, opts RestoreOptions) (*Process, *client) {
+	tb.Helper()
+	p, err := criu.Restore(context.Background(), dir, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p, newClient(p)
+}
+
+// TestDumpRestore checkpoints an initialized handler and restores it three times, two at once
+// and one lazily: each restored process answers with the state the handler had when dumped.
+func TestDumpRestore(t *testing.T) {
+	criu := needCRIU(t)
+	spec := handlerSpec(t)
+	orig, origClient, first := coldStart(t, spec)
+	if first.Served != 1 || first.Pid != 1 || first.V == "" {
+		t.Fatalf("cold handler's first reply %+v: want served 1 by PID 1 of its namespace", first)
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-orig.Exited():
+	default:
+		t.Fatal("the dumped handler still runs")
+	}
+	if _, err := origClient.ask(2); err == nil {
+		t.Fatal("the dumped handler still answers")
+	}
+	if err := criu.Dump(context.Background(), orig, dir); err == nil {
+		t.Fatal("a second dump into the same dir succeeded")
+	}
+
+	var restored [2]*Process
+	var clients [2]*client
+	var wg sync.WaitGroup
+	errs := make([]error, len(restored))
+	for i := range restored {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := criu.Restore(context.Background(), dir, RestoreOptions{})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			t.Cleanup(func() { p.Close() })
+			restored[i], clients[i] = p, newClient(p)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent restores: %v", err)
+	}
+	if restored[0].Pid == restored[1].Pid {
+		t.Fatalf("two restores share host PID %d", restored[0].Pid)
+	}
+	for i, c := range clients {
+		for want := 2; want <= 3; want++ {
+			r, err := c.ask(100 + want)
+			if err != nil {
+				t.Fatalf("restore %d: %v", i, err)
+			}
+			// served counts on from the dumped state: 1 before the dump.
+			if r.Served != want || r.Pid != 1 || r.V == "" {
+				t.Fatalf("restore %d: reply %+v, want served %d by PID 1", i, r, want)
+			}
+		}
+	}
+
+	lazyP, lazyC := restore(t, criu, dir, RestoreOptions{LazyPages: true})
+	r, err := lazyC.ask(19999)
+	if err != nil {
+		t.Fatalf("lazy restore: %v", err)
+	}
+	if r.Served != 2 || r.Pid != 1 || r.V == "" {
+		t.Fatalf("lazy restore: reply %+v, want served 2 by PID 1", r)
+	}
+
+	// Closing ends the process and, for a restore, removes its work dir.
+	for _, p := range append(restored[:], lazyP) {
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range append(restored[:], lazyP) {
+		if _, err := os.Stat(p.work); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("restore work dir %q: %v after Close, want it removed", p.work, err)
+		}
+	}
+}
+
+// TestRestoreBadImage: a directory that is not a checkpoint, or whose record is damaged, fails
+// with ErrBadImage before criu runs.
+func TestRestoreBadImage(t *testing.T) {
+	c := &CRIU{Path: "/nonexistent/criu", Version: "4.1.1"}
+	cases := map[string]string{
+		"no record":   "",
+		"not json":    "{",
+		"old version": `{"version": 0, "criu": "4.1.1", "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"]}`,
+		"not a pipe":  `{"version": 1, "criu": "4.1.1", "stdio": ["pipe:[1]", "/etc/passwd", "pipe:[3]"]}`,
+		"option":      `{"version": 1, "criu": "4.1.1", "stdio": ["pipe:[1] --action-script x", "pipe:[2]", "pipe:[3]"]}`,
+		"unknown key": `{"version": 1, "criu": "4.1.1", "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "x": 1}`,
+		"huge":        `{"version": 1, "criu": "` + strings.Repeat("x", maxMetaSize) + `"}`,
+	}
+	for name, content := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if content != "" {
+				if err := os.WriteFile(filepath.Join(dir, MetaFile), []byte(content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := c.Restore(context.Background(), dir, RestoreOptions{})
+			if !errors.Is(err, ErrBadImage) {
+				t.Fatalf("Restore: %v, want ErrBadImage", err)
+			}
+		})
+	}
+}
+
+func TestNewRejectsOldCRIU(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "criu")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'Version: 3.17.1'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(fake); !errors.Is(err, ErrOldCRIU) {
+		t.Fatalf("New(criu 3.17.1): %v, want ErrOldCRIU", err)
+	}
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'Version: 4.1.1'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(fake)
+	if err != nil || c.Version != "4.1.1" {
+		t.Fatalf("New(criu 4.1.1): %+v, %v", c, err)
+	}
+}
+
+// BenchmarkStart measures, in one run, a cold start of the test handler (python3 starts,
+// imports and builds its table, answers one request) against a restore of its checkpoint
+// (criu restore, then one request), eager and lazy, and reports the medians and the ratios.
+func BenchmarkStart(b *testing.B) {
+	criu := needCRIU(b)
+	spec := handlerSpec(b)
+	dir := filepath.Join(b.TempDir(), "img")
+	orig, _, _ := coldStart(b, spec)
+	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+		b.Fatal(err)
+	}
+	var cold, eager, lazy []time.Duration
+	timeRestore := func(opts RestoreOptions) time.Duration {
+		start := time.Now()
+		p, c := restore(b, criu, dir, opts)
+		if _, err := c.ask(5); err != nil {
+			b.Fatal(err)
+		}
+		d := time.Since(start)
+		p.Close()
+		return d
+	}
+	for b.Loop() {
+		start := time.Now()
+		p, _, _ := coldStart(b, spec)
+		cold = append(cold, time.Since(start))
+		p.Close()
+		eager = append(eager, timeRestore(RestoreOptions{}))
+		lazy = append(lazy, timeRestore(RestoreOptions{LazyPages: true}))
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	c, e, l := median(cold), median(eager), median(lazy)
+	b.ReportMetric(ms(c), "cold-ms")
+	b.ReportMetric(ms(e), "restore-ms")
+	b.ReportMetric(ms(l), "lazy-restore-ms")
+	b.ReportMetric(float64(c)/float64(e), "cold/restore")
+	b.ReportMetric(float64(c)/float64(l), "cold/lazy-restore")
+	b.Logf("%d runs, medians: cold %.1f ms, restore %.1f ms (%.1fx faster), lazy restore %.1f ms (%.1fx faster)",
+		len(cold), ms(c), ms(e), float64(c)/float64(e), ms(l), float64(c)/float64(l))
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
