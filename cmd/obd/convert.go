@@ -52,7 +52,8 @@ func newConvertCmd() *cobra.Command {
 			"traces every device's reads meanwhile: record on a quiet bdd. --record-timeout bounds\n" +
 			"the run; a command still running then (a server) is stopped and what it read so far is\n" +
 			"kept. A command that exits non-zero fails the conversion and its output is shown; so\n" +
-			"does a trace with no ranges or under 4 KiB. DST must be a registry reference.",
+			"does a trace with no ranges or under 4 KiB. The trace is pushed before DST's tag moves:\n" +
+			"a failed recording leaves the tag as it was. DST must be a registry reference.",
 		Example: "  obd convert registry.local:5000/app:v1 registry.local:5000/app:v1-obd\n" +
 			"  obd convert --algorithm zstd --block-size 64K --platform linux/amd64 oci:./img:v1 oci:./out:v1\n" +
 			"  obd convert --record-trace registry.local:5000/app:v1 registry.local:5000/app:v1-obd\n" +
