@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/sandbox/sandboxapi"
-	"golang.org/x/sys/unix"
 )
 
 // benchHandler is the handler every start path is measured with: it imports json and sqlite3
@@ -169,38 +167,6 @@ func nerdctlBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	return out, nil
 }
 
-// netnsCost times creating a network namespace (what a per-sandbox CLONE_NEWNET would add)
-// against joining the shared one (setns), on a locked thread.
-func netnsCost(b *testing.B, n int) (create, join time.Duration) {
-	shared, err := newEmptyNetns()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer shared.Close()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	t0 := time.Now()
-	for i := 0; i < n; i++ {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			b.Fatal(err)
-		}
-		if err := unix.Setns(shared.host, unix.CLONE_NEWNET); err != nil {
-			b.Fatal(err)
-		}
-	}
-	create = time.Since(t0) / time.Duration(n)
-	t0 = time.Now()
-	for i := 0; i < n; i++ {
-		if err := unix.Setns(shared.empty, unix.CLONE_NEWNET); err != nil {
-			b.Fatal(err)
-		}
-		if err := unix.Setns(shared.host, unix.CLONE_NEWNET); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return create, time.Since(t0) / time.Duration(n)
-}
-
 // throughput runs total zygote-path starts (no handler cache: every invocation forks a new
 // sandbox and destroys it) from workers goroutines and returns starts per second.
 func throughput(b *testing.B, m *Manager, workers, total int) float64 {
@@ -257,7 +223,6 @@ func BenchmarkStartPaths(b *testing.B) {
 		hotB2B := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, 0)
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
-		create, join := netnsCost(b, 50)
 
 		fmt.Printf("\nstart latency (handler imports json, sqlite3; full invocation; one at a time, %v apart)\n", arrivalGap)
 		fmt.Printf("  %-22s %9s %9s %6s\n", "path", "p50 ms", "p99 ms", "n")
@@ -281,7 +246,6 @@ func BenchmarkStartPaths(b *testing.B) {
 			fmt.Printf("  nerdctl run: skipped: %v\n", nerdctlErr)
 		}
 		fmt.Printf("zygote path sustained: %.0f starts/s (4 workers, %d starts, create+invoke+destroy)\n", rate, rateN)
-		fmt.Printf("network namespace: create %.3f ms vs join shared %.3f ms per sandbox\n", ms(create), ms(join))
 
 		b.ReportMetric(ms(cold.pct(0.5)), "cold-p50-ms")
 		b.ReportMetric(ms(warm.pct(0.5)), "warm-p50-ms")
@@ -293,7 +257,6 @@ func BenchmarkStartPaths(b *testing.B) {
 		b.ReportMetric(ms(hotB2B.pct(0.5)), "hot-back-to-back-p50-ms")
 		b.ReportMetric(float64(cold.pct(0.5))/float64(warm.pct(0.5)), "cold/warm-x")
 		b.ReportMetric(rate, "zygote-starts/s")
-		b.ReportMetric(float64(create)/float64(join), "netns-create/join-x")
 		if runcErr == nil {
 			b.ReportMetric(ms(runc.pct(0.5)), "runc-p50-ms")
 			b.ReportMetric(float64(runc.pct(0.5))/float64(warm.pct(0.5)), "runc/warm-x")

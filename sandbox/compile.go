@@ -42,7 +42,7 @@ func (m *Manager) compile(img *image, codeDir string) error {
 	if err != nil {
 		return err
 	}
-	if err := m.netns.start(cmd.Start); err != nil {
+	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("compile handler: %w", err)
 	}
 	if err := waitOrKill(cmd, compileTimeout); err != nil {

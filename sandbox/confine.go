@@ -22,6 +22,8 @@ import (
 //   - user namespace: uid and gid 0..65535 inside map to Config.UIDBase.. outside, an
 //     unprivileged range: no capability over anything of the host (its files, mounts,
 //     network namespace, devices all belong to the initial user namespace);
+//   - a network namespace of its own with only a loopback (a function zygote makes one per
+//     function for the sandboxes it forks);
 //   - capabilities: a sandbox (cold, compile) runs as nobody inside and holds none; a zygote
 //     runs as root inside holding only zygoteCaps (clone into new PID/UTS/IPC namespaces,
 //     chroot each child, set its hostname, make it nobody), which every child it forks drops;
@@ -32,8 +34,10 @@ import (
 // confineArg0 is argv[0] of the server's binary re-executed to confine a process.
 const confineArg0 = "obd-sandbox-confine"
 
-// zygoteCaps are the capabilities (in its user namespace) a zygote keeps.
-var zygoteCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SYS_CHROOT, unix.CAP_SETUID, unix.CAP_SETGID}
+// zygoteCaps are the capabilities (in its user namespace) a zygote keeps: to clone sandboxes
+// into namespaces, chroot them and make them nobody, and for a function zygote to make its
+// function's network namespace and bring its loopback up.
+var zygoteCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SYS_CHROOT, unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_NET_ADMIN}
 
 // idRange is how many uids (and gids) a sandbox user namespace maps.
 const idRange = 65536
@@ -82,6 +86,9 @@ func confine(arg string) error {
 			return fmt.Errorf("sethostname: %w", err)
 		}
 	}
+	if err := loopbackUp(); err != nil {
+		return err
+	}
 	last, err := lastCap() // /proc is not in the root
 	if err != nil {
 		return err
@@ -113,6 +120,28 @@ func confine(arg string) error {
 		return err
 	}
 	return syscall.Exec(s.Argv[0], s.Argv, s.Env)
+}
+
+// loopbackUp brings up the loopback interface of the process's (new) network namespace: the
+// only interface there.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
 }
 
 // rlimits bound what one process may hold beyond its cgroup's limits.
@@ -255,7 +284,9 @@ func (m *Manager) command(p confined) (*exec.Cmd, error) {
 		Stderr:     p.stderr,
 		ExtraFiles: files,
 		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags:                 unix.CLONE_NEWUSER | p.flags,
+			// Its own network namespace: only a loopback, reaching nothing of the host's or
+			// another function's (abstract unix sockets included).
+			Cloneflags:                 unix.CLONE_NEWUSER | unix.CLONE_NEWNET | p.flags,
 			UidMappings:                ids,
 			GidMappings:                ids,
 			GidMappingsEnableSetgroups: true,

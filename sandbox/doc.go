@@ -41,9 +41,10 @@
 //     handler's code (0.6 ms of a 0.7 ms import) but runs none of it before its event.
 //   - The first event is sent with the start: the sandbox reads it once set up, so importing
 //     and running the handler follow without waiting for a "ready" round trip.
-//   - Network: one empty network namespace made at start and shared by all sandboxes. The host
-//     network is unreachable (loopback down), and joining costs microseconds where creating a
-//     namespace per sandbox measured 0.4-2.8 ms (rising under load).
+//   - Network: a namespace per function, with only its loopback up: the function zygote makes
+//     it once and the sandboxes it forks share it, where creating one per sandbox measured
+//     0.4-2.8 ms (rising under load). A cold sandbox gets one of its own. No host network, and
+//     no abstract unix socket of another function, is reachable.
 //   - cgroups from a pool (sandbox/cgroup; v1 hierarchies here, v2 where mounted). The sandbox
 //     joins its group itself, writing "0" to cgroup.procs files the server passes it, before
 //     any handler code runs (four v1 writes measured 0.1 ms). On v1 the pool holds one empty

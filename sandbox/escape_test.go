@@ -2,13 +2,16 @@ package sandbox
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
@@ -270,4 +273,53 @@ func TestEscapeByExhaustion(t *testing.T) {
 			t.Errorf("another function during the attack: %v", out)
 		}
 	})
+}
+
+func TestEscapeOverTheNetwork(t *testing.T) {
+	forEachPath(t, func(t *testing.T, m *Manager) {
+		register(t, m, "listener", nil)
+		register(t, m, "talker", nil)
+		name := "obd-escape-" + filepath.Base(t.TempDir())
+		if out, _ := invoke(t, m, "listener", map[string]any{"op": "abstract", "listen": true, "name": name}); out["errno"] != 0.0 {
+			t.Fatalf("listen on an abstract socket: %v", out)
+		}
+		// The listener's sandbox is cached (hot), its socket open; another function cannot
+		// reach it: it has a network namespace of its own.
+		if out, _ := invoke(t, m, "talker", map[string]any{"op": "abstract", "name": name}); out["errno"] != "ECONNREFUSED" {
+			t.Errorf("another function connecting to the abstract socket: %v, want ECONNREFUSED", out)
+		}
+		// Nor can the host.
+		if c, err := net.Dial("unix", "@"+name); err == nil {
+			c.Close()
+			t.Errorf("the host reached the sandbox's abstract socket")
+		}
+		if out, _ := invoke(t, m, "talker", map[string]any{"op": "loopback"}); out["errno"] != 0.0 {
+			t.Errorf("the sandbox's own loopback: %v", out)
+		}
+	})
+}
+
+func TestLimitsAreCapped(t *testing.T) {
+	m := newTestManager(t, func(c *Config) {
+		c.MaxLimits = Limits{MemoryMB: 256, Pids: 64, ScratchMB: 32}
+		// Every sandbox and zygote together: at most 12 processes.
+		c.PoolLimits.Pids = 12
+	})
+	for _, over := range []func(*Function){
+		func(f *Function) { f.MemoryMB = 257 },
+		func(f *Function) { f.Pids = 65 },
+		func(f *Function) { f.ScratchMB = 33 },
+		func(f *Function) { f.Timeout = time.Hour },
+	} {
+		f := Function{Name: "big", Image: "python3-bookworm", Entry: "main.handler", Dir: handlerDir(t)}
+		over(&f)
+		if err := m.Register(context.Background(), f); err == nil || !strings.Contains(err.Error(), "maximum") {
+			t.Errorf("registering %+v: %v, want refused over the maximum", f, err)
+		}
+	}
+	register(t, m, "bomb", func(f *Function) { f.Pids = 64; f.ScratchMB = 16 })
+	out, _ := invoke(t, m, "bomb", map[string]any{"op": "fork", "n": 100, "bomb": true})
+	if out["errno"] != "EAGAIN" || out["forked"].(float64) >= 12 {
+		t.Errorf("fork bomb under the pool's 12 processes: %v, want EAGAIN before 12", out)
+	}
 }

@@ -116,6 +116,10 @@ func (m *Manager) admit(f *Function) error {
 	if err := f.Validate(); err != nil {
 		return err
 	}
+	if mx := m.cfg.MaxLimits; f.MemoryMB > mx.MemoryMB || f.CPUs > mx.CPUs || f.Pids > mx.Pids || f.Timeout > mx.Timeout || f.ScratchMB > mx.ScratchMB {
+		return fmt.Errorf("sandbox: function %s: limits over the server's maximum (memory %d MB, %g CPUs, %d pids, timeout %v, scratch %d MB)",
+			f.Name, mx.MemoryMB, mx.CPUs, mx.Pids, mx.Timeout, mx.ScratchMB)
+	}
 	if st, err := os.Stat(f.Dir); err != nil || !st.IsDir() {
 		return fmt.Errorf("sandbox: function %s: handler dir %q: not a directory", f.Name, f.Dir)
 	}
@@ -151,15 +155,15 @@ func (m *Manager) reserve(ctx context.Context, f Function) (registration, error)
 	return registration{fn: fn, id: m.nextID, runtime: img.zygote}, nil
 }
 
-// install byte-compiles the handler code of r and forks the function's own zygote when it
-// names imports and its image has a zygote.
+// install byte-compiles the handler code of r and, when its image has a zygote, forks the
+// function's own zygote (its imports, its network namespace).
 func (m *Manager) install(r registration) (err error) {
 	fn := r.fn
 	err = m.compile(fn.image, fn.Dir)
 	if err == nil {
 		fn.tree, err = m.functionTree(fn)
 	}
-	if err == nil && r.runtime != nil && len(fn.Imports) > 0 {
+	if err == nil && r.runtime != nil {
 		if fn.zygote, err = r.runtime.child(fn.Imports); err != nil {
 			err = fmt.Errorf("zygote: %w", err)
 		}

@@ -83,15 +83,12 @@ func (m *Manager) releaseImage(ref string, img *image) error {
 	return img.close()
 }
 
-// zygoteOf is the zygote fn's sandboxes are forked from: its own, else its image's; nil when
-// sandboxes start cold.
+// zygoteOf is the zygote fn's sandboxes are forked from: its own (forked from its image's, in
+// the function's network namespace); nil when sandboxes start cold.
 func (m *Manager) zygoteOf(fn *function) *zygote {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if fn.zygote != nil {
-		return fn.zygote
-	}
-	return fn.image.zygote
+	return fn.zygote
 }
 
 // reviveZygotes replaces dead, a zygote of fn that stopped answering: the function's own
@@ -114,7 +111,7 @@ func (m *Manager) reviveZygotes(fn *function, dead *zygote) {
 }
 
 // restartFunctionZygote replaces fn's own zygote with a new child of its image's runtime
-// zygote; on failure fn has none and forks from the runtime zygote. m.mu held.
+// zygote; on failure fn has none and its sandboxes start cold. m.mu held.
 func (m *Manager) restartFunctionZygote(fn *function) {
 	fn.zygote.close()
 	var err error

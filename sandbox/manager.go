@@ -43,6 +43,9 @@ type Config struct {
 	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
 	NoZygotes    bool             // start every sandbox cold (for comparison)
 	UIDBase      int              // sandbox uids and gids 0..65535 are these on the host; default 1000000000
+	MaxLimits    Limits           // what a function may ask for; zero fields take DefaultMaxLimits
+	PoolLimits   cgroup.Limits    // all sandboxes and zygotes together (the pool's parent cgroup); zero fields: unlimited
+	ZygoteLimits cgroup.Limits    // each image's zygotes together; default 1 GiB, 512 processes
 	Log          *slog.Logger     // default slog.Default()
 	Now          func() time.Time // for tests of keep-alive; default time.Now
 }
@@ -68,11 +71,46 @@ func (c *Config) setDefaults() {
 	if c.UIDBase == 0 {
 		c.UIDBase = 1_000_000_000
 	}
+	c.MaxLimits.fill(DefaultMaxLimits)
+	if c.ZygoteLimits == (cgroup.Limits{}) {
+		c.ZygoteLimits = cgroup.Limits{MemoryBytes: 1 << 30, Pids: 512}
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+}
+
+// Limits are the resources of a function: each of its sandboxes gets them.
+type Limits struct {
+	MemoryMB  int64
+	CPUs      float64
+	Pids      int64
+	Timeout   time.Duration
+	ScratchMB int64
+}
+
+// DefaultMaxLimits are the most a function may ask for unless Config.MaxLimits says otherwise.
+var DefaultMaxLimits = Limits{MemoryMB: 4096, CPUs: 4, Pids: 1024, Timeout: 15 * time.Minute, ScratchMB: 4096}
+
+// fill sets the zero fields of l from d.
+func (l *Limits) fill(d Limits) {
+	if l.MemoryMB == 0 {
+		l.MemoryMB = d.MemoryMB
+	}
+	if l.CPUs == 0 {
+		l.CPUs = d.CPUs
+	}
+	if l.Pids == 0 {
+		l.Pids = d.Pids
+	}
+	if l.Timeout == 0 {
+		l.Timeout = d.Timeout
+	}
+	if l.ScratchMB == 0 {
+		l.ScratchMB = d.ScratchMB
 	}
 }
 
@@ -82,7 +120,6 @@ type Manager struct {
 	cfg    Config
 	log    *slog.Logger
 	pool   *cgroup.Pool
-	netns  *emptyNetns
 	stderr *os.File
 	exe    *os.File // the server's binary, re-executed to confine image code (confine.go)
 
@@ -100,7 +137,7 @@ type Manager struct {
 	done       chan struct{}
 }
 
-// NewManager creates the cgroup pool and the shared empty network namespace and starts the
+// NewManager creates the cgroup pool (bounded by cfg.PoolLimits) and starts the
 // keep-alive sweeper. Zygotes start with the first function of each image. What a killed
 // server left in cfg.StateDir and the cgroup root is removed first.
 func NewManager(cfg Config) (*Manager, error) {
@@ -110,6 +147,9 @@ func NewManager(cfg Config) (*Manager, error) {
 	cfg.setDefaults()
 	if cfg.UIDBase < 1 || cfg.UIDBase > 1<<32-1-idRange {
 		return nil, fmt.Errorf("sandbox: uid base %d out of range", cfg.UIDBase)
+	}
+	if p := cfg.PoolLimits; p.CPUs > 0 && cfg.MaxLimits.CPUs > p.CPUs {
+		return nil, fmt.Errorf("sandbox: a function's CPU maximum %g is over the pool's %g", cfg.MaxLimits.CPUs, p.CPUs)
 	}
 	if _, _, _, err := filters(); err != nil {
 		return nil, err
@@ -133,13 +173,12 @@ func NewManager(cfg Config) (*Manager, error) {
 	// one process, never share groups.
 	m.poolName = fmt.Sprintf("%s%d-%d", poolPrefix, os.Getpid(), poolSeq.Add(1))
 	m.pool, err = cgroup.NewPool(cfg.CgroupRoot, m.poolName, cfg.PoolSize)
-	if err != nil {
-		stderr.Close()
-		exe.Close()
-		return nil, err
+	if err == nil {
+		if err = m.pool.SetLimits(cfg.PoolLimits); err != nil {
+			m.pool.Close()
+		}
 	}
-	if m.netns, err = newEmptyNetns(); err != nil {
-		m.pool.Close()
+	if err != nil {
 		stderr.Close()
 		exe.Close()
 		return nil, err
@@ -233,6 +272,6 @@ func (m *Manager) Close() error {
 	m.destroying.Wait()
 	// Groups still in use by running invocations are killed here; those invocations then
 	// destroy their own boxes.
-	errs = append(errs, m.pool.Close(), m.netns.Close(), m.stderr.Close(), m.exe.Close())
+	errs = append(errs, m.pool.Close(), m.stderr.Close(), m.exe.Close())
 	return errors.Join(errs...)
 }

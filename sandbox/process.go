@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/obdproject/obd/sandbox/cgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,30 +72,46 @@ func fileConn(f *os.File) (net.Conn, error) {
 type zygote struct {
 	mu     sync.Mutex // one request at a time on ctl
 	ctl    *net.UnixConn
-	cmd    *exec.Cmd // the runtime zygote only
+	cmd    *exec.Cmd     // the runtime zygote only
+	group  *cgroup.Group // the runtime zygote's, its function zygotes in it too
+	pool   *cgroup.Pool
 	parent *zygote
 }
 
 // startRuntimeZygote starts the runtime zygote of an image in root (a tree of the image),
-// confined, importing m's Imports.
-func (m *Manager) startRuntimeZygote(root *mountTree) (*zygote, error) {
+// confined, in a cgroup of its own with Config.ZygoteLimits, importing m's Imports.
+func (m *Manager) startRuntimeZygote(root *mountTree) (_ *zygote, err error) {
 	_, _, forked, err := filters()
 	if err != nil {
 		return nil, err
 	}
+	group, err := m.pool.Get(m.cfg.ZygoteLimits)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.pool.Put(group)
+		}
+	}()
+	procs, err := group.OpenProcs()
+	if err != nil {
+		return nil, err
+	}
+	defer closeFiles(procs)
 	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, err
 	}
 	defer theirs.Close()
 	mods, _ := json.Marshal(m.cfg.Imports)
-	cmd, err := m.command(confined{root: root, files: []*os.File{theirs}, zygote: true, flags: sandboxFlags, stderr: m.stderr,
-		argv: runnerArgv("zygote", string(mods), hex.EncodeToString(filterBytes(forked)))})
+	cmd, err := m.command(confined{root: root, files: []*os.File{theirs}, cgroups: procs, zygote: true, flags: sandboxFlags,
+		stderr: m.stderr, argv: runnerArgv("zygote", string(mods), hex.EncodeToString(filterBytes(forked)))})
 	if err != nil {
 		ours.Close()
 		return nil, err
 	}
-	if err := m.netns.start(cmd.Start); err != nil {
+	if err := cmd.Start(); err != nil {
 		ours.Close()
 		return nil, fmt.Errorf("sandbox: start zygote: %w", err)
 	}
@@ -104,7 +121,13 @@ func (m *Manager) startRuntimeZygote(root *mountTree) (*zygote, error) {
 		cmd.Wait()
 		return nil, err
 	}
-	return &zygote{ctl: c.(*net.UnixConn), cmd: cmd}, nil
+	return &zygote{ctl: c.(*net.UnixConn), cmd: cmd, group: group, pool: m.pool}, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // errZygoteGone is returned by requests to a zygote that no longer answers.
@@ -147,14 +170,15 @@ func (z *zygote) request(req any, files ...*os.File) error {
 	return nil
 }
 
-// child forks a function zygote that imports modules on top of z's.
+// child forks a function zygote that imports modules on top of z's, in a network namespace
+// of its own.
 func (z *zygote) child(imports []string) (*zygote, error) {
 	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, err
 	}
 	defer theirs.Close()
-	if err := z.request(map[string]any{"op": "zygote", "imports": imports}, theirs); err != nil {
+	if err := z.request(map[string]any{"op": "zygote", "imports": imports, "netns": true}, theirs); err != nil {
 		ours.Close()
 		return nil, err
 	}
@@ -180,5 +204,5 @@ func (z *zygote) close() error {
 	}
 	z.cmd.Process.Kill()
 	z.cmd.Wait()
-	return nil
+	return z.pool.Put(z.group)
 }

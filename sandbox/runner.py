@@ -11,7 +11,9 @@
 #
 # Zygote requests are JSON messages with file descriptors attached (SCM_RIGHTS):
 #   {"op": "fork", "spec": SPEC}      fds: sandbox root dir, channel, cgroup.procs files...
-#   {"op": "zygote", "imports": [..]} fds: control socket of the new child zygote
+#   {"op": "zygote", "imports": [..], "netns": true}
+#                                     fds: control socket of the new child zygote, which
+#                                     moves into a network namespace of its own first
 #   {"op": "ping"}                    is the zygote alive?
 # and each gets one reply, {"pid": N} or {"error": "..."}. A forked sandbox is born in its own
 # PID, UTS and IPC namespaces (PID 1 there); the zygote itself is PID 1 of the namespace the
@@ -24,6 +26,7 @@
 # {"error": traceback}, and per request (the first one included) one reply {"result": ...} or
 # {"error": ...}.
 import ctypes
+import fcntl
 import importlib
 import importlib.util
 import json
@@ -37,6 +40,8 @@ import traceback
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -225,6 +230,19 @@ def become_sandbox(spec, fds):
     run_sandbox(spec, chan)
 
 
+def own_network():
+    """Move into a new network namespace with its loopback up: a function zygote's, shared by
+    the function's sandboxes and no one else's (abstract unix sockets included)."""
+    check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifr = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+        flags = struct.unpack("16sH14x", ifr)[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        s.close()
+
+
 def serve_zygote(ctl):
     # Sandboxes are orphaned to the zygote (PID 1 of its namespace); let the kernel reap them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -251,7 +269,9 @@ def serve_zygote(ctl):
                     if req["op"] == "fork":
                         become_sandbox(req["spec"], fds)
                     else:
-                        for name in req.get("imports", []):
+                        if req.get("netns"):
+                            own_network()
+                        for name in req.get("imports") or []:
                             importlib.import_module(name)
                         serve_zygote(socket.socket(fileno=fds[0]))
                 except BaseException:

@@ -147,9 +147,7 @@ func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage,
 }
 
 func (b *box) closeProcs() {
-	for _, f := range b.procs {
-		f.Close()
-	}
+	closeFiles(b.procs)
 	b.procs = nil
 }
 

@@ -17,15 +17,16 @@ import (
 // Seccomp filters. The profiles are containerd's default (the one `nerdctl run` and `ctr run`
 // give runc, Docker's lineage), computed for the capabilities each process holds, and
 // compiled to BPF in Go (go-seccomp-bpf; no libseccomp):
-//   - sandboxProfile (minus denied): cold sandboxes and compile, which hold no capability: the default
-//     profile as for a container without capabilities (no mount, unshare, setns, ptrace,
+//   - sandboxProfile (minus denied): cold sandboxes and compile, which hold no capability:
+//     the default profile as for a container without capabilities (no mount, unshare, setns, ptrace,
 //     keyctl, bpf, perf_event_open, clone of namespaces, ...; clone3 is ENOSYS so libc falls
 //     back to clone);
 //   - zygoteProfile: zygotes, which clone each sandbox into new PID, UTS and IPC namespaces
 //     and chroot it: the same plus chroot (as for a container with CAP_SYS_CHROOT), clone with
-//     exactly those namespace flags, and sethostname;
+//     exactly those namespace flags, sethostname, and unshare of a network namespace alone
+//     (a function zygote's);
 //   - forkedProfile: stacked by a sandbox forked from a zygote once it is set up, taking
-//     those three back (filters stack, the strictest answer wins), so a forked handler is held
+//     those back (filters stack, the strictest answer wins), so a forked handler is held
 //     to sandboxProfile too.
 
 // denied are calls containerd's profile allows that no handler needs: ptrace (allowed there
@@ -48,13 +49,16 @@ func filters() (sandbox, zygote, forked []unix.SockFilter, err error) {
 		if sandboxBPF, filtersErr = compileProfile(defaultProfile(nil), 0); filtersErr != nil {
 			return
 		}
-		if zygoteBPF, filtersErr = compileProfile(defaultProfile([]string{"CAP_SYS_CHROOT"}, "sethostname"), sandboxFlags); filtersErr != nil {
+		zygote := defaultProfile([]string{"CAP_SYS_CHROOT"}, "sethostname")
+		zygote.Syscalls = append(zygote.Syscalls, specs.LinuxSyscall{Names: []string{"unshare"}, Action: specs.ActAllow,
+			Args: []specs.LinuxSeccompArg{{Index: 0, Value: unix.CLONE_NEWNET, Op: specs.OpEqualTo}}})
+		if zygoteBPF, filtersErr = compileProfile(zygote, sandboxFlags); filtersErr != nil {
 			return
 		}
 		forkedBPF, filtersErr = assemble(seccomp.Policy{
 			DefaultAction: seccomp.ActionAllow,
 			Syscalls: []seccomp.SyscallGroup{
-				{Action: seccomp.ActionErrno, Names: []string{"chroot", "sethostname", "setdomainname"}},
+				{Action: seccomp.ActionErrno, Names: []string{"chroot", "sethostname", "setdomainname", "unshare", "setns"}},
 				{Action: seccomp.ActionErrno, NamesWithCondtions: []seccomp.NameWithConditions{{Name: "clone",
 					Conditions: seccomp.ArgumentConditions{{Argument: 0, Operation: seccomp.BitsSet, Value: namespaceFlags}}}}},
 			},

@@ -136,8 +136,8 @@ func (m *Manager) launch(fn *function, b *box, z *zygote) error {
 	return nil
 }
 
-// startCold starts the process of b as the server's child with spec s, confined, in the
-// shared empty network namespace. chanFile is the sandbox's end of its channel, procs the
+// startCold starts the process of b as the server's child with spec s, confined (in a network
+// namespace of its own). chanFile is the sandbox's end of its channel, procs the
 // cgroup.procs files it joins.
 func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File) error {
 	hostname := s.Hostname
@@ -150,7 +150,7 @@ func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File)
 		flags: sandboxFlags, stderr: m.stderr, argv: runnerArgv("cold", string(js))}); err != nil {
 		return err
 	}
-	if err := m.netns.start(b.cmd.Start); err != nil {
+	if err := b.cmd.Start(); err != nil {
 		b.cmd = nil
 		return fmt.Errorf("sandbox: start cold sandbox: %w", err)
 	}

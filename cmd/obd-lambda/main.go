@@ -21,6 +21,7 @@ import (
 	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/sandbox"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
+	"github.com/obdproject/obd/sandbox/cgroup"
 	"github.com/spf13/cobra"
 )
 
@@ -86,6 +87,10 @@ type options struct {
 	imports   []string
 	noZygotes bool
 	uidBase   int
+	max       sandbox.Limits
+	poolMemMB int64
+	poolCPUs  float64
+	poolPids  int64
 	logLevel  string
 }
 
@@ -94,9 +99,10 @@ func newCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "obd-lambda (--rootfs-dir DIR | --bdd-socket SOCK) [flags]",
 		Short: "serve functions in lean sandboxes started from obd images",
-		Long: `obd-lambda runs functions (Python 3 handlers) in SOCK-style sandboxes: a read-only bind of
-the image's rootfs entered with chroot, own PID/UTS/IPC namespaces, a shared empty network
-namespace, a pooled cgroup with memory/CPU/pids limits, and the handler running as nobody.
+		Long: `obd-lambda runs functions (Python 3 handlers) in SOCK-style sandboxes: a read-only tree of
+the image's rootfs entered with chroot, own user/PID/UTS/IPC namespaces, a network namespace per
+function, a pooled cgroup with memory/CPU/pids limits, the handler running as nobody with no
+capabilities, no_new_privs and a seccomp filter; everything from the image runs confined.
 New sandboxes are forked (a few per function ahead of demand) from zygotes that already
 imported the runtime's modules; idle ones are frozen in the handler cache for --keep-alive.
 
@@ -133,6 +139,15 @@ cgroup it made is removed.`,
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
 	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
+	d := sandbox.DefaultMaxLimits
+	f.Int64Var(&o.max.MemoryMB, "max-memory", d.MemoryMB, "most memory (MB) a function may ask for")
+	f.Float64Var(&o.max.CPUs, "max-cpus", d.CPUs, "most CPUs a function may ask for")
+	f.Int64Var(&o.max.Pids, "max-pids", d.Pids, "most processes a function may ask for")
+	f.DurationVar(&o.max.Timeout, "max-timeout", d.Timeout, "longest per-invocation timeout a function may ask for")
+	f.Int64Var(&o.max.ScratchMB, "max-scratch", d.ScratchMB, "largest /tmp (MB) a function may ask for")
+	f.Int64Var(&o.poolMemMB, "pool-memory", 0, "memory (MB) of all sandboxes and zygotes together (0: unlimited)")
+	f.Float64Var(&o.poolCPUs, "pool-cpus", 0, "CPUs of all sandboxes and zygotes together (0: unlimited)")
+	f.Int64Var(&o.poolPids, "pool-pids", 0, "processes of all sandboxes and zygotes together (0: unlimited)")
 	f.IntVar(&o.uidBase, "uid-base", 1_000_000_000, "host uid (and gid) of uid 0 in the sandboxes' user namespaces; they use 65536 from there, which no host user may own")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.MarkFlagsOneRequired("rootfs-dir", "bdd-socket")
@@ -168,6 +183,8 @@ func run(o options) error {
 	m, err := sandbox.NewManager(sandbox.Config{
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
+		MaxLimits:  o.max,
+		PoolLimits: cgroup.Limits{MemoryBytes: o.poolMemMB << 20, CPUs: o.poolCPUs, Pids: o.poolPids},
 	})
 	if err != nil {
 		return err

@@ -159,6 +159,13 @@ func Pools(root, prefix string) ([]string, error) {
 	return names, nil
 }
 
+// SetLimits bounds the pool's parent group, so every group of the pool together stays within
+// lim (zero fields: unlimited).
+func (p *Pool) SetLimits(lim Limits) error {
+	parent := &Group{pool: p, name: "(pool)", dirs: p.parents}
+	return parent.SetLimits(lim)
+}
+
 // Version is the cgroup layout the pool uses.
 func (p *Pool) Version() Version { return p.version }
 

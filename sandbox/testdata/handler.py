@@ -201,6 +201,18 @@ def handler(event):
             return {"errno": 0}
         except OSError as e:
             return {"errno": errno.errorcode.get(e.errno, str(e))}
+    if op == "loopback":
+        # The sandbox's own loopback works: listen on it and connect to it.
+        srv = socket.socket()
+        try:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            socket.create_connection(srv.getsockname(), timeout=2).close()
+            return {"errno": 0}
+        except OSError as e:
+            return {"errno": errno.errorcode.get(e.errno, str(e))}
+        finally:
+            srv.close()
     if op == "crash":
         os._exit(3)
     if op == "loop":
