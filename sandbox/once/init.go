@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -34,6 +36,9 @@ func init() {
 	if len(os.Args) != 2 || os.Args[0] != initArg0 {
 		return
 	}
+	// The capability bounding set is per thread: the thread that drops it must execute the
+	// command.
+	runtime.LockOSThread()
 	var spec initSpec
 	err := json.Unmarshal([]byte(os.Args[1]), &spec)
 	if err == nil {
@@ -81,10 +86,21 @@ func enter(s initSpec) error {
 	if err := unix.Sethostname([]byte("obd-sandbox")); err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
-	if err := unix.Chroot(s.Root); err != nil {
-		return fmt.Errorf("chroot %s: %w", s.Root, err)
+	// pivot_root, not chroot: the host's mounts are gone from this namespace, so no chroot
+	// trick leads back to them.
+	if err := unix.Chdir(s.Root); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root to %s: %w", s.Root, err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil { // the old root, now on top
+		return fmt.Errorf("detach the host's root: %w", err)
 	}
 	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	if err := dropCapabilities(); err != nil {
 		return err
 	}
 	path, err := lookPath(s.Args[0], s.Env)
@@ -108,6 +124,29 @@ func enter(s initSpec) error {
 		return fmt.Errorf("uid %d: %w", s.UID, err)
 	}
 	return fmt.Errorf("execute %s: %w", path, syscall.Exec(path, s.Args, s.Env))
+}
+
+// keptCapabilities are the capabilities the command may hold: those a container runtime
+// grants by default (containerd's and Docker's set) less CAP_MKNOD, since no device cgroup
+// guards the host's disks here.
+var keptCapabilities = []int{
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FSETID, unix.CAP_FOWNER, unix.CAP_SETGID,
+	unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_NET_BIND_SERVICE, unix.CAP_NET_RAW,
+	unix.CAP_SYS_CHROOT, unix.CAP_KILL, unix.CAP_AUDIT_WRITE, unix.CAP_SETFCAP,
+}
+
+// dropCapabilities removes every other capability from the bounding set, so the command
+// (executed as root or not) can never hold one: mounting, loading modules, raw I/O.
+func dropCapabilities() error {
+	for c := 0; c <= unix.CAP_LAST_CAP; c++ {
+		if slices.Contains(keptCapabilities, c) {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	return nil
 }
 
 func mkdirMount(source, target, fstype string, flags uintptr, data string) error {

@@ -7,10 +7,12 @@
 // The image's root filesystem (a read-only mount) gets an overlay with a scratch upper
 // directory, so the command may write as in a container while the image stays as it is. The
 // command runs in new mount, PID, UTS, IPC and network namespaces (no network: loopback is
-// down), chrooted into the overlay with a fresh /proc and a /dev holding only null, zero,
-// full, random, urandom and tty from the host, as the image config's user (root when it
-// names none). It is not a boundary against a hostile image running as root: run images you
-// would run with a container runtime.
+// down), with the overlay as its root (pivot_root: none of the host's mounts is left in its
+// namespace), a fresh /proc and a /dev holding only null, zero, full, random, urandom and tty
+// from the host, as the image config's user (root when it names none), and with the
+// capabilities a container runtime grants by default less CAP_MKNOD. That is a container's
+// confinement without cgroups, user namespace or seccomp: run images you would run with a
+// container runtime.
 //
 // The process that enters the sandbox is the calling program itself, re-executed under the
 // name in initArg0; this package's init function takes over such a process, so any program

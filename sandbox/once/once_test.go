@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,26 @@ func TestRunIsolates(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "bin", "new")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the command's write reached the image: %v", err)
+	}
+
+	// Its mount namespace holds its root, /proc and /dev, none of the host's mounts; its
+	// bounding set only a container's default capabilities, so root cannot mount.
+	out, err = run(t, root, Command{Args: []string{"sh", "-c", `cat /proc/self/mountinfo | while read id parent dev root point rest; do echo $point; done; cat /proc/self/status | while read k v; do [ $k = CapBnd: ] && echo $v; done; mount -t tmpfs none /bin && echo mounted; true`},
+		Env: []string{"PATH=/bin"}})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out)
+	}
+	var wantMask uint64
+	for _, c := range keptCapabilities {
+		wantMask |= 1 << c
+	}
+	want := "/\n/proc\n/dev\n"
+	for _, d := range hostDevices {
+		want += "/dev/" + d + "\n"
+	}
+	want += "/dev/shm\n" + fmt.Sprintf("%016x", wantMask) + "\n"
+	if !strings.HasPrefix(out, want) || !strings.Contains(out, "permission denied") || strings.Contains(out, "mounted\n") {
+		t.Fatalf("mounts, bounding set and a mount as root:\n%s\nwant\n%s(and the mount refused)", out, want)
 	}
 }
 
