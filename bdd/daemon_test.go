@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 )
 
@@ -41,14 +42,14 @@ func runTests(m *testing.M) int {
 func requireBlockFacilities(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount FUSE, attach loop devices and mount ext4")
+		facility.Missing(t, "needs root to mount FUSE, attach loop devices and mount ext4")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("/dev/fuse is absent: no FUSE transport here")
+		facility.Missing(t, "/dev/fuse is absent: no FUSE transport here")
 	}
 	for _, tool := range []string{"mkfs.ext4", "losetup", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (apt-get install e2fsprogs mount)", tool)
+			facility.Missing(t, "%s is not installed (apt-get install e2fsprogs mount)", tool)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/zfile"
@@ -266,7 +267,7 @@ func TestFUSEManyDevices(t *testing.T) {
 func TestFUSEFioVerify(t *testing.T) {
 	requireBlockFacilities(t)
 	if _, err := exec.LookPath("fio"); err != nil {
-		t.Skip("fio is not installed (apt-get install fio)")
+		facility.Missing(t, "fio is not installed (apt-get install fio)")
 	}
 	img := filepath.Join(t.TempDir(), "img")
 	run(t, "sh", "-c", "head -c 64M /dev/urandom > "+img)

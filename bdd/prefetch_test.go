@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/obdproject/obd/ext4meta"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // gate is a device whose reads block until it is opened, counting the reads in flight.
@@ -60,7 +61,7 @@ func (g *gate) release() {
 func ext4Of(t testing.TB, size int64, sizes []int, args ...string) []byte {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+		facility.Missing(t, "mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 	src := t.TempDir()
 	for i, n := range sizes {

@@ -19,6 +19,7 @@ import (
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -118,7 +119,7 @@ func randomImage(t *testing.T, size int) string {
 
 func requireNBDTools(t *testing.T) {
 	if _, err := exec.LookPath("nbdcopy"); err != nil {
-		t.Skip("nbdcopy is not installed (apt-get install libnbd-bin): cannot read the NBD export")
+		facility.Missing(t, "nbdcopy is not installed (apt-get install libnbd-bin): cannot read the NBD export")
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/rangetable"
@@ -29,15 +30,15 @@ import (
 func requireDevices(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to attach loop devices and mount ext4")
+		facility.Missing(t, "needs root to attach loop devices and mount ext4")
 	}
 	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s is missing: the FUSE + loop transport cannot run", p)
+			facility.Missing(t, "%s is missing: the FUSE + loop transport cannot run", p)
 		}
 	}
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+		facility.Missing(t, "mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 }
 

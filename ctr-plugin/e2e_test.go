@@ -17,6 +17,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/blocktrace"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/pagetrace"
@@ -182,7 +183,7 @@ func requireStackFacilities(t *testing.T) {
 	}
 	testenv.RequireRoot(t)
 	if data, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(data), "\toverlay\n") {
-		t.Skip("overlayfs is not available in this kernel")
+		facility.Missing(t, "overlayfs is not available in this kernel")
 	}
 }
 

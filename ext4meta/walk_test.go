@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/obdproject/obd/ext4meta"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // recorder is a file that remembers which blocks were read.
@@ -38,7 +39,7 @@ func requireTools(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install e2fsprogs)", tool)
+			facility.Missing(t, "%s not installed (apt-get install e2fsprogs)", tool)
 		}
 	}
 }

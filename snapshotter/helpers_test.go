@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 )
 
@@ -15,7 +16,7 @@ func requireOverlay(t testing.TB) {
 	testenv.RequireRoot(t)
 	data, err := os.ReadFile("/proc/filesystems")
 	if err != nil || !strings.Contains(string(data), "\toverlay\n") {
-		t.Skip("overlayfs is not available in this kernel")
+		facility.Missing(t, "overlayfs is not available in this kernel")
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/opencontainers/go-digest"
 )
@@ -37,7 +38,7 @@ func newLoopDevices(t testing.TB) *loopDevices {
 	testenv.Bin(t, "mkfs.ext4")
 	testenv.Bin(t, "losetup")
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("no loop device support (/dev/loop-control missing)")
+		facility.Missing(t, "no loop device support (/dev/loop-control missing)")
 	}
 	d := &loopDevices{t: t, dir: t.TempDir(), blobs: map[digest.Digest]string{}, attached: map[string]string{}}
 	t.Cleanup(func() {

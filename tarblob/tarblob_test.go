@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -164,7 +165,7 @@ func TestArchiveTarAcceptsWrite(t *testing.T) {
 func TestGNUTarAcceptsWrite(t *testing.T) {
 	tarBin, err := exec.LookPath("tar")
 	if err != nil {
-		t.Skip("GNU tar not installed: cannot cross-check the writer")
+		facility.Missing(t, "GNU tar not installed: cannot cross-check the writer")
 	}
 	payload := randomBytes(12345, 9)
 	path := filepath.Join(t.TempDir(), "layer.tar")
@@ -325,7 +326,7 @@ func TestOpenHonoursPAXRecords(t *testing.T) {
 func TestOpenAcceptsGNUTarOutput(t *testing.T) {
 	tarBin, err := exec.LookPath("tar")
 	if err != nil {
-		t.Skip("GNU tar not installed: cannot check tars it writes")
+		facility.Missing(t, "GNU tar not installed: cannot check tars it writes")
 	}
 	dir := t.TempDir()
 	payload := randomBytes(70001, 4)

@@ -22,22 +22,23 @@ import (
 
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/blockdevtest"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // requireFacilities skips when the machine cannot run FUSE + loop tests at all.
 func requireFacilities(t *testing.T, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("fuseloop tests need root (FUSE mount, loop devices)")
+		facility.Missing(t, "fuseloop tests need root (FUSE mount, loop devices)")
 	}
 	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
 		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("no %s: %v", dev, err)
+			facility.Missing(t, "no %s: %v", dev, err)
 		}
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian packages e2fsprogs, fio): %v", tool, err)
+			facility.Missing(t, "%s not installed (Debian packages e2fsprogs, fio): %v", tool, err)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/blockdevtest"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 func TestAvailableMatchesMachine(t *testing.T) {
@@ -76,7 +77,7 @@ func TestClientOptions(t *testing.T) {
 // TestKernelNBD needs the nbd module; it cannot run on machines without it.
 func TestKernelNBD(t *testing.T) {
 	if err := Available(); err != nil {
-		t.Skip("no /dev/nbd0: nbd kernel module absent")
+		facility.Absent(t, facility.KernelNBD, err.Error())
 	}
 	mem := blockdevtest.NewMem(16 << 20)
 	mem.WriteAt([]byte("hello"), 4096)

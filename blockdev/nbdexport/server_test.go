@@ -20,6 +20,7 @@ import (
 
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/blockdevtest"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 const testSize = 16 << 20
@@ -61,7 +62,7 @@ func newExport(t *testing.T, opts Options) (sock string, b *blockdevtest.File, c
 func needTool(t *testing.T, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (Debian packages libnbd-bin, qemu-utils): %v", name, err)
+		facility.Missing(t, "%s not installed (Debian packages libnbd-bin, qemu-utils): %v", name, err)
 	}
 }
 
@@ -180,7 +181,7 @@ func TestNbdfuse(t *testing.T) {
 	needTool(t, "nbdfuse")
 	needTool(t, "fusermount3")
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
+		facility.Missing(t, "no /dev/fuse: %v", err)
 	}
 	sock, _, content := newExport(t, Options{})
 	dir := t.TempDir()

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/obdproject/obd/convert/ext4fs"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 const testUUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -22,7 +23,7 @@ const testUUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 func requireMkfs(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+		facility.Missing(t, "mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 }
 
@@ -90,13 +91,13 @@ func TestNotExt4(t *testing.T) {
 func TestNormalize(t *testing.T) {
 	requireMkfs(t)
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to loop-mount ext4")
+		facility.Missing(t, "needs root to loop-mount ext4")
 	}
 	disk := formatted(t)
 	mnt := t.TempDir()
 	mount := func() {
 		if out, err := exec.Command("mount", "-o", "loop,noatime", disk, mnt).CombinedOutput(); err != nil {
-			t.Skipf("cannot loop-mount ext4 here: %v %s", err, out)
+			facility.Missing(t, "cannot loop-mount ext4 here: %v %s", err, out)
 		}
 	}
 	mount()

@@ -11,12 +11,13 @@ import (
 	"github.com/obdproject/obd/convert/internal/fixture"
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/convert/tarapply"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: device nodes, ownership and security.capability")
+		facility.Missing(t, "needs root: device nodes, ownership and security.capability")
 	}
 }
 

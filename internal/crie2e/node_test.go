@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 )
@@ -56,7 +57,7 @@ func startNode(t *testing.T, opts nodeOptions, registryHosts ...string) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	if data, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(data), "\toverlay\n") {
-		t.Skip("overlayfs is not available in this kernel")
+		facility.Missing(t, "overlayfs is not available in this kernel")
 	}
 	testenv.Bin(t, "crictl")
 	dir, err := os.MkdirTemp("", "obd-node-") // short: sockets live here

@@ -19,6 +19,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // BDD is a bdd daemon private to one test: cmd/bdd built from this module, run as a process
@@ -76,7 +77,7 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 	t.Helper()
 	RequireRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("testenv: /dev/fuse is absent, bdd's FUSE transport cannot run")
+		facility.Missing(t, "testenv: /dev/fuse is absent, bdd's FUSE transport cannot run")
 	}
 	var settings bddSettings
 	for _, o := range opts {

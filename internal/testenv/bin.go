@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // DefaultDepsDir is where scripts/setup.sh installs built binaries when OBD_DEPS is unset.
@@ -27,21 +29,23 @@ func DepsDir() string {
 	return DefaultDepsDir
 }
 
-// RequireRoot skips the test unless it runs as root (mounts, loop devices, containerd).
+// RequireRoot ends the test unless it runs as root (mounts, loop devices, containerd): a
+// missing facility (internal/facility), so a skip, or a failure under OBD_REQUIRE_E2E=1.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("testenv: needs root (mounts, loop devices, containerd)")
+		facility.Missing(t, "testenv: needs root (mounts, loop devices, containerd)")
 	}
 }
 
 // Bin returns the path of the program name, looked up first in DepsDir()/bin and then in PATH.
-// It skips the test, saying how to install it, when the program is absent.
+// It ends the test as a missing facility (internal/facility), saying how to install it, when
+// the program is absent.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
 	path, ok := findBin(name)
 	if !ok {
-		t.Skipf("testenv: %s not found in %s/bin or PATH (run `make deps`)", name, DepsDir())
+		facility.Missing(t, "testenv: %s not found in %s/bin or PATH (run `make deps`)", name, DepsDir())
 	}
 	return path
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // TestNerdctlRunBusybox is the end-to-end smoke test of the environment itself: a private
@@ -110,7 +111,10 @@ func TestUnmountAllUnmountsNested(t *testing.T) {
 	}
 }
 
+// TestBinSkipsWhenAbsent: Bin ends the test for a program it cannot find (a skip, or a
+// failure under OBD_REQUIRE_E2E=1, as internal/facility tests) and finds one in OBD_DEPS.
 func TestBinSkipsWhenAbsent(t *testing.T) {
+	t.Setenv(facility.RequireEnv, "")
 	t.Setenv("OBD_DEPS", t.TempDir())
 	t.Setenv("PATH", t.TempDir())
 	skipped := true

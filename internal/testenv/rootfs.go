@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // PythonRootfs returns the Debian bookworm + python3 rootfs that scripts/mkrootfs.sh builds
@@ -24,7 +26,7 @@ func PythonRootfs(t testing.TB) string {
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && strings.Contains(string(ee.Stderr), "debootstrap failed") {
-			t.Skipf("cannot build the python rootfs (is the Debian archive reachable?): %s", ee.Stderr)
+			facility.Missing(t, "cannot build the python rootfs (is the Debian archive reachable?): %s", ee.Stderr)
 		}
 		t.Fatalf("testenv: mkrootfs.sh: %v", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/obdproject/obd/internal/facility"
 )
 
 const sysCgroup = "/sys/fs/cgroup"
@@ -17,10 +19,10 @@ const sysCgroup = "/sys/fs/cgroup"
 func newTestPool(t *testing.T, size int) *Pool {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("cgroup pools need root")
+		facility.Missing(t, "cgroup pools need root")
 	}
 	if _, err := Detect(sysCgroup); err != nil {
-		t.Skipf("no usable cgroup hierarchy: %v", err)
+		facility.Missing(t, "no usable cgroup hierarchy: %v", err)
 	}
 	p, err := NewPool(sysCgroup, fmt.Sprintf("obd-cgtest-%d-%s", os.Getpid(), t.Name()), size)
 	if err != nil {
