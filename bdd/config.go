@@ -87,8 +87,15 @@ type CacheConfig struct {
 type RegistryConfig struct {
 	// CertsDir is a containerd-style hosts directory (certs.d).
 	CertsDir string `toml:"certs_dir"`
-	// DockerConfig is a docker config.json holding registry credentials.
+	// DockerConfig is a docker config.json holding registry credentials, read again when
+	// it changes.
 	DockerConfig string `toml:"docker_config"`
+	// CredentialProviderConfig is kubelet's credential provider config
+	// (--image-credential-provider-config); its exec plugins are asked for the images they
+	// match, after the credentials CRI pulls brought and before DockerConfig. Empty: none.
+	CredentialProviderConfig string `toml:"credential_provider_config"`
+	// CredentialProviderBinDir holds the plugins (--image-credential-provider-bin-dir).
+	CredentialProviderBinDir string `toml:"credential_provider_bin_dir"`
 	// ReadTimeout bounds one read of a remote blob, retries included.
 	ReadTimeout quantity.Duration `toml:"read_timeout"`
 	// RequireVerified refuses remote layers without a range table (images made by upstream
@@ -137,6 +144,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Cache.PrefetchMetadata, "prefetch-metadata", c.Cache.PrefetchMetadata, "fetch the ext4 metadata of new devices with remote layers in the background")
 	fs.StringVar(&c.Registry.CertsDir, "certs-dir", c.Registry.CertsDir, "containerd-style hosts directory (certs.d)")
 	fs.StringVar(&c.Registry.DockerConfig, "docker-config", c.Registry.DockerConfig, "docker config.json with registry credentials")
+	fs.StringVar(&c.Registry.CredentialProviderConfig, "credential-provider-config", c.Registry.CredentialProviderConfig, "kubelet credential provider config (empty: none)")
+	fs.StringVar(&c.Registry.CredentialProviderBinDir, "credential-provider-bin-dir", c.Registry.CredentialProviderBinDir, "directory of kubelet credential provider plugins")
 	fs.Var(&c.Registry.ReadTimeout, "read-timeout", "time limit of one remote read, retries included")
 	fs.BoolVar(&c.Registry.RequireVerified, "require-verified", c.Registry.RequireVerified, "refuse remote layers without a range table")
 	fs.IntVar(&c.Limits.MaxDevices, "max-devices", c.Limits.MaxDevices, "devices attached at once")
@@ -215,6 +224,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.ReadTimeout <= 0 {
 		return fmt.Errorf("bdd: config: registry.read_timeout must be positive, got %s", c.Registry.ReadTimeout)
+	}
+	if (c.Registry.CredentialProviderConfig == "") != (c.Registry.CredentialProviderBinDir == "") {
+		return errors.New("bdd: config: registry.credential_provider_config and registry.credential_provider_bin_dir go together")
 	}
 	for _, l := range []struct {
 		name  string

@@ -16,6 +16,7 @@ import (
 	"github.com/obdproject/obd/blockdev"
 	"github.com/obdproject/obd/blockdev/fdkeeper"
 	"github.com/obdproject/obd/blocktrace"
+	"github.com/obdproject/obd/credentials"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/obdproject/obd/tarblob"
@@ -42,6 +43,8 @@ type Server struct {
 	log     *slog.Logger
 	store   *StateStore
 	fetcher *remotefetch.Fetcher
+	// pulled holds the credentials PutCredentials was given (CRI pulls), in memory only.
+	pulled  *credentials.Memory
 	layers  *layerPool
 	metrics *metrics
 	replays *replays
@@ -81,12 +84,17 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 	if err != nil {
 		return nil, err
 	}
+	pulled := &credentials.Memory{}
+	creds, err := credentialSources(cfg.Registry, pulled)
+	if err != nil {
+		return nil, err
+	}
 	fetcher, err := remotefetch.New(remotefetch.Options{
 		CacheDir:        cfg.Cache.Dir,
 		CacheSize:       int64(cfg.Cache.Size),
 		FillUnit:        int64(cfg.Cache.FillUnit),
 		HostsDir:        cfg.Registry.CertsDir,
-		DockerConfig:    cfg.Registry.DockerConfig,
+		Credentials:     creds,
 		ReadTimeout:     time.Duration(cfg.Registry.ReadTimeout),
 		RequireVerified: cfg.Registry.RequireVerified,
 		MaxConnsPerHost: cfg.Limits.MaxRegistryConnections,
@@ -105,6 +113,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		log:     log,
 		store:   store,
 		fetcher: fetcher,
+		pulled:  pulled,
 		layers:  newLayerPool(fetcher),
 		metrics: m,
 		replays: newReplays(),

@@ -1,10 +1,14 @@
-// Package credentials finds registry credentials the way the docker CLI does: Docker's
-// config.json ("auths", "credsStore", "credHelpers") and docker-credential-* helper programs.
+// Package credentials finds registry credentials. Its sources (Source, tried in order by a
+// Chain): Docker's config.json ("auths", "credsStore", "credHelpers" and docker-credential-*
+// helper programs, as the docker CLI reads them; File reads it again whenever it changes),
+// kubelet's credential provider exec plugins (Providers), and the per-repository credentials
+// that CRI pulls bring at run time (Memory).
 // It sits beside the registry clients: remotefetch's HTTP layer in the read path of
 // docs/DESIGN.md, and convert's pulls and pushes, ask it for a host's username and secret when
 // a registry challenges a request. It imports neither.
 //
-// Secrets are returned to the caller only; they never appear in errors or logs.
+// Secrets are returned to the caller only; they never appear in errors or logs, and nothing
+// here writes them anywhere.
 package credentials
 
 import (

@@ -43,8 +43,13 @@ type Options struct {
 	// plain HTTP, headers); "" = default hosts only.
 	HostsDir string
 	// DockerConfig is the path of Docker's config.json for credentials; "" = $DOCKER_CONFIG
-	// or ~/.docker/config.json.
+	// or ~/.docker/config.json. The file is read again when it changes. Unused when
+	// Credentials is set.
 	DockerConfig string
+	// Credentials answers credential lookups per registry host and repository; nil = the
+	// Docker config at DockerConfig. A registry that refuses a read's credentials makes the
+	// next attempt ask again, with a fresh authorizer (tokens fetched anew).
+	Credentials credentials.Source
 	// ReadTimeout bounds every ReadAt, retries included; default 30 s.
 	ReadTimeout time.Duration
 	// MaxRequestSize bounds one merged range request and the sequential readahead; default
@@ -91,12 +96,13 @@ type Fetcher struct {
 	opts    Options
 	log     *slog.Logger
 	cache   *cache.Cache
-	creds   *credentials.Store
+	creds   credentials.Source
 	metrics *metrics
 	hosts   docker.RegistryHosts
 
 	mu         sync.Mutex
-	hostsCache map[string][]docker.RegistryHost // by registry domain, so tokens and connections are shared
+	hostsCache map[string][]docker.RegistryHost // by registry domain, so connections are shared
+	repoHosts  map[string][]docker.RegistryHost // by domain/repository: hostsCache with the repository's authorizer
 	health     hostHealth                       // mirrors passed over for a while (mirror.go)
 
 	trMu       sync.Mutex
@@ -142,9 +148,13 @@ func New(opts Options) (*Fetcher, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	creds, err := credentials.Load(opts.DockerConfig)
-	if err != nil {
-		return nil, fmt.Errorf("remotefetch: %w", err)
+	creds := opts.Credentials
+	if creds == nil {
+		file, err := credentials.NewFile(opts.DockerConfig)
+		if err != nil {
+			return nil, fmt.Errorf("remotefetch: %w", err)
+		}
+		creds = file
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
@@ -155,14 +165,14 @@ func New(opts Options) (*Fetcher, error) {
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
-		hostsCache: map[string][]docker.RegistryHost{}, blobs: map[blobKey]*Blob{}}
+		hostsCache: map[string][]docker.RegistryHost{}, repoHosts: map[string][]docker.RegistryHost{},
+		blobs: map[blobKey]*Blob{}}
 	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
 	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
 	hostOpts := config.HostOptions{
+		// Lookups without a repository (the Resolver's); blob reads use their repository's.
 		Credentials: func(host string) (string, string, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			return creds.Get(ctx, host)
+			return lookupCredentials(creds, host, "")
 		},
 		UpdateClient: func(c *http.Client) error {
 			if tr, ok := c.Transport.(*http.Transport); ok {
@@ -213,6 +223,39 @@ func (f *Fetcher) registryHosts(domain string) ([]docker.RegistryHost, error) {
 	return hs, nil
 }
 
+// credentialsTimeout bounds one credential lookup (a helper or provider plugin run).
+const credentialsTimeout = 15 * time.Second
+
+func lookupCredentials(src credentials.Source, host, repo string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), credentialsTimeout)
+	defer cancel()
+	return src.Credentials(ctx, host, repo)
+}
+
+// repositoryHosts returns the pull hosts of domain with an authorizer of their own for repo,
+// whose credential lookups name the repository (CRI's credentials are per image).
+func (f *Fetcher) repositoryHosts(domain, repo string) ([]docker.RegistryHost, error) {
+	shared, err := f.registryHosts(domain)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := domain + "/" + repo
+	if hs, ok := f.repoHosts[key]; ok {
+		return hs, nil
+	}
+	hs := make([]docker.RegistryHost, len(shared))
+	for i, h := range shared {
+		h.Authorizer = newRepoAuthorizer(h.Client, h.Header, func(host string) (string, string, error) {
+			return lookupCredentials(f.creds, host, repo)
+		})
+		hs[i] = h
+	}
+	f.repoHosts[key] = hs
+	return hs, nil
+}
+
 // Open returns the blob dgst of size bytes in the repository of image reference ref (e.g.
 // "registry.example.com/team/app:v1"; tag or digest are ignored). It does no network I/O
 // but to start loading the range table (WithRangeTable); reads fetch what they need. A blob
@@ -249,7 +292,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	if f.cache.Verified(dgst) {
 		key = cache.Key{Digest: dgst} // checked whole against its digest: for everyone
 	}
-	hosts, err := f.registryHosts(domain)
+	hosts, err := f.repositoryHosts(domain, repo)
 	if err != nil {
 		return nil, err
 	}

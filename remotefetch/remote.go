@@ -165,7 +165,26 @@ func (r *remote) getRedirected(ctx context.Context, off, n int64) (io.ReadCloser
 	return r.checkResponse(resp, target, off, n)
 }
 
+// getFromHost GETs the range from one host. When the host refuses the credentials, its
+// repository authorizer is replaced and the GET tried once more: the credentials are looked
+// up again (a rotated secret, a config.json changed since, a later pull's) and tokens are
+// fetched anew, so an expired or revoked token costs one round trip, not the read.
 func (r *remote) getFromHost(ctx context.Context, h *docker.RegistryHost, off, n int64) (io.ReadCloser, error) {
+	ra, _ := h.Authorizer.(*repoAuthorizer)
+	var gen uint64
+	if ra != nil {
+		_, gen = ra.current()
+	}
+	body, err := r.getAuthorized(ctx, h, off, n)
+	if ra == nil || !errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
+		return body, err
+	}
+	ra.reset(gen)
+	return r.getAuthorized(ctx, h, off, n)
+}
+
+// getAuthorized GETs the range from one host with its authorizer as it is.
+func (r *remote) getAuthorized(ctx context.Context, h *docker.RegistryHost, off, n int64) (io.ReadCloser, error) {
 	u := &url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, r.repo, "blobs", r.dgst.String())}
 	if r.refHost != h.Host && (r.refHost != "docker.io" || h.Host != "registry-1.docker.io") {
 		u.RawQuery = url.Values{"ns": {r.refHost}}.Encode() // a mirror: say which registry

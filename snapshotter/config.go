@@ -49,6 +49,13 @@ type Config struct {
 	// container or view is removed (a Go duration, default "10s"; "0s" detaches at once):
 	// `nerdctl run` reads the image through a view just before it creates the container.
 	DeviceLinger quantity.Duration `json:"deviceLinger"`
+	// CRIImageProxy is a unix socket on which the process serves a CRI image service for
+	// kubelet (its imageServiceEndpoint): every call goes on to containerd's CRI plugin at
+	// ContainerdAddress, and the credentials of each pull are handed to bdd first (package
+	// criproxy). Empty: not served. Needs BDDSocket.
+	CRIImageProxy string `json:"criImageProxy,omitempty"`
+	// ContainerdAddress is containerd's socket, for CRIImageProxy.
+	ContainerdAddress string `json:"containerdAddress,omitempty"`
 }
 
 // DefaultConfig returns the configuration used for fields a config file leaves out.
@@ -63,7 +70,8 @@ func DefaultConfig() Config {
 		FSType:       "ext4",
 		LogLevel:     "info",
 		// Covers the view `nerdctl run` mounts just before the container.
-		DeviceLinger: quantity.Duration(10 * time.Second),
+		DeviceLinger:      quantity.Duration(10 * time.Second),
+		ContainerdAddress: "/run/containerd/containerd.sock",
 	}
 }
 
@@ -102,6 +110,14 @@ func (c Config) Validate() error {
 	}
 	if c.FSType == "" {
 		return errors.New("fsType is empty")
+	}
+	if c.CRIImageProxy != "" {
+		if !filepath.IsAbs(c.CRIImageProxy) || !filepath.IsAbs(c.ContainerdAddress) {
+			return fmt.Errorf("criImageProxy %q and containerdAddress %q must be absolute socket paths", c.CRIImageProxy, c.ContainerdAddress)
+		}
+		if c.BDDSocket == "" {
+			return errors.New("criImageProxy needs bddSocket: it hands pull credentials to bdd")
+		}
 	}
 	_, err := c.Level()
 	return err

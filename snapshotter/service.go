@@ -22,6 +22,15 @@ const stopGrace = 10 * time.Second
 // ends (then it returns nil) or the server fails. A stale socket file from an earlier run is
 // replaced; the socket is made accessible to root only.
 func Serve(ctx context.Context, sn snapshots.Snapshotter, address string) error {
+	return ServeGRPC(ctx, address, func(server *grpc.Server) {
+		snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
+	})
+}
+
+// ServeGRPC serves the services register adds to a gRPC server (made with opts) on the unix
+// socket at address, as Serve does: the process's other APIs (the CRI image proxy) are served
+// the same way.
+func ServeGRPC(ctx context.Context, address string, register func(*grpc.Server), opts ...grpc.ServerOption) error {
 	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -36,8 +45,8 @@ func Serve(ctx context.Context, sn snapshots.Snapshotter, address string) error 
 		listener.Close()
 		return fmt.Errorf("serve: %w", err)
 	}
-	server := grpc.NewServer()
-	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
+	server := grpc.NewServer(opts...)
+	register(server)
 
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(listener) }()

@@ -290,7 +290,7 @@ func writeResults(r *Report, dir string) error {
 func (h *harness) startRegistry(t *testing.T) {
 	binary := testenv.Bin(t, "docker-registry")
 	dir := t.TempDir()
-	h.registry = freePort(t)
+	h.registry = testenv.FreeAddr(t)
 	storage := filepath.Join(h.benchDir, "registry")
 	config := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", storage, h.registry)
 	path := filepath.Join(dir, "registry.yml")

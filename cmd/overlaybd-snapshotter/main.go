@@ -4,6 +4,9 @@
 //	[proxy_plugins.overlaybd]
 //	  type = "snapshot"
 //	  address = "/run/overlaybd-snapshotter/grpc.sock"
+//
+// With criImageProxy set it also serves kubelet's CRI image service (package criproxy),
+// which hands the credentials of each pull to bdd.
 package main
 
 import (
@@ -17,7 +20,10 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"google.golang.org/grpc"
+
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/criproxy"
 	"github.com/obdproject/obd/snapshotter"
 )
 
@@ -68,12 +74,28 @@ func run(cfg snapshotter.Config) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	opts := append(cfg.Options(), snapshotter.WithLogger(logger))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	proxyDone := make(chan error, 1)
 	if cfg.BDDSocket != "" {
 		client, conn, err := bddclient.Dial(cfg.BDDSocket)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
+		if cfg.CRIImageProxy != "" {
+			upstream, upConn, err := criproxy.DialContainerd(cfg.ContainerdAddress)
+			if err != nil {
+				return err
+			}
+			defer upConn.Close()
+			proxy := criproxy.New(upstream, criproxy.BDDSink{Client: client}, logger)
+			go func() {
+				proxyDone <- snapshotter.ServeGRPC(ctx, cfg.CRIImageProxy, func(s *grpc.Server) { criproxy.Register(s, proxy) }, criproxy.ServerOptions()...)
+				stop() // a proxy that failed takes the snapshotter down: the service restarts both
+			}()
+			logger.Info("serving the CRI image service", "address", cfg.CRIImageProxy, "containerd", cfg.ContainerdAddress)
+		}
 		bddOpts := []snapshotter.BDDOption{snapshotter.WithBDDLogger(logger)}
 		if cfg.TraceDir != "" {
 			bddOpts = append(bddOpts, snapshotter.WithTracePrefetch(cfg.TraceDir))
@@ -97,9 +119,12 @@ func run(cfg snapshotter.Config) error {
 	}
 	defer sn.Close()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	logger.Info("serving", "address", cfg.Address, "root", cfg.Root, "rwMode", cfg.RWMode, "bddSocket", cfg.BDDSocket,
 		"traceDir", cfg.TraceDir, "remoteTraces", cfg.RemoteTraces)
-	return snapshotter.Serve(ctx, sn, cfg.Address)
+	err = snapshotter.Serve(ctx, sn, cfg.Address)
+	if cfg.CRIImageProxy != "" && cfg.BDDSocket != "" {
+		stop()
+		err = errors.Join(err, <-proxyDone)
+	}
+	return err
 }

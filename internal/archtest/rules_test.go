@@ -24,7 +24,7 @@ var rules = []rule{
 	},
 	{
 		name:  "the snapshotter links no daemon, transport or fetcher",
-		from:  []string{"snapshotter/...", "cmd/overlaybd-snapshotter", "tracestore/..."},
+		from:  []string{"snapshotter/...", "cmd/overlaybd-snapshotter", "tracestore/...", "criproxy/..."},
 		scope: links,
 		deny:  daemonTransportFetcher,
 	},

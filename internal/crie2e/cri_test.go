@@ -28,7 +28,7 @@ func TestE2ECRI(t *testing.T) {
 	if out := n.crictl.Run(t, "images", "-q"); !strings.Contains(out, imageID) {
 		t.Fatalf("crictl images = %q after the pull, want %s", out, imageID)
 	}
-	for _, l := range im.layers {
+	for _, l := range manifestLayers(t, reg, "obdtest/app", "obd") {
 		if l.Annotations[imagelabels.BlobDigest] == "" {
 			t.Fatalf("obd convert wrote a layer without %s: %v", imagelabels.BlobDigest, l)
 		}

@@ -50,3 +50,7 @@ func hasCapability(t *testing.T, bit uint) bool {
 	t.Fatal("/proc/self/status has no CapEff line")
 	return false
 }
+
+// sleepCmd keeps a container running and ends it at once on SIGTERM (a plain sleep as PID 1
+// ignores the signal, and each stop would wait out its grace period).
+const sleepCmd = `trap "exit 0" TERM; sleep 600 & wait`

@@ -3,6 +3,7 @@ package crie2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -37,18 +38,19 @@ const (
 // node is one Kubernetes node: bdd, overlaybd-snapshotter and containerd with CRI, configured
 // from docs/containerd-cri.toml.
 type node struct {
-	bdd          *testenv.BDD
-	ctrd         *testenv.Containerd
-	crictl       *testenv.Crictl
-	snapshotRoot string
-	dir          string
+	bdd            *testenv.BDD
+	ctrd           *testenv.Containerd
+	crictl         *testenv.Crictl
+	snapshotRoot   string
+	snapshotterLog string
+	dir            string
 }
 
 type nodeOptions struct {
 	pauseRef string              // the sandbox image
 	bdd      []testenv.BDDOption // bdd's settings
-	// imageEndpoint is the socket crictl sends image calls to; containerd's when empty.
-	imageEndpoint func(n *node) string
+	// criImageProxy serves the snapshotter's CRI image proxy, crictl's image endpoint.
+	criImageProxy bool
 }
 
 // startNode starts the node's three daemons. registryHosts are plain-HTTP registries given a
@@ -81,25 +83,6 @@ func startNode(t *testing.T, opts nodeOptions, registryHosts ...string) *node {
 	}
 
 	snSocket := filepath.Join(dir, "sn.sock")
-	snConfig, err := json.Marshal(map[string]any{
-		"root": n.snapshotRoot, "address": snSocket, "bddSocket": n.bdd.Socket,
-		"traceDir": filepath.Join(dir, "traces"), "logLevel": "debug", "deviceLinger": "0s",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	snConfigPath := filepath.Join(dir, "snapshotter.json")
-	if err := os.WriteFile(snConfigPath, snConfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testenv.StartProcess(t, filepath.Join(dir, "snapshotter.log"), testenv.SocketReady(snSocket),
-		testenv.GoBuild(t, "github.com/obdproject/obd/cmd/overlaybd-snapshotter"), "--config", snConfigPath)
-	t.Cleanup(func() {
-		if err := testenv.UnmountAll(n.snapshotRoot); err != nil {
-			t.Error(err)
-		}
-	})
-
 	config := renderNodeConfig(t, map[string]string{
 		nodeSnapshotterSocket: snSocket,
 		nodeSnapshotterRoot:   n.snapshotRoot,
@@ -114,10 +97,35 @@ func startNode(t *testing.T, opts nodeOptions, registryHosts ...string) *node {
 		config += "[plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = true\n"
 	}
 	n.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{NodeConfig: config})
-	imageEndpoint := ""
-	if opts.imageEndpoint != nil {
-		imageEndpoint = opts.imageEndpoint(n)
+
+	// containerd reaches the snapshotter only when it first needs it, so the snapshotter, whose
+	// CRI image proxy needs containerd's socket, starts second.
+	snSettings := map[string]any{
+		"root": n.snapshotRoot, "address": snSocket, "bddSocket": n.bdd.Socket,
+		"traceDir": filepath.Join(dir, "traces"), "logLevel": "debug", "deviceLinger": "0s",
 	}
+	imageEndpoint := ""
+	if opts.criImageProxy {
+		imageEndpoint = filepath.Join(dir, "cri-image.sock")
+		snSettings["criImageProxy"] = imageEndpoint
+		snSettings["containerdAddress"] = n.ctrd.Address
+	}
+	snConfigPath := filepath.Join(dir, "snapshotter.json")
+	writeJSON(t, snConfigPath, snSettings)
+	n.snapshotterLog = filepath.Join(dir, "snapshotter.log")
+	ready := testenv.SocketReady(snSocket)
+	if imageEndpoint != "" {
+		ready = func() error {
+			return errors.Join(testenv.SocketReady(snSocket)(), testenv.SocketReady(imageEndpoint)())
+		}
+	}
+	testenv.StartProcess(t, n.snapshotterLog, ready,
+		testenv.GoBuild(t, "github.com/obdproject/obd/cmd/overlaybd-snapshotter"), "--config", snConfigPath)
+	t.Cleanup(func() {
+		if err := testenv.UnmountAll(n.snapshotRoot); err != nil {
+			t.Error(err)
+		}
+	})
 	n.crictl = n.ctrd.Crictl(imageEndpoint)
 	return n
 }
@@ -201,17 +209,16 @@ func writeJSON(t *testing.T, path string, v any) {
 type images struct {
 	pauseRef   string
 	obdRef     string
-	layers     []ocispec.Descriptor // of the obd image's manifest
 	busyboxMD5 string
 }
 
-// pushImages pushes the pause image to pauseReg and a busybox image, converted by
-// `obd convert`, to obdReg as repo:obd.
-func pushImages(t *testing.T, pauseReg, obdReg *testregistry.Registry, repo string) images {
+// pushImages pushes the pause image to pauseReg and a busybox image (built with opts),
+// converted by `obd convert`, to obdReg as repo:obd.
+func pushImages(t *testing.T, pauseReg, obdReg *testregistry.Registry, repo string, opts ...testenv.ImageOpt) images {
 	t.Helper()
 	skopeo := testenv.Bin(t, "skopeo")
 	pause := testenv.BuildBusyboxImage(t, testenv.WithCmd("/bin/sleep", "2147483647"))
-	plain := testenv.BuildBusyboxImage(t)
+	plain := testenv.BuildBusyboxImage(t, opts...)
 	im := images{pauseRef: pauseReg.Host + "/obdtest/pause:1", obdRef: obdReg.Host + "/" + repo + ":obd"}
 	plainRef := obdReg.Host + "/" + repo + ":plain"
 	skopeoCopy(t, skopeo, pause, im.pauseRef, pauseReg)
@@ -232,7 +239,6 @@ func pushImages(t *testing.T, pauseReg, obdReg *testregistry.Registry, repo stri
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("obd convert: %v\n%s", err, out)
 	}
-	im.layers = manifestLayers(t, obdReg, repo, "obd")
 	im.busyboxMD5 = plain.BusyboxMD5(t)
 	return im
 }
@@ -250,7 +256,7 @@ func skopeoCopy(t *testing.T, skopeo string, img *testenv.BusyboxImage, ref stri
 	}
 }
 
-// manifestLayers returns the layer descriptors of repo:tag's manifest.
+// manifestLayers returns the layer descriptors of repo:tag's manifest (anonymous or basic auth).
 func manifestLayers(t *testing.T, reg *testregistry.Registry, repo, tag string) []ocispec.Descriptor {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, reg.URL+"/v2/"+repo+"/manifests/"+tag, nil)

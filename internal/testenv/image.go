@@ -35,6 +35,17 @@ type ImageOpt func(*imageOptions)
 type imageOptions struct {
 	layerAnnotations map[string]string
 	cmd              []string
+	dataFiles        map[string][]byte
+}
+
+// WithDataFile adds a file /data/name holding data to the image.
+func WithDataFile(name string, data []byte) ImageOpt {
+	return func(o *imageOptions) {
+		if o.dataFiles == nil {
+			o.dataFiles = map[string][]byte{}
+		}
+		o.dataFiles[name] = data
+	}
 }
 
 // WithCmd sets the image's command (default /bin/sh).
@@ -96,8 +107,20 @@ func BuildBusyboxImage(t testing.TB, opts ...ImageOpt) *BusyboxImage {
 		{"init", "--layout", img.Layout},
 		{"new", "--image", image},
 		{"insert", "--image", image, rootfs, "/bin"},
-		config,
 	}
+	if len(options.dataFiles) > 0 {
+		data := filepath.Join(img.RootFS, "data")
+		if err := os.MkdirAll(data, 0o755); err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+		for name, content := range options.dataFiles {
+			if err := os.WriteFile(filepath.Join(data, name), content, 0o644); err != nil {
+				t.Fatalf("testenv: %v", err)
+			}
+		}
+		steps = append(steps, []string{"insert", "--image", image, data, "/data"})
+	}
+	steps = append(steps, config)
 	for _, args := range steps {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := exec.CommandContext(ctx, umoci, args...).CombinedOutput()

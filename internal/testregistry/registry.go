@@ -97,6 +97,7 @@ type Registry struct {
 	blobPartial   atomic.Int64 // of those GETs, how many were answered 206
 	blobStoreGets atomic.Int64 // GETs served by the redirect target
 	tokens        atomic.Int64 // tokens issued
+	expiredUpTo   atomic.Int64 // tokens with an ID up to this are refused (ExpireTokens)
 	blobStoreHost string
 }
 
@@ -170,6 +171,9 @@ func Start(t testing.TB, opts Options) *Registry {
 	if opts.RedirectBlobs {
 		registry = r.redirectBlobs(t, app)
 	}
+	if opts.Auth == AuthToken {
+		registry = r.refuseExpiredTokens(registry)
+	}
 	mux.Handle("/v2/", r.countBlobGets(registry))
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -204,6 +208,24 @@ func (r *Registry) BlobStoreGets() int64 { return r.blobStoreGets.Load() }
 
 // TokensIssued counts bearer tokens the token issuer handed out (AuthToken).
 func (r *Registry) TokensIssued() int64 { return r.tokens.Load() }
+
+// ExpireTokens makes every token issued so far invalid at once (AuthToken), as if each had
+// expired or been revoked before the lifetime it was issued with: the registry answers
+// requests bearing one with 401 and a plain Bearer challenge naming no error, as registries
+// that do not tell an expired token from a missing one do.
+func (r *Registry) ExpireTokens() { r.expiredUpTo.Store(r.tokens.Load()) }
+
+// refuseExpiredTokens answers requests whose bearer token ExpireTokens expired with a 401.
+func (r *Registry) refuseExpiredTokens(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if id, ok := bearerTokenID(req); ok && id <= r.expiredUpTo.Load() {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service=%q`, r.URL+"/token", tokenService))
+			http.Error(w, "token expired", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
+}
 
 // BlobStoreHost is the "127.0.0.1:port" of the redirect target (RedirectBlobs), else "".
 func (r *Registry) BlobStoreHost() string { return r.blobStoreHost }

@@ -1205,6 +1205,106 @@ func (x *FetchTraceResponse) GetArtifactDigest() string {
 	return ""
 }
 
+type PutCredentialsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Image or repository reference, e.g. "registry.example.com/team/app:v1"; the
+	// credentials apply to the repository (tag and digest are ignored).
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Username; empty with an identity (refresh) token as the secret.
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// Password, or the identity token when username is empty.
+	Secret        string `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutCredentialsRequest) Reset() {
+	*x = PutCredentialsRequest{}
+	mi := &file_bdd_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCredentialsRequest) ProtoMessage() {}
+
+func (x *PutCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*PutCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PutCredentialsRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *PutCredentialsRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *PutCredentialsRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type PutCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutCredentialsResponse) Reset() {
+	*x = PutCredentialsResponse{}
+	mi := &file_bdd_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCredentialsResponse) ProtoMessage() {}
+
+func (x *PutCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*PutCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{21}
+}
+
 var File_bdd_proto protoreflect.FileDescriptor
 
 const file_bdd_proto_rawDesc = "" +
@@ -1281,11 +1381,16 @@ const file_bdd_proto_rawDesc = "" +
 	"\x05trace\x18\x02 \x01(\fR\x05trace\x12\x1d\n" +
 	"\n" +
 	"page_trace\x18\x03 \x01(\fR\tpageTrace\x12'\n" +
-	"\x0fartifact_digest\x18\x04 \x01(\tR\x0eartifactDigest*M\n" +
+	"\x0fartifact_digest\x18\x04 \x01(\tR\x0eartifactDigest\"]\n" +
+	"\x15PutCredentialsRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
+	"\x06secret\x18\x03 \x01(\tR\x06secret\"\x18\n" +
+	"\x16PutCredentialsResponse*M\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eTRANSPORT_FUSE\x10\x01\x12\x11\n" +
-	"\rTRANSPORT_NBD\x10\x022\xae\x04\n" +
+	"\rTRANSPORT_NBD\x10\x022\x87\x05\n" +
 	"\x06Daemon\x12?\n" +
 	"\x06Attach\x12\x19.obd.bdd.v1.AttachRequest\x1a\x1a.obd.bdd.v1.AttachResponse\x12?\n" +
 	"\x06Detach\x12\x19.obd.bdd.v1.DetachRequest\x1a\x1a.obd.bdd.v1.DetachResponse\x129\n" +
@@ -1296,7 +1401,8 @@ const file_bdd_proto_rawDesc = "" +
 	"\tStopTrace\x12\x1c.obd.bdd.v1.StopTraceRequest\x1a\x1d.obd.bdd.v1.StopTraceResponse\x12E\n" +
 	"\bPrefetch\x12\x1b.obd.bdd.v1.PrefetchRequest\x1a\x1c.obd.bdd.v1.PrefetchResponse\x12K\n" +
 	"\n" +
-	"FetchTrace\x12\x1d.obd.bdd.v1.FetchTraceRequest\x1a\x1e.obd.bdd.v1.FetchTraceResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
+	"FetchTrace\x12\x1d.obd.bdd.v1.FetchTraceRequest\x1a\x1e.obd.bdd.v1.FetchTraceResponse\x12W\n" +
+	"\x0ePutCredentials\x12!.obd.bdd.v1.PutCredentialsRequest\x1a\".obd.bdd.v1.PutCredentialsResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
 
 var (
 	file_bdd_proto_rawDescOnce sync.Once
@@ -1311,29 +1417,31 @@ func file_bdd_proto_rawDescGZIP() []byte {
 }
 
 var file_bdd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_bdd_proto_goTypes = []any{
-	(Transport)(0),             // 0: obd.bdd.v1.Transport
-	(*Layer)(nil),              // 1: obd.bdd.v1.Layer
-	(*RemoteBlob)(nil),         // 2: obd.bdd.v1.RemoteBlob
-	(*AttachRequest)(nil),      // 3: obd.bdd.v1.AttachRequest
-	(*Device)(nil),             // 4: obd.bdd.v1.Device
-	(*AttachResponse)(nil),     // 5: obd.bdd.v1.AttachResponse
-	(*DetachRequest)(nil),      // 6: obd.bdd.v1.DetachRequest
-	(*DetachResponse)(nil),     // 7: obd.bdd.v1.DetachResponse
-	(*ListRequest)(nil),        // 8: obd.bdd.v1.ListRequest
-	(*ListResponse)(nil),       // 9: obd.bdd.v1.ListResponse
-	(*StatsRequest)(nil),       // 10: obd.bdd.v1.StatsRequest
-	(*LayerStats)(nil),         // 11: obd.bdd.v1.LayerStats
-	(*StatsResponse)(nil),      // 12: obd.bdd.v1.StatsResponse
-	(*StartTraceRequest)(nil),  // 13: obd.bdd.v1.StartTraceRequest
-	(*StartTraceResponse)(nil), // 14: obd.bdd.v1.StartTraceResponse
-	(*StopTraceRequest)(nil),   // 15: obd.bdd.v1.StopTraceRequest
-	(*StopTraceResponse)(nil),  // 16: obd.bdd.v1.StopTraceResponse
-	(*PrefetchRequest)(nil),    // 17: obd.bdd.v1.PrefetchRequest
-	(*PrefetchResponse)(nil),   // 18: obd.bdd.v1.PrefetchResponse
-	(*FetchTraceRequest)(nil),  // 19: obd.bdd.v1.FetchTraceRequest
-	(*FetchTraceResponse)(nil), // 20: obd.bdd.v1.FetchTraceResponse
+	(Transport)(0),                 // 0: obd.bdd.v1.Transport
+	(*Layer)(nil),                  // 1: obd.bdd.v1.Layer
+	(*RemoteBlob)(nil),             // 2: obd.bdd.v1.RemoteBlob
+	(*AttachRequest)(nil),          // 3: obd.bdd.v1.AttachRequest
+	(*Device)(nil),                 // 4: obd.bdd.v1.Device
+	(*AttachResponse)(nil),         // 5: obd.bdd.v1.AttachResponse
+	(*DetachRequest)(nil),          // 6: obd.bdd.v1.DetachRequest
+	(*DetachResponse)(nil),         // 7: obd.bdd.v1.DetachResponse
+	(*ListRequest)(nil),            // 8: obd.bdd.v1.ListRequest
+	(*ListResponse)(nil),           // 9: obd.bdd.v1.ListResponse
+	(*StatsRequest)(nil),           // 10: obd.bdd.v1.StatsRequest
+	(*LayerStats)(nil),             // 11: obd.bdd.v1.LayerStats
+	(*StatsResponse)(nil),          // 12: obd.bdd.v1.StatsResponse
+	(*StartTraceRequest)(nil),      // 13: obd.bdd.v1.StartTraceRequest
+	(*StartTraceResponse)(nil),     // 14: obd.bdd.v1.StartTraceResponse
+	(*StopTraceRequest)(nil),       // 15: obd.bdd.v1.StopTraceRequest
+	(*StopTraceResponse)(nil),      // 16: obd.bdd.v1.StopTraceResponse
+	(*PrefetchRequest)(nil),        // 17: obd.bdd.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),       // 18: obd.bdd.v1.PrefetchResponse
+	(*FetchTraceRequest)(nil),      // 19: obd.bdd.v1.FetchTraceRequest
+	(*FetchTraceResponse)(nil),     // 20: obd.bdd.v1.FetchTraceResponse
+	(*PutCredentialsRequest)(nil),  // 21: obd.bdd.v1.PutCredentialsRequest
+	(*PutCredentialsResponse)(nil), // 22: obd.bdd.v1.PutCredentialsResponse
 }
 var file_bdd_proto_depIdxs = []int32{
 	2,  // 0: obd.bdd.v1.Layer.blob:type_name -> obd.bdd.v1.RemoteBlob
@@ -1353,16 +1461,18 @@ var file_bdd_proto_depIdxs = []int32{
 	15, // 14: obd.bdd.v1.Daemon.StopTrace:input_type -> obd.bdd.v1.StopTraceRequest
 	17, // 15: obd.bdd.v1.Daemon.Prefetch:input_type -> obd.bdd.v1.PrefetchRequest
 	19, // 16: obd.bdd.v1.Daemon.FetchTrace:input_type -> obd.bdd.v1.FetchTraceRequest
-	5,  // 17: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
-	7,  // 18: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
-	9,  // 19: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
-	12, // 20: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
-	14, // 21: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
-	16, // 22: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
-	18, // 23: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
-	20, // 24: obd.bdd.v1.Daemon.FetchTrace:output_type -> obd.bdd.v1.FetchTraceResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
+	21, // 17: obd.bdd.v1.Daemon.PutCredentials:input_type -> obd.bdd.v1.PutCredentialsRequest
+	5,  // 18: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
+	7,  // 19: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
+	9,  // 20: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
+	12, // 21: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
+	14, // 22: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
+	16, // 23: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
+	18, // 24: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
+	20, // 25: obd.bdd.v1.Daemon.FetchTrace:output_type -> obd.bdd.v1.FetchTraceResponse
+	22, // 26: obd.bdd.v1.Daemon.PutCredentials:output_type -> obd.bdd.v1.PutCredentialsResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1383,7 +1493,7 @@ func file_bdd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bdd_proto_rawDesc), len(file_bdd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,14 +23,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Daemon_Attach_FullMethodName     = "/obd.bdd.v1.Daemon/Attach"
-	Daemon_Detach_FullMethodName     = "/obd.bdd.v1.Daemon/Detach"
-	Daemon_List_FullMethodName       = "/obd.bdd.v1.Daemon/List"
-	Daemon_Stats_FullMethodName      = "/obd.bdd.v1.Daemon/Stats"
-	Daemon_StartTrace_FullMethodName = "/obd.bdd.v1.Daemon/StartTrace"
-	Daemon_StopTrace_FullMethodName  = "/obd.bdd.v1.Daemon/StopTrace"
-	Daemon_Prefetch_FullMethodName   = "/obd.bdd.v1.Daemon/Prefetch"
-	Daemon_FetchTrace_FullMethodName = "/obd.bdd.v1.Daemon/FetchTrace"
+	Daemon_Attach_FullMethodName         = "/obd.bdd.v1.Daemon/Attach"
+	Daemon_Detach_FullMethodName         = "/obd.bdd.v1.Daemon/Detach"
+	Daemon_List_FullMethodName           = "/obd.bdd.v1.Daemon/List"
+	Daemon_Stats_FullMethodName          = "/obd.bdd.v1.Daemon/Stats"
+	Daemon_StartTrace_FullMethodName     = "/obd.bdd.v1.Daemon/StartTrace"
+	Daemon_StopTrace_FullMethodName      = "/obd.bdd.v1.Daemon/StopTrace"
+	Daemon_Prefetch_FullMethodName       = "/obd.bdd.v1.Daemon/Prefetch"
+	Daemon_FetchTrace_FullMethodName     = "/obd.bdd.v1.Daemon/FetchTrace"
+	Daemon_PutCredentials_FullMethodName = "/obd.bdd.v1.Daemon/PutCredentials"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -58,6 +59,12 @@ type DaemonClient interface {
 	// whose traced bytes fit the budget. Registry access (hosts.toml, credentials)
 	// is the fetcher's. An image without one is not an error: found is false.
 	FetchTrace(ctx context.Context, in *FetchTraceRequest, opts ...grpc.CallOption) (*FetchTraceResponse, error)
+	// PutCredentials gives bdd the credentials an image was pulled with (CRI's
+	// PullImage auth, from a kubelet pull secret), for the blobs of that image's
+	// repository. bdd keeps them in memory only, ahead of its other sources, and a
+	// later call for the same repository replaces them. They never appear in its
+	// logs, metrics, errors or state files.
+	PutCredentials(ctx context.Context, in *PutCredentialsRequest, opts ...grpc.CallOption) (*PutCredentialsResponse, error)
 }
 
 type daemonClient struct {
@@ -148,6 +155,16 @@ func (c *daemonClient) FetchTrace(ctx context.Context, in *FetchTraceRequest, op
 	return out, nil
 }
 
+func (c *daemonClient) PutCredentials(ctx context.Context, in *PutCredentialsRequest, opts ...grpc.CallOption) (*PutCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutCredentialsResponse)
+	err := c.cc.Invoke(ctx, Daemon_PutCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -173,6 +190,12 @@ type DaemonServer interface {
 	// whose traced bytes fit the budget. Registry access (hosts.toml, credentials)
 	// is the fetcher's. An image without one is not an error: found is false.
 	FetchTrace(context.Context, *FetchTraceRequest) (*FetchTraceResponse, error)
+	// PutCredentials gives bdd the credentials an image was pulled with (CRI's
+	// PullImage auth, from a kubelet pull secret), for the blobs of that image's
+	// repository. bdd keeps them in memory only, ahead of its other sources, and a
+	// later call for the same repository replaces them. They never appear in its
+	// logs, metrics, errors or state files.
+	PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -206,6 +229,9 @@ func (UnimplementedDaemonServer) Prefetch(context.Context, *PrefetchRequest) (*P
 }
 func (UnimplementedDaemonServer) FetchTrace(context.Context, *FetchTraceRequest) (*FetchTraceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method FetchTrace not implemented")
+}
+func (UnimplementedDaemonServer) PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutCredentials not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -372,6 +398,24 @@ func _Daemon_FetchTrace_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_PutCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).PutCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_PutCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).PutCredentials(ctx, req.(*PutCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -410,6 +454,10 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FetchTrace",
 			Handler:    _Daemon_FetchTrace_Handler,
+		},
+		{
+			MethodName: "PutCredentials",
+			Handler:    _Daemon_PutCredentials_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
