@@ -76,6 +76,10 @@ func TestCheckLayer(t *testing.T) {
 		return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: ref, Digest: dgst, Size: size}}}
 	}
 	path := func(p string) *bddv1.Layer { return &bddv1.Layer{Source: &bddv1.Layer_Path{Path: p}} }
+	tabled := func(table string, off int64) *bddv1.Layer {
+		return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: "registry.local/app", Digest: goodDigest, Size: 100,
+			RangeTable: table, RangeTableOffset: off}}}
+	}
 	for _, c := range []struct {
 		layer *bddv1.Layer
 		ok    bool
@@ -89,6 +93,12 @@ func TestCheckLayer(t *testing.T) {
 		{blob("registry.local/app", "sha256:zz", 1), false},
 		{blob("registry.local/app", goodDigest, 0), false},
 		{blob("registry.local/app", goodDigest, -5), false},
+		{tabled(goodDigest, 90), true},
+		{tabled("sha256:zz", 90), false},
+		{tabled(goodDigest, 0), false},
+		{tabled(goodDigest, 100), false},
+		{tabled(goodDigest, -1), false},
+		{tabled("", 90), false},
 	} {
 		if err := CheckLayer(c.layer); (err == nil) != c.ok {
 			t.Errorf("CheckLayer(%v) = %v, want ok %v", c.layer, err, c.ok)
