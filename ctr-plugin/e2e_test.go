@@ -166,11 +166,17 @@ func (s *stack) waitNoDevices(t *testing.T) {
 
 func buildCtrObd(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ctr-obd")
+	return buildCommand(t, "ctr-obd")
+}
+
+// buildCommand builds cmd/<name> and returns the binary.
+func buildCommand(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/obdproject/obd/cmd/ctr-obd").CombinedOutput(); err != nil {
-		t.Fatalf("build cmd/ctr-obd: %v\n%s", err, out)
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/obdproject/obd/cmd/"+name).CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/%s: %v\n%s", name, err, out)
 	}
 	return bin
 }
