@@ -137,18 +137,23 @@ func (m *Manager) admit(f *Function) error {
 // reserve takes f's name (as pending) and acquires its image.
 func (m *Manager) reserve(ctx context.Context, f Function) (registration, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return registration{}, ErrClosed
 	}
 	if _, ok := m.funcs[f.Name]; ok || m.pending[f.Name] {
+		m.mu.Unlock()
 		return registration{}, fmt.Errorf("%w: %s", ErrExists, f.Name)
 	}
+	m.pending[f.Name] = true
+	m.mu.Unlock()
 	img, err := m.acquireImage(ctx, f.Image)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if err != nil {
+		delete(m.pending, f.Name)
 		return registration{}, err
 	}
-	m.pending[f.Name] = true
 	m.nextID++
 	fn := &function{Function: f, image: img, stats: sandboxapi.Stats{Name: f.Name},
 		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
@@ -187,7 +192,7 @@ func (m *Manager) commit(fn *function, installErr error) error {
 		}
 		fn.tree.close()
 		fn.tree = nil
-		m.releaseImage(fn.Image, fn.image)
+		m.closeLater(m.releaseImage(fn.Image, fn.image))
 		return fmt.Errorf("sandbox: function %s: %w", fn.Name, err)
 	}
 	m.funcs[fn.Name] = fn
@@ -265,12 +270,15 @@ func (m *Manager) remove(fn *function) error {
 		errs = append(errs, b.destroy(m.pool))
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if fn.zygote != nil {
 		errs = append(errs, fn.zygote.close())
 	}
 	errs = append(errs, fn.tree.close())
 	fn.tree = nil
-	errs = append(errs, m.releaseImage(fn.Image, fn.image))
+	closing := m.releaseImage(fn.Image, fn.image)
+	m.mu.Unlock()
+	if closing != nil {
+		errs = append(errs, closing())
+	}
 	return errors.Join(errs...)
 }

@@ -3,44 +3,87 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"sync"
 )
 
 // image is an acquired rootfs with the zygote root and runtime zygote made from it, shared by
-// the functions of one image ref. Its fields change under Manager.mu.
+// the functions of one image ref. users and zygote change under Manager.mu; the rest is set
+// before ready closes.
 type image struct {
+	ready   chan struct{} // closed once loaded, or failed (err)
+	err     error
 	dir     string
 	release func() error
 	tree    *mountTree // the runtime zygote's root: the image, the install cache at /opt
 	zygote  *zygote
 	users   int
+	closed  bool // its last user released it
+
+	reviving sync.Mutex // one revival of its zygotes at a time
 }
 
-// acquireImage returns the image for ref, starting its runtime zygote on first use. m.mu held.
-func (m *Manager) acquireImage(ctx context.Context, ref string) (_ *image, err error) {
-	if img, ok := m.images[ref]; ok {
-		img.users++
-		return img, nil
+// acquireImage returns the image for ref, loading it (the provider's Acquire, the runtime
+// zygote's start) on first use. That is slow (an attach through bdd, a mount), so it happens
+// outside m.mu: others asking for the same ref wait for the first.
+func (m *Manager) acquireImage(ctx context.Context, ref string) (*image, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
 	}
-	dir, release, err := m.cfg.Rootfs.Acquire(ctx, ref)
+	img, loaded := m.images[ref]
+	if !loaded {
+		img = &image{ready: make(chan struct{})}
+		m.images[ref] = img
+	}
+	img.users++
+	m.mu.Unlock()
+	if !loaded {
+		img.err = m.loadImage(ctx, ref, img)
+		close(img.ready)
+	}
+	var err error
+	select {
+	case <-img.ready:
+		err = img.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
 	if err != nil {
+		m.mu.Lock()
+		closing := m.releaseImage(ref, img)
+		m.mu.Unlock()
+		m.closeLater(closing)
 		return nil, err
 	}
-	img := &image{dir: dir, release: release, users: 1}
+	return img, nil
+}
+
+// loadImage acquires the rootfs of img and starts its runtime zygote; on failure what it made
+// is released.
+func (m *Manager) loadImage(ctx context.Context, ref string, img *image) (err error) {
+	if img.dir, img.release, err = m.cfg.Rootfs.Acquire(ctx, ref); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil {
 			img.close()
 		}
 	}()
-	if !m.cfg.NoZygotes {
-		if img.tree, err = m.imageTree(dir); err != nil {
-			return nil, err
-		}
-		if img.zygote, err = m.startRuntimeZygote(img.tree); err != nil {
-			return nil, err
-		}
+	if m.cfg.NoZygotes {
+		return nil
 	}
-	m.images[ref] = img
-	return img, nil
+	if img.tree, err = m.imageTree(img.dir); err != nil {
+		return err
+	}
+	z, err := m.startRuntimeZygote(img.tree)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	img.zygote = z
+	m.mu.Unlock()
+	return nil
 }
 
 // imageTree is a tree of the image at dir with the install cache, if any, at /opt; all
@@ -62,25 +105,54 @@ func (m *Manager) imageTree(dir string) (_ *mountTree, err error) {
 	return t, t.attach("opt", pkgs)
 }
 
-// close stops the image's runtime zygote, unmounts its root and releases the rootfs.
+// close stops the image's runtime zygote, drops its tree and releases the rootfs.
 func (img *image) close() error {
 	var errs []error
 	if img.zygote != nil {
 		errs = append(errs, img.zygote.close())
+		img.zygote = nil
 	}
 	errs = append(errs, img.tree.close())
-	errs = append(errs, img.release())
+	if img.release != nil {
+		errs = append(errs, img.release())
+		img.release = nil
+	}
 	return errors.Join(errs...)
 }
 
-// releaseImage drops one user of img, closing it with the last. m.mu held.
-func (m *Manager) releaseImage(ref string, img *image) error {
+// releaseImage drops one user of img. With the last one gone it returns the closing of img
+// (stopping a zygote, detaching an image: slow), for the caller to run without m.mu; nil
+// otherwise. m.mu held.
+func (m *Manager) releaseImage(ref string, img *image) func() error {
 	img.users--
 	if img.users > 0 {
 		return nil
 	}
-	delete(m.images, ref)
-	return img.close()
+	if m.images[ref] == img {
+		delete(m.images, ref)
+	}
+	img.closed = true
+	return func() error {
+		<-img.ready
+		if img.err != nil {
+			return nil // loadImage released what it made
+		}
+		return img.close()
+	}
+}
+
+// closeLater runs closing (from releaseImage) in the background; Close waits for it.
+func (m *Manager) closeLater(closing func() error) {
+	if closing == nil {
+		return
+	}
+	m.destroying.Add(1)
+	go func() {
+		defer m.destroying.Done()
+		if err := closing(); err != nil {
+			m.log.Warn("release image", "err", err)
+		}
+	}()
 }
 
 // zygoteOf is the zygote fn's sandboxes are forked from: its own (forked from its image's, in
@@ -93,41 +165,75 @@ func (m *Manager) zygoteOf(fn *function) *zygote {
 
 // reviveZygotes replaces dead, a zygote of fn that stopped answering: the function's own
 // zygote, or the image's runtime zygote together with every function zygote forked from it
-// (they lived in its PID namespace). Until it succeeds, starts go cold.
+// (they lived in its PID namespace). Until it succeeds, starts go cold. The zygotes' round
+// trips happen outside m.mu (each bounded by zygoteTimeout), one revival per image at a time.
 func (m *Manager) reviveZygotes(fn *function, dead *zygote) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	img := fn.image
-	if m.closed || fn.gone || img.zygote == nil {
+	img.reviving.Lock()
+	defer img.reviving.Unlock()
+	m.mu.Lock()
+	runtime := img.zygote
+	stop := m.closed || fn.gone || img.closed || runtime == nil
+	m.mu.Unlock()
+	if stop {
 		return
 	}
-	if img.zygote.request(map[string]string{"op": "ping"}) == nil {
-		if fn.zygote == dead {
-			m.restartFunctionZygote(fn)
+	if runtime.request(map[string]string{"op": "ping"}) == nil {
+		m.replaceFunctionZygote(fn, dead, runtime)
+		return
+	}
+	m.restartRuntimeZygote(img, fn.Image, runtime)
+}
+
+// replaceFunctionZygote forks a new zygote for fn from runtime in place of old, unless fn's
+// zygote is no longer old (replaced meanwhile) or fn is gone. On failure fn has none and its
+// sandboxes start cold.
+func (m *Manager) replaceFunctionZygote(fn *function, old, runtime *zygote) {
+	m.mu.Lock()
+	current := fn.zygote
+	m.mu.Unlock()
+	if current != old {
+		return
+	}
+	z, err := runtime.child(fn.Imports)
+	if err != nil {
+		m.log.Warn("restart function zygote", "function", fn.Name, "err", err)
+		z = nil
+	}
+	m.mu.Lock()
+	if fn.gone || fn.zygote != old {
+		m.mu.Unlock()
+		if z != nil {
+			z.close()
 		}
 		return
 	}
-	m.restartRuntimeZygote(img, fn.Image)
-}
-
-// restartFunctionZygote replaces fn's own zygote with a new child of its image's runtime
-// zygote; on failure fn has none and its sandboxes start cold. m.mu held.
-func (m *Manager) restartFunctionZygote(fn *function) {
-	fn.zygote.close()
-	var err error
-	if fn.zygote, err = fn.image.zygote.child(fn.Imports); err != nil {
-		m.log.Warn("restart function zygote", "function", fn.Name, "err", err)
+	fn.zygote = z
+	m.mu.Unlock()
+	if old != nil {
+		old.close()
 	}
 }
 
-// restartRuntimeZygote replaces the runtime zygote of img (ref) and the function zygotes
-// forked from it. The old one is reaped in the background. m.mu held.
-func (m *Manager) restartRuntimeZygote(img *image, ref string) {
-	old := img.zygote
+// restartRuntimeZygote replaces old, the dead runtime zygote of img (ref), and the function
+// zygotes forked from it. The old one is reaped in the background.
+func (m *Manager) restartRuntimeZygote(img *image, ref string, old *zygote) {
+	m.mu.Lock()
+	if img.zygote != old {
+		m.mu.Unlock()
+		return
+	}
 	img.zygote = nil
+	var funcs []*function
+	for _, f := range m.funcs {
+		if f.image == img {
+			funcs = append(funcs, f)
+		}
+	}
 	// Reaping the old zygote waits for its namespace to empty, which a frozen sandbox in it
 	// delays until that sandbox is destroyed.
 	m.destroying.Add(1)
+	m.mu.Unlock()
 	go func() {
 		defer m.destroying.Done()
 		old.close()
@@ -137,11 +243,19 @@ func (m *Manager) restartRuntimeZygote(img *image, ref string) {
 		m.log.Warn("restart runtime zygote", "image", ref, "err", err)
 		return
 	}
+	m.mu.Lock()
+	if m.closed || img.closed {
+		m.mu.Unlock()
+		z.close()
+		return
+	}
 	img.zygote = z
-	for _, f := range m.funcs {
-		if f.image == img && f.zygote != nil {
-			m.restartFunctionZygote(f)
-		}
+	m.mu.Unlock()
+	for _, f := range funcs {
+		m.mu.Lock()
+		fz := f.zygote
+		m.mu.Unlock()
+		m.replaceFunctionZygote(f, fz, z)
 	}
 	m.log.Info("zygotes restarted", "image", ref)
 }

@@ -222,3 +222,63 @@ func TestHandlerInAPackage(t *testing.T) {
 		t.Errorf("the handler's package ran %.3fs before the call", before-at)
 	}
 }
+
+// gatedProvider is a DirProvider whose image "slow" (python3-bookworm) takes until gate
+// closes to acquire, as an image attached through bdd over a slow link would.
+type gatedProvider struct {
+	DirProvider
+	entered, gate chan struct{}
+}
+
+func (p gatedProvider) Acquire(ctx context.Context, ref string) (string, func() error, error) {
+	if ref == "slow" {
+		close(p.entered)
+		select {
+		case <-p.gate:
+		case <-ctx.Done():
+			return "", nil, ctx.Err()
+		}
+		ref = "python3-bookworm"
+	}
+	return p.DirProvider.Acquire(ctx, ref)
+}
+
+// TestSlowImageDoesNotBlockInvocations: acquiring an image happens outside the lock every
+// invocation takes.
+func TestSlowImageDoesNotBlockInvocations(t *testing.T) {
+	entered, gate := make(chan struct{}), make(chan struct{})
+	m := newTestManager(t, func(c *Config) { c.Rootfs = gatedProvider{DirProvider{Root: testRootfs(t)}, entered, gate} })
+	register(t, m, "fast", nil)
+	registered := make(chan error, 1)
+	go func() {
+		registered <- m.Register(context.Background(), Function{Name: "slow", Image: "slow", Entry: "main.handler", Dir: handlerDir(t)})
+	}()
+	<-entered
+	invoked := make(chan error, 1)
+	go func() {
+		for i := 0; i < 3; i++ {
+			if _, err := m.Invoke(context.Background(), "fast", json.RawMessage(`{"op":"echo"}`)); err != nil {
+				invoked <- err
+				return
+			}
+		}
+		invoked <- nil
+	}()
+	// A hang detector, not a timing assertion: the invocations need nothing of the slow image.
+	select {
+	case err := <-invoked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		close(gate)
+		t.Fatal("invocations of another function waited for an image being acquired")
+	}
+	close(gate)
+	if err := <-registered; err != nil {
+		t.Fatal(err)
+	}
+	if _, res := invoke(t, m, "slow", map[string]any{"op": "echo"}); res.Path != sandboxapi.Warm {
+		t.Errorf("the slow image's function: %s path", res.Path)
+	}
+}

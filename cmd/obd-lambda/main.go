@@ -172,6 +172,8 @@ func run(o options) error {
 		return err
 	}
 	var rootfs sandbox.RootfsProvider = sandbox.DirProvider{Root: o.rootfsDir}
+	// What a killed run left attached; undone once the manager has killed its processes.
+	cleanup := func(context.Context) error { return nil }
 	if o.bddSocket != "" {
 		client, conn, err := bddclient.Dial(o.bddSocket)
 		if err != nil {
@@ -179,6 +181,7 @@ func run(o options) error {
 		}
 		defer conn.Close()
 		rootfs = &bddrootfs.Provider{Client: client, MountDir: filepath.Join(o.stateDir, "mnt")}
+		cleanup = rootfs.(*bddrootfs.Provider).Cleanup
 	}
 	m, err := sandbox.NewManager(sandbox.Config{
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
@@ -188,6 +191,9 @@ func run(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	if err := cleanup(context.Background()); err != nil {
+		log.Warn("clean up a killed run's images", "err", err)
 	}
 	l, err := listen(o.listen)
 	if err != nil {

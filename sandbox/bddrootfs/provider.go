@@ -19,6 +19,8 @@ import (
 	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/sandbox"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Provider attaches images through bdd. It implements sandbox.RootfsProvider.
@@ -90,7 +92,7 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 		return "", nil, errors.Join(fmt.Errorf("bddrootfs: %w", err), detach())
 	}
 	// noload: a read-only device cannot replay a journal.
-	if err := unix.Mount(dev.GetDevicePath(), dir, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+	if err := unix.Mount(dev.GetDevicePath(), dir, "ext4", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "noload"); err != nil {
 		os.Remove(dir)
 		return "", nil, errors.Join(fmt.Errorf("bddrootfs: mount %s (%s) on %s: %w", dev.GetDevicePath(), ref, dir, err), detach())
 	}
@@ -104,4 +106,50 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 		return errors.Join(append(errs, detach())...)
 	}
 	return dir, release, nil
+}
+
+// Cleanup unmounts and detaches what a provider on the same MountDir left when its server was
+// killed: each mount dir there is named DEVICE-SEQ after its bdd device. Call it before the
+// first Acquire, once the processes that used those mounts are gone. A device still busy is
+// retried for a few seconds (the kernel lets go of an unmounted filesystem in the background).
+func (p *Provider) Cleanup(ctx context.Context) error {
+	entries, err := os.ReadDir(p.MountDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bddrootfs: cleanup: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		dir := filepath.Join(p.MountDir, e.Name())
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("bddrootfs: unmount leftover %s: %w", dir, err))
+			continue
+		}
+		os.Remove(dir)
+		i := strings.LastIndexByte(e.Name(), '-')
+		if i <= 0 {
+			continue
+		}
+		if err := p.detachLeftover(ctx, e.Name()[:i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Provider) detachLeftover(ctx context.Context, id string) error {
+	for attempt := 0; ; attempt++ {
+		callCtx, cancel := context.WithTimeout(ctx, p.timeout())
+		_, err := p.Client.Detach(callCtx, &bddv1.DetachRequest{Id: id})
+		cancel()
+		if err == nil || status.Code(err) == codes.NotFound {
+			return nil
+		}
+		if attempt == 50 || ctx.Err() != nil {
+			return fmt.Errorf("bddrootfs: detach leftover device %s: %w", id, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

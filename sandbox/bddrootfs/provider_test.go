@@ -126,3 +126,30 @@ func TestBadReferences(t *testing.T) {
 		t.Errorf("Layers = %v, %v", layers, err)
 	}
 }
+
+// TestCleanupAfterKill: what a provider left mounted and attached (its server killed) is
+// unmounted and detached by the next one on the same mount dir.
+func TestCleanupAfterKill(t *testing.T) {
+	b := testenv.StartBDD(t)
+	layer := pythonLayer(t)
+	mounts := t.TempDir()
+	ctx := context.Background()
+	dir, _, err := (&Provider{Client: b.Client, MountDir: mounts}).Acquire(ctx, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No release: as if the server died here.
+	if err := (&Provider{Client: b.Client, MountDir: mounts}).Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), dir) {
+		t.Errorf("%s still mounted after Cleanup", dir)
+	}
+	list, err := b.Client.List(ctx, &bddv1.ListRequest{})
+	if err != nil || len(list.GetDevices()) != 0 {
+		t.Errorf("bdd devices after Cleanup = %v, %v; want none", list.GetDevices(), err)
+	}
+	if entries, _ := os.ReadDir(mounts); len(entries) != 0 {
+		t.Errorf("mount dirs left after Cleanup: %v", entries)
+	}
+}
