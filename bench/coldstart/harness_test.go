@@ -162,7 +162,7 @@ func TestColdStart(t *testing.T) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	report := &Report{Date: time.Now(), Machine: DescribeMachine(), Runs: *flagRuns, Notes: methodNotes(seed)}
+	report := &Report{Date: time.Now(), Machine: DescribeMachine(), LoadStart: LoadAverage(), Runs: *flagRuns, Notes: methodNotes(seed)}
 	for _, w := range workloads {
 		if slices.ContainsFunc(cells, func(c Cell) bool { return c.Workload == w.name }) {
 			report.Workloads = append(report.Workloads, w.name)
@@ -176,6 +176,7 @@ func TestColdStart(t *testing.T) {
 		t.Logf("%d/%d %s: total %.2fs pull %.2fs create %.2fs run %.2fs warm %.2fs fetched %s in %d requests, daemons' CPU %.2fs %s", i+1, len(trials), name,
 			m.Total.Seconds(), m.Pull.Seconds(), m.Create.Seconds(), m.Run.Seconds(), m.Warm.Seconds(), mib(m.BytesFetched), m.Requests, m.DaemonCPU.Seconds(), oneLine(m.Err))
 		report.Measurements = append(report.Measurements, m)
+		report.LoadEnd = LoadAverage()
 		if err := writeResults(report, *flagOut); err != nil { // after every trial, so a cut-off run keeps its data
 			t.Fatal(err)
 		}

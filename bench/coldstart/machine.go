@@ -37,6 +37,21 @@ func DescribeMachine() string {
 	return strings.Join(kept, ", ")
 }
 
+// LoadAverage returns the 1, 5 and 15 minute load averages of /proc/loadavg ("1.02 0.87 0.55"),
+// "" when they cannot be read. Other work on the machine slows every cell, some more than
+// others: the report says how loaded the machine was.
+func LoadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) < 3 {
+		return ""
+	}
+	return strings.Join(fields[:3], " ")
+}
+
 // firstField returns the value of the first "key : value" line of a /proc file.
 func firstField(path, key string) string {
 	return scanLines(path, func(line string) (string, bool) {

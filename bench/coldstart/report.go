@@ -39,6 +39,8 @@ type CellSummary struct {
 type Report struct {
 	Date         time.Time
 	Machine      string
+	LoadStart    string   // load averages (1, 5, 15 min) when the measurements began, "" unknown
+	LoadEnd      string   // and after the last one so far
 	Runs         int      // trials per cell asked for
 	Workloads    []string // report order
 	Notes        []string // method details printed under the tables
@@ -198,6 +200,9 @@ func (r *Report) WriteMarkdown(w io.Writer, chart string) error {
 	var b strings.Builder
 	b.WriteString("# Cold-start benchmark\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s.\n\n", r.Date.UTC().Format("2006-01-02 15:04 MST"), r.Machine)
+	if r.LoadStart != "" && r.LoadEnd != "" {
+		fmt.Fprintf(&b, "Load average (1, 5, 15 min): %s at the start, %s at the end (above the number of cores, other work shared the machine).\n\n", r.LoadStart, r.LoadEnd)
+	}
 	fmt.Fprintf(&b, "Cold runs per cell: %d, interleaved in shuffled order. Times in seconds: median (min–max).\n\n", r.Runs)
 	if chart != "" {
 		fmt.Fprintf(&b, "![median time from command to output](%s)\n\n", chart)

@@ -81,6 +81,7 @@ func TestWriteMarkdown(t *testing.T) {
 	r := fakeReport(map[Mode]time.Duration{
 		ModeFullPull: 20 * time.Second, ModeOBD: 4 * time.Second, ModeStargz: 5 * time.Second,
 	}, 2*time.Second, map[Mode]int64{ModeOBD: 5 << 20, ModeStargz: 8 << 20})
+	r.LoadStart, r.LoadEnd = "0.10 0.20 0.30", "1.50 1.00 0.50"
 	var b bytes.Buffer
 	if err := r.WriteMarkdown(&b, "chart.png"); err != nil {
 		t.Fatal(err)
@@ -88,6 +89,7 @@ func TestWriteMarkdown(t *testing.T) {
 	md := b.String()
 	for _, want := range []string{
 		"2026-11-23 15:00 UTC on test machine",
+		"Load average (1, 5, 15 min): 0.10 0.20 0.30 at the start, 1.50 1.00 0.50 at the end",
 		"![median time from command to output](chart.png)",
 		"| obd lazy vs full pull, end to end | ≥ 5× faster | 5.00× (20.00 s vs 4.00 s) | yes |",
 		"| obd with trace vs obd lazy | removes ≥ 80% of the gap to a warm start | not measured | — |",
