@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	cseccomp "github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/sandbox/sandboxapi"
+	"github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // benchHandler is the handler every start path is measured with: it imports json and sqlite3
@@ -87,7 +89,9 @@ func benchManager(b *testing.B, mod func(*Config)) *Manager {
 }
 
 // runcBaseline times `runc run` of python3 importing json and sqlite3 in the same rootfs, with
-// the same namespaces plus the mount and network namespaces runc always makes.
+// the same namespaces plus the mount and network namespaces runc always makes, and what
+// containerd gives a container by default: its capabilities and its seccomp profile (the
+// profile the sandboxes' filters derive from): the fair peer.
 func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
@@ -100,6 +104,7 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 			"user": map[string]int{"uid": nobody, "gid": nobody},
 			"args": []string{"/usr/bin/python3", "-I", "-c", "import json, sqlite3; print(json.dumps({'ok': True}))"},
 			"env":  []string{"PATH=/usr/bin:/bin"}, "cwd": "/", "noNewPrivileges": true,
+			"capabilities": map[string][]string{"bounding": defaultCaps, "effective": defaultCaps, "permitted": defaultCaps},
 		},
 		"root":     map[string]any{"path": rootfs, "readonly": true},
 		"hostname": "runc",
@@ -114,6 +119,7 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 		"linux": map[string]any{
 			"namespaces": []map[string]string{{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}},
 			"resources":  map[string]any{"memory": map[string]int64{"limit": 128 << 20}, "pids": map[string]int64{"limit": 32}},
+			"seccomp":    cseccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: defaultCaps}}}),
 		},
 	}
 	js, _ := json.Marshal(cfg)
@@ -137,6 +143,10 @@ func runcBaseline(b *testing.B, rootfs string, n int) (latencies, error) {
 	}
 	return out, nil
 }
+
+// defaultCaps are the capabilities containerd gives a container by default.
+var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+	"CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
 
 // nerdctlBaseline times `nerdctl run --rm --net none` of python3 importing json and sqlite3 on
 // a copy of the same rootfs (--rootfs: the exploded image; nerdctl may write into it), against
