@@ -42,6 +42,12 @@ var rules = []rule{
 		deny:  []string{"blockdev/..."},
 	},
 	{
+		name:  "fleet tools link no daemon, transport or fetcher",
+		from:  []string{"dedup/..."},
+		scope: links,
+		deny:  daemonTransportFetcher,
+	},
+	{
 		name:   "policies link no sandbox",
 		from:   []string{"policy/..."},
 		except: []string{"policy/probe"},
