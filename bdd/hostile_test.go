@@ -1,12 +1,16 @@
 package bdd_test
 
 import (
+	"log/slog"
 	"math"
+	"os"
 	"strings"
 	"testing"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/bdd"
 	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 )
 
@@ -56,5 +60,33 @@ func TestAttachDeviceLimit(t *testing.T) {
 	}
 	if _, err := p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: layers}); err != nil {
 		t.Fatalf("attach after a detach: %v", err)
+	}
+}
+
+// TestRunDirIsPrivate: run_dir holds the devices' FUSE files and NBD sockets, through which
+// anyone could read or write the devices: bdd makes it 0700 whatever mode it found, and
+// refuses a run_dir that is a symbolic link.
+func TestRunDirIsPrivate(t *testing.T) {
+	cfg := testConfig(t)
+	if err := os.MkdirAll(cfg.RunDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cfg.RunDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	startInProcess(t, cfg)
+	st, err := os.Stat(cfg.RunDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o700 {
+		t.Errorf("run_dir mode %v, want 0700", st.Mode().Perm())
+	}
+	link := testConfig(t)
+	if err := os.Symlink(cfg.RunDir, link.RunDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bdd.NewServer(link, slog.New(slog.DiscardHandler), prometheus.NewRegistry()); err == nil || !strings.Contains(err.Error(), "run_dir") {
+		t.Errorf("a symlinked run_dir: %v, want an error naming run_dir", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -80,6 +81,9 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := privateDir(cfg.RunDir); err != nil {
+		return nil, fmt.Errorf("bdd: run_dir: %w", err)
+	}
 	store, err := OpenStateStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -125,6 +129,23 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		o(s)
 	}
 	return s, nil
+}
+
+// privateDir makes dir a directory only its owner can enter, whatever mode it had: it holds
+// the devices' FUSE files and NBD sockets, through which the devices can be read and
+// written. A symbolic link there is refused rather than followed.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory (%v)", dir, st.Mode().Type())
+	}
+	return os.Chmod(dir, 0o700)
 }
 
 // newID returns a short random id not in use.

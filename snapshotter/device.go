@@ -143,8 +143,10 @@ func (o *Snapshotter) mountDevice(ctx context.Context, id string, layers []Remot
 const lazyExt4Options = "no_prefetch_block_bitmaps"
 
 // mountLazy mounts a device's file system, with lazyExt4Options for ext4 where the
-// kernel knows them.
+// kernel knows them, always nosuid and nodev: the image's setuid files and device nodes
+// are its author's say, not the node's (containers get their own /dev).
 func mountLazy(dev, mnt, fsType string, flags uintptr) error {
+	flags |= unix.MS_NOSUID | unix.MS_NODEV
 	if fsType == "ext4" {
 		err := unix.Mount(dev, mnt, fsType, flags, lazyExt4Options)
 		if !errors.Is(err, unix.EINVAL) {

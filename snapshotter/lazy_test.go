@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/obdproject/obd/imagelabels"
@@ -87,6 +88,30 @@ func assertMounted(t *testing.T, path string, want bool) {
 	}
 	if got != want {
 		t.Fatalf("%s mounted = %v, want %v", path, got, want)
+	}
+}
+
+// assertLazyMountsHardened checks that every device file system mounted under root is
+// mounted nosuid and nodev: an image's setuid files and device nodes are the image's say,
+// not the node's (containers get their own /dev).
+func assertLazyMountsHardened(t *testing.T, root string) {
+	t.Helper()
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range mounts {
+		if m.FSType != "ext4" {
+			continue
+		}
+		n++
+		if opts := "," + m.Options + ","; !strings.Contains(opts, ",nosuid,") || !strings.Contains(opts, ",nodev,") {
+			t.Errorf("device mount %s has options %s, want nosuid and nodev", m.Mountpoint, m.Options)
+		}
+	}
+	if n == 0 {
+		t.Fatalf("no device file system mounted under %s", root)
 	}
 }
 
@@ -248,6 +273,7 @@ func TestLazyChainSharesOneDevice(t *testing.T) {
 		t.Fatalf("container mounts = %+v, want one overlay", m1)
 	}
 	rootfs1 := mountRootfs(t, m1)
+	assertLazyMountsHardened(t, f.root)
 	assertFile(t, filepath.Join(rootfs1, "etc/os"), "lower")
 	assertFile(t, filepath.Join(rootfs1, "bin/app"), "upper")
 	assertFile(t, filepath.Join(rootfs1, "shadowed"), "from upper")

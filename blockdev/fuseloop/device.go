@@ -98,7 +98,7 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (_ *Device, e
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("fuseloop: %w", err)
 	}
-	if err := os.WriteFile(file, nil, 0o644); err != nil {
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		return nil, fmt.Errorf("fuseloop: create mount point: %w", err)
 	}
 	// A raw open keeps the descriptor blocking: the readers park in read(2).
@@ -112,7 +112,9 @@ func Attach(ctx context.Context, b blockdev.Backend, opts Options) (_ *Device, e
 	if opts.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	data := fmt.Sprintf("fd=%d,rootmode=100000,user_id=0,group_id=0,allow_other,max_read=%d", fuse.Fd(), maxWrite)
+	// allow_other lets the loop driver open the file whatever its caller's credentials;
+	// default_permissions makes the kernel check the file's root-only mode on every open.
+	data := fmt.Sprintf("fd=%d,rootmode=100000,user_id=0,group_id=0,allow_other,default_permissions,max_read=%d", fuse.Fd(), maxWrite)
 	if err := unix.Mount("obd", file, "fuse.obd", flags, data); err != nil {
 		fuse.Close()
 		return nil, fmt.Errorf("fuseloop: mount FUSE on %s: %w", file, err)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -457,5 +458,39 @@ func TestFsyncReachesBackend(t *testing.T) {
 	}
 	if b.syncs.Load() == before {
 		t.Fatal("fsync on ext4 did not reach Backend.Sync")
+	}
+}
+
+// TestFileIsRootOnly: the FUSE file is mounted allow_other (the loop driver opens it in the
+// kernel's name) but only root may open it: with default_permissions the kernel checks its
+// mode, 0600, so another user on the node cannot read the image or write the device.
+func TestFileIsRootOnly(t *testing.T) {
+	requireFacilities(t)
+	top := t.TempDir()
+	dir := filepath.Join(top, "run")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Dir(top), top} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem := blockdevtest.NewMem(1 << 20)
+	mem.WriteAt([]byte("secret"), 0)
+	attach(t, mem, Options{Dir: dir, Name: "disk"})
+	file := filepath.Join(dir, "disk")
+	st, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("FUSE file mode %v, want 0600", st.Mode().Perm())
+	}
+	cmd := exec.Command("head", "-c", "6", file)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Permission denied") {
+		t.Fatalf("user nobody read the FUSE file: %q, %v", out, err)
 	}
 }

@@ -98,9 +98,11 @@ func putOutHeader(b []byte, length int, errno int32, unique uint64) {
 // putAttr encodes struct fuse_attr (88 bytes) for the single regular file.
 func putAttr(b []byte, size int64, readOnly bool) {
 	clear(b[:88])
-	mode := uint32(0o100644)
+	// Root only: the kernel checks this mode (the mount has default_permissions), so no
+	// other user of the node reads the image or writes the device through the file.
+	mode := uint32(0o100600)
 	if readOnly {
-		mode = 0o100444
+		mode = 0o100400
 	}
 	binary.LittleEndian.PutUint64(b[0:], 1)                     // ino
 	binary.LittleEndian.PutUint64(b[8:], uint64(size))          // size

@@ -91,7 +91,8 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", nil, errors.Join(fmt.Errorf("bddrootfs: %w", err), detach())
 	}
-	// noload: a read-only device cannot replay a journal.
+	// noload: a read-only device cannot replay a journal; nosuid, nodev: the image's setuid
+	// files and device nodes are its author's say, not the node's.
 	if err := unix.Mount(dev.GetDevicePath(), dir, "ext4", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "noload"); err != nil {
 		os.Remove(dir)
 		return "", nil, errors.Join(fmt.Errorf("bddrootfs: mount %s (%s) on %s: %w", dev.GetDevicePath(), ref, dir, err), detach())
