@@ -69,9 +69,9 @@ func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack,
 			s.layers.release(layers)
 		}
 	}()
-	lower := make([]lsmt.Layer, len(layers))
-	for i, l := range layers {
-		lower[i] = l.file
+	var lower []lsmt.Layer
+	for _, l := range layers {
+		lower = append(lower, l.layers...)
 	}
 	var upper *lsmt.Writable
 	if spec.UpperDir != "" {
@@ -102,7 +102,7 @@ func openUpper(spec DeviceSpec, lower []*openLayer) (*lsmt.Writable, error) {
 	}
 	size := spec.UpperSize
 	if size == 0 && len(lower) > 0 {
-		size = lower[len(lower)-1].file.VirtualSize()
+		size = lower[len(lower)-1].virtualSize()
 	}
 	if size == 0 {
 		return nil, fmt.Errorf("%w: upper %s is new and no size is known (give upper_size)", ErrInvalidRequest, spec.UpperDir)

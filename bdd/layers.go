@@ -1,6 +1,7 @@
 package bdd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/ociindex"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/opencontainers/go-digest"
 )
@@ -20,7 +22,12 @@ import (
 type openLayer struct {
 	key  layerKey
 	refs int // guarded by layerPool.mu
-	file *lsmt.File
+	// layers are what the layer stacks as: one file, or for an indexed OCI layer its
+	// metadata layer and its map over the tar stream.
+	layers []lsmt.Layer
+	// indexed is set for an indexed OCI layer: blob is the unchanged OCI blob, read through
+	// the seek index, and the layer cannot be reopened over blob.Prefetcher with layerblob.
+	indexed bool
 	// source is the layer file or remote blob under file.
 	source io.Closer
 	// blob is set for remote layers; its counters feed Stats.
@@ -122,6 +129,9 @@ func (p *layerPool) acquire(ctx context.Context, ls LayerSpec) (*openLayer, erro
 	if ls.RangeTable != "" {
 		key.table = fmt.Sprintf("%s@%d", ls.RangeTable, ls.RangeTableOffset)
 	}
+	if ix := ls.Indexed; ix != nil {
+		key.table = "indexed " + ix.GzIndex.Digest + " " + ix.Meta.Digest + " " + ix.Map.Digest
+	}
 	if ls.Path != "" {
 		var err error
 		if key, err = localKey(ls.Path); err != nil {
@@ -160,7 +170,10 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 		if err != nil {
 			return nil, err
 		}
-		return &openLayer{file: b.File, source: b}, nil
+		return &openLayer{layers: []lsmt.Layer{b.File}, source: b}, nil
+	}
+	if ls.Indexed != nil {
+		return p.openIndexed(ctx, ls)
 	}
 	var opts []remotefetch.OpenOption
 	if ls.RangeTable != "" {
@@ -176,8 +189,69 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 	if err != nil {
 		return nil, errors.Join(err, blob.Close())
 	}
-	return &openLayer{file: f, source: blob, blob: blob, opening: reads.opened()}, nil
+	return &openLayer{layers: []lsmt.Layer{f}, source: blob, blob: blob, opening: reads.opened()}, nil
 }
+
+// maxWholeMeta bounds the metadata layer of an indexed layer, which is fetched whole and
+// kept in memory: an image's ext4 metadata, ZFile-compressed, is a few MiB.
+const maxWholeMeta = 512 << 20
+
+// openIndexed opens an indexed OCI layer: its seek index, map and metadata layer are fetched
+// whole and checked against their digests; the layer blob itself is read lazily, each span
+// checked by the seek index.
+func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, error) {
+	ix := ls.Indexed
+	gz, err := p.fetchWhole(ctx, ls.Ref, ix.GzIndex, ociindex.MaxGzIndexBytes)
+	if err != nil {
+		return nil, fmt.Errorf("indexed layer %s: seek index: %w", ls.Name(), err)
+	}
+	mp, err := p.fetchWhole(ctx, ls.Ref, ix.Map, ociindex.MaxMapBytes)
+	if err != nil {
+		return nil, fmt.Errorf("indexed layer %s: map: %w", ls.Name(), err)
+	}
+	meta, err := p.fetchWhole(ctx, ls.Ref, ix.Meta, maxWholeMeta)
+	if err != nil {
+		return nil, fmt.Errorf("indexed layer %s: metadata layer: %w", ls.Name(), err)
+	}
+	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, remotefetch.WithCallerChecks())
+	if err != nil {
+		return nil, err
+	}
+	layers, err := ociindex.Open(ociindex.Parts{Meta: bytes.NewReader(meta), MetaSize: int64(len(meta)),
+		GzIndex: gz, Map: mp, Blob: blob, Name: ls.Name()})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("%w: %w", ErrInvalidRequest, err), blob.Close())
+	}
+	return &openLayer{layers: layers, indexed: true, source: blob, blob: blob}, nil
+}
+
+// fetchWhole reads a small blob of repository ref whole, outside traces, and checks it
+// against its digest.
+func (p *layerPool) fetchWhole(ctx context.Context, ref string, b BlobRef, limit int64) ([]byte, error) {
+	d, err := digest.Parse(b.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: digest %q: %v", ErrInvalidRequest, b.Digest, err)
+	}
+	if b.Size <= 0 || b.Size > limit {
+		return nil, fmt.Errorf("%w: blob %s of %d bytes (1 to %d)", ErrInvalidRequest, d, b.Size, limit)
+	}
+	blob, err := p.fetcher.Open(ctx, ref, d, b.Size, remotefetch.WithCallerChecks())
+	if err != nil {
+		return nil, err
+	}
+	defer blob.Close()
+	data := make([]byte, b.Size)
+	if n, err := blob.Prefetcher().ReadAt(data, 0); n != len(data) {
+		return nil, fmt.Errorf("read blob %s: %d of %d bytes: %w", d, n, b.Size, err)
+	}
+	if got := d.Algorithm().FromBytes(data); got != d {
+		return nil, fmt.Errorf("%w: blob %s has digest %s", ErrInvalidRequest, d, got)
+	}
+	return data, nil
+}
+
+// virtualSize is the disk size of the layer (of its top part, for an indexed layer).
+func (l *openLayer) virtualSize() int64 { return l.layers[len(l.layers)-1].VirtualSize() }
 
 // release drops one use of each layer and closes those no device uses any more.
 func (p *layerPool) release(layers []*openLayer) error {

@@ -128,16 +128,18 @@ func (p *prefetcher) walkMetadataGuarded() (st ext4meta.Stats, files *ext4meta.F
 // walkMetadata opens the lower layers again over their blobs' Prefetchers (which reads
 // only their cached indexes) and walks the ext4 on them.
 func (p *prefetcher) walkMetadata() (ext4meta.Stats, *ext4meta.Files, error) {
-	lower := make([]lsmt.Layer, len(p.layers))
+	var lower []lsmt.Layer
 	for i, l := range p.layers {
-		lower[i] = l.file
-		if l.blob != nil {
-			f, err := layerblob.Open(l.blob.Prefetcher(), l.blob.Size(), p.names[i])
-			if err != nil {
-				return ext4meta.Stats{}, nil, err
-			}
-			lower[i] = f
+		if l.blob == nil || l.indexed {
+			// An indexed layer's metadata is in memory; its map reads file data only.
+			lower = append(lower, l.layers...)
+			continue
 		}
+		f, err := layerblob.Open(l.blob.Prefetcher(), l.blob.Size(), p.names[i])
+		if err != nil {
+			return ext4meta.Stats{}, nil, err
+		}
+		lower = append(lower, f)
 	}
 	stack, err := lsmt.NewStack(lower, nil)
 	if err != nil {

@@ -69,6 +69,12 @@ func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
 	if p := l.GetPath(); p != "" {
 		return LayerSpec{Path: filepath.Clean(p)}, nil
 	}
+	if ix := l.GetIndexed(); ix != nil {
+		b := ix.GetBlob()
+		ref := func(r *bddv1.RemoteBlob) BlobRef { return BlobRef{Digest: r.GetDigest(), Size: r.GetSize()} }
+		return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize(),
+			Indexed: &IndexSpec{GzIndex: ref(ix.GetGzIndex()), Meta: ref(ix.GetMeta()), Map: ref(ix.GetMap())}}, nil
+	}
 	b := l.GetBlob()
 	return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize(),
 		RangeTable: b.GetRangeTable(), RangeTableOffset: b.GetRangeTableOffset()}, nil
@@ -78,6 +84,14 @@ func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
 func (l LayerSpec) toAPI() *bddv1.Layer {
 	if l.Path != "" {
 		return &bddv1.Layer{Source: &bddv1.Layer_Path{Path: l.Path}}
+	}
+	if ix := l.Indexed; ix != nil {
+		blob := func(b BlobRef) *bddv1.RemoteBlob {
+			return &bddv1.RemoteBlob{Ref: l.Ref, Digest: b.Digest, Size: b.Size}
+		}
+		return &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
+			Blob:    &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size},
+			GzIndex: blob(ix.GzIndex), Meta: blob(ix.Meta), Map: blob(ix.Map)}}}
 	}
 	return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size,
 		RangeTable: l.RangeTable, RangeTableOffset: l.RangeTableOffset}}}

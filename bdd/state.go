@@ -33,6 +33,23 @@ type LayerSpec struct {
 	// RangeTable and RangeTableOffset pin the blob's range table, if it has one.
 	RangeTable       string `json:"range_table,omitempty"`
 	RangeTableOffset int64  `json:"range_table_offset,omitempty"`
+	// Indexed, for an ordinary OCI layer blob (Ref, Digest, Size) read through its index,
+	// names the index's blobs in the same repository.
+	Indexed *IndexSpec `json:"indexed,omitempty"`
+}
+
+// IndexSpec names the blobs of an indexed layer's index (docs/FORMAT.md, "Indexed OCI
+// images"), each by digest and size.
+type IndexSpec struct {
+	GzIndex BlobRef `json:"gz_index"`
+	Meta    BlobRef `json:"meta"`
+	Map     BlobRef `json:"map"`
+}
+
+// BlobRef is a blob of a layer's repository.
+type BlobRef struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
 }
 
 // Name identifies the layer in logs and stats: its path, or ref@digest.

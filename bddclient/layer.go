@@ -44,10 +44,42 @@ func CheckLayer(l *bddv1.Layer) error {
 		}
 		return nil
 	}
+	if ix := l.GetIndexed(); ix != nil {
+		return checkIndexed(ix)
+	}
 	b := l.GetBlob()
 	if b == nil {
 		return errors.New("neither a path nor a blob")
 	}
+	return checkBlob(b)
+}
+
+// checkIndexed checks an indexed layer: four blobs of one repository, the layer blob
+// without a range table (the seek index checks its ranges).
+func checkIndexed(ix *bddv1.IndexedBlob) error {
+	ref := ix.GetBlob().GetRef()
+	for _, part := range []struct {
+		name string
+		b    *bddv1.RemoteBlob
+	}{{"blob", ix.GetBlob()}, {"seek index", ix.GetGzIndex()}, {"metadata layer", ix.GetMeta()}, {"map", ix.GetMap()}} {
+		if part.b == nil {
+			return fmt.Errorf("indexed layer without its %s", part.name)
+		}
+		if err := checkBlob(part.b); err != nil {
+			return fmt.Errorf("indexed layer's %s: %w", part.name, err)
+		}
+		if part.b.GetRef() != ref {
+			return fmt.Errorf("indexed layer's %s is in %q, its blob in %q", part.name, part.b.GetRef(), ref)
+		}
+		if part.b.GetRangeTable() != "" {
+			return fmt.Errorf("indexed layer's %s has a range table", part.name)
+		}
+	}
+	return nil
+}
+
+// checkBlob checks one remote blob (see CheckLayer).
+func checkBlob(b *bddv1.RemoteBlob) error {
 	if b.GetRef() == "" || strings.ContainsAny(b.GetRef(), " \t\n@") {
 		return fmt.Errorf("blob ref %q is not a repository reference", b.GetRef())
 	}
@@ -73,6 +105,9 @@ func CheckLayer(l *bddv1.Layer) error {
 func LayerName(l *bddv1.Layer) string {
 	if p := l.GetPath(); p != "" {
 		return p
+	}
+	if ix := l.GetIndexed(); ix != nil {
+		return ix.GetBlob().GetRef() + "@" + ix.GetBlob().GetDigest() + " (indexed)"
 	}
 	return l.GetBlob().GetRef() + "@" + l.GetBlob().GetDigest()
 }

@@ -284,7 +284,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		if err := checkTablePin(dgst, size, o, f.opts.MaxRangeTable); err != nil {
 			return nil, err
 		}
-	} else if f.opts.RequireVerified {
+	} else if f.opts.RequireVerified && !o.checked {
 		return nil, fmt.Errorf("remotefetch: blob %s of %s: %w", dgst, ref, ErrUnverified)
 	}
 	domain, repo := reference.Domain(named), reference.Path(named)

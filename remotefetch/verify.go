@@ -34,6 +34,15 @@ type OpenOption func(*openOptions)
 type openOptions struct {
 	table       digest.Digest
 	tableOffset int64
+	checked     bool // the caller checks every range it reads
+}
+
+// WithCallerChecks says that the caller checks every range it reads against digests of its
+// own (an indexed OCI layer's seek index holds one per span), so Options.RequireVerified lets
+// the blob open without a range table. Its cache entry stays scoped to its repository, as
+// for any blob without a table.
+func WithCallerChecks() OpenOption {
+	return func(o *openOptions) { o.checked = true }
 }
 
 // WithRangeTable says that the blob carries a range table (package rangetable) of the given

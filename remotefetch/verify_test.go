@@ -221,6 +221,12 @@ func TestRequireVerifiedRefusesBlobsWithoutTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Close()
+	// A caller that checks every range itself (an indexed layer's seek index) may open one.
+	b, err = f.Open(t.Context(), "127.0.0.1:1/a/b", d, 100, WithCallerChecks())
+	if err != nil {
+		t.Fatalf("Open with caller checks: %v", err)
+	}
+	b.Close()
 }
 
 // A blob without a table that was read whole from one repository and matched its digest

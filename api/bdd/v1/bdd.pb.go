@@ -85,6 +85,7 @@ type Layer struct {
 	//
 	//	*Layer_Path
 	//	*Layer_Blob
+	//	*Layer_Indexed
 	Source        isLayer_Source `protobuf_oneof:"source"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -145,6 +146,15 @@ func (x *Layer) GetBlob() *RemoteBlob {
 	return nil
 }
 
+func (x *Layer) GetIndexed() *IndexedBlob {
+	if x != nil {
+		if x, ok := x.Source.(*Layer_Indexed); ok {
+			return x.Indexed
+		}
+	}
+	return nil
+}
+
 type isLayer_Source interface {
 	isLayer_Source()
 }
@@ -159,9 +169,92 @@ type Layer_Blob struct {
 	Blob *RemoteBlob `protobuf:"bytes,2,opt,name=blob,proto3,oneof"`
 }
 
+type Layer_Indexed struct {
+	// An ordinary OCI layer blob read lazily through its index (docs/FORMAT.md, "Indexed
+	// OCI images"): it stacks as two layers, the metadata layer and the map.
+	Indexed *IndexedBlob `protobuf:"bytes,3,opt,name=indexed,proto3,oneof"`
+}
+
 func (*Layer_Path) isLayer_Source() {}
 
 func (*Layer_Blob) isLayer_Source() {}
+
+func (*Layer_Indexed) isLayer_Source() {}
+
+// IndexedBlob is an unchanged OCI layer blob (gzip or tar) and the blobs of its index
+// artifact, all in one repository. The index blobs are fetched whole and checked against
+// their digests; the layer blob is read in ranges, each checked by the seek index.
+type IndexedBlob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The image's layer blob (ref, digest, size; no range table).
+	Blob *RemoteBlob `protobuf:"bytes,1,opt,name=blob,proto3" json:"blob,omitempty"`
+	// Its seek index.
+	GzIndex *RemoteBlob `protobuf:"bytes,2,opt,name=gz_index,json=gzIndex,proto3" json:"gz_index,omitempty"`
+	// Its metadata layer (an overlaybd layer blob).
+	Meta *RemoteBlob `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Its map from ext4 blocks into the tar stream.
+	Map           *RemoteBlob `protobuf:"bytes,4,opt,name=map,proto3" json:"map,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IndexedBlob) Reset() {
+	*x = IndexedBlob{}
+	mi := &file_bdd_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IndexedBlob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IndexedBlob) ProtoMessage() {}
+
+func (x *IndexedBlob) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IndexedBlob.ProtoReflect.Descriptor instead.
+func (*IndexedBlob) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IndexedBlob) GetBlob() *RemoteBlob {
+	if x != nil {
+		return x.Blob
+	}
+	return nil
+}
+
+func (x *IndexedBlob) GetGzIndex() *RemoteBlob {
+	if x != nil {
+		return x.GzIndex
+	}
+	return nil
+}
+
+func (x *IndexedBlob) GetMeta() *RemoteBlob {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *IndexedBlob) GetMap() *RemoteBlob {
+	if x != nil {
+		return x.Map
+	}
+	return nil
+}
 
 // RemoteBlob names a layer blob in a registry.
 type RemoteBlob struct {
@@ -184,7 +277,7 @@ type RemoteBlob struct {
 
 func (x *RemoteBlob) Reset() {
 	*x = RemoteBlob{}
-	mi := &file_bdd_proto_msgTypes[1]
+	mi := &file_bdd_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +289,7 @@ func (x *RemoteBlob) String() string {
 func (*RemoteBlob) ProtoMessage() {}
 
 func (x *RemoteBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[1]
+	mi := &file_bdd_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +302,7 @@ func (x *RemoteBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteBlob.ProtoReflect.Descriptor instead.
 func (*RemoteBlob) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{1}
+	return file_bdd_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RemoteBlob) GetRef() string {
@@ -264,7 +357,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_bdd_proto_msgTypes[2]
+	mi := &file_bdd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -276,7 +369,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[2]
+	mi := &file_bdd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -289,7 +382,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{2}
+	return file_bdd_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttachRequest) GetLayers() []*Layer {
@@ -347,7 +440,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_bdd_proto_msgTypes[3]
+	mi := &file_bdd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +452,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[3]
+	mi := &file_bdd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +465,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{3}
+	return file_bdd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Device) GetId() string {
@@ -440,7 +533,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_bdd_proto_msgTypes[4]
+	mi := &file_bdd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +545,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[4]
+	mi := &file_bdd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +558,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{4}
+	return file_bdd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AttachResponse) GetDevice() *Device {
@@ -484,7 +577,7 @@ type DetachRequest struct {
 
 func (x *DetachRequest) Reset() {
 	*x = DetachRequest{}
-	mi := &file_bdd_proto_msgTypes[5]
+	mi := &file_bdd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +589,7 @@ func (x *DetachRequest) String() string {
 func (*DetachRequest) ProtoMessage() {}
 
 func (x *DetachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[5]
+	mi := &file_bdd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +602,7 @@ func (x *DetachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachRequest.ProtoReflect.Descriptor instead.
 func (*DetachRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{5}
+	return file_bdd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DetachRequest) GetId() string {
@@ -527,7 +620,7 @@ type DetachResponse struct {
 
 func (x *DetachResponse) Reset() {
 	*x = DetachResponse{}
-	mi := &file_bdd_proto_msgTypes[6]
+	mi := &file_bdd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +632,7 @@ func (x *DetachResponse) String() string {
 func (*DetachResponse) ProtoMessage() {}
 
 func (x *DetachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[6]
+	mi := &file_bdd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +645,7 @@ func (x *DetachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachResponse.ProtoReflect.Descriptor instead.
 func (*DetachResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{6}
+	return file_bdd_proto_rawDescGZIP(), []int{7}
 }
 
 type ListRequest struct {
@@ -563,7 +656,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_bdd_proto_msgTypes[7]
+	mi := &file_bdd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +668,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[7]
+	mi := &file_bdd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +681,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{7}
+	return file_bdd_proto_rawDescGZIP(), []int{8}
 }
 
 type ListResponse struct {
@@ -600,7 +693,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_bdd_proto_msgTypes[8]
+	mi := &file_bdd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +705,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[8]
+	mi := &file_bdd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +718,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{8}
+	return file_bdd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListResponse) GetDevices() []*Device {
@@ -644,7 +737,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_bdd_proto_msgTypes[9]
+	mi := &file_bdd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +749,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[9]
+	mi := &file_bdd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +762,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{9}
+	return file_bdd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatsRequest) GetId() string {
@@ -697,7 +790,7 @@ type LayerStats struct {
 
 func (x *LayerStats) Reset() {
 	*x = LayerStats{}
-	mi := &file_bdd_proto_msgTypes[10]
+	mi := &file_bdd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +802,7 @@ func (x *LayerStats) String() string {
 func (*LayerStats) ProtoMessage() {}
 
 func (x *LayerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[10]
+	mi := &file_bdd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +815,7 @@ func (x *LayerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerStats.ProtoReflect.Descriptor instead.
 func (*LayerStats) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{10}
+	return file_bdd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LayerStats) GetIndex() int32 {
@@ -784,7 +877,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_bdd_proto_msgTypes[11]
+	mi := &file_bdd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +889,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[11]
+	mi := &file_bdd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +902,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{11}
+	return file_bdd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StatsResponse) GetId() string {
@@ -834,7 +927,7 @@ type StartTraceRequest struct {
 
 func (x *StartTraceRequest) Reset() {
 	*x = StartTraceRequest{}
-	mi := &file_bdd_proto_msgTypes[12]
+	mi := &file_bdd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +939,7 @@ func (x *StartTraceRequest) String() string {
 func (*StartTraceRequest) ProtoMessage() {}
 
 func (x *StartTraceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[12]
+	mi := &file_bdd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +952,7 @@ func (x *StartTraceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartTraceRequest.ProtoReflect.Descriptor instead.
 func (*StartTraceRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{12}
+	return file_bdd_proto_rawDescGZIP(), []int{13}
 }
 
 type StartTraceResponse struct {
@@ -870,7 +963,7 @@ type StartTraceResponse struct {
 
 func (x *StartTraceResponse) Reset() {
 	*x = StartTraceResponse{}
-	mi := &file_bdd_proto_msgTypes[13]
+	mi := &file_bdd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +975,7 @@ func (x *StartTraceResponse) String() string {
 func (*StartTraceResponse) ProtoMessage() {}
 
 func (x *StartTraceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[13]
+	mi := &file_bdd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +988,7 @@ func (x *StartTraceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartTraceResponse.ProtoReflect.Descriptor instead.
 func (*StartTraceResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{13}
+	return file_bdd_proto_rawDescGZIP(), []int{14}
 }
 
 type StopTraceRequest struct {
@@ -906,7 +999,7 @@ type StopTraceRequest struct {
 
 func (x *StopTraceRequest) Reset() {
 	*x = StopTraceRequest{}
-	mi := &file_bdd_proto_msgTypes[14]
+	mi := &file_bdd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1011,7 @@ func (x *StopTraceRequest) String() string {
 func (*StopTraceRequest) ProtoMessage() {}
 
 func (x *StopTraceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[14]
+	mi := &file_bdd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1024,7 @@ func (x *StopTraceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopTraceRequest.ProtoReflect.Descriptor instead.
 func (*StopTraceRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{14}
+	return file_bdd_proto_rawDescGZIP(), []int{15}
 }
 
 type StopTraceResponse struct {
@@ -944,7 +1037,7 @@ type StopTraceResponse struct {
 
 func (x *StopTraceResponse) Reset() {
 	*x = StopTraceResponse{}
-	mi := &file_bdd_proto_msgTypes[15]
+	mi := &file_bdd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1049,7 @@ func (x *StopTraceResponse) String() string {
 func (*StopTraceResponse) ProtoMessage() {}
 
 func (x *StopTraceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[15]
+	mi := &file_bdd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1062,7 @@ func (x *StopTraceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopTraceResponse.ProtoReflect.Descriptor instead.
 func (*StopTraceResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{15}
+	return file_bdd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopTraceResponse) GetTrace() []byte {
@@ -989,7 +1082,7 @@ type PrefetchRequest struct {
 
 func (x *PrefetchRequest) Reset() {
 	*x = PrefetchRequest{}
-	mi := &file_bdd_proto_msgTypes[16]
+	mi := &file_bdd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1094,7 @@ func (x *PrefetchRequest) String() string {
 func (*PrefetchRequest) ProtoMessage() {}
 
 func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[16]
+	mi := &file_bdd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1107,7 @@ func (x *PrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{16}
+	return file_bdd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PrefetchRequest) GetTrace() []byte {
@@ -1032,7 +1125,7 @@ type PrefetchResponse struct {
 
 func (x *PrefetchResponse) Reset() {
 	*x = PrefetchResponse{}
-	mi := &file_bdd_proto_msgTypes[17]
+	mi := &file_bdd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1137,7 @@ func (x *PrefetchResponse) String() string {
 func (*PrefetchResponse) ProtoMessage() {}
 
 func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[17]
+	mi := &file_bdd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1150,7 @@ func (x *PrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{17}
+	return file_bdd_proto_rawDescGZIP(), []int{18}
 }
 
 type FetchTraceRequest struct {
@@ -1077,7 +1170,7 @@ type FetchTraceRequest struct {
 
 func (x *FetchTraceRequest) Reset() {
 	*x = FetchTraceRequest{}
-	mi := &file_bdd_proto_msgTypes[18]
+	mi := &file_bdd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1182,7 @@ func (x *FetchTraceRequest) String() string {
 func (*FetchTraceRequest) ProtoMessage() {}
 
 func (x *FetchTraceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[18]
+	mi := &file_bdd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1195,7 @@ func (x *FetchTraceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchTraceRequest.ProtoReflect.Descriptor instead.
 func (*FetchTraceRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{18}
+	return file_bdd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FetchTraceRequest) GetRef() string {
@@ -1149,7 +1242,7 @@ type FetchTraceResponse struct {
 
 func (x *FetchTraceResponse) Reset() {
 	*x = FetchTraceResponse{}
-	mi := &file_bdd_proto_msgTypes[19]
+	mi := &file_bdd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1254,7 @@ func (x *FetchTraceResponse) String() string {
 func (*FetchTraceResponse) ProtoMessage() {}
 
 func (x *FetchTraceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[19]
+	mi := &file_bdd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1267,7 @@ func (x *FetchTraceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchTraceResponse.ProtoReflect.Descriptor instead.
 func (*FetchTraceResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{19}
+	return file_bdd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FetchTraceResponse) GetFound() bool {
@@ -1220,7 +1313,7 @@ type PutCredentialsRequest struct {
 
 func (x *PutCredentialsRequest) Reset() {
 	*x = PutCredentialsRequest{}
-	mi := &file_bdd_proto_msgTypes[20]
+	mi := &file_bdd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1325,7 @@ func (x *PutCredentialsRequest) String() string {
 func (*PutCredentialsRequest) ProtoMessage() {}
 
 func (x *PutCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[20]
+	mi := &file_bdd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1338,7 @@ func (x *PutCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*PutCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{20}
+	return file_bdd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutCredentialsRequest) GetRef() string {
@@ -1277,7 +1370,7 @@ type PutCredentialsResponse struct {
 
 func (x *PutCredentialsResponse) Reset() {
 	*x = PutCredentialsResponse{}
-	mi := &file_bdd_proto_msgTypes[21]
+	mi := &file_bdd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1382,7 @@ func (x *PutCredentialsResponse) String() string {
 func (*PutCredentialsResponse) ProtoMessage() {}
 
 func (x *PutCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bdd_proto_msgTypes[21]
+	mi := &file_bdd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1395,125 @@ func (x *PutCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*PutCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_bdd_proto_rawDescGZIP(), []int{21}
+	return file_bdd_proto_rawDescGZIP(), []int{22}
+}
+
+type FetchIndexRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Image reference (repository, with or without tag); its repository holds the image and
+	// its index artifacts.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Digest of the image's platform manifest: the artifact's subject.
+	ManifestDigest string `protobuf:"bytes,2,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FetchIndexRequest) Reset() {
+	*x = FetchIndexRequest{}
+	mi := &file_bdd_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchIndexRequest) ProtoMessage() {}
+
+func (x *FetchIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchIndexRequest.ProtoReflect.Descriptor instead.
+func (*FetchIndexRequest) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FetchIndexRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *FetchIndexRequest) GetManifestDigest() string {
+	if x != nil {
+		return x.ManifestDigest
+	}
+	return ""
+}
+
+type FetchIndexResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the registry holds an index of the image.
+	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	// One per image layer, lowest first.
+	Layers []*IndexedBlob `protobuf:"bytes,2,rep,name=layers,proto3" json:"layers,omitempty"`
+	// Digest of the index artifact's manifest.
+	ArtifactDigest string `protobuf:"bytes,3,opt,name=artifact_digest,json=artifactDigest,proto3" json:"artifact_digest,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FetchIndexResponse) Reset() {
+	*x = FetchIndexResponse{}
+	mi := &file_bdd_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchIndexResponse) ProtoMessage() {}
+
+func (x *FetchIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bdd_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchIndexResponse.ProtoReflect.Descriptor instead.
+func (*FetchIndexResponse) Descriptor() ([]byte, []int) {
+	return file_bdd_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FetchIndexResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *FetchIndexResponse) GetLayers() []*IndexedBlob {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+func (x *FetchIndexResponse) GetArtifactDigest() string {
+	if x != nil {
+		return x.ArtifactDigest
+	}
+	return ""
 }
 
 var File_bdd_proto protoreflect.FileDescriptor
@@ -1310,11 +1521,17 @@ var File_bdd_proto protoreflect.FileDescriptor
 const file_bdd_proto_rawDesc = "" +
 	"\n" +
 	"\tbdd.proto\x12\n" +
-	"obd.bdd.v1\"U\n" +
+	"obd.bdd.v1\"\x8a\x01\n" +
 	"\x05Layer\x12\x14\n" +
 	"\x04path\x18\x01 \x01(\tH\x00R\x04path\x12,\n" +
-	"\x04blob\x18\x02 \x01(\v2\x16.obd.bdd.v1.RemoteBlobH\x00R\x04blobB\b\n" +
-	"\x06source\"\x99\x01\n" +
+	"\x04blob\x18\x02 \x01(\v2\x16.obd.bdd.v1.RemoteBlobH\x00R\x04blob\x123\n" +
+	"\aindexed\x18\x03 \x01(\v2\x17.obd.bdd.v1.IndexedBlobH\x00R\aindexedB\b\n" +
+	"\x06source\"\xc2\x01\n" +
+	"\vIndexedBlob\x12*\n" +
+	"\x04blob\x18\x01 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x04blob\x121\n" +
+	"\bgz_index\x18\x02 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\agzIndex\x12*\n" +
+	"\x04meta\x18\x03 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x04meta\x12(\n" +
+	"\x03map\x18\x04 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x03map\"\x99\x01\n" +
 	"\n" +
 	"RemoteBlob\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x16\n" +
@@ -1386,11 +1603,18 @@ const file_bdd_proto_rawDesc = "" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
 	"\x06secret\x18\x03 \x01(\tR\x06secret\"\x18\n" +
-	"\x16PutCredentialsResponse*M\n" +
+	"\x16PutCredentialsResponse\"N\n" +
+	"\x11FetchIndexRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12'\n" +
+	"\x0fmanifest_digest\x18\x02 \x01(\tR\x0emanifestDigest\"\x84\x01\n" +
+	"\x12FetchIndexResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12/\n" +
+	"\x06layers\x18\x02 \x03(\v2\x17.obd.bdd.v1.IndexedBlobR\x06layers\x12'\n" +
+	"\x0fartifact_digest\x18\x03 \x01(\tR\x0eartifactDigest*M\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eTRANSPORT_FUSE\x10\x01\x12\x11\n" +
-	"\rTRANSPORT_NBD\x10\x022\x87\x05\n" +
+	"\rTRANSPORT_NBD\x10\x022\xd4\x05\n" +
 	"\x06Daemon\x12?\n" +
 	"\x06Attach\x12\x19.obd.bdd.v1.AttachRequest\x1a\x1a.obd.bdd.v1.AttachResponse\x12?\n" +
 	"\x06Detach\x12\x19.obd.bdd.v1.DetachRequest\x1a\x1a.obd.bdd.v1.DetachResponse\x129\n" +
@@ -1402,7 +1626,9 @@ const file_bdd_proto_rawDesc = "" +
 	"\bPrefetch\x12\x1b.obd.bdd.v1.PrefetchRequest\x1a\x1c.obd.bdd.v1.PrefetchResponse\x12K\n" +
 	"\n" +
 	"FetchTrace\x12\x1d.obd.bdd.v1.FetchTraceRequest\x1a\x1e.obd.bdd.v1.FetchTraceResponse\x12W\n" +
-	"\x0ePutCredentials\x12!.obd.bdd.v1.PutCredentialsRequest\x1a\".obd.bdd.v1.PutCredentialsResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
+	"\x0ePutCredentials\x12!.obd.bdd.v1.PutCredentialsRequest\x1a\".obd.bdd.v1.PutCredentialsResponse\x12K\n" +
+	"\n" +
+	"FetchIndex\x12\x1d.obd.bdd.v1.FetchIndexRequest\x1a\x1e.obd.bdd.v1.FetchIndexResponseB,Z*github.com/obdproject/obd/api/bdd/v1;bddv1b\x06proto3"
 
 var (
 	file_bdd_proto_rawDescOnce sync.Once
@@ -1417,65 +1643,76 @@ func file_bdd_proto_rawDescGZIP() []byte {
 }
 
 var file_bdd_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_bdd_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_bdd_proto_goTypes = []any{
 	(Transport)(0),                 // 0: obd.bdd.v1.Transport
 	(*Layer)(nil),                  // 1: obd.bdd.v1.Layer
-	(*RemoteBlob)(nil),             // 2: obd.bdd.v1.RemoteBlob
-	(*AttachRequest)(nil),          // 3: obd.bdd.v1.AttachRequest
-	(*Device)(nil),                 // 4: obd.bdd.v1.Device
-	(*AttachResponse)(nil),         // 5: obd.bdd.v1.AttachResponse
-	(*DetachRequest)(nil),          // 6: obd.bdd.v1.DetachRequest
-	(*DetachResponse)(nil),         // 7: obd.bdd.v1.DetachResponse
-	(*ListRequest)(nil),            // 8: obd.bdd.v1.ListRequest
-	(*ListResponse)(nil),           // 9: obd.bdd.v1.ListResponse
-	(*StatsRequest)(nil),           // 10: obd.bdd.v1.StatsRequest
-	(*LayerStats)(nil),             // 11: obd.bdd.v1.LayerStats
-	(*StatsResponse)(nil),          // 12: obd.bdd.v1.StatsResponse
-	(*StartTraceRequest)(nil),      // 13: obd.bdd.v1.StartTraceRequest
-	(*StartTraceResponse)(nil),     // 14: obd.bdd.v1.StartTraceResponse
-	(*StopTraceRequest)(nil),       // 15: obd.bdd.v1.StopTraceRequest
-	(*StopTraceResponse)(nil),      // 16: obd.bdd.v1.StopTraceResponse
-	(*PrefetchRequest)(nil),        // 17: obd.bdd.v1.PrefetchRequest
-	(*PrefetchResponse)(nil),       // 18: obd.bdd.v1.PrefetchResponse
-	(*FetchTraceRequest)(nil),      // 19: obd.bdd.v1.FetchTraceRequest
-	(*FetchTraceResponse)(nil),     // 20: obd.bdd.v1.FetchTraceResponse
-	(*PutCredentialsRequest)(nil),  // 21: obd.bdd.v1.PutCredentialsRequest
-	(*PutCredentialsResponse)(nil), // 22: obd.bdd.v1.PutCredentialsResponse
+	(*IndexedBlob)(nil),            // 2: obd.bdd.v1.IndexedBlob
+	(*RemoteBlob)(nil),             // 3: obd.bdd.v1.RemoteBlob
+	(*AttachRequest)(nil),          // 4: obd.bdd.v1.AttachRequest
+	(*Device)(nil),                 // 5: obd.bdd.v1.Device
+	(*AttachResponse)(nil),         // 6: obd.bdd.v1.AttachResponse
+	(*DetachRequest)(nil),          // 7: obd.bdd.v1.DetachRequest
+	(*DetachResponse)(nil),         // 8: obd.bdd.v1.DetachResponse
+	(*ListRequest)(nil),            // 9: obd.bdd.v1.ListRequest
+	(*ListResponse)(nil),           // 10: obd.bdd.v1.ListResponse
+	(*StatsRequest)(nil),           // 11: obd.bdd.v1.StatsRequest
+	(*LayerStats)(nil),             // 12: obd.bdd.v1.LayerStats
+	(*StatsResponse)(nil),          // 13: obd.bdd.v1.StatsResponse
+	(*StartTraceRequest)(nil),      // 14: obd.bdd.v1.StartTraceRequest
+	(*StartTraceResponse)(nil),     // 15: obd.bdd.v1.StartTraceResponse
+	(*StopTraceRequest)(nil),       // 16: obd.bdd.v1.StopTraceRequest
+	(*StopTraceResponse)(nil),      // 17: obd.bdd.v1.StopTraceResponse
+	(*PrefetchRequest)(nil),        // 18: obd.bdd.v1.PrefetchRequest
+	(*PrefetchResponse)(nil),       // 19: obd.bdd.v1.PrefetchResponse
+	(*FetchTraceRequest)(nil),      // 20: obd.bdd.v1.FetchTraceRequest
+	(*FetchTraceResponse)(nil),     // 21: obd.bdd.v1.FetchTraceResponse
+	(*PutCredentialsRequest)(nil),  // 22: obd.bdd.v1.PutCredentialsRequest
+	(*PutCredentialsResponse)(nil), // 23: obd.bdd.v1.PutCredentialsResponse
+	(*FetchIndexRequest)(nil),      // 24: obd.bdd.v1.FetchIndexRequest
+	(*FetchIndexResponse)(nil),     // 25: obd.bdd.v1.FetchIndexResponse
 }
 var file_bdd_proto_depIdxs = []int32{
-	2,  // 0: obd.bdd.v1.Layer.blob:type_name -> obd.bdd.v1.RemoteBlob
-	1,  // 1: obd.bdd.v1.AttachRequest.layers:type_name -> obd.bdd.v1.Layer
-	0,  // 2: obd.bdd.v1.AttachRequest.transport:type_name -> obd.bdd.v1.Transport
-	1,  // 3: obd.bdd.v1.Device.layers:type_name -> obd.bdd.v1.Layer
-	0,  // 4: obd.bdd.v1.Device.transport:type_name -> obd.bdd.v1.Transport
-	4,  // 5: obd.bdd.v1.AttachResponse.device:type_name -> obd.bdd.v1.Device
-	4,  // 6: obd.bdd.v1.ListResponse.devices:type_name -> obd.bdd.v1.Device
-	11, // 7: obd.bdd.v1.StatsResponse.layers:type_name -> obd.bdd.v1.LayerStats
-	2,  // 8: obd.bdd.v1.FetchTraceRequest.layers:type_name -> obd.bdd.v1.RemoteBlob
-	3,  // 9: obd.bdd.v1.Daemon.Attach:input_type -> obd.bdd.v1.AttachRequest
-	6,  // 10: obd.bdd.v1.Daemon.Detach:input_type -> obd.bdd.v1.DetachRequest
-	8,  // 11: obd.bdd.v1.Daemon.List:input_type -> obd.bdd.v1.ListRequest
-	10, // 12: obd.bdd.v1.Daemon.Stats:input_type -> obd.bdd.v1.StatsRequest
-	13, // 13: obd.bdd.v1.Daemon.StartTrace:input_type -> obd.bdd.v1.StartTraceRequest
-	15, // 14: obd.bdd.v1.Daemon.StopTrace:input_type -> obd.bdd.v1.StopTraceRequest
-	17, // 15: obd.bdd.v1.Daemon.Prefetch:input_type -> obd.bdd.v1.PrefetchRequest
-	19, // 16: obd.bdd.v1.Daemon.FetchTrace:input_type -> obd.bdd.v1.FetchTraceRequest
-	21, // 17: obd.bdd.v1.Daemon.PutCredentials:input_type -> obd.bdd.v1.PutCredentialsRequest
-	5,  // 18: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
-	7,  // 19: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
-	9,  // 20: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
-	12, // 21: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
-	14, // 22: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
-	16, // 23: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
-	18, // 24: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
-	20, // 25: obd.bdd.v1.Daemon.FetchTrace:output_type -> obd.bdd.v1.FetchTraceResponse
-	22, // 26: obd.bdd.v1.Daemon.PutCredentials:output_type -> obd.bdd.v1.PutCredentialsResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 0: obd.bdd.v1.Layer.blob:type_name -> obd.bdd.v1.RemoteBlob
+	2,  // 1: obd.bdd.v1.Layer.indexed:type_name -> obd.bdd.v1.IndexedBlob
+	3,  // 2: obd.bdd.v1.IndexedBlob.blob:type_name -> obd.bdd.v1.RemoteBlob
+	3,  // 3: obd.bdd.v1.IndexedBlob.gz_index:type_name -> obd.bdd.v1.RemoteBlob
+	3,  // 4: obd.bdd.v1.IndexedBlob.meta:type_name -> obd.bdd.v1.RemoteBlob
+	3,  // 5: obd.bdd.v1.IndexedBlob.map:type_name -> obd.bdd.v1.RemoteBlob
+	1,  // 6: obd.bdd.v1.AttachRequest.layers:type_name -> obd.bdd.v1.Layer
+	0,  // 7: obd.bdd.v1.AttachRequest.transport:type_name -> obd.bdd.v1.Transport
+	1,  // 8: obd.bdd.v1.Device.layers:type_name -> obd.bdd.v1.Layer
+	0,  // 9: obd.bdd.v1.Device.transport:type_name -> obd.bdd.v1.Transport
+	5,  // 10: obd.bdd.v1.AttachResponse.device:type_name -> obd.bdd.v1.Device
+	5,  // 11: obd.bdd.v1.ListResponse.devices:type_name -> obd.bdd.v1.Device
+	12, // 12: obd.bdd.v1.StatsResponse.layers:type_name -> obd.bdd.v1.LayerStats
+	3,  // 13: obd.bdd.v1.FetchTraceRequest.layers:type_name -> obd.bdd.v1.RemoteBlob
+	2,  // 14: obd.bdd.v1.FetchIndexResponse.layers:type_name -> obd.bdd.v1.IndexedBlob
+	4,  // 15: obd.bdd.v1.Daemon.Attach:input_type -> obd.bdd.v1.AttachRequest
+	7,  // 16: obd.bdd.v1.Daemon.Detach:input_type -> obd.bdd.v1.DetachRequest
+	9,  // 17: obd.bdd.v1.Daemon.List:input_type -> obd.bdd.v1.ListRequest
+	11, // 18: obd.bdd.v1.Daemon.Stats:input_type -> obd.bdd.v1.StatsRequest
+	14, // 19: obd.bdd.v1.Daemon.StartTrace:input_type -> obd.bdd.v1.StartTraceRequest
+	16, // 20: obd.bdd.v1.Daemon.StopTrace:input_type -> obd.bdd.v1.StopTraceRequest
+	18, // 21: obd.bdd.v1.Daemon.Prefetch:input_type -> obd.bdd.v1.PrefetchRequest
+	20, // 22: obd.bdd.v1.Daemon.FetchTrace:input_type -> obd.bdd.v1.FetchTraceRequest
+	22, // 23: obd.bdd.v1.Daemon.PutCredentials:input_type -> obd.bdd.v1.PutCredentialsRequest
+	24, // 24: obd.bdd.v1.Daemon.FetchIndex:input_type -> obd.bdd.v1.FetchIndexRequest
+	6,  // 25: obd.bdd.v1.Daemon.Attach:output_type -> obd.bdd.v1.AttachResponse
+	8,  // 26: obd.bdd.v1.Daemon.Detach:output_type -> obd.bdd.v1.DetachResponse
+	10, // 27: obd.bdd.v1.Daemon.List:output_type -> obd.bdd.v1.ListResponse
+	13, // 28: obd.bdd.v1.Daemon.Stats:output_type -> obd.bdd.v1.StatsResponse
+	15, // 29: obd.bdd.v1.Daemon.StartTrace:output_type -> obd.bdd.v1.StartTraceResponse
+	17, // 30: obd.bdd.v1.Daemon.StopTrace:output_type -> obd.bdd.v1.StopTraceResponse
+	19, // 31: obd.bdd.v1.Daemon.Prefetch:output_type -> obd.bdd.v1.PrefetchResponse
+	21, // 32: obd.bdd.v1.Daemon.FetchTrace:output_type -> obd.bdd.v1.FetchTraceResponse
+	23, // 33: obd.bdd.v1.Daemon.PutCredentials:output_type -> obd.bdd.v1.PutCredentialsResponse
+	25, // 34: obd.bdd.v1.Daemon.FetchIndex:output_type -> obd.bdd.v1.FetchIndexResponse
+	25, // [25:35] is the sub-list for method output_type
+	15, // [15:25] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_bdd_proto_init() }
@@ -1486,6 +1723,7 @@ func file_bdd_proto_init() {
 	file_bdd_proto_msgTypes[0].OneofWrappers = []any{
 		(*Layer_Path)(nil),
 		(*Layer_Blob)(nil),
+		(*Layer_Indexed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1493,7 +1731,7 @@ func file_bdd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bdd_proto_rawDesc), len(file_bdd_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

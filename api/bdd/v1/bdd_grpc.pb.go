@@ -32,6 +32,7 @@ const (
 	Daemon_Prefetch_FullMethodName       = "/obd.bdd.v1.Daemon/Prefetch"
 	Daemon_FetchTrace_FullMethodName     = "/obd.bdd.v1.Daemon/FetchTrace"
 	Daemon_PutCredentials_FullMethodName = "/obd.bdd.v1.Daemon/PutCredentials"
+	Daemon_FetchIndex_FullMethodName     = "/obd.bdd.v1.Daemon/FetchIndex"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -65,6 +66,11 @@ type DaemonClient interface {
 	// later call for the same repository replaces them. They never appear in its
 	// logs, metrics, errors or state files.
 	PutCredentials(ctx context.Context, in *PutCredentialsRequest, opts ...grpc.CallOption) (*PutCredentialsResponse, error)
+	// FetchIndex finds the lazy-start index (`obd index`) the registry holds for an ordinary
+	// OCI image: an artifact referring to the image's manifest. It returns, per image layer,
+	// the blobs to attach it as an indexed layer. An image without one is not an error:
+	// found is false.
+	FetchIndex(ctx context.Context, in *FetchIndexRequest, opts ...grpc.CallOption) (*FetchIndexResponse, error)
 }
 
 type daemonClient struct {
@@ -165,6 +171,16 @@ func (c *daemonClient) PutCredentials(ctx context.Context, in *PutCredentialsReq
 	return out, nil
 }
 
+func (c *daemonClient) FetchIndex(ctx context.Context, in *FetchIndexRequest, opts ...grpc.CallOption) (*FetchIndexResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchIndexResponse)
+	err := c.cc.Invoke(ctx, Daemon_FetchIndex_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -196,6 +212,11 @@ type DaemonServer interface {
 	// later call for the same repository replaces them. They never appear in its
 	// logs, metrics, errors or state files.
 	PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error)
+	// FetchIndex finds the lazy-start index (`obd index`) the registry holds for an ordinary
+	// OCI image: an artifact referring to the image's manifest. It returns, per image layer,
+	// the blobs to attach it as an indexed layer. An image without one is not an error:
+	// found is false.
+	FetchIndex(context.Context, *FetchIndexRequest) (*FetchIndexResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -232,6 +253,9 @@ func (UnimplementedDaemonServer) FetchTrace(context.Context, *FetchTraceRequest)
 }
 func (UnimplementedDaemonServer) PutCredentials(context.Context, *PutCredentialsRequest) (*PutCredentialsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PutCredentials not implemented")
+}
+func (UnimplementedDaemonServer) FetchIndex(context.Context, *FetchIndexRequest) (*FetchIndexResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FetchIndex not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -416,6 +440,24 @@ func _Daemon_PutCredentials_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_FetchIndex_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchIndexRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).FetchIndex(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_FetchIndex_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).FetchIndex(ctx, req.(*FetchIndexRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +500,10 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PutCredentials",
 			Handler:    _Daemon_PutCredentials_Handler,
+		},
+		{
+			MethodName: "FetchIndex",
+			Handler:    _Daemon_FetchIndex_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
