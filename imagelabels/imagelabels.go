@@ -52,6 +52,10 @@ const (
 	// (containerd's snapshotters.TargetManifestDigestLabel, which nerdctl and CRI set; rpull
 	// sets it too): the subject of the image's start-trace artifacts.
 	CRIManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
+	// CRILayerDigest is the digest of the layer blob being unpacked (containerd's
+	// snapshotters.TargetLayerDigestLabel, which nerdctl and CRI set): with CRIManifestDigest
+	// it finds an ordinary OCI layer's lazy-start index.
+	CRILayerDigest = "containerd.io/snapshot/cri.layer-digest"
 )
 
 // MaxBlobSize bounds the blob size an annotation, a label or a request to bdd may claim

@@ -3,6 +3,9 @@ package snapshotter
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
@@ -212,4 +216,80 @@ func TestE2EBDDDevMode(t *testing.T) {
 
 	stack.nerdctl(t, "rm", "-f", "long")
 	waitFor(t, "bdd to have no devices", func() bool { return len(stack.devices(t)) == 0 })
+}
+
+// TestE2EBDDIndexedImage runs an ordinary gzip OCI image lazily: pushed to a registry as it
+// is, indexed there (obd index), pulled by nerdctl through the snapshotter, which finds the
+// index through bdd and records the layers without fetching them; the container starts from
+// bdd's device, which reads ranges of the original blobs: not the image's data file.
+func TestE2EBDDIndexedImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd and containers")
+	}
+	requireOverlay(t)
+	skopeo := testenv.Bin(t, "skopeo")
+	data := make([]byte, 16<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	img := testenv.BuildBusyboxImage(t, testenv.WithDataFile("blob", data))
+	registry := testregistry.Start(t, testregistry.Options{})
+	ref := registry.Host + "/obdtest/plain:v1"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
+		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	c, err := convert.New(convert.Options{WorkDir: t.TempDir(), VirtualSize: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Index(ctx, ref, convert.IndexOptions{Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("indexed %d image bytes: %d index bytes in %s", res.BlobBytes, res.Images[0].IndexBytes, res.Duration)
+
+	b := testenv.StartBDD(t)
+	devices, err := NewBDDDevices(b.Client, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := startServedSnapshotter(t, WithDeviceManager(devices), WithRemoteIndexes(NewRemoteIndexes(b.Client, nil)))
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
+	})
+	stack := &bddStack{bdd: b, served: served, ctrd: ctrd}
+
+	before := registry.BlobBytes()
+	stack.nerdctl(t, "pull", "--quiet", ref)
+	if n := registry.BlobBytes() - before; n >= res.BlobBytes/4 {
+		t.Fatalf("pull fetched %d blob bytes of the image's %d: the layers were not left lazy", n, res.BlobBytes)
+	}
+	stack.nerdctl(t, "run", "-d", "--name", "idx", "--net", "none", ref, "sleep", "600")
+	t.Cleanup(func() { stack.ctrd.Nerdctl(t, "rm", "-f", "idx") })
+	if out := stack.nerdctl(t, "exec", "idx", "sh", "-c", "echo hi; cat /proc/mounts"); !strings.HasPrefix(out, "hi\n") || !strings.Contains(out, "/block/mnt") {
+		t.Fatalf("container output = %q, want hi and an overlay on the device mount", out)
+	}
+	devs := stack.devices(t)
+	if len(devs) != 1 || len(devs[0].GetLayers()) != 2 || devs[0].GetLayers()[0].GetIndexed() == nil {
+		t.Fatalf("bdd devices = %v, want one device of the image's two indexed layers", devs)
+	}
+	st, err := b.Client.Stats(context.Background(), &bddv1.StatsRequest{Id: devs[0].GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fetched uint64
+	for _, l := range st.GetLayers() {
+		fetched += l.GetBytesFetched()
+	}
+	t.Logf("the start fetched %d bytes of the image's %d", fetched, res.BlobBytes)
+	if fetched == 0 || int64(fetched) >= res.BlobBytes/2 {
+		t.Fatalf("the start fetched %d bytes of the image's %d: want a lazy part of it", fetched, res.BlobBytes)
+	}
+	// The data file, read whole, is the image's.
+	if out := stack.nerdctl(t, "exec", "idx", "sh", "-c", "md5sum /data/blob"); !strings.Contains(out, fmt.Sprintf("%x", md5.Sum(data))) {
+		t.Fatalf("md5sum /data/blob through the index = %q", out)
+	}
 }

@@ -192,10 +192,17 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		if err != nil {
 			return "", err
 		}
-		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{
-			Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
-			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset,
-		}}})
+		blob := &bddv1.RemoteBlob{Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
+			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset}
+		if ix := layer.Index; ix != nil {
+			part := func(b IndexBlob) *bddv1.RemoteBlob {
+				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size}
+			}
+			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
+				Blob: blob, GzIndex: part(ix.GzIndex), Meta: part(ix.Meta), Map: part(ix.Map)}}})
+			continue
+		}
+		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: blob}})
 	}
 	// The replay starts first: the device's first reads (its layers' indexes) are the
 	// trace's first ranges, and bdd leaves its own fetching ahead to a covering replay.

@@ -37,6 +37,10 @@ type Config struct {
 	// `ctr-obd record-trace --push` or `obd convert --record-trace`), through bdd, once per
 	// image, and replays it and its page trace as a local one. Needs bddSocket.
 	RemoteTraces bool `json:"remoteTraces"`
+	// RemoteIndexes (default true) looks up, for an ordinary OCI image being pulled, the
+	// lazy-start index `obd index` stores beside it in the registry, through bdd, once per
+	// image; an image with one is read lazily instead of unpacked. Needs bddSocket.
+	RemoteIndexes bool `json:"remoteIndexes"`
 	// RWMode is "overlayfs" (default) or "dev"; see RWModeOverlayFS and RWModeDev.
 	RWMode RWMode `json:"rwMode"`
 	// FSType is the filesystem on lazy chains' devices (default "ext4").
@@ -61,14 +65,15 @@ type Config struct {
 // DefaultConfig returns the configuration used for fields a config file leaves out.
 func DefaultConfig() Config {
 	return Config{
-		Root:         "/var/lib/overlaybd-snapshotter",
-		Address:      "/run/overlaybd-snapshotter/grpc.sock",
-		BDDSocket:    bddclient.DefaultSocket,
-		TraceDir:     tracestore.DefaultDir,
-		RemoteTraces: true,
-		RWMode:       RWModeOverlayFS,
-		FSType:       "ext4",
-		LogLevel:     "info",
+		Root:          "/var/lib/overlaybd-snapshotter",
+		Address:       "/run/overlaybd-snapshotter/grpc.sock",
+		BDDSocket:     bddclient.DefaultSocket,
+		TraceDir:      tracestore.DefaultDir,
+		RemoteTraces:  true,
+		RemoteIndexes: true,
+		RWMode:        RWModeOverlayFS,
+		FSType:        "ext4",
+		LogLevel:      "info",
 		// Covers the view `nerdctl run` mounts just before the container.
 		DeviceLinger:      quantity.Duration(10 * time.Second),
 		ContainerdAddress: "/run/containerd/containerd.sock",

@@ -25,6 +25,23 @@ type RemoteLayer struct {
 	// which bdd checks every fetched range against; empty for a blob without one.
 	RangeTable       digest.Digest `json:"rangeTable,omitempty"`
 	RangeTableOffset int64         `json:"rangeTableOffset,omitempty"`
+	// Index, for an ordinary OCI layer blob read through its lazy-start index (obd index),
+	// names the index's blobs in the same repository; nil for an overlaybd blob.
+	Index *LayerIndex `json:"index,omitempty"`
+}
+
+// LayerIndex names the blobs of an OCI layer's lazy-start index (docs/FORMAT.md, "Indexed
+// OCI images").
+type LayerIndex struct {
+	GzIndex IndexBlob `json:"gzIndex"`
+	Meta    IndexBlob `json:"meta"`
+	Map     IndexBlob `json:"map"`
+}
+
+// IndexBlob is one blob of a layer's index.
+type IndexBlob struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
 }
 
 // DeviceManager attaches the block devices of lazy chains (bdd, through its API, in production).

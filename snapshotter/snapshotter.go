@@ -49,7 +49,20 @@ type config struct {
 	deviceLinger time.Duration
 	pageTraces   *tracestore.Store
 	remoteTraces *RemoteTraces
-	logger       *slog.Logger
+	// remoteIndexes finds the lazy-start indexes of ordinary OCI images; nil: such images
+	// unpack as usual.
+	remoteIndexes *RemoteIndexes
+	logger        *slog.Logger
+}
+
+// WithRemoteIndexes makes ordinary OCI images that have a lazy-start index in the registry
+// (obd index) lazy: their layers are recorded without fetching, as overlaybd layers are, and
+// served by bdd through the index.
+func WithRemoteIndexes(r *RemoteIndexes) Opt {
+	return func(c *config) error {
+		c.remoteIndexes = r
+		return nil
+	}
 }
 
 // Opt configures a Snapshotter.
@@ -269,7 +282,11 @@ func (o *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w: %w", key, errdefs.ErrInvalidArgument, err)
 	}
-	if target, ok := base.Labels[snapshots.LabelSnapshotRef]; isLazy && ok {
+	target, unpacking := base.Labels[snapshots.LabelSnapshotRef]
+	if !isLazy && unpacking {
+		layer, isLazy = o.indexedLayer(ctx, parent, base.Labels)
+	}
+	if isLazy && unpacking {
 		return nil, o.prepareLazyLayer(ctx, key, parent, target, layer, isTopLayer(base.Labels), opts)
 	}
 	return o.createSnapshot(ctx, snapshots.KindActive, key, parent, base.Labels, opts)

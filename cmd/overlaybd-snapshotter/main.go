@@ -105,6 +105,9 @@ func run(cfg snapshotter.Config) error {
 			bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
 			opts = append(opts, snapshotter.WithRemotePageTraces(remote))
 		}
+		if cfg.RemoteIndexes {
+			opts = append(opts, snapshotter.WithRemoteIndexes(snapshotter.NewRemoteIndexes(client, logger)))
+		}
 		devices, err := snapshotter.NewBDDDevices(client, filepath.Join(cfg.Root, "devices"), bddOpts...)
 		if err != nil {
 			return err
@@ -120,7 +123,7 @@ func run(cfg snapshotter.Config) error {
 	defer sn.Close()
 
 	logger.Info("serving", "address", cfg.Address, "root", cfg.Root, "rwMode", cfg.RWMode, "bddSocket", cfg.BDDSocket,
-		"traceDir", cfg.TraceDir, "remoteTraces", cfg.RemoteTraces)
+		"traceDir", cfg.TraceDir, "remoteTraces", cfg.RemoteTraces, "remoteIndexes", cfg.RemoteIndexes)
 	err = snapshotter.Serve(ctx, sn, cfg.Address)
 	if cfg.CRIImageProxy != "" && cfg.BDDSocket != "" {
 		stop()
