@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/obdproject/obd/sandbox/sandboxapi"
@@ -73,9 +74,10 @@ func (f *Function) Validate() error {
 type function struct {
 	Function
 	image  *image
-	tree   *mountTree // its sandboxes' root but scratch: image, code at /srv, packages at /opt, devices; nil once removed
-	zygote *zygote    // the function's own zygote, forked from the image's
-	idle   []*box     // handler cache, most recently used last; all frozen
+	tree   *mountTree   // its sandboxes' root but scratch: image, code at /srv, packages at /opt, devices; nil once removed
+	treeMu sync.RWMutex // guards tree: clones (many at once) against its close
+	zygote *zygote      // the function's own zygote, forked from the image's
+	idle   []*box       // handler cache, most recently used last; all frozen
 	// spare holds prepared sandboxes (no process yet), filled by
 	// keepSpares until stopSpares closes; sparesDone closes when it has cleaned up.
 	spare      chan *box
@@ -190,8 +192,7 @@ func (m *Manager) commit(fn *function, installErr error) error {
 		if fn.zygote != nil {
 			fn.zygote.close()
 		}
-		fn.tree.close()
-		fn.tree = nil
+		fn.closeTree()
 		m.closeLater(m.releaseImage(fn.Image, fn.image))
 		return fmt.Errorf("sandbox: function %s: %w", fn.Name, err)
 	}
@@ -203,6 +204,24 @@ func (m *Manager) commit(fn *function, installErr error) error {
 	}
 	m.log.Info("function registered", "name", fn.Name, "image", fn.Image, "entry", fn.Entry, "memory_mb", fn.MemoryMB, "timeout", fn.Timeout)
 	return nil
+}
+
+// cloneTree returns a new clone of fn's tree, for one sandbox.
+func (fn *function) cloneTree() (*mountTree, error) {
+	fn.treeMu.RLock()
+	defer fn.treeMu.RUnlock()
+	if fn.tree == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, fn.Name)
+	}
+	return fn.tree.clone()
+}
+
+func (fn *function) closeTree() error {
+	fn.treeMu.Lock()
+	defer fn.treeMu.Unlock()
+	err := fn.tree.close()
+	fn.tree = nil
+	return err
 }
 
 // functionTree is the root of fn's sandboxes but their scratch: the image's tree with the
@@ -273,8 +292,7 @@ func (m *Manager) remove(fn *function) error {
 	if fn.zygote != nil {
 		errs = append(errs, fn.zygote.close())
 	}
-	errs = append(errs, fn.tree.close())
-	fn.tree = nil
+	errs = append(errs, fn.closeTree())
 	closing := m.releaseImage(fn.Image, fn.image)
 	m.mu.Unlock()
 	if closing != nil {

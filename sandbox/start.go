@@ -90,14 +90,7 @@ func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
 	if b.procs, err = b.group.OpenProcs(); err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	if fn.tree == nil {
-		err = fmt.Errorf("%w: %s", ErrNotFound, fn.Name)
-	} else {
-		b.root, err = fn.tree.clone()
-	}
-	m.mu.Unlock()
-	if err != nil {
+	if b.root, err = fn.cloneTree(); err != nil {
 		return nil, err
 	}
 	scratch, err := tmpfs(fn.ScratchMB<<20, m.cfg.UIDBase+nobody)
