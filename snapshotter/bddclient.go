@@ -188,6 +188,10 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 	}
 	req := &bddv1.AttachRequest{UpperDir: upperDir, ReadOnly: upperDir == ""}
 	for _, layer := range layers {
+		if layer.Path != "" {
+			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Path{Path: layer.Path}})
+			continue
+		}
 		repo, err := repository(layer.Ref)
 		if err != nil {
 			return "", err

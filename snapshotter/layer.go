@@ -5,17 +5,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/tracestore"
 )
 
-// RemoteLayer is one overlaybd layer blob in a registry.
+// RemoteLayer is one overlaybd layer blob in a registry, or, with Path, a local copy of one.
 type RemoteLayer struct {
-	Ref    string        `json:"ref"` // image reference the blob belongs to
+	Ref string `json:"ref"` // image reference the blob belongs to
+	// Path is a local file holding the layer (the blob's overlaybd.commit, which containerd
+	// unpacked itself: see unpackedLayer); bdd reads it instead of the registry. Ref and the
+	// range table are empty then, and Digest is the file's.
+	Path   string        `json:"path,omitempty"`
 	Digest digest.Digest `json:"digest"`
 	Size   int64         `json:"size"`
 	// Manifest is the digest of the image manifest the layer was pulled for, "" when the pull
@@ -133,4 +140,37 @@ func chainID(layers []RemoteLayer) (digest.Digest, error) {
 		blobs[i] = l.Digest
 	}
 	return tracestore.ChainID(blobs)
+}
+
+// commitMember is the one member of an overlaybd layer tar (tarblob), the layer file itself.
+const commitMember = "overlaybd.commit"
+
+// unpackedLayer recognizes an overlaybd layer that containerd unpacked into the active
+// snapshot at dir like any tar layer: a client-side unpack (`ctr run` after a plain `ctr image
+// pull`, or any pull without the layer annotations) passes the snapshotter no labels, and
+// applies the layer tar, whose only member is the layer file. Such a directory holds nothing
+// but overlaybd.commit, a valid overlaybd layer; its record names that file, so the layer is
+// served from it, with no second download. ok is false for any other directory.
+func unpackedLayer(dir string) (layer RemoteLayer, ok bool, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 || entries[0].Name() != commitMember || !entries[0].Type().IsRegular() {
+		return RemoteLayer{}, false, nil
+	}
+	path := filepath.Join(dir, commitMember)
+	blob, err := layerblob.OpenFile(path)
+	if err != nil {
+		return RemoteLayer{}, false, nil // a file of that name that is no overlaybd layer
+	}
+	blob.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		return RemoteLayer{}, false, err
+	}
+	defer f.Close()
+	digester := digest.Canonical.Digester()
+	size, err := io.Copy(digester.Hash(), f)
+	if err != nil {
+		return RemoteLayer{}, false, fmt.Errorf("digest %s: %w", path, err)
+	}
+	return RemoteLayer{Path: path, Digest: digester.Digest(), Size: size}, true, nil
 }

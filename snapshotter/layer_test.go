@@ -1,7 +1,9 @@
 package snapshotter
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/lsmt"
 )
 
 func TestRemoteLayerFromLabels(t *testing.T) {
@@ -149,5 +152,41 @@ func TestPinTrace(t *testing.T) {
 	}
 	if string(pinTrace([]byte("junk"), layers)) != "junk" {
 		t.Fatal("an undecodable trace was changed")
+	}
+}
+
+func TestUnpackedLayer(t *testing.T) {
+	work := t.TempDir()
+	w, err := lsmt.Create(filepath.Join(work, "upper"), lsmt.CreateOptions{VirtualSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var commit bytes.Buffer
+	if _, err := w.Commit(&commit, lsmt.CommitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, commitMember)
+	if err := os.WriteFile(path, commit.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	layer, ok, err := unpackedLayer(dir)
+	if err != nil || !ok || layer.Path != path || layer.Size != int64(commit.Len()) || layer.Digest != digest.FromBytes(commit.Bytes()) {
+		t.Fatalf("unpackedLayer = %+v, %v, %v; want the commit file", layer, ok, err)
+	}
+	// Anything else is an ordinary layer: another file beside it, or no overlaybd layer.
+	if err := os.WriteFile(filepath.Join(dir, "etc"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := unpackedLayer(dir); ok || err != nil {
+		t.Fatalf("with another file: %v, %v", ok, err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, commitMember), []byte("not a layer"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := unpackedLayer(other); ok || err != nil {
+		t.Fatalf("a file that is no layer: %v, %v", ok, err)
 	}
 }

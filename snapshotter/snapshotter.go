@@ -334,7 +334,14 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if err != nil {
 			return err
 		}
+		recorded, err := o.recordUnpackedLayer(s)
+		if err != nil {
+			return err
+		}
 		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...); err != nil {
+			if recorded {
+				_ = os.Remove(o.layerRecordPath(s.ID))
+			}
 			return err
 		}
 		parentIDs = s.ParentIDs
@@ -345,6 +352,29 @@ func (o *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	// The committed snapshot no longer needs the chain's device itself; its children will.
 	o.releaseChainDevice(ctx, parentIDs)
 	return nil
+}
+
+// recordUnpackedLayer makes the active snapshot s lazy when it holds an overlaybd layer that
+// containerd unpacked like a tar layer (unpackedLayer) on a chain of lazy layers only: the
+// chain then gets one device, from local files where they are, like any lazy chain.
+func (o *Snapshotter) recordUnpackedLayer(s storage.Snapshot) (bool, error) {
+	if o.cfg.devices == nil || s.Kind != snapshots.KindActive {
+		return false, nil
+	}
+	for _, id := range s.ParentIDs {
+		if !o.isLazy(id) {
+			return false, nil
+		}
+	}
+	layer, ok, err := unpackedLayer(o.upperPath(s.ID))
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := writeLayerRecord(o.layerRecordPath(s.ID), layer); err != nil {
+		return false, err
+	}
+	o.cfg.logger.Info("overlaybd layer unpacked by containerd, served from its file", "snapshot", s.ID, "digest", layer.Digest, "size", layer.Size)
+	return true, nil
 }
 
 // Remove deletes a snapshot. It is gone from the metadata at once; its devices are detached if

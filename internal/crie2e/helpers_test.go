@@ -54,3 +54,13 @@ func hasCapability(t *testing.T, bit uint) bool {
 // sleepCmd keeps a container running and ends it at once on SIGTERM (a plain sleep as PID 1
 // ignores the signal, and each stop would wait out its grace period).
 const sleepCmd = `trap "exit 0" TERM; sleep 600 & wait`
+
+// logContains reports whether the log at path has a line containing s.
+func logContains(t *testing.T, path, s string) bool {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(data), s)
+}

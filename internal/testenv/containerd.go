@@ -218,6 +218,20 @@ func (c *Containerd) Ctr(t testing.TB, args ...string) string {
 	return c.run(t, Bin(t, "ctr"), append(global, args...))
 }
 
+// TryCtr runs ctr like Ctr but returns a failure (with its standard error) instead of failing
+// the test.
+func (c *Containerd) TryCtr(args ...string) (stdout string, err error) {
+	ctr, ok := findBin("ctr")
+	if !ok {
+		return "", errors.New("testenv: ctr not found (run `make deps`)")
+	}
+	stdout, stderr, err := c.exec(ctr, append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...))
+	if err != nil {
+		return stdout, fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, stderr)
+	}
+	return stdout, nil
+}
+
 func (c *Containerd) run(t testing.TB, binary string, args []string) string {
 	t.Helper()
 	stdout, stderr, err := c.exec(binary, args)
