@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -86,6 +87,9 @@ func readMeta(dir string) (meta, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return m, fmt.Errorf("%w: %s: %v", ErrBadImage, MetaFile, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return m, fmt.Errorf("%w: %s: data after the record", ErrBadImage, MetaFile)
 	}
 	if m.Version != metaVersion {
 		return m, fmt.Errorf("%w: %s: version %d, want %d", ErrBadImage, MetaFile, m.Version, metaVersion)

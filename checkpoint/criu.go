@@ -36,6 +36,9 @@ type CRIU struct {
 	Path string
 	// Version is what `criu --version` reported, e.g. "4.1.1".
 	Version string
+	// LogLevel is criu's -v level for its log files, 0 to 4; 0 means criu's default (2:
+	// errors and warnings). 4 logs every step with timestamps, for finding where time goes.
+	LogLevel int
 }
 
 // Find returns the criu that scripts/setup.sh installs ($OBD_DEPS/bin/criu, OBD_DEPS defaulting
@@ -99,7 +102,7 @@ func (c *CRIU) run(ctx context.Context, logPath string, extra []*os.File, args .
 	if err := ensureKdatDir(); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, c.Path, append(args, "--log-file", logPath)...)
+	cmd := exec.CommandContext(ctx, c.Path, append(args, c.logArgs(logPath)...)...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	cmd.ExtraFiles = extra
@@ -107,6 +110,15 @@ func (c *CRIU) run(ctx context.Context, logPath string, extra []*os.File, args .
 		return fmt.Errorf("checkpoint: criu %s: %w: %s%s", args[0], err, strings.TrimSpace(stderr.String()), logTail(logPath))
 	}
 	return nil
+}
+
+// logArgs are criu's options for logging to path at c.LogLevel.
+func (c *CRIU) logArgs(path string) []string {
+	args := []string{"--log-file", path}
+	if c.LogLevel > 0 {
+		args = append(args, fmt.Sprintf("-v%d", min(c.LogLevel, 4)))
+	}
+	return args
 }
 
 // logTail returns the error lines of a criu log, or its last lines when it has none, prefixed

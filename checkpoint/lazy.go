@@ -35,8 +35,8 @@ func (c *CRIU) startLazyPages(ctx context.Context, dir, work string, timeout tim
 	defer statusR.Close()
 	logPath := filepath.Join(work, "lazy-pages.log")
 	// Not CommandContext: the daemon outlives this call, serving the restored process.
-	cmd := exec.Command(c.Path, "lazy-pages", "--images-dir", dir, "--work-dir", work,
-		"--status-fd", "3", "--log-file", logPath)
+	cmd := exec.Command(c.Path, append([]string{"lazy-pages", "--images-dir", dir, "--work-dir", work,
+		"--status-fd", "3"}, c.logArgs(logPath)...)...)
 	cmd.ExtraFiles = []*os.File{statusW}
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
