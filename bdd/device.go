@@ -79,6 +79,10 @@ func (s *Server) openStack(ctx context.Context, spec DeviceSpec) (_ *lsmt.Stack,
 		if err != nil {
 			return nil, nil, err
 		}
+		if n := upper.DroppedRecords(); n > 0 {
+			s.log.Warn("upper's index log cut at its first bad record (a power loss leaves such a tail)",
+				"device", spec.ID, "upper", spec.UpperDir, "dropped", n)
+		}
 	}
 	stack, err := lsmt.NewStack(lower, upper)
 	if err != nil {

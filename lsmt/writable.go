@@ -50,6 +50,7 @@ type Writable struct {
 	segs     segIndex
 	dataEnd  int64 // log mode: byte offset of the next data append (reserved space included)
 	indexEnd int64 // log mode: byte offset of the next index record
+	dropped  int   // log mode: records cut from the log's end when it was opened
 	sealed   bool
 	closed   bool
 }
@@ -186,11 +187,30 @@ func openWritable(dir string) (_ *Writable, err error) {
 		return nil, fmt.Errorf("%s: %w", IndexFileName, err)
 	}
 	w.indexEnd = HeaderSize + int64(n)*RecordSize
+	if w.dropped = (len(log) - int(w.indexEnd) + RecordSize - 1) / RecordSize; w.dropped > 0 {
+		// Later appends go where the first bad record was: the ones after it must not
+		// come back to life at the next open.
+		if err := w.index.Truncate(w.indexEnd); err != nil {
+			return nil, fmt.Errorf("%s: cut the log after %d good records: %w", IndexFileName, n, err)
+		}
+		if err := w.index.Sync(); err != nil {
+			return nil, fmt.Errorf("%s: %w", IndexFileName, err)
+		}
+	}
 	return w, nil
 }
 
-// replay checks an index log (header and records) and applies its complete
-// records to the in-memory index in order; it returns how many it applied.
+// DroppedRecords is how many records (a partial one counts) OpenWritable cut from the end
+// of the index log, from the first bad one on: what a power loss leaves when records
+// reached the log but their data did not reach the data file. The layer reads as it was
+// before the first of them was written.
+func (w *Writable) DroppedRecords() int { return w.dropped }
+
+// replay checks an index log's header and applies its records to the in-memory index in
+// order, up to the first bad one (empty, past the virtual size, data outside the data
+// file): a power loss can leave the log ahead of the data, and what follows a bad record
+// cannot be trusted either. It returns how many records it applied; a bad header is an
+// error.
 func (w *Writable) replay(log []byte) (int, error) {
 	if len(log) < HeaderSize {
 		return 0, fmt.Errorf("%w: index log of %d bytes is shorter than its header", ErrFormat, len(log))
@@ -212,11 +232,9 @@ func (w *Writable) replay(log []byte) (int, error) {
 			continue
 		}
 		s.Tag = 0
-		switch {
-		case s.Length == 0 || s.End() > vsectors:
-			return 0, fmt.Errorf("%w: record %d: sectors [%d, +%d) empty or past the virtual size (%d sectors)", ErrFormat, i, s.Offset, s.Length, vsectors)
-		case !s.Zeroed && (s.MOffset < HeaderSize/SectorSize || s.MOffset+uint64(s.Length) > dataEnd):
-			return 0, fmt.Errorf("%w: record %d: data sectors [%d, +%d) outside the data file [8, %d)", ErrFormat, i, s.MOffset, s.Length, dataEnd)
+		if s.Length == 0 || s.End() > vsectors ||
+			!s.Zeroed && (s.MOffset < HeaderSize/SectorSize || s.MOffset+uint64(s.Length) > dataEnd) {
+			return i, nil
 		}
 		w.segs.insert(s)
 	}

@@ -265,3 +265,51 @@ func TestLargeWriteSplits(t *testing.T) {
 		t.Fatalf("read back after reopen: %v, equal %v", err, bytes.Equal(got, data))
 	}
 }
+
+// TestReplayStopsAtFirstBadRecord: after a power loss the index log may end in records whose
+// data never reached the data file (or in garbage). Opening keeps every record before the
+// first bad one, drops it and the rest, and cuts the log there, so that later appends do
+// not bring dropped records back to life at the next open.
+func TestReplayStopsAtFirstBadRecord(t *testing.T) {
+	dir := refWritableDir(t)
+	path := filepath.Join(dir, IndexFileName)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	torn := make([]byte, 3*RecordSize)
+	EncodeSegment(Segment{Offset: 8, Length: 8, MOffset: 1 << 40}, torn)                       // data never written
+	EncodeSegment(Segment{Offset: 16, Length: 8, MOffset: HeaderSize / SectorSize}, torn[16:]) // valid, but after it
+	if err := os.WriteFile(path, append(bytes.Clone(good), torn...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := OpenWritable(dir)
+	if err != nil {
+		t.Fatalf("OpenWritable with a torn log: %v", err)
+	}
+	if n := w.DroppedRecords(); n != 3 {
+		t.Errorf("DroppedRecords = %d, want 3", n)
+	}
+	checkScenarioA(t, w, w.VirtualSize())
+	if _, err := w.WriteAt(bytes.Repeat([]byte{7}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(good)+RecordSize || !bytes.Equal(after[:len(good)], good) {
+		t.Fatalf("index log of %d bytes after one write, want the %d good bytes and one record", len(after), len(good))
+	}
+	w, err = OpenWritable(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if n := w.DroppedRecords(); n != 0 {
+		t.Errorf("DroppedRecords after the cut = %d, want 0", n)
+	}
+}
