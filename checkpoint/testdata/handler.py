@@ -16,6 +16,8 @@ db = sqlite3.connect(":memory:")
 db.execute("create table t (k integer primary key, v text)")
 db.executemany("insert into t values (?, ?)",
                ((i, hashlib.sha256(str(i).encode()).hexdigest()) for i in range(20000)))
+# OBD_TEST_BALLAST_MB: private memory the handler holds besides, as a loaded model would.
+ballast = bytearray(b"\x5a") * (int(os.environ.get("OBD_TEST_BALLAST_MB", "0")) << 20)
 served = 0
 
 inp = os.fdopen(0, "rb", buffering=0)
