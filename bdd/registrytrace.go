@@ -80,7 +80,11 @@ func traceImage(req *bddv1.FetchTraceRequest) (traceartifact.Image, int64, error
 	}
 	img.Manifest = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: manifest}
 	for i, b := range req.GetLayers() {
-		if err := bddclient.CheckLayer(&bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: b}}); err != nil {
+		checked := b
+		if b.GetSize() == 0 { // unknown: the caller checks the sizes the trace names
+			checked = &bddv1.RemoteBlob{Ref: b.GetRef(), Digest: b.GetDigest(), Size: 1}
+		}
+		if err := bddclient.CheckLayer(&bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: checked}}); err != nil {
 			return img, 0, bad("layer %d: %v", i, err)
 		}
 		img.Layers = append(img.Layers, ocispec.Descriptor{Digest: digest.Digest(b.GetDigest()), Size: b.GetSize()})

@@ -138,6 +138,14 @@ func TestFetchTrace(t *testing.T) {
 	if len(got.Blobs) != 1 || got.Blobs[0].Digest.String() != traced.layers[0].Digest || len(got.Blobs[0].Ranges) != 2 {
 		t.Fatalf("trace %+v: want the pushed ranges of layer 0", got)
 	}
+	unsized := traced.request()
+	unsized.Layers = nil
+	for _, l := range traced.layers {
+		unsized.Layers = append(unsized.Layers, &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest})
+	}
+	if again, err := d.Client.FetchTrace(d.ctx(), unsized); err != nil || !bytes.Equal(again.GetTrace(), resp.GetTrace()) {
+		t.Fatalf("FetchTrace with the layers' sizes unknown: %v; want the same trace", err)
+	}
 	if _, err := d.Client.Prefetch(d.ctx(), &bddv1.PrefetchRequest{Trace: resp.GetTrace()}); err != nil {
 		t.Fatalf("the fetched trace does not replay: %v", err)
 	}
@@ -147,7 +155,7 @@ func TestFetchTrace(t *testing.T) {
 		t.Fatalf("FetchTrace of an untraced image: %+v, %v; want found=false", resp, err)
 	}
 	metrics := get(t, "http://"+metricsAddr+"/metrics")
-	for _, want := range []string{`obd_bdd_registry_traces_total{result="found"} 1`, `obd_bdd_registry_traces_total{result="none"} 1`} {
+	for _, want := range []string{`obd_bdd_registry_traces_total{result="found"} 2`, `obd_bdd_registry_traces_total{result="none"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}

@@ -61,7 +61,7 @@ func startStack(t *testing.T, ctrObd string, opts ...stackOptions) *stack {
 	if o.remoteTraces {
 		remote := snapshotter.NewRemoteTraces(b.Client, logger)
 		bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
-		snOpts = append(snOpts, snapshotter.WithRemotePageTraces(remote))
+		snOpts = append(snOpts, snapshotter.WithRemoteTraces(remote))
 		if o.pageTraces == "" {
 			o.pageTraces = filepath.Join(dir, "traces")
 		}

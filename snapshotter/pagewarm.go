@@ -40,9 +40,11 @@ func WithPageTraces(dir string) Opt {
 	}
 }
 
-// WithRemotePageTraces reads in, for a chain without a local page trace, the page trace that
-// came with its start trace from the registry (RemoteTraces), waiting for the chain's lookup.
-func WithRemotePageTraces(r *RemoteTraces) Opt {
+// WithRemoteTraces has the snapshotter use the start traces the registry holds (RemoteTraces):
+// a pull's bottom layer starts the image's lookup, and a chain without a local page trace
+// reads in the page trace that came with its registry trace, waiting for the chain's lookup.
+// The replay of the block trace is the device manager's (WithRemoteTracePrefetch).
+func WithRemoteTraces(r *RemoteTraces) Opt {
 	return func(c *config) error {
 		c.remoteTraces = r
 		return nil

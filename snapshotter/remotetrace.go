@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/pagetrace"
 )
@@ -62,15 +64,54 @@ func NewRemoteTraces(client bddv1.DaemonClient, logger *slog.Logger) *RemoteTrac
 	return &RemoteTraces{client: client, logger: logger, lookups: map[digest.Digest]*traceLookup{}}
 }
 
+// LookAhead starts the lookup of the start trace of the image whose manifest and layer blobs
+// (lowest first) a pull names, before the layers' sizes are known; Trace checks the sizes.
+// A chain looked up already is not asked again.
+func (r *RemoteTraces) LookAhead(ref string, manifest digest.Digest, blobs []digest.Digest) {
+	layers := make([]RemoteLayer, len(blobs))
+	for i, d := range blobs {
+		layers[i] = RemoteLayer{Ref: ref, Digest: d, Manifest: manifest}
+	}
+	if _, err := r.lookup(layers); err != nil {
+		r.logger.Debug("no registry trace lookup ahead", "ref", ref, "err", err)
+	}
+}
+
 // Trace returns the block trace the registry holds for the image of layers (lowest first),
 // in blocktrace's encoding, and the digest of its artifact. It waits for the chain's lookup
-// or ctx, whichever ends first.
+// or ctx, whichever ends first. The trace names only blobs of layers, with their sizes.
 func (r *RemoteTraces) Trace(ctx context.Context, layers []RemoteLayer) (blocks []byte, artifact string, err error) {
 	l, err := r.wait(ctx, layers)
 	if err != nil {
 		return nil, "", err
 	}
+	if err := checkTraceBlobs(l.blocks, layers); err != nil {
+		return nil, "", fmt.Errorf("registry trace %s: %w", l.artifact, err)
+	}
 	return l.blocks, l.artifact, nil
+}
+
+// checkTraceBlobs checks that a block trace names only blobs of layers, with their sizes (a
+// lookup ahead of the pull asked without them).
+func checkTraceBlobs(blocks []byte, layers []RemoteLayer) error {
+	t, err := blocktrace.Decode(blocks)
+	if err != nil {
+		return err
+	}
+	sizes := make(map[digest.Digest]int64, len(layers))
+	for _, l := range layers {
+		sizes[l.Digest] = l.Size
+	}
+	for _, b := range t.Blobs {
+		size, ok := sizes[b.Digest]
+		if !ok {
+			return fmt.Errorf("blob %s is not a layer of the chain", b.Digest)
+		}
+		if b.Size != size {
+			return fmt.Errorf("blob %s has size %d in the trace, %d in the image", b.Digest, b.Size, size)
+		}
+	}
+	return nil
 }
 
 // Pages returns the page trace stored with the chain's registry trace; ErrNoRemoteTrace when
@@ -200,4 +241,26 @@ func (r *RemoteTraces) run(l *traceLookup, chain digest.Digest, layers []RemoteL
 	}
 	r.logger.Info("registry trace fetched", "ref", top.Ref, "chain", chain, "artifact", l.artifact,
 		"bytes", len(l.blocks), "page_ranges", len(l.pages), "took", time.Since(start))
+}
+
+// lookAheadTrace starts the registry lookup of an image's start trace when a pull records the
+// image's bottom layer, whose labels name the manifest and every layer above it
+// (cri.image-layers, lowest first): the lookup's round trips then overlap the rest of the pull
+// instead of delaying the replay that starts when the device attaches.
+func (o *Snapshotter) lookAheadTrace(labels map[string]string, bottom RemoteLayer) {
+	if o.cfg.remoteTraces == nil || bottom.Manifest == "" || labels[imagelabels.CRIImageLayers] == "" {
+		return
+	}
+	var blobs []digest.Digest
+	for _, raw := range strings.Split(labels[imagelabels.CRIImageLayers], ",") {
+		d, err := digest.Parse(raw)
+		if err != nil {
+			return // containerd shortens a list too long for a label: no lookup ahead
+		}
+		blobs = append(blobs, d)
+	}
+	if blobs[0] != bottom.Digest {
+		return
+	}
+	o.cfg.remoteTraces.LookAhead(bottom.Ref, bottom.Manifest, blobs)
 }

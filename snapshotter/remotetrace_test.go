@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +155,40 @@ func TestLayerLabelsCarryTheManifest(t *testing.T) {
 	labels[imagelabels.CRIManifestDigest] = "sha256:short"
 	if _, _, err := remoteLayerFromLabels(labels); !errors.Is(err, ErrBadLayerLabels) {
 		t.Fatalf("a malformed manifest label: %v, want ErrBadLayerLabels", err)
+	}
+}
+
+// TestRemoteTracesLookAhead: a lookup started from a pull's labels, before the layers' sizes
+// are known, serves the attach that follows without a second FetchTrace; a trace whose sizes
+// do not match the layers' is refused then.
+func TestRemoteTracesLookAhead(t *testing.T) {
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	remote := NewRemoteTraces(client, nil)
+	honest := devices.addBlob(map[string]string{"a": "1"})
+	honest.Manifest = digest.FromString("honest")
+	lying := devices.addBlob(map[string]string{"b": "2"})
+	lying.Manifest = digest.FromString("lying")
+	bdd.registry[honest.Manifest.String()] = encodedTrace(t, honest)
+	grown := lying
+	grown.Size += 4096
+	bdd.registry[lying.Manifest.String()] = encodedTrace(t, grown)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, l := range []RemoteLayer{honest, lying} {
+		remote.LookAhead(l.Ref, l.Manifest, []digest.Digest{l.Digest})
+	}
+	got, _, err := remote.Trace(ctx, []RemoteLayer{honest})
+	if err != nil || !bytes.Equal(got, encodedTrace(t, honest)) {
+		t.Fatalf("Trace after a lookup ahead: %q, %v; want the registry's trace", got, err)
+	}
+	if _, _, err := remote.Trace(ctx, []RemoteLayer{lying}); err == nil || !strings.Contains(err.Error(), "size") {
+		t.Fatalf("Trace of a trace with another size: %v, want it refused for its size", err)
+	}
+	for _, l := range []RemoteLayer{honest, lying} {
+		if n := bdd.fetchTraceCalls(l.Manifest); n != 1 {
+			t.Errorf("chain %s looked up %d times, want once", l.Digest, n)
+		}
 	}
 }

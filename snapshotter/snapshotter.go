@@ -287,6 +287,9 @@ func (o *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		layer, isLazy = o.indexedLayer(ctx, parent, base.Labels)
 	}
 	if isLazy && unpacking {
+		if parent == "" {
+			o.lookAheadTrace(base.Labels, layer)
+		}
 		return nil, o.prepareLazyLayer(ctx, key, parent, target, layer, isTopLayer(base.Labels), opts)
 	}
 	return o.createSnapshot(ctx, snapshots.KindActive, key, parent, base.Labels, opts)

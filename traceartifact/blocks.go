@@ -57,7 +57,8 @@ func summarize(t blocktrace.Trace) Summary {
 	return s
 }
 
-// fitBlocks checks that every blob of a block trace is one of layers (digest and size) and
+// fitBlocks checks that every blob of a block trace is one of layers (digest, and size unless
+// the layer's is 0: unknown to the caller, who checks it later) and
 // that every range lies inside its blob, and returns the trace re-encoded with every blob's
 // reference set to ref: the image's repository, never one a registry's artifact names.
 func fitBlocks(data []byte, layers []ocispec.Descriptor, ref string) ([]byte, Summary, error) {
@@ -75,7 +76,7 @@ func fitBlocks(data []byte, layers []ocispec.Descriptor, ref string) ([]byte, Su
 		if !ok {
 			return nil, Summary{}, fmt.Errorf("%w: blob %s is not a layer of the image", ErrBadTrace, b.Digest)
 		}
-		if b.Size != size {
+		if size != 0 && b.Size != size {
 			return nil, Summary{}, fmt.Errorf("%w: blob %s has size %d in the trace, %d in the image", ErrBadTrace, b.Digest, b.Size, size)
 		}
 		// Decode checked every range against b.Size.

@@ -128,6 +128,11 @@ func TestSelectRejectsForeignBlobs(t *testing.T) {
 	if _, err := Select(ctx, resolver, img.ref, img.Image, math.MaxInt64); !errors.Is(err, ErrBadTrace) {
 		t.Errorf("Select of a trace past a blob's end: error = %v, want ErrBadTrace", err)
 	}
+	// Layers of unknown size (0) leave the sizes to the caller: the same trace is selected.
+	unknown := Image{Manifest: img.Manifest, Layers: []ocispec.Descriptor{{Digest: l.Digest}, {Digest: img.Layers[1].Digest}}}
+	if sel, err := Select(ctx, resolver, img.ref, unknown, math.MaxInt64); err != nil || sel.Summary.Bytes != 1<<20 {
+		t.Errorf("Select with sizes unknown: %+v, %v; want the newest trace, of 1 MiB", sel.Summary, err)
+	}
 }
 
 func TestPushRefuses(t *testing.T) {

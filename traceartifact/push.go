@@ -32,6 +32,7 @@ type Image struct {
 	// Manifest is the image's platform manifest (never an index): a trace artifact's subject.
 	Manifest ocispec.Descriptor
 	// Layers are the image's layer blobs, by Digest and Size: the only blobs a trace may name.
+	// For Select a Size of 0 is unknown: the trace's size of that blob is not checked.
 	Layers []ocispec.Descriptor
 }
 

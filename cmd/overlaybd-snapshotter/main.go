@@ -103,7 +103,7 @@ func run(cfg snapshotter.Config) error {
 		if cfg.RemoteTraces {
 			remote := snapshotter.NewRemoteTraces(client, logger)
 			bddOpts = append(bddOpts, snapshotter.WithRemoteTracePrefetch(remote))
-			opts = append(opts, snapshotter.WithRemotePageTraces(remote))
+			opts = append(opts, snapshotter.WithRemoteTraces(remote))
 		}
 		if cfg.RemoteIndexes {
 			opts = append(opts, snapshotter.WithRemoteIndexes(snapshotter.NewRemoteIndexes(client, logger)))

@@ -1160,7 +1160,8 @@ type FetchTraceRequest struct {
 	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
 	// Digest of the image's platform manifest: the artifacts' subject.
 	ManifestDigest string `protobuf:"bytes,2,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"`
-	// The image's layer blobs: the only blobs a trace may name.
+	// The image's layer blobs: the only blobs a trace may name. A size of 0 is
+	// unknown: the trace's size of that blob is then the caller's to check.
 	Layers []*RemoteBlob `protobuf:"bytes,3,rep,name=layers,proto3" json:"layers,omitempty"`
 	// The most traced bytes the caller will replay; 0 means bdd's default.
 	MaxBytes      int64 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
