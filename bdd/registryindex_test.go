@@ -10,16 +10,23 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/ociartifact"
+	"github.com/obdproject/obd/ociindex"
 )
 
 // tarGz returns a gzip layer tar of the tree at root and its diff ID.
@@ -120,6 +127,18 @@ func TestFUSEIndexedOCIImage(t *testing.T) {
 	for _, l := range resp.GetLayers() {
 		layers = append(layers, &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: l}})
 	}
+	// An index blob that is not what its digest says is refused at attach.
+	bad := proto.Clone(resp.GetLayers()[0]).(*bddv1.IndexedBlob)
+	bad.Map = bad.GetGzIndex()
+	bad.Map.Digest = digest.FromString("other").String()
+	if _, err := d.Client.Attach(d.ctx(), &bddv1.AttachRequest{Layers: []*bddv1.Layer{{Source: &bddv1.Layer_Indexed{Indexed: bad}}},
+		ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE}); err == nil {
+		t.Fatal("attach of an indexed layer with a wrong map blob succeeded")
+	}
+
+	if _, err := d.Client.StartTrace(d.ctx(), &bddv1.StartTraceRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	dev := d.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
 	mnt := mount(t, dev.GetDevicePath(), true)
 
@@ -132,6 +151,19 @@ func TestFUSEIndexedOCIImage(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read through the index: %d bytes, %v; want the file's %d", len(got), err, len(want))
 	}
+	// The start's trace names the image's layer blob alone: the index blobs, fetched whole,
+	// stay out of it, so registry traces of indexed images name only the image's layers.
+	tr, err := d.Client.StopTrace(d.ctx(), &bddv1.StopTraceRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trace, err := blocktrace.Decode(tr.GetTrace())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(trace.Blobs) != 1 || trace.Blobs[0].Digest.String() != resp.GetLayers()[0].GetBlob().GetDigest() {
+		t.Fatalf("trace of the start names %d blobs (%v), want the image's layer blob alone", len(trace.Blobs), trace.Blobs)
+	}
 	stats, err := d.Client.Stats(d.ctx(), &bddv1.StatsRequest{Id: dev.GetId()})
 	if err != nil {
 		t.Fatal(err)
@@ -142,4 +174,48 @@ func TestFUSEIndexedOCIImage(t *testing.T) {
 		t.Errorf("reading one file fetched %d bytes of the %d-byte blob: want some, and under half", fetched, blobSize)
 	}
 	compareSums(t, treeSums(t, tree), treeSums(t, mnt))
+}
+
+// TestFetchIndexRefusesForeignIndex: an index artifact of the image's manifest that indexes
+// other layers than the image's is refused, not served.
+func TestFetchIndexRefusesForeignIndex(t *testing.T) {
+	reg := testregistry.Start(t, testregistry.Options{})
+	img := pushTraceImage(t, reg, "plain/foreign")
+	var layers []ociindex.Layer
+	for _, l := range img.layers {
+		src := ocispec.Descriptor{Digest: digest.FromString("not " + l.GetDigest()), Size: l.GetSize()}
+		blob := func(mt string) ocispec.Descriptor {
+			data := []byte(mt + src.Digest.String())
+			return ocispec.Descriptor{MediaType: mt, Digest: reg.PushBlob(t, "plain/foreign", data), Size: int64(len(data))}
+		}
+		layers = append(layers, ociindex.Layer{Source: src, GzIndex: blob(ociindex.MediaTypeGzIndex), Meta: blob(ociindex.MediaTypeMeta), Map: blob(ociindex.MediaTypeMap)})
+	}
+	man, err := ociindex.BuildManifest(img.manifest, layers, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	artifact := ociartifact.Descriptor(ocispec.MediaTypeImageManifest, man)
+	resolver := plainResolver()
+	pusher, err := resolver.Pusher(ctx, img.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []struct {
+		d    ocispec.Descriptor
+		data []byte
+	}{{ociartifact.EmptyConfig(), ocispec.DescriptorEmptyJSON.Data}, {artifact, man}} {
+		if err := ociartifact.PushBytes(ctx, pusher, reg.Host+"/plain/foreign", b.d, b.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	artifact.ArtifactType = ociindex.ArtifactType
+	if _, err := ociartifact.Attach(ctx, resolver, reg.Host+"/plain/foreign", img.manifest.Digest, artifact); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "")
+	_, err = d.Client.FetchIndex(d.ctx(), &bddv1.FetchIndexRequest{Ref: img.ref, ManifestDigest: img.manifest.Digest.String()})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "indexes") {
+		t.Fatalf("FetchIndex of a foreign index: %v, want InvalidArgument naming the layer mismatch", err)
+	}
 }
