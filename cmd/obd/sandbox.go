@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +22,7 @@ import (
 type lambdaFlags struct {
 	server    string
 	tokenFile string
+	caCert    string
 	timeout   time.Duration
 }
 
@@ -30,6 +34,17 @@ func (f *lambdaFlags) client(cmd *cobra.Command) (*sandboxapi.Client, context.Co
 			return nil, nil, nil, fmt.Errorf("--token-file: %w", err)
 		}
 		c.Token = strings.TrimSpace(string(b))
+	}
+	if f.caCert != "" {
+		pem, err := os.ReadFile(f.caCert)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--ca-cert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, nil, fmt.Errorf("--ca-cert %s: no PEM certificate", f.caCert)
+		}
+		c.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 	return c, ctx, cancel, nil
@@ -44,6 +59,7 @@ func newSandboxCmd() *cobra.Command {
 			"(cold, forked from a zygote, or thawed from the handler cache).",
 	}
 	cmd.PersistentFlags().StringVar(&f.server, "server", "unix:///run/obd/lambda.sock", "obd-lambda address: unix:///PATH or http(s)://HOST:PORT")
+	cmd.PersistentFlags().StringVar(&f.caCert, "ca-cert", "", "PEM certificate(s) to trust for an https:// server (default: the system's)")
 	cmd.PersistentFlags().StringVar(&f.tokenFile, "token-file", "", "file holding the server's bearer token (a server on TCP needs it; or $OBD_LAMBDA_TOKEN)")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the call to the server")
 	cmd.AddCommand(newSandboxRegisterCmd(f), newSandboxRunCmd(f), newSandboxLsCmd(f), newSandboxStatsCmd(f), newSandboxRmCmd(f))
