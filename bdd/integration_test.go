@@ -316,3 +316,63 @@ func TestFUSEOrphanDropped(t *testing.T) {
 	// Its loop device is left to the administrator; free it so the test leaves none.
 	run(t, "losetup", "-d", dev.GetDevicePath())
 }
+
+// unrestoredDevice attaches a one-layer read-only device (with its ext4 mounted when mnt is
+// wanted), kills bdd, moves the layer file away and restarts bdd, whose restore of the
+// device must fail. It returns the daemon, the device, the layer's path (the file is at
+// path+".away"), the tree the ext4 holds and its mount point ("" unless wanted).
+func unrestoredDevice(t *testing.T, seed uint64, wantMount bool) (d *daemon, dev *bddv1.Device, layer, tree, mnt string) {
+	t.Helper()
+	requireBlockFacilities(t)
+	tree, img := ext4Image(t, seed, 5, 16<<20)
+	layer = splitImage(t, img, 1, nil, false)[0]
+	d = startDaemon(t, "")
+	dev = d.attach(&bddv1.AttachRequest{Layers: pathLayers(layer), ReadOnly: true})
+	if wantMount {
+		mnt = mount(t, dev.GetDevicePath(), true)
+	}
+	d.Kill9(t)
+	if err := os.Rename(layer, layer+".away"); err != nil {
+		t.Fatal(err)
+	}
+	d.Start(t)
+	if !d.LogContains("restore failed", dev.GetId()) {
+		t.Fatalf("device %s was restored without its layer:\n%s", dev.GetId(), d.Logs())
+	}
+	return d, dev, layer, tree, mnt
+}
+
+// TestFUSEUnrestoredDetachReleases: a device whose restore fails (its layer file is gone)
+// still has a FUSE connection in the keeper, on which the ext4 above it waits; Detach of
+// such a device drops that connection and unmounts its FUSE file, so nothing is left
+// waiting for ever.
+func TestFUSEUnrestoredDetachReleases(t *testing.T) {
+	d, dev, _, _, _ := unrestoredDevice(t, 9, false)
+	if _, err := d.Client.Detach(d.ctx(), &bddv1.DetachRequest{Id: dev.GetId()}); err != nil {
+		t.Fatalf("detach of the unrestored device: %v", err)
+	}
+	fuseFile := filepath.Join(d.Dir, "run", "fuse", dev.GetId())
+	if out, _ := exec.Command("findmnt", "-n", fuseFile).Output(); len(out) != 0 {
+		t.Errorf("the unrestored device's FUSE file is still mounted after Detach: %s", out)
+	}
+	// Its loop device is left to the administrator; free it so the test leaves none.
+	run(t, "losetup", "-d", dev.GetDevicePath())
+}
+
+// TestFUSEUnrestoredRetries: a device whose restore failed (its layer file was away) is
+// restored in the background once the layer is back, and its ext4, mounted before bdd was
+// killed, reads its files again.
+func TestFUSEUnrestoredRetries(t *testing.T) {
+	d, dev, layer, tree, mnt := unrestoredDevice(t, 11, true)
+	if err := os.Rename(layer+".away", layer); err != nil {
+		t.Fatal(err)
+	}
+	guard := time.Now().Add(5 * time.Minute) // against a hang, far past the first retries
+	for !d.LogContains("restored", "device="+dev.GetId()) {
+		if d.LogContains("restore abandoned", dev.GetId()) || time.Now().After(guard) {
+			t.Fatalf("device %s was not restored once its layer was back:\n%s", dev.GetId(), d.Logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	compareSums(t, treeSums(t, tree), treeSums(t, mnt))
+}

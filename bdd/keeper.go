@@ -172,11 +172,28 @@ func (s *Server) dropOrphans(ctx context.Context, specs []DeviceSpec) error {
 			continue
 		}
 		s.log.Warn("dropping the FUSE connection of a device without state", "device", id)
-		errs = append(errs, keeper.Drop(ctx, id))
-		file := filepath.Join(s.cfg.RunDir, "fuse", id)
-		if err := unix.Unmount(file, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", file, err))
+		errs = append(errs, s.releaseHeld(ctx, keeper, id))
+	}
+	return errors.Join(errs...)
+}
+
+// releaseHeld drops the FUSE connection the keeper holds for device id, which no bdd
+// serves (its state is gone, or its restore failed), and unmounts its FUSE file: requests
+// on it fail instead of waiting for ever. keeper nil means bdd's own keeper, if it runs.
+func (s *Server) releaseHeld(ctx context.Context, keeper *fdkeeper.Client, id string) error {
+	if keeper == nil {
+		var err error
+		if keeper, err = s.keeper(ctx, false); err != nil || keeper == nil {
+			return err
 		}
+	}
+	var errs []error
+	if err := keeper.Drop(ctx, id); err != nil && !errors.Is(err, fdkeeper.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("keeper: drop %s: %w", id, err))
+	}
+	file := filepath.Join(s.cfg.RunDir, "fuse", id)
+	if err := unix.Unmount(file, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("unmount %s: %w", file, err))
 	}
 	return errors.Join(errs...)
 }

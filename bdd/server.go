@@ -55,6 +55,9 @@ type Server struct {
 	keeperMu      sync.Mutex
 	keeperClient  *fdkeeper.Client
 
+	// retries are the background retries of failed restores.
+	retries sync.WaitGroup
+
 	mu      sync.Mutex
 	devices map[string]*device
 	// busy holds ids being attached or detached, so concurrent calls on one id
@@ -251,34 +254,80 @@ func (s *Server) release(id string) {
 }
 
 // Restore brings back every device persisted in the state dir, resuming the
-// transport where it survived. Devices that cannot be restored are logged and
-// their state is kept (Detach removes it); the joined error names them.
+// transport where it survived. A device that cannot be restored is logged, its state is
+// kept, and its restore is tried again in the background with growing pauses
+// (restoreRetries times, until ctx ends or it is detached: Detach also releases what the
+// keeper holds for it); the joined error names the first failures.
 func (s *Server) Restore(ctx context.Context) error {
 	specs, loadErr := s.store.LoadAll()
 	errs := []error{loadErr}
 	for _, spec := range specs {
-		err := s.reserveUpper(spec)
-		var d *device
-		if err == nil {
-			if d, err = s.attach(ctx, spec, true); err != nil {
-				s.releaseUpper(spec)
-			}
-		}
-		if err != nil {
+		if err := s.restore(ctx, spec); err != nil {
 			s.log.Error("restore failed", "device", spec.ID, "err", err)
 			errs = append(errs, err)
-			continue
+			s.retries.Go(func() { s.retryRestore(ctx, spec) })
 		}
-		s.add(d)
-		s.log.Info("restored", "device", spec.ID, "path", d.path, "nbd", d.nbdSocket)
 	}
 	errs = append(errs, s.dropOrphans(ctx, specs))
 	return errors.Join(errs...)
 }
 
+// Restores that failed are tried again this many times, after pauses doubling from
+// restoreBackoff up to restoreBackoffMax (a registry or a layer's disk may come back).
+const (
+	restoreRetries    = 8
+	restoreBackoff    = time.Second
+	restoreBackoffMax = time.Minute
+)
+
+// restore attaches spec's device again, resuming its transport.
+func (s *Server) restore(ctx context.Context, spec DeviceSpec) error {
+	if err := s.reserveUpper(spec); err != nil {
+		return err
+	}
+	d, err := s.attach(ctx, spec, true)
+	if err != nil {
+		s.releaseUpper(spec)
+		return err
+	}
+	s.add(d)
+	s.log.Info("restored", "device", spec.ID, "path", d.path, "nbd", d.nbdSocket)
+	return nil
+}
+
+// retryRestore tries restore again with backoff while the device's state exists.
+func (s *Server) retryRestore(ctx context.Context, spec DeviceSpec) {
+	delay := restoreBackoff
+	for attempt := 1; attempt <= restoreRetries; attempt++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, restoreBackoffMax)
+		s.mu.Lock()
+		if s.busy[spec.ID] { // being detached: try later, or find its state gone
+			s.mu.Unlock()
+			continue
+		}
+		s.busy[spec.ID] = true
+		s.mu.Unlock()
+		var err error
+		if s.store.Exists(spec.ID) {
+			err = s.restore(ctx, spec)
+		}
+		s.release(spec.ID)
+		if err == nil {
+			return
+		}
+		s.log.Warn("restore retry failed", "device", spec.ID, "attempt", attempt, "err", err)
+	}
+	s.log.Error("restore abandoned: detach the device to release it", "device", spec.ID, "attempts", restoreRetries)
+}
+
 // Detach stops serving a device and forgets it. A device that is still mounted
 // is left alone and the call fails with FailedPrecondition.
-func (s *Server) Detach(_ context.Context, req *bddv1.DetachRequest) (*bddv1.DetachResponse, error) {
+func (s *Server) Detach(ctx context.Context, req *bddv1.DetachRequest) (*bddv1.DetachResponse, error) {
 	id := req.GetId()
 	s.mu.Lock()
 	d := s.devices[id]
@@ -295,10 +344,13 @@ func (s *Server) Detach(_ context.Context, req *bddv1.DetachRequest) (*bddv1.Det
 		if !validID.MatchString(id) || !s.store.Exists(id) {
 			return nil, grpcError(fmt.Errorf("device %q: %w", id, ErrNotFound))
 		}
+		if err := s.releaseHeld(ctx, nil, id); err != nil {
+			return nil, grpcError(fmt.Errorf("detach unrestored device %s: %w", id, err))
+		}
 		if err := s.store.Remove(id); err != nil {
 			return nil, grpcError(err)
 		}
-		s.log.Info("dropped the state of an unrestored device", "device", id)
+		s.log.Info("dropped an unrestored device: its FUSE connection and state", "device", id)
 		return &bddv1.DetachResponse{}, nil
 	}
 	if err := s.closeDevice(d); err != nil {
@@ -406,8 +458,10 @@ func grpcError(err error) error {
 // Shutdown makes every writable device durable, stops the NBD exports and closes
 // the remote fetcher (making the cache durable); it does not detach anything, so a
 // restarted bdd picks every device up again (FUSE devices stay alive in the keeper
-// meanwhile). The state files are kept. Call it after Serve has returned.
+// meanwhile). The state files are kept. Call it after Serve has returned and the context
+// given to Restore is done (Shutdown waits for the restores it retries).
 func (s *Server) Shutdown() error {
+	s.retries.Wait() // they end with Restore's context
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
