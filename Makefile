@@ -66,6 +66,22 @@ clean:
 proto:
 	cd api/bdd/v1 && protoc -I. --go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. bdd.proto
 
+# bench-fleet measures one node's start against a far origin (50 ms per request, 100 Mbit/s and
+# 1 Gbit/s) straight, through a cold and a warm zone mirror and with mirror-warm (about 10
+# minutes), then runs the fleet model on it: bench/fleet/firststart-*.json and fleet.png, the
+# README's "Zone mirrors" and "Fleet scale" figures. Needs root for the image
+# (scripts/mkdedupimages.sh, obd convert) and the benchmark's python trace (bench-coldstart).
+.PHONY: bench-fleet
+bench-fleet: build
+	bash scripts/mkdedupimages.sh >/dev/null
+	$(BIN)/obd convert --algorithm zstd --block-size 16K --work-dir $(OBD_DEPS)/dedup-work \
+		oci:$(OBD_DEPS)/images/dedup-set:gcc oci:$(OBD_DEPS)/images/dedup-set-obd:gcc
+	cd bench/fleet && $(GO) test -count=1 -run '^TestFirstStart$$' -timeout 1h -v . -fleet -fleet.runs 5 \
+		-fleet.origin-bw 12500000 -fleet.out firststart-100mbit.json
+	cd bench/fleet && $(GO) test -count=1 -run '^TestFirstStart$$' -timeout 1h -v . -fleet -fleet.runs 5 \
+		-fleet.origin-bw 125000000 -fleet.out firststart-1gbit.json
+	$(BIN)/obd fleet-sim --figures bench/fleet/firststart-1gbit.json --chart bench/fleet/fleet.png
+
 # bench-sandbox measures function sandbox start latency (cold, warm from a zygote, hot from the
 # handler cache) against `runc run` of the same rootfs, plus the zygote path's start rate, and
 # prints the ratios. Needs root; builds the python3 rootfs once (scripts/mkrootfs.sh).

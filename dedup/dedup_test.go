@@ -9,12 +9,12 @@ import (
 	"testing"
 )
 
+// randomBytes are n bytes that differ by seed.
 func randomBytes(seed uint64, n int) []byte {
+	var key [32]byte
+	key[0] = byte(seed)
 	b := make([]byte, n)
-	r := rand.New(rand.NewPCG(seed, 1))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
+	rand.NewChaCha8(key).Read(b)
 	return b
 }
 

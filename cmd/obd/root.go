@@ -16,7 +16,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newConvertCmd())
 	root.AddCommand(newIndexCmd())
 	root.AddCommand(newAttachCmd(), newDetachCmd(), newLsCmd(), newStatsCmd(), newTraceCmd())
-	root.AddCommand(newSimCmd(), newProbeCmd(), newDedupReportCmd())
+	root.AddCommand(newSimCmd(), newProbeCmd(), newDedupReportCmd(), newFleetSimCmd(), newMirrorWarmCmd())
 	root.AddCommand(newSandboxCmd())
 	return root
 }

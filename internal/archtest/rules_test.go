@@ -43,7 +43,7 @@ var rules = []rule{
 	},
 	{
 		name:  "fleet tools link no daemon, transport or fetcher",
-		from:  []string{"dedup/..."},
+		from:  []string{"dedup/...", "mirrorwarm/...", "fleetsim/..."},
 		scope: links,
 		deny:  daemonTransportFetcher,
 	},

@@ -99,6 +99,9 @@ type Registry struct {
 	tokens        atomic.Int64 // tokens issued
 	expiredUpTo   atomic.Int64 // tokens with an ID up to this are refused (ExpireTokens)
 	blobStoreHost string
+
+	logMu   sync.Mutex
+	blobLog []digest.Digest // the digests of blob GETs, in arrival order
 }
 
 // Start runs a registry until t ends. It fails the test if the registry cannot start.
@@ -200,6 +203,13 @@ func (r *Registry) BlobGets() int64 { return r.blobGets.Load() }
 // BlobBytes counts the body bytes the registry answered blob GETs with: its egress for blobs.
 func (r *Registry) BlobBytes() int64 { return r.blobBytes.Load() }
 
+// BlobGetDigests lists the digests of the blob GETs that reached the registry, in order.
+func (r *Registry) BlobGetDigests() []digest.Digest {
+	r.logMu.Lock()
+	defer r.logMu.Unlock()
+	return append([]digest.Digest(nil), r.blobLog...)
+}
+
 // PartialBlobGets counts blob GETs answered with 206 Partial Content (a range).
 func (r *Registry) PartialBlobGets() int64 { return r.blobPartial.Load() }
 
@@ -241,6 +251,9 @@ func (r *Registry) countBlobGets(next http.Handler) http.Handler {
 			return
 		}
 		r.blobGets.Add(1)
+		r.logMu.Lock()
+		r.blobLog = append(r.blobLog, digest.Digest(req.URL.Path[strings.LastIndex(req.URL.Path, "/")+1:]))
+		r.logMu.Unlock()
 		cw := &countingWriter{ResponseWriter: w}
 		next.ServeHTTP(cw, req)
 		r.blobBytes.Add(cw.n)

@@ -38,6 +38,10 @@ type Options struct {
 	Origin testregistry.Options // Auth defaults to token auth
 	// Notify lists webhook URLs the mirror posts its notification events to.
 	Notify []string
+	// Existing, if set, is the origin to use instead of starting one (Origin is then unused):
+	// zones that share an origin share its images. It must not use token auth, whose realm
+	// names the link in front of it.
+	Existing *testregistry.Registry
 }
 
 // Zone is a running origin and mirror; everything stops when the test ends.
@@ -63,7 +67,10 @@ func Start(t testing.TB, opts Options) *Zone {
 	if opts.Origin.Auth == testregistry.AuthToken {
 		opts.Origin.TokenRealm = originLink.URL + "/token"
 	}
-	origin := testregistry.Start(t, opts.Origin)
+	origin := opts.Existing
+	if origin == nil {
+		origin = testregistry.Start(t, opts.Origin)
+	}
 	if err := originLink.SetUpstream(origin.URL); err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +113,18 @@ func (z *Zone) NodeConfig(t testing.TB, withOrigin bool) string {
 	}
 	path := filepath.Join(t.TempDir(), "config.json")
 	if err := os.WriteFile(path, []byte(`{"auths":{`+auths+`}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// MirrorConfig writes the Docker config.json of a service beside the mirror (a warmer): the
+// zone's credentials for the mirror's own host.
+func (z *Zone) MirrorConfig(t testing.TB) string {
+	t.Helper()
+	auth := base64.StdEncoding.EncodeToString([]byte(ZoneUser + ":" + ZonePassword))
+	path := filepath.Join(t.TempDir(), "mirror-config.json")
+	if err := os.WriteFile(path, fmt.Appendf(nil, `{"auths":{%q:{"auth":%q}}}`, z.Mirror.Host, auth), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
