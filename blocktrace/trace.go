@@ -82,3 +82,25 @@ func firstOrLast(first int64) int64 {
 	}
 	return first
 }
+
+// Pin names blob d of the trace, if it has it, as a device of an image will read it: through
+// repository ref, with the range table table at offset ("" and 0: none). A trace is a hint;
+// whoever replays one for an image pins its blobs from the image's manifest, so the replay
+// fills the cache entries the image's devices read (remotefetch keys them by table, or by
+// repository for a blob without one). It reports whether anything changed.
+func (t *Trace) Pin(d digest.Digest, ref string, table digest.Digest, offset int64) bool {
+	changed := false
+	for i := range t.Blobs {
+		b := &t.Blobs[i]
+		if b.Digest != d {
+			continue
+		}
+		if ref != "" && b.Ref != ref {
+			b.Ref, changed = ref, true
+		}
+		if b.RangeTable != table || b.RangeTableOffset != offset {
+			b.RangeTable, b.RangeTableOffset, changed = table, offset, true
+		}
+	}
+	return changed
+}

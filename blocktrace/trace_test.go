@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	"pgregory.net/rapid"
 )
 
@@ -75,5 +76,22 @@ func TestCompareFirst(t *testing.T) {
 	slices.SortStableFunc(rs, CompareFirst)
 	if want := []Range{{Off: 3, First: 1}, {Off: 2, First: 3}, {Off: 1, First: 0}}; !slices.Equal(rs, want) {
 		t.Fatalf("sorted %+v, want %+v", rs, want)
+	}
+}
+
+func TestPin(t *testing.T) {
+	d, other, table := digest.FromString("d"), digest.FromString("o"), digest.FromString("t")
+	tr := Trace{Blobs: []Blob{{Ref: "a/b", Digest: d, Size: 10}, {Ref: "c/d", Digest: other, Size: 10, RangeTable: table, RangeTableOffset: 5}}}
+	if !tr.Pin(d, "x/y", table, 8) || tr.Blobs[0].Ref != "x/y" || tr.Blobs[0].RangeTable != table || tr.Blobs[0].RangeTableOffset != 8 {
+		t.Fatalf("pinned %+v", tr.Blobs[0])
+	}
+	if tr.Pin(d, "", table, 8) {
+		t.Fatal("pinning the same again reports a change")
+	}
+	if !tr.Pin(other, "", "", 0) || tr.Blobs[1].RangeTable != "" || tr.Blobs[1].Ref != "c/d" {
+		t.Fatalf("unpinned %+v", tr.Blobs[1])
+	}
+	if tr.Pin(digest.FromString("absent"), "z/z", table, 1) {
+		t.Fatal("a blob the trace lacks reports a change")
 	}
 }

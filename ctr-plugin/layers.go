@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/tracestore"
 )
@@ -39,13 +40,50 @@ func overlaybdBlobs(manifest ocispec.Manifest) ([]digest.Digest, error) {
 
 // traceChain returns the key under which the trace of img is stored.
 func traceChain(ctx context.Context, img containerd.Image) (digest.Digest, error) {
+	chain, _, err := imageTraceChain(ctx, img)
+	return chain, err
+}
+
+// imageTraceChain is traceChain that also returns img's manifest.
+func imageTraceChain(ctx context.Context, img containerd.Image) (digest.Digest, ocispec.Manifest, error) {
 	manifest, err := images.Manifest(ctx, img.ContentStore(), img.Target(), img.Platform())
 	if err != nil {
-		return "", fmt.Errorf("manifest of %s: %w", img.Name(), err)
+		return "", manifest, fmt.Errorf("manifest of %s: %w", img.Name(), err)
 	}
 	blobs, err := overlaybdBlobs(manifest)
 	if err != nil {
-		return "", fmt.Errorf("image %s: %w", img.Name(), err)
+		return "", manifest, fmt.Errorf("image %s: %w", img.Name(), err)
 	}
-	return tracestore.ChainID(blobs)
+	chain, err := tracestore.ChainID(blobs)
+	return chain, manifest, err
+}
+
+// pinTrace pins the blobs of an encoded trace from the layers of manifest
+// (blocktrace.Trace.Pin): their range tables, as the devices of the image read them. A trace
+// it cannot decode, or a layer whose annotations do not parse, is left as it is (bdd and the
+// snapshotter refuse what is wrong).
+func pinTrace(raw []byte, manifest ocispec.Manifest) []byte {
+	t, err := blocktrace.Decode(raw)
+	if err != nil {
+		return raw
+	}
+	changed := false
+	for _, l := range manifest.Layers {
+		d, err := digest.Parse(l.Annotations[imagelabels.BlobDigest])
+		if err != nil {
+			continue
+		}
+		table, off, err := imagelabels.ParseRangeTable(l.Annotations[imagelabels.RangeTable], l.Annotations[imagelabels.RangeTableOffset], l.Size)
+		if err != nil {
+			continue
+		}
+		changed = t.Pin(d, "", table, off) || changed
+	}
+	if !changed {
+		return raw
+	}
+	if out, err := t.Encode(); err == nil {
+		return out
+	}
+	return raw
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/imagelabels"
 )
 
@@ -79,5 +80,22 @@ func TestLazyLayerLabels(t *testing.T) {
 	index := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromString("index")}
 	if children, err := lazyLayerLabels(ref)(staticChildren(manifest)).Handle(context.Background(), index); err != nil || len(children) != 1 || children[0].Annotations != nil {
 		t.Fatalf("index children = %v, %v; want the manifest unchanged", children, err)
+	}
+}
+
+// rpull's replay pins the trace's blobs with the range tables the manifest gives.
+func TestPinTraceFromManifest(t *testing.T) {
+	blob, table := digest.FromString("blob"), digest.FromString("table")
+	layer := overlaybdLayer(blob)
+	layer.Size = 4096
+	layer.Annotations[imagelabels.RangeTable] = table.String()
+	layer.Annotations[imagelabels.RangeTableOffset] = "4000"
+	raw, err := blocktrace.Trace{Blobs: []blocktrace.Blob{{Ref: "r/x", Digest: blob, Size: 4096, Ranges: []blocktrace.Range{{Off: 0, Len: 1}}}}}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := blocktrace.Decode(pinTrace(raw, ocispec.Manifest{Layers: []ocispec.Descriptor{layer}}))
+	if err != nil || got.Blobs[0].RangeTable != table || got.Blobs[0].RangeTableOffset != 4000 || got.Blobs[0].Ref != "r/x" {
+		t.Fatalf("pinned %+v (%v)", got, err)
 	}
 }

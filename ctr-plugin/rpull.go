@@ -102,7 +102,7 @@ func lazyLayerLabels(ref string) func(images.Handler) images.Handler {
 
 // prefetchRecorded asks bdd to prefetch the trace recorded for img, if there is one.
 func prefetchRecorded(ctx context.Context, cmd *cli.Command, img containerd.Image, out io.Writer) error {
-	chain, err := traceChain(ctx, img)
+	chain, manifest, err := imageTraceChain(ctx, img)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func prefetchRecorded(ctx context.Context, cmd *cli.Command, img containerd.Imag
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, cmd.Duration("prefetch-timeout"))
 	defer cancel()
-	if _, err := daemon.Prefetch(pctx, &bddv1.PrefetchRequest{Trace: trace}); err != nil {
+	if _, err := daemon.Prefetch(pctx, &bddv1.PrefetchRequest{Trace: pinTrace(trace, manifest)}); err != nil {
 		return fmt.Errorf("prefetch %s: %w", store.Path(chain), err)
 	}
 	fmt.Fprintf(out, "prefetched the start trace %s in %.2fs\n", store.Path(chain), time.Since(start).Seconds())

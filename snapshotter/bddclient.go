@@ -123,30 +123,27 @@ func (b *BDDDevices) startPrefetch(key string, layers []RemoteLayer) (stop func(
 	return cancel
 }
 
-// pinTrace makes each blob of an encoded trace that is one of layers name it as the device
-// will: its repository and its range table from the image (a trace is only a hint, the
-// manifest is what pins a blob), so that the replay fills the cache entry the device reads.
-// A trace it cannot decode goes as it is, for bdd to refuse.
+// pinTrace pins each blob of an encoded trace that is one of layers as the device will read it
+// (blocktrace.Trace.Pin): the manifest, not the trace, says where a blob is and what checks it.
+// A repository that names the same one as the trace's is left as it is. A trace it cannot
+// decode goes as it is, for bdd to refuse.
 func pinTrace(raw []byte, layers []RemoteLayer) []byte {
 	t, err := blocktrace.Decode(raw)
 	if err != nil {
 		return raw
 	}
 	changed := false
-	for i := range t.Blobs {
-		tb := &t.Blobs[i]
-		for _, l := range layers {
-			if l.Digest != tb.Digest {
-				continue
-			}
-			repo, err := repository(l.Ref)
-			if theirs, terr := repository(tb.Ref); err == nil && (terr != nil || theirs != repo) {
-				tb.Ref, changed = repo, true
-			}
-			if tb.RangeTable != l.RangeTable || tb.RangeTableOffset != l.RangeTableOffset {
-				tb.RangeTable, tb.RangeTableOffset, changed = l.RangeTable, l.RangeTableOffset, true
+	for _, l := range layers {
+		repo, err := repository(l.Ref)
+		if err != nil {
+			continue
+		}
+		for _, b := range t.Blobs {
+			if theirs, err := repository(b.Ref); b.Digest == l.Digest && err == nil && theirs == repo {
+				repo = b.Ref // the same repository: keep the trace's spelling
 			}
 		}
+		changed = t.Pin(l.Digest, repo, l.RangeTable, l.RangeTableOffset) || changed
 	}
 	if !changed {
 		return raw
