@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/credentials"
 	"google.golang.org/grpc/codes"
@@ -37,4 +40,26 @@ func (s *Server) PutCredentials(_ context.Context, req *bddv1.PutCredentialsRequ
 	}
 	s.log.Info("credentials received", "ref", req.GetRef(), "repositories", s.pulled.Len())
 	return &bddv1.PutCredentialsResponse{}, nil
+}
+
+// authorizeCached refuses a new device whose registry layers are on the node already (cached,
+// perhaps brought by another image sharing them) when their image's repository does not let
+// this node read them with the credentials it has (remotefetch.Authorize): a private image
+// must not start on a node without its credentials because another image brought its bytes.
+// Devices resumed after a restart are not checked: they were when they were attached.
+func (s *Server) authorizeCached(ctx context.Context, spec DeviceSpec) error {
+	var g errgroup.Group
+	g.SetLimit(maxConcurrentOpens)
+	for i, ls := range spec.Layers {
+		if ls.Path != "" || ls.Ref == "" || ls.Indexed != nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := s.fetcher.Authorize(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, blobOptions(ls)...); err != nil {
+				return fmt.Errorf("layer %d (%s): %w", i, ls.Name(), err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }

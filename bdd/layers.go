@@ -175,11 +175,7 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 	if ls.Indexed != nil {
 		return p.openIndexed(ctx, ls)
 	}
-	var opts []remotefetch.OpenOption
-	if ls.RangeTable != "" {
-		opts = append(opts, remotefetch.WithRangeTable(digest.Digest(ls.RangeTable), ls.RangeTableOffset))
-	}
-	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, opts...)
+	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, blobOptions(ls)...)
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +186,14 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 		return nil, errors.Join(err, blob.Close())
 	}
 	return &openLayer{layers: []lsmt.Layer{f}, source: blob, blob: blob, opening: reads.opened()}, nil
+}
+
+// blobOptions are the fetcher's options for the registry blob of ls.
+func blobOptions(ls LayerSpec) []remotefetch.OpenOption {
+	if ls.RangeTable == "" {
+		return nil
+	}
+	return []remotefetch.OpenOption{remotefetch.WithRangeTable(digest.Digest(ls.RangeTable), ls.RangeTableOffset)}
 }
 
 // maxWholeMeta bounds the metadata layer of an indexed layer, which is fetched whole and

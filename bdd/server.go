@@ -179,6 +179,9 @@ func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.A
 
 	spec, err := specFromRequest(id, req, s.cfg.Transport)
 	if err == nil {
+		err = s.authorizeCached(ctx, spec)
+	}
+	if err == nil {
 		err = s.reserveUpper(spec)
 	}
 	if err != nil {
@@ -447,6 +450,8 @@ func grpcError(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrLimit):
 		code = codes.ResourceExhausted
+	case errors.Is(err, remotefetch.ErrUnauthorized):
+		code = codes.PermissionDenied
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

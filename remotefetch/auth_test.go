@@ -83,3 +83,44 @@ func TestCredentialsPerRepository(t *testing.T) {
 		t.Fatalf("read after the repository's credentials arrived: %v", err)
 	}
 }
+
+// TestAuthorizeCachedBlob: a blob that one repository's image brought and that is verified,
+// so shared by every repository, is refused to another repository the node has no
+// credentials for, until it has them; a blob that is not on the node is not checked.
+func TestAuthorizeCachedBlob(t *testing.T) {
+	e := newEnv(t, testregistry.Options{Auth: testregistry.AuthBasic}, 3*testUnit, false)
+	private := e.reg.Host + "/private/app:v1"
+	e.reg.PushBlob(t, "private/app", e.data)
+	var mem credentials.Memory
+	if err := mem.Put(e.ref, e.reg.Username(), e.reg.Password()); err != nil {
+		t.Fatal(err)
+	}
+	f := newFetcher(t, Options{Credentials: &mem})
+	size := int64(len(e.data))
+
+	if err := f.Authorize(t.Context(), private, e.dgst, size); err != nil {
+		t.Fatalf("nothing cached: %v, want no check", err)
+	}
+	b := open(t, f, e)
+	if err := b.Verify(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	gets := e.reg.BlobGets()
+	err := f.Authorize(t.Context(), private, e.dgst, size)
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("cached blob, no credentials for its repository: %v, want ErrUnauthorized", err)
+	}
+	if e.reg.BlobGets() == gets {
+		t.Fatal("Authorize asked the registry nothing")
+	}
+	if err := f.Authorize(t.Context(), e.ref, e.dgst, size); err != nil {
+		t.Fatalf("the repository that brought it: %v", err)
+	}
+	if err := mem.Put(private, e.reg.Username(), e.reg.Password()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Authorize(t.Context(), private, e.dgst, size); err != nil {
+		t.Fatalf("with the repository's credentials: %v", err)
+	}
+}

@@ -183,6 +183,7 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		}
 		// bdd no longer knows the device (its state was wiped): attach it anew.
 	}
+	layers = throughImage(layers)
 	req := &bddv1.AttachRequest{UpperDir: upperDir, ReadOnly: upperDir == ""}
 	for _, layer := range layers {
 		if layer.Path != "" {
@@ -297,6 +298,27 @@ func (b *BDDDevices) statePath(key string) (string, error) {
 		return "", fmt.Errorf("device key %q is not a plain name", key)
 	}
 	return filepath.Join(b.stateDir, key), nil
+}
+
+// throughImage returns the chain with every registry layer named by the image of its top
+// layer, the image being run. containerd shares a layer's snapshot among all images that have
+// it and the snapshot remembers the image that brought it; read through that image's
+// repository, a private image's layers would be fetched with another image's credentials and
+// checked against its access (bdd's check of cached blobs). Every layer of an image is a blob
+// of the image's own repository, so reading them there is always possible.
+func throughImage(layers []RemoteLayer) []RemoteLayer {
+	if len(layers) == 0 || layers[len(layers)-1].Path != "" {
+		return layers
+	}
+	top := layers[len(layers)-1].Ref
+	out := make([]RemoteLayer, len(layers))
+	for i, l := range layers {
+		if l.Path == "" {
+			l.Ref = top
+		}
+		out[i] = l
+	}
+	return out
 }
 
 // repository returns the repository of an image reference ("host/app:v1" → "host/app"), the

@@ -406,3 +406,32 @@ func TestBDDDevicesAttachFailureStopsReplay(t *testing.T) {
 		t.Fatal("the replay still ran 30s after its attach failed")
 	}
 }
+
+// TestBDDDevicesReadThroughTheImage: a chain whose lower layer was brought by another image is
+// attached with every layer in the repository of the image being run.
+func TestBDDDevicesReadThroughTheImage(t *testing.T) {
+	requireOverlay(t)
+	devices := newLoopDevices(t)
+	bdd, client := startLoopBDD(t, devices)
+	manager, err := NewBDDDevices(client, filepath.Join(t.TempDir(), "devices"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lower := devices.addBlob(map[string]string{"etc/os": "lower"})
+	lower.Ref = "registry.test/public/base:v1"
+	upper := devices.addBlob(map[string]string{"bin/app": "upper"})
+	upper.Ref = "registry.test/private/app:v2"
+	if _, err := manager.Attach(context.Background(), "private-app", []RemoteLayer{lower, upper}, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = manager.Detach(context.Background(), "private-app") })
+	reqs := bdd.attachRequests()
+	if len(reqs) != 1 {
+		t.Fatalf("attach requests = %v, want one", reqs)
+	}
+	for i, l := range reqs[0].GetLayers() {
+		if got := l.GetBlob().GetRef(); got != "registry.test/private/app" {
+			t.Errorf("layer %d read through %q, want the image's repository registry.test/private/app", i, got)
+		}
+	}
+}

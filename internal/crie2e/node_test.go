@@ -210,6 +210,7 @@ type images struct {
 	pauseRef   string
 	obdRef     string
 	busyboxMD5 string
+	plain      *testenv.BusyboxImage // the image before conversion
 }
 
 // pushImages pushes the pause image to pauseReg and a busybox image (built with opts),
@@ -224,23 +225,27 @@ func pushImages(t *testing.T, pauseReg, obdReg *testregistry.Registry, repo stri
 	skopeoCopy(t, skopeo, pause, im.pauseRef, pauseReg)
 	skopeoCopy(t, skopeo, plain, plainRef, obdReg)
 
+	obdConvert(t, obdReg, plainRef, im.obdRef)
+	im.busyboxMD5 = plain.BusyboxMD5(t)
+	im.plain = plain
+	return im
+}
+
+// obdConvert runs `obd convert` from plainRef to obdRef in reg.
+func obdConvert(t *testing.T, reg *testregistry.Registry, plainRef, obdRef string) {
+	t.Helper()
 	obd := testenv.GoBuild(t, "github.com/obdproject/obd/cmd/obd")
 	args := []string{"convert", "--vsize", "256M", "--work-dir", t.TempDir()}
-	env := os.Environ()
-	if obdReg.Username() != "" {
+	if reg.Username() != "" {
 		cfg := filepath.Join(t.TempDir(), "config.json")
-		writeDockerConfig(t, cfg, obdReg.Host, obdReg.Username(), obdReg.Password())
+		writeDockerConfig(t, cfg, reg.Host, reg.Username(), reg.Password())
 		args = append(args, "--docker-config", cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, obd, append(args, plainRef, im.obdRef)...)
-	cmd.Env = env
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, obd, append(args, plainRef, obdRef)...).CombinedOutput(); err != nil {
 		t.Fatalf("obd convert: %v\n%s", err, out)
 	}
-	im.busyboxMD5 = plain.BusyboxMD5(t)
-	return im
 }
 
 func skopeoCopy(t *testing.T, skopeo string, img *testenv.BusyboxImage, ref string, reg *testregistry.Registry) {

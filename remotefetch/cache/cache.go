@@ -317,6 +317,14 @@ func (c *Cache) openEntry(d Key, size int64) (e *Entry, fresh bool, err error) {
 	return e, fresh, nil
 }
 
+// Holds reports whether the cache has any bytes of entry k.
+func (c *Cache) Holds(k Key) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.records[k]
+	return r != nil && (r.filled > 0 || (r.parts != nil && len(r.parts.ranges) > 0))
+}
+
 // Verified reports whether the cache holds blob d in the shared scope (Key.Scope ""), complete
 // and matched against its digest: bytes that may serve anyone.
 func (c *Cache) Verified(d digest.Digest) bool {
