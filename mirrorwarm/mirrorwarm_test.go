@@ -185,3 +185,24 @@ func TestOrder(t *testing.T) {
 		}
 	}
 }
+
+// FuzzNotification: any request body is taken (200) or refused (400), never a panic; whatever
+// it starts ends when the warmer closes.
+func FuzzNotification(f *testing.F) {
+	f.Add([]byte(`{"events":[{"action":"pull","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","repository":"a/b","digest":"sha256:` + strings.Repeat("ab", 32) + `"}}]}`))
+	f.Add([]byte(`{"events":[{}]}`))
+	f.Add([]byte(`[]`))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w, err := New(Options{Mirror: "127.0.0.1:1", DockerConfig: filepath.Join(dir, "none.json"), Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		rec := httptest.NewRecorder()
+		w.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/events", bytes.NewReader(body)))
+		if rec.Code != http.StatusOK && rec.Code != http.StatusBadRequest {
+			t.Fatalf("status %d", rec.Code)
+		}
+	})
+}
