@@ -457,7 +457,7 @@ func (c *Converter) Index(ctx context.Context, src string, opts IndexOptions) (I
 			img.IndexBytes += l.GzIndex.Size + l.Meta.Size + l.Map.Size
 		}
 		if opts.Push {
-			if err := r.pushIndex(ctx, img, layers, manifest); err != nil {
+			if err := r.pushIndex(ctx, img, layers, manifest, start); err != nil {
 				return res, fmt.Errorf("index %s: push: %w", loc, err)
 			}
 		}
@@ -504,7 +504,7 @@ func fileDescriptor(p, mediaType string) (ocispec.Descriptor, error) {
 
 // pushIndex pushes an image's index blobs, then its artifact manifest, and
 // attaches it to the image's manifest.
-func (r *run) pushIndex(ctx context.Context, img *IndexedImage, layers []ociindex.Layer, manifest []byte) error {
+func (r *run) pushIndex(ctx context.Context, img *IndexedImage, layers []ociindex.Layer, manifest []byte, created time.Time) error {
 	rs, ok := r.src.(*registryStore)
 	if !ok {
 		return errors.New("an index is pushed to the image's registry repository; the source is not a registry")
@@ -539,8 +539,11 @@ func (r *run) pushIndex(ctx context.Context, img *IndexedImage, layers []ociinde
 	if err := ociartifact.PushBytes(ctx, pusher, repo, img.Artifact, manifest); err != nil {
 		return err
 	}
+	// As a registry with the referrers API lists it: the artifact type and the manifest's
+	// annotations (created: the newest index wins).
 	attached := img.Artifact
 	attached.ArtifactType = ociindex.ArtifactType
+	attached.Annotations = map[string]string{ociindex.AnnotationCreated: created.UTC().Format(time.RFC3339)}
 	tag, err := ociartifact.Attach(ctx, rs.resolver, repo, img.Manifest.Digest, attached)
 	img.ReferrersTag = tag
 	return err

@@ -18,10 +18,13 @@ const (
 	// ModeEstargzOpt is ModeStargz on an eStargz image optimized for the workload (its
 	// prioritized files first, prefetched at mount): stargz's peer of a recorded start.
 	ModeEstargzOpt Mode = "estargz-opt"
+	// ModeOBDIndex reads the unconverted gzip image lazily through bdd: `obd index` left a
+	// seek index and a metadata layer beside it in the registry, which the snapshotter finds.
+	ModeOBDIndex Mode = "obd+index"
 )
 
 // Modes lists every mode in report order.
-var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace, ModeStargz, ModeEstargzOpt}
+var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace, ModeOBDIndex, ModeStargz, ModeEstargzOpt}
 
 // Network is the link between the host and the registry.
 type Network string
