@@ -63,8 +63,14 @@ func TestParseBlobLayer(t *testing.T) {
 	if LayerName(l) != "127.0.0.1:5000/lib/app@"+goodDigest {
 		t.Errorf("LayerName = %q", LayerName(l))
 	}
+	l, err = ParseBlobLayer("127.0.0.1:5000/lib/app@" + goodDigest + ":1234#" + goodDigest + "@1000")
+	if err != nil || l.GetBlob().GetRangeTable() != goodDigest || l.GetBlob().GetRangeTableOffset() != 1000 || l.GetBlob().GetSize() != 1234 {
+		t.Fatalf("parsed %+v (%v)", l.GetBlob(), err)
+	}
 	for _, bad := range []string{"", "app", "app@" + goodDigest, "app@" + goodDigest + ":x", "@" + goodDigest + ":1",
-		"app@sha256:00:5", "app@" + goodDigest + ":0", "a pp@" + goodDigest + ":1"} {
+		"app@sha256:00:5", "app@" + goodDigest + ":0", "a pp@" + goodDigest + ":1",
+		"app@" + goodDigest + ":1234#", "app@" + goodDigest + ":1234#" + goodDigest, "app@" + goodDigest + ":1234#" + goodDigest + "@x",
+		"app@" + goodDigest + ":1234#" + goodDigest + "@1234", "app@" + goodDigest + ":1234#@5", "app@" + goodDigest + ":1234#sha256:zz@5"} {
 		if _, err := ParseBlobLayer(bad); err == nil {
 			t.Errorf("accepted %q", bad)
 		}

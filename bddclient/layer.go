@@ -13,9 +13,29 @@ import (
 	"github.com/obdproject/obd/imagelabels"
 )
 
-// ParseBlobLayer parses the command-line form of a remote layer, REF@DIGEST:SIZE
-// (e.g. 127.0.0.1:5000/app@sha256:ab…:12345), into an API layer that CheckLayer accepts.
+// ParseBlobLayer parses the command-line form of a remote layer, REF@DIGEST:SIZE, with
+// #TABLE@OFFSET after it for a blob with a range table (e.g.
+// 127.0.0.1:5000/app@sha256:ab…:12345#sha256:cd…@12000), into an API layer that CheckLayer
+// accepts.
 func ParseBlobLayer(s string) (*bddv1.Layer, error) {
+	full := s
+	s, pin, pinned := strings.Cut(s, "#")
+	var table string
+	var tableOff int64
+	if pinned {
+		var off string
+		var ok bool
+		if table, off, ok = strings.Cut(pin, "@"); !ok {
+			return nil, fmt.Errorf("bddclient: blob %q: want REF@DIGEST:SIZE#TABLE@OFFSET", full)
+		}
+		var err error
+		if tableOff, err = strconv.ParseInt(off, 10, 64); err != nil {
+			return nil, fmt.Errorf("bddclient: blob %q: range table offset %q is not a number", full, off)
+		}
+		if table == "" {
+			return nil, fmt.Errorf("bddclient: blob %q: no range table digest after #", full)
+		}
+	}
 	at := strings.LastIndexByte(s, '@')
 	colon := strings.LastIndexByte(s, ':')
 	if at <= 0 || colon < at {
@@ -25,9 +45,10 @@ func ParseBlobLayer(s string) (*bddv1.Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bddclient: blob %q: size %q is not a number", s, s[colon+1:])
 	}
-	l := &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: s[:at], Digest: s[at+1 : colon], Size: size}}}
+	l := &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: s[:at], Digest: s[at+1 : colon], Size: size,
+		RangeTable: table, RangeTableOffset: tableOff}}}
 	if err := CheckLayer(l); err != nil {
-		return nil, fmt.Errorf("bddclient: blob %q: %w", s, err)
+		return nil, fmt.Errorf("bddclient: blob %q: %w", full, err)
 	}
 	return l, nil
 }

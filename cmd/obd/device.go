@@ -56,7 +56,7 @@ func newAttachCmd() *cobra.Command {
 	}
 	df := addDaemonFlags(cmd)
 	cmd.Flags().Var(layerFlag{&req.Layers, false}, "layer", "local layer file (repeatable, bottom first)")
-	cmd.Flags().Var(layerFlag{&req.Layers, true}, "blob", "registry layer blob REF@DIGEST:SIZE (repeatable, bottom first)")
+	cmd.Flags().Var(layerFlag{&req.Layers, true}, "blob", "registry layer blob REF@DIGEST:SIZE, with #TABLE@OFFSET for its range table (repeatable, bottom first)")
 	cmd.Flags().StringVar(&req.UpperDir, "upper", "", "writable upper layer directory")
 	cmd.Flags().Var(&upperSize, "upper-size", "virtual size of a new upper layer (default: the lower layers' size)")
 	cmd.Flags().BoolVar(&req.ReadOnly, "ro", false, "read-only device")
