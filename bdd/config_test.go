@@ -63,6 +63,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad level", "log_level = \"loud\"\n", "log_level"},
 		{"bad transport", "transport = \"carrier pigeon\"\n", "unknown transport"},
 		{"empty state", "state_dir = \"\"\n", "state_dir must not be empty"},
+		{"provider config without bin dir", "[registry]\ncredential_provider_config = \"/etc/kubernetes/cp.yaml\"\n", "go together"},
 		{"zero cache", "[cache]\nsize = \"0\"\n", "cache.size"},
 		{"odd fill unit", "[cache]\nfill_unit = \"6000\"\n", "cache.fill_unit"},
 		{"zero devices", "[limits]\nmax_devices = 0\n", "limits.max_devices"},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -361,4 +362,31 @@ func TestAttachSharesLayers(t *testing.T) {
 	if !bytes.Equal(nbdRead(t, b.GetNbdSocket()), want) {
 		t.Fatal("replacing a layer file changed a device attached before")
 	}
+}
+
+// TestPutCredentials: credentials given for a repository are kept in memory: logged by
+// repository only, never in the state dir, and refused for a reference that is no reference.
+func TestPutCredentials(t *testing.T) {
+	cfg := testConfig(t)
+	p := startInProcess(t, cfg)
+	const secret = "put-credentials-Secret-99"
+	if _, err := p.client.PutCredentials(t.Context(), &bddv1.PutCredentialsRequest{Ref: "registry.example/team/app:v1", Username: "u", Secret: secret}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.client.PutCredentials(t.Context(), &bddv1.PutCredentialsRequest{Ref: "Not A Ref", Username: "u", Secret: secret})
+	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), secret) {
+		t.Fatalf("bad reference: %v, want InvalidArgument without the secret", err)
+	}
+	if logs := p.log.String(); !strings.Contains(logs, "registry.example/team/app") || strings.Contains(logs, secret) {
+		t.Fatalf("log: want the repository and not the secret:\n%s", logs)
+	}
+	p.stop()
+	_ = filepath.WalkDir(cfg.StateDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if data, _ := os.ReadFile(path); strings.Contains(string(data), secret) {
+				t.Errorf("%s holds the secret", path)
+			}
+		}
+		return nil
+	})
 }

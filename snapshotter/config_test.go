@@ -46,15 +46,17 @@ func TestLoadConfig(t *testing.T) {
 
 func TestLoadConfigRejects(t *testing.T) {
 	for body, want := range map[string]string{
-		`{"rwMode": "overlay"}`:               "rwMode",
-		`{"root": "relative"}`:                "absolute",
-		`{"address": ""}`:                     "address",
-		`{"bddSocket": "bdd.sock"}`:           "bddSocket",
-		`{"fsType": ""}`:                      "fsType",
-		`{"logLevel": "loud"}`:                "logLevel",
-		`{"rw_mode": "dev"}`:                  "unknown field",
-		`{"root": "/a"`:                       "unexpected EOF",
-		`{"mountOptions": "redirect_dir=on"}`: "cannot unmarshal",
+		`{"rwMode": "overlay"}`:                               "rwMode",
+		`{"root": "relative"}`:                                "absolute",
+		`{"address": ""}`:                                     "address",
+		`{"bddSocket": "bdd.sock"}`:                           "bddSocket",
+		`{"fsType": ""}`:                                      "fsType",
+		`{"logLevel": "loud"}`:                                "logLevel",
+		`{"rw_mode": "dev"}`:                                  "unknown field",
+		`{"root": "/a"`:                                       "unexpected EOF",
+		`{"mountOptions": "redirect_dir=on"}`:                 "cannot unmarshal",
+		`{"criImageProxy": "cri.sock"}`:                       "absolute",
+		`{"criImageProxy": "/run/cri.sock", "bddSocket": ""}`: "needs bddSocket",
 	} {
 		if _, err := LoadConfig(writeConfig(t, body)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("LoadConfig(%s): err = %v, want it to mention %q", body, err, want)
