@@ -50,6 +50,8 @@ func (d *device) toAPI() *bddv1.Device {
 		DevicePath: d.path,
 		NbdSocket:  d.nbdSocket,
 		Size:       d.stack.Size(),
+
+		IdempotencyKey: d.spec.Key,
 	}
 	for _, l := range d.spec.Layers {
 		out.Layers = append(out.Layers, l.toAPI())

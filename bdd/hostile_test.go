@@ -90,3 +90,52 @@ func TestRunDirIsPrivate(t *testing.T) {
 		t.Errorf("a symlinked run_dir: %v, want an error naming run_dir", err)
 	}
 }
+
+// TestAttachIdempotencyKey: an Attach with the key of a device bdd has returns that device
+// (also after a restart), one with the same key for another stack fails with AlreadyExists,
+// a detached device's key is free again, and a malformed key is refused.
+func TestAttachIdempotencyKey(t *testing.T) {
+	cfg := testConfig(t)
+	p := startInProcess(t, cfg)
+	layers := splitImage(t, randomImage(t, 1<<20), 2, nil, false)
+	req := func(key string, paths ...string) *bddv1.AttachRequest {
+		return &bddv1.AttachRequest{Layers: pathLayers(paths...), IdempotencyKey: key}
+	}
+	attach := func(p *inProcess, r *bddv1.AttachRequest) *bddv1.Device {
+		t.Helper()
+		resp, err := p.client.Attach(callCtx(t), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDevice()
+	}
+	a := attach(p, req("snap-1", layers...))
+	if a.GetIdempotencyKey() != "snap-1" {
+		t.Errorf("device key %q, want snap-1", a.GetIdempotencyKey())
+	}
+	if again := attach(p, req("snap-1", layers...)); again.GetId() != a.GetId() {
+		t.Errorf("a second attach with the key made device %s, want %s", again.GetId(), a.GetId())
+	}
+	if _, err := p.client.Attach(callCtx(t), req("snap-1", layers[0])); grpcCode(err) != codes.AlreadyExists {
+		t.Errorf("the key for another stack: %v, want AlreadyExists", err)
+	}
+	for _, bad := range []string{strings.Repeat("k", 257), "a\nb"} {
+		if _, err := p.client.Attach(callCtx(t), req(bad, layers...)); grpcCode(err) != codes.InvalidArgument {
+			t.Errorf("key %q: %v, want InvalidArgument", bad, err)
+		}
+	}
+	p.stop()
+	p = startInProcess(t, cfg)
+	if again := attach(p, req("snap-1", layers...)); again.GetId() != a.GetId() {
+		t.Errorf("after a restart the key made device %s, want %s", again.GetId(), a.GetId())
+	}
+	if list, _ := p.client.List(callCtx(t), &bddv1.ListRequest{}); len(list.GetDevices()) != 1 {
+		t.Errorf("%d devices, want 1", len(list.GetDevices()))
+	}
+	if _, err := p.client.Detach(callCtx(t), &bddv1.DetachRequest{Id: a.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if b := attach(p, req("snap-1", layers...)); b.GetId() == a.GetId() {
+		t.Errorf("a detached device's key still names it")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -33,6 +34,14 @@ var ErrNotFound = errors.New("no such device")
 
 // ErrLimit is returned for a request a configured limit refuses.
 var ErrLimit = errors.New("limit reached")
+
+// ErrKeyInUse is returned for an Attach whose idempotency key names a device that stacks
+// something else.
+var ErrKeyInUse = errors.New("idempotency key in use")
+
+// ErrKeyBusy is returned for an Attach whose idempotency key names a device being attached
+// or awaiting its restore: the call may be tried again.
+var ErrKeyBusy = errors.New("idempotency key busy")
 
 // Server implements the control API. It owns the devices, the remote fetcher and
 // the state store. Create it with NewServer, bring persisted devices back with
@@ -66,6 +75,9 @@ type Server struct {
 	// uppers maps each upper dir in use (attached or being attached) to its device:
 	// two devices writing one upper would corrupt it.
 	uppers map[string]string
+	// keys maps each idempotency key to its device (attached, being attached, or kept
+	// for restore).
+	keys map[string]string
 }
 
 // Option configures a Server.
@@ -127,6 +139,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		devices: map[string]*device{},
 		busy:    map[string]bool{},
 		uppers:  map[string]string{},
+		keys:    map[string]string{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -166,25 +179,45 @@ func (s *Server) newID() string {
 // Attach opens the requested stack, exposes it and persists its spec before
 // returning, so that the device survives a restart of bdd.
 func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.AttachResponse, error) {
+	spec, err := specFromRequest("", req, s.cfg.Transport)
+	if err != nil {
+		s.metrics.attachErrors.Inc()
+		return nil, grpcError(err)
+	}
 	s.mu.Lock()
+	if existing, err := s.keyedLocked(spec); existing != nil || err != nil {
+		var resp *bddv1.AttachResponse
+		if existing != nil {
+			resp = &bddv1.AttachResponse{Device: existing.toAPI()}
+		}
+		s.mu.Unlock()
+		if err != nil {
+			s.metrics.attachErrors.Inc()
+			return nil, grpcError(err)
+		}
+		s.log.Info("attach: the device with this key", "device", existing.spec.ID, "key", spec.Key)
+		return resp, nil
+	}
 	if n := len(s.devices) + len(s.busy); n >= s.cfg.Limits.MaxDevices {
 		s.mu.Unlock()
 		s.metrics.attachErrors.Inc()
 		return nil, grpcError(fmt.Errorf("%w: %d devices attached or in progress, limits.max_devices is %d", ErrLimit, n, s.cfg.Limits.MaxDevices))
 	}
 	id := s.newID()
+	spec.ID = id
 	s.busy[id] = true
+	if spec.Key != "" {
+		s.keys[spec.Key] = id
+	}
 	s.mu.Unlock()
 	defer s.release(id)
 
-	spec, err := specFromRequest(id, req, s.cfg.Transport)
-	if err == nil {
-		err = s.authorizeCached(ctx, spec)
-	}
+	err = s.authorizeCached(ctx, spec)
 	if err == nil {
 		err = s.reserveUpper(spec)
 	}
 	if err != nil {
+		s.releaseKey(id)
 		s.metrics.attachErrors.Inc()
 		return nil, grpcError(err)
 	}
@@ -196,13 +229,49 @@ func (s *Server) Attach(ctx context.Context, req *bddv1.AttachRequest) (*bddv1.A
 	}
 	if err != nil {
 		s.releaseUpper(spec)
+		s.releaseKey(id)
 		s.metrics.attachErrors.Inc()
 		s.log.Error("attach failed", "device", id, "err", err)
 		return nil, grpcError(err)
 	}
 	s.add(d)
-	s.log.Info("attached", "device", id, "path", d.path, "nbd", d.nbdSocket, "layers", len(spec.Layers), "upper", spec.UpperDir)
+	s.log.Info("attached", "device", id, "path", d.path, "nbd", d.nbdSocket, "layers", len(spec.Layers), "upper", spec.UpperDir, "key", spec.Key)
 	return &bddv1.AttachResponse{Device: d.toAPI()}, nil
+}
+
+// keyedLocked returns the device that spec's idempotency key names, if it names one that
+// is attached and stacks what spec asks for; a key naming another stack, or a device being
+// attached or awaiting its restore, is an error. s.mu is held.
+func (s *Server) keyedLocked(spec DeviceSpec) (*device, error) {
+	id, ok := s.keys[spec.Key]
+	if spec.Key == "" || !ok {
+		return nil, nil
+	}
+	d := s.devices[id]
+	switch {
+	case d == nil:
+		return nil, fmt.Errorf("%w: device %s with idempotency key %q is being attached or awaits its restore", ErrKeyBusy, id, spec.Key)
+	case !sameStack(d.spec, spec):
+		return nil, fmt.Errorf("%w: idempotency key %q names device %s, which stacks other layers or options", ErrKeyInUse, spec.Key, id)
+	}
+	return d, nil
+}
+
+// sameStack says whether a and b ask for the same device, ids aside.
+func sameStack(a, b DeviceSpec) bool {
+	a.ID, b.ID = "", ""
+	return reflect.DeepEqual(a, b)
+}
+
+// releaseKey frees the idempotency key of device id, if it has one.
+func (s *Server) releaseKey(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, owner := range s.keys {
+		if owner == id {
+			delete(s.keys, key)
+		}
+	}
 }
 
 // attach opens spec's stack and exposes it; resume asks the transport to take
@@ -264,6 +333,13 @@ func (s *Server) release(id string) {
 func (s *Server) Restore(ctx context.Context) error {
 	specs, loadErr := s.store.LoadAll()
 	errs := []error{loadErr}
+	s.mu.Lock()
+	for _, spec := range specs {
+		if spec.Key != "" {
+			s.keys[spec.Key] = spec.ID
+		}
+	}
+	s.mu.Unlock()
 	for _, spec := range specs {
 		if err := s.restore(ctx, spec); err != nil {
 			s.log.Error("restore failed", "device", spec.ID, "err", err)
@@ -353,6 +429,7 @@ func (s *Server) Detach(ctx context.Context, req *bddv1.DetachRequest) (*bddv1.D
 		if err := s.store.Remove(id); err != nil {
 			return nil, grpcError(err)
 		}
+		s.releaseKey(id)
 		s.log.Info("dropped an unrestored device: its FUSE connection and state", "device", id)
 		return &bddv1.DetachResponse{}, nil
 	}
@@ -367,6 +444,7 @@ func (s *Server) Detach(ctx context.Context, req *bddv1.DetachRequest) (*bddv1.D
 	if err := s.store.Remove(id); err != nil {
 		return nil, grpcError(err)
 	}
+	s.releaseKey(id)
 	s.log.Info("detached", "device", id)
 	return &bddv1.DetachResponse{}, nil
 }
@@ -452,6 +530,10 @@ func grpcError(err error) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, remotefetch.ErrUnauthorized):
 		code = codes.PermissionDenied
+	case errors.Is(err, ErrKeyInUse):
+		code = codes.AlreadyExists
+	case errors.Is(err, ErrKeyBusy):
+		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

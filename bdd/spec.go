@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"unicode"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bddclient"
@@ -22,6 +23,10 @@ func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport strin
 		UpperSize: req.GetUpperSize(),
 		ReadOnly:  req.GetReadOnly(),
 		Transport: bddclient.TransportName(req.GetTransport()),
+		Key:       req.GetIdempotencyKey(),
+	}
+	if err := checkKey(spec.Key); err != nil {
+		return spec, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	if spec.Transport == "" {
 		if req.GetTransport() != bddv1.Transport_TRANSPORT_UNSPECIFIED {
@@ -52,6 +57,22 @@ func specFromRequest(id string, req *bddv1.AttachRequest, defaultTransport strin
 		spec.Layers = append(spec.Layers, ls)
 	}
 	return spec, nil
+}
+
+// maxKeyLen bounds an idempotency key: it is kept in memory and in the state file.
+const maxKeyLen = 256
+
+// checkKey accepts an idempotency key of at most maxKeyLen bytes of printable text.
+func checkKey(key string) error {
+	if len(key) > maxKeyLen {
+		return fmt.Errorf("idempotency key of %d bytes, at most %d", len(key), maxKeyLen)
+	}
+	for _, r := range key {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("idempotency key %q holds a control character", key)
+		}
+	}
+	return nil
 }
 
 // cleanPath is filepath.Clean that keeps "" empty.

@@ -22,6 +22,8 @@ type DeviceSpec struct {
 	UpperSize int64       `json:"upper_size,omitempty"`
 	ReadOnly  bool        `json:"read_only,omitempty"`
 	Transport string      `json:"transport"`
+	// Key is the Attach request's idempotency key, if it had one.
+	Key string `json:"key,omitempty"`
 }
 
 // LayerSpec is one lower layer: a local file (Path) or a registry blob (Ref, Digest, Size).

@@ -350,9 +350,16 @@ type AttachRequest struct {
 	ReadOnly  bool      `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
 	Transport Transport `protobuf:"varint,4,opt,name=transport,proto3,enum=obd.bdd.v1.Transport" json:"transport,omitempty"`
 	// Virtual size of a new upper layer in bytes; 0 takes the lower layers' size.
-	UpperSize     int64 `protobuf:"varint,5,opt,name=upper_size,json=upperSize,proto3" json:"upper_size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpperSize int64 `protobuf:"varint,5,opt,name=upper_size,json=upperSize,proto3" json:"upper_size,omitempty"`
+	// Idempotency key (optional, at most 256 bytes, no control characters): an Attach with
+	// the key of a device bdd has (attached, or kept for restore) returns that device
+	// instead of attaching another, if the request is the same, and fails with
+	// AlreadyExists otherwise; one in progress makes it fail with Aborted. A client that
+	// dies between Attach and recording the device's id attaches again with the same key,
+	// or finds the device by its key in List, instead of leaving an orphan.
+	IdempotencyKey string `protobuf:"bytes,6,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttachRequest) Reset() {
@@ -420,6 +427,13 @@ func (x *AttachRequest) GetUpperSize() int64 {
 	return 0
 }
 
+func (x *AttachRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 // Device describes an attached device.
 type Device struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -433,9 +447,11 @@ type Device struct {
 	// Unix socket of the NBD export; empty unless the transport is NBD.
 	NbdSocket string `protobuf:"bytes,7,opt,name=nbd_socket,json=nbdSocket,proto3" json:"nbd_socket,omitempty"`
 	// Virtual size in bytes.
-	Size          int64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Size int64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	// The Attach request's idempotency key, if it had one.
+	IdempotencyKey string `protobuf:"bytes,9,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -522,6 +538,13 @@ func (x *Device) GetSize() int64 {
 		return x.Size
 	}
 	return 0
+}
+
+func (x *Device) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 type AttachResponse struct {
@@ -1540,14 +1563,15 @@ const file_bdd_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1f\n" +
 	"\vrange_table\x18\x04 \x01(\tR\n" +
 	"rangeTable\x12,\n" +
-	"\x12range_table_offset\x18\x05 \x01(\x03R\x10rangeTableOffset\"\xc8\x01\n" +
+	"\x12range_table_offset\x18\x05 \x01(\x03R\x10rangeTableOffset\"\xf1\x01\n" +
 	"\rAttachRequest\x12)\n" +
 	"\x06layers\x18\x01 \x03(\v2\x11.obd.bdd.v1.LayerR\x06layers\x12\x1b\n" +
 	"\tupper_dir\x18\x02 \x01(\tR\bupperDir\x12\x1b\n" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\x123\n" +
 	"\ttransport\x18\x04 \x01(\x0e2\x15.obd.bdd.v1.TransportR\ttransport\x12\x1d\n" +
 	"\n" +
-	"upper_size\x18\x05 \x01(\x03R\tupperSize\"\x86\x02\n" +
+	"upper_size\x18\x05 \x01(\x03R\tupperSize\x12'\n" +
+	"\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\"\xaf\x02\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
 	"\x06layers\x18\x02 \x03(\v2\x11.obd.bdd.v1.LayerR\x06layers\x12\x1b\n" +
@@ -1558,7 +1582,8 @@ const file_bdd_proto_rawDesc = "" +
 	"devicePath\x12\x1d\n" +
 	"\n" +
 	"nbd_socket\x18\a \x01(\tR\tnbdSocket\x12\x12\n" +
-	"\x04size\x18\b \x01(\x03R\x04size\"<\n" +
+	"\x04size\x18\b \x01(\x03R\x04size\x12'\n" +
+	"\x0fidempotency_key\x18\t \x01(\tR\x0eidempotencyKey\"<\n" +
 	"\x0eAttachResponse\x12*\n" +
 	"\x06device\x18\x01 \x01(\v2\x12.obd.bdd.v1.DeviceR\x06device\"\x1f\n" +
 	"\rDetachRequest\x12\x0e\n" +
