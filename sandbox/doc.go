@@ -56,5 +56,6 @@
 //     function's tree and mounting a tmpfs on it measured 45 µs.
 //   - Handler code is byte-compiled once at registration (a syntax error fails it), saving
 //     about 1 ms per start. Zygotes import only modules named by the operator or the function
-//     (from the image); handler code never runs in a zygote, which is privileged.
+//     (from the image); handler code never runs in a zygote, which holds more than a sandbox
+//     (zygoteCaps).
 package sandbox

@@ -20,7 +20,7 @@ type Function struct {
 	Name      string
 	Image     string        // runtime image ref, resolved by the RootfsProvider
 	Entry     string        // module.function, e.g. "main.handler"
-	Dir       string        // handler code directory on the server
+	Dir       string        // handler code directory on the server; registration gives it to the sandbox user (chown)
 	MemoryMB  int64         // memory limit; default 128
 	CPUs      float64       // CPU quota in cores; default 1
 	Pids      int64         // process limit; default 32
