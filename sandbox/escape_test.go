@@ -84,6 +84,14 @@ func TestEscapeFromHandler(t *testing.T) {
 		before := mountPoints(t, watch...)
 		out, _ := invoke(t, m, "attacker", map[string]any{"op": "escape", "paths": []string{victimCode, secret}})
 		checkDenied(t, "handler", out)
+		creds, _ := invoke(t, m, "attacker", map[string]any{"op": "creds"})
+		want := map[string]any{"cap_effective": 0.0, "cap_permitted": 0.0, "no_new_privs": 1.0, "seccomp": 2.0,
+			"rlimit_core": 0.0, "rlimit_nofile": 4096.0}
+		for k, v := range want {
+			if creds[k] != v {
+				t.Errorf("handler %s = %v, want %v", k, creds[k], v)
+			}
+		}
 		for _, k := range []string{"read_0", "read_1", "walk_0", "walk_1"} {
 			if out[k] != "ENOENT" {
 				t.Errorf("%s: %v, want ENOENT (not in the sandbox's root)", k, out[k])
@@ -164,7 +172,8 @@ func TestEscapeFromImageCode(t *testing.T) {
 	// A module of the image that the zygote imports: it probes from inside the zygote, which
 	// holds more than a sandbox (chroot, sethostname in its own namespaces), and reports on
 	// the server's sandbox log.
-	evil := string(src) + "\nimport sys\nsys.stderr.write('EV' + 'IL ' + json.dumps(escape({'paths': " + string(paths) + "})) + '\\n')\nsys.stderr.flush()\n"
+	evil := string(src) + "\nimport sys\nsys.stderr.write('EV' + 'IL ' + json.dumps(escape({'paths': " + string(paths) + "})) + '\\n')\n" +
+		"sys.stderr.write('CR' + 'EDS ' + json.dumps(handler({'op': 'creds'})) + '\\n')\nsys.stderr.flush()\n"
 	root := overlayImage(t, func(img string) {
 		if err := os.WriteFile(filepath.Join(img, "usr/lib/python3.11/evil.py"), []byte(evil), 0o644); err != nil {
 			t.Fatal(err)
@@ -189,6 +198,18 @@ func TestEscapeFromImageCode(t *testing.T) {
 	var out map[string]any
 	if err := json.Unmarshal([]byte(strings.SplitN(report, "\n", 2)[0]), &out); err != nil {
 		t.Fatal(err)
+	}
+	_, credsLine, _ := strings.Cut(string(log), "CREDS ")
+	var creds map[string]any
+	if err := json.Unmarshal([]byte(strings.SplitN(credsLine, "\n", 2)[0]), &creds); err != nil {
+		t.Fatalf("zygote's creds: %v", err)
+	}
+	var caps uint64
+	for _, c := range zygoteCaps {
+		caps |= 1 << c
+	}
+	if creds["cap_effective"] != float64(caps) || creds["no_new_privs"] != 1.0 || creds["seccomp"] != 2.0 {
+		t.Errorf("zygote creds %v, want capabilities %#x only, no_new_privs, a seccomp filter", creds, caps)
 	}
 	// Its own namespaces and tree are the zygote's to change; nothing else.
 	checkDenied(t, "zygote", out, "sethostname", "chroot")

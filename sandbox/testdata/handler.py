@@ -173,6 +173,18 @@ def handler(event):
             return {"full": 0}
         except OSError as e:
             return {"full": errno.errorcode[e.errno]}
+    if op == "creds":
+        # The sandbox's privileges as the kernel sees them.
+        import resource
+        libc = ctypes.CDLL(None, use_errno=True)
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        data = (ctypes.c_uint32 * 6)()
+        if libc.capget(header, data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        return {"cap_effective": data[0] | data[3] << 32, "cap_permitted": data[1] | data[4] << 32,
+                "no_new_privs": libc.prctl(39, 0, 0, 0, 0), "seccomp": libc.prctl(21, 0, 0, 0, 0),
+                "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE)[1],
+                "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
     if op == "escape":
         return escape(event)
     if op == "fill":
