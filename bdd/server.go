@@ -524,7 +524,7 @@ func grpcError(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		code = codes.NotFound
-	case errors.Is(err, blockdev.ErrBusy):
+	case errors.Is(err, blockdev.ErrBusy), errors.Is(err, remotefetch.ErrUnverified):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrLimit):
 		code = codes.ResourceExhausted

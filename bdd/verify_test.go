@@ -6,10 +6,12 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc/codes"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/internal/testregistry"
@@ -168,5 +170,29 @@ func TestFUSECorruptRangeFailsClearly(t *testing.T) {
 	}
 	if !dm.LogContains(d.String(), "bytes", bad.Host, "does not match") {
 		t.Errorf("no log line names the blob, bytes and registry of the failed check:\n%s", dm.Logs())
+	}
+}
+
+// TestRequireVerifiedRefusesLayersWithoutTable: under require_verified an Attach of a registry
+// layer without a range table fails, naming why, and the same layer with its table attaches.
+func TestRequireVerifiedRefusesLayersWithoutTable(t *testing.T) {
+	files := splitImage(t, randomImage(t, 8<<20), 1, nil, true)
+	payload, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := appendTable(t, payload)
+	reg := testregistry.Start(t, testregistry.Options{})
+	d := reg.PushBlob(t, "obd/app", good.blob)
+	cfg := testConfig(t)
+	cfg.Registry.RequireVerified = true
+	p := startInProcess(t, cfg)
+	ref, size := reg.Host+"/obd/app", int64(len(good.blob))
+	_, err = p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: []*bddv1.Layer{blobLayer(ref, d, size, good, false)}, ReadOnly: true})
+	if grpcCode(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "range table") {
+		t.Fatalf("attach without a table: %v, want a refusal naming the range table", err)
+	}
+	if _, err := p.client.Attach(callCtx(t), &bddv1.AttachRequest{Layers: []*bddv1.Layer{blobLayer(ref, d, size, good, true)}, ReadOnly: true}); err != nil {
+		t.Fatalf("attach with its table: %v", err)
 	}
 }
