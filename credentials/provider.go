@@ -157,7 +157,10 @@ func ParseProviders(data []byte, binDir string) (*Providers, error) {
 // Credentials implements Source: the first matching provider's credentials for the image
 // host/repo.
 func (p *Providers) Credentials(ctx context.Context, host, repo string) (string, string, error) {
-	image := host + "/" + repo
+	image := host // a lookup for the registry as a whole (no repository) names only the host
+	if repo != "" {
+		image += "/" + repo
+	}
 	target, err := parseSchemeless(image)
 	if err != nil {
 		return "", "", nil // no pattern can match it

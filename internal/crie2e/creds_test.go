@@ -87,9 +87,9 @@ func TestE2ECredentialProvider(t *testing.T) {
 	}
 	pauseReg, reg, im := privateImages(t)
 	plugins := t.TempDir()
-	script := fmt.Sprintf("#!/bin/sh\ncat > %q\ncat <<'EOF'\n"+
-		`{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Registry","cacheDuration":"1m","auth":{%q:{"username":%q,"password":%q}}}`+
-		"\nEOF\n", filepath.Join(plugins, "request.json"), reg.Host, reg.Username(), secret)
+	script := fmt.Sprintf("#!/bin/sh\ncat >> %q\necho >> %q\ncat <<'EOF'\n"+
+		`{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1","cacheKeyType":"Image","cacheDuration":"1m","auth":{%q:{"username":%q,"password":%q}}}`+
+		"\nEOF\n", filepath.Join(plugins, "request.json"), filepath.Join(plugins, "request.json"), reg.Host, reg.Username(), secret)
 	if err := os.WriteFile(filepath.Join(plugins, "obd-test-provider"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ providers:
 	n.runBusybox(t, "provider", im.obdRef, im.busyboxMD5)
 	request, err := os.ReadFile(filepath.Join(plugins, "request.json"))
 	if err != nil || !strings.Contains(string(request), `"image":"`+reg.Host+`/obdtest/private"`) {
-		t.Fatalf("the plugin's request = %q (%v), want a CredentialProviderRequest for the image", request, err)
+		t.Fatalf("the plugin's requests = %q (%v), want a CredentialProviderRequest for the image", request, err)
 	}
 	checkNoSecret(t, secret, "", n.bdd.Dir, n.dir)
 }
