@@ -2,6 +2,8 @@ package snapshotter
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -184,27 +186,9 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 		// bdd no longer knows the device (its state was wiped): attach it anew.
 	}
 	layers = throughImage(layers)
-	req := &bddv1.AttachRequest{UpperDir: upperDir, ReadOnly: upperDir == ""}
-	for _, layer := range layers {
-		if layer.Path != "" {
-			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Path{Path: layer.Path}})
-			continue
-		}
-		repo, err := repository(layer.Ref)
-		if err != nil {
-			return "", err
-		}
-		blob := &bddv1.RemoteBlob{Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
-			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset}
-		if ix := layer.Index; ix != nil {
-			part := func(b IndexBlob) *bddv1.RemoteBlob {
-				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size}
-			}
-			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
-				Blob: blob, GzIndex: part(ix.GzIndex), Meta: part(ix.Meta), Map: part(ix.Map)}}})
-			continue
-		}
-		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: blob}})
+	req, err := b.attachRequest(key, layers, upperDir)
+	if err != nil {
+		return "", err
 	}
 	// The replay starts first: the device's first reads (its layers' indexes) are the
 	// trace's first ranges, and bdd leaves its own fetching ahead to a covering replay.
@@ -230,6 +214,74 @@ func (b *BDDDevices) Attach(ctx context.Context, key string, layers []RemoteLaye
 	}
 	attached = true
 	return dev.GetDevicePath(), nil
+}
+
+// attachRequest is the Attach request for key's device. Its idempotency key (deviceKey)
+// makes a repeated Attach, after a crash before the device was recorded, return the device
+// bdd already has.
+func (b *BDDDevices) attachRequest(key string, layers []RemoteLayer, upperDir string) (*bddv1.AttachRequest, error) {
+	req := &bddv1.AttachRequest{UpperDir: upperDir, ReadOnly: upperDir == "", IdempotencyKey: b.deviceKey(key)}
+	for _, layer := range layers {
+		if layer.Path != "" {
+			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Path{Path: layer.Path}})
+			continue
+		}
+		repo, err := repository(layer.Ref)
+		if err != nil {
+			return nil, err
+		}
+		blob := &bddv1.RemoteBlob{Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
+			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset}
+		if ix := layer.Index; ix != nil {
+			part := func(b IndexBlob) *bddv1.RemoteBlob {
+				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size}
+			}
+			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
+				Blob: blob, GzIndex: part(ix.GzIndex), Meta: part(ix.Meta), Map: part(ix.Map)}}})
+			continue
+		}
+		req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: blob}})
+	}
+	return req, nil
+}
+
+// deviceKey is the idempotency key of key's device: the key, in a namespace of this
+// manager's state dir, so that two snapshotters on one bdd never share devices.
+func (b *BDDDevices) deviceKey(key string) string { return b.keyPrefix() + key }
+
+func (b *BDDDevices) keyPrefix() string {
+	sum := sha256.Sum256([]byte(b.stateDir))
+	return "overlaybd-snapshotter:" + hex.EncodeToString(sum[:6]) + ":"
+}
+
+// Reconcile detaches the devices bdd holds under this manager's keys that the manager has
+// no record of: a snapshotter killed between bdd's Attach and recording the device leaves
+// one (never mounted: a device is mounted only once recorded), and its snapshot may be
+// gone by the time the snapshotter is back. Run it when the snapshotter starts.
+func (b *BDDDevices) Reconcile(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, bddCallTimeout)
+	defer cancel()
+	resp, err := b.client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
+		return fmt.Errorf("bdd list: %w", err)
+	}
+	var errs []error
+	for _, dev := range resp.GetDevices() {
+		key, ours := strings.CutPrefix(dev.GetIdempotencyKey(), b.keyPrefix())
+		if !ours {
+			continue
+		}
+		if path, err := b.statePath(key); err == nil {
+			if id, err := os.ReadFile(path); err == nil && string(id) == dev.GetId() {
+				continue
+			}
+		}
+		b.logger.Warn("detaching a device without a record (the snapshotter stopped before recording it)", "key", key, "device", dev.GetId())
+		if err := b.detach(ctx, dev.GetId()); err != nil {
+			errs = append(errs, fmt.Errorf("detach orphaned device %s (%s): %w", dev.GetId(), key, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Detach asks bdd to tear down the device of key; a device bdd does not know is gone already.

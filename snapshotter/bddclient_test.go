@@ -15,6 +15,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/blocktrace"
+	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/tracestore"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
@@ -433,5 +434,79 @@ func TestBDDDevicesReadThroughTheImage(t *testing.T) {
 		if got := l.GetBlob().GetRef(); got != "registry.test/private/app" {
 			t.Errorf("layer %d read through %q, want the image's repository registry.test/private/app", i, got)
 		}
+	}
+}
+
+// TestBDDDevicesReconcileOrphans plays a snapshotter killed between bdd's Attach and
+// recording the device, against a real bdd: attaching the key again returns the device bdd
+// has (no second one), and Reconcile at the next start detaches a device whose snapshot
+// has no record, leaving recorded devices and other clients' devices alone.
+func TestBDDDevicesReconcileOrphans(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd")
+	}
+	b := testenv.StartBDD(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tree := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tree, "f"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "layer.tar")
+	if err := os.WriteFile(file, overlaybdBlob(t, tree), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	layers := []RemoteLayer{{Path: file}}
+	stateDir := t.TempDir()
+	crashed, err := NewBDDDevices(b.Client, stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the killed snapshotter sent: Attach reached bdd, the records were never written.
+	unrecorded := func(key string) *bddv1.Device {
+		req, err := crashed.attachRequest(key, layers, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := b.Client.Attach(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDevice()
+	}
+	kept, orphan := unrecorded("kept"), unrecorded("gone")
+	other, err := b.Client.Attach(ctx, &bddv1.AttachRequest{Layers: []*bddv1.Layer{{Source: &bddv1.Layer_Path{Path: file}}}, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	restarted, err := NewBDDDevices(b.Client, stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := restarted.Attach(ctx, "kept", layers, "")
+	if err != nil || path != kept.GetDevicePath() {
+		t.Fatalf("attach of the unrecorded key: %q, %v; want bdd's device %q", path, err, kept.GetDevicePath())
+	}
+	if err := restarted.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	list, err := b.Client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[string]bool{}
+	for _, d := range list.GetDevices() {
+		left[d.GetId()] = true
+	}
+	if !left[kept.GetId()] || !left[other.GetDevice().GetId()] || left[orphan.GetId()] || len(left) != 2 {
+		t.Fatalf("devices after Reconcile: %v; want %s (recorded) and %s (another client's), not the orphan %s",
+			left, kept.GetId(), other.GetDevice().GetId(), orphan.GetId())
+	}
+	if err := restarted.Detach(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client.Detach(ctx, &bddv1.DetachRequest{Id: other.GetDevice().GetId()}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -112,6 +112,10 @@ func run(cfg snapshotter.Config) error {
 		if err != nil {
 			return err
 		}
+		// Devices a previous run attached but never recorded (it was killed in between).
+		if err := devices.Reconcile(ctx); err != nil {
+			logger.Warn("reconciling bdd's devices with the snapshotter's records", "err", err)
+		}
 		opts = append(opts, snapshotter.WithDeviceManager(devices))
 	} else {
 		logger.Warn("no bddSocket configured: containers of overlaybd images cannot start")
