@@ -96,8 +96,8 @@ func TestGzipRoundTrip(t *testing.T) {
 			t.Errorf("level %d: %d spans for 3 MiB at 64 KiB spacing", level, len(x.Spans))
 		}
 		for i, s := range x.Spans[1:] {
-			if len(s.Window) != WindowSize {
-				t.Fatalf("span %d: window %d", i+1, len(s.Window))
+			if s.WindowLen() != WindowSize {
+				t.Fatalf("span %d: window %d", i+1, s.WindowLen())
 			}
 		}
 	}
@@ -174,7 +174,7 @@ func TestHostileIndex(t *testing.T) {
 		want string
 	}{
 		"checkpoint outside the blob": {func(y *Index) { y.Spans[2].InBit = y.BlobSize*8 + 5 }, "outside the blob"},
-		"short window":                {func(y *Index) { y.Spans[1].Window = y.Spans[1].Window[:100] }, "window"},
+		"short window":                {func(y *Index) { y.Spans[1].windowLen = 100 }, "window"},
 		"unordered":                   {func(y *Index) { y.Spans[1], y.Spans[2] = y.Spans[2], y.Spans[1] }, "does not follow"},
 		"first span moved":            {func(y *Index) { y.Spans[0].InBit = 8 }, "blob's start"},
 		"huge span":                   {func(y *Index) { y.Size = y.Spans[len(y.Spans)-1].Out + MaxSpanBytes + 1 }, "over"},
@@ -191,14 +191,26 @@ func TestHostileIndex(t *testing.T) {
 			t.Errorf("cut at %d: %v", cut, err)
 		}
 	}
-	// A checkpoint moved to a wrong bit inside the blob decodes to garbage or
-	// fails: the reader must report a mismatch, never wrong bytes.
+	// A compressed window that inflates to another length than its record says is
+	// refused when a read needs it.
 	y, _ := Decode(x.Encode())
-	y.Spans[2].InBit += 3
+	y.Spans[1].packed = (&Span{Window: make([]byte, 100)}).packWindow()
 	if _, err := Decode(y.Encode()); err != nil {
 		t.Fatal(err)
 	}
 	r := NewReader(bytes.NewReader(blob), y, ReaderOptions{})
+	if _, err := r.ReadAt(make([]byte, 10), y.Spans[1].Out); !errors.Is(err, ErrBadIndex) {
+		t.Fatalf("short compressed window: %v, want ErrBadIndex", err)
+	}
+
+	// A checkpoint moved to a wrong bit inside the blob decodes to garbage or
+	// fails: the reader must report a mismatch, never wrong bytes.
+	y, _ = Decode(x.Encode())
+	y.Spans[2].InBit += 3
+	if _, err := Decode(y.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	r = NewReader(bytes.NewReader(blob), y, ReaderOptions{})
 	got := make([]byte, 10)
 	if _, err := r.ReadAt(got, y.Spans[2].Out); !errors.Is(err, ErrMismatch) {
 		t.Fatalf("moved checkpoint: %v, want ErrMismatch", err)

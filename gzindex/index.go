@@ -15,10 +15,12 @@ package gzindex
 
 import (
 	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // Kind says how the blob is compressed.
@@ -44,17 +46,19 @@ func (k Kind) String() string {
 
 // Limits of an index. The span caps bound the memory one read may take.
 const (
-	MaxSpans             = 1 << 20
-	MaxSpanBytes         = 64 << 20 // uncompressed bytes of one span
-	MaxSpanStoredBytes   = 2 * MaxSpanBytes
-	MaxBlobSize          = 1 << 44
-	MaxRatio             = 1032 // deflate's own limit of uncompressed to compressed bytes
-	DefaultSpacing       = 4 << 20
-	headerSize           = 40
-	spanRecordSize       = 56
-	magic                = "OBDGZIX1"
-	MinSpacing           = 64 << 10
-	maxEncodedWindowSize = WindowSize
+	MaxSpans           = 1 << 20
+	MaxSpanBytes       = 64 << 20 // uncompressed bytes of one span
+	MaxSpanStoredBytes = 2 * MaxSpanBytes
+	MaxBlobSize        = 1 << 44
+	MaxRatio           = 1032 // deflate's own limit of uncompressed to compressed bytes
+	DefaultSpacing     = 4 << 20
+	headerSize         = 40
+	spanRecordSize     = 56
+	magic              = "OBDGZIX1"
+	MinSpacing         = 64 << 10
+	// maxPackedWindow bounds a compressed window: deflate's stored blocks add 5
+	// bytes per 64 KiB to incompressible data.
+	maxPackedWindow = WindowSize + 64
 )
 
 // ErrBadIndex reports an index that is not valid for its blob.
@@ -76,8 +80,48 @@ type Span struct {
 	// ⌈next InBit/8⌉, or the blob's size for the last span.
 	Digest [sha256.Size]byte
 	// Window is the 32 KiB of output before Out (less at the stream's start);
-	// empty for a raw blob and for the first span.
+	// empty for a raw blob and for the first span. A decoded index leaves it nil
+	// and keeps the window compressed until a read needs it (Span.window).
 	Window []byte
+
+	windowLen int    // of a decoded span: the window's length
+	packed    []byte // of a decoded span: the window, raw deflate
+}
+
+// WindowLen is the length of the span's window.
+func (s *Span) WindowLen() int {
+	if s.packed != nil {
+		return s.windowLen
+	}
+	return len(s.Window)
+}
+
+// window returns the span's window, inflating a decoded one.
+func (s *Span) window() ([]byte, error) {
+	if s.packed == nil {
+		return s.Window, nil
+	}
+	w := make([]byte, s.windowLen)
+	r := flate.NewReader(bytes.NewReader(s.packed))
+	if _, err := io.ReadFull(r, w); err != nil {
+		return nil, bad("window of %d bytes: %v", s.windowLen, err)
+	}
+	if n, err := r.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		return nil, bad("window longer than %d bytes", s.windowLen)
+	}
+	return w, nil
+}
+
+// packWindow returns the span's window compressed as it is encoded.
+func (s *Span) packWindow() []byte {
+	if s.packed != nil || len(s.Window) == 0 {
+		return s.packed
+	}
+	var b bytes.Buffer
+	w, _ := flate.NewWriter(&b, flate.DefaultCompression) // a valid level never fails
+	w.Write(s.Window)
+	w.Close()
+	return b.Bytes()
 }
 
 // Index is the decoded seek index of one blob.
@@ -109,9 +153,11 @@ func (x *Index) spanEnd(i int) int64 {
 
 // Encode returns the index's bytes (docs/FORMAT.md, "Seek index").
 func (x *Index) Encode() []byte {
+	packed := make([][]byte, len(x.Spans))
 	n := headerSize + spanRecordSize*len(x.Spans)
-	for _, s := range x.Spans {
-		n += len(s.Window)
+	for i := range x.Spans {
+		packed[i] = x.Spans[i].packWindow()
+		n += len(packed[i])
 	}
 	b := make([]byte, headerSize, n)
 	copy(b, magic)
@@ -120,16 +166,16 @@ func (x *Index) Encode() []byte {
 	binary.LittleEndian.PutUint64(b[24:], uint64(x.Size))
 	binary.LittleEndian.PutUint32(b[32:], uint32(len(x.Spans)))
 	var rec [spanRecordSize]byte
-	for _, s := range x.Spans {
+	for i, s := range x.Spans {
 		binary.LittleEndian.PutUint64(rec[0:], uint64(s.InBit))
 		binary.LittleEndian.PutUint64(rec[8:], uint64(s.Out))
 		copy(rec[16:48], s.Digest[:])
-		binary.LittleEndian.PutUint32(rec[48:], uint32(len(s.Window)))
-		binary.LittleEndian.PutUint32(rec[52:], 0)
+		binary.LittleEndian.PutUint32(rec[48:], uint32(s.WindowLen()))
+		binary.LittleEndian.PutUint32(rec[52:], uint32(len(packed[i])))
 		b = append(b, rec[:]...)
 	}
-	for _, s := range x.Spans {
-		b = append(b, s.Window...)
+	for _, p := range packed {
+		b = append(b, p...)
 	}
 	return b
 }
@@ -168,15 +214,15 @@ func Decode(b []byte) (*Index, error) {
 		}
 		s.InBit, s.Out = int64(in), int64(out)
 		copy(s.Digest[:], r[16:48])
-		w := binary.LittleEndian.Uint32(r[48:])
-		if binary.LittleEndian.Uint32(r[52:]) != 0 {
-			return nil, bad("span %d: reserved bytes are not zero", i)
+		w, packed := binary.LittleEndian.Uint32(r[48:]), binary.LittleEndian.Uint32(r[52:])
+		if w > WindowSize || (w == 0) != (packed == 0) || packed > maxPackedWindow || int(packed) > len(b)-off {
+			return nil, bad("span %d: window of %d bytes in %d: too long, or past the index's end", i, w, packed)
 		}
-		if w > maxEncodedWindowSize || int(w) > len(b)-off {
-			return nil, bad("span %d: window of %d bytes past the index's end", i, w)
+		s.windowLen = int(w)
+		if packed > 0 {
+			s.packed = b[off : off+int(packed) : off+int(packed)]
 		}
-		s.Window = b[off : off+int(w) : off+int(w)]
-		off += int(w)
+		off += int(packed)
 	}
 	if off != len(b) {
 		return nil, bad("%d bytes after the last window", len(b)-off)
@@ -217,8 +263,8 @@ func (x *Index) Validate() error {
 		return bad("%d spans", len(x.Spans))
 	}
 	for i, s := range x.Spans {
-		if i == 0 && (s.InBit != 0 || s.Out != 0 || len(s.Window) != 0) {
-			return bad("span 0 starts at bit %d, output %d, with a %d-byte window: want the blob's start", s.InBit, s.Out, len(s.Window))
+		if i == 0 && (s.InBit != 0 || s.Out != 0 || s.WindowLen() != 0) {
+			return bad("span 0 starts at bit %d, output %d, with a %d-byte window: want the blob's start", s.InBit, s.Out, s.WindowLen())
 		}
 		if i > 0 {
 			p := x.Spans[i-1]
@@ -236,12 +282,12 @@ func (x *Index) Validate() error {
 		}
 		switch x.Kind {
 		case KindRaw:
-			if s.InBit != 8*s.Out || len(s.Window) != 0 {
-				return bad("raw span %d at bit %d, output %d, window %d", i, s.InBit, s.Out, len(s.Window))
+			if s.InBit != 8*s.Out || s.WindowLen() != 0 {
+				return bad("raw span %d at bit %d, output %d, window %d", i, s.InBit, s.Out, s.WindowLen())
 			}
 		case KindGzip:
-			if want := min(s.Out, WindowSize); i > 0 && int64(len(s.Window)) != want {
-				return bad("span %d at output %d has a %d-byte window, want %d", i, s.Out, len(s.Window), want)
+			if want := min(s.Out, WindowSize); i > 0 && int64(s.WindowLen()) != want {
+				return bad("span %d at output %d has a %d-byte window, want %d", i, s.Out, s.WindowLen(), want)
 			}
 		}
 		start, end := x.stored(i)

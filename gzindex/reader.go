@@ -156,7 +156,11 @@ func (r *Reader) load(i int) ([]byte, error) {
 		}
 		return true
 	}
-	if err := f.resetAt(bytes.NewReader(stored), s.InBit, s.Out, s.Window); err != nil {
+	window, err := x.Spans[i].window()
+	if err != nil {
+		return nil, fmt.Errorf("gzindex: %s: span %d: %w", r.opts.Name, i, err)
+	}
+	if err := f.resetAt(bytes.NewReader(stored), s.InBit, s.Out, window); err != nil {
 		return nil, fmt.Errorf("%w: %s: span %d: %v", ErrMismatch, r.opts.Name, i, err)
 	}
 	data := make([]byte, outEnd-s.Out)
