@@ -51,7 +51,7 @@ const (
 	MaxSpanStoredBytes = 2 * MaxSpanBytes
 	MaxBlobSize        = 1 << 44
 	MaxRatio           = 1032 // deflate's own limit of uncompressed to compressed bytes
-	DefaultSpacing     = 4 << 20
+	DefaultSpacing     = 1 << 20
 	headerSize         = 40
 	spanRecordSize     = 56
 	magic              = "OBDGZIX1"
