@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,13 +140,22 @@ func TestBinSkipsWhenAbsent(t *testing.T) {
 	}
 }
 
+// TestBDDSurvivesKill9: a device attached before bdd is killed with SIGKILL is served by the
+// restarted bdd on the same block device, with what was written to it.
 func TestBDDSurvivesKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and runs bdd")
 	}
 	b := StartBDD(t)
 	ctx := context.Background()
-	if _, err := b.Client.List(ctx, &bddv1.ListRequest{}); err != nil {
+	resp, err := b.Client.Attach(ctx, &bddv1.AttachRequest{UpperDir: filepath.Join(t.TempDir(), "upper"),
+		UpperSize: 16 << 20, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := resp.GetDevice()
+	want := []byte("written before the kill")
+	if err := writeSynced(dev.GetDevicePath(), want, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	b.Kill9(t)
@@ -152,7 +163,33 @@ func TestBDDSurvivesKill9(t *testing.T) {
 		t.Fatal("bdd answered after SIGKILL")
 	}
 	b.Start(t)
-	if _, err := b.Client.List(ctx, &bddv1.ListRequest{}); err != nil {
+	list, err := b.Client.List(ctx, &bddv1.ListRequest{})
+	if err != nil {
 		t.Fatalf("restarted bdd: %v", err)
 	}
+	if len(list.GetDevices()) != 1 || list.GetDevices()[0].GetDevicePath() != dev.GetDevicePath() {
+		t.Fatalf("restarted bdd serves %+v, want the device attached before the kill at %s", list.GetDevices(), dev.GetDevicePath())
+	}
+	got := make([]byte, len(want))
+	f, err := os.Open(dev.GetDevicePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %q, %v after the restart; want %q", got, err, want)
+	}
+}
+
+// writeSynced writes p at off of the block device at path and flushes it.
+func writeSynced(path string, p []byte, off int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(p, off); err != nil {
+		f.Close()
+		return err
+	}
+	return errors.Join(f.Sync(), f.Close())
 }
