@@ -91,6 +91,8 @@ type options struct {
 	poolMemMB int64
 	poolCPUs  float64
 	poolPids  int64
+	zygoteMem int64
+	zygotePid int64
 	logLevel  string
 }
 
@@ -148,6 +150,8 @@ cgroup it made is removed.`,
 	f.Int64Var(&o.poolMemMB, "pool-memory", 0, "memory (MB) of all sandboxes and zygotes together (0: unlimited)")
 	f.Float64Var(&o.poolCPUs, "pool-cpus", 0, "CPUs of all sandboxes and zygotes together (0: unlimited)")
 	f.Int64Var(&o.poolPids, "pool-pids", 0, "processes of all sandboxes and zygotes together (0: unlimited)")
+	f.Int64Var(&o.zygoteMem, "zygote-memory", 1024, "memory (MB) of each image's zygotes together (a function zygote per function)")
+	f.Int64Var(&o.zygotePid, "zygote-pids", 512, "processes of each image's zygotes together")
 	f.IntVar(&o.uidBase, "uid-base", 1_000_000_000, "host uid (and gid) of uid 0 in the sandboxes' user namespaces; they use 65536 from there, which no host user may own")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.MarkFlagsOneRequired("rootfs-dir", "bdd-socket")
@@ -186,8 +190,9 @@ func run(o options) error {
 	m, err := sandbox.NewManager(sandbox.Config{
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
-		MaxLimits:  o.max,
-		PoolLimits: cgroup.Limits{MemoryBytes: o.poolMemMB << 20, CPUs: o.poolCPUs, Pids: o.poolPids},
+		MaxLimits:    o.max,
+		PoolLimits:   cgroup.Limits{MemoryBytes: o.poolMemMB << 20, CPUs: o.poolCPUs, Pids: o.poolPids},
+		ZygoteLimits: cgroup.Limits{MemoryBytes: o.zygoteMem << 20, Pids: o.zygotePid},
 	})
 	if err != nil {
 		return err
