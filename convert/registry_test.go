@@ -7,11 +7,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -261,5 +264,47 @@ func TestConvertHostsToml(t *testing.T) {
 	// And back: the converted image resolves through the same hosts.toml.
 	if _, err := c.Convert(context.Background(), name+"/team/app:obd", "oci:"+filepath.Join(tmp, "out")); !errors.Is(err, convert.ErrAlreadyConverted) {
 		t.Errorf("reading back through hosts.toml: %v, want ErrAlreadyConverted", err)
+	}
+}
+
+// TestConvertSilentRegistry: a registry that accepts connections and then says nothing makes
+// the conversion fail once RegistryOptions.Timeout passes without a byte, naming the host,
+// instead of waiting for ever.
+func TestConvertSilentRegistry(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(t.TempDir(), "work"),
+		Registry: convert.RegistryOptions{PlainHTTP: true, Timeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a hang guard only
+	defer cancel()
+	_, err = c.Convert(ctx, l.Addr().String()+"/app:v1", "oci:"+filepath.Join(t.TempDir(), "out"))
+	if err == nil || !strings.Contains(err.Error(), "silent") || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("Convert from a silent registry: %v, want an error saying the registry was silent", err)
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -44,6 +46,9 @@ type RegistryOptions struct {
 	HostsDir     string // e.g. /etc/containerd/certs.d; "" = none
 	DockerConfig string // config.json path; "" = $DOCKER_CONFIG or ~/.docker
 	PlainHTTP    bool   // use http:// for every registry (not only localhost)
+	// Timeout is how long a registry may make no progress (connecting, answering, sending
+	// or taking bytes) before the request fails; DefaultRegistryTimeout when 0.
+	Timeout time.Duration
 }
 
 func openStore(ctx context.Context, loc Location, opts RegistryOptions) (store, error) {
@@ -64,8 +69,16 @@ func (o RegistryOptions) Resolvers(ctx context.Context) (func() remotes.Resolver
 	if err != nil {
 		return nil, fmt.Errorf("convert: registry credentials: %w", err)
 	}
+	idle := o.Timeout
+	if idle <= 0 {
+		idle = DefaultRegistryTimeout
+	}
 	hostOpts := config.HostOptions{
 		Credentials: func(host string) (string, string, error) { return creds.Get(ctx, host) },
+		UpdateClient: func(c *http.Client) error {
+			guardClient(c, idle)
+			return nil
+		},
 	}
 	if o.HostsDir != "" {
 		hostOpts.HostDir = config.HostDirFromRoot(o.HostsDir)

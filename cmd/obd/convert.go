@@ -141,11 +141,12 @@ func newConvertCmd() *cobra.Command {
 	return cmd
 }
 
-// registryFlags adds the flags of registry access (hosts, credentials, plain HTTP).
+// registryFlags adds the flags of registry access (hosts, credentials, plain HTTP, timeout).
 func registryFlags(f *pflag.FlagSet, reg *convert.RegistryOptions) {
 	f.StringVar(&reg.HostsDir, "hosts-dir", "", "registry host configuration (containerd certs.d layout with hosts.toml)")
 	f.StringVar(&reg.DockerConfig, "docker-config", "", "docker config.json with registry credentials (default $DOCKER_CONFIG or ~/.docker)")
 	f.BoolVar(&reg.PlainHTTP, "plain-http", false, "talk plain HTTP to every registry (localhost registries always may)")
+	f.DurationVar(&reg.Timeout, "registry-timeout", convert.DefaultRegistryTimeout, "fail a registry request that makes no progress for this long")
 }
 
 // recordFlags are convert's --record-trace options.
