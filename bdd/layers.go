@@ -16,6 +16,7 @@ import (
 	"github.com/obdproject/obd/ociindex"
 	"github.com/obdproject/obd/remotefetch"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // openLayer is one opened lower layer, shared by every device that stacks it.
@@ -205,17 +206,26 @@ const maxWholeMeta = 512 << 20
 // checked by the seek index.
 func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, error) {
 	ix := ls.Indexed
-	gz, err := p.fetchWhole(ctx, ls.Ref, ix.GzIndex, ociindex.MaxGzIndexBytes)
-	if err != nil {
-		return nil, fmt.Errorf("indexed layer %s: seek index: %w", ls.Name(), err)
+	// The three blobs are fetched at once: each is a round trip to the registry.
+	var gz, mp, meta []byte
+	var g errgroup.Group
+	for _, part := range []struct {
+		name  string
+		ref   BlobRef
+		limit int64
+		dst   *[]byte
+	}{{"seek index", ix.GzIndex, ociindex.MaxGzIndexBytes, &gz}, {"map", ix.Map, ociindex.MaxMapBytes, &mp}, {"metadata layer", ix.Meta, maxWholeMeta, &meta}} {
+		g.Go(func() error {
+			data, err := p.fetchWhole(ctx, ls.Ref, part.ref, part.limit)
+			if err != nil {
+				return fmt.Errorf("indexed layer %s: %s: %w", ls.Name(), part.name, err)
+			}
+			*part.dst = data
+			return nil
+		})
 	}
-	mp, err := p.fetchWhole(ctx, ls.Ref, ix.Map, ociindex.MaxMapBytes)
-	if err != nil {
-		return nil, fmt.Errorf("indexed layer %s: map: %w", ls.Name(), err)
-	}
-	meta, err := p.fetchWhole(ctx, ls.Ref, ix.Meta, maxWholeMeta)
-	if err != nil {
-		return nil, fmt.Errorf("indexed layer %s: metadata layer: %w", ls.Name(), err)
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, remotefetch.WithCallerChecks())
 	if err != nil {
