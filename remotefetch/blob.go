@@ -263,5 +263,8 @@ func (b *Blob) shutdown() error {
 	if !b.fill.close() {
 		return nil
 	}
+	if b.table != nil {
+		b.table.release()
+	}
 	return b.entry.Release()
 }

@@ -77,8 +77,11 @@ type Options struct {
 	RequireVerified bool
 	// MaxRangeTable bounds the size of a blob's range table; default DefaultMaxRangeTable.
 	MaxRangeTable int64
-	Registerer    prometheus.Registerer // nil = metrics are not exported
-	Logger        *slog.Logger          // nil = no logging
+	// RangeTableMemory bounds the bytes of range tables in memory over all open blobs; a
+	// blob whose table would pass it fails its reads. Default DefaultRangeTableMemory.
+	RangeTableMemory int64
+	Registerer       prometheus.Registerer // nil = metrics are not exported
+	Logger           *slog.Logger          // nil = no logging
 }
 
 // blobKey is what an open Blob is shared by: its cache entry (verify.go) and the repository it
@@ -113,6 +116,8 @@ type Fetcher struct {
 	tracer tracer
 
 	batches sync.Pool // *[]byte of batchBytes, the buffers responses stream through
+
+	tables tableBudget // range tables in memory
 }
 
 // New creates a Fetcher.
@@ -145,6 +150,9 @@ func New(opts Options) (*Fetcher, error) {
 	if opts.MaxRangeTable <= 0 {
 		opts.MaxRangeTable = DefaultMaxRangeTable
 	}
+	if opts.RangeTableMemory <= 0 {
+		opts.RangeTableMemory = DefaultRangeTableMemory
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -167,6 +175,7 @@ func New(opts Options) (*Fetcher, error) {
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
 		hostsCache: map[string][]docker.RegistryHost{}, repoHosts: map[string][]docker.RegistryHost{},
 		blobs: map[blobKey]*Blob{}}
+	f.tables.limit = opts.RangeTableMemory
 	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
 	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
 	hostOpts := config.HostOptions{
@@ -317,7 +326,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		health: &f.health, mirrorWait: mirrorWait(f.opts.StallTimeout)}
 	var table *tableLoader
 	if o.table != "" {
-		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size}
+		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size, budget: &f.tables}
 	}
 	b := newBlob(f, named.String(), bkey, size, entry, rem, table)
 	f.blobs[bkey] = b

@@ -60,6 +60,35 @@ const maxMismatches = 3
 // covers a 32 GiB blob.
 const DefaultMaxRangeTable = 64 << 20
 
+// DefaultRangeTableMemory is the default bound on the range tables held in memory at once,
+// over all open blobs: a python image's three tables take 0.3 MiB, but an image can claim a
+// table of MaxRangeTable for each of 255 layers.
+const DefaultRangeTableMemory = 256 << 20
+
+// tableBudget counts the bytes of range tables in memory against a bound.
+type tableBudget struct {
+	mu    sync.Mutex
+	limit int64
+	used  int64
+}
+
+// take reserves n bytes, or reports false if they would pass the bound.
+func (b *tableBudget) take(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.limit {
+		return false
+	}
+	b.used += n
+	return true
+}
+
+func (b *tableBudget) give(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+}
+
 // scopeKey is the cache key of blob dgst opened with o from repository repo of registry host.
 func scopeKey(dgst digest.Digest, o openOptions, host, repo string) cache.Key {
 	var s string
@@ -185,12 +214,14 @@ type tableLoader struct {
 	table  digest.Digest
 	offset int64
 	size   int64
+	budget *tableBudget // the Fetcher's, which the loaded table counts against until release
 
 	mu      sync.Mutex
 	v       *rangeVerifier
 	err     error         // permanent failure
 	loading chan struct{} // closed when the load in progress ends
 	lastErr error         // the last load's failure
+	closed  bool          // released: a load that ends now gives its memory back
 }
 
 // verifier returns the blob's verifier, loading the table through f unless a load is in
@@ -241,6 +272,18 @@ func (l *tableLoader) guessWiden(off, end int64) (int64, int64) {
 	return widenBy(off, end, rangetable.DefaultChunk, l.offset, l.size)
 }
 
+// release gives the loaded table's memory back to the budget; the blob is closed.
+func (l *tableLoader) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.v != nil {
+		l.budget.give(int64(len(l.v.raw)))
+		l.v = nil
+	}
+	l.err = ErrClosed
+}
+
 // start begins loading the table in the background, so that it is on its way when the first
 // fetch needs it. It is called once, before the filler can close.
 func (l *tableLoader) start(f *filler) {
@@ -262,6 +305,9 @@ func (l *tableLoader) run(f *filler, ch chan struct{}) (*rangeVerifier, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
+	case err == nil && l.closed:
+		l.budget.give(int64(len(v.raw))) // the blob closed meanwhile
+		v, err = nil, ErrClosed
 	case err == nil:
 		l.v = v
 	case isPermanent(err):
@@ -297,8 +343,17 @@ func (l *tableLoader) load(f *filler) (*rangeVerifier, error) {
 	}
 }
 
-func (l *tableLoader) loadOnce(ctx context.Context, f *filler) (*rangeVerifier, error) {
+func (l *tableLoader) loadOnce(ctx context.Context, f *filler) (v *rangeVerifier, err error) {
 	n := l.size - l.offset
+	if !l.budget.take(n) {
+		return nil, permanent(fmt.Errorf("remotefetch: blob %s: range table of %d bytes: the %d bytes that open blobs' tables may hold in memory are taken (Options.RangeTableMemory)",
+			f.dgst, n, l.budget.limit))
+	}
+	defer func() {
+		if err != nil {
+			l.budget.give(n)
+		}
+	}()
 	rc, err := f.remote.get(ctx, l.offset, n)
 	if err != nil {
 		return nil, fmt.Errorf("remotefetch: blob %s: range table: %w", f.dgst, err)

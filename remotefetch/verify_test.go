@@ -258,3 +258,44 @@ func TestVerifiedWholeBlobIsShared(t *testing.T) {
 		t.Errorf("the other registry was asked %d times for a blob the cache holds verified", n)
 	}
 }
+
+// Range tables in memory count against Options.RangeTableMemory: a blob whose table would
+// pass it fails its reads, naming the bound, until another blob's table is released.
+func TestRangeTableMemoryIsBounded(t *testing.T) {
+	reg := testregistry.Start(t, testregistry.Options{})
+	type pinned struct {
+		data   []byte
+		dgst   digest.Digest
+		table  digest.Digest
+		offset int64
+	}
+	var blobs []pinned
+	for i := range 2 {
+		data, table, offset := withTable(t, randomBytes(uint64(30+i), 64*rangetable.MinChunk), rangetable.MinChunk)
+		blobs = append(blobs, pinned{data, reg.PushBlob(t, "obd/app", data), table, offset})
+	}
+	tableSize := int64(len(blobs[0].data)) - blobs[0].offset
+	f := newFetcher(t, Options{ReadTimeout: 5e9, RangeTableMemory: tableSize + tableSize/2})
+	open := func(p pinned) *Blob {
+		b, err := f.Open(t.Context(), reg.Host+"/obd/app:v1", p.dgst, int64(len(p.data)), WithRangeTable(p.table, p.offset))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	first := open(blobs[0])
+	if err := checkRead(t, first, blobs[0].data, 0, 100); err != nil {
+		t.Fatal(err)
+	}
+	second := open(blobs[1])
+	if _, err := second.ReadAt(make([]byte, 100), 0); err == nil || !strings.Contains(err.Error(), "RangeTableMemory") {
+		t.Fatalf("a table past the bound: %v", err)
+	}
+	second.Close()
+	first.Close()
+	second = open(blobs[1])
+	defer second.Close()
+	if err := checkRead(t, second, blobs[1].data, 0, 100); err != nil {
+		t.Fatalf("after the first blob closed: %v", err)
+	}
+}
