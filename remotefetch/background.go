@@ -2,11 +2,20 @@ package remotefetch
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
 // foregroundPoll is how often background work checks whether foreground reads are done.
 const foregroundPoll = 5 * time.Millisecond
+
+// A chunk whose background fetch fails (each try bounded by ReadTimeout, retries included)
+// is tried again backgroundRetries times, after pauses doubling from ReadTimeout up to
+// backgroundPauseMax; then background fill stops.
+const (
+	backgroundRetries  = 4
+	backgroundPauseMax = time.Minute
+)
 
 // startBackground fills the rest of the blob after BackgroundDelay, in order, at most
 // BackgroundRate bytes/s, pausing whenever a foreground read is in progress so that it never
@@ -27,12 +36,12 @@ func (f *filler) startBackground() {
 }
 
 // backgroundFill fetches the missing units in chunks, in order, until the blob is present,
-// the filler closes or a fetch fails for good.
+// the filler closes, a fetch fails for good, or a chunk fails backgroundRetries+1 times.
 func (f *filler) backgroundFill() error {
 	lay := f.entry.Layout()
 	// Small chunks keep a foreground read from waiting long behind a background request.
 	chunk := int(max(1, min(f.opts.MaxRequestSize, 1<<20)/lay.Unit))
-	start, sent := time.Now(), int64(0)
+	start, sent, failures := time.Now(), int64(0), 0
 	for u := 0; u < lay.Units(); {
 		if !f.backgroundTurn(start, sent) {
 			return f.ctx.Err()
@@ -52,8 +61,17 @@ func (f *filler) backgroundFill() error {
 			if isPermanent(err) || f.ctx.Err() != nil || f.failed() != nil {
 				return err
 			}
-			continue // the deadline passed: try the chunk again
+			// The deadline passed: try the chunk again after a pause, a bounded number of
+			// times (foreground reads still fetch what they need).
+			if failures++; failures > backgroundRetries {
+				return fmt.Errorf("remotefetch: background fill: bytes [%d, %d) failed %d times: %w", off, endOff+endN, failures, err)
+			}
+			if !sleepCtx(f.ctx, min(f.opts.ReadTimeout<<(failures-1), backgroundPauseMax)) {
+				return f.ctx.Err()
+			}
+			continue
 		}
+		failures = 0
 		sent += int64(len(missing)) * lay.Unit
 		u = last + 1
 	}

@@ -3,9 +3,12 @@ package remotefetch
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/obdproject/obd/blocktrace"
+	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testregistry"
 )
 
@@ -107,5 +110,26 @@ func TestTraceRecordsFirstRead(t *testing.T) {
 	want := []blocktrace.Range{{Off: 3 * testUnit, Len: testUnit, First: 2}, {Off: 20 * testUnit, Len: 2 * testUnit, First: 1}}
 	if len(tr.Blobs) != 1 || !slices.Equal(tr.Blobs[0].Ranges, want) {
 		t.Fatalf("trace ranges %+v, want %+v", tr.Blobs, want)
+	}
+}
+
+// TestBackgroundFillGivesUp: background fill of a blob whose registry fails every request
+// (transiently, as a 503 says) stops after backgroundRetries tries of a chunk, pausing
+// between them, instead of retrying for ever.
+func TestBackgroundFillGivesUp(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 8*testUnit, true)
+	e.proxy.SetRandom(1, 1, faultproxy.Status503)
+	f := newFetcher(t, Options{ReadTimeout: 100 * time.Millisecond})
+	b := open(t, f, e)
+	defer b.Close()
+	done := make(chan error, 1)
+	go func() { done <- b.fill.(*filler).backgroundFill() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "background fill") {
+			t.Fatalf("backgroundFill: %v, want it to give up with an error", err)
+		}
+	case <-time.After(time.Minute): // a hang guard: the retries take a few seconds
+		t.Fatal("background fill was still retrying after a minute")
 	}
 }
