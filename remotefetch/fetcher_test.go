@@ -424,21 +424,28 @@ func TestBadArguments(t *testing.T) {
 	}
 }
 
+// failingBlob opens a blob of size bytes behind a registry that answers every request with
+// 503, with reads bounded by timeout. It is closed when the test ends.
+func failingBlob(t *testing.T, size int, timeout time.Duration) *Blob {
+	t.Helper()
+	e := newEnv(t, testregistry.Options{}, size, true)
+	e.proxy.SetRandom(1, 1, faultproxy.Status503)
+	b := open(t, newFetcher(t, Options{ReadTimeout: timeout}), e)
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
 // TestDeadlineNamesBlobRangeAndCause: a registry that always fails makes a read fail after
 // ReadTimeout with ErrDeadline, naming the blob, the range and the last cause.
 func TestDeadlineNamesBlobRangeAndCause(t *testing.T) {
-	e := newEnv(t, testregistry.Options{}, 4*testUnit, true)
-	e.proxy.SetRandom(1, 1, faultproxy.Status503)
-	f := newFetcher(t, Options{ReadTimeout: 600 * time.Millisecond})
-	b := open(t, f, e)
-	defer b.Close()
+	b := failingBlob(t, 4*testUnit, 600*time.Millisecond)
 	start := time.Now()
 	_, err := b.ReadAt(make([]byte, 100), testUnit)
 	took := time.Since(start)
 	if !errors.Is(err, ErrDeadline) {
 		t.Fatalf("read: %v, want ErrDeadline", err)
 	}
-	for _, want := range []string{e.dgst.String(), fmt.Sprintf("%d-%d", testUnit, testUnit+100), "503"} {
+	for _, want := range []string{b.Digest().String(), fmt.Sprintf("%d-%d", testUnit, testUnit+100), "503"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

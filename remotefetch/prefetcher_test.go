@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/blocktrace"
-	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testregistry"
 )
 
@@ -117,11 +116,7 @@ func TestTraceRecordsFirstRead(t *testing.T) {
 // (transiently, as a 503 says) stops after backgroundRetries tries of a chunk, pausing
 // between them, instead of retrying for ever.
 func TestBackgroundFillGivesUp(t *testing.T) {
-	e := newEnv(t, testregistry.Options{}, 8*testUnit, true)
-	e.proxy.SetRandom(1, 1, faultproxy.Status503)
-	f := newFetcher(t, Options{ReadTimeout: 100 * time.Millisecond})
-	b := open(t, f, e)
-	defer b.Close()
+	b := failingBlob(t, 8*testUnit, 100*time.Millisecond)
 	done := make(chan error, 1)
 	go func() { done <- b.fill.(*filler).backgroundFill() }()
 	select {
