@@ -294,6 +294,15 @@ func (c *Cache) openEntry(d Key, size int64) (e *Entry, fresh bool, err error) {
 			fresh = true
 		}
 	}
+	if !fresh {
+		// The bitmap describes one data file: if that is gone or cut (a crash, a cleanup),
+		// its units would read as zeros, so the entry starts anew.
+		if st, err := os.Stat(dataPath); err != nil || st.Size() != size {
+			c.log.Warn("cache: discarding entry whose data file is gone or resized", "entry", d.String(), "err", err)
+			_ = os.Remove(dataPath)
+			bm, flags, fresh = newBitmap(n), 0, true
+		}
+	}
 	data, err := os.OpenFile(dataPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, false, fmt.Errorf("cache: open %s: %w", d, err)

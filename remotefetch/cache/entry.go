@@ -56,6 +56,7 @@ type Entry struct {
 	flags          uint64
 	persistedFlags uint64
 	generation     int       // bumped by discard; a sync or commit of an older generation is dropped
+	bitmapSyncs    int       // times the bitmap file was synced (tests)
 	pins           int       // syncs in progress; files stay open until they finish
 	unpinned       sync.Cond // signalled when pins drops to 0
 }
@@ -179,10 +180,16 @@ func (e *Entry) discard() error {
 	e.parts.reset()
 	e.generation++
 	err := e.persistBitmap(e.present, 0)
+	if err == nil {
+		// Durable before the data goes: after a power loss the old bitmap must not claim
+		// units whose bytes were dropped.
+		err = e.syncBitmap()
+	}
 	e.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	beforeDataDropped(e)
 	if err := e.data.Truncate(0); err != nil {
 		return err
 	}
@@ -229,6 +236,19 @@ func (e *Entry) sync() error {
 }
 
 // persistBitmap writes the bitmap file; e.mu must be held (or e not yet shared).
+// syncBitmap makes the bitmap file durable.
+func (e *Entry) syncBitmap() error {
+	if err := e.bmFile.Sync(); err != nil {
+		return fmt.Errorf("cache: sync bitmap %s: %w", e.dgst, err)
+	}
+	e.bitmapSyncs++
+	return nil
+}
+
+// beforeDataDropped is a test hook: discard calls it after the empty bitmap is durable,
+// before the data is dropped.
+var beforeDataDropped = func(*Entry) {}
+
 func (e *Entry) persistBitmap(bm bitmap, flags uint64) error {
 	if _, err := e.bmFile.WriteAt(bm.encode(e.lay.Unit, e.lay.Size, flags, e.units), 0); err != nil {
 		return fmt.Errorf("cache: write bitmap %s: %w", e.dgst, err)

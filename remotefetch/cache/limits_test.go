@@ -2,6 +2,7 @@ package cache
 
 import (
 	"math"
+	"os"
 	"strings"
 	"testing"
 
@@ -27,4 +28,66 @@ func TestAcquireRefusesHugeSizes(t *testing.T) {
 		t.Fatalf("Acquire of the largest size: %v", err)
 	}
 	e.Release()
+}
+
+// TestRecreatedDataFileIsNewEntry: a blob whose data file vanished (or was cut) while its
+// bitmap stayed, as a crash or a careless cleanup can leave it, is a new, empty entry: its
+// bitmap must not claim units that now read as zeros.
+func TestRecreatedDataFileIsNewEntry(t *testing.T) {
+	for name, damage := range map[string]func(path string) error{
+		"removed":   os.Remove,
+		"truncated": func(path string) error { return os.Truncate(path, testUnit) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			data := blobData(3, 4*testUnit)
+			d := digest.FromBytes(data)
+			c := openCache(t, dir, 0)
+			e, err := c.Acquire(d, int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fillUnits(t, e, data, 0, 1, 2)
+			if err := e.Release(); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			_, dataPath := c.paths(Key{Digest: d})
+			if err := damage(dataPath); err != nil {
+				t.Fatal(err)
+			}
+			c2 := openCache(t, dir, 0)
+			e2, err := c2.Acquire(d, int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e2.Release()
+			if got := e2.Missing(0, e2.Layout().Units()-1); len(got) != 4 {
+				t.Fatalf("units missing after the data file was %s: %v, want all 4", name, got)
+			}
+		})
+	}
+}
+
+// TestDiscardSyncsBitmapFirst: a discarded entry's empty bitmap is made durable before its
+// data is dropped; otherwise a power loss could leave the old bitmap claiming units whose
+// bytes are gone.
+func TestDiscardSyncsBitmapFirst(t *testing.T) {
+	data := blobData(4, 2*testUnit)
+	c := openCache(t, t.TempDir(), 0)
+	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	fillUnits(t, e, data, 0)
+	var synced bool
+	beforeDataDropped = func(e *Entry) { synced = e.bitmapSyncs > 0 }
+	defer func() { beforeDataDropped = func(*Entry) {} }()
+	if err := e.discard(); err != nil {
+		t.Fatal(err)
+	}
+	if !synced {
+		t.Fatal("discard dropped the data before the empty bitmap was synced")
+	}
 }
