@@ -64,23 +64,31 @@ func fillUnits(t testing.TB, e *Entry, data []byte, units ...int) {
 	}
 }
 
-// has reports whether unit i of e is present as a whole.
-func has(e *Entry, i int) bool { return len(e.Missing(i, i)) == 0 }
-
-func TestRestartReusesFilledUnits(t *testing.T) {
-	dir := t.TempDir()
-	data := blobData(1, 10*testUnit+100)
+// filledAndClosed fills the given units of blob data in a cache in dir, releases it and
+// closes the cache, as a process that stops does; it returns the blob's digest.
+func filledAndClosed(t *testing.T, dir string, data []byte, units ...int) digest.Digest {
+	t.Helper()
 	d := digest.FromBytes(data)
 	c := openCache(t, dir, 0)
 	e, err := c.Acquire(d, int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fillUnits(t, e, data, 0, 3, 10)
+	fillUnits(t, e, data, units...)
 	if err := e.Release(); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
+	return d
+}
+
+// has reports whether unit i of e is present as a whole.
+func has(e *Entry, i int) bool { return len(e.Missing(i, i)) == 0 }
+
+func TestRestartReusesFilledUnits(t *testing.T) {
+	dir := t.TempDir()
+	data := blobData(1, 10*testUnit+100)
+	d := filledAndClosed(t, dir, data, 0, 3, 10)
 
 	c2 := openCache(t, dir, 0)
 	if got, want := c2.Usage(), int64(2*testUnit+100); got != want {

@@ -41,18 +41,8 @@ func TestRecreatedDataFileIsNewEntry(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			data := blobData(3, 4*testUnit)
-			d := digest.FromBytes(data)
-			c := openCache(t, dir, 0)
-			e, err := c.Acquire(d, int64(len(data)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			fillUnits(t, e, data, 0, 1, 2)
-			if err := e.Release(); err != nil {
-				t.Fatal(err)
-			}
-			c.Close()
-			_, dataPath := c.paths(Key{Digest: d})
+			d := filledAndClosed(t, dir, data, 0, 1, 2)
+			_, dataPath := (&Cache{opts: Options{Dir: dir}}).paths(Key{Digest: d})
 			if err := damage(dataPath); err != nil {
 				t.Fatal(err)
 			}
