@@ -35,9 +35,9 @@ import (
 const confineArg0 = "obd-sandbox-confine"
 
 // zygoteCaps are the capabilities (in its user namespace) a zygote keeps: to clone sandboxes
-// into namespaces, chroot them and make them nobody, and for a function zygote to make its
-// function's network namespace and bring its loopback up.
-var zygoteCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SYS_CHROOT, unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_NET_ADMIN}
+// into namespaces (and a function zygote its network namespace), chroot them and make them
+// nobody. Not CAP_NET_ADMIN: the server brings a function's loopback up.
+var zygoteCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SYS_CHROOT, unix.CAP_SETUID, unix.CAP_SETGID}
 
 // idRange is how many uids (and gids) a sandbox user namespace maps.
 const idRange = 65536

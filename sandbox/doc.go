@@ -42,7 +42,8 @@
 //   - The first event is sent with the start: the sandbox reads it once set up, so importing
 //     and running the handler follow without waiting for a "ready" round trip.
 //   - Network: a namespace per function, with only its loopback up: the function zygote makes
-//     it once and the sandboxes it forks share it, where creating one per sandbox measured
+//     it once (the server brings the loopback up: no zygote holds CAP_NET_ADMIN) and the
+//     sandboxes it forks share it, where creating one per sandbox measured
 //     0.4-2.8 ms (rising under load). A cold sandbox gets one of its own. No host network, and
 //     no abstract unix socket of another function, is reachable.
 //   - cgroups from a pool (sandbox/cgroup; v1 hierarchies here, v2 where mounted). The sandbox

@@ -10,6 +10,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,9 +138,15 @@ var errZygoteGone = errors.New("sandbox: zygote is gone")
 
 // request sends one request with fds attached and waits for the zygote's reply.
 func (z *zygote) request(req any, files ...*os.File) error {
+	_, err := z.call(req, files...)
+	return err
+}
+
+// call is request returning the pid of the reply (in the zygote's PID namespace).
+func (z *zygote) call(req any, files ...*os.File) (int, error) {
 	msg, err := json.Marshal(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {
@@ -147,7 +156,7 @@ func (z *zygote) request(req any, files ...*os.File) error {
 	defer z.mu.Unlock()
 	z.ctl.SetDeadline(time.Now().Add(zygoteTimeout))
 	if _, _, err := z.ctl.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
-		return fmt.Errorf("%w: request: %w", errZygoteGone, err)
+		return 0, fmt.Errorf("%w: request: %w", errZygoteGone, err)
 	}
 	buf := make([]byte, 1<<16)
 	n, _, _, _, err := z.ctl.ReadMsgUnix(buf, nil)
@@ -155,30 +164,32 @@ func (z *zygote) request(req any, files ...*os.File) error {
 		err = io.EOF
 	}
 	if err != nil {
-		return fmt.Errorf("%w: reply: %w", errZygoteGone, err)
+		return 0, fmt.Errorf("%w: reply: %w", errZygoteGone, err)
 	}
 	var reply struct {
 		PID   int    `json:"pid"`
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(buf[:n], &reply); err != nil {
-		return fmt.Errorf("sandbox: zygote reply %q: %w", buf[:n], err)
+		return 0, fmt.Errorf("sandbox: zygote reply %q: %w", buf[:n], err)
 	}
 	if reply.Error != "" {
-		return fmt.Errorf("sandbox: zygote: %s", reply.Error)
+		return 0, fmt.Errorf("sandbox: zygote: %s", reply.Error)
 	}
-	return nil
+	return reply.PID, nil
 }
 
-// child forks a function zygote that imports modules on top of z's, in a network namespace
-// of its own.
-func (z *zygote) child(imports []string) (*zygote, error) {
+// child forks a function zygote that imports modules on top of z (the runtime zygote), in a
+// network namespace of its own whose loopback the server brings up: the zygote holds no
+// CAP_NET_ADMIN (with it, image code could reach nf_tables and traffic control).
+func (z *zygote) child(imports []string) (_ *zygote, err error) {
 	ours, theirs, err := socketPair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, err
 	}
 	defer theirs.Close()
-	if err := z.request(map[string]any{"op": "zygote", "imports": imports, "netns": true}, theirs); err != nil {
+	nsPid, err := z.call(map[string]any{"op": "zygote", "imports": imports, "netns": true}, theirs)
+	if err != nil {
 		ours.Close()
 		return nil, err
 	}
@@ -186,7 +197,76 @@ func (z *zygote) child(imports []string) (*zygote, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &zygote{ctl: c.(*net.UnixConn), parent: z}, nil
+	fz := &zygote{ctl: c.(*net.UnixConn), parent: z}
+	defer func() {
+		if err != nil {
+			fz.close()
+		}
+	}()
+	// Answering a ping, it has made its network namespace (and imported its modules).
+	if err := fz.request(map[string]string{"op": "ping"}); err != nil {
+		return nil, err
+	}
+	pid, err := childPid(z.cmd.Process.Pid, nsPid)
+	if err != nil {
+		return nil, err
+	}
+	if err := loopbackUpIn(pid); err != nil {
+		return nil, fmt.Errorf("sandbox: function zygote's network: %w", err)
+	}
+	return fz, nil
+}
+
+// childPid finds the host pid of the child of process parent that is nsPid in parent's PID
+// namespace.
+func childPid(parent, nsPid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
+	if err != nil {
+		return 0, fmt.Errorf("sandbox: zygote's children: %w", err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		status, err := os.ReadFile("/proc/" + f + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if ids, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				fields := strings.Fields(ids)
+				if len(fields) > 0 && fields[len(fields)-1] == strconv.Itoa(nsPid) {
+					return strconv.Atoi(f)
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("sandbox: zygote's child %d not found", nsPid)
+}
+
+// loopbackUpIn brings up the loopback of the network namespace of process pid, from an OS
+// thread that joins it for that. A thread that cannot go back to the server's namespace stays
+// locked, so the runtime retires it.
+func loopbackUpIn(pid int) error {
+	target, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(target)
+	runtime.LockOSThread()
+	home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer unix.Close(home)
+	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns: %w", err)
+	}
+	upErr := loopbackUp()
+	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("back to the server's network namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return upErr
 }
 
 // fork asks the zygote for a sandbox that chroots into root (a mount tree), joins the cgroups whose

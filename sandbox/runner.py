@@ -26,7 +26,6 @@
 # {"error": traceback}, and per request (the first one included) one reply {"result": ...} or
 # {"error": ...}.
 import ctypes
-import fcntl
 import importlib
 import importlib.util
 import json
@@ -41,7 +40,6 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -231,16 +229,10 @@ def become_sandbox(spec, fds):
 
 
 def own_network():
-    """Move into a new network namespace with its loopback up: a function zygote's, shared by
-    the function's sandboxes and no one else's (abstract unix sockets included)."""
+    """Move into a new network namespace: a function zygote's, shared by the function's
+    sandboxes and no one else's (abstract unix sockets included). The server brings its
+    loopback up."""
     check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        ifr = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
-        flags = struct.unpack("16sH14x", ifr)[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
-    finally:
-        s.close()
 
 
 def serve_zygote(ctl):
