@@ -10,7 +10,7 @@
 // untrusted and runs confined from exec onward (confine.go): in a user namespace mapped to an
 // unprivileged uid range, with no_new_privs, a seccomp filter derived from containerd's
 // default profile (seccomp.go) and rlimits; sandboxes as nobody holding no capability,
-// zygotes holding only the four they need to make sandboxes.
+// zygotes holding only the four they need to make sandboxes (zygoteCaps).
 //
 // Three start paths, fastest last:
 //   - cold: the server starts python3 in a fresh sandbox (runner.py, mode "cold");
