@@ -7,6 +7,8 @@ package bddrootfs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -33,7 +35,8 @@ type Provider struct {
 	MountDir string        // where image filesystems are mounted, one dir per attach
 	Timeout  time.Duration // per bdd call; default 1 minute
 
-	seq atomic.Int64
+	seq      atomic.Int64
+	attaches atomic.Int64
 }
 
 var _ sandbox.RootfsProvider = (*Provider)(nil)
@@ -55,6 +58,20 @@ func Layers(ref string) ([]*bddv1.Layer, error) {
 	return layers, nil
 }
 
+// attachRequest asks for a read-only device of layers under an idempotency key in this
+// provider's namespace (keyPrefix), by which Cleanup finds the devices a killed server
+// attached but never mounted.
+func (p *Provider) attachRequest(layers []*bddv1.Layer) *bddv1.AttachRequest {
+	key := fmt.Sprintf("%s%d.%d.%d", p.keyPrefix(), os.Getpid(), time.Now().UnixNano(), p.attaches.Add(1))
+	return &bddv1.AttachRequest{Layers: layers, ReadOnly: true, IdempotencyKey: key}
+}
+
+// keyPrefix namespaces this provider's idempotency keys by its mount dir.
+func (p *Provider) keyPrefix() string {
+	sum := sha256.Sum256([]byte(filepath.Clean(p.MountDir)))
+	return "obd-lambda:" + hex.EncodeToString(sum[:6]) + ":"
+}
+
 func (p *Provider) timeout() time.Duration {
 	if p.Timeout > 0 {
 		return p.Timeout
@@ -71,7 +88,7 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 	}
 	callCtx, cancel := context.WithTimeout(ctx, p.timeout())
 	defer cancel()
-	resp, err := p.Client.Attach(callCtx, &bddv1.AttachRequest{Layers: layers, ReadOnly: true})
+	resp, err := p.Client.Attach(callCtx, p.attachRequest(layers))
 	if err != nil {
 		return "", nil, fmt.Errorf("bddrootfs: attach %s: %w", ref, err)
 	}
@@ -110,15 +127,13 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 }
 
 // Cleanup unmounts and detaches what a provider on the same MountDir left when its server was
-// killed: each mount dir there is named DEVICE-SEQ after its bdd device. Call it before the
+// killed: each mount dir there is named DEVICE-SEQ after its bdd device, and the devices it
+// attached but did not mount yet carry its idempotency keys (keyPrefix). Call it before the
 // first Acquire, once the processes that used those mounts are gone. A device still busy is
 // retried for a few seconds (the kernel lets go of an unmounted filesystem in the background).
 func (p *Provider) Cleanup(ctx context.Context) error {
 	entries, err := os.ReadDir(p.MountDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("bddrootfs: cleanup: %w", err)
 	}
 	var errs []error
@@ -135,6 +150,20 @@ func (p *Provider) Cleanup(ctx context.Context) error {
 		}
 		if err := p.detachLeftover(ctx, e.Name()[:i]); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	// Devices attached but never mounted: the server was killed in between.
+	callCtx, cancel := context.WithTimeout(ctx, p.timeout())
+	list, err := p.Client.List(callCtx, &bddv1.ListRequest{})
+	cancel()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("bddrootfs: cleanup: list devices: %w", err))...)
+	}
+	for _, dev := range list.GetDevices() {
+		if strings.HasPrefix(dev.GetIdempotencyKey(), p.keyPrefix()) {
+			if err := p.detachLeftover(ctx, dev.GetId()); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

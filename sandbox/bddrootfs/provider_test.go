@@ -127,18 +127,27 @@ func TestBadReferences(t *testing.T) {
 	}
 }
 
-// TestCleanupAfterKill: what a provider left mounted and attached (its server killed) is
-// unmounted and detached by the next one on the same mount dir.
+// TestCleanupAfterKill: what a provider left mounted and attached, or attached only (its
+// server killed), is unmounted and detached by the next one on the same mount dir.
 func TestCleanupAfterKill(t *testing.T) {
 	b := testenv.StartBDD(t)
 	layer := pythonLayer(t)
 	mounts := t.TempDir()
 	ctx := context.Background()
-	dir, _, err := (&Provider{Client: b.Client, MountDir: mounts}).Acquire(ctx, layer)
+	killed := &Provider{Client: b.Client, MountDir: mounts}
+	dir, _, err := killed.Acquire(ctx, layer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No release: as if the server died here.
+	// No release: as if the server died here. And an Attach that reached bdd just before,
+	// whose mount never came: no mount dir names its device.
+	layers, err := Layers(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client.Attach(ctx, killed.attachRequest(layers)); err != nil {
+		t.Fatal(err)
+	}
 	if err := (&Provider{Client: b.Client, MountDir: mounts}).Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
