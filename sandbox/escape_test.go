@@ -345,3 +345,18 @@ func TestLimitsAreCapped(t *testing.T) {
 		t.Errorf("fork bomb under the pool's 12 processes: %v, want EAGAIN before 12", out)
 	}
 }
+
+func TestChildPid(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// Same PID namespace: the child's pid there is its host pid.
+	if pid, err := childPid(os.Getpid(), cmd.Process.Pid); err != nil || pid != cmd.Process.Pid {
+		t.Errorf("childPid = %d, %v; want %d", pid, err, cmd.Process.Pid)
+	}
+	if _, err := childPid(os.Getpid(), 1<<30); err == nil {
+		t.Error("childPid found a child that does not exist")
+	}
+}

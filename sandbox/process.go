@@ -218,24 +218,35 @@ func (z *zygote) child(imports []string) (_ *zygote, err error) {
 }
 
 // childPid finds the host pid of the child of process parent that is nsPid in parent's PID
-// namespace.
+// namespace: among parent's children (/proc/PID/task/TID/children), or, on a kernel without
+// that file, among all processes.
 func childPid(parent, nsPid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
-	if err != nil {
-		return 0, fmt.Errorf("sandbox: zygote's children: %w", err)
+	var candidates []string
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent)); err == nil {
+		candidates = strings.Fields(string(b))
+	} else if entries, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range entries {
+			candidates = append(candidates, e.Name())
+		}
 	}
-	for _, f := range strings.Fields(string(b)) {
-		status, err := os.ReadFile("/proc/" + f + "/status")
+	for _, c := range candidates {
+		status, err := os.ReadFile("/proc/" + c + "/status")
 		if err != nil {
 			continue
 		}
+		var ppid, last string
 		for _, line := range strings.Split(string(status), "\n") {
-			if ids, ok := strings.CutPrefix(line, "NSpid:"); ok {
-				fields := strings.Fields(ids)
-				if len(fields) > 0 && fields[len(fields)-1] == strconv.Itoa(nsPid) {
-					return strconv.Atoi(f)
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				ppid = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				if f := strings.Fields(v); len(f) > 0 {
+					last = f[len(f)-1]
 				}
 			}
+		}
+		if ppid == strconv.Itoa(parent) && last == strconv.Itoa(nsPid) {
+			return strconv.Atoi(c)
 		}
 	}
 	return 0, fmt.Errorf("sandbox: zygote's child %d not found", nsPid)
