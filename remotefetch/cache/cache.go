@@ -429,6 +429,26 @@ func (c *Cache) evictLocked() {
 	if c.opts.Capacity <= 0 || c.usage <= c.opts.Capacity {
 		return
 	}
+	c.evictIdleLocked(func(int) bool { return c.usage > c.opts.Capacity })
+}
+
+// freeSpace evicts the least recently used blob that no one holds, for a write that found
+// the cache's file system full (ENOSPC); it reports whether it evicted one. Meanwhile the
+// fillers hand fetched bytes to readers from memory, so a full disk costs refetches, not
+// failed reads.
+func (c *Cache) freeSpace() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.evictIdleLocked(func(evicted int) bool { return evicted == 0 }) == 0 {
+		return false
+	}
+	c.log.Info("cache: evicted a blob: the cache's file system is full")
+	return true
+}
+
+// evictIdleLocked removes unheld blobs, least recently used first, while more(evicted so
+// far) holds; it returns how many it removed.
+func (c *Cache) evictIdleLocked(more func(evicted int) bool) (evicted int) {
 	var idle []*record
 	for _, r := range c.records {
 		if r.refs == 0 {
@@ -437,8 +457,8 @@ func (c *Cache) evictLocked() {
 	}
 	slices.SortFunc(idle, func(a, b *record) int { return a.lastUse.Compare(b.lastUse) })
 	for _, r := range idle {
-		if c.usage <= c.opts.Capacity {
-			return
+		if !more(evicted) {
+			return evicted
 		}
 		bmPath, dataPath := c.paths(r.key)
 		// Bitmap first: without it the data file is never trusted.
@@ -449,8 +469,10 @@ func (c *Cache) evictLocked() {
 		_ = os.Remove(dataPath)
 		c.usage -= r.filled
 		delete(c.records, r.key)
+		evicted++
 		c.log.Debug("cache: evicted", "entry", r.key.String(), "bytes", r.filled)
 	}
+	return evicted
 }
 
 // syncLoop makes written units durable in batches: one fdatasync per entry per SyncDelay.

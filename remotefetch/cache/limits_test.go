@@ -6,7 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/obdproject/obd/internal/facility"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // TestAcquireRefusesHugeSizes: a blob size is a claim from outside and sizes the entry's
@@ -80,4 +82,45 @@ func TestDiscardSyncsBitmapFirst(t *testing.T) {
 	if !synced {
 		t.Fatal("discard dropped the data before the empty bitmap was synced")
 	}
+}
+
+// TestFullDiskEvictsIdleBlobs: a write that finds the cache's file system full (ENOSPC)
+// evicts the least recently used blob no one holds and is written, instead of failing for
+// as long as the disk stays full.
+func TestFullDiskEvictsIdleBlobs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		facility.Missing(t, "needs root to mount a small tmpfs as the cache dir")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=384k"); err != nil {
+		facility.Missing(t, "cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	old := blobData(5, 64*testUnit)
+	filledAndClosed(t, dir, old, seq(64)...)
+	c := openCache(t, dir, 0)
+	data := blobData(6, 64*testUnit)
+	e, err := c.Acquire(digest.FromBytes(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release()
+	for _, u := range seq(64) {
+		off, n := e.Layout().UnitRange(u)
+		if _, err := fillRange(e, data, off, off+n); err != nil {
+			t.Fatalf("unit %d with the disk full: %v", u, err)
+		}
+	}
+	if c.Holds(Key{Digest: digest.FromBytes(old)}) {
+		t.Error("the idle blob is still cached: nothing made room")
+	}
+}
+
+// seq is 0, 1, ..., n-1.
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
 }

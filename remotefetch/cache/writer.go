@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // errWriterDone reports use of a Writer after Commit or Abort.
@@ -54,7 +55,11 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	defer e.fillMu.RUnlock()
 	for at := off; at < end; {
 		n := min(end-at, maxWrite)
-		if _, err := e.data.WriteAt(p[at-off:at-off+n], at); err != nil {
+		_, err := e.data.WriteAt(p[at-off:at-off+n], at)
+		if errors.Is(err, syscall.ENOSPC) && e.cache.freeSpace() {
+			continue // an idle blob made room: write again
+		}
+		if err != nil {
 			w.written.add(off, at)
 			return int(at - off), fmt.Errorf("cache: %s: write %d+%d: %w", e.dgst, off, len(p), err)
 		}
