@@ -368,7 +368,9 @@ func layerUUID(chain digest.Digest) string {
 // cacheKey names a converted layer: its chain and every option that changes
 // the bytes.
 func (c *Converter) cacheKey(chain digest.Digest) string {
-	k := fmt.Sprintf("%s algo=%d bs=%d vsize=%d version=%s", chain, c.opts.Algorithm, c.opts.BlockSize, c.opts.VirtualSize, FormatVersion)
+	// times=tar names the inode time rules (docs/FORMAT.md, "The filesystem
+	// inside"): layers cached under other rules are not reused.
+	k := fmt.Sprintf("%s algo=%d bs=%d vsize=%d version=%s times=tar", chain, c.opts.Algorithm, c.opts.BlockSize, c.opts.VirtualSize, FormatVersion)
 	if c.opts.Level != 0 && c.opts.Level != zfile.DefaultZstdLevel {
 		k += fmt.Sprintf(" level=%d", c.opts.Level) // keys of default-level layers stay as they were
 	}

@@ -184,10 +184,9 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 	}
 	defer stack.Close()
 
-	since := time.Now().Unix() - 1
 	var extents []fileExtents
 	err = c.onDevice(ctx, stack, work, len(lowers) == 0, b.uuid, func(mnt string) error {
-		if _, err := tarapply.Apply(ctx, mnt, io.NewSectionReader(stream, 0, stream.Size()), tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true}); err != nil {
+		if _, err := tarapply.Apply(ctx, mnt, io.NewSectionReader(stream, 0, stream.Size()), applyOptions(stack.Size())); err != nil {
 			return err
 		}
 		var err error
@@ -197,7 +196,7 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 	if err != nil {
 		return out, err
 	}
-	if err := ext4fs.Normalize(stack, since); err != nil {
+	if err := ext4fs.Normalize(stack); err != nil {
 		return out, err
 	}
 	if err := stack.Sync(); err != nil {

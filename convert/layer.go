@@ -72,13 +72,12 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 	defer stack.Close()
 
 	start := time.Now()
-	since := start.Unix() - 1
 	st, err = c.applyOnDevice(ctx, stack, dir, b, tarStream)
 	if err != nil {
 		return st, err
 	}
 	applied := time.Now()
-	if err := ext4fs.Normalize(stack, since); err != nil {
+	if err := ext4fs.Normalize(stack); err != nil {
 		return st, err
 	}
 	if err := stack.Sync(); err != nil {
@@ -110,10 +109,18 @@ func (c *Converter) buildLayer(ctx context.Context, b layerBuild, tarStream io.R
 func (c *Converter) applyOnDevice(ctx context.Context, stack *lsmt.Stack, dir string, b layerBuild, tarStream io.Reader) (st tarapply.Stats, err error) {
 	err = c.onDevice(ctx, stack, dir, len(b.lowers) == 0, b.uuid, func(mnt string) error {
 		var err error
-		st, err = tarapply.Apply(ctx, mnt, tarStream, tarapply.Options{MaxEntrySize: stack.Size(), DeferRemoval: true})
+		st, err = tarapply.Apply(ctx, mnt, tarStream, applyOptions(stack.Size()))
 		return err
 	})
 	return st, err
+}
+
+// applyOptions are the tarapply options of a layer applied to a filesystem of
+// size bytes: inodes are freed only at the end (DeferRemoval) and the
+// directories no tar entry describes get FixedTime, so nothing depends on
+// the clock.
+func applyOptions(size int64) tarapply.Options {
+	return tarapply.Options{MaxEntrySize: size, DeferRemoval: true, ImplicitTime: time.Unix(ext4fs.FixedTime, 0)}
 }
 
 // onDevice attaches stack as a block device, mounts its ext4 (formatting it

@@ -3,7 +3,9 @@
 // and, after each layer is applied and unmounted, rewrites the fields the
 // kernel fills from the clock or the random pool (inode change/creation/deletion
 // times, inode generations and change counters, superblock mount and write
-// times) to fixed values.
+// times) to fixed values. Access and modification times are left to whoever
+// applied the layer (convert/tarapply sets every one it causes), except in
+// freed inodes; so nothing depends on when the conversion ran.
 //
 // It sits in the converter (docs/DESIGN.md, "The write paths") between the block device
 // exposing the writable LSMT stack and the commit: Format runs on the device,
@@ -25,7 +27,8 @@ import (
 )
 
 // FixedTime is the Unix time written wherever the kernel would write "now"
-// (2000-01-01T00:00:00Z). Times from the tar below it are kept.
+// (2000-01-01T00:00:00Z): mkfs times, every inode change and creation time,
+// deletion times and the times of freed inodes.
 const FixedTime = 946684800
 
 // ErrNotExt4 is returned when the device does not hold the ext4 Format made.
@@ -94,12 +97,14 @@ func readGeometry(dev io.ReaderAt) (*ext4meta.Geometry, error) {
 }
 
 // Normalize rewrites nondeterministic fields of the unmounted filesystem on
-// dev. Inode timestamps at or after since (the Unix time the layer's mount
-// began) become FixedTime, generations and change counters 0; only blocks
-// whose bytes change are written, so inodes the layer did not touch stay in
-// the lower layers. Timestamps from the tar that lie in the future (at or
-// after since) are replaced too.
-func Normalize(dev Device, since int64) error {
+// dev: every non-zero inode change, creation and deletion time, all times of
+// freed inodes (a non-zero deletion time) and the superblock's mount and write
+// times become FixedTime; generations and change counters 0. Access and
+// modification times of live inodes stay as they are, whatever their value:
+// userspace set them, and deciding by the clock would make the result depend
+// on when the layer was converted. Only blocks whose bytes change are
+// written, so inodes the layer did not touch stay in the lower layers.
+func Normalize(dev Device) error {
 	g, err := readGeometry(dev)
 	if err != nil {
 		return err
@@ -107,8 +112,8 @@ func Normalize(dev Device, since int64) error {
 	// Superblock: mount/write times, bytes written, last mount point.
 	sb := g.Superblock
 	orig := string(sb)
-	fixTime32(sb[0x2C:], since) // s_mtime
-	fixTime32(sb[0x30:], since) // s_wtime
+	fixTime32(sb[0x2C:]) // s_mtime
+	fixTime32(sb[0x30:]) // s_wtime
 	binary.LittleEndian.PutUint64(sb[sbKbytesWritten:], 0)
 	clear(sb[sbLastMounted : sbLastMounted+sbLastMountedSize])
 	if string(sb) != orig {
@@ -122,7 +127,7 @@ func Normalize(dev Device, since int64) error {
 		if gr.Flags&ext4meta.GroupInodeUninit != 0 || used <= 0 {
 			continue
 		}
-		if err := normalizeInodes(dev, gr.InodeTable*g.BlockSize, used, g.InodeSize, g.BlockSize, since); err != nil {
+		if err := normalizeInodes(dev, gr.InodeTable*g.BlockSize, used, g.InodeSize, g.BlockSize); err != nil {
 			return fmt.Errorf("ext4fs: group %d: %w", i, err)
 		}
 	}
@@ -161,7 +166,7 @@ func FreeBlocks(dev io.ReaderAt) (func(off int64) bool, error) {
 
 // normalizeInodes rewrites the first n inodes of the table at off, a block at
 // a time, writing back only blocks that changed.
-func normalizeInodes(dev Device, off, n, inodeSize, blockSize, since int64) error {
+func normalizeInodes(dev Device, off, n, inodeSize, blockSize int64) error {
 	buf := make([]byte, blockSize)
 	perBlock := blockSize / inodeSize
 	for b := int64(0); b*perBlock < n; b++ {
@@ -171,7 +176,7 @@ func normalizeInodes(dev Device, off, n, inodeSize, blockSize, since int64) erro
 		}
 		changed := false
 		for i := int64(0); i < perBlock && b*perBlock+i < n; i++ {
-			if normalizeInode(buf[i*inodeSize:(i+1)*inodeSize], since) {
+			if normalizeInode(buf[i*inodeSize : (i+1)*inodeSize]) {
 				changed = true
 			}
 		}
@@ -186,11 +191,15 @@ func normalizeInodes(dev Device, off, n, inodeSize, blockSize, since int64) erro
 
 // Inode fields (fs/ext4/ext4.h struct ext4_inode): a 32-bit seconds field and,
 // in the large-inode area, its "extra" word (2 epoch bits, 30 nanosecond bits).
-var inodeTimes = []struct{ sec, extra int }{
-	{0x08, 0x8C}, // atime
-	{0x0C, 0x84}, // ctime
-	{0x10, 0x88}, // mtime
-	{0x90, 0x94}, // crtime (lives in the extra area itself)
+// userSet marks the times userspace sets (utimensat).
+var inodeTimes = []struct {
+	sec, extra int
+	userSet    bool
+}{
+	{0x08, 0x8C, true},  // atime
+	{0x0C, 0x84, false}, // ctime
+	{0x10, 0x88, true},  // mtime
+	{0x90, 0x94, false}, // crtime (lives in the extra area itself)
 }
 
 const (
@@ -201,28 +210,30 @@ const (
 	inodeVersionHi  = 0x98
 )
 
-// normalizeInode fixes one inode in place and reports whether it changed.
-func normalizeInode(ino []byte, since int64) bool {
+// normalizeInode fixes one inode in place and reports whether it changed. A
+// time that is zero (in a slot never used) stays zero.
+func normalizeInode(ino []byte) bool {
 	le := binary.LittleEndian
 	extra := inodeExtraFields + int(le.Uint16(ino[inodeExtraIsize:]))
 	orig := string(ino)
+	freed := le.Uint32(ino[inodeDtime:]) != 0
 	for _, f := range inodeTimes {
 		if f.sec >= inodeExtraFields && f.extra+4 > extra {
 			continue // crtime absent from this inode
 		}
-		sec := int64(int32(le.Uint32(ino[f.sec:])))
-		hasExtra := f.extra+4 <= extra
-		if hasExtra {
-			sec += int64(le.Uint32(ino[f.extra:])&3) << 32
+		if f.userSet && !freed {
+			continue
 		}
-		if sec >= since {
-			le.PutUint32(ino[f.sec:], FixedTime)
-			if hasExtra {
-				le.PutUint32(ino[f.extra:], 0)
-			}
+		hasExtra := f.extra+4 <= extra
+		if le.Uint32(ino[f.sec:]) == 0 && (!hasExtra || le.Uint32(ino[f.extra:]) == 0) {
+			continue
+		}
+		le.PutUint32(ino[f.sec:], FixedTime)
+		if hasExtra {
+			le.PutUint32(ino[f.extra:], 0)
 		}
 	}
-	fixTime32(ino[inodeDtime:], since)
+	fixTime32(ino[inodeDtime:])
 	le.PutUint32(ino[inodeGeneration:], 0)
 	le.PutUint32(ino[inodeVersionLo:], 0)
 	if inodeVersionHi+4 <= extra {
@@ -231,9 +242,9 @@ func normalizeInode(ino []byte, since int64) bool {
 	return string(ino) != orig
 }
 
-// fixTime32 replaces a 32-bit Unix time at b when it is at or after since.
-func fixTime32(b []byte, since int64) {
-	if t := int64(binary.LittleEndian.Uint32(b)); t >= since {
+// fixTime32 replaces a non-zero 32-bit Unix time at b with FixedTime.
+func fixTime32(b []byte) {
+	if binary.LittleEndian.Uint32(b) != 0 {
 		binary.LittleEndian.PutUint32(b, FixedTime)
 	}
 }

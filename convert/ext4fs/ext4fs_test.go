@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/obdproject/obd/convert/ext4fs"
+	"github.com/obdproject/obd/ext4meta"
 	"github.com/obdproject/obd/internal/facility"
 )
 
@@ -77,7 +80,7 @@ func TestNotExt4(t *testing.T) {
 	if err := f.Truncate(1 << 20); err != nil {
 		t.Fatal(err)
 	}
-	if err := ext4fs.Normalize(f, 0); !errors.Is(err, ext4fs.ErrNotExt4) {
+	if err := ext4fs.Normalize(f); !errors.Is(err, ext4fs.ErrNotExt4) {
 		t.Errorf("Normalize of zeros: %v, want ErrNotExt4", err)
 	}
 	if _, err := ext4fs.FreeBlocks(f); !errors.Is(err, ext4fs.ErrNotExt4) {
@@ -86,8 +89,10 @@ func TestNotExt4(t *testing.T) {
 }
 
 // TestNormalize mounts a fresh filesystem, creates files (the kernel stamps
-// ctime, crtime and generation), unmounts, normalizes, and checks the
-// clock-dependent fields became fixed while tar times stayed.
+// ctime, crtime and generation), gives them times in the past and far in the
+// future, frees an inode with data, unmounts, normalizes, and checks the
+// clock-dependent fields became fixed while the times userspace set stayed,
+// to the nanosecond, whatever their value.
 func TestNormalize(t *testing.T) {
 	requireMkfs(t)
 	if os.Geteuid() != 0 {
@@ -101,16 +106,34 @@ func TestNormalize(t *testing.T) {
 		}
 	}
 	mount()
-	since := time.Now().Unix() - 1
-	old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
-	for _, name := range []string{"a", "b"} {
+	times := map[string]time.Time{
+		"a": time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC),
+		"b": time.Date(2100, 1, 2, 3, 4, 5, 123456789, time.UTC),
+		"c": time.Now(), // while the filesystem is mounted: kept too
+	}
+	for name, mtime := range times {
 		p := filepath.Join(mnt, name)
 		if err := os.WriteFile(p, []byte(name), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chtimes(p, old, old); err != nil {
+		if err := os.Chtimes(p, mtime.Add(time.Second), mtime); err != nil {
 			t.Fatal(err)
 		}
+	}
+	gone := filepath.Join(mnt, "gone")
+	if err := os.WriteFile(gone, bytes.Repeat([]byte("x"), 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(gone, times["a"], times["a"]); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	goneIno := fi.Sys().(*syscall.Stat_t).Ino
+	if err := os.Remove(gone); err != nil {
+		t.Fatal(err)
 	}
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
@@ -119,13 +142,14 @@ func TestNormalize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ext4fs.Normalize(f, since); err != nil {
+	if err := ext4fs.Normalize(f); err != nil {
 		t.Fatal(err)
 	}
 	free, err := ext4fs.FreeBlocks(f)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkFreedInode(t, f, goneIno)
 	f.Close()
 	if free(0) {
 		t.Error("block 0 (superblock) reported free")
@@ -136,7 +160,7 @@ func TestNormalize(t *testing.T) {
 
 	before := fileSum(t, disk)
 	f, _ = os.OpenFile(disk, os.O_RDWR, 0)
-	if err := ext4fs.Normalize(f, since); err != nil {
+	if err := ext4fs.Normalize(f); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -146,20 +170,55 @@ func TestNormalize(t *testing.T) {
 
 	mount()
 	defer unix.Unmount(mnt, 0)
-	for _, name := range []string{"a", "b"} {
+	ts := func(s unix.StatxTimestamp) time.Time { return time.Unix(s.Sec, int64(s.Nsec)) }
+	for name, mtime := range times {
 		var st unix.Statx_t
 		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(mnt, name), 0, unix.STATX_ALL, &st); err != nil {
 			t.Fatal(err)
 		}
-		if st.Ctime.Sec != ext4fs.FixedTime || st.Btime.Sec != ext4fs.FixedTime {
-			t.Errorf("%s: ctime %d, btime %d, want %d", name, st.Ctime.Sec, st.Btime.Sec, ext4fs.FixedTime)
+		if st.Ctime.Sec != ext4fs.FixedTime || st.Ctime.Nsec != 0 || st.Btime.Sec != ext4fs.FixedTime || st.Btime.Nsec != 0 {
+			t.Errorf("%s: ctime %v, btime %v, want %d", name, ts(st.Ctime), ts(st.Btime), ext4fs.FixedTime)
 		}
-		if st.Mtime.Sec != old.Unix() {
-			t.Errorf("%s: mtime %d, want the file's own %d", name, st.Mtime.Sec, old.Unix())
+		if got := ts(st.Mtime); !got.Equal(mtime) {
+			t.Errorf("%s: mtime %v, want the file's own %v", name, got, mtime)
+		}
+		if got := ts(st.Atime); !got.Equal(mtime.Add(time.Second)) {
+			t.Errorf("%s: atime %v, want the file's own %v", name, got, mtime.Add(time.Second))
 		}
 		b, err := os.ReadFile(filepath.Join(mnt, name))
 		if err != nil || !bytes.Equal(b, []byte(name)) {
 			t.Errorf("%s content %q, %v", name, b, err)
+		}
+	}
+}
+
+// checkFreedInode reads inode ino of the filesystem on dev and checks that,
+// freed, it holds FixedTime in every time field (the kernel stamped its
+// deletion, change and, truncating it, modification times).
+func checkFreedInode(t *testing.T, dev io.ReaderAt, ino uint64) {
+	t.Helper()
+	g, err := ext4meta.ReadGeometry(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := int64(ino - 1)
+	off := g.Group(idx/g.InodesPerGroup).InodeTable*g.BlockSize + idx%g.InodesPerGroup*g.InodeSize
+	b := make([]byte, g.InodeSize)
+	if _, err := dev.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	if le.Uint16(b[0x1A:]) != 0 {
+		t.Fatalf("inode %d still has links", ino)
+	}
+	for name, at := range map[string]int{"atime": 0x08, "ctime": 0x0C, "mtime": 0x10, "dtime": 0x14, "crtime": 0x90} {
+		if got := le.Uint32(b[at:]); got != ext4fs.FixedTime {
+			t.Errorf("freed inode %d: %s %d, want %d", ino, name, got, ext4fs.FixedTime)
+		}
+	}
+	for name, at := range map[string]int{"ctime": 0x84, "mtime": 0x88, "atime": 0x8C, "crtime": 0x94} {
+		if got := le.Uint32(b[at:]); got != 0 {
+			t.Errorf("freed inode %d: %s extra %#x, want 0", ino, name, got)
 		}
 	}
 }

@@ -13,6 +13,12 @@
 // xattrs (PAX SCHILY.xattr.*), ownership, modes with setuid/setgid/sticky and
 // times are kept; files are written sparsely (runs of zero blocks become holes).
 //
+// Access and modification times never come from the clock: an entry gets its
+// tar's, a directory that gains or loses entries without the layer listing it
+// keeps the times it had, and a missing parent Apply creates gets
+// Options.ImplicitTime. Only the change (and birth) times, which userspace
+// cannot set, are the kernel's.
+//
 // Every path is resolved inside the root with openat2(RESOLVE_IN_ROOT), and the
 // last component is always created or changed through its parent's descriptor
 // without following it, so no write lands outside the root whatever symlinks or
@@ -61,6 +67,10 @@ type Options struct {
 	// a clock-dependent choice; with no inode freed until the end, inode
 	// allocation does not depend on the clock.
 	DeferRemoval bool
+	// ImplicitTime is the access and modification time of the directories
+	// Apply creates without a tar entry (missing parents). Zero leaves the
+	// kernel's clock there.
+	ImplicitTime time.Time
 }
 
 // TrashName is the root directory DeferRemoval uses; a layer may not contain it.
@@ -93,9 +103,15 @@ func Apply(ctx context.Context, root string, r io.Reader, opts Options) (Stats, 
 	if err != nil {
 		return Stats{}, fmt.Errorf("tarapply: open root %s: %w", root, err)
 	}
-	a := &applier{root: rootFD, opts: opts, layer: map[string]bool{}, trash: -1}
+	a := &applier{root: rootFD, opts: opts, layer: map[string]bool{}, trash: -1, dirs: map[uint64]dirState{}}
 	defer unix.Close(rootFD)
+	if a.rootPath, err = fdPath(rootFD); err != nil {
+		return Stats{}, fmt.Errorf("tarapply: root %s: %w", root, err)
+	}
 	if opts.DeferRemoval {
+		if err := a.touch(a.root); err != nil {
+			return Stats{}, fmt.Errorf("tarapply: root %s: %w", root, err)
+		}
 		if err := a.openTrash(); err != nil {
 			return Stats{}, err
 		}
@@ -122,7 +138,11 @@ func Apply(ctx context.Context, root string, r io.Reader, opts Options) (Stats, 
 	if err := a.emptyTrash(); err != nil {
 		return a.stats, err
 	}
-	// Directory times last: creating children changed them.
+	// Directory times last: creating children changed them. Those the
+	// layer lists get their tar's times after the others got theirs back.
+	if err := a.restoreDirs(); err != nil {
+		return a.stats, err
+	}
 	for i := len(a.dirTimes) - 1; i >= 0; i-- {
 		d := a.dirTimes[i]
 		if err := a.setTimes(d.name, d.atime, d.mtime); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -143,8 +163,11 @@ type applier struct {
 	stats    Stats
 	layer    map[string]bool // paths (and their ancestors) this layer wrote
 	dirTimes []dirTime
-	trash    int // DeferRemoval's directory, -1 when removing at once
-	trashed  int // entries moved there so far (their names)
+	rootPath string              // the root's path, symlinks resolved
+	dirs     map[uint64]dirState // directories created or changed, by inode
+	dirOrder []uint64            // dirs' keys in the order first seen
+	trash    int                 // DeferRemoval's directory, -1 when removing at once
+	trashed  int                 // entries moved there so far (their names)
 }
 
 // cleanName turns a tar name into a root-relative path ("." for the root),
@@ -204,6 +227,9 @@ func (a *applier) entry(hdr *tar.Header, body io.Reader) error {
 		return err
 	}
 	defer unix.Close(parent)
+	if err := a.touch(parent); err != nil {
+		return err
+	}
 
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -258,7 +284,7 @@ func (a *applier) openDir(dir string, create bool) (int, error) {
 		sub := strings.Join(parts[:i+1], "/")
 		fd, err := a.openInRoot(sub)
 		if errors.Is(err, unix.ENOENT) {
-			if err := unix.Mkdirat(prev, p, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			if err := a.makeParent(prev, p); err != nil {
 				unix.Close(prev)
 				return -1, fmt.Errorf("create parent %s: %w", sub, err)
 			}
@@ -271,6 +297,22 @@ func (a *applier) openDir(dir string, create bool) (int, error) {
 		prev = fd
 	}
 	return prev, nil
+}
+
+// makeParent creates the missing directory prev/name (mode 0755), recording it
+// and the change to prev.
+func (a *applier) makeParent(prev int, name string) error {
+	if err := a.touch(prev); err != nil {
+		return err
+	}
+	err := unix.Mkdirat(prev, name, 0o755)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return a.created(prev, name)
 }
 
 func (a *applier) openInRoot(p string) (int, error) {
@@ -304,7 +346,12 @@ func (a *applier) mkdir(parent int, base string) error {
 	if err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return nil // a repeated directory only updates metadata
 	}
-	return a.replace(parent, base, func() error { return unix.Mkdirat(parent, base, 0o700) })
+	return a.replace(parent, base, func() error {
+		if err := unix.Mkdirat(parent, base, 0o700); err != nil {
+			return err
+		}
+		return a.created(parent, base)
+	})
 }
 
 func (a *applier) regular(parent int, base string, hdr *tar.Header, body io.Reader) error {

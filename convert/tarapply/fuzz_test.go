@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
 	"github.com/obdproject/obd/convert/tarapply"
 )
@@ -15,7 +16,7 @@ func FuzzApply(f *testing.F) {
 		root, unchanged := sandbox(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		_, _ = tarapply.Apply(ctx, root, bytes.NewReader(data), tarapply.Options{MaxEntrySize: 1 << 20, DeferRemoval: len(data)%2 == 0})
+		_, _ = tarapply.Apply(ctx, root, bytes.NewReader(data), tarapply.Options{MaxEntrySize: 1 << 20, DeferRemoval: len(data)%2 == 0, ImplicitTime: time.Unix(946684800, 0)})
 		if err := unchanged(); err != nil {
 			t.Fatal(err)
 		}

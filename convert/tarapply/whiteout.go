@@ -31,6 +31,9 @@ func (a *applier) whiteout(dir, base string) error {
 		return err
 	}
 	defer unix.Close(parent)
+	if err := a.touch(parent); err != nil {
+		return err
+	}
 	if base == opaqueMarker {
 		a.markLayer(dir)
 		names, err := readDirNames(parent)
