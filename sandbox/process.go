@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -218,13 +219,18 @@ func (z *zygote) child(imports []string) (_ *zygote, err error) {
 }
 
 // childPid finds the host pid of the child of process parent that is nsPid in parent's PID
-// namespace: among parent's children (/proc/PID/task/TID/children), or, on a kernel without
-// that file, among all processes.
+// namespace: among the children of parent's threads (/proc/PID/task/TID/children), or, on a
+// kernel without those files, among all processes.
 func childPid(parent, nsPid int) (int, error) {
 	var candidates []string
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent)); err == nil {
-		candidates = strings.Fields(string(b))
-	} else if entries, err := os.ReadDir("/proc"); err == nil {
+	lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", parent))
+	for _, l := range lists {
+		if b, err := os.ReadFile(l); err == nil {
+			candidates = append(candidates, strings.Fields(string(b))...)
+		}
+	}
+	if len(lists) == 0 {
+		entries, _ := os.ReadDir("/proc")
 		for _, e := range entries {
 			candidates = append(candidates, e.Name())
 		}
