@@ -37,7 +37,7 @@ func FuzzLoadConfig(f *testing.F) {
 // the extents lie, and queuing must not panic.
 func FuzzFilePrefetch(f *testing.F) {
 	if _, err := exec.LookPath("mkfs.ext4"); err == nil {
-		f.Add(ext4Of(f, 512<<10, []int{100, 5000, 200 << 10}, "-b", "1024", "-N", "64", "-O", "extent"))
+		f.Add(ext4Of(f, 256<<10, []int{100, 5000, 100 << 10}, "-b", "1024", "-N", "64", "-O", "extent"))
 	}
 	f.Add(make([]byte, 4096))
 	f.Fuzz(func(t *testing.T, dev []byte) {
