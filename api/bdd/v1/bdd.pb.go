@@ -271,8 +271,13 @@ type RemoteBlob struct {
 	RangeTable string `protobuf:"bytes,4,opt,name=range_table,json=rangeTable,proto3" json:"range_table,omitempty"`
 	// Where the range table starts in the blob; it runs to the end. Set with range_table.
 	RangeTableOffset int64 `protobuf:"varint,5,opt,name=range_table_offset,json=rangeTableOffset,proto3" json:"range_table_offset,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The URLs of the layer descriptor (OCI descriptor "urls"). bdd uses an "ipfs://<CID>" one,
+	// the containerd ecosystem's convention for a blob added to IPFS (nerdctl, stargz), to read
+	// the blob's ranges through the node's IPFS gateway when bdd is configured with one; other
+	// schemes are refused. Only a blob with a range table is read through IPFS.
+	Urls          []string `protobuf:"bytes,6,rep,name=urls,proto3" json:"urls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RemoteBlob) Reset() {
@@ -338,6 +343,13 @@ func (x *RemoteBlob) GetRangeTableOffset() int64 {
 		return x.RangeTableOffset
 	}
 	return 0
+}
+
+func (x *RemoteBlob) GetUrls() []string {
+	if x != nil {
+		return x.Urls
+	}
+	return nil
 }
 
 type AttachRequest struct {
@@ -1555,7 +1567,7 @@ const file_bdd_proto_rawDesc = "" +
 	"\x04blob\x18\x01 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x04blob\x121\n" +
 	"\bgz_index\x18\x02 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\agzIndex\x12*\n" +
 	"\x04meta\x18\x03 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x04meta\x12(\n" +
-	"\x03map\x18\x04 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x03map\"\x99\x01\n" +
+	"\x03map\x18\x04 \x01(\v2\x16.obd.bdd.v1.RemoteBlobR\x03map\"\xad\x01\n" +
 	"\n" +
 	"RemoteBlob\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x16\n" +
@@ -1563,7 +1575,8 @@ const file_bdd_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1f\n" +
 	"\vrange_table\x18\x04 \x01(\tR\n" +
 	"rangeTable\x12,\n" +
-	"\x12range_table_offset\x18\x05 \x01(\x03R\x10rangeTableOffset\"\xf1\x01\n" +
+	"\x12range_table_offset\x18\x05 \x01(\x03R\x10rangeTableOffset\x12\x12\n" +
+	"\x04urls\x18\x06 \x03(\tR\x04urls\"\xf1\x01\n" +
 	"\rAttachRequest\x12)\n" +
 	"\x06layers\x18\x01 \x03(\v2\x11.obd.bdd.v1.LayerR\x06layers\x12\x1b\n" +
 	"\tupper_dir\x18\x02 \x01(\tR\bupperDir\x12\x1b\n" +
