@@ -7,6 +7,7 @@
 #   OBD_DEPS/bin/nerdctl                                      nerdctl, built from its Go module
 #   OBD_DEPS/bin/crictl                                       crictl (cri-tools), built from its Go module
 #   OBD_DEPS/bin/criu                                         CRIU 4.1.1, built from source (scripts/build-criu.sh)
+#   OBD_DEPS/bin/ipfs                                         kubo, built from its Go module (scripts/build-kubo.sh)
 #   OBD_DEPS/stamps/<component>                               the version installed
 set -euo pipefail
 
@@ -131,9 +132,11 @@ install_containerd
 install_nerdctl
 install_crictl
 bash "$(dirname "${BASH_SOURCE[0]}")/build-criu.sh" || die "building criu failed"
+bash "$(dirname "${BASH_SOURCE[0]}")/build-kubo.sh" || die "building kubo failed"
 share_root_mount
 "$OBD_DEPS/bin/containerd" --version >/dev/null || die "installed containerd does not run"
 "$OBD_DEPS/bin/nerdctl" --version >/dev/null || die "installed nerdctl does not run"
 "$OBD_DEPS/bin/crictl" --version >/dev/null || die "installed crictl does not run"
 "$OBD_DEPS/bin/criu" --version >/dev/null || die "installed criu does not run"
+"$OBD_DEPS/bin/ipfs" version >/dev/null || die "installed kubo (ipfs) does not run"
 log "done in $((SECONDS - start)) s; binaries in $OBD_DEPS/bin"
