@@ -72,7 +72,12 @@ func measureInvoke(b *testing.B, m *Manager, fn string, n int, want sandboxapi.S
 }
 
 func benchManager(b *testing.B, mod func(*Config)) *Manager {
-	cfg := Config{StateDir: b.TempDir(), Rootfs: DirProvider{Root: testRootfs(b)}, PoolSize: 16}
+	return benchManagerOn(b, DirProvider{Root: testRootfs(b)}, "python3-bookworm", mod)
+}
+
+// benchManagerOn is benchManager on image ref of rootfs.
+func benchManagerOn(b *testing.B, rootfs RootfsProvider, ref string, mod func(*Config)) *Manager {
+	cfg := Config{StateDir: b.TempDir(), Rootfs: rootfs, PoolSize: 16}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -81,7 +86,7 @@ func benchManager(b *testing.B, mod func(*Config)) *Manager {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Close() })
-	f := Function{Name: "bench", Image: "python3-bookworm", Entry: "main.handler", Dir: benchHandlerDir(b), MemoryMB: 128, Timeout: 30 * time.Second}
+	f := Function{Name: "bench", Image: ref, Entry: "main.handler", Dir: benchHandlerDir(b), MemoryMB: 128, Timeout: 30 * time.Second}
 	if err := m.Register(context.Background(), f); err != nil {
 		b.Fatal(err)
 	}
@@ -203,6 +208,30 @@ func throughput(b *testing.B, m *Manager, workers, total int) float64 {
 	return float64(total) / time.Since(t0).Seconds()
 }
 
+// RegistryImage, set by the external test package (bench_registry_test.go, which may import
+// sandbox/bddrootfs), pushes the python image to a registry as an obd image and returns a bdd
+// rootfs provider and the image's reference: the start paths are measured on it too.
+var RegistryImage func(b *testing.B) (RootfsProvider, string)
+
+// registryPaths measures the cold, warm and hot paths on the obd image by reference: register
+// (resolve, attach, mount, runtime zygote) on a bdd that never read the image, its first
+// start, then the paths as on the local rootfs.
+func registryPaths(b *testing.B, coldN, warmN, hotN int) (first, cold, warm, hot latencies) {
+	rootfs, ref := RegistryImage(b)
+	t0 := time.Now()
+	firstM := benchManagerOn(b, rootfs, ref, func(c *Config) { c.NoZygotes = true })
+	measureInvoke(b, firstM, "bench", 1, sandboxapi.Cold, 0)
+	first = latencies{time.Since(t0)}
+	cold = measureInvoke(b, firstM, "bench", coldN, sandboxapi.Cold, arrivalGap)
+	warmM := benchManagerOn(b, rootfs, ref, nil)
+	measureInvoke(b, warmM, "bench", 5, sandboxapi.Warm, arrivalGap)
+	warm = measureInvoke(b, warmM, "bench", warmN, sandboxapi.Warm, arrivalGap)
+	hotM := benchManagerOn(b, rootfs, ref, func(c *Config) { c.KeepAlive = time.Hour })
+	measureInvoke(b, hotM, "bench", 1, sandboxapi.Warm, arrivalGap)
+	hot = measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, arrivalGap)
+	return first, cold, warm, hot
+}
+
 // BenchmarkStartPaths measures, in one run, the start latency of the cold, warm (zygote) and
 // hot (handler cache) paths and of `runc run` on the same rootfs, the sustained zygote-path
 // start rate, and the network namespace choice, and reports the ratios the design targets:
@@ -231,6 +260,10 @@ func BenchmarkStartPaths(b *testing.B) {
 		measureInvoke(b, hotM, "bench", 1, sandboxapi.Warm, arrivalGap)
 		hot := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, arrivalGap)
 		hotB2B := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, 0)
+		var regFirst, regCold, regWarm, regHot latencies
+		if RegistryImage != nil {
+			regFirst, regCold, regWarm, regHot = registryPaths(b, coldN, warmN, hotN)
+		}
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
 
@@ -245,6 +278,13 @@ func BenchmarkStartPaths(b *testing.B) {
 		row("  back-to-back", warmB2B)
 		row("hot (handler cache)", hot)
 		row("  back-to-back", hotB2B)
+		if regFirst != nil {
+			fmt.Printf("  obd image by reference (registry, bdd, start trace replayed):\n")
+			row("  first (register+start)", regFirst)
+			row("  cold", regCold)
+			row("  warm", regWarm)
+			row("  hot", regHot)
+		}
 		if runcErr == nil {
 			row("runc run", runc)
 		} else {
@@ -267,6 +307,12 @@ func BenchmarkStartPaths(b *testing.B) {
 		b.ReportMetric(ms(hotB2B.pct(0.5)), "hot-back-to-back-p50-ms")
 		b.ReportMetric(float64(cold.pct(0.5))/float64(warm.pct(0.5)), "cold/warm-x")
 		b.ReportMetric(rate, "zygote-starts/s")
+		if regFirst != nil {
+			b.ReportMetric(ms(regFirst[0]), "ref-first-start-ms")
+			b.ReportMetric(ms(regCold.pct(0.5)), "ref-cold-p50-ms")
+			b.ReportMetric(ms(regWarm.pct(0.5)), "ref-warm-p50-ms")
+			b.ReportMetric(ms(regHot.pct(0.5)), "ref-hot-p50-ms")
+		}
 		if runcErr == nil {
 			b.ReportMetric(ms(runc.pct(0.5)), "runc-p50-ms")
 			b.ReportMetric(float64(runc.pct(0.5))/float64(warm.pct(0.5)), "runc/warm-x")

@@ -9,9 +9,7 @@
 package tracerec
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,16 +18,13 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/platforms"
-	"github.com/distribution/reference"
 	"github.com/docker/go-units"
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
-	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/obdimage"
 	"github.com/obdproject/obd/pagetrace"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/obdproject/obd/sandbox/once"
@@ -91,18 +86,18 @@ func Record(ctx context.Context, ref string, desc ocispec.Descriptor, opts Optio
 	if progress == nil {
 		progress = io.Discard
 	}
-	img, err := resolveImage(ctx, opts.Resolver, ref, desc, opts.Platform)
+	img, err := obdimage.Read(ctx, opts.Resolver, ref, desc, opts.Platform)
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("tracerec: %w", err)
 	}
 	args := opts.Command
 	if len(args) == 0 {
-		args = append(append([]string(nil), img.config.Entrypoint...), img.config.Cmd...)
+		args = append(append([]string(nil), img.Config.Entrypoint...), img.Config.Cmd...)
 	}
 	if len(args) == 0 {
 		return Result{}, fmt.Errorf("%w (entrypoint and cmd are empty): give one", ErrNoCommand)
 	}
-	fmt.Fprintf(progress, "recording the start of %s@%s: %s (at most %s)\n", ref, img.manifest.Digest, quote(args), opts.Timeout)
+	fmt.Fprintf(progress, "recording the start of %s@%s: %s (at most %s)\n", ref, img.Manifest.Digest, quote(args), opts.Timeout)
 	start := time.Now()
 	r := run{opts: opts, ref: ref, img: img, args: args}
 	blocks, pages, timedOut, err := r.record(ctx)
@@ -127,7 +122,7 @@ func Record(ctx context.Context, ref string, desc ocispec.Descriptor, opts Optio
 	if len(pages) > 0 {
 		encodedPages = pages.Encode()
 	}
-	res.Pushed, err = traceartifact.Push(ctx, opts.Resolver, ref, traceartifact.Image{Manifest: img.manifest, Layers: img.layers},
+	res.Pushed, err = traceartifact.Push(ctx, opts.Resolver, ref, traceartifact.Image{Manifest: img.Manifest, Layers: img.Blobs()},
 		traceartifact.Trace{Blocks: blocks, Pages: encodedPages},
 		traceartifact.Info{Created: start, Command: args, Recorder: opts.Recorder})
 	if err != nil {
@@ -140,20 +135,16 @@ func Record(ctx context.Context, ref string, desc ocispec.Descriptor, opts Optio
 type run struct {
 	opts Options
 	ref  string
-	img  image
+	img  obdimage.Image
 	args []string
 }
 
 // record runs the command on a new device under bdd's trace and returns the block trace, the
 // page trace of the device and whether the timeout stopped the command.
 func (r run) record(ctx context.Context) (blocks []byte, pages pagetrace.Trace, timedOut bool, err error) {
-	repo, err := repository(r.ref)
-	if err != nil {
-		return nil, nil, false, err
-	}
 	var stack []string
-	for _, l := range r.img.layers {
-		stack = append(stack, fmt.Sprintf("%s@%s:%d", repo, l.Digest, l.Size))
+	for _, l := range r.img.Layers {
+		stack = append(stack, fmt.Sprintf("%s@%s:%d", r.img.Repository, l.Digest, l.Size))
 	}
 	if err := r.callBDD(ctx, func(ctx context.Context) error {
 		_, err := r.opts.BDD.StartTrace(ctx, &bddv1.StartTraceRequest{})
@@ -189,7 +180,7 @@ func (r run) record(ctx context.Context) (blocks []byte, pages pagetrace.Trace, 
 
 	runCtx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
-	cfg := r.img.config
+	cfg := r.img.Config
 	runErr := once.Run(runCtx, once.Command{Root: root, Args: r.args, Env: cfg.Env, Dir: cfg.WorkingDir, User: cfg.User,
 		Scratch: root + ".scratch", Output: r.opts.Output})
 	timedOut = runErr != nil && errors.Is(runErr, context.DeadlineExceeded) && ctx.Err() == nil
@@ -213,108 +204,6 @@ func (r run) callBDD(ctx context.Context, call func(context.Context) error) erro
 	ctx, cancel := context.WithTimeout(ctx, bddCallTimeout)
 	defer cancel()
 	return call(ctx)
-}
-
-// image is the platform manifest of an image, its overlaybd layer blobs and its config.
-type image struct {
-	manifest ocispec.Descriptor
-	layers   []ocispec.Descriptor
-	config   ocispec.ImageConfig
-}
-
-// Caps on what resolveImage reads, as containerd's own.
-const (
-	maxIndexBytes    = 4 << 20
-	maxManifestBytes = 4 << 20
-	maxConfigBytes   = 16 << 20
-)
-
-// resolveImage reads the manifest of desc for platform (desc itself when it is one), its
-// overlaybd layers and its config.
-func resolveImage(ctx context.Context, resolver remotes.Resolver, ref string, desc ocispec.Descriptor, platform platforms.MatchComparer) (image, error) {
-	fetcher, err := resolver.Fetcher(ctx, ref)
-	if err != nil {
-		return image{}, fmt.Errorf("tracerec: %s: %w", ref, err)
-	}
-	if images.IsIndexType(desc.MediaType) {
-		var index ocispec.Index
-		if err := fetchJSON(ctx, fetcher, desc, maxIndexBytes, &index); err != nil {
-			return image{}, err
-		}
-		var best *ocispec.Descriptor
-		for i, m := range index.Manifests {
-			if m.Platform == nil || !images.IsManifestType(m.MediaType) || !platform.Match(*m.Platform) {
-				continue
-			}
-			if best == nil || platform.Less(*m.Platform, *best.Platform) {
-				best = &index.Manifests[i]
-			}
-		}
-		if best == nil {
-			return image{}, fmt.Errorf("tracerec: %s@%s has no manifest for this platform (%s)", ref, desc.Digest, platforms.DefaultString())
-		}
-		desc = *best
-	}
-	if !images.IsManifestType(desc.MediaType) {
-		return image{}, fmt.Errorf("tracerec: %s@%s: media type %q is not an image manifest or index", ref, desc.Digest, desc.MediaType)
-	}
-	var manifest ocispec.Manifest
-	if err := fetchJSON(ctx, fetcher, desc, maxManifestBytes, &manifest); err != nil {
-		return image{}, err
-	}
-	img := image{manifest: desc}
-	for i, l := range manifest.Layers {
-		blob, err := digest.Parse(l.Annotations[imagelabels.BlobDigest])
-		if err != nil {
-			return image{}, fmt.Errorf("tracerec: %s: layer %d is not an overlaybd layer: %s: %w", ref, i, imagelabels.BlobDigest, err)
-		}
-		size, err := imagelabels.ParseBlobSize(l.Annotations[imagelabels.BlobSize])
-		if err != nil {
-			return image{}, fmt.Errorf("tracerec: %s: layer %d: %w", ref, i, err)
-		}
-		img.layers = append(img.layers, ocispec.Descriptor{Digest: blob, Size: size})
-	}
-	if len(img.layers) == 0 {
-		return image{}, fmt.Errorf("tracerec: %s@%s has no layers", ref, desc.Digest)
-	}
-	var config ocispec.Image
-	if err := fetchJSON(ctx, fetcher, manifest.Config, maxConfigBytes, &config); err != nil {
-		return image{}, err
-	}
-	img.config = config.Config
-	return img, nil
-}
-
-// fetchJSON reads desc, at most limit bytes checked against its digest, into v.
-func fetchJSON(ctx context.Context, fetcher remotes.Fetcher, desc ocispec.Descriptor, limit int64, v any) error {
-	if desc.Size <= 0 || desc.Size > limit {
-		return fmt.Errorf("tracerec: %s %s: size %d not in (0, %d]", desc.MediaType, desc.Digest, desc.Size, limit)
-	}
-	rc, err := fetcher.Fetch(ctx, desc)
-	if err != nil {
-		return fmt.Errorf("tracerec: fetch %s: %w", desc.Digest, err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
-	if err != nil {
-		return fmt.Errorf("tracerec: fetch %s: %w", desc.Digest, err)
-	}
-	if int64(len(data)) != desc.Size || desc.Digest.Validate() != nil || desc.Digest.Algorithm().FromBytes(data) != desc.Digest {
-		return fmt.Errorf("tracerec: %s: content does not match its descriptor (%d bytes)", desc.Digest, len(data))
-	}
-	if err := json.NewDecoder(bytes.NewReader(data)).Decode(v); err != nil {
-		return fmt.Errorf("tracerec: %s %s: %w", desc.MediaType, desc.Digest, err)
-	}
-	return nil
-}
-
-// repository returns the repository of ref ("host/app:v1" → "host/app"), the form bdd takes.
-func repository(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return "", fmt.Errorf("tracerec: image reference %q: %w", ref, err)
-	}
-	return reference.TrimNamed(named).String(), nil
 }
 
 // quote shows a command line, quoting the arguments a shell would split or expand.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/sandbox"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/obdproject/obd/sandbox/cgroup"
@@ -94,6 +95,7 @@ type options struct {
 	zygoteMem int64
 	zygotePid int64
 	logLevel  string
+	registry  convert.RegistryOptions
 }
 
 func newCmd() *cobra.Command {
@@ -118,10 +120,12 @@ optionally over TLS (--tls-cert, --tls-key):
   POST   /run/NAME             invoke: JSON event in, JSON result out
 
 Images: with --rootfs-dir DIR, image ref REF is the unpacked rootfs DIR/REF (scripts/mkrootfs.sh
-builds DIR/python3-bookworm). With --bdd-socket, an image ref is an obd layer stack, bottom first,
-comma-separated, each an absolute layer file path or a registry blob REF@DIGEST:SIZE: bdd attaches
-it read-only (blocks fetched lazily), its ext4 is mounted once and shared by every sandbox of
-the image. Needs root. On SIGTERM or SIGINT every sandbox, zygote, mount and
+builds DIR/python3-bookworm). With --bdd-socket, an image ref is an obd image in a registry
+(registry/repo:tag or registry/repo@sha256:..., converted by obd convert; its manifest is read
+with --hosts-dir and --docker-config, and the start trace the registry holds for it is
+replayed), or an obd layer stack, bottom first, comma-separated, each an absolute layer file
+path or a registry blob REF@DIGEST:SIZE: bdd attaches it read-only (blocks fetched lazily), its
+ext4 is mounted once and shared by every sandbox of the image. Needs root. On SIGTERM or SIGINT every sandbox, zygote, mount and
 cgroup it made is removed.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -154,6 +158,9 @@ cgroup it made is removed.`,
 	f.Int64Var(&o.zygotePid, "zygote-pids", 512, "processes of each image's zygotes together")
 	f.IntVar(&o.uidBase, "uid-base", 1_000_000_000, "host uid (and gid) of uid 0 in the sandboxes' user namespaces; they use 65536 from there, which no host user may own")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.registry.HostsDir, "hosts-dir", "", "with --bdd-socket: registry host configuration for image references (containerd certs.d layout with hosts.toml)")
+	f.StringVar(&o.registry.DockerConfig, "docker-config", "", "with --bdd-socket: docker config.json with registry credentials (default $DOCKER_CONFIG or ~/.docker)")
+	f.BoolVar(&o.registry.PlainHTTP, "plain-http", false, "with --bdd-socket: talk plain HTTP to every registry (localhost registries always may)")
 	cmd.MarkFlagsOneRequired("rootfs-dir", "bdd-socket")
 	cmd.MarkFlagsMutuallyExclusive("rootfs-dir", "bdd-socket")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return run(o) }
@@ -184,7 +191,11 @@ func run(o options) error {
 			return err
 		}
 		defer conn.Close()
-		rootfs = &bddrootfs.Provider{Client: client, MountDir: filepath.Join(o.stateDir, "mnt")}
+		resolvers, err := o.registry.Resolvers(context.Background())
+		if err != nil {
+			return err
+		}
+		rootfs = &bddrootfs.Provider{Client: client, MountDir: filepath.Join(o.stateDir, "mnt"), Resolver: resolvers(), Log: log}
 		cleanup = rootfs.(*bddrootfs.Provider).Cleanup
 	}
 	m, err := sandbox.NewManager(sandbox.Config{

@@ -17,6 +17,12 @@ var rules = []rule{
 		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
 	},
 	{
+		name:  "the image reader links no fetcher, daemon, transport or client",
+		from:  []string{"obdimage/..."},
+		scope: links,
+		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
+	},
+	{
 		name:  "the fetcher links no layer format",
 		from:  []string{"remotefetch/..."},
 		scope: links,

@@ -1,8 +1,11 @@
 // Package bddrootfs provides function sandboxes' root filesystems from obd images served by
 // the bdd daemon: the "ext4 mount" box of docs/DESIGN.md's read path, under package sandbox. An
-// image's layer stack is attached through bdd's control API as a read-only block device whose
-// blocks are fetched lazily, its ext4 is mounted read-only once, and package sandbox
-// bind-mounts that directory into every sandbox of the image.
+// image named by reference is read from its registry (package obdimage: an overlaybd image,
+// its layer blobs pinned to their range tables); its layer stack is attached through bdd's
+// control API as a read-only block device whose blocks are fetched lazily, its ext4 is mounted
+// read-only once, the registry's start trace for it is replayed (bdd's FetchTrace and
+// Prefetch, its page trace read in), and package sandbox bind-mounts that directory into every
+// sandbox of the image.
 package bddrootfs
 
 import (
@@ -11,14 +14,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/platforms"
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/obdimage"
 	"github.com/obdproject/obd/sandbox"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -27,16 +35,32 @@ import (
 
 // Provider attaches images through bdd. It implements sandbox.RootfsProvider.
 //
-// An image reference is the layer stack, bottom first, separated by commas; each layer is an
-// absolute path of a local layer file or a registry blob REF@DIGEST:SIZE (as `obd attach`
-// takes them). Resolving a registry image manifest to its layers happens before this.
+// An image reference is either an obd image in a registry (registry/repo:tag or
+// registry/repo@sha256:..., resolved through Resolver: its layers must be overlaybd blobs, and
+// the start trace the registry holds for it is replayed while it is mounted), or a layer
+// stack, bottom first, separated by commas, each layer an absolute path of a local layer
+// file or a registry blob REF@DIGEST:SIZE (as `obd attach` takes them).
 type Provider struct {
 	Client   bddv1.DaemonClient
 	MountDir string        // where image filesystems are mounted, one dir per attach
-	Timeout  time.Duration // per bdd call; default 1 minute
+	Timeout  time.Duration // per bdd call and registry lookup; default 1 minute
+	// Resolver reads images from their registries (hosts.toml, credentials); nil: layer
+	// stacks only. bdd reads the blobs with its own registry configuration.
+	Resolver remotes.Resolver
+	Platform platforms.MatchComparer // chooses an index's manifest; platforms.Default() when nil
+	Log      *slog.Logger
 
 	seq      atomic.Int64
 	attaches atomic.Int64
+	mu       sync.Mutex
+	replays  ReplayStats
+}
+
+func (p *Provider) logger() *slog.Logger {
+	if p.Log != nil {
+		return p.Log
+	}
+	return slog.Default()
 }
 
 var _ sandbox.RootfsProvider = (*Provider)(nil)
@@ -82,7 +106,16 @@ func (p *Provider) timeout() time.Duration {
 // Acquire attaches the stack read-only and mounts its ext4 read-only. release unmounts and
 // detaches.
 func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() error, err error) {
-	layers, err := Layers(ref)
+	var (
+		layers []*bddv1.Layer
+		img    obdimage.Image
+		byRef  = isImageRef(ref)
+	)
+	if byRef {
+		img, layers, err = p.resolveImage(ctx, ref)
+	} else {
+		layers, err = Layers(ref)
+	}
 	if err != nil {
 		return "", nil, err
 	}
@@ -114,7 +147,12 @@ func (p *Provider) Acquire(ctx context.Context, ref string) (_ string, _ func() 
 		os.Remove(dir)
 		return "", nil, errors.Join(fmt.Errorf("bddrootfs: mount %s (%s) on %s: %w", dev.GetDevicePath(), ref, dir, err), detach())
 	}
+	stopReplay := func() {}
+	if byRef {
+		stopReplay = p.startReplay(ref, img, dir)
+	}
 	release := func() error {
+		stopReplay()
 		var errs []error
 		if err := unix.Unmount(dir, 0); err != nil {
 			errs = append(errs, fmt.Errorf("bddrootfs: unmount %s: %w", dir, err))
