@@ -10,7 +10,7 @@
 // behind them: stream.go; exact range fills for trace replay: rangefetch.go; background fill:
 // background.go); remote (range GETs: hosts.toml mirrors and TLS via containerd's
 // remotes/docker config, basic/bearer auth via its authorizer, redirects, strict response
-// checks); cache (persistent sparse file and fill bitmap per digest, filled through commit or
+// checks; before them, for a blob named ipfs://<CID>, the node's IPFS gateway: ipfs.go); cache (persistent sparse file and fill bitmap per digest, filled through commit or
 // abort Writers, package remotefetch/cache); and trace/prefetch.
 package remotefetch
 
@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/obdproject/obd/credentials"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/remotefetch/cache"
 )
 
@@ -77,6 +78,9 @@ type Options struct {
 	RequireVerified bool
 	// MaxRangeTable bounds the size of a blob's range table; default DefaultMaxRangeTable.
 	MaxRangeTable int64
+	// IPFS reads blobs named by an ipfs://<CID> URL (WithIPFS) through the node's IPFS
+	// gateway first, and adds the blobs the node holds whole to its IPFS (ipfs.go).
+	IPFS IPFSOptions
 	// RangeTableMemory bounds the bytes of range tables in memory over all open blobs; a
 	// blob whose table would pass it fails its reads. Default DefaultRangeTableMemory.
 	RangeTableMemory int64
@@ -102,6 +106,7 @@ type Fetcher struct {
 	creds   credentials.Source
 	metrics *metrics
 	hosts   docker.RegistryHosts
+	ipfs    *ipfsNode // nil: no IPFS reads
 
 	mu         sync.Mutex
 	hostsCache map[string][]docker.RegistryHost // by registry domain, so connections are shared
@@ -164,6 +169,10 @@ func New(opts Options) (*Fetcher, error) {
 		}
 		creds = file
 	}
+	node, err := newIPFSNode(opts.IPFS, opts.MaxConnsPerHost)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -174,7 +183,7 @@ func New(opts Options) (*Fetcher, error) {
 	}
 	f := &Fetcher{opts: opts, log: opts.Logger, cache: c, creds: creds, metrics: m,
 		hostsCache: map[string][]docker.RegistryHost{}, repoHosts: map[string][]docker.RegistryHost{},
-		blobs: map[blobKey]*Blob{}}
+		blobs: map[blobKey]*Blob{}, ipfs: node}
 	f.tables.limit = opts.RangeTableMemory
 	batchBytes := max(1, streamBatch/opts.FillUnit) * opts.FillUnit
 	f.batches.New = func() any { buf := make([]byte, batchBytes); return &buf }
@@ -289,6 +298,11 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.ipfs != "" {
+		if err := ipfsnode.CheckCID(o.ipfs); err != nil {
+			return nil, fmt.Errorf("remotefetch: blob %s: IPFS CID %q: %w", dgst, o.ipfs, err)
+		}
+	}
 	if o.table != "" {
 		if err := checkTablePin(dgst, size, o, f.opts.MaxRangeTable); err != nil {
 			return nil, err
@@ -323,7 +337,10 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		return nil, fmt.Errorf("remotefetch: %w", err)
 	}
 	rem := &remote{hosts: hosts, refHost: domain, repo: repo, dgst: dgst, size: size, reuse: f.opts.RedirectReuse,
-		health: &f.health, mirrorWait: mirrorWait(f.opts.StallTimeout)}
+		health: &f.health, mirrorWait: mirrorWait(f.opts.StallTimeout), log: f.log}
+	if o.ipfs != "" && o.table != "" && f.ipfs != nil {
+		rem.ipfs = &ipfsBlob{node: f.ipfs, cid: o.ipfs}
+	}
 	var table *tableLoader
 	if o.table != "" {
 		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size, budget: &f.tables}
@@ -373,6 +390,9 @@ func (f *Fetcher) Close() error {
 		tr.CloseIdleConnections()
 	}
 	f.trMu.Unlock()
+	if f.ipfs != nil {
+		f.ipfs.client.CloseIdleConnections()
+	}
 	return errors.Join(errs...)
 }
 

@@ -275,7 +275,9 @@ func (f *filler) startVerify() {
 		}
 		if err := f.verify(); err != nil {
 			f.stats.fail()
+			return
 		}
+		f.seed()
 	})
 }
 

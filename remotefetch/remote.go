@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path"
@@ -32,6 +33,8 @@ type remote struct {
 	health  *hostHealth   // the Fetcher's record of mirrors to pass over (mirror.go)
 	// mirrorWait bounds a mirror's time to answer with headers.
 	mirrorWait time.Duration
+	ipfs       *ipfsBlob    // nil: the blob is not read through IPFS (ipfs.go)
+	log        *slog.Logger // nil: no logging
 
 	mu            sync.Mutex
 	redirect      *url.URL
@@ -60,6 +63,9 @@ func sourceOf(rc io.ReadCloser) string {
 // get starts a GET of [off, off+n). The body must be closed. Errors are retryable unless
 // wrapped as permanent.
 func (r *remote) get(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if body := r.getPeer(ctx, off, n); body != nil {
+		return body, nil
+	}
 	if body, err := r.getRedirected(ctx, off, n); body != nil || err != nil {
 		return body, err
 	}

@@ -71,6 +71,7 @@ func (f *filler) fetchRun(ctx context.Context, first int, calls []*unitCall) {
 
 // failedAttempt remembers err as the last cause of failure, for deadline errors and backoff.
 func (f *filler) failedAttempt(err error) {
+	f.remote.distrustPeer(err)
 	f.lastErr.Store(&err)
 	f.log.Debug("remotefetch: fetch failed", "err", err)
 }

@@ -34,7 +34,8 @@ type OpenOption func(*openOptions)
 type openOptions struct {
 	table       digest.Digest
 	tableOffset int64
-	checked     bool // the caller checks every range it reads
+	checked     bool   // the caller checks every range it reads
+	ipfs        string // the blob's IPFS CID (WithIPFS); "" = none
 }
 
 // WithCallerChecks says that the caller checks every range it reads against digests of its

@@ -49,7 +49,7 @@ var rules = []rule{
 	},
 	{
 		name:  "fleet tools link no daemon, transport or fetcher",
-		from:  []string{"dedup/...", "mirrorwarm/...", "fleetsim/..."},
+		from:  []string{"dedup/...", "mirrorwarm/...", "fleetsim/...", "ipfsnode/..."},
 		scope: links,
 		deny:  daemonTransportFetcher,
 	},
