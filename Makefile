@@ -105,6 +105,8 @@ bench-coldstart: deps
 	$(GO) build -o $(BIN)/ ./cmd/obd ./cmd/bdd ./cmd/overlaybd-snapshotter ./cmd/ctr-obd
 	cd bench/stargz && $(GO) build -o $(OBD_DEPS)/bench/bin/stargz-snapshotter . && \
 		$(GO) build -o $(OBD_DEPS)/bench/bin/estargz-optimize ./optimize
+	cd bench/soci && $(GO) build -o $(OBD_DEPS)/bench/bin/soci-snapshotter . && \
+		$(GO) build -o $(OBD_DEPS)/bench/bin/soci-index ./index
 	$(GO) test -count=1 -run '^TestColdStart$$' -timeout 4h -v ./bench/coldstart -coldstart -coldstart.bin $(abspath $(BIN)) $(BENCH_ARGS) | tee $(OBD_DEPS)/bench/bench-coldstart.out
 
 # demo is the README's main command (issue #7): an image started on fresh nodes that reach a

@@ -104,6 +104,8 @@ func imageTag(c Cell) string {
 		return "estargz"
 	case ModeEstargzOpt:
 		return "estargz-opt-" + c.Workload
+	case ModeSOCI:
+		return "soci"
 	}
 	return "gzip"
 }
@@ -258,6 +260,7 @@ func methodNotes(seed uint64) []string {
 		fmt.Sprintf("Images: busybox (one layer, built offline with umoci) and Debian bookworm in 3 layers (debootstrap minbase; + python3; + gcc; apt caches cleaned), built by convert/bench/mkimage.sh. Variants pushed to a local `docker-registry`: gzip OCI (overlayfs), `obd convert %s` (obd modes), `nerdctl image convert --estargz --oci` (stargz), and per workload eStargz optimized for it (estargz-opt: bench/stargz/optimize, stargz-snapshotter v0.18.1's analyzer and converter as ctr-remote's `image optimize` uses them, the workload's command run once, its opened files prioritized; gzip level 9 and default chunks as nerdctl's).", convertFlags()),
 		"Workloads: `python3 -c \"import json, sqlite3; print('ready')\"`; gcc compiling and running a hello world (freestanding: the image has no libc6-dev, since apt ran with --no-install-recommends); `busybox echo ready`.",
 		"Modes: overlayfs = containerd v2.4.2's overlayfs snapshotter, full pull and unpack; obd = overlaybd-snapshotter + bdd (FUSE + loop transport), metadata-only pull; obd+trace = obd, with a trace recorded once before the measurements (bdd StartTrace/StopTrace around a cold obd start of the same workload) replayed by bdd's Prefetch at the start of each run (with -coldstart.replay-from snapshotter: stored in the snapshotter's trace directory, which replays it when the pull records the image's top layer), and the page trace recorded after that start given to the snapshotter, which reads it in when the device is mounted (-coldstart.page-traces); obd+registry-trace = obd on a node that never ran the image (empty bdd cache and state, empty trace directory): `ctr-obd record-trace --push` recorded a cold start of the workload once before the measurements and pushed the trace as an OCI artifact referring to the image's manifest, in a repository of the workload's own (a node replays an image's newest trace; estargz-opt likewise has an image per workload); the snapshotter (remoteTraces on, off in the other obd modes) finds it through bdd's FetchTrace and replays it, no replay is started by the harness, and a trial whose logs do not show the registry trace found and replayed fails; stargz = stargz-snapshotter v0.18.1 library (bench/stargz) with its default background fetch; estargz-opt = the same snapshotter on the optimized eStargz image (its prioritized files are prefetched at mount).",
+		"soci = the SOCI snapshotter, soci-snapshotter v0.16.1's library packages (bench/soci, default background fetch and 4 MiB spans), on the gzip image's layers: bench/soci/index built the SOCI index (SOCI index manifest v2: a zTOC per layer, the image's manifest annotated with its digest, both in an OCI index tagged soci) before the measurements; min layer size 0 in the index and the snapshotter, so every layer is read lazily as in the obd modes (SOCI's default, 10 MiB, pulls smaller layers whole), and a trial fails unless the snapshotter logged all the image's layers prepared lazily and fetched fewer bytes than the layers hold.",
 		"Registry: docker-registry for manifests, with blob GETs served from its storage by a static file server (bench/coldstart/blobfront.go), as CDN-backed registries serve them; docker-registry itself spends ~3.5 ms of CPU per range request, which here would come out of the 2 cores under test.",
 		fmt.Sprintf("Networks: loopback = a TCP relay to the registry on 127.0.0.1; shaped = the same relay in front of internal/faultproxy adding %v before each request and limiting all response bodies together to %.0f Mbit/s.", *flagRTT, shapedBandwidth*8/1e6),
 		"Each run is cold: a new containerd (empty content store and snapshots), new snapshotter and bdd state and cache, page cache dropped. Pull = `nerdctl pull`, create = `nerdctl create`, run = `nerdctl start -a` until the ready line; total = from the pull command to the ready line. Warm = a second `nerdctl run --rm` of the image right after, everything cached. MiB fetched = bytes the registry sent (TCP, headers included) from the pull to the ready line, median.",
@@ -383,6 +386,9 @@ func (h *harness) prepareImages(t *testing.T, cells []Cell) {
 			out := h.command(t, ctx, filepath.Join(h.bin, "obd"), append(args, repo+":gzip")...)
 			t.Logf("obd index %s:gzip took %s: %s", repo, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
 		}
+		if tags[imageTag(Cell{Mode: ModeSOCI})] {
+			h.buildSOCIIndex(t, ctx, repo)
+		}
 		for _, c := range ownRepo[image] {
 			tag := imageTag(c)
 			h.command(t, ctx, "skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
@@ -505,9 +511,28 @@ func (h *harness) chainOf(t *testing.T, ref string) digest.Digest {
 	_, repoTag, _ := strings.Cut(ref, "/")
 	repo, tag, _ := strings.Cut(repoTag, ":")
 	var layers []digest.Digest
+	for _, l := range h.imageLayers(t, repo, tag) {
+		layers = append(layers, l.Digest)
+	}
+	chain, err := tracestore.ChainID(layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chain
+}
+
+// layer is a layer descriptor of an image manifest.
+type layer struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+}
+
+// imageLayers returns the layers of the image repo:tag names in the registry (of an index, its
+// first manifest's: the image's, not a SOCI index's, which comes after it).
+func (h *harness) imageLayers(t *testing.T, repo, tag string) []layer {
 	var m struct {
-		Manifests []struct{ Digest string }        `json:"manifests"`
-		Layers    []struct{ Digest digest.Digest } `json:"layers"`
+		Manifests []struct{ Digest string } `json:"manifests"`
+		Layers    []layer                   `json:"layers"`
 	}
 	for name := tag; ; {
 		resp := h.manifest(t, context.Background(), http.MethodGet, repo, name)
@@ -521,14 +546,7 @@ func (h *harness) chainOf(t *testing.T, ref string) digest.Digest {
 		}
 		name, m.Manifests = m.Manifests[0].Digest, nil // an index: its first platform
 	}
-	for _, l := range m.Layers {
-		layers = append(layers, l.Digest)
-	}
-	chain, err := tracestore.ChainID(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return chain
+	return m.Layers
 }
 
 func (h *harness) manifestExists(t *testing.T, ctx context.Context, repo, tag string) bool {
@@ -668,15 +686,27 @@ func (h *harness) startNode(t *testing.T, mode Mode, settings map[string]any, st
 		snapshotter = "overlaybd"
 		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
 	case ModeStargz, ModeEstargzOpt:
-		snSocket := filepath.Join(dir, "stargz.sock")
-		testenv.StartProcess(t, filepath.Join(dir, "stargz.log"), testenv.SocketReady(snSocket), filepath.Join(h.benchDir, "bin", "stargz-snapshotter"),
-			"--root", filepath.Join(dir, "stargz"), "--address", snSocket)
 		snapshotter = "stargz"
-		plugins = append(plugins, testenv.ProxyPlugin{Name: snapshotter, Type: "snapshot", Address: snSocket})
+		plugins = append(plugins, h.startPeer(t, dir, snapshotter, "stargz-snapshotter"))
+	case ModeSOCI:
+		// Every layer lazily, as obd's modes read them: SOCI pulls layers below its
+		// min_layer_size whole (the index builder skips them too, see buildSOCIIndex).
+		snapshotter = "soci"
+		plugins = append(plugins, h.startPeer(t, dir, snapshotter, "soci-snapshotter", "--min-layer-size", "0"))
 	}
 	nd.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{ProxyPlugins: plugins})
 	nd.n = newNerdctl(t, nd.ctrd, snapshotter)
 	return nd
+}
+
+// startPeer starts a peer's snapshotter (bench/stargz, bench/soci: binary under
+// OBD_DEPS/bench/bin) for a node in dir, its root, socket and log named after it, and returns
+// the proxy plugin that containerd reaches it by.
+func (h *harness) startPeer(t *testing.T, dir, name, binary string, args ...string) testenv.ProxyPlugin {
+	socket := filepath.Join(dir, name+".sock")
+	testenv.StartProcess(t, filepath.Join(dir, name+".log"), testenv.SocketReady(socket), filepath.Join(h.benchDir, "bin", binary),
+		append([]string{"--root", filepath.Join(dir, name), "--address", socket}, args...)...)
+	return testenv.ProxyPlugin{Name: name, Type: "snapshot", Address: socket}
 }
 
 // pushTraces records, once per workload measured in mode obd+registry-trace, a cold obd start
@@ -799,6 +829,11 @@ func (h *harness) trial(t *testing.T, tr Trial, record bool) (Measurement, recor
 	}
 	if err := checkTraceSource(tr.Mode, nd.dir); err != nil {
 		return fail(err)
+	}
+	if tr.Mode == ModeSOCI {
+		if err := h.checkSOCILazy(t, nd.dir, tr.Cell, m.BytesFetched); err != nil {
+			return fail(err)
+		}
 	}
 	var rec recording
 	if record {

@@ -21,10 +21,15 @@ const (
 	// ModeOBDIndex reads the unconverted gzip image lazily through bdd: `obd index` left a
 	// seek index and a metadata layer beside it in the registry, which the snapshotter finds.
 	ModeOBDIndex Mode = "obd+index"
+	// ModeSOCI reads the same gzip image's layers lazily through the SOCI snapshotter
+	// (bench/soci): a SOCI index with a zTOC of every layer is pushed beside them, and the
+	// image's tag "soci" names an OCI index holding the image's manifest (annotated with the SOCI
+	// index's digest) and the SOCI index: obd+index's peer.
+	ModeSOCI Mode = "soci"
 )
 
 // Modes lists every mode in report order.
-var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace, ModeOBDIndex, ModeStargz, ModeEstargzOpt}
+var Modes = []Mode{ModeFullPull, ModeOBD, ModeOBDTrace, ModeOBDRegistryTrace, ModeOBDIndex, ModeStargz, ModeEstargzOpt, ModeSOCI}
 
 // Network is the link between the host and the registry.
 type Network string

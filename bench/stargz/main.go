@@ -8,19 +8,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/stargz-snapshotter/service"
+	"github.com/obdproject/obd/bench/proxyplugin"
 	"google.golang.org/grpc"
 )
 
@@ -48,22 +46,8 @@ func run(root, address string, noBackgroundFetch bool) error {
 	}
 	defer sn.Close()
 
-	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
-		return fmt.Errorf("socket dir: %w", err)
-	}
-	if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	ln, err := net.Listen("unix", address)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", address, err)
-	}
-	srv := grpc.NewServer()
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
-	go func() {
-		<-ctx.Done()
-		srv.GracefulStop()
-	}()
 	slog.Info("serving", "address", address, "root", root, "backgroundFetch", !noBackgroundFetch)
-	return srv.Serve(ln)
+	return proxyplugin.Serve(ctx, address, func(srv *grpc.Server) {
+		snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	})
 }
