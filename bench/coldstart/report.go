@@ -191,7 +191,7 @@ func (r *Report) Targets() []TargetResult {
 		}
 		targets = append(targets, peerTime, peerBytes)
 	}
-	return targets
+	return append(targets, sociTargets(cells)...)
 }
 
 // WriteMarkdown writes the report as markdown: machine and date, the targets, one table per

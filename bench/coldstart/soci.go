@@ -57,3 +57,28 @@ func (p SOCIPrepared) Lazy(layers int) error {
 	return fmt.Errorf("SOCI prepared %d of %d layers lazily, %d whole itself and %d through containerd (no SOCI index?)",
 		p.Remote, layers, p.Local, p.Deferred)
 }
+
+// SOCIWorkloads are the workloads issue #23's target against SOCI is judged on (network
+// TargetNetwork).
+var SOCIWorkloads = []string{"python", "gcc"}
+
+// sociTargets judges issue #23's target against the SOCI snapshotter on cells (workload -> mode
+// -> summary of the target network): obd's lazy start of the indexed gzip image (obd+index)
+// faster than SOCI's lazy start of the same image with its SOCI index, for each of
+// SOCIWorkloads. The bytes each fetched are shown beside the times.
+func sociTargets(cells map[string]map[Mode]CellSummary) []TargetResult {
+	var targets []TargetResult
+	for _, w := range SOCIWorkloads {
+		target := TargetResult{Name: fmt.Sprintf("obd+index vs soci, end to end (%s)", w), Want: "faster", Measured: "not measured"}
+		index, okIndex := cells[w][ModeOBDIndex]
+		soci, okSOCI := cells[w][ModeSOCI]
+		if okIndex && okSOCI {
+			ratio := soci.Total.Median.Seconds() / index.Total.Median.Seconds()
+			target.Measured = fmt.Sprintf("%.2f× (%s vs %s; %s vs %s)", ratio, secs(soci.Total.Median), secs(index.Total.Median),
+				mib(soci.BytesFetched), mib(index.BytesFetched))
+			target.Met = index.Total.Median < soci.Total.Median
+		}
+		targets = append(targets, target)
+	}
+	return targets
+}

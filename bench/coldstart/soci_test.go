@@ -3,6 +3,7 @@ package coldstart
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // sociLog is what bench/soci's snapshotter logs for a pull of a 3-layer image whose SOCI index
@@ -44,6 +45,38 @@ func TestSOCILazy(t *testing.T) {
 	} {
 		if err := c.p.Lazy(c.layers); (err == nil) != c.lazy {
 			t.Errorf("%+v of %d layers: lazy error %v, want lazy %v", c.p, c.layers, err, c.lazy)
+		}
+	}
+}
+
+func TestSOCITargets(t *testing.T) {
+	const mb = int64(1 << 20)
+	r := &Report{Workloads: []string{"python", "gcc"}}
+	for _, ms := range [][]Measurement{
+		shapedRuns("python", ModeOBDIndex, 2*time.Second, 18*mb),
+		shapedRuns("python", ModeSOCI, 3*time.Second, 30*mb),
+		shapedRuns("gcc", ModeOBDIndex, 5*time.Second, 40*mb),
+		shapedRuns("gcc", ModeSOCI, 4*time.Second, 41*mb),
+	} {
+		r.Measurements = append(r.Measurements, ms...)
+	}
+	got := map[string]TargetResult{}
+	for _, target := range r.Targets() {
+		got[target.Name] = target
+	}
+	for name, want := range map[string]TargetResult{
+		"obd+index vs soci, end to end (python)": {Measured: "1.50× (3.00 s vs 2.00 s; 30.0 MiB vs 18.0 MiB)", Met: true},
+		"obd+index vs soci, end to end (gcc)":    {Measured: "0.80× (4.00 s vs 5.00 s; 41.0 MiB vs 40.0 MiB)", Met: false},
+	} {
+		if g := got[name]; g.Measured != want.Measured || g.Met != want.Met {
+			t.Errorf("%s: got %q met=%v, want %q met=%v", name, g.Measured, g.Met, want.Measured, want.Met)
+		}
+	}
+
+	r.Measurements = shapedRuns("python", ModeSOCI, 3*time.Second, 30*mb) // no obd+index cell
+	for _, target := range r.Targets() {
+		if strings.HasPrefix(target.Name, "obd+index vs soci") && (target.Measured != "not measured" || target.Met) {
+			t.Errorf("%s without obd+index runs: %+v", target.Name, target)
 		}
 	}
 }
