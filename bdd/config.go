@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/quantity"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
@@ -41,6 +42,7 @@ type Config struct {
 
 	Cache    CacheConfig    `toml:"cache"`
 	Registry RegistryConfig `toml:"registry"`
+	IPFS     IPFSConfig     `toml:"ipfs"`
 	Limits   LimitsConfig   `toml:"limits"`
 }
 
@@ -103,6 +105,20 @@ type RegistryConfig struct {
 	RequireVerified bool `toml:"require_verified"`
 }
 
+// IPFSConfig configures peer-to-peer reads through the node's IPFS (kubo) node: layers whose
+// descriptor names them ipfs://<CID> are read through its gateway before the registry, and
+// the blobs the node holds whole are added to it for its peers.
+type IPFSConfig struct {
+	// Gateway is the node's HTTP gateway, e.g. http://127.0.0.1:8080; empty: no IPFS reads.
+	Gateway string `toml:"gateway"`
+	// API is the node's RPC API, e.g. http://127.0.0.1:5001; empty: the node reads from its
+	// peers but does not add what it holds.
+	API string `toml:"api"`
+	// Wait bounds the gateway's time to answer a request (no answer: no peer has the blob);
+	// the read then goes to the registry.
+	Wait quantity.Duration `toml:"wait"`
+}
+
 // DefaultConfig returns the configuration used when neither file nor flag says otherwise.
 func DefaultConfig() Config {
 	return Config{
@@ -124,6 +140,7 @@ func DefaultConfig() Config {
 			CertsDir:    "/etc/containerd/certs.d",
 			ReadTimeout: quantity.Duration(30 * time.Second),
 		},
+		IPFS:   IPFSConfig{Wait: quantity.Duration(2 * time.Second)},
 		Limits: LimitsConfig{MaxDevices: 512, MaxAPIConnections: 64, MaxExportConnections: 8, MaxRegistryConnections: 64},
 	}
 }
@@ -148,6 +165,9 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Registry.CredentialProviderBinDir, "credential-provider-bin-dir", c.Registry.CredentialProviderBinDir, "directory of kubelet credential provider plugins")
 	fs.Var(&c.Registry.ReadTimeout, "read-timeout", "time limit of one remote read, retries included")
 	fs.BoolVar(&c.Registry.RequireVerified, "require-verified", c.Registry.RequireVerified, "refuse remote layers without a range table")
+	fs.StringVar(&c.IPFS.Gateway, "ipfs-gateway", c.IPFS.Gateway, "IPFS gateway of the node, for layers named ipfs://<CID> (empty: off)")
+	fs.StringVar(&c.IPFS.API, "ipfs-api", c.IPFS.API, "IPFS RPC API of the node, to add the blobs it holds for its peers (empty: off)")
+	fs.Var(&c.IPFS.Wait, "ipfs-wait", "time the IPFS gateway has to answer before a read goes to the registry")
 	fs.IntVar(&c.Limits.MaxDevices, "max-devices", c.Limits.MaxDevices, "devices attached at once")
 	fs.IntVar(&c.Limits.MaxAPIConnections, "max-api-connections", c.Limits.MaxAPIConnections, "control socket connections served at once")
 	fs.IntVar(&c.Limits.MaxExportConnections, "max-export-connections", c.Limits.MaxExportConnections, "NBD export clients per device at once")
@@ -225,6 +245,9 @@ func (c *Config) Validate() error {
 	if c.Registry.ReadTimeout <= 0 {
 		return fmt.Errorf("bdd: config: registry.read_timeout must be positive, got %s", c.Registry.ReadTimeout)
 	}
+	if err := c.IPFS.validate(); err != nil {
+		return err
+	}
 	if (c.Registry.CredentialProviderConfig == "") != (c.Registry.CredentialProviderBinDir == "") {
 		return errors.New("bdd: config: registry.credential_provider_config and registry.credential_provider_bin_dir go together")
 	}
@@ -238,6 +261,24 @@ func (c *Config) Validate() error {
 		if l.value <= 0 {
 			return fmt.Errorf("bdd: config: limits.%s must be positive, got %d", l.name, l.value)
 		}
+	}
+	return nil
+}
+
+func (c IPFSConfig) validate() error {
+	for _, e := range []struct{ name, value string }{{"gateway", c.Gateway}, {"api", c.API}} {
+		if e.value == "" {
+			continue
+		}
+		if _, err := ipfsnode.CheckEndpoint(e.value); err != nil {
+			return fmt.Errorf("bdd: config: ipfs.%s: %w", e.name, err)
+		}
+	}
+	if c.API != "" && c.Gateway == "" {
+		return errors.New("bdd: config: ipfs.api needs ipfs.gateway")
+	}
+	if c.Wait <= 0 {
+		return fmt.Errorf("bdd: config: ipfs.wait must be positive, got %s", c.Wait)
 	}
 	return nil
 }

@@ -70,6 +70,10 @@ func TestConfigErrors(t *testing.T) {
 		{"negative api connections", "[limits]\nmax_api_connections = -1\n", "limits.max_api_connections"},
 		{"zero export connections", "[limits]\nmax_export_connections = 0\n", "limits.max_export_connections"},
 		{"zero registry connections", "[limits]\nmax_registry_connections = 0\n", "limits.max_registry_connections"},
+		{"ipfs gateway not a URL", "[ipfs]\ngateway = \"127.0.0.1:8080\"\n", "ipfs.gateway"},
+		{"ipfs gateway with a path", "[ipfs]\ngateway = \"http://127.0.0.1:8080/ipfs\"\n", "ipfs.gateway"},
+		{"ipfs api without gateway", "[ipfs]\napi = \"http://127.0.0.1:5001\"\n", "needs ipfs.gateway"},
+		{"ipfs zero wait", "[ipfs]\ngateway = \"http://127.0.0.1:8080\"\nwait = \"0s\"\n", "ipfs.wait"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()

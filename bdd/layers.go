@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/ociindex"
@@ -189,12 +190,17 @@ func (p *layerPool) open(ctx context.Context, ls LayerSpec) (*openLayer, error) 
 	return &openLayer{layers: []lsmt.Layer{f}, source: blob, blob: blob, opening: reads.opened()}, nil
 }
 
-// blobOptions are the fetcher's options for the registry blob of ls.
+// blobOptions are the fetcher's options for the registry blob of ls. Its URLs were checked
+// when the layer came in (bddclient.CheckLayer).
 func blobOptions(ls LayerSpec) []remotefetch.OpenOption {
 	if ls.RangeTable == "" {
 		return nil
 	}
-	return []remotefetch.OpenOption{remotefetch.WithRangeTable(digest.Digest(ls.RangeTable), ls.RangeTableOffset)}
+	opts := []remotefetch.OpenOption{remotefetch.WithRangeTable(digest.Digest(ls.RangeTable), ls.RangeTableOffset)}
+	if cid, err := ipfsnode.FromURLs(ls.URLs); err == nil && cid != "" {
+		opts = append(opts, remotefetch.WithIPFS(cid))
+	}
+	return opts
 }
 
 // maxWholeMeta bounds the metadata layer of an indexed layer, which is fetched whole and

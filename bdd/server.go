@@ -116,6 +116,7 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		Credentials:     creds,
 		ReadTimeout:     time.Duration(cfg.Registry.ReadTimeout),
 		RequireVerified: cfg.Registry.RequireVerified,
+		IPFS:            remotefetch.IPFSOptions{Gateway: cfg.IPFS.Gateway, API: cfg.IPFS.API, Wait: time.Duration(cfg.IPFS.Wait)},
 		MaxConnsPerHost: cfg.Limits.MaxRegistryConnections,
 		Registerer:      reg,
 		Logger:          log,

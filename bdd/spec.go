@@ -98,7 +98,7 @@ func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
 	}
 	b := l.GetBlob()
 	return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize(),
-		RangeTable: b.GetRangeTable(), RangeTableOffset: b.GetRangeTableOffset()}, nil
+		RangeTable: b.GetRangeTable(), RangeTableOffset: b.GetRangeTableOffset(), URLs: b.GetUrls()}, nil
 }
 
 // toAPI describes the layer in API terms.
@@ -115,5 +115,5 @@ func (l LayerSpec) toAPI() *bddv1.Layer {
 			GzIndex: blob(ix.GzIndex), Meta: blob(ix.Meta), Map: blob(ix.Map)}}}
 	}
 	return &bddv1.Layer{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size,
-		RangeTable: l.RangeTable, RangeTableOffset: l.RangeTableOffset}}}
+		RangeTable: l.RangeTable, RangeTableOffset: l.RangeTableOffset, Urls: l.URLs}}}
 }

@@ -2,6 +2,7 @@ package bdd
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
@@ -19,7 +20,9 @@ const goodDigest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca4959
 
 func TestSpecFromRequest(t *testing.T) {
 	req := &bddv1.AttachRequest{
-		Layers:   []*bddv1.Layer{pathLayer("/a/../b/layer"), blobLayer("127.0.0.1:5000/app", goodDigest, 42)},
+		Layers: []*bddv1.Layer{pathLayer("/a/../b/layer"), blobLayer("127.0.0.1:5000/app", goodDigest, 42),
+			{Source: &bddv1.Layer_Blob{Blob: &bddv1.RemoteBlob{Ref: "127.0.0.1:5000/app", Digest: goodDigest, Size: 42,
+				RangeTable: goodDigest, RangeTableOffset: 10, Urls: []string{"ipfs://bafybeiey4h6pdr6wjkphvtrighj6gnxwsl63kaqy5xzx5hpaox3ujxxm4i"}}}}},
 		UpperDir: "/up",
 	}
 	spec, err := specFromRequest("x1", req, bddclient.TransportFUSE)
@@ -31,7 +34,7 @@ func TestSpecFromRequest(t *testing.T) {
 	}
 	for i, l := range spec.Layers {
 		back, err := layerSpecFromAPI(l.toAPI())
-		if err != nil || back != l {
+		if err != nil || !reflect.DeepEqual(back, l) {
 			t.Errorf("layer %d does not round-trip: %+v %v", i, back, err)
 		}
 	}

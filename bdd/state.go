@@ -35,6 +35,8 @@ type LayerSpec struct {
 	// RangeTable and RangeTableOffset pin the blob's range table, if it has one.
 	RangeTable       string `json:"range_table,omitempty"`
 	RangeTableOffset int64  `json:"range_table_offset,omitempty"`
+	// URLs are the blob descriptor's URLs; an ipfs://<CID> one reads it through IPFS.
+	URLs []string `json:"urls,omitempty"`
 	// Indexed, for an ordinary OCI layer blob (Ref, Digest, Size) read through its index,
 	// names the index's blobs in the same repository.
 	Indexed *IndexSpec `json:"indexed,omitempty"`

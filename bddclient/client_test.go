@@ -105,11 +105,20 @@ func TestCheckLayer(t *testing.T) {
 		{tabled(goodDigest, 100), false},
 		{tabled(goodDigest, -1), false},
 		{tabled("", 90), false},
+		{withURLs(tabled(goodDigest, 90), "ipfs://bafybeiey4h6pdr6wjkphvtrighj6gnxwsl63kaqy5xzx5hpaox3ujxxm4i"), true},
+		{withURLs(tabled(goodDigest, 90), "https://example.com/blob"), false},
+		{withURLs(tabled(goodDigest, 90), "ipfs://QmNotV1"), false},
+		{withURLs(tabled(goodDigest, 90), make([]string, 9)...), false},
 	} {
 		if err := CheckLayer(c.layer); (err == nil) != c.ok {
 			t.Errorf("CheckLayer(%v) = %v, want ok %v", c.layer, err, c.ok)
 		}
 	}
+}
+
+func withURLs(l *bddv1.Layer, urls ...string) *bddv1.Layer {
+	l.GetBlob().Urls = urls
+	return l
 }
 
 func TestTransportNames(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/ipfsnode"
 )
 
 // ParseBlobLayer parses the command-line form of a remote layer, REF@DIGEST:SIZE, with
@@ -119,8 +120,19 @@ func checkBlob(b *bddv1.RemoteBlob) error {
 			return fmt.Errorf("blob %s: range table offset %d is not inside the %d-byte blob", d, off, b.GetSize())
 		}
 	}
+	if n := len(b.GetUrls()); n > maxBlobURLs {
+		return fmt.Errorf("blob %s: %d URLs, at most %d", d, n, maxBlobURLs)
+	}
+	for _, u := range b.GetUrls() {
+		if _, err := ipfsnode.ParseURL(u); err != nil {
+			return fmt.Errorf("blob %s: %w (bdd reads only ipfs:// URLs)", d, err)
+		}
+	}
 	return nil
 }
+
+// maxBlobURLs bounds the URLs of one remote blob.
+const maxBlobURLs = 8
 
 // LayerName is how a layer of the API is shown to people: its path or ref@digest.
 func LayerName(l *bddv1.Layer) string {

@@ -31,6 +31,7 @@ type BDD struct {
 	Client bddv1.DaemonClient
 
 	binary   string
+	netns    string
 	config   string
 	logPath  string
 	conn     *grpc.ClientConn
@@ -47,6 +48,7 @@ type bddSettings struct {
 	extraConfig  string
 	registry     string
 	binary       string
+	netns        string
 }
 
 // WithDockerConfig gives bdd a docker config.json holding registry credentials.
@@ -63,6 +65,12 @@ func WithConfig(toml string) BDDOption {
 // e.g. certs_dir and read_timeout.
 func WithRegistryConfig(toml string) BDDOption {
 	return func(s *bddSettings) { s.registry = toml }
+}
+
+// WithNetNS runs bdd in the network namespace name (nsenter --net, so it shares the test's
+// mount namespace and its FUSE mounts stay visible).
+func WithNetNS(name string) BDDOption {
+	return func(s *bddSettings) { s.netns = name }
 }
 
 // WithBinary runs the cmd/bdd already built at path instead of building it.
@@ -88,6 +96,7 @@ func StartBDD(t testing.TB, opts ...BDDOption) *BDD {
 		Socket:  filepath.Join(dir, "bdd.sock"),
 		Dir:     dir,
 		binary:  settings.binary,
+		netns:   settings.netns,
 		config:  filepath.Join(dir, "bdd.toml"),
 		logPath: filepath.Join(dir, "bdd.log"),
 	}
@@ -131,6 +140,9 @@ func (b *BDD) Start(t testing.TB) {
 	}
 	defer logFile.Close()
 	b.cmd = exec.Command(b.binary, "--config", b.config)
+	if b.netns != "" {
+		b.cmd = exec.Command("nsenter", "--net="+NetNSPath(b.netns), b.binary, "--config", b.config)
+	}
 	b.cmd.Stdout, b.cmd.Stderr = logFile, logFile
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("testenv: start bdd: %v", err)

@@ -26,7 +26,7 @@ type Kubo struct {
 
 // KuboOptions adjust the node StartKubo runs.
 type KuboOptions struct {
-	// NetNS runs the daemon (and the CLI of Run) in this network namespace (ip netns exec);
+	// NetNS runs the daemon (and the CLI of Run) in this network namespace (nsenter --net);
 	// "" = the test's own. The API and gateway listen on that namespace's 127.0.0.1.
 	NetNS string
 	// SwarmIP is the address the swarm listens on (TCP, a random port); default 127.0.0.1.
@@ -57,7 +57,7 @@ func (k *Kubo) command(args ...string) (string, []string) {
 	if k.netns == "" {
 		return "env", full
 	}
-	return "ip", append([]string{"netns", "exec", k.netns, "env"}, full...)
+	return "nsenter", append([]string{"--net=" + NetNSPath(k.netns), "env"}, full...)
 }
 
 // readEndpoints reads the API and gateway addresses the daemon writes into its repo once it

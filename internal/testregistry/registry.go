@@ -72,6 +72,9 @@ type Options struct {
 	// Proxy makes the registry a pull-through cache of another registry (distribution's
 	// proxy mode): it serves what it holds and fetches, stores and serves what it lacks.
 	Proxy *Proxy
+	// Listen is the address the registry listens on; default "127.0.0.1:0". A test whose
+	// clients run in other network namespaces names an address they reach.
+	Listen string
 	// Notify lists webhook URLs that get distribution's notification envelopes (events of
 	// manifest and blob pulls and pushes), as its notifications.endpoints configure.
 	Notify []string
@@ -85,9 +88,10 @@ type Proxy struct {
 
 // Registry is a running registry. It stops when the test ends.
 type Registry struct {
-	// Host is "127.0.0.1:port", usable as the domain of an image reference.
+	// Host is "127.0.0.1:port" (or Options.Listen's address), usable as the domain of an
+	// image reference.
 	Host string
-	// URL is "http://127.0.0.1:port".
+	// URL is "http://" + Host.
 	URL  string
 	opts Options
 	root string
@@ -121,7 +125,7 @@ func Start(t testing.TB, opts Options) *Registry {
 	logrus.SetOutput(io.Discard)
 
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", cmp.Or(opts.Listen, "127.0.0.1:0"))
 	if err != nil {
 		t.Fatalf("testregistry: listen: %v", err)
 	}
