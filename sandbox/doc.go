@@ -20,9 +20,15 @@
 //     Spare sandboxes (Config.SpareRoots per function) are cloned and set up ahead of demand
 //     and wait, as nobody, for their first event: a warm start from a spare is importing the
 //     handler and running it; with no spare left a sandbox is forked on demand;
-//   - hot: an idle sandbox from the handler cache, frozen by the cgroup freezer, is thawed.
+//   - hot: an idle sandbox from the handler cache, frozen by the cgroup freezer, is thawed
+//     (or a pre-warmed one gets its first event: path "prewarmed"; a lent one: "borrowed").
 //
-// Idle sandboxes live for a fixed keep-alive TTL (Config.KeepAlive). Manager is the engine;
+// How long an idle sandbox stays, and whether one is started ahead of an expected invocation
+// (pre-warmed: set up and waiting, as a spare, but counted as a loaded instance), is decided
+// per function by a Policy (policy.go; Config.Policies, which cmd/obd-lambda fills from
+// package policy through policy/live), a fixed Config.KeepAlive without one. Under a reuse
+// policy, a function with no idle sandbox borrows another function's that already holds its
+// image and imports, scrubbed of the lender first (lend.go). Manager is the engine;
 // Handler serves it over HTTP (cmd/obd-lambda). The API's types and its Client live apart, in
 // sandbox/sandboxapi, so that clients (`obd sandbox`, policy/probe) do not link the engine.
 //

@@ -28,6 +28,7 @@ type Function struct {
 	ScratchMB int64         // size of its /tmp (a tmpfs, counted in its memory too); default 64
 	Imports   []string      // modules its own zygote imports
 	Packages  []string      // install-cache packages on its sys.path
+	Policy    string        // keep-alive and pre-warm policy (Config.Policies); empty: the server's default
 }
 
 var namePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -85,7 +86,9 @@ type function struct {
 	sparesDone chan struct{}
 	busy       int
 	stats      sandboxapi.Stats
-	gone       bool // deleted; its sandboxes are destroyed instead of cached
+	policy     Policy        // keep-alive and pre-warm decisions (Function.Policy)
+	pending    []pendingWarm // pre-warms not yet started
+	gone       bool          // deleted; its sandboxes are destroyed instead of cached
 }
 
 // registration is a function between reserve and commit: its name is taken and its image
@@ -138,6 +141,10 @@ func (m *Manager) admit(f *Function) error {
 
 // reserve takes f's name (as pending) and acquires its image.
 func (m *Manager) reserve(ctx context.Context, f Function) (registration, error) {
+	pol, err := m.policyFor(f.Policy)
+	if err != nil {
+		return registration{}, fmt.Errorf("sandbox: function %s: %w", f.Name, err)
+	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -157,7 +164,7 @@ func (m *Manager) reserve(ctx context.Context, f Function) (registration, error)
 		return registration{}, err
 	}
 	m.nextID++
-	fn := &function{Function: f, image: img, stats: sandboxapi.Stats{Name: f.Name},
+	fn := &function{Function: f, image: img, stats: sandboxapi.Stats{Name: f.Name}, policy: pol,
 		spare: make(chan *box, m.cfg.SpareRoots), stopSpares: make(chan struct{}), sparesDone: make(chan struct{})}
 	return registration{fn: fn, id: m.nextID, runtime: img.zygote}, nil
 }
@@ -278,8 +285,9 @@ func (m *Manager) remove(fn *function) error {
 	m.mu.Lock()
 	fn.gone = true
 	idle := fn.idle
-	fn.idle = nil
+	fn.idle, fn.pending = nil, nil
 	m.mu.Unlock()
+	fn.policy.Forget(fn.Name)
 	close(fn.stopSpares)
 	<-fn.sparesDone
 	// Sandboxes first: a frozen sandbox in a zygote's PID namespace would make the zygote's

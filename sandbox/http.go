@@ -21,13 +21,15 @@ import (
 // functionOf is the Function a register request asks for.
 func functionOf(s sandboxapi.FunctionSpec) Function {
 	return Function{Name: s.Name, Image: s.Image, Entry: s.Entry, MemoryMB: s.MemoryMB, CPUs: s.CPUs, Pids: s.Pids,
-		Timeout: time.Duration(s.TimeoutMS) * time.Millisecond, ScratchMB: s.ScratchMB, Imports: s.Imports, Packages: s.Packages}
+		Timeout: time.Duration(s.TimeoutMS) * time.Millisecond, ScratchMB: s.ScratchMB, Imports: s.Imports, Packages: s.Packages,
+		Policy: s.Policy}
 }
 
 // specOf is f on the wire.
 func specOf(f Function) sandboxapi.FunctionSpec {
 	return sandboxapi.FunctionSpec{Name: f.Name, Image: f.Image, Entry: f.Entry, MemoryMB: f.MemoryMB, CPUs: f.CPUs, Pids: f.Pids,
-		TimeoutMS: f.Timeout.Milliseconds(), ScratchMB: f.ScratchMB, Imports: f.Imports, Packages: f.Packages}
+		TimeoutMS: f.Timeout.Milliseconds(), ScratchMB: f.ScratchMB, Imports: f.Imports, Packages: f.Packages,
+		Policy: f.Policy}
 }
 
 const maxEventBytes = maxFrame - 64
@@ -50,6 +52,7 @@ func NewHandler(m *Manager, codeDir, token string) *Handler {
 	h.mux.HandleFunc("POST /functions", h.register)
 	h.mux.HandleFunc("GET /functions", h.list)
 	h.mux.HandleFunc("GET /functions/{name}/stats", h.stats)
+	h.mux.HandleFunc("GET /stats", h.serverStats)
 	h.mux.HandleFunc("DELETE /functions/{name}", h.delete)
 	h.mux.HandleFunc("POST /run/{name}", h.run)
 	return h
@@ -178,6 +181,10 @@ func (h *Handler) stats(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+func (h *Handler) serverStats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.m.ServerStats())
 }
 
 func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {

@@ -24,7 +24,9 @@ import (
 //   - invoke.go: Invoke, from a ready sandbox to the result;
 //   - start.go: starting a new sandbox (prepare, launch from a zygote or cold);
 //   - spare.go: spare sandboxes prepared ahead of demand;
-//   - cache.go: the handler cache of idle, frozen sandboxes and its keep-alive sweep;
+//   - policy.go: the keep-alive and pre-warm Policy a function is under;
+//   - cache.go: the handler cache of idle sandboxes, its pre-warms and its sweep;
+//   - lend.go: lending an idle sandbox to another function (cross-function reuse);
 //   - stats.go: the per-function counters.
 
 // poolSeq numbers the cgroup pools of this process.
@@ -32,11 +34,15 @@ var poolSeq atomic.Int64
 
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
-	StateDir     string           // sandbox roots, scratch dirs, handler code, log; required
-	Rootfs       RootfsProvider   // required
-	CgroupRoot   string           // default /sys/fs/cgroup
-	PoolSize     int              // cgroups created up front; default 16
-	KeepAlive    time.Duration    // how long an idle sandbox stays in the handler cache; 0 disables it
+	StateDir   string         // sandbox roots, scratch dirs, handler code, log; required
+	Rootfs     RootfsProvider // required
+	CgroupRoot string         // default /sys/fs/cgroup
+	PoolSize   int            // cgroups created up front; default 16
+	KeepAlive  time.Duration  // without Policies: how long an idle sandbox stays in the handler cache; 0 disables it
+	// Policies resolves a function's keep-alive and pre-warm policy (Function.Policy; ""
+	// is the server's default). One Policy may serve many functions: it keeps state per
+	// function. Nil: every function keeps idle sandboxes for KeepAlive.
+	Policies     func(spec string) (Policy, error)
 	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
 	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
 	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
@@ -132,13 +138,18 @@ type Manager struct {
 	nextID  int
 	closed  bool
 
+	// lends, lendsServed and lendFailures count lent sandboxes (ServerStats); m.mu held.
+	lends, lendsServed, lendFailures int64
+
 	destroying sync.WaitGroup // sandboxes being destroyed in the background
+	background sync.WaitGroup // pre-warms under way
+	wake       chan struct{}  // a new deadline for the sweeper
 	stop       chan struct{}
 	done       chan struct{}
 }
 
 // NewManager creates the cgroup pool (bounded by cfg.PoolLimits) and starts the
-// keep-alive sweeper. Zygotes start with the first function of each image. What a killed
+// sweeper of idle sandboxes and pre-warms. Zygotes start with the first function of each image. What a killed
 // server left in cfg.StateDir and the cgroup root is removed first.
 func NewManager(cfg Config) (*Manager, error) {
 	if cfg.StateDir == "" || cfg.Rootfs == nil {
@@ -167,7 +178,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("sandbox: open own binary: %w", err)
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log, stderr: stderr, exe: exe, funcs: map[string]*function{}, pending: map[string]bool{}, images: map[string]*image{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	removeDeadPools(cfg.CgroupRoot, cfg.Log)
 	// The pool name carries the pid and a sequence number so two servers, or two managers of
 	// one process, never share groups.
@@ -269,6 +280,7 @@ func (m *Manager) Close() error {
 	for _, fn := range funcs {
 		errs = append(errs, m.remove(fn))
 	}
+	m.background.Wait()
 	m.destroying.Wait()
 	// Groups still in use by running invocations are killed here; those invocations then
 	// destroy their own boxes.

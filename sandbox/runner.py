@@ -24,8 +24,11 @@
 # {"waiting": true} and waits for the first request {"event": ...}: a spare sandbox, forked
 # ahead of demand, waits there. Then it imports the handler and sends {"ready": true} or
 # {"error": traceback}, and per request (the first one included) one reply {"result": ...} or
-# {"error": ...}.
+# {"error": ...}. A request {"rebind": SPEC, "event": ...} lends the sandbox to another
+# function: the runner scrubs what the previous function left (rebind), imports SPEC's handler
+# and replies {"ready": true} (or the error) before the result.
 import ctypes
+import gc
 import importlib
 import importlib.util
 import json
@@ -170,6 +173,8 @@ def run_sandbox(spec, chan):
         os.dup2(null, fd)
     os.close(null)
     conn = socket.socket(fileno=chan)
+    # What a lent sandbox is reset to before another function's handler runs (rebind).
+    pristine = (dict(os.environ), list(sys.path))
     try:
         os.chdir(spec["dir"])
         sys.path[:0] = [spec["dir"]] + spec.get("paths", [])
@@ -180,14 +185,22 @@ def run_sandbox(spec, chan):
     code = find_code(module)
     send_frame(conn, {"waiting": True})
     req = recv_frame(conn)
-    if req is None:
-        os._exit(0)
-    try:
-        handler = getattr(import_handler(module, code), func)
-    except BaseException:
-        fail(conn)
-    send_frame(conn, {"ready": True})
+    handler = None
     while req is not None:
+        if req.get("rebind"):
+            # Lent to another function: the server swapped /srv and /tmp already.
+            try:
+                rebind(spec, req["rebind"], pristine, chan)
+            except BaseException:
+                fail(conn)
+            spec, handler, code = req["rebind"], None, None
+            module, _, func = spec["entry"].rpartition(".")
+        if handler is None:
+            try:
+                handler = getattr(import_handler(module, code), func)
+            except BaseException:
+                fail(conn)
+            send_frame(conn, {"ready": True})
         try:
             reply = {"result": handler(req.get("event"))}
         except BaseException:
@@ -195,6 +208,43 @@ def run_sandbox(spec, chan):
         send_frame(conn, reply)
         req = recv_frame(conn)
     os._exit(0)
+
+
+def rebind(old, new, pristine, chan):
+    """Scrub what the function this sandbox served left in the process before new's handler
+    is imported: other processes, open files, environment, sys.path, its modules and working
+    directory. The interpreter's other state is not undone (lend.go says why that is
+    accepted)."""
+    # PID 1 of its namespace: kill(-1) reaches every other process in it, and only those.
+    if os.getpid() != 1:
+        raise RuntimeError("rebind: not PID 1 of a namespace of its own")
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    env, path = pristine
+    os.environ.clear()
+    os.environ.update(env)
+    prefix = old["dir"].rstrip("/") + "/"
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if isinstance(f, str) and f.startswith(prefix):
+            del sys.modules[name]
+    gc.collect()
+    os.closerange(3, chan)
+    os.closerange(chan + 1, 1 << 20)
+    sys.path[:] = [new["dir"]] + new.get("paths", []) + path
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    # Re-entered: the server mounted the new code over the old, and the old working
+    # directory is the old code.
+    os.chdir("/")
+    os.chdir(new["dir"])
 
 
 def clone_into_namespaces():

@@ -29,15 +29,18 @@ var (
 // box is one live sandbox: its cgroup, root (with its scratch tmpfs) and the channel to its
 // runner.
 type box struct {
-	id       int
-	group    *cgroup.Group
-	root     *mountTree
-	conn     net.Conn
-	procs    []*os.File           // the group's cgroup.procs files, until the process has joined
-	cmd      *exec.Cmd            // cold sandboxes: the server's child, reaped here
-	path     sandboxapi.StartPath // how its process was started, once it has one
-	sent     bool                 // the first event is sent and its reply not yet read (start, then call)
-	lastUsed time.Time
+	id    int
+	group *cgroup.Group
+	root  *mountTree
+	conn  net.Conn
+	procs []*os.File           // the group's cgroup.procs files, until the process has joined
+	cmd   *exec.Cmd            // cold sandboxes: the server's child, reaped here
+	path  sandboxapi.StartPath // how its process was started, once it has one
+	sent  bool                 // the first event is sent and its reply not yet read (start, then call)
+	// In the handler cache: idle since idleSince, destroyed at expires. A pre-warmed box has
+	// a process set up and waiting for its first event (as a spare), not frozen.
+	idleSince, expires time.Time
+	prewarmed          bool
 }
 
 // reply is a message from the runner.
@@ -90,12 +93,22 @@ func (b *box) await(deadline time.Time) (reply, error) {
 
 // send sends event to the handler, giving up at deadline.
 func (b *box) send(event json.RawMessage, deadline time.Time) error {
-	if len(event) == 0 {
-		event = json.RawMessage("null")
+	return b.sendRequest(request{Event: event}, deadline)
+}
+
+// request is a message to the runner: an event, and for a lent sandbox first the spec of
+// the function it now serves.
+type request struct {
+	Rebind *spec           `json:"rebind,omitempty"`
+	Event  json.RawMessage `json:"event"`
+}
+
+// sendRequest sends req, giving up at deadline.
+func (b *box) sendRequest(req request, deadline time.Time) error {
+	if len(req.Event) == 0 {
+		req.Event = json.RawMessage("null")
 	}
-	msg, err := json.Marshal(struct {
-		Event json.RawMessage `json:"event"`
-	}{event})
+	msg, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("sandbox: event is not JSON: %w", err)
 	}
@@ -142,7 +155,6 @@ func (b *box) call(ctx context.Context, event json.RawMessage) (json.RawMessage,
 	if err != nil {
 		return nil, err
 	}
-	b.lastUsed = time.Now()
 	return r.Result, nil
 }
 

@@ -83,14 +83,42 @@ func (m *Manager) prepareSpare(fn *function) (_ *box, err error) {
 	if err := m.launch(fn, b, z); err != nil {
 		return nil, err
 	}
-	// Handed out only once set up: by then the process is in its cgroup, so destroying the
-	// spare kills it.
-	r, err := b.receive(time.Now().Add(m.cfg.StartTimeout))
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: spare set-up: %w", err)
-	}
-	if !r.Waiting {
-		return nil, fmt.Errorf("%w: spare replied before its first event", ErrFrame)
+	if err := b.awaitSetUp(m.cfg.StartTimeout); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// ready makes a sandbox of fn with its process started (forked from fn's zygote, or cold)
+// and set up, waiting for its first event: a pre-warmed sandbox.
+func (m *Manager) ready(fn *function) (_ *box, err error) {
+	b, err := m.prepare(fn, m.newID())
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.destroy(m.pool)
+		}
+	}()
+	if err := m.launchOrCold(fn, b); err != nil {
+		return nil, err
+	}
+	if err := b.awaitSetUp(m.cfg.StartTimeout); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// awaitSetUp waits up to timeout for b's process, just launched, to be set up and waiting
+// for its first event. By then the process is in its cgroup, so destroying b kills it.
+func (b *box) awaitSetUp(timeout time.Duration) error {
+	r, err := b.receive(time.Now().Add(timeout))
+	if err != nil {
+		return fmt.Errorf("sandbox: set-up: %w", err)
+	}
+	if !r.Waiting {
+		return fmt.Errorf("%w: sandbox replied before its first event", ErrFrame)
+	}
+	return nil
 }

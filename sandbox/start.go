@@ -38,17 +38,27 @@ func (m *Manager) start(ctx context.Context, fn *function, event json.RawMessage
 			return nil, b.path, err
 		}
 	}
+	if err = b.begin(ctx, request{Event: event}, b.path); err != nil {
+		return nil, b.path, err
+	}
+	return b, b.path, nil
+}
+
+// begin sends req, the first request of b's process (set up or being set up), and waits
+// until the handler is imported; call then reads the result. path names the start in errors.
+func (b *box) begin(ctx context.Context, req request, path sandboxapi.StartPath) error {
 	// The event goes out at once: the sandbox reads it as soon as it is set up, so importing
 	// the handler and running it follow without another round trip.
 	deadline, _ := ctx.Deadline()
-	if err = b.send(event, deadline); err == nil {
+	err := b.sendRequest(req, deadline)
+	if err == nil {
 		_, err = b.await(deadline)
 	}
 	if err != nil {
-		return nil, b.path, fmt.Errorf("sandbox: %s start: %w", b.path, err)
+		return fmt.Errorf("sandbox: %s start: %w", path, err)
 	}
 	b.sent = true
-	return b, b.path, nil
+	return nil
 }
 
 // plannedPath is the path a new sandbox of fn would take: warm with a zygote, else cold.
@@ -103,10 +113,8 @@ func (m *Manager) prepare(fn *function, id int) (_ *box, err error) {
 // launch starts the process of b, a prepared sandbox of fn: forked from z, or cold when z is
 // nil. The process joins b's cgroup and root itself; b.conn is its channel.
 func (m *Manager) launch(fn *function, b *box, z *zygote) error {
-	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(b.id), Cgroups: len(b.procs)}
-	for _, p := range fn.Packages {
-		s.Paths = append(s.Paths, "/opt/"+p)
-	}
+	s := sandboxSpec(fn, b.id)
+	s.Cgroups = len(b.procs)
 	ours, theirs, err := socketPair(unix.SOCK_STREAM)
 	if err != nil {
 		return err
@@ -127,6 +135,16 @@ func (m *Manager) launch(fn *function, b *box, z *zygote) error {
 	}
 	b.closeProcs()
 	return nil
+}
+
+// sandboxSpec is what the runner of sandbox id of fn is told: where fn's code is, its entry
+// and its packages' paths.
+func sandboxSpec(fn *function, id int) spec {
+	s := spec{Dir: "/srv", Entry: fn.Entry, UID: nobody, Hostname: "sandbox-" + strconv.Itoa(id)}
+	for _, p := range fn.Packages {
+		s.Paths = append(s.Paths, "/opt/"+p)
+	}
+	return s
 }
 
 // startCold starts the process of b as the server's child with spec s, confined (in a network

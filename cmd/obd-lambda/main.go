@@ -20,6 +20,7 @@ import (
 
 	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/policy/live"
 	"github.com/obdproject/obd/sandbox"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/obdproject/obd/sandbox/cgroup"
@@ -84,6 +85,9 @@ type options struct {
 	bddSocket string
 	packages  string
 	keepAlive time.Duration
+	policy    string
+	timeScale float64
+	spares    int
 	poolSize  int
 	imports   []string
 	noZygotes bool
@@ -108,7 +112,22 @@ the image's rootfs entered with chroot, own user/PID/UTS/IPC namespaces, a netwo
 function, a pooled cgroup with memory/CPU/pids limits, the handler running as nobody with no
 capabilities, no_new_privs and a seccomp filter; everything from the image runs confined.
 New sandboxes are forked (a few per function ahead of demand) from zygotes that already
-imported the runtime's modules; idle ones are frozen in the handler cache for --keep-alive.
+imported the runtime's modules; idle ones are frozen in the handler cache.
+
+How long an idle sandbox stays, and whether one is started ahead of an expected invocation,
+is decided per function by a policy (package policy, the ones obd sim compares): --policy is
+the default, a function may name its own at registration (obd sandbox register --policy):
+  fixed-DURATION  keep each idle sandbox DURATION (without --policy: fixed --keep-alive)
+  hybrid          hybrid histogram of idle times (Shahrad et al., ATC'20): keep-alive and
+                  pre-warming from the 5th/99th percentiles, fixed 10m while data is scarce
+  predictive      FFT forecast of the per-minute invocation series (IceBreaker-style)
+  reuse+POLICY    POLICY, and a function with no idle sandbox of its own borrows one of
+                  another function under the same reuse policy whose image, imports and
+                  packages cover its own, scrubbed first (its /tmp, code, environment,
+                  processes and modules gone); GET /stats counts lends and cold starts saved.
+                  Lending shares an interpreter: only for functions that trust each other.
+--policy-time-scale runs the policies' clock that many times faster than real time, for
+replaying a time-compressed trace (obd probe); keep 1 in production.
 
 HTTP API (obd sandbox register|run|ls|stats|rm talks to it), on a root-only unix socket by
 default; on TCP (--listen HOST:PORT) every request must carry the bearer token of --token-file,
@@ -116,6 +135,7 @@ optionally over TLS (--tls-cert, --tls-key):
   POST   /functions            register (multipart "spec" + "code" tarball: code is uploaded)
   GET    /functions            list
   GET    /functions/NAME/stats counters
+  GET    /stats                server-wide counters: lends, cold starts saved, pre-warms
   DELETE /functions/NAME       unregister
   POST   /run/NAME             invoke: JSON event in, JSON result out
 
@@ -141,7 +161,10 @@ cgroup it made is removed.`,
 	f.StringVar(&o.rootfsDir, "rootfs-dir", "", "directory of unpacked image rootfs dirs, one per image ref")
 	f.StringVar(&o.bddSocket, "bdd-socket", "", "control socket of bdd: images are obd layer stacks attached through it")
 	f.StringVar(&o.packages, "packages-dir", "", "install cache: package dirs shared read-only at /opt in every sandbox")
-	f.DurationVar(&o.keepAlive, "keep-alive", 10*time.Minute, "how long an idle sandbox stays frozen in the handler cache (0: no cache)")
+	f.DurationVar(&o.keepAlive, "keep-alive", 10*time.Minute, "without --policy: how long an idle sandbox stays frozen in the handler cache (0: no cache)")
+	f.StringVar(&o.policy, "policy", "", "default keep-alive and pre-warm policy: fixed-DURATION, hybrid, predictive or reuse+POLICY (default fixed --keep-alive)")
+	f.Float64Var(&o.timeScale, "policy-time-scale", 1, "policies' clock runs this many times faster than real time (for time-compressed trace replays)")
+	f.IntVar(&o.spares, "spare-sandboxes", 2, "sandboxes per function forked ahead of demand (0: none)")
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
 	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
@@ -165,6 +188,40 @@ cgroup it made is removed.`,
 	cmd.MarkFlagsMutuallyExclusive("rootfs-dir", "bdd-socket")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return run(o) }
 	return cmd
+}
+
+// newPolicies checks the policy flags and returns the resolver of functions' policies:
+// --policy as the default, or fixed --keep-alive.
+func newPolicies(o options) (func(string) (sandbox.Policy, error), error) {
+	if o.keepAlive < 0 {
+		return nil, fmt.Errorf("--keep-alive %v is negative", o.keepAlive)
+	}
+	if o.spares < 0 {
+		return nil, fmt.Errorf("--spare-sandboxes %d is negative", o.spares)
+	}
+	def := o.policy
+	if def == "" {
+		def = "fixed-" + o.keepAlive.String()
+	}
+	ps, err := live.New(def, o.timeScale, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("--policy: %w", err)
+	}
+	return func(spec string) (sandbox.Policy, error) {
+		p, err := ps.Get(spec)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}, nil
+}
+
+// spareRoots is sandbox.Config.SpareRoots for n spare sandboxes (its 0 is the default).
+func spareRoots(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func run(o options) error {
@@ -198,8 +255,12 @@ func run(o options) error {
 		rootfs = &bddrootfs.Provider{Client: client, MountDir: filepath.Join(o.stateDir, "mnt"), Resolver: resolvers(), Log: log}
 		cleanup = rootfs.(*bddrootfs.Provider).Cleanup
 	}
+	policies, err := newPolicies(o)
+	if err != nil {
+		return err
+	}
 	m, err := sandbox.NewManager(sandbox.Config{
-		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize,
+		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize, Policies: policies, SpareRoots: spareRoots(o.spares),
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
 		MaxLimits:    o.max,
 		PoolLimits:   cgroup.Limits{MemoryBytes: o.poolMemMB << 20, CPUs: o.poolCPUs, Pids: o.poolPids},
@@ -227,7 +288,8 @@ func run(o options) error {
 		}
 		served <- srv.Serve(l)
 	}()
-	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "bdd_socket", o.bddSocket, "keep_alive", o.keepAlive)
+	log.Info("serving", "listen", l.Addr().String(), "state_dir", o.stateDir, "rootfs_dir", o.rootfsDir, "bdd_socket", o.bddSocket, "keep_alive", o.keepAlive,
+		"policy", o.policy, "policy_time_scale", o.timeScale)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")

@@ -397,3 +397,70 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
+
+func TestPolicyFlags(t *testing.T) {
+	for _, o := range []options{
+		{policy: "nonesuch", timeScale: 1},
+		{policy: "hybrid", timeScale: 0},
+		{policy: "fixed--1m", timeScale: 1},
+		{keepAlive: -time.Second, timeScale: 1},
+		{policy: "hybrid", timeScale: 1, spares: -1},
+	} {
+		if _, err := newPolicies(o); err == nil {
+			t.Errorf("policy %q, scale %v, keep-alive %v, spares %d: accepted", o.policy, o.timeScale, o.keepAlive, o.spares)
+		}
+	}
+	ps, err := newPolicies(options{keepAlive: 90 * time.Second, timeScale: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := ps("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw, ka := def.Decide("f", time.Now(), time.Now()); pw != 0 || ka != 90*time.Second {
+		t.Errorf("default without --policy: pre-warm %v, keep-alive %v; want fixed --keep-alive 1m30s", pw, ka)
+	}
+	if p, err := ps("reuse+hybrid"); err != nil || !p.Lends() {
+		t.Errorf("a function's reuse+hybrid: %v", err)
+	}
+	if _, err := ps("bogus"); err == nil {
+		t.Error("a function's unknown policy accepted")
+	}
+}
+
+// TestReusePolicyLends runs the server under --policy reuse+fixed-1m: a function with no idle
+// sandbox borrows one of another whose imports cover it, and GET /stats counts the lend.
+func TestReusePolicyLends(t *testing.T) {
+	bin, rootfsDir := buildServer(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	srv, c, _ := startServer(t, bin, rootfsDir, stateDir, nil, "--policy", "reuse+fixed-1m", "--spare-sandboxes", "0")
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		srv.Wait()
+	}()
+	ctx := context.Background()
+	var code strings.Builder
+	if err := sandboxapi.ArchiveDir(writeHandler(t), &code); err != nil {
+		t.Fatal(err)
+	}
+	for name, imports := range map[string][]string{"lender": {"json", "decimal"}, "borrower": {"decimal"}} {
+		spec := sandboxapi.FunctionSpec{Name: name, Image: "python3-bookworm", Entry: "main.handler", Imports: imports}
+		if err := c.Register(ctx, spec, strings.NewReader(code.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, path, err := c.Run(ctx, "lender", []byte(`{"who":"x"}`)); err != nil || path != sandboxapi.Warm {
+		t.Fatalf("lender: %s, %v", path, err)
+	}
+	if _, path, err := c.Run(ctx, "borrower", []byte(`{"who":"x"}`)); err != nil || path != sandboxapi.Borrowed {
+		t.Fatalf("borrower: %s, %v; want borrowed", path, err)
+	}
+	st, err := c.ServerStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Lends != 1 || st.ColdStartsSaved != 1 || st.Functions != 2 {
+		t.Errorf("server stats %+v, want one lend saving one cold start", st)
+	}
+}

@@ -127,6 +127,7 @@ func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 	fl.DurationVar(&timeout, "handler-timeout", 10*time.Second, "per-invocation time limit; the sandbox is killed after it")
 	fl.StringSliceVar(&spec.Imports, "imports", nil, "modules the function's own zygote imports")
 	fl.StringSliceVar(&spec.Packages, "packages", nil, "install-cache packages put on the handler's sys.path")
+	fl.StringVar(&spec.Policy, "policy", "", "keep-alive and pre-warm policy of its idle sandboxes, as obd sim names them (fixed-10m, hybrid, predictive, reuse+hybrid); default: the server's")
 	cmd.MarkFlagRequired("image")
 	return cmd
 }

@@ -11,6 +11,7 @@
 //	                             code arrives only by upload, never as a path on the server
 //	GET    /functions            list: JSON []FunctionSpec
 //	GET    /functions/NAME/stats counters: JSON Stats
+//	GET    /stats                server-wide counters: JSON ServerStats
 //	DELETE /functions/NAME       unregister
 //	POST   /run/NAME             invoke: JSON event in, the handler's JSON result out, with
 //	                             HeaderStartPath and HeaderStartTime set
@@ -38,19 +39,30 @@ type FunctionSpec struct {
 	ScratchMB int64    `json:"scratch_mb,omitempty"` // size of its /tmp
 	Imports   []string `json:"imports,omitempty"`
 	Packages  []string `json:"packages,omitempty"`
+	// Policy names the keep-alive and pre-warm policy of its idle sandboxes, as `obd sim`
+	// names policies ("fixed-10m", "hybrid", "predictive", "reuse+hybrid"); empty: the
+	// server's default.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Stats are a function's counters.
 type Stats struct {
-	Name        string        `json:"name"`
-	Invocations int64         `json:"invocations"`
-	Errors      int64         `json:"errors"`
-	Cold        int64         `json:"cold"`
-	Warm        int64         `json:"warm"`
-	Hot         int64         `json:"hot"`
-	Idle        int           `json:"idle"`
-	Busy        int           `json:"busy"`
-	TotalTime   time.Duration `json:"total_time_ns"`
+	Name        string `json:"name"`
+	Invocations int64  `json:"invocations"`
+	Errors      int64  `json:"errors"`
+	Cold        int64  `json:"cold"`
+	Warm        int64  `json:"warm"`
+	Hot         int64  `json:"hot"`
+	PreWarmed   int64  `json:"prewarmed"` // served by a sandbox its policy started ahead
+	Borrowed    int64  `json:"borrowed"`  // served by an idle sandbox lent by another function
+	Lent        int64  `json:"lent"`      // its idle sandboxes lent to other functions
+	PreWarms    int64  `json:"prewarms"`  // sandboxes started ahead by its policy
+	// IdleMBSeconds is memory (the function's limit) × time its sandboxes sat idle in the
+	// handler cache, pre-warmed ones included, up to now: the simulator's wasted memory-time.
+	IdleMBSeconds float64       `json:"idle_mb_seconds"`
+	Idle          int           `json:"idle"`
+	Busy          int           `json:"busy"`
+	TotalTime     time.Duration `json:"total_time_ns"`
 }
 
 // StartPath says how the sandbox that served an invocation was obtained.
@@ -60,7 +72,26 @@ const (
 	Cold StartPath = "cold" // new process started by the server
 	Warm StartPath = "warm" // forked from a zygote
 	Hot  StartPath = "hot"  // thawed from the handler cache
+	// PreWarmed: started ahead of the invocation by the function's policy (pre-warm), idle in
+	// the handler cache.
+	PreWarmed StartPath = "prewarmed"
+	// Borrowed: another function's idle sandbox, lent under a reuse policy: its code, /tmp,
+	// environment and modules scrubbed, the function's own code imported.
+	Borrowed StartPath = "borrowed"
 )
+
+// ServerStats are the server's counters over all functions.
+type ServerStats struct {
+	Functions int `json:"functions"`
+	// Lends counts idle sandboxes lent to another function; ColdStartsSaved those lends
+	// that served the invocation (each a start that did not happen); LendFailures the
+	// lends that failed and fell back to a start.
+	Lends           int64   `json:"lends"`
+	ColdStartsSaved int64   `json:"cold_starts_saved"`
+	LendFailures    int64   `json:"lend_failures"`
+	PreWarms        int64   `json:"prewarms"`
+	IdleMBSeconds   float64 `json:"idle_mb_seconds"`
+}
 
 // Response headers of POST /run/NAME.
 const (

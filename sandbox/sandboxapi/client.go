@@ -136,6 +136,12 @@ func (c *Client) Stats(ctx context.Context, name string) (Stats, error) {
 	return st, c.getJSON(ctx, "/functions/"+url.PathEscape(name)+"/stats", &st)
 }
 
+// ServerStats returns the server's counters over all functions.
+func (c *Client) ServerStats(ctx context.Context) (ServerStats, error) {
+	var st ServerStats
+	return st, c.getJSON(ctx, "/stats", &st)
+}
+
 // Delete unregisters function name.
 func (c *Client) Delete(ctx context.Context, name string) error {
 	resp, err := c.do(ctx, http.MethodDelete, "/functions/"+url.PathEscape(name), "", nil)

@@ -225,6 +225,31 @@ def handler(event):
             return {"errno": errno.errorcode.get(e.errno, str(e))}
         finally:
             srv.close()
+    if op == "taint":
+        # Leave what a lent sandbox must not pass on: a file in /tmp, an environment
+        # variable, a child process and an open file.
+        with open("/tmp/lender-secret", "w") as f:
+            f.write("secret")
+        os.environ["LENDER_SECRET"] = "secret"
+        LISTENERS.append(open("/tmp/lender-secret"))
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        return {"child": pid}
+    if op == "inspect":
+        # What this sandbox holds: its code dir, its scratch, the environment, whether a pid
+        # is alive, and the handler module's own file.
+        alive = None
+        if event.get("pid"):
+            try:
+                os.kill(event["pid"], 0)
+                alive = True
+            except OSError:
+                alive = False
+        return {"srv": sorted(os.listdir("/srv")), "tmp": sorted(os.listdir("/tmp")),
+                "env": os.environ.get("LENDER_SECRET"), "alive": alive, "cwd": sorted(os.listdir(".")),
+                "tainted": len(LISTENERS)}
     if op == "crash":
         os._exit(3)
     if op == "loop":
