@@ -1,9 +1,7 @@
 package checkpoint
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,15 +14,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/obdproject/obd/internal/ckpthandler"
 	"github.com/obdproject/obd/internal/facility"
 )
 
 // python is the interpreter the test handler runs on: Debian's, as in the sandbox images.
 const python = "/usr/bin/python3"
-
-// replyTimeout bounds a wait for one reply, so a broken restore fails the test instead of
-// hanging it; it is not a performance bound.
-const replyTimeout = 60 * time.Second
 
 // needCRIU returns the installed criu; a machine without it, root or python3 skips the test
 // with the reason (a failure under OBD_REQUIRE_E2E=1: `make deps` installs criu).
@@ -48,55 +43,16 @@ func needCRIU(tb testing.TB) *CRIU {
 
 func handlerSpec(tb testing.TB) Spec {
 	tb.Helper()
-	script, err := filepath.Abs("testdata/handler.py")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	script := ckpthandler.Script()
 	return Spec{Path: python, Args: []string{"python3", "-I", script}, Dir: "/", Env: []string{"LANG=C.UTF-8"}}
 }
 
-// client speaks the test handler's protocol over a Process's pipes.
-type client struct {
-	p *Process
-	r *bufio.Reader
-}
+type (
+	client = ckpthandler.Client
+	reply  = ckpthandler.Reply
+)
 
-func newClient(p *Process) *client { return &client{p: p, r: bufio.NewReader(p.Stdout)} }
-
-type reply struct {
-	Ready  bool    `json:"ready"`
-	InitMS float64 `json:"init_ms"`
-	K      int     `json:"k"`
-	V      string  `json:"v"`
-	Served int     `json:"served"`
-	Pid    int     `json:"pid"`
-}
-
-func (c *client) read() (reply, error) {
-	var r reply
-	if err := c.p.Stdout.SetReadDeadline(time.Now().Add(replyTimeout)); err != nil {
-		return r, err
-	}
-	line, err := c.r.ReadBytes('\n')
-	if err != nil {
-		return r, fmt.Errorf("reading a reply: %w (stderr: %s)", err, c.p.Stderr())
-	}
-	if err := json.Unmarshal(line, &r); err != nil {
-		return r, fmt.Errorf("reply %q: %w", line, err)
-	}
-	return r, nil
-}
-
-func (c *client) ask(k int) (reply, error) {
-	if _, err := fmt.Fprintf(c.p.Stdin, "{\"k\": %d}\n", k); err != nil {
-		return reply{}, fmt.Errorf("sending a request: %w", err)
-	}
-	r, err := c.read()
-	if err == nil && r.K != k {
-		err = fmt.Errorf("asked for %d, got a reply for %d", k, r.K)
-	}
-	return r, err
-}
+func newClient(p *Process) *client { return ckpthandler.New(p.Stdin, p.Stdout, p.Stderr) }
 
 // coldStart starts the handler, waits for it to be initialized and asks it one request.
 func coldStart(tb testing.TB, spec Spec) (*Process, *client, reply) {
@@ -107,11 +63,11 @@ func coldStart(tb testing.TB, spec Spec) (*Process, *client, reply) {
 	}
 	tb.Cleanup(func() { p.Close() })
 	c := newClient(p)
-	ready, err := c.read()
+	ready, err := c.Read()
 	if err != nil || !ready.Ready {
 		tb.Fatalf("cold start: %+v, %v", ready, err)
 	}
-	r, err := c.ask(1)
+	r, err := c.Ask(1)
 	if err != nil {
 		tb.Fatalf("cold start: %v", err)
 	}
@@ -147,7 +103,7 @@ func TestDumpRestore(t *testing.T) {
 	default:
 		t.Fatal("the dumped handler still runs")
 	}
-	if _, err := origClient.ask(2); err == nil {
+	if _, err := origClient.Ask(2); err == nil {
 		t.Fatal("the dumped handler still answers")
 	}
 	if err := criu.Dump(context.Background(), orig, dir); err == nil {
@@ -180,7 +136,7 @@ func TestDumpRestore(t *testing.T) {
 	}
 	for i, c := range clients {
 		for want := 2; want <= 3; want++ {
-			r, err := c.ask(100 + want)
+			r, err := c.Ask(100 + want)
 			if err != nil {
 				t.Fatalf("restore %d: %v", i, err)
 			}
@@ -204,7 +160,7 @@ func TestDumpRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	lazyP, lazyC := restore(t, criu, ro, RestoreOptions{LazyPages: true})
-	r, err := lazyC.ask(19999)
+	r, err := lazyC.Ask(19999)
 	if err != nil {
 		t.Fatalf("lazy restore: %v", err)
 	}
@@ -298,7 +254,7 @@ func benchmarkStart(b *testing.B, criu *CRIU, spec Spec) {
 	timeRestore := func(opts RestoreOptions) time.Duration {
 		start := time.Now()
 		p, c := restore(b, criu, dir, opts)
-		if _, err := c.ask(5); err != nil {
+		if _, err := c.Ask(5); err != nil {
 			b.Fatal(err)
 		}
 		d := time.Since(start)

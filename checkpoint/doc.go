@@ -21,6 +21,10 @@
 // a `criu lazy-pages` daemon serves the private memory through userfaultfd: the process runs
 // before its memory is copied in, and pages arrive on first touch or in the background.
 //
+// sandbox/ckptstart stores a checkpoint like an image (an obd layer artifact of the function's
+// image, package ckptimage) and restores from it attached through bdd; Restore only needs the
+// directory, which may be a read-only mount.
+//
 // criu keeps its probe of the kernel's features in KdatDir, a root-only tmpfs directory this
 // package creates (see scripts/build-criu.sh for why), so only the first criu run on a boot
 // pays for the probe.

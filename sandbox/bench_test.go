@@ -213,6 +213,13 @@ func throughput(b *testing.B, m *Manager, workers, total int) float64 {
 // rootfs provider and the image's reference: the start paths are measured on it too.
 var RegistryImage func(b *testing.B) (RootfsProvider, string)
 
+// CheckpointStarts, set by bench_registry_test.go, checkpoints package checkpoint's handler
+// into the registry as an obd layer artifact of the image and measures, in one run, n cold
+// starts of that handler against n restores of it (eager and lazy) through bdd, gap apart;
+// first is the first restore (find, attach, mount, lazy restore, first answer) on a bdd cache
+// without the checkpoint.
+var CheckpointStarts func(b *testing.B, n int, gap time.Duration) (first time.Duration, cold, eager, lazy []time.Duration)
+
 // registryPaths measures the cold, warm and hot paths on the obd image by reference: register
 // (resolve, attach, mount, runtime zygote) on a bdd that never read the image, its first
 // start, then the paths as on the local rootfs.
@@ -244,7 +251,7 @@ func registryPaths(b *testing.B, coldN, warmN, hotN int) (first, cold, warm, hot
 // nerdctl run is measured too when containerd and nerdctl are installed (make deps).
 // Run with -benchtime 1x (make bench-sandbox); each pass takes the full sample.
 func BenchmarkStartPaths(b *testing.B) {
-	const coldN, warmN, hotN, runcN, nerdctlN, rateN = 30, 200, 500, 20, 10, 1000
+	const coldN, warmN, hotN, runcN, nerdctlN, rateN, restoreN = 30, 200, 500, 20, 10, 1000, 10
 	rootfs := filepath.Join(testRootfs(b), "python3-bookworm")
 	for i := 0; i < b.N; i++ {
 		cold := measureInvoke(b, benchManager(b, func(c *Config) { c.NoZygotes = true }), "bench", coldN, sandboxapi.Cold, arrivalGap)
@@ -263,6 +270,11 @@ func BenchmarkStartPaths(b *testing.B) {
 		var regFirst, regCold, regWarm, regHot latencies
 		if RegistryImage != nil {
 			regFirst, regCold, regWarm, regHot = registryPaths(b, coldN, warmN, hotN)
+		}
+		var ckFirst time.Duration
+		var ckCold, ckEager, ckLazy latencies
+		if CheckpointStarts != nil {
+			ckFirst, ckCold, ckEager, ckLazy = CheckpointStarts(b, restoreN, arrivalGap)
 		}
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
@@ -284,6 +296,13 @@ func BenchmarkStartPaths(b *testing.B) {
 			row("  cold", regCold)
 			row("  warm", regWarm)
 			row("  hot", regHot)
+		}
+		if ckCold != nil {
+			fmt.Printf("  checkpoint/restore (checkpoint handler: 20 imports, a sqlite table; unconfined; checkpoint an obd layer artifact via bdd):\n")
+			row("  cold (new python3)", ckCold)
+			row("  restore", ckEager)
+			row("  lazy restore (uffd)", ckLazy)
+			row("  first (attach+restore)", latencies{ckFirst})
 		}
 		if runcErr == nil {
 			row("runc run", runc)
@@ -312,6 +331,14 @@ func BenchmarkStartPaths(b *testing.B) {
 			b.ReportMetric(ms(regCold.pct(0.5)), "ref-cold-p50-ms")
 			b.ReportMetric(ms(regWarm.pct(0.5)), "ref-warm-p50-ms")
 			b.ReportMetric(ms(regHot.pct(0.5)), "ref-hot-p50-ms")
+		}
+		if ckCold != nil {
+			b.ReportMetric(ms(ckCold.pct(0.5)), "ckpt-cold-p50-ms")
+			b.ReportMetric(ms(ckEager.pct(0.5)), "restore-p50-ms")
+			b.ReportMetric(ms(ckLazy.pct(0.5)), "lazy-restore-p50-ms")
+			b.ReportMetric(ms(ckFirst), "first-restore-ms")
+			b.ReportMetric(float64(ckCold.pct(0.5))/float64(ckEager.pct(0.5)), "cold/restore-x")
+			b.ReportMetric(float64(ckCold.pct(0.5))/float64(ckLazy.pct(0.5)), "cold/lazy-restore-x")
 		}
 		if runcErr == nil {
 			b.ReportMetric(ms(runc.pct(0.5)), "runc-p50-ms")

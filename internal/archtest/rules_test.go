@@ -23,6 +23,13 @@ var rules = []rule{
 		deny:  []string{"remotefetch/...", "bdd/...", "blockdev/...", "snapshotter/...", "convert/...", "sandbox/...", "api/..."},
 	},
 	{
+		// It converts the checkpoint into a layer in process, as obd convert does.
+		name:  "the checkpoint store links no daemon, fetcher or sandbox",
+		from:  []string{"ckptimage/..."},
+		scope: links,
+		deny:  []string{"bdd/...", "remotefetch/...", "snapshotter/...", "sandbox/...", "api/...", "checkpoint/..."},
+	},
+	{
 		name:  "the fetcher links no layer format",
 		from:  []string{"remotefetch/..."},
 		scope: links,
@@ -90,5 +97,5 @@ var (
 	// bddclient.
 	daemonTransportFetcher = []string{"bdd/...", "blockdev/...", "remotefetch/..."}
 	// bddClients talk to bdd through api/bdd/v1 and bddclient.
-	bddClients = []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs", "tracerec/..."}
+	bddClients = []string{"ctr-plugin/...", "cmd/obd", "cmd/obd-lambda", "sandbox/bddrootfs", "sandbox/ckptstart", "tracerec/..."}
 )

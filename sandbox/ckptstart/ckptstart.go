@@ -1,0 +1,90 @@
+// Package ckptstart is the checkpoint/restore start path (Catalyzer) with the checkpoint stored
+// like an image: Checkpoint dumps an initialized handler once (package checkpoint, CRIU) and
+// pushes the dump as an obd layer artifact of the function's image (package ckptimage); on a
+// node with no warm zygote, Prepare finds that artifact, attaches its layer read-only through
+// bdd and mounts it (sandbox/bddrootfs: blocks fetched lazily, each range checked against the
+// layer's range table), and Restore restores the handler from the mount, its private memory
+// served through userfaultfd by `criu lazy-pages` when asked, so only the pages the restore
+// reads are fetched before the handler runs. It sits beside package sandbox as a start path
+// and is a client of bdd (api/bdd/v1 through bddrootfs), never linking the daemon.
+//
+// The handler is package checkpoint's: PID 1 of its own PID namespace, talking over pipes. A
+// handler confined as package sandbox confines it cannot be dumped yet (docs/CHECKPOINT.md,
+// "Checkpointing a sandboxed handler").
+package ckptstart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/remotes"
+
+	"github.com/obdproject/obd/checkpoint"
+	"github.com/obdproject/obd/ckptimage"
+	"github.com/obdproject/obd/obdimage"
+	"github.com/obdproject/obd/sandbox/bddrootfs"
+)
+
+// Checkpoint dumps p, an initialized handler (quiescent, blocked reading its next request),
+// which ends it, and pushes the dump as the checkpoint artifact of img for function. workDir
+// holds the dump and the conversion's scratch files, removed after.
+func Checkpoint(ctx context.Context, criu *checkpoint.CRIU, p *checkpoint.Process, resolver remotes.Resolver, img obdimage.Image,
+	function, workDir string) (ckptimage.Checkpoint, error) {
+	work, err := os.MkdirTemp(workDir, "dump-")
+	if err != nil {
+		return ckptimage.Checkpoint{}, fmt.Errorf("ckptstart: %w", err)
+	}
+	defer os.RemoveAll(work)
+	dir := filepath.Join(work, "img")
+	if err := criu.Dump(ctx, p, dir); err != nil {
+		return ckptimage.Checkpoint{}, err
+	}
+	return ckptimage.Push(ctx, resolver, img, dir, ckptimage.Info{Function: function, CRIU: criu.Version}, ckptimage.Options{WorkDir: work})
+}
+
+// Prepared is a function's checkpoint attached and mounted on this node: restores read it.
+type Prepared struct {
+	Checkpoint ckptimage.Checkpoint
+	Dir        string // the mounted checkpoint: CRIU's images
+	criu       *checkpoint.CRIU
+	release    func() error
+}
+
+// Prepare finds the newest checkpoint of img for function in the registry and attaches and
+// mounts its layer through rootfs's bdd. ckptimage.ErrNoCheckpoint when there is none.
+func Prepare(ctx context.Context, criu *checkpoint.CRIU, rootfs *bddrootfs.Provider, resolver remotes.Resolver, img obdimage.Image,
+	function string) (*Prepared, error) {
+	c, err := ckptimage.Find(ctx, resolver, img, function)
+	if err != nil {
+		return nil, err
+	}
+	dir, release, err := rootfs.Acquire(ctx, c.LayerRef())
+	if err != nil {
+		return nil, fmt.Errorf("ckptstart: checkpoint %s: %w", c.Artifact.Digest, err)
+	}
+	return &Prepared{Checkpoint: c, Dir: dir, criu: criu, release: release}, nil
+}
+
+// Restore restores the checkpointed handler from the mount: a new process with new pipes,
+// in the state it was dumped in. lazy restores its private memory through userfaultfd.
+func (p *Prepared) Restore(ctx context.Context, lazy bool) (*checkpoint.Process, error) {
+	proc, err := p.criu.Restore(ctx, p.Dir, checkpoint.RestoreOptions{LazyPages: lazy})
+	if err != nil {
+		return nil, fmt.Errorf("ckptstart: restore %s: %w", p.Checkpoint.Artifact.Digest, err)
+	}
+	return proc, nil
+}
+
+// Close unmounts and detaches the checkpoint; restored processes must have exited (their
+// mappings of the mount keep it busy).
+func (p *Prepared) Close() error {
+	if p.release == nil {
+		return errors.New("ckptstart: closed twice")
+	}
+	err := p.release()
+	p.release = nil
+	return err
+}
