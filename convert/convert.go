@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/rangetable"
 	"github.com/obdproject/obd/zfile"
 )
@@ -71,6 +74,14 @@ type Options struct {
 	// pushed). An error leaves the tag as it was and fails Convert. `obd convert
 	// --record-trace` records the image's start here.
 	BeforeTag func(ctx context.Context, desc ocispec.Descriptor) error
+	// IPFS, when set, names each converted layer by its IPFS CID, as this kubo node computes
+	// it (package ipfsnode): the ipfs://<CID> URL goes in the layer descriptor's urls (the
+	// convention of nerdctl and stargz) and in its imagelabels.IPFSURL annotation, which
+	// reaches the snapshotter and bdd. Nodes that hold the layer whole then serve it to their
+	// peers. With IPFSPin this node stores the layers and serves them too; without, it only
+	// computes the CIDs.
+	IPFS    *ipfsnode.Client
+	IPFSPin bool
 }
 
 // Converter converts images. It may be reused; converted layers are cached
@@ -332,6 +343,9 @@ func (r *run) convertManifest(ctx context.Context, desc ocispec.Descriptor) (oci
 	for i, l := range m.Layers {
 		uuid := layerUUID(chains[i])
 		blob, d, err := r.layer(ctx, l, cfg.diffIDs[i], chains[i], layerBuild{lowers: lowers, uuid: uuid, parentUUID: parentUUID, name: l.Digest.String()})
+		if err == nil {
+			d, err = r.nameIPFS(ctx, blob, d)
+		}
 		if err != nil {
 			return desc, fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
 		}
@@ -399,6 +413,32 @@ func (r *run) layer(ctx context.Context, src ocispec.Descriptor, diffID, chain d
 	}
 	r.result.Layers++
 	return blob, d, nil
+}
+
+// nameIPFS adds the converted layer blob at path to Options.IPFS, when set, and names it in
+// d by the CID it got.
+func (r *run) nameIPFS(ctx context.Context, path string, d ocispec.Descriptor) (ocispec.Descriptor, error) {
+	if r.c.opts.IPFS == nil {
+		return d, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return d, err
+	}
+	defer f.Close()
+	cid, err := r.c.opts.IPFS.Add(ctx, f, r.c.opts.IPFSPin)
+	if err != nil {
+		return d, fmt.Errorf("IPFS: %w", err)
+	}
+	u := ipfsnode.Scheme + cid
+	d.URLs = []string{u}
+	d.Annotations = maps.Clone(d.Annotations)
+	if d.Annotations == nil {
+		d.Annotations = map[string]string{}
+	}
+	d.Annotations[imagelabels.IPFSURL] = u
+	r.c.log.Info("layer named in IPFS", "blob", d.Digest.String(), "url", u, "pinned", r.c.opts.IPFSPin)
+	return d, nil
 }
 
 func (r *run) convertLayer(ctx context.Context, src ocispec.Descriptor, diffID digest.Digest, b layerBuild, dir string) (ocispec.Descriptor, error) {

@@ -20,6 +20,8 @@ import (
 	"github.com/obdproject/obd/convert/internal/fstree"
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/facility"
+	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/rangetable"
@@ -319,6 +321,38 @@ func TestConvertZstdLevel(t *testing.T) {
 
 // TestConvertBeforeTag: Options.BeforeTag sees the converted image once it is at the
 // destination, and its error fails the conversion with the destination's tag left unset.
+// With an IPFS node, each converted layer is named ipfs://<CID> in its descriptor's urls and
+// annotation, the CID kubo's CLI gives the blob; without IPFSPin nothing is stored.
+func TestConvertNamesLayersInIPFS(t *testing.T) {
+	requireDevices(t)
+	k := testenv.StartKubo(t, testenv.KuboOptions{})
+	client, err := ipfsnode.NewClient(k.API)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := fixtureLayout(t)
+	tmp := t.TempDir()
+	c, err := convert.New(convert.Options{WorkDir: filepath.Join(tmp, "work"), VirtualSize: 256 << 20, IPFS: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(tmp, "dst")
+	if _, err := c.Convert(context.Background(), "oci:"+src+":v1", "oci:"+dst+":obd"); err != nil {
+		t.Fatal(err)
+	}
+	m := readManifest(t, dst, "obd")
+	for _, l := range m.Layers {
+		want := ipfsnode.Scheme + k.Run(t, "add", "-q", "--only-hash", "--cid-version", "1", blobPath(dst, l.Digest.Encoded()))
+		if len(l.URLs) != 1 || l.URLs[0] != want || l.Annotations[imagelabels.IPFSURL] != want {
+			t.Fatalf("layer %s: urls %v, annotation %q; want %s in both", l.Digest, l.URLs, l.Annotations[imagelabels.IPFSURL], want)
+		}
+		cid, _ := ipfsnode.ParseURL(want)
+		if k.Pinned(cid) {
+			t.Fatalf("layer %s is stored in the node without IPFSPin", l.Digest)
+		}
+	}
+}
+
 func TestConvertBeforeTag(t *testing.T) {
 	requireDevices(t)
 	src := fixtureLayout(t)

@@ -35,6 +35,10 @@ const (
 	// RangeTableOffset is where in the blob the range table starts, in decimal: the table
 	// covers the bytes before it and runs to the end of the blob.
 	RangeTableOffset = "containerd.io/snapshot/obd/range-table-offset"
+	// IPFSURL is the layer's ipfs://<CID> URL, the one its descriptor's urls name (the IPFS
+	// image convention of nerdctl and stargz, package ipfsnode): containerd hands the
+	// snapshotter annotations, not urls, so obd convert writes it in both. It is obd's own.
+	IPFSURL = "containerd.io/snapshot/obd/ipfs-url"
 )
 
 // Labels that a pull adds to a layer for the snapshotter.

@@ -232,6 +232,9 @@ func (b *BDDDevices) attachRequest(key string, layers []RemoteLayer, upperDir st
 		}
 		blob := &bddv1.RemoteBlob{Ref: repo, Digest: layer.Digest.String(), Size: layer.Size,
 			RangeTable: layer.RangeTable.String(), RangeTableOffset: layer.RangeTableOffset}
+		if layer.IPFSURL != "" {
+			blob.Urls = []string{layer.IPFSURL}
+		}
 		if ix := layer.Index; ix != nil {
 			part := func(b IndexBlob) *bddv1.RemoteBlob {
 				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size}

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/obdproject/obd/imagelabels"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/tracestore"
 )
@@ -32,6 +33,9 @@ type RemoteLayer struct {
 	// which bdd checks every fetched range against; empty for a blob without one.
 	RangeTable       digest.Digest `json:"rangeTable,omitempty"`
 	RangeTableOffset int64         `json:"rangeTableOffset,omitempty"`
+	// IPFSURL is the blob's ipfs://<CID> URL (imagelabels.IPFSURL), which bdd reads it
+	// through when it has an IPFS gateway; empty for a blob without one.
+	IPFSURL string `json:"ipfsURL,omitempty"`
 	// Index, for an ordinary OCI layer blob read through its lazy-start index (obd index),
 	// names the index's blobs in the same repository; nil for an overlaybd blob.
 	Index *LayerIndex `json:"index,omitempty"`
@@ -97,7 +101,14 @@ func remoteLayerFromLabels(labels map[string]string) (layer RemoteLayer, ok bool
 	if err != nil {
 		return RemoteLayer{}, true, fmt.Errorf("%w: blob %s: %w", ErrBadLayerLabels, dgst, err)
 	}
-	return RemoteLayer{Ref: ref, Digest: dgst, Size: size, Manifest: manifest, RangeTable: table, RangeTableOffset: tableOff}, true, nil
+	ipfsURL := labels[imagelabels.IPFSURL]
+	if ipfsURL != "" {
+		if _, err := ipfsnode.ParseURL(ipfsURL); err != nil {
+			return RemoteLayer{}, true, fmt.Errorf("%w: blob %s: %s: %w", ErrBadLayerLabels, dgst, imagelabels.IPFSURL, err)
+		}
+	}
+	return RemoteLayer{Ref: ref, Digest: dgst, Size: size, Manifest: manifest, RangeTable: table, RangeTableOffset: tableOff,
+		IPFSURL: ipfsURL}, true, nil
 }
 
 // writeLayerRecord stores the blob of a lazy snapshot in its directory; the record's presence is

@@ -125,6 +125,19 @@ func TestRemoteLayerRangeTableLabels(t *testing.T) {
 	}
 }
 
+func TestRemoteLayerIPFSLabel(t *testing.T) {
+	labels := map[string]string{imagelabels.BlobDigest: "sha256:" + strings.Repeat("d", 64), imagelabels.BlobSize: "100000",
+		imagelabels.ImageRef: "a/b:1", imagelabels.IPFSURL: "ipfs://bafybeiey4h6pdr6wjkphvtrighj6gnxwsl63kaqy5xzx5hpaox3ujxxm4i"}
+	layer, _, err := remoteLayerFromLabels(labels)
+	if err != nil || layer.IPFSURL != labels[imagelabels.IPFSURL] {
+		t.Fatalf("layer %+v, err %v", layer, err)
+	}
+	labels[imagelabels.IPFSURL] = "https://example.com/blob"
+	if _, _, err := remoteLayerFromLabels(labels); !errors.Is(err, ErrBadLayerLabels) {
+		t.Fatalf("a non-IPFS URL label: err %v, want ErrBadLayerLabels", err)
+	}
+}
+
 // A replayed trace names its blobs as the device will: the image's repository and range
 // table win over whatever the trace says.
 func TestPinTrace(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
 	"github.com/obdproject/obd/bddclient"
 	"github.com/obdproject/obd/convert"
+	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/quantity"
 	"github.com/obdproject/obd/tracerec"
 	"github.com/obdproject/obd/zfile"
@@ -29,7 +30,8 @@ import (
 func newConvertCmd() *cobra.Command {
 	var (
 		algorithm, vsize, workDir, blockSize string
-		rangeChunk                           string
+		rangeChunk, ipfsAPI                  string
+		ipfsPin                              bool
 		platforms                            []string
 		level                                int
 		reg                                  convert.RegistryOptions
@@ -100,7 +102,17 @@ func newConvertCmd() *cobra.Command {
 			defer recorder.close()
 			opts := convert.Options{
 				Algorithm: algo, Level: level, BlockSize: int(block), VirtualSize: int64(size), RangeChunk: int64(chunk),
-				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr,
+				Platforms: platforms, WorkDir: workDir, Registry: reg, Progress: os.Stderr, IPFSPin: ipfsPin,
+			}
+			if ipfsAPI != "" {
+				if chunk < 0 {
+					return errors.New("--ipfs-api needs range tables (--range-chunk): bdd reads only verified layers through IPFS")
+				}
+				if opts.IPFS, err = ipfsnode.NewClient(ipfsAPI); err != nil {
+					return fmt.Errorf("--ipfs-api: %w", err)
+				}
+			} else if ipfsPin {
+				return errors.New("--ipfs-pin needs --ipfs-api")
 			}
 			if recorder != nil {
 				// The trace is recorded before the tag moves: a failed recording leaves DST's
@@ -135,6 +147,8 @@ func newConvertCmd() *cobra.Command {
 	f.StringSliceVar(&platforms, "platform", nil, "convert only these platforms of a multi-platform image (e.g. linux/amd64); default all")
 	f.StringVar(&workDir, "work-dir", filepath.Join(os.TempDir(), "obd-convert"), "scratch space and converted-layer cache")
 	registryFlags(f, &reg)
+	f.StringVar(&ipfsAPI, "ipfs-api", "", "RPC API of a kubo node (http://127.0.0.1:5001): name each layer ipfs://<CID> for peer-to-peer reads")
+	f.BoolVar(&ipfsPin, "ipfs-pin", false, "with --ipfs-api: also store the layers in that node, which serves them to peers")
 	f.BoolVar(&rec.enabled, "record-trace", false, "run the converted image's command once and push its start trace with the image")
 	f.DurationVar(&rec.timeout, "record-timeout", tracerec.DefaultTimeout, "with --record-trace: stop the command after this long (and keep the trace)")
 	f.StringVar(&rec.socket, "bdd-socket", bddclient.DefaultSocket, "with --record-trace: control socket of the bdd that serves the image")
