@@ -67,9 +67,10 @@ proto:
 	cd api/bdd/v1 && protoc -I. --go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. bdd.proto
 
 # bench-fleet measures one node's start against a far origin (50 ms per request, 100 Mbit/s and
-# 1 Gbit/s) straight, through a cold and a warm zone mirror and with mirror-warm (about 10
-# minutes), then runs the fleet model on it: bench/fleet/firststart-*.json and fleet.png, the
-# README's "Zone mirrors" and "Fleet scale" figures. Needs root for the image
+# 1 Gbit/s) straight, through a cold and a warm zone mirror, with mirror-warm, and from IPFS
+# peers after a canary (about 15 minutes), then runs the fleet model on it:
+# bench/fleet/firststart-*.json and fleet.png, the README's "Zone mirrors" and "Fleet scale"
+# figures. Needs root for the image
 # (scripts/mkdedupimages.sh, obd convert) and the benchmark's python trace (bench-coldstart).
 .PHONY: bench-fleet
 bench-fleet: build

@@ -3,7 +3,7 @@
 // many bytes it asks of the origin registry, for each way of reaching the image: straight from
 // the origin, through a zone mirror (cold for the zone's first node, warm for the others),
 // through a mirror warmed on the first manifest GET (prediction, package mirrorwarm), and
-// peer to peer as modelled. It is a pure model beside the read path of docs/DESIGN.md: `obd
+// peer to peer through IPFS (kubo). It is a pure model beside the read path of docs/DESIGN.md: `obd
 // fleet-sim` runs it and charts it with gonum/plot.
 package fleetsim
 
@@ -23,6 +23,10 @@ const (
 	MirrorCold Mode = "mirror-cold"       // a zone mirror that holds nothing yet
 	MirrorWarm Mode = "mirror-warm"       // a zone mirror that holds the image
 	Predicted  Mode = "mirror+prediction" // a cold mirror warmed on the first manifest GET
+	P2P        Mode = "p2p"               // from peers (IPFS) that hold the image whole
+	// P2PSeed samples are a canary's: Start is from its start until its IPFS node holds the
+	// whole image for its peers, OriginBytes what the origin sent it meanwhile.
+	P2PSeed Mode = "p2p-seed"
 )
 
 // Sample is one measured node start.

@@ -16,10 +16,7 @@ type Config struct {
 	ZoneSize int     // nodes per zone mirror; default 100
 	OriginBW float64 // bytes/s the origin registry can send in all; default 10 Gbit/s
 	MirrorBW float64 // bytes/s one zone mirror can send; default 10 Gbit/s
-	// PeerRTT is the cost, per request, of finding and asking a peer that holds a range
-	// (P2P as modelled, not measured); default 5 ms.
-	PeerRTT time.Duration
-	Seed    uint64
+	Seed     uint64
 }
 
 func (c Config) withDefaults() Config {
@@ -29,12 +26,8 @@ func (c Config) withDefaults() Config {
 	c.ZoneSize = cmp.Or(c.ZoneSize, 100)
 	c.OriginBW = cmp.Or(c.OriginBW, 10e9/8)
 	c.MirrorBW = cmp.Or(c.MirrorBW, 10e9/8)
-	c.PeerRTT = cmp.Or(c.PeerRTT, 5*time.Millisecond)
 	return c
 }
-
-// P2P is the modelled peer-to-peer mode (not measured).
-const P2P Mode = "p2p (modelled)"
 
 // SimModes are the modes a simulation reports, in order.
 var SimModes = []Mode{Direct, MirrorCold, MirrorWarm, Predicted, P2P}
@@ -65,19 +58,22 @@ type Point struct {
 //     zone's warmer read the whole image from the origin; the nodes' reads go to the origin
 //     until the mirror holds what they read (the measured predicted run's origin bytes per
 //     node, less the image, count as such reads).
-//   - p2p (modelled): each range comes from the origin once for the whole fleet and from a
-//     peer for everyone else, at a peer lookup per request on top of a warm mirror's start.
+//   - p2p: peer to peer through IPFS as obd has it, where a node serves a blob to its peers
+//     once it holds all of it: a canary node starts the image from the origin and holds it
+//     whole after the measured seed time (the p2p-seed samples, whose origin bytes are the
+//     whole wave's); the fleet starts then, every node from its peers (the p2p samples), so a
+//     start takes the seed time plus a peer start. Peers' upload capacity is not modelled:
+//     IPFS spreads blocks through every node that has fetched them.
 func Simulate(f Figures, c Config) ([]Point, error) {
 	c = c.withDefaults()
 	med := map[Mode]Sample{}
-	for _, m := range []Mode{Direct, MirrorCold, MirrorWarm, Predicted} {
+	for _, m := range []Mode{Direct, MirrorCold, MirrorWarm, Predicted, P2PSeed, P2P} {
 		s, err := f.Median(m)
 		if err != nil {
 			return nil, err
 		}
 		med[m] = s
 	}
-	requests := float64(max(med[Direct].OriginGets, 1))
 	var out []Point
 	for _, n := range c.Nodes {
 		zones := (n + c.ZoneSize - 1) / c.ZoneSize
@@ -104,9 +100,8 @@ func Simulate(f Figures, c Config) ([]Point, error) {
 				p.OriginBytes = float64(zones)*image + float64(n)*direct
 				extra = drain(p.OriginBytes, float64(med[Predicted].OriginBytes), c.OriginBW, f.OriginBW)
 			case P2P:
-				p.OriginBytes = float64(med[Direct].OriginBytes)
-				samples = f.Modes[MirrorWarm]
-				extra = time.Duration(requests * float64(c.PeerRTT))
+				p.OriginBytes = float64(med[P2PSeed].OriginBytes)
+				extra = med[P2PSeed].Start
 			}
 			starts := make([]time.Duration, n)
 			for i := range starts {

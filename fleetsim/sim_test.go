@@ -18,6 +18,8 @@ func testFigures() Figures {
 			MirrorCold: {s(6*time.Second, 28<<20, 76)},
 			Predicted:  {s(4*time.Second, 160<<20, 60), s(5*time.Second, 160<<20, 60)},
 			MirrorWarm: {s(time.Second, 0, 0), s(2*time.Second, 0, 0)},
+			P2PSeed:    {s(30*time.Second, 155<<20, 80)},
+			P2P:        {s(time.Second, 0, 0), s(3*time.Second, 0, 0)},
 		}}
 }
 
@@ -48,8 +50,11 @@ func TestSimulate(t *testing.T) {
 	if got, want := at(10000, Predicted).OriginBytes, 100.0*(150<<20)+10000.0*(10<<20); got != want {
 		t.Errorf("prediction egress at 10000 nodes (100 zones) %.0f, want %.0f", got, want)
 	}
-	if got := at(10000, P2P).OriginBytes; got != 5<<20 {
-		t.Errorf("p2p egress %.0f, want one node's", got)
+	if got := at(10000, P2P).OriginBytes; got != 155<<20 {
+		t.Errorf("p2p egress %.0f, want the canary's", got)
+	}
+	if p := at(10000, P2P); p.P50 < 31*time.Second || p.P99 > 33*time.Second {
+		t.Errorf("p2p starts p50 %v p99 %v: want the seed time plus a peer start", p.P50, p.P99)
 	}
 	for _, p := range points {
 		if p.P99 < p.P50 || p.P50 <= 0 {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/blocktrace"
@@ -37,11 +38,13 @@ var (
 	flagBW    = flag.Int64("fleet.origin-bw", 100e6/8, "bytes/s of the link to the origin (0: unshaped)")
 	flagMRTT  = flag.Duration("fleet.mirror-rtt", time.Millisecond, "latency per request on the link to the mirror")
 	flagOut   = flag.String("fleet.out", "firststart.json", "where the figures go")
+	flagModes = flag.String("fleet.modes", "direct,mirror-cold,mirror+prediction,mirror-warm,p2p", "modes to measure, comma-separated")
+	flagMerge = flag.Bool("fleet.merge", false, "keep the modes -fleet.out holds already and replace only those measured")
 )
 
 // TestFirstStart measures one node's start against a far origin (-fleet.origin-rtt,
 // -fleet.origin-bw) with and without a near zone mirror, cold, warm, and warmed on the
-// manifest GET by mirrorwarm. A start is the node fetching the manifest and config, then
+// manifest GET by mirrorwarm, and from IPFS peers after a canary seeded the image (p2p_test.go). A start is the node fetching the manifest and config, then
 // reading the trace's ranges in first-read order, one at a time, through obd's fetcher with
 // bdd's settings (16 KiB fill units): the reads of a lazy start without a trace replay.
 // Every run has a fresh zone (origin link, mirror storage) and a fresh node cache.
@@ -59,6 +62,16 @@ func TestFirstStart(t *testing.T) {
 	probe.PushTrace(t, img, trace)
 
 	figs := fleetsim.Figures{OriginRTT: *flagRTT, MirrorRTT: *flagMRTT, OriginBW: *flagBW, Modes: map[fleetsim.Mode][]fleetsim.Sample{}}
+	if *flagMerge {
+		old, err := fleetsim.Load(*flagOut)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if old.OriginRTT != figs.OriginRTT || old.OriginBW != figs.OriginBW || old.MirrorRTT != figs.MirrorRTT {
+			t.Fatalf("-fleet.merge: %s was measured on other links (origin %v, %d bytes/s; mirror %v)", *flagOut, old.OriginRTT, old.OriginBW, old.MirrorRTT)
+		}
+		figs.Modes = old.Modes
+	}
 	for _, l := range img.Layers {
 		figs.ImageBytes += l.Size
 	}
@@ -71,13 +84,34 @@ func TestFirstStart(t *testing.T) {
 		"a start fetches manifest and config, then reads the trace's ranges in first-read order one at a time through remotefetch (16 KiB units)",
 		*flagImage, len(img.Layers), figs.ImageBytes, *flagTrace, figs.TraceBytes, *flagRTT, *flagBW, *flagMRTT)
 
-	modes := []fleetsim.Mode{fleetsim.Direct, fleetsim.MirrorCold, fleetsim.Predicted, fleetsim.MirrorWarm}
+	var modes []fleetsim.Mode
+	for m := range strings.SplitSeq(*flagModes, ",") {
+		mode := fleetsim.Mode(strings.TrimSpace(m))
+		if !slices.Contains([]fleetsim.Mode{fleetsim.Direct, fleetsim.MirrorCold, fleetsim.Predicted, fleetsim.MirrorWarm, fleetsim.P2P}, mode) {
+			t.Fatalf("-fleet.modes: unknown mode %q", m)
+		}
+		modes = append(modes, mode)
+		delete(figs.Modes, mode)
+		if mode == fleetsim.P2P {
+			delete(figs.Modes, fleetsim.P2PSeed)
+		}
+	}
+	logSample := func(run int, mode fleetsim.Mode, s fleetsim.Sample) {
+		figs.Modes[mode] = append(figs.Modes[mode], s)
+		t.Logf("run %d %-18s start %6.2fs  origin %6.1f MiB in %3d GETs  node %5.1f MiB", run, mode, s.Start.Seconds(),
+			float64(s.OriginBytes)/(1<<20), s.OriginGets, float64(s.NodeBytes)/(1<<20))
+	}
 	for run := range *flagRuns {
 		for _, mode := range modes {
-			s := measure(t, origin, img, trace, mode)
-			figs.Modes[mode] = append(figs.Modes[mode], s)
-			t.Logf("run %d %-18s start %6.2fs  origin %6.1f MiB in %3d GETs  node %5.1f MiB", run, mode, s.Start.Seconds(),
-				float64(s.OriginBytes)/(1<<20), s.OriginGets, float64(s.NodeBytes)/(1<<20))
+			if mode == fleetsim.P2P {
+				t.Run(fmt.Sprintf("p2p-%d", run), func(t *testing.T) {
+					seed, s := measureP2P(t, origin, img, layers, trace)
+					logSample(run, fleetsim.P2PSeed, seed)
+					logSample(run, mode, s)
+				})
+				continue
+			}
+			logSample(run, mode, measure(t, origin, img, trace, mode))
 		}
 	}
 	if err := figs.Save(*flagOut); err != nil {
@@ -123,10 +157,32 @@ func measure(t *testing.T, origin *testregistry.Registry, img testzone.Image, tr
 	}
 	defer f.Close()
 	originBytes, originGets := origin.BlobBytes(), origin.BlobGets()
+	took, nodeBytes := startImage(t, f, z.Ref(img.Repo), img, trace, nil)
+	if mode == fleetsim.Predicted {
+		// The warming goes on after the start: count its egress too.
+		w := warmer.Load()
+		for deadline := time.Now().Add(5 * time.Minute); w.Stats().Blobs+w.Stats().Errors < int64(len(img.Layers)) && w.Stats().Errors == 0; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the warmer did not finish: %+v", w.Stats())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return fleetsim.Sample{Start: took, OriginBytes: origin.BlobBytes() - originBytes, OriginGets: origin.BlobGets() - originGets, NodeBytes: nodeBytes}
+}
 
+// startImage runs one start on f: the manifest and config of the image in repository ref,
+// then the trace's ranges in first-read order, one at a time, each blob opened with what
+// opts gives for it, left open. It returns how long that took and the bytes f fetched for the
+// blobs.
+func startImage(t *testing.T, f *remotefetch.Fetcher, repo string, img testzone.Image, trace blocktrace.Trace,
+	opts func(digest.Digest) []remotefetch.OpenOption) (time.Duration, int64) {
+	if opts == nil {
+		opts = func(digest.Digest) []remotefetch.OpenOption { return nil }
+	}
 	start := time.Now()
 	ctx := t.Context()
-	ref := z.Ref(img.Repo) + ":" + img.Tag
+	ref := repo + ":" + img.Tag
 	resolver := f.Resolver()
 	name, desc, err := resolver.Resolve(ctx, ref)
 	if err != nil {
@@ -147,11 +203,12 @@ func measure(t *testing.T, origin *testregistry.Registry, img testzone.Image, tr
 	}
 	var reads []read
 	for _, tb := range trace.Blobs {
-		b, err := f.Open(ctx, ref, tb.Digest, tb.Size)
+		b, err := f.Open(ctx, ref, tb.Digest, tb.Size, opts(tb.Digest)...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer b.Close()
+		// Open until f closes (or the test ends): background fill, where f has it, goes on.
+		t.Cleanup(func() { b.Close() })
 		for _, r := range tb.Ranges {
 			reads = append(reads, read{b, r})
 		}
@@ -161,29 +218,19 @@ func measure(t *testing.T, origin *testregistry.Registry, img testzone.Image, tr
 	for _, rd := range reads {
 		buf := make([]byte, rd.r.Len)
 		if _, err := rd.b.ReadAt(buf, rd.r.Off); err != nil {
-			t.Fatalf("%s: read %d+%d: %v", mode, rd.r.Off, rd.r.Len, err)
+			t.Fatalf("read %s %d+%d: %v", rd.b.Digest(), rd.r.Off, rd.r.Len, err)
 		}
 	}
 	took := time.Since(start)
 	for _, tb := range trace.Blobs {
-		b, err := f.Open(ctx, ref, tb.Digest, tb.Size)
+		b, err := f.Open(ctx, ref, tb.Digest, tb.Size, opts(tb.Digest)...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		nodeBytes += int64(b.Stats().BytesFetched)
 		b.Close()
 	}
-	if mode == fleetsim.Predicted {
-		// The warming goes on after the start: count its egress too.
-		w := warmer.Load()
-		for deadline := time.Now().Add(5 * time.Minute); w.Stats().Blobs+w.Stats().Errors < int64(len(img.Layers)) && w.Stats().Errors == 0; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the warmer did not finish: %+v", w.Stats())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return fleetsim.Sample{Start: took, OriginBytes: origin.BlobBytes() - originBytes, OriginGets: origin.BlobGets() - originGets, NodeBytes: nodeBytes}
+	return took, nodeBytes
 }
 
 // loadImage reads the overlaybd image's layers from its OCI layout and the start trace.

@@ -31,7 +31,8 @@ func newFleetSimCmd() *cobra.Command {
 		Long: "fleet-sim reads the figures of bench/fleet (one node's start against a far origin: direct, through a\n" +
 			"warm zone mirror, through a cold mirror warmed on the manifest GET) and models fleets of nodes\n" +
 			"starting the image at once: the origin's egress and the p50/p99 start time per mode, with\n" +
-			"peer-to-peer as modelled. It prints a markdown table and can draw a PNG chart.",
+			"peer to peer through IPFS (a canary seeds the image, the fleet starts from its peers). It prints\n" +
+			"a markdown table and can draw a PNG chart.",
 		Example: "  go test ./bench/fleet -run TestFirstStart -fleet -fleet.out /tmp/firststart.json\n" +
 			"  obd fleet-sim --figures bench/fleet/firststart-1gbit.json --chart bench/fleet/fleet.png",
 		Args: cobra.NoArgs,
@@ -55,8 +56,8 @@ func newFleetSimCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Figures: %s\nFleet: zones of %d nodes, origin %g Gbit/s, mirrors %g Gbit/s, peer lookup %v.\n\n%s",
-				f.Note, cfg.ZoneSize, originGbit, mirrorGbit, cfg.PeerRTT, fleetsim.Markdown(points))
+			fmt.Fprintf(cmd.OutOrStdout(), "Figures: %s\nFleet: zones of %d nodes, origin %g Gbit/s, mirrors %g Gbit/s.\n\n%s",
+				f.Note, cfg.ZoneSize, originGbit, mirrorGbit, fleetsim.Markdown(points))
 			if chart == "" {
 				return nil
 			}
@@ -77,7 +78,6 @@ func newFleetSimCmd() *cobra.Command {
 	cmd.Flags().IntVar(&cfg.ZoneSize, "zone-size", 100, "nodes per zone mirror")
 	cmd.Flags().Float64Var(&originGbit, "origin-gbit", 10, "what the origin registry can send in all, Gbit/s")
 	cmd.Flags().Float64Var(&mirrorGbit, "mirror-gbit", 10, "what one zone mirror can send, Gbit/s")
-	cmd.Flags().DurationVar(&cfg.PeerRTT, "peer-rtt", 5*time.Millisecond, "P2P as modelled: cost per request of finding and asking a peer")
 	cmd.Flags().Uint64Var(&cfg.Seed, "seed", 1, "seed of the draws from the measured runs")
 	cmd.Flags().StringVar(&chart, "chart", "", "write a PNG chart here")
 	return cmd
