@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ import (
 func (h *harness) buildSOCIIndex(t *testing.T, ctx context.Context, repo string) {
 	start := time.Now()
 	out := h.command(t, ctx, filepath.Join(h.benchDir, "bin", "soci-index"), "-min-layer-size", "0",
-		"-work-dir", t.TempDir(), repo+":gzip", repo+":"+imageTag(Cell{Mode: ModeSOCI}))
+		"-span-size", strconv.FormatInt(*flagSOCISpan, 10), "-work-dir", t.TempDir(),
+		repo+":gzip", repo+":"+imageTag(Cell{Mode: ModeSOCI}))
 	t.Logf("soci-index %s:gzip took %s: %s", repo, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
 }
 
