@@ -34,6 +34,8 @@ type openLayer struct {
 	source io.Closer
 	// blob is set for remote layers; its counters feed Stats.
 	blob *remotefetch.Blob
+	// index is an indexed layer's seek index blob, read in pieces beside blob.
+	index *remotefetch.Blob
 	// opening are the ranges of blob that opening the layer read (offset, length).
 	opening [][2]int64
 }
@@ -207,20 +209,23 @@ func blobOptions(ls LayerSpec) []remotefetch.OpenOption {
 // kept in memory: an image's ext4 metadata, ZFile-compressed, is a few MiB.
 const maxWholeMeta = 512 << 20
 
-// openIndexed opens an indexed OCI layer: its seek index, map and metadata layer are fetched
-// whole and checked against their digests; the layer blob itself is read lazily, each span
-// checked by the seek index.
+// openIndexed opens an indexed OCI layer: its map and metadata layer are fetched whole and
+// checked against their digests; the seek index is read in pieces, its head (span records
+// and the layer blob's range table) now and each window when a read needs it, every piece
+// checked against the index's range table; the layer blob itself is read lazily, each chunk
+// checked against the seek index's table of it.
 func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, error) {
 	ix := ls.Indexed
-	// The three blobs are fetched at once: each is a round trip to the registry.
-	var gz, mp, meta []byte
+	// The blobs are fetched and opened at once: each is a round trip to the registry.
+	var mp, meta []byte
+	var gz *remotefetch.Blob
 	var g errgroup.Group
 	for _, part := range []struct {
 		name  string
 		ref   BlobRef
 		limit int64
 		dst   *[]byte
-	}{{"seek index", ix.GzIndex, ociindex.MaxGzIndexBytes, &gz}, {"map", ix.Map, ociindex.MaxMapBytes, &mp}, {"metadata layer", ix.Meta, maxWholeMeta, &meta}} {
+	}{{"map", ix.Map, ociindex.MaxMapBytes, &mp}, {"metadata layer", ix.Meta, maxWholeMeta, &meta}} {
 		g.Go(func() error {
 			data, err := p.fetchWhole(ctx, ls.Ref, part.ref, part.limit)
 			if err != nil {
@@ -230,19 +235,59 @@ func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, 
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	g.Go(func() error {
+		b, err := p.openSeekIndex(ctx, ls)
+		if err != nil {
+			return fmt.Errorf("indexed layer %s: seek index: %w", ls.Name(), err)
+		}
+		gz = b
+		return nil
+	})
+	err := g.Wait()
+	if err != nil {
+		if gz != nil {
+			err = errors.Join(err, gz.Close())
+		}
 		return nil, err
 	}
 	blob, err := p.fetcher.Open(ctx, ls.Ref, digest.Digest(ls.Digest), ls.Size, remotefetch.WithCallerChecks())
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, gz.Close())
 	}
+	// The seek index is read quietly: a trace names the image's layer blobs alone (a
+	// registry trace may name nothing else). A replayed start fetches each window it
+	// needs beside the replayed blob ranges, at the span's first read.
 	layers, err := ociindex.Open(ociindex.Parts{Meta: bytes.NewReader(meta), MetaSize: int64(len(meta)),
-		GzIndex: gz, Map: mp, Blob: blob, Name: ls.Name()})
+		GzIndex: gz.Prefetcher(), GzIndexSize: ix.GzIndex.RangeTableOffset, Map: mp, Blob: blob, Name: ls.Name()})
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("%w: %w", ErrInvalidRequest, err), blob.Close())
+		return nil, errors.Join(fmt.Errorf("%w: %w", ErrInvalidRequest, err), blob.Close(), gz.Close())
 	}
-	return &openLayer{layers: layers, indexed: true, source: blob, blob: blob}, nil
+	return &openLayer{layers: layers, indexed: true, source: multiCloser{blob, gz}, blob: blob, index: gz}, nil
+}
+
+// openSeekIndex opens the seek index blob of an indexed layer for reads in pieces, checked
+// against its range table.
+func (p *layerPool) openSeekIndex(ctx context.Context, ls LayerSpec) (*remotefetch.Blob, error) {
+	b := ls.Indexed.GzIndex
+	d, err := digest.Parse(b.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: digest %q: %v", ErrInvalidRequest, b.Digest, err)
+	}
+	if b.Size <= 0 || b.Size > ociindex.MaxGzIndexBytes || b.RangeTable == "" {
+		return nil, fmt.Errorf("%w: blob %s of %d bytes (1 to %d) with range table %q", ErrInvalidRequest, d, b.Size, ociindex.MaxGzIndexBytes, b.RangeTable)
+	}
+	return p.fetcher.Open(ctx, ls.Ref, d, b.Size, remotefetch.WithRangeTable(digest.Digest(b.RangeTable), b.RangeTableOffset))
+}
+
+// multiCloser closes each of its parts.
+type multiCloser []io.Closer
+
+func (m multiCloser) Close() error {
+	var errs []error
+	for _, c := range m {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // fetchWhole reads a small blob of repository ref whole, outside traces, and checks it

@@ -91,7 +91,9 @@ func (s *Server) FetchIndex(ctx context.Context, req *bddv1.FetchIndexRequest) (
 			return &bddv1.RemoteBlob{Ref: repo, Digest: d.Digest.String(), Size: d.Size}
 		}
 		for _, l := range layers {
-			resp.Layers = append(resp.Layers, &bddv1.IndexedBlob{Blob: blob(l.Source), GzIndex: blob(l.GzIndex), Meta: blob(l.Meta), Map: blob(l.Map)})
+			gz := blob(l.GzIndex)
+			gz.RangeTable, gz.RangeTableOffset = l.GzIndexTable.String(), l.GzIndexTableOffset
+			resp.Layers = append(resp.Layers, &bddv1.IndexedBlob{Blob: blob(l.Source), GzIndex: gz, Meta: blob(l.Meta), Map: blob(l.Map)})
 		}
 		s.log.InfoContext(ctx, "registry index found", "ref", ref, "manifest", subject, "artifact", d.Digest, "layers", len(layers))
 		return resp, nil

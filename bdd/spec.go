@@ -92,7 +92,9 @@ func layerSpecFromAPI(l *bddv1.Layer) (LayerSpec, error) {
 	}
 	if ix := l.GetIndexed(); ix != nil {
 		b := ix.GetBlob()
-		ref := func(r *bddv1.RemoteBlob) BlobRef { return BlobRef{Digest: r.GetDigest(), Size: r.GetSize()} }
+		ref := func(r *bddv1.RemoteBlob) BlobRef {
+			return BlobRef{Digest: r.GetDigest(), Size: r.GetSize(), RangeTable: r.GetRangeTable(), RangeTableOffset: r.GetRangeTableOffset()}
+		}
 		return LayerSpec{Ref: b.GetRef(), Digest: b.GetDigest(), Size: b.GetSize(),
 			Indexed: &IndexSpec{GzIndex: ref(ix.GetGzIndex()), Meta: ref(ix.GetMeta()), Map: ref(ix.GetMap())}}, nil
 	}
@@ -108,7 +110,7 @@ func (l LayerSpec) toAPI() *bddv1.Layer {
 	}
 	if ix := l.Indexed; ix != nil {
 		blob := func(b BlobRef) *bddv1.RemoteBlob {
-			return &bddv1.RemoteBlob{Ref: l.Ref, Digest: b.Digest, Size: b.Size}
+			return &bddv1.RemoteBlob{Ref: l.Ref, Digest: b.Digest, Size: b.Size, RangeTable: b.RangeTable, RangeTableOffset: b.RangeTableOffset}
 		}
 		return &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
 			Blob:    &bddv1.RemoteBlob{Ref: l.Ref, Digest: l.Digest, Size: l.Size},

@@ -54,6 +54,10 @@ type IndexSpec struct {
 type BlobRef struct {
 	Digest string `json:"digest"`
 	Size   int64  `json:"size"`
+	// RangeTable and RangeTableOffset pin the blob's range table, if it has one (a seek
+	// index has).
+	RangeTable       string `json:"range_table,omitempty"`
+	RangeTableOffset int64  `json:"range_table_offset,omitempty"`
 }
 
 // Name identifies the layer in logs and stats: its path, or ref@digest.

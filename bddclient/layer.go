@@ -76,8 +76,9 @@ func CheckLayer(l *bddv1.Layer) error {
 	return checkBlob(b)
 }
 
-// checkIndexed checks an indexed layer: four blobs of one repository, the layer blob
-// without a range table (the seek index checks its ranges).
+// checkIndexed checks an indexed layer: four blobs of one repository, the seek index with a
+// range table (it is read in pieces), the others without (the seek index checks the layer
+// blob's ranges; the map and metadata layer are fetched whole).
 func checkIndexed(ix *bddv1.IndexedBlob) error {
 	ref := ix.GetBlob().GetRef()
 	for _, part := range []struct {
@@ -93,8 +94,8 @@ func checkIndexed(ix *bddv1.IndexedBlob) error {
 		if part.b.GetRef() != ref {
 			return fmt.Errorf("indexed layer's %s is in %q, its blob in %q", part.name, part.b.GetRef(), ref)
 		}
-		if part.b.GetRangeTable() != "" {
-			return fmt.Errorf("indexed layer's %s has a range table", part.name)
+		if hasTable := part.b.GetRangeTable() != ""; hasTable != (part.b == ix.GetGzIndex()) {
+			return fmt.Errorf("indexed layer's %s: range table %q (only the seek index has one)", part.name, part.b.GetRangeTable())
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/obdproject/obd/lsmt"
 	"github.com/obdproject/obd/ociartifact"
 	"github.com/obdproject/obd/ociindex"
+	"github.com/obdproject/obd/rangetable"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -32,9 +34,13 @@ import (
 // directory (kept until the Converter's work directory is removed).
 type IndexedLayer struct {
 	Source  ocispec.Descriptor // the unchanged layer blob
-	GzIndex string             // gzindex encoding
-	Meta    string             // metadata layer: an overlaybd layer blob (tar-wrapped ZFile LSMT)
-	Map     string             // ociindex map encoding
+	GzIndex string             // gzindex encoding, then its range table
+	// GzIndexTable is the digest of the range table at the end of the
+	// GzIndex file, at GzIndexTableOffset (the index's own length).
+	GzIndexTable       digest.Digest
+	GzIndexTableOffset int64
+	Meta               string // metadata layer: an overlaybd layer blob (tar-wrapped ZFile LSMT)
+	Map                string // ociindex map encoding
 	// MappedBytes is the file data the map sends to the tar stream: what the
 	// metadata layer does not store.
 	MappedBytes int64
@@ -155,7 +161,17 @@ func (c *Converter) indexLayer(ctx context.Context, src ocispec.Descriptor, blob
 	if got := tarDigest.Digest(); got != diffID {
 		return out, fmt.Errorf("uncompressed content is %s, the config says %s", got, diffID)
 	}
-	if err := writeFileAtomic(out.GzIndex, strings.NewReader(string(x.Encode())), ""); err != nil {
+	// The seek index carries a range table, as a converted layer does, so that
+	// a node fetches its head first and each window only when a read needs it.
+	enc := x.Encode()
+	tb, err := rangetable.NewBuilder(rangetable.DefaultChunk)
+	if err != nil {
+		return out, err
+	}
+	tb.Write(enc)
+	table := tb.Table()
+	out.GzIndexTable, out.GzIndexTableOffset = digest.FromBytes(table), int64(len(enc))
+	if err := writeFileAtomic(out.GzIndex, io.MultiReader(bytes.NewReader(enc), bytes.NewReader(table)), ""); err != nil {
 		return out, err
 	}
 	stream := gzindex.NewReader(blob, x, gzindex.ReaderOptions{Name: src.Digest.String()})
@@ -253,20 +269,23 @@ func openIndexedLower(l IndexedLayer, blob io.ReaderAt) (indexedLower, error) {
 		meta.Close()
 		return indexedLower{}, err
 	}
-	p := ociindex.Parts{Meta: meta, MetaSize: fi.Size(), Blob: blob, Name: l.Source.Digest.String()}
-	if p.GzIndex, err = os.ReadFile(l.GzIndex); err == nil {
+	p := ociindex.Parts{Meta: meta, MetaSize: fi.Size(), Blob: blob, Name: l.Source.Digest.String(), GzIndexSize: l.GzIndexTableOffset}
+	gz, err := os.Open(l.GzIndex)
+	if err == nil {
+		p.GzIndex = gz
 		p.Map, err = os.ReadFile(l.Map)
 	}
+	closeAll := func() error { return errors.Join(meta.Close(), gz.Close()) }
 	if err != nil {
-		meta.Close()
+		closeAll()
 		return indexedLower{}, err
 	}
 	layers, err := ociindex.Open(p)
 	if err != nil {
-		meta.Close()
+		closeAll()
 		return indexedLower{}, err
 	}
-	return indexedLower{meta: layers[0], mapped: layers[1], close: meta.Close}, nil
+	return indexedLower{meta: layers[0], mapped: layers[1], close: closeAll}, nil
 }
 
 // fileExtents is where the kernel put a mapped file's blocks.
@@ -470,7 +489,7 @@ func (c *Converter) Index(ctx context.Context, src string, opts IndexOptions) (I
 func artifactOf(img IndexedImage, created time.Time) ([]ociindex.Layer, []byte, error) {
 	var layers []ociindex.Layer
 	for _, l := range img.Layers {
-		il := ociindex.Layer{Source: l.Source}
+		il := ociindex.Layer{Source: l.Source, GzIndexTable: l.GzIndexTable, GzIndexTableOffset: l.GzIndexTableOffset}
 		for _, f := range []struct {
 			path, mediaType string
 			d               *ocispec.Descriptor

@@ -1,6 +1,7 @@
 package convert_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/obdproject/obd/convert"
@@ -29,15 +31,16 @@ func indexedLayers(t *testing.T, src string, img convert.IndexedImage) []lsmt.La
 	var layers []lsmt.Layer
 	for _, l := range img.Layers {
 		var p ociindex.Parts
-		for _, f := range []struct {
-			path string
-			dst  *[]byte
-		}{{l.GzIndex, &p.GzIndex}, {l.Map, &p.Map}} {
-			b, err := os.ReadFile(f.path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			*f.dst = b
+		gz, err := os.ReadFile(l.GzIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if table := gz[l.GzIndexTableOffset:]; digest.FromBytes(table) != l.GzIndexTable {
+			t.Fatalf("seek index's range table is not %s", l.GzIndexTable)
+		}
+		p.GzIndex, p.GzIndexSize = bytes.NewReader(gz[:l.GzIndexTableOffset]), l.GzIndexTableOffset
+		if p.Map, err = os.ReadFile(l.Map); err != nil {
+			t.Fatal(err)
 		}
 		meta, err := os.Open(l.Meta)
 		if err != nil {
@@ -189,7 +192,8 @@ func TestIndexPushedAndLazyRead(t *testing.T) {
 	t.Cleanup(func() { f.Close() })
 	var stack []lsmt.Layer
 	for _, l := range layers {
-		xb, err := ociartifact.ReadVerified(ctx, fetcher, l.GzIndex, ociindex.MaxGzIndexBytes)
+		// The seek index is read in pieces, each checked against its range table.
+		xb, err := f.Open(ctx, ref, l.GzIndex.Digest, l.GzIndex.Size, remotefetch.WithRangeTable(l.GzIndexTable, l.GzIndexTableOffset))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +209,7 @@ func TestIndexPushedAndLazyRead(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ls, err := ociindex.Open(ociindex.Parts{Meta: meta, MetaSize: l.Meta.Size, GzIndex: xb, Map: mb, Blob: blob, Name: l.Source.Digest.String()})
+		ls, err := ociindex.Open(ociindex.Parts{Meta: meta, MetaSize: l.Meta.Size, GzIndex: xb, GzIndexSize: l.GzIndexTableOffset, Map: mb, Blob: blob, Name: l.Source.Digest.String()})
 		if err != nil {
 			t.Fatal(err)
 		}

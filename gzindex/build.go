@@ -1,11 +1,12 @@
 package gzindex
 
 import (
-	"crypto/sha256"
+	"cmp"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
+
+	"github.com/obdproject/obd/rangetable"
 )
 
 // BuildOptions configures Build.
@@ -15,6 +16,9 @@ type BuildOptions struct {
 	// deflate block boundary after it); 0 means DefaultSpacing. At least
 	// MinSpacing and at most MaxSpanBytes/2.
 	Spacing int64
+	// Chunk is the chunk size of the blob's range table (0: DefaultChunk): a
+	// power of two in [rangetable.MinChunk, rangetable.MaxChunk].
+	Chunk int64
 }
 
 // Build reads a whole blob once, writes its uncompressed stream to stream
@@ -28,39 +32,55 @@ func Build(blob io.Reader, opts BuildOptions, stream io.Writer) (*Index, error) 
 	if spacing < MinSpacing || spacing > MaxSpanBytes/2 {
 		return nil, fmt.Errorf("gzindex: spacing %d outside [%d, %d]", spacing, MinSpacing, MaxSpanBytes/2)
 	}
+	table, err := rangetable.NewBuilder(cmp.Or(opts.Chunk, DefaultChunk))
+	if err != nil {
+		return nil, fmt.Errorf("gzindex: %w", err)
+	}
 	if stream == nil {
 		stream = io.Discard
 	}
+	// Every blob byte read passes through the table, which counts them.
+	tee := io.TeeReader(blob, table)
+	var x *Index
 	switch opts.Kind {
 	case KindGzip:
-		return buildGzip(blob, spacing, stream)
+		x, err = buildGzip(tee, table.Len, spacing, stream)
 	case KindRaw:
-		return buildRaw(blob, spacing, stream)
+		x, err = buildRaw(tee, spacing, stream)
+	default:
+		return nil, fmt.Errorf("gzindex: build: unknown kind %d", uint8(opts.Kind))
 	}
-	return nil, fmt.Errorf("gzindex: build: unknown kind %d", uint8(opts.Kind))
+	if err != nil {
+		return nil, err
+	}
+	x.table = table.Table()
+	x.BlobSize = table.Len()
+	if x.Table, err = rangetable.Parse(x.table); err != nil {
+		return nil, fmt.Errorf("gzindex: build: %w", err)
+	}
+	if err := x.Validate(); err != nil {
+		if errors.Is(err, ErrBadIndex) && x.Kind == KindGzip {
+			return nil, fmt.Errorf("gzindex: build: deflate blocks too long for checkpoints: %w", err)
+		}
+		return nil, fmt.Errorf("gzindex: build: %w", err)
+	}
+	return x, nil
 }
 
 func buildRaw(blob io.Reader, spacing int64, stream io.Writer) (*Index, error) {
 	x := &Index{Kind: KindRaw}
 	buf := make([]byte, 1<<20)
-	h := sha256.New()
 	var off int64
 	for {
-		want := spacing - off%spacing
-		n, err := io.ReadFull(blob, buf[:min(int64(len(buf)), want)])
+		n, err := io.ReadFull(blob, buf[:min(int64(len(buf)), spacing-off%spacing)])
 		if n > 0 {
 			if off%spacing == 0 {
 				x.Spans = append(x.Spans, Span{InBit: off * 8, Out: off})
 			}
-			h.Write(buf[:n])
 			if _, werr := stream.Write(buf[:n]); werr != nil {
 				return nil, fmt.Errorf("gzindex: write stream: %w", werr)
 			}
 			off += int64(n)
-			if off%spacing == 0 {
-				h.Sum(x.Spans[len(x.Spans)-1].Digest[:0])
-				h.Reset()
-			}
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
@@ -69,79 +89,68 @@ func buildRaw(blob io.Reader, spacing int64, stream io.Writer) (*Index, error) {
 			return nil, fmt.Errorf("gzindex: read blob at %d: %w", off, err)
 		}
 	}
-	if off%spacing != 0 {
-		h.Sum(x.Spans[len(x.Spans)-1].Digest[:0])
-	}
-	x.BlobSize, x.Size = off, off
-	if err := x.Validate(); err != nil {
-		return nil, fmt.Errorf("gzindex: build: %w", err)
-	}
+	x.Size = off
 	return x, nil
 }
 
-// hashTee keeps the blob bytes read but not yet hashed, so each span's
-// digest can take exactly its bytes although the decoder reads ahead.
-type hashTee struct {
-	r       io.Reader
-	pending []byte
-	base    int64 // blob offset of pending[0]
-	read    int64 // blob bytes read in all
-	h       hash.Hash
-	fed     int64 // blob offset up to which h has its bytes
+// sparseWindow keeps of a checkpoint's window only the bytes the decoding
+// after it refers to: the rest is zeroed, so the window compresses to little.
+// Only the first WindowSize bytes of output after the checkpoint can reach
+// back into the window.
+type sparseWindow struct {
+	span *Span
+	used []bool // of span.Window
 }
 
-func (t *hashTee) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	t.pending = append(t.pending, p[:n]...)
-	t.read += int64(n)
-	return n, err
-}
-
-// feed hashes the pending bytes up to blob offset end into the current span.
-func (t *hashTee) feed(end int64) {
-	if end > t.fed {
-		t.h.Write(t.pending[t.fed-t.base : end-t.base])
-		t.fed = end
+// ref marks the window bytes a back-reference to [from, to) copies.
+func (w *sparseWindow) ref(from, to int64) {
+	if w.span == nil {
+		return
+	}
+	base := w.span.Out - int64(len(w.span.Window))
+	for p := max(from, base); p < min(to, w.span.Out); p++ {
+		w.used[p-base] = true
 	}
 }
 
-// drop forgets pending bytes before blob offset off (already fed).
-func (t *hashTee) drop(off int64) {
-	if off > t.base {
-		n := copy(t.pending, t.pending[off-t.base:])
-		t.pending = t.pending[:n]
-		t.base = off
+// finish zeroes the window's unused bytes and stops tracking.
+func (w *sparseWindow) finish() {
+	if w.span == nil {
+		return
 	}
+	for i, u := range w.used {
+		if !u {
+			w.span.Window[i] = 0
+		}
+	}
+	w.span = nil
 }
 
-func buildGzip(blob io.Reader, spacing int64, stream io.Writer) (*Index, error) {
+// buildGzip indexes a gzip blob; read is how many bytes of it were read.
+func buildGzip(blob io.Reader, read func() int64, spacing int64, stream io.Writer) (*Index, error) {
 	x := &Index{Kind: KindGzip, Spans: []Span{{}}}
-	tee := &hashTee{r: blob, h: sha256.New()}
 	var f inflater
 	var failed error
+	var sparse sparseWindow
+	f.refs = sparse.ref
 	f.boundary = func(bit, out int64, window []byte) bool {
+		if sparse.span != nil && out >= sparse.span.Out+WindowSize {
+			sparse.finish()
+		}
 		if out-x.Spans[len(x.Spans)-1].Out < spacing {
-			// Keep the pending bytes small: what lies before the decoder's
-			// position belongs to the current span only.
-			if pos := bit / 8; pos-tee.base > 8<<20 {
-				tee.feed(pos)
-				tee.drop(pos)
-			}
 			return false
 		}
 		if len(x.Spans) == MaxSpans {
 			failed = fmt.Errorf("gzindex: build: more than %d spans; raise the spacing", MaxSpans)
 			return true
 		}
-		tee.feed((bit + 7) / 8)
-		tee.h.Sum(x.Spans[len(x.Spans)-1].Digest[:0])
-		tee.h.Reset()
-		tee.fed = bit / 8
-		tee.drop(bit / 8)
+		sparse.finish()
 		x.Spans = append(x.Spans, Span{InBit: bit, Out: out, Window: append([]byte(nil), window...)})
+		sparse.span = &x.Spans[len(x.Spans)-1]
+		sparse.used = append(sparse.used[:0], make([]bool, len(window))...)
 		return false
 	}
-	if err := f.resetAt(tee, 0, 0, nil); err != nil {
+	if err := f.resetAt(blob, 0, 0, nil); err != nil {
 		return nil, err
 	}
 	n, err := io.Copy(stream, &f)
@@ -152,20 +161,13 @@ func buildGzip(blob io.Reader, spacing int64, stream io.Writer) (*Index, error) 
 		return nil, fmt.Errorf("gzindex: build: at output %d: %w", n, err)
 	}
 	// The decoder stopped at the end of the last member; nothing may follow.
-	if _, err := io.Copy(io.Discard, tee); err != nil {
+	if _, err := io.Copy(io.Discard, blob); err != nil {
 		return nil, fmt.Errorf("gzindex: read blob: %w", err)
 	}
-	if tee.read != f.br.base+f.br.consumed {
-		return nil, fmt.Errorf("%w: %d bytes after the last gzip member", errCorrupt, tee.read-(f.br.base+f.br.consumed))
+	if n := read(); n != f.br.base+f.br.consumed {
+		return nil, fmt.Errorf("%w: %d bytes after the last gzip member", errCorrupt, n-(f.br.base+f.br.consumed))
 	}
-	tee.feed(tee.read)
-	tee.h.Sum(x.Spans[len(x.Spans)-1].Digest[:0])
-	x.BlobSize, x.Size = tee.read, f.out
-	if err := x.Validate(); err != nil {
-		if errors.Is(err, ErrBadIndex) && len(x.Spans) > 0 {
-			return nil, fmt.Errorf("gzindex: build: deflate blocks too long for checkpoints: %w", err)
-		}
-		return nil, fmt.Errorf("gzindex: build: %w", err)
-	}
+	sparse.finish()
+	x.Size = f.out
 	return x, nil
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/obdproject/obd/rangetable"
 )
 
 // sample returns n bytes that compress somewhat, like a tar of text and binaries.
@@ -179,6 +181,12 @@ func TestHostileIndex(t *testing.T) {
 		"first span moved":            {func(y *Index) { y.Spans[0].InBit = 8 }, "blob's start"},
 		"huge span":                   {func(y *Index) { y.Size = y.Spans[len(y.Spans)-1].Out + MaxSpanBytes + 1 }, "over"},
 		"unknown kind":                {func(y *Index) { y.Kind = 9 }, "kind"},
+		"table of another blob": {func(y *Index) {
+			b, _ := rangetable.NewBuilder(DefaultChunk)
+			b.Write(blob[:100])
+			y.table = b.Table()
+		}, "range table covers"},
+		"no table": {func(y *Index) { y.table = nil }, "range table"},
 	} {
 		err := mutate(tc.f)
 		if !errors.Is(err, ErrBadIndex) || !strings.Contains(err.Error(), tc.want) {
@@ -217,45 +225,104 @@ func TestHostileIndex(t *testing.T) {
 	}
 }
 
-// countingReaderAt counts ReadAt calls.
+// countingReaderAt counts ReadAt calls and the bytes they read, and fails
+// the test if a byte is read twice.
 type countingReaderAt struct {
+	t *testing.T
 	r io.ReaderAt
 	sync.Mutex
 	calls int
+	bytes int64
+	seen  map[int64]bool // chunk-sized pieces read, by offset
 }
 
 func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	c.Lock()
 	c.calls++
+	c.bytes += int64(len(p))
+	if c.seen != nil {
+		for o := off; o < off+int64(len(p)); o += DefaultChunk {
+			if c.seen[o] {
+				c.t.Errorf("blob bytes at %d read twice", o)
+			}
+			c.seen[o] = true
+		}
+	}
 	c.Unlock()
 	return c.r.ReadAt(p, off)
 }
 
-func TestSpanCache(t *testing.T) {
-	data := sample(8, 1<<20)
+// TestOpenReadsWindowsLazily: an opened index reads its head, then only the
+// windows of the spans read.
+func TestOpenReadsWindowsLazily(t *testing.T) {
+	data := sample(9, 1<<20)
 	blob := gz(t, 6, data)
-	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: 256 << 10}, nil)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &countingReaderAt{r: bytes.NewReader(blob)}
-	r := NewReader(c, x, ReaderOptions{CacheBytes: 1 << 20})
+	enc := x.Encode()
+	idx := &countingReaderAt{t: t, r: bytes.NewReader(enc)}
+	y, err := Open(idx, int64(len(enc)), "test index")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx.bytes != y.HeadSize() || len(y.Spans) < 8 {
+		t.Fatalf("open read %d bytes, head is %d (%d spans)", idx.bytes, y.HeadSize(), len(y.Spans))
+	}
+	r := NewReader(bytes.NewReader(blob), y, ReaderOptions{})
+	got := make([]byte, 100)
+	if _, err := r.ReadAt(got, y.Spans[5].Out+10); err != nil || !bytes.Equal(got, data[y.Spans[5].Out+10:][:100]) {
+		t.Fatalf("read: %v", err)
+	}
+	if want := y.HeadSize() + int64(y.Spans[5].packedLen); idx.bytes != want {
+		t.Fatalf("index bytes read %d, want the head and one window, %d", idx.bytes, want)
+	}
+}
+
+func TestSpanCursor(t *testing.T) {
+	data := sample(8, 2<<20)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: 1 << 20}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end := x.stored(0)
+	// Concurrent sequential reads through most of a span fetch each chunk once
+	// and no more than the span.
+	c := &countingReaderAt{t: t, r: bytes.NewReader(blob), seen: map[int64]bool{}}
+	r := NewReader(c, x, ReaderOptions{CacheBytes: 4 << 20})
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for off := int64(0); off < 200<<10; off += 4096 {
-				if _, err := r.ReadAt(make([]byte, 4096), off); err != nil {
+			for off := int64(0); off < 800<<10; off += 4096 {
+				got := make([]byte, 4096)
+				if _, err := r.ReadAt(got, off); err != nil {
 					t.Error(err)
+					return
+				}
+				if !bytes.Equal(got, data[off:off+4096]) {
+					t.Errorf("wrong bytes at %d", off)
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if c.calls != 1 {
-		t.Fatalf("%d blob reads for reads inside one span, want 1", c.calls)
+	if c.bytes > end-start+DefaultChunk {
+		t.Fatalf("%d blob bytes read for a span of %d", c.bytes, end-start)
+	}
+	// A small read at a span's start fetches a fraction of the span.
+	c = &countingReaderAt{t: t, r: bytes.NewReader(blob)}
+	r = NewReader(c, x, ReaderOptions{})
+	if _, err := r.ReadAt(make([]byte, 4096), x.Spans[1].Out); err != nil {
+		t.Fatal(err)
+	}
+	start, end = x.stored(1)
+	if c.calls != 1 || c.bytes > (end-start)/4 {
+		t.Fatalf("a 4 KiB read at a span's start: %d reads, %d bytes of a %d-byte span", c.calls, c.bytes, end-start)
 	}
 	// A small cache evicts: reading every span and then the first again reads it again.
 	r = NewReader(c, x, ReaderOptions{CacheBytes: 1})
@@ -266,5 +333,40 @@ func TestSpanCache(t *testing.T) {
 	r.ReadAt(make([]byte, 1), 0)
 	if c.calls != len(x.Spans)+1 {
 		t.Fatalf("%d blob reads, want %d", c.calls, len(x.Spans)+1)
+	}
+}
+
+// TestSparseWindows: Build keeps of each window only the bytes the span's
+// decoding copies; the rest are zero, and reads through the index still give
+// the stream's bytes.
+func TestSparseWindows(t *testing.T) {
+	data := sample(10, 1<<20)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeroed := 0
+	for _, s := range x.Spans[1:] {
+		base := s.Out - int64(len(s.Window))
+		for i, b := range s.Window {
+			switch want := data[base+int64(i)]; {
+			case b == 0 && want != 0:
+				zeroed++
+			case b != want:
+				t.Fatalf("span at %d: window byte %d is %d, the stream's is %d", s.Out, i, b, want)
+			}
+		}
+	}
+	if zeroed == 0 {
+		t.Fatal("no window byte was left out")
+	}
+	y, err := Decode(x.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := NewReader(bytes.NewReader(blob), y, ReaderOptions{}).ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read through sparse windows: %v", err)
 	}
 }

@@ -6,21 +6,24 @@
 // by Build in one pass over the blob, encoded by Encode and decoded by Decode)
 // holds zran-style checkpoints: the bit offset of a deflate block boundary in
 // the blob, the uncompressed offset there and the 32 KiB window before it, so
-// decoding can start at any checkpoint. Each span between checkpoints also
-// carries the SHA-256 of its compressed bytes, so a range read of the blob is
-// verified before it is inflated. NewReader serves the uncompressed stream,
-// caching whole inflated spans (bounded) so neighbouring reads inflate a span
-// once. The byte format is docs/FORMAT.md's "Seek index" section.
+// decoding can start at any checkpoint, and the blob's range table (package
+// rangetable), so every range read of the blob is verified, chunk by chunk,
+// before it is inflated. Open reads an index's head only (span records and
+// table) and each window when a read first needs it. NewReader serves the
+// uncompressed stream, decoding a span only as far as a read needs and going
+// on from there for the next read (bounded), so neighbouring reads inflate a
+// span once. The byte format is docs/FORMAT.md's "Seek index" section.
 package gzindex
 
 import (
 	"bytes"
 	"compress/flate"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/obdproject/obd/rangetable"
 )
 
 // Kind says how the blob is compressed.
@@ -51,11 +54,14 @@ const (
 	MaxSpanStoredBytes = 2 * MaxSpanBytes
 	MaxBlobSize        = 1 << 44
 	MaxRatio           = 1032 // deflate's own limit of uncompressed to compressed bytes
-	DefaultSpacing     = 1 << 20
-	headerSize         = 40
-	spanRecordSize     = 56
-	magic              = "OBDGZIX1"
-	MinSpacing         = 64 << 10
+	DefaultSpacing     = 256 << 10
+	// DefaultChunk is the chunk of the blob's range table: what a read
+	// fetches and checks at least.
+	DefaultChunk   = 32 << 10
+	headerSize     = 40
+	spanRecordSize = 24
+	magic          = "OBDGZIX2"
+	MinSpacing     = 64 << 10
 	// maxPackedWindow bounds a compressed window: deflate's stored blocks add 5
 	// bytes per 64 KiB to incompressible data.
 	maxPackedWindow = WindowSize + 64
@@ -76,40 +82,24 @@ type Span struct {
 	InBit int64
 	// Out is the uncompressed offset at InBit.
 	Out int64
-	// Digest is the SHA-256 of the blob bytes [InBit/8, end), where end is
-	// ⌈next InBit/8⌉, or the blob's size for the last span.
-	Digest [sha256.Size]byte
 	// Window is the 32 KiB of output before Out (less at the stream's start);
-	// empty for a raw blob and for the first span. A decoded index leaves it nil
-	// and keeps the window compressed until a read needs it (Span.window).
+	// empty for a raw blob and for the first span. A decoded or opened index
+	// leaves it nil and reads the window, compressed, only when a read needs
+	// it (Index.window).
 	Window []byte
 
 	windowLen int    // of a decoded span: the window's length
-	packed    []byte // of a decoded span: the window, raw deflate
+	packedLen int    // of a decoded span: the compressed window's length
+	packedOff int64  // of a decoded span: where the compressed window is in the index
+	packed    []byte // of a decoded (not opened) span: the window, raw deflate
 }
 
 // WindowLen is the length of the span's window.
 func (s *Span) WindowLen() int {
-	if s.packed != nil {
+	if s.Window == nil {
 		return s.windowLen
 	}
 	return len(s.Window)
-}
-
-// window returns the span's window, inflating a decoded one.
-func (s *Span) window() ([]byte, error) {
-	if s.packed == nil {
-		return s.Window, nil
-	}
-	w := make([]byte, s.windowLen)
-	r := flate.NewReader(bytes.NewReader(s.packed))
-	if _, err := io.ReadFull(r, w); err != nil {
-		return nil, bad("window of %d bytes: %v", s.windowLen, err)
-	}
-	if n, err := r.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		return nil, bad("window longer than %d bytes", s.windowLen)
-	}
-	return w, nil
 }
 
 // packWindow returns the span's window compressed as it is encoded.
@@ -130,6 +120,13 @@ type Index struct {
 	BlobSize int64 // compressed bytes
 	Size     int64 // uncompressed bytes
 	Spans    []Span
+	// Table is the range table (package rangetable) of the blob: the SHA-256
+	// of each chunk of it, against which a Reader checks every blob byte.
+	Table *rangetable.Table
+
+	table []byte      // Table's encoding
+	src   io.ReaderAt // an opened index: where the windows are read from
+	name  string      // an opened index: its name in errors
 }
 
 // stored returns the blob byte range span i covers.
@@ -151,13 +148,20 @@ func (x *Index) spanEnd(i int) int64 {
 	return x.Size
 }
 
-// Encode returns the index's bytes (docs/FORMAT.md, "Seek index").
+// HeadSize is the length of the part of an encoded index a reader needs
+// before its first read: everything but the windows.
+func (x *Index) HeadSize() int64 {
+	return headerSize + spanRecordSize*int64(len(x.Spans)) + int64(len(x.table))
+}
+
+// Encode returns the index's bytes (docs/FORMAT.md, "Seek index"). It is
+// for built and decoded indexes; an opened one has no windows in memory.
 func (x *Index) Encode() []byte {
 	packed := make([][]byte, len(x.Spans))
-	n := headerSize + spanRecordSize*len(x.Spans)
+	n := x.HeadSize()
 	for i := range x.Spans {
 		packed[i] = x.Spans[i].packWindow()
-		n += len(packed[i])
+		n += int64(len(packed[i]))
 	}
 	b := make([]byte, headerSize, n)
 	copy(b, magic)
@@ -165,72 +169,135 @@ func (x *Index) Encode() []byte {
 	binary.LittleEndian.PutUint64(b[16:], uint64(x.BlobSize))
 	binary.LittleEndian.PutUint64(b[24:], uint64(x.Size))
 	binary.LittleEndian.PutUint32(b[32:], uint32(len(x.Spans)))
+	binary.LittleEndian.PutUint32(b[36:], uint32(len(x.table)))
 	var rec [spanRecordSize]byte
 	for i, s := range x.Spans {
 		binary.LittleEndian.PutUint64(rec[0:], uint64(s.InBit))
 		binary.LittleEndian.PutUint64(rec[8:], uint64(s.Out))
-		copy(rec[16:48], s.Digest[:])
-		binary.LittleEndian.PutUint32(rec[48:], uint32(s.WindowLen()))
-		binary.LittleEndian.PutUint32(rec[52:], uint32(len(packed[i])))
+		binary.LittleEndian.PutUint32(rec[16:], uint32(s.WindowLen()))
+		binary.LittleEndian.PutUint32(rec[20:], uint32(len(packed[i])))
 		b = append(b, rec[:]...)
 	}
+	b = append(b, x.table...)
 	for _, p := range packed {
 		b = append(b, p...)
 	}
 	return b
 }
 
-// Decode parses and validates an encoded index. Every field is checked
-// against the others (see Validate); windows alias b.
+// Decode parses and validates a whole encoded index held in memory; windows
+// alias b.
 func Decode(b []byte) (*Index, error) {
-	if len(b) < headerSize || !bytes.Equal(b[:8], []byte(magic)) {
-		return nil, bad("no %q header", magic)
+	x, err := Open(bytes.NewReader(b), int64(len(b)), "index")
+	if err != nil {
+		return nil, err
 	}
-	if !allZero(b[9:16]) || !allZero(b[36:40]) {
-		return nil, bad("reserved header bytes are not zero")
-	}
-	x := &Index{Kind: Kind(b[8])}
-	blob, size := binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:])
-	n := binary.LittleEndian.Uint32(b[32:])
-	if blob > MaxBlobSize || size > MaxBlobSize*MaxRatio {
-		return nil, bad("blob of %d bytes or stream of %d bytes over the limit", blob, size)
-	}
-	x.BlobSize, x.Size = int64(blob), int64(size)
-	if n == 0 || n > MaxSpans {
-		return nil, bad("%d spans (1 to %d allowed)", n, MaxSpans)
-	}
-	recs := headerSize + int(n)*spanRecordSize
-	if len(b) < recs {
-		return nil, bad("%d spans need %d bytes, index has %d", n, recs, len(b))
-	}
-	x.Spans = make([]Span, n)
-	off := recs
 	for i := range x.Spans {
-		r := b[headerSize+i*spanRecordSize:]
+		s := &x.Spans[i]
+		if s.packedLen > 0 {
+			s.packed = b[s.packedOff : s.packedOff+int64(s.packedLen) : s.packedOff+int64(s.packedLen)]
+		}
+	}
+	x.src = nil
+	return x, nil
+}
+
+// Open parses and validates the encoded index of size bytes in r, reading
+// its head (HeadSize bytes) now and each window only when a read needs it.
+// Every field is checked against the others (see Validate). r is trusted to
+// return the index's own bytes (a caller reading it from a registry checks
+// them, e.g. against a range table); name names it in errors.
+func Open(r io.ReaderAt, size int64, name string) (*Index, error) {
+	var h [headerSize]byte
+	if size < headerSize {
+		return nil, bad("%s: %d bytes, shorter than the header", name, size)
+	}
+	if _, err := r.ReadAt(h[:], 0); err != nil {
+		return nil, fmt.Errorf("gzindex: %s: read header: %w", name, err)
+	}
+	if !bytes.Equal(h[:8], []byte(magic)) {
+		return nil, bad("%s: no %q header", name, magic)
+	}
+	if !allZero(h[9:16]) {
+		return nil, bad("%s: reserved header bytes are not zero", name)
+	}
+	x := &Index{Kind: Kind(h[8]), name: name}
+	blob, stream := binary.LittleEndian.Uint64(h[16:]), binary.LittleEndian.Uint64(h[24:])
+	n, tlen := binary.LittleEndian.Uint32(h[32:]), binary.LittleEndian.Uint32(h[36:])
+	if blob > MaxBlobSize || stream > MaxBlobSize*MaxRatio {
+		return nil, bad("%s: blob of %d bytes or stream of %d bytes over the limit", name, blob, stream)
+	}
+	x.BlobSize, x.Size = int64(blob), int64(stream)
+	if n == 0 || n > MaxSpans {
+		return nil, bad("%s: %d spans (1 to %d allowed)", name, n, MaxSpans)
+	}
+	head := headerSize + int64(n)*spanRecordSize + int64(tlen)
+	if size < head {
+		return nil, bad("%s: %d spans and a %d-byte table need %d bytes, index has %d", name, n, tlen, head, size)
+	}
+	b := make([]byte, head-headerSize)
+	if _, err := r.ReadAt(b, headerSize); err != nil {
+		return nil, fmt.Errorf("gzindex: %s: read span records: %w", name, err)
+	}
+	x.table = b[int64(n)*spanRecordSize:]
+	t, err := rangetable.Parse(x.table)
+	if err != nil {
+		return nil, bad("%s: blob's range table: %v", name, err)
+	}
+	if t.Covered() != x.BlobSize {
+		return nil, bad("%s: range table covers %d bytes of a %d-byte blob", name, t.Covered(), x.BlobSize)
+	}
+	x.Table = t
+	x.Spans = make([]Span, n)
+	off := head
+	for i := range x.Spans {
+		r := b[i*spanRecordSize:]
 		s := &x.Spans[i]
 		in, out := binary.LittleEndian.Uint64(r[0:]), binary.LittleEndian.Uint64(r[8:])
 		if in > MaxBlobSize*8 || out > MaxBlobSize*MaxRatio {
-			return nil, bad("span %d: offsets %d/%d out of range", i, in, out)
+			return nil, bad("%s: span %d: offsets %d/%d out of range", name, i, in, out)
 		}
 		s.InBit, s.Out = int64(in), int64(out)
-		copy(s.Digest[:], r[16:48])
-		w, packed := binary.LittleEndian.Uint32(r[48:]), binary.LittleEndian.Uint32(r[52:])
-		if w > WindowSize || (w == 0) != (packed == 0) || packed > maxPackedWindow || int(packed) > len(b)-off {
-			return nil, bad("span %d: window of %d bytes in %d: too long, or past the index's end", i, w, packed)
+		w, packed := binary.LittleEndian.Uint32(r[16:]), binary.LittleEndian.Uint32(r[20:])
+		if w > WindowSize || (w == 0) != (packed == 0) || packed > maxPackedWindow || int64(packed) > size-off {
+			return nil, bad("%s: span %d: window of %d bytes in %d: too long, or past the index's end", name, i, w, packed)
 		}
-		s.windowLen = int(w)
-		if packed > 0 {
-			s.packed = b[off : off+int(packed) : off+int(packed)]
-		}
-		off += int(packed)
+		s.windowLen, s.packedLen, s.packedOff = int(w), int(packed), off
+		off += int64(packed)
 	}
-	if off != len(b) {
-		return nil, bad("%d bytes after the last window", len(b)-off)
+	if off != size {
+		return nil, bad("%s: %d bytes after the last window", name, size-off)
 	}
 	if err := x.Validate(); err != nil {
 		return nil, err
 	}
+	x.src = r
 	return x, nil
+}
+
+// window returns span i's window, reading and inflating it for a decoded or
+// opened index.
+func (x *Index) window(i int) ([]byte, error) {
+	s := &x.Spans[i]
+	if s.Window != nil || s.windowLen == 0 {
+		return s.Window, nil
+	}
+	packed := s.packed
+	if packed == nil {
+		packed = make([]byte, s.packedLen)
+		if _, err := x.src.ReadAt(packed, s.packedOff); err != nil {
+			return nil, fmt.Errorf("gzindex: %s: read window of span %d: %w", x.name, i, err)
+		}
+	}
+	w := make([]byte, s.windowLen)
+	r := flate.NewReader(bytes.NewReader(packed))
+	if _, err := io.ReadFull(r, w); err != nil {
+		return nil, bad("window of span %d, %d bytes: %v", i, s.windowLen, err)
+	}
+	if n, err := r.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		return nil, bad("window of span %d longer than %d bytes", i, s.windowLen)
+	}
+	return w, nil
 }
 
 func allZero(b []byte) bool {
@@ -243,7 +310,8 @@ func allZero(b []byte) bool {
 }
 
 // Validate checks the index's structure: spans in order inside the blob and
-// the stream, windows of the right size, spans within the caps.
+// the stream, windows of the right size, spans within the caps, a range
+// table of the whole blob.
 func (x *Index) Validate() error {
 	switch x.Kind {
 	case KindGzip, KindRaw:
@@ -252,6 +320,9 @@ func (x *Index) Validate() error {
 	}
 	if x.BlobSize <= 0 || x.BlobSize > MaxBlobSize {
 		return bad("blob size %d", x.BlobSize)
+	}
+	if x.Table == nil || x.Table.Covered() != x.BlobSize {
+		return bad("no range table of the %d-byte blob", x.BlobSize)
 	}
 	if x.Kind == KindRaw && x.Size != x.BlobSize {
 		return bad("raw blob of %d bytes with a stream of %d", x.BlobSize, x.Size)

@@ -297,6 +297,12 @@ type inflater struct {
 	// true to stop decoding there (Read then returns io.EOF).
 	boundary func(bit, out int64, window []byte) bool
 	stopped  bool
+	// refs, when set, is called for every back-reference with the absolute
+	// output range [from, to) it copies from (Build's sparse windows).
+	refs func(from, to int64)
+	// badEnd is set by a Reader's boundary function when a span does not end
+	// where its index says.
+	badEnd error
 }
 
 // resetAt prepares to decode from a block boundary at absolute bit offset
@@ -609,6 +615,10 @@ func (f *inflater) huffmanRun() error {
 		n := len(f.hist)
 		if dist > n {
 			return corrupt("distance %d reaches before the window at output %d", dist, f.out+int64(n-start))
+		}
+		if f.refs != nil {
+			at := f.out + int64(n-start)
+			f.refs(at-int64(dist), at-int64(dist)+int64(length))
 		}
 		f.hist = f.hist[:n+length]
 		if dist >= length {

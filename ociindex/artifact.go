@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/ociartifact"
 )
 
@@ -51,6 +53,12 @@ type Layer struct {
 	GzIndex ocispec.Descriptor
 	Meta    ocispec.Descriptor
 	Map     ocispec.Descriptor
+	// GzIndexTable and GzIndexTableOffset pin the range table appended to the
+	// seek index blob (its descriptor's imagelabels.RangeTable annotations), so
+	// that a reader can fetch the index in pieces: its head first, each window
+	// when a read needs it.
+	GzIndexTable       digest.Digest
+	GzIndexTableOffset int64
 }
 
 // manifest is the part of an OCI image manifest an artifact uses.
@@ -68,9 +76,13 @@ func BuildManifest(subject ocispec.Descriptor, layers []Layer, created time.Time
 		Annotations:   map[string]string{AnnotationCreated: created.UTC().Format(time.RFC3339)},
 	}
 	for _, l := range layers {
-		for _, d := range []ocispec.Descriptor{l.GzIndex, l.Meta, l.Map} {
-			m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size,
-				Annotations: map[string]string{AnnotationLayer: l.Source.Digest.String()}})
+		for k, d := range []ocispec.Descriptor{l.GzIndex, l.Meta, l.Map} {
+			a := map[string]string{AnnotationLayer: l.Source.Digest.String()}
+			if k == 0 {
+				a[imagelabels.RangeTable] = l.GzIndexTable.String()
+				a[imagelabels.RangeTableOffset] = strconv.FormatInt(l.GzIndexTableOffset, 10)
+			}
+			m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: a})
 		}
 	}
 	return json.Marshal(m)
@@ -118,9 +130,18 @@ func ParseManifest(data []byte, subject digest.Digest, imageLayers []ocispec.Des
 			case d.Annotations[AnnotationLayer] != src.Digest.String():
 				return nil, fmt.Errorf("%w: layer %d: blob indexes %q, the image has %s", ErrBadArtifact, i+1, d.Annotations[AnnotationLayer], src.Digest)
 			}
+			table, tableOff := d.Annotations[imagelabels.RangeTable], d.Annotations[imagelabels.RangeTableOffset]
+			if k != 0 && (table != "" || tableOff != "") {
+				return nil, fmt.Errorf("%w: layer %d: %s has a range table", ErrBadArtifact, i+1, kind.mediaType)
+			}
 			d.Annotations = nil
 			switch k {
 			case 0:
+				var err error
+				out[i].GzIndexTable, out[i].GzIndexTableOffset, err = imagelabels.ParseRangeTable(table, tableOff, d.Size)
+				if err != nil || out[i].GzIndexTable == "" {
+					return nil, fmt.Errorf("%w: layer %d: seek index without a valid range table: %v", ErrBadArtifact, i+1, err)
+				}
 				out[i].GzIndex = d
 			case 1:
 				out[i].Meta = d

@@ -96,10 +96,14 @@ func (m Map) Layer(stream io.ReaderAt, name string) (*lsmt.Mapped, error) {
 type Parts struct {
 	Meta     io.ReaderAt // the metadata layer blob (an overlaybd layer blob)
 	MetaSize int64
-	GzIndex  []byte      // the seek index, verified against its digest
-	Map      []byte      // the map, verified against its digest
-	Blob     io.ReaderAt // the image's layer blob
-	Name     string      // the layer blob's digest, for errors
+	// GzIndex holds the seek index's GzIndexSize bytes (without its range
+	// table), read in pieces as the stream is read; its reads return the
+	// index's own bytes (a caller fetching it checks them against its table).
+	GzIndex     io.ReaderAt
+	GzIndexSize int64
+	Map         []byte      // the map, verified against its digest
+	Blob        io.ReaderAt // the image's layer blob
+	Name        string      // the layer blob's digest, for errors
 	// CacheBytes bounds the inflated spans kept (0: gzindex's default).
 	CacheBytes int64
 }
@@ -108,7 +112,7 @@ type Parts struct {
 // its metadata layer, then its map over the layer's tar stream. The map must
 // fit the seek index's stream, and both the virtual disk of the metadata layer.
 func Open(p Parts) ([]lsmt.Layer, error) {
-	x, err := gzindex.Decode(p.GzIndex)
+	x, err := gzindex.Open(p.GzIndex, p.GzIndexSize, p.Name+" seek index")
 	if err != nil {
 		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/obdproject/obd/imagelabels"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -52,9 +54,10 @@ func testLayers() ([]ocispec.Descriptor, []Layer) {
 	var ls []Layer
 	for _, s := range src {
 		ls = append(ls, Layer{Source: s,
-			GzIndex: ocispec.Descriptor{MediaType: MediaTypeGzIndex, Digest: digest.FromString("x" + s.Digest.String()), Size: 40},
-			Meta:    ocispec.Descriptor{MediaType: MediaTypeMeta, Digest: digest.FromString("m" + s.Digest.String()), Size: 9000},
-			Map:     ocispec.Descriptor{MediaType: MediaTypeMap, Digest: digest.FromString("p" + s.Digest.String()), Size: 32}})
+			GzIndex:      ocispec.Descriptor{MediaType: MediaTypeGzIndex, Digest: digest.FromString("x" + s.Digest.String()), Size: 4000},
+			GzIndexTable: digest.FromString("t" + s.Digest.String()), GzIndexTableOffset: 3900,
+			Meta: ocispec.Descriptor{MediaType: MediaTypeMeta, Digest: digest.FromString("m" + s.Digest.String()), Size: 9000},
+			Map:  ocispec.Descriptor{MediaType: MediaTypeMap, Digest: digest.FromString("p" + s.Digest.String()), Size: 32}})
 	}
 	return src, ls
 }
@@ -70,7 +73,8 @@ func TestManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[1].Meta.Digest != ls[1].Meta.Digest || got[0].Map.Size != 32 {
+	if len(got) != 2 || got[1].Meta.Digest != ls[1].Meta.Digest || got[0].Map.Size != 32 ||
+		got[1].GzIndexTable != ls[1].GzIndexTable || got[1].GzIndexTableOffset != 3900 {
 		t.Fatalf("parsed %+v", got)
 	}
 	for name, tc := range map[string]struct {
@@ -83,6 +87,10 @@ func TestManifest(t *testing.T) {
 		"swapped layers":   {subject.Digest, []ocispec.Descriptor{src[1], src[0]}, nil},
 		"wrong media type": {subject.Digest, src, func(s string) string { return strings.Replace(s, MediaTypeMap, MediaTypeGzIndex, 1) }},
 		"artifact type":    {subject.Digest, src, func(s string) string { return strings.Replace(s, ArtifactType, "x", 1) }},
+		"seek index without a table": {subject.Digest, src, func(s string) string {
+			return strings.Replace(s, imagelabels.RangeTable+`"`, "x"+`"`, 1)
+		}},
+		"table outside the seek index": {subject.Digest, src, func(s string) string { return strings.Replace(s, `"3900"`, `"4000"`, 1) }},
 	} {
 		data := string(b)
 		if tc.edit != nil {

@@ -237,7 +237,8 @@ func (b *BDDDevices) attachRequest(key string, layers []RemoteLayer, upperDir st
 		}
 		if ix := layer.Index; ix != nil {
 			part := func(b IndexBlob) *bddv1.RemoteBlob {
-				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size}
+				return &bddv1.RemoteBlob{Ref: repo, Digest: b.Digest.String(), Size: b.Size,
+					RangeTable: b.RangeTable.String(), RangeTableOffset: b.RangeTableOffset}
 			}
 			req.Layers = append(req.Layers, &bddv1.Layer{Source: &bddv1.Layer_Indexed{Indexed: &bddv1.IndexedBlob{
 				Blob: blob, GzIndex: part(ix.GzIndex), Meta: part(ix.Meta), Map: part(ix.Map)}}})

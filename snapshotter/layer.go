@@ -53,6 +53,9 @@ type LayerIndex struct {
 type IndexBlob struct {
 	Digest digest.Digest `json:"digest"`
 	Size   int64         `json:"size"`
+	// RangeTable and RangeTableOffset pin the blob's range table (the seek index has one).
+	RangeTable       digest.Digest `json:"rangeTable,omitempty"`
+	RangeTableOffset int64         `json:"rangeTableOffset,omitempty"`
 }
 
 // DeviceManager attaches the block devices of lazy chains (bdd, through its API, in production).

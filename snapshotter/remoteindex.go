@@ -64,7 +64,8 @@ func (r *RemoteIndexes) Layer(ctx context.Context, ref string, manifest, layer d
 		return RemoteLayer{}, false, nil
 	}
 	part := func(b *bddv1.RemoteBlob) IndexBlob {
-		return IndexBlob{Digest: digest.Digest(b.GetDigest()), Size: b.GetSize()}
+		return IndexBlob{Digest: digest.Digest(b.GetDigest()), Size: b.GetSize(),
+			RangeTable: digest.Digest(b.GetRangeTable()), RangeTableOffset: b.GetRangeTableOffset()}
 	}
 	return RemoteLayer{Ref: ref, Digest: layer, Size: ix.GetBlob().GetSize(), Manifest: manifest,
 		Index: &LayerIndex{GzIndex: part(ix.GetGzIndex()), Meta: part(ix.GetMeta()), Map: part(ix.GetMap())}}, true, nil

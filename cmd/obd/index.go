@@ -93,7 +93,7 @@ func newIndexCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&spacing, "spacing", "1M", "uncompressed bytes between seek index checkpoints (64K to 32M): smaller, faster random reads and a larger index")
+	f.StringVar(&spacing, "spacing", "256K", "uncompressed bytes between seek index checkpoints (64K to 32M): smaller, faster random reads and a larger index")
 	f.StringVar(&vsize, "vsize", "64G", "virtual size of the image's ext4 filesystem")
 	f.StringSliceVar(&platforms, "platform", nil, "index only these platforms of a multi-platform image (e.g. linux/amd64); default all")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
