@@ -96,7 +96,8 @@ bench-sandbox:
 # deps and the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd
 # with a local trace or one from the registry vs the stargz snapshotter on plain and optimized
 # eStargz images (the snapshotter and the optimizer built from bench/stargz, its own Go module),
-# on loopback and a shaped link. Writes bench/RESULTS.md, bench/coldstart.png and
+# and, in mode soci (not a default), the SOCI snapshotter on the gzip image with a SOCI index
+# (bench/soci, its own Go module too), on loopback and a shaped link. Writes bench/RESULTS.md, bench/coldstart.png and
 # bench/results.json. BENCH_ARGS narrows it, e.g.
 # BENCH_ARGS='-coldstart.runs 3 -coldstart.workloads python'.
 BENCH_ARGS ?=
