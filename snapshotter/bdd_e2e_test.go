@@ -101,7 +101,12 @@ type bddStack struct {
 
 func startBDDStack(t *testing.T, opts ...Opt) *bddStack {
 	t.Helper()
-	b := testenv.StartBDD(t)
+	return startBDDStackWith(t, testenv.StartBDD(t), opts...)
+}
+
+// startBDDStackWith is startBDDStack on a bdd already running.
+func startBDDStackWith(t *testing.T, b *testenv.BDD, opts ...Opt) *bddStack {
+	t.Helper()
 	devices, err := NewBDDDevices(b.Client, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
