@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,13 +16,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/imagelabels"
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
+	"github.com/obdproject/obd/traceartifact"
 	"github.com/obdproject/obd/zfile"
 )
 
@@ -232,40 +239,13 @@ func TestE2EBDDIndexedImage(t *testing.T) {
 		t.Skip("end-to-end: runs bdd, containerd and containers")
 	}
 	requireOverlay(t)
-	skopeo := testenv.Bin(t, "skopeo")
 	data := make([]byte, 16<<20)
 	if _, err := rand.Read(data); err != nil {
 		t.Fatal(err)
 	}
-	img := testenv.BuildBusyboxImage(t, testenv.WithDataFile("blob", data))
-	registry := testregistry.Start(t, testregistry.Options{})
-	ref := registry.Host + "/obdtest/plain:v1"
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
-		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
-		t.Fatalf("skopeo copy: %v\n%s", err, out)
-	}
-	c, err := convert.New(convert.Options{WorkDir: t.TempDir(), VirtualSize: 256 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := c.Index(ctx, ref, convert.IndexOptions{Push: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("indexed %d image bytes: %d index bytes in %s", res.BlobBytes, res.Images[0].IndexBytes, res.Duration)
-
+	registry, ref, res := pushIndexedImage(t, "obdtest/plain:v1", data)
 	b := testenv.StartBDD(t)
-	devices, err := NewBDDDevices(b.Client, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := startServedSnapshotter(t, WithDeviceManager(devices), WithRemoteIndexes(NewRemoteIndexes(b.Client, nil)))
-	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
-		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
-	})
-	stack := &bddStack{bdd: b, served: served, ctrd: ctrd}
+	stack := startIndexStack(t, b, nil, nil)
 
 	before := registry.BlobBytes()
 	stack.nerdctl(t, "pull", "--quiet", ref)
@@ -297,4 +277,135 @@ func TestE2EBDDIndexedImage(t *testing.T) {
 	if out := stack.nerdctl(t, "exec", "idx", "sh", "-c", "md5sum /data/blob"); !strings.Contains(out, fmt.Sprintf("%x", md5.Sum(data))) {
 		t.Fatalf("md5sum /data/blob through the index = %q", out)
 	}
+}
+
+// TestE2EBDDIndexedImageRegistryTrace: a start trace of an indexed OCI image, recorded on one
+// node and pushed to the registry, names the image's own layer blobs; a fresh node (new bdd
+// with an empty cache, new snapshotter and containerd) finds both the image's index and the
+// trace, replays the trace and starts the image through the index.
+func TestE2EBDDIndexedImageRegistryTrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: runs bdd, containerd and containers")
+	}
+	requireOverlay(t)
+	data := make([]byte, 8<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	_, ref, res := pushIndexedImage(t, "obdtest/plaintrace:v1", data)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const workload = "head -c 1000000 /data/blob | md5sum"
+	want := fmt.Sprintf("%x", md5.Sum(data[:1000000]))
+
+	// The recording node.
+	b := testenv.StartBDD(t)
+	rec := startIndexStack(t, b, nil, nil)
+	rec.nerdctl(t, "pull", "--quiet", ref)
+	if _, err := b.Client.StartTrace(ctx, &bddv1.StartTraceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if out := rec.nerdctl(t, "run", "--rm", "--net", "none", ref, "sh", "-c", workload); !strings.Contains(out, want) {
+		t.Fatalf("recorded start output = %q, want %s", out, want)
+	}
+	stopped, err := b.Client.StopTrace(ctx, &bddv1.StopTraceRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trace, err := blocktrace.Decode(stopped.GetTrace())
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := map[digest.Digest]bool{}
+	for _, l := range res.Images[0].Layers {
+		layers[l.Source.Digest] = true
+	}
+	var traced int64
+	for _, tb := range trace.Blobs {
+		if !layers[tb.Digest] {
+			t.Fatalf("the trace names blob %s, not a layer of the image", tb.Digest)
+		}
+		for _, r := range tb.Ranges {
+			traced += r.Len
+		}
+	}
+	if traced < 1000000/2 {
+		t.Fatalf("the trace holds %d bytes for a start that read 1 MB of incompressible data", traced)
+	}
+	var srcLayers []ocispec.Descriptor
+	for _, l := range res.Images[0].Layers {
+		srcLayers = append(srcLayers, l.Source)
+	}
+	if _, err := traceartifact.Push(ctx, docker.NewResolver(docker.ResolverOptions{}), ref,
+		traceartifact.Image{Manifest: res.Images[0].Manifest, Layers: srcLayers},
+		traceartifact.Trace{Blocks: stopped.GetTrace()}, traceartifact.Info{Created: time.Now(), Recorder: t.Name()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A fresh node replays the registry's trace and starts the image through its index.
+	fresh := testenv.StartBDD(t)
+	snLog := &testenv.LogBuffer{}
+	logger := slog.New(slog.NewTextHandler(snLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	node := startIndexStack(t, fresh, NewRemoteTraces(fresh.Client, logger), logger)
+	node.nerdctl(t, "pull", "--quiet", ref)
+	if out := node.nerdctl(t, "run", "--rm", "--net", "none", ref, "sh", "-c", workload); !strings.Contains(out, want) {
+		t.Fatalf("fresh node's start output = %q, want %s", out, want)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(snLog.String(), `msg="trace prefetched"`) || !strings.Contains(snLog.String(), "source=registry") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no replay of the registry trace within a minute; snapshotter log:\n%s", snLog.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !fresh.LogContains("registry trace found") || !fresh.LogContains("registry index found") {
+		t.Fatal("bdd did not log both the registry's index and its trace")
+	}
+}
+
+// pushIndexedImage pushes a busybox image with data as /data/blob to a new registry as repo
+// (name:tag) and indexes it there (obd index).
+func pushIndexedImage(t *testing.T, repo string, data []byte) (*testregistry.Registry, string, convert.IndexResult) {
+	t.Helper()
+	skopeo := testenv.Bin(t, "skopeo")
+	img := testenv.BuildBusyboxImage(t, testenv.WithDataFile("blob", data))
+	registry := testregistry.Start(t, testregistry.Options{})
+	ref := registry.Host + "/" + repo
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
+		"oci:"+img.Layout+":"+img.Tag, "docker://"+ref).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	c, err := convert.New(convert.Options{WorkDir: t.TempDir(), VirtualSize: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Index(ctx, ref, convert.IndexOptions{Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("indexed %d image bytes: %d index bytes in %s", res.BlobBytes, res.Images[0].IndexBytes, res.Duration)
+	return registry, ref, res
+}
+
+// startIndexStack starts a snapshotter that finds registry indexes through b, and a
+// containerd using it; with remote set it replays registry traces too, logging to logger.
+func startIndexStack(t *testing.T, b *testenv.BDD, remote *RemoteTraces, logger *slog.Logger) *bddStack {
+	t.Helper()
+	var bddOpts []BDDOption
+	var opts []Opt
+	if remote != nil {
+		bddOpts = append(bddOpts, WithRemoteTracePrefetch(remote), WithBDDLogger(logger))
+		opts = append(opts, WithRemoteTraces(remote), WithPageTraces(t.TempDir()), WithLogger(logger))
+	}
+	devices, err := NewBDDDevices(b.Client, t.TempDir(), bddOpts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := startServedSnapshotter(t, append(opts, WithDeviceManager(devices), WithRemoteIndexes(NewRemoteIndexes(b.Client, nil)))...)
+	ctrd := testenv.StartContainerd(t, testenv.ContainerdOptions{
+		ProxyPlugins: []testenv.ProxyPlugin{{Name: "overlaybd", Type: "snapshot", Address: served.address}},
+	})
+	return &bddStack{bdd: b, served: served, ctrd: ctrd}
 }
