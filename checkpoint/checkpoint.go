@@ -27,6 +27,21 @@ const maxMetaSize = 64 << 10
 // ErrBadImage means a checkpoint directory is not one Dump wrote.
 var ErrBadImage = errors.New("checkpoint: bad image")
 
+// ErrLazyConfined: a lazy restore of a confined handler on a node that keeps userfaultfd to
+// privileged processes. The restored task creates its userfaultfd inside its user namespace,
+// where it holds no capability of the host's, so the kernel allows it only with
+// vm.unprivileged_userfaultfd = 1 (criu 4.1 does not use /dev/userfaultfd or
+// UFFD_USER_MODE_ONLY).
+var ErrLazyConfined = errors.New("checkpoint: a lazy restore of a confined handler needs vm.unprivileged_userfaultfd = 1")
+
+// uffdSysctl says whether unprivileged processes may create a userfaultfd.
+const uffdSysctl = "/proc/sys/vm/unprivileged_userfaultfd"
+
+func unprivilegedUFFD() bool {
+	b, err := os.ReadFile(uffdSysctl)
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
 // meta is MetaFile's content.
 type meta struct {
 	Version int `json:"version"`
@@ -35,6 +50,9 @@ type meta struct {
 	// Stdio are the identities of the handler's fds 0, 1 and 2 when dumped, as CRIU names
 	// them ("pipe:[12345]"), to be replaced by new pipes at restore.
 	Stdio [3]string `json:"stdio"`
+	// UIDBase is the host uid of root in the user namespace of a handler Start confined
+	// (Spec.Root); 0 for an unconfined one. Restore then needs RestoreOptions.Root.
+	UIDBase int `json:"uid_base,omitempty"`
 }
 
 var pipeID = regexp.MustCompile(`^pipe:\[[0-9]{1,20}\]$`)
@@ -43,7 +61,7 @@ var pipeID = regexp.MustCompile(`^pipe:\[[0-9]{1,20}\]$`)
 // earlier checkpoint) and ends it, as criu dump does. The handler should be quiescent, blocked
 // reading its next request.
 func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
-	m := meta{Version: metaVersion, CRIU: c.Version}
+	m := meta{Version: metaVersion, CRIU: c.Version, UIDBase: p.uidBase}
 	for fd := range m.Stdio {
 		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", p.Pid, fd))
 		if err != nil {
@@ -60,8 +78,12 @@ func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, MetaFile)); err == nil {
 		return fmt.Errorf("checkpoint: dump: %s already holds a checkpoint", dir)
 	}
-	if err := c.run(ctx, filepath.Join(dir, "dump.log"), nil,
-		"dump", "--tree", strconv.Itoa(p.Pid), "--images-dir", dir); err != nil {
+	args := []string{"dump", "--tree", strconv.Itoa(p.Pid), "--images-dir", dir}
+	if m.UIDBase > 0 {
+		// The root is the image's, bound in again at restore; not part of the checkpoint.
+		args = append(args, "--external", "mnt[/]:"+rootMountKey)
+	}
+	if err := c.run(ctx, filepath.Join(dir, "dump.log"), nil, args...); err != nil {
 		return err
 	}
 	data, err := json.Marshal(m)
@@ -70,6 +92,16 @@ func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, MetaFile), data, 0o600); err != nil {
 		return fmt.Errorf("checkpoint: dump: %w", err)
+	}
+	if m.UIDBase > 0 {
+		// criu restores a confined handler's tree from inside its user namespace, and reads
+		// some images there (timens-0.img) as an identity that is neither their owner nor
+		// their group (seemingly before the namespace's uid map is in place: it fails
+		// intermittently with 0600 files of its root): the images are given to its root
+		// (UIDBase on the host) and made readable by others; their path must be searchable.
+		if err := chownTree(dir, m.UIDBase); err != nil {
+			return fmt.Errorf("checkpoint: dump: %w", err)
+		}
 	}
 	// criu dump has killed the tree; reap it.
 	_ = p.Close()
@@ -94,12 +126,39 @@ func readMeta(dir string) (meta, error) {
 	if m.Version != metaVersion {
 		return m, fmt.Errorf("%w: %s: version %d, want %d", ErrBadImage, MetaFile, m.Version, metaVersion)
 	}
+	if m.UIDBase < 0 || m.UIDBase > 1<<31-userNSSize {
+		return m, fmt.Errorf("%w: %s: uid base %d", ErrBadImage, MetaFile, m.UIDBase)
+	}
 	for fd, id := range m.Stdio {
 		if !pipeID.MatchString(id) {
 			return m, fmt.Errorf("%w: %s: fd %d is %q, want pipe:[N]", ErrBadImage, MetaFile, fd, id)
 		}
 	}
 	return m, nil
+}
+
+// chownTree gives dir and the files in it to uid (and the gid of the same number), readable
+// by others.
+func chownTree(dir string, uid int) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if err := os.Lchown(path, uid, uid); err != nil {
+			return err
+		}
+		if e.Type().IsRegular() {
+			if err := os.Chmod(path, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	return os.Lchown(dir, uid, uid)
 }
 
 // limitedReader fails a read past left bytes instead of ending the stream there, so an
@@ -129,6 +188,9 @@ type RestoreOptions struct {
 	LazyPages bool
 	// LazyPagesTimeout bounds the wait for the lazy-pages daemon to be ready (default 10 s).
 	LazyPagesTimeout time.Duration
+	// Root is the root filesystem a confined handler (Spec.Root) is restored into: the same
+	// image tree it ran on, at any path. Required for such a checkpoint, refused otherwise.
+	Root string
 }
 
 // Restore restores the handler checkpointed in dir, with new stdio pipes, as a child of the
@@ -157,6 +219,17 @@ func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ 
 	}()
 	args := []string{"restore", "--images-dir", dir, "--work-dir", work, "--restore-detached",
 		"--restore-sibling", "--pidfile", filepath.Join(work, "pid")}
+	switch {
+	case m.UIDBase > 0 && !filepath.IsAbs(opts.Root):
+		return nil, fmt.Errorf("checkpoint: restore: %s holds a confined handler: give the absolute path of its root", dir)
+	case m.UIDBase == 0 && opts.Root != "":
+		return nil, fmt.Errorf("checkpoint: restore: %s holds an unconfined handler: it takes no root", dir)
+	case m.UIDBase > 0:
+		args = append(args, "--root", opts.Root, "--external", "mnt["+rootMountKey+"]:"+opts.Root)
+		if opts.LazyPages && !unprivilegedUFFD() {
+			return nil, fmt.Errorf("%w (%s is 0)", ErrLazyConfined, uffdSysctl)
+		}
+	}
 	if opts.LazyPages {
 		if lazy, err = c.startLazyPages(ctx, dir, work, opts.LazyPagesTimeout); err != nil {
 			return nil, err
@@ -183,7 +256,7 @@ func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ 
 		return nil, err
 	}
 	p := newProcess(proc, pipes, cleanup)
-	p.work = work
+	p.work, p.uidBase = work, m.UIDBase
 	return p, nil
 }
 

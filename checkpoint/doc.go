@@ -16,6 +16,13 @@
 //     at the same size, at restore: an open log file that grew makes the restore fail.
 //   - It is dumped when quiescent, typically blocked reading its next request; Dump ends it.
 //
+// With Spec.Root the handler runs confined as a function sandbox is (nobody of a user namespace
+// root owns, no capabilities, no_new_privs, its own network, IPC and UTS namespaces) but in a
+// mount namespace of its own rooted in the image's rootfs (confine.go, confine.py): a tree
+// CRIU can dump, where a sandbox's detached mount tree is not. Its checkpoint leaves the root
+// out (an external mount), and Restore binds RestoreOptions.Root, any mount of the same image,
+// in its place (docs/CHECKPOINT.md has the trade-offs).
+//
 // Restore runs criu with --restore-detached and --restore-sibling, so the restored process is a
 // child of the caller, waited for and killed like one Start made. With RestoreOptions.LazyPages
 // a `criu lazy-pages` daemon serves the private memory through userfaultfd: the process runs

@@ -20,6 +20,16 @@ type Spec struct {
 	// Dir is its working directory ("" = the caller's); Env its environment.
 	Dir string
 	Env []string
+	// Root, when set, confines the handler the way package sandbox confines one: it runs
+	// as nobody of a user namespace (root's, mapping UIDBase.. on the host), no
+	// capabilities, no_new_privs, in new mount, network, IPC and UTS namespaces besides the
+	// PID one, with Root attached as its mount namespace's root (pivot_root; the host's tree
+	// is not reachable) and a /proc of its PID namespace; Path is inside Root, Dir is /.
+	// Unlike a sandbox's detached tree, this is a tree CRIU can dump (docs/CHECKPOINT.md).
+	// Root's path must be searchable by the namespace's root (host uid UIDBase, no
+	// capability over the host's files): every directory above it needs o+x.
+	Root    string
+	UIDBase int
 }
 
 // Process is a handler: PID 1 of its own PID namespace, leader of its own session, with its
@@ -43,6 +53,9 @@ type Process struct {
 	closeOnce sync.Once
 	// work is a restore's work dir (criu's logs, pidfile, lazy-pages socket); "" for Start.
 	work string
+	// uidBase is the host uid of root in a confined handler's user namespace; 0 when it runs
+	// unconfined.
+	uidBase int
 }
 
 // childPipes are a handler's three stdio pipes: the ends the child gets and the caller's.
@@ -100,18 +113,26 @@ func Start(spec Spec) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	proc, err := os.StartProcess(spec.Path, spec.Args, &os.ProcAttr{
-		Dir:   spec.Dir,
-		Env:   spec.Env,
-		Files: pipes.child[:],
-		Sys:   &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true},
-	})
+	path, args, dir := spec.Path, spec.Args, spec.Dir
+	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true}
+	if spec.Root != "" {
+		if path, args, attr, err = confined(spec); err != nil {
+			pipes.closeAll()
+			return nil, err
+		}
+		dir = "/"
+	}
+	proc, err := os.StartProcess(path, args, &os.ProcAttr{Dir: dir, Env: spec.Env, Files: pipes.child[:], Sys: attr})
 	pipes.closeChild()
 	if err != nil {
 		pipes.closeAll()
 		return nil, fmt.Errorf("checkpoint: start %s: %w", spec.Path, err)
 	}
-	return newProcess(proc, pipes, nil), nil
+	p := newProcess(proc, pipes, nil)
+	if spec.Root != "" {
+		p.uidBase = spec.UIDBase
+	}
+	return p, nil
 }
 
 func newProcess(proc *os.Process, pipes *childPipes, cleanup func()) *Process {

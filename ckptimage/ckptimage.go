@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
@@ -286,7 +287,13 @@ func writeLayout(dir, layout string) (int64, error) {
 		if total += info.Size(); total > MaxBytes {
 			return fmt.Errorf("more than %d bytes", int64(MaxBytes))
 		}
-		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: d.Name(), Size: info.Size(), Mode: 0o600, ModTime: info.ModTime()}
+		// Owners and modes come along: a confined handler's images belong to root of its
+		// user namespace and are readable by others (checkpoint.Dump, docs/CHECKPOINT.md);
+		// nothing else is kept (no setuid, no write or execute bits).
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: d.Name(), Size: info.Size(), Mode: int64(info.Mode().Perm() & 0o644), ModTime: info.ModTime()}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}

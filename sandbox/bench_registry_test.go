@@ -2,6 +2,7 @@ package sandbox_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -52,11 +53,10 @@ func init() {
 	sandbox.CheckpointStarts = checkpointStarts
 }
 
-// checkpointStarts checkpoints package checkpoint's handler once into the registry (an
-// artifact of the image) and measures, in one run, n cold starts of it against n restores
-// from the checkpoint attached through bdd, eager and lazy; first is the first lazy restore,
-// on a bdd cache without the checkpoint.
-func checkpointStarts(b *testing.B, n int, gap time.Duration) (first time.Duration, cold, eager, lazy []time.Duration) {
+// checkpointStarts measures the checkpoint/restore path for the handler unconfined and
+// confined on the image (mounted through the fixture's bdd), each checkpointed once into the
+// registry.
+func checkpointStarts(b *testing.B, n int, gap time.Duration) []sandbox.CheckpointRun {
 	criu := testenv.NeedCRIU(b)
 	f := fixture(b)
 	ctx := context.Background()
@@ -64,51 +64,79 @@ func checkpointStarts(b *testing.B, n int, gap time.Duration) (first time.Durati
 	if err != nil {
 		b.Fatal(err)
 	}
-	orig, _ := testenv.ColdStartHandler(b)
-	if _, err := ckptstart.Checkpoint(ctx, criu, orig, f.resolver, img, "bench", b.TempDir()); err != nil {
+	rootfs := &bddrootfs.Provider{Client: f.bdd.Client, MountDir: testenv.SearchableDir(b), Resolver: f.resolver}
+	root, release, err := rootfs.Acquire(ctx, f.ref)
+	if err != nil {
 		b.Fatal(err)
 	}
-	rootfs := &bddrootfs.Provider{Client: f.bdd.Client, MountDir: b.TempDir()}
+	defer release()
+	return []sandbox.CheckpointRun{
+		checkpointRun(b, criu, rootfs, f.resolver, img, "unconfined", "", testenv.CheckpointHandler(b), checkpoint.RestoreOptions{}, n, gap),
+		checkpointRun(b, criu, rootfs, f.resolver, img, "confined on the image", "confined-", testenv.ConfinedHandler(b, root),
+			checkpoint.RestoreOptions{Root: root}, n, gap),
+	}
+}
+
+// checkpointRun checkpoints spec's handler once as function name and measures n cold starts
+// of it against n restores, eager and lazy (when the node allows it).
+func checkpointRun(b *testing.B, criu *checkpoint.CRIU, rootfs *bddrootfs.Provider, resolver remotes.Resolver, img obdimage.Image,
+	name, metric string, spec checkpoint.Spec, opts checkpoint.RestoreOptions, n int, gap time.Duration) sandbox.CheckpointRun {
+	ctx := context.Background()
+	run := sandbox.CheckpointRun{Name: name, Metric: metric}
+	orig, _ := testenv.ColdStartHandler(b, spec)
+	if _, err := ckptstart.Checkpoint(ctx, criu, orig, resolver, img, metric+"bench", b.TempDir()); err != nil {
+		b.Fatal(err)
+	}
 	t0 := time.Now()
-	prep, err := ckptstart.Prepare(ctx, criu, rootfs, f.resolver, img, "bench")
+	prep, err := ckptstart.Prepare(ctx, criu, rootfs, resolver, img, metric+"bench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer prep.Close()
-	restore := func(lazy bool) time.Duration {
+	restore := func(lazy bool) (time.Duration, error) {
 		start := time.Now()
-		p, err := prep.Restore(ctx, lazy)
+		o := opts
+		o.LazyPages = lazy
+		p, err := prep.Restore(ctx, o)
 		if err != nil {
-			b.Fatal(err)
+			return 0, err
 		}
 		defer p.Close()
 		if r, err := testenv.NewHandlerClient(p).Ask(2); err != nil || r.Served != 2 {
 			b.Fatalf("restored handler: %+v, %v", r, err)
 		}
-		return time.Since(start)
+		return time.Since(start), nil
 	}
-	restore(true)
-	first = time.Since(t0) // find, attach, mount, restore, first answer
+	_, lazyErr := restore(true)
+	if lazyErr != nil && !errors.Is(lazyErr, checkpoint.ErrLazyConfined) {
+		b.Fatal(lazyErr)
+	}
+	if lazyErr != nil {
+		if _, err := restore(false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	run.First = time.Since(t0) // find, attach, mount, restore, first answer
 	for range n {
 		time.Sleep(gap)
 		start := time.Now()
-		p, err := checkpoint.Start(testenv.CheckpointHandler(b))
+		p, _ := testenv.ColdStartHandler(b, spec)
+		run.Cold = append(run.Cold, time.Since(start))
+		p.Close()
+		time.Sleep(gap)
+		d, err := restore(false)
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := testenv.NewHandlerClient(p)
-		if r, err := c.Read(); err != nil || !r.Ready {
-			b.Fatalf("cold start: %+v, %v", r, err)
+		run.Eager = append(run.Eager, d)
+		if lazyErr == nil {
+			time.Sleep(gap)
+			d, err := restore(true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			run.Lazy = append(run.Lazy, d)
 		}
-		if _, err := c.Ask(1); err != nil {
-			b.Fatal(err)
-		}
-		cold = append(cold, time.Since(start))
-		p.Close()
-		time.Sleep(gap)
-		eager = append(eager, restore(false))
-		time.Sleep(gap)
-		lazy = append(lazy, restore(true))
 	}
-	return first, cold, eager, lazy
+	return run
 }

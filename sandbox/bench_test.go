@@ -213,12 +213,21 @@ func throughput(b *testing.B, m *Manager, workers, total int) float64 {
 // rootfs provider and the image's reference: the start paths are measured on it too.
 var RegistryImage func(b *testing.B) (RootfsProvider, string)
 
+// CheckpointRun is one handler's checkpoint/restore measurement: n cold starts of it against
+// n restores of its checkpoint (eager, and lazy where possible: nil otherwise) through bdd, and
+// the first restore (find, attach, mount, restore, first answer) on a bdd cache without the
+// checkpoint.
+type CheckpointRun struct {
+	Name, Metric string // row label, metric prefix
+	First        time.Duration
+	Cold, Eager  []time.Duration
+	Lazy         []time.Duration
+}
+
 // CheckpointStarts, set by bench_registry_test.go, checkpoints package checkpoint's handler
-// into the registry as an obd layer artifact of the image and measures, in one run, n cold
-// starts of that handler against n restores of it (eager and lazy) through bdd, gap apart;
-// first is the first restore (find, attach, mount, lazy restore, first answer) on a bdd cache
-// without the checkpoint.
-var CheckpointStarts func(b *testing.B, n int, gap time.Duration) (first time.Duration, cold, eager, lazy []time.Duration)
+// (unconfined, and confined on the image as a sandbox is) into the registry as obd layer
+// artifacts of the image and measures each in one run, n starts gap apart.
+var CheckpointStarts func(b *testing.B, n int, gap time.Duration) []CheckpointRun
 
 // registryPaths measures the cold, warm and hot paths on the obd image by reference: register
 // (resolve, attach, mount, runtime zygote) on a bdd that never read the image, its first
@@ -271,10 +280,9 @@ func BenchmarkStartPaths(b *testing.B) {
 		if RegistryImage != nil {
 			regFirst, regCold, regWarm, regHot = registryPaths(b, coldN, warmN, hotN)
 		}
-		var ckFirst time.Duration
-		var ckCold, ckEager, ckLazy latencies
+		var ckRuns []CheckpointRun
 		if CheckpointStarts != nil {
-			ckFirst, ckCold, ckEager, ckLazy = CheckpointStarts(b, restoreN, arrivalGap)
+			ckRuns = CheckpointStarts(b, restoreN, arrivalGap)
 		}
 		runc, runcErr := runcBaseline(b, rootfs, runcN)
 		nerdctl, nerdctlErr := nerdctlBaseline(b, rootfs, nerdctlN)
@@ -297,12 +305,16 @@ func BenchmarkStartPaths(b *testing.B) {
 			row("  warm", regWarm)
 			row("  hot", regHot)
 		}
-		if ckCold != nil {
-			fmt.Printf("  checkpoint/restore (checkpoint handler: 20 imports, a sqlite table; unconfined; checkpoint an obd layer artifact via bdd):\n")
-			row("  cold (new python3)", ckCold)
-			row("  restore", ckEager)
-			row("  lazy restore (uffd)", ckLazy)
-			row("  first (attach+restore)", latencies{ckFirst})
+		for _, r := range ckRuns {
+			fmt.Printf("  checkpoint/restore, %s (handler: 20 imports, a sqlite table; checkpoint an obd layer artifact via bdd):\n", r.Name)
+			row("  cold (new python3)", r.Cold)
+			row("  restore", r.Eager)
+			if r.Lazy != nil {
+				row("  lazy restore (uffd)", r.Lazy)
+			} else {
+				fmt.Printf("    lazy restore: refused (vm.unprivileged_userfaultfd = 0)\n")
+			}
+			row("  first (attach+restore)", latencies{r.First})
 		}
 		if runcErr == nil {
 			row("runc run", runc)
@@ -332,13 +344,17 @@ func BenchmarkStartPaths(b *testing.B) {
 			b.ReportMetric(ms(regWarm.pct(0.5)), "ref-warm-p50-ms")
 			b.ReportMetric(ms(regHot.pct(0.5)), "ref-hot-p50-ms")
 		}
-		if ckCold != nil {
-			b.ReportMetric(ms(ckCold.pct(0.5)), "ckpt-cold-p50-ms")
-			b.ReportMetric(ms(ckEager.pct(0.5)), "restore-p50-ms")
-			b.ReportMetric(ms(ckLazy.pct(0.5)), "lazy-restore-p50-ms")
-			b.ReportMetric(ms(ckFirst), "first-restore-ms")
-			b.ReportMetric(float64(ckCold.pct(0.5))/float64(ckEager.pct(0.5)), "cold/restore-x")
-			b.ReportMetric(float64(ckCold.pct(0.5))/float64(ckLazy.pct(0.5)), "cold/lazy-restore-x")
+		for _, r := range ckRuns {
+			cold, eager := latencies(r.Cold), latencies(r.Eager)
+			b.ReportMetric(ms(cold.pct(0.5)), r.Metric+"ckpt-cold-p50-ms")
+			b.ReportMetric(ms(eager.pct(0.5)), r.Metric+"restore-p50-ms")
+			b.ReportMetric(ms(r.First), r.Metric+"first-restore-ms")
+			b.ReportMetric(float64(cold.pct(0.5))/float64(eager.pct(0.5)), r.Metric+"cold/restore-x")
+			if r.Lazy != nil {
+				lazy := latencies(r.Lazy)
+				b.ReportMetric(ms(lazy.pct(0.5)), r.Metric+"lazy-restore-p50-ms")
+				b.ReportMetric(float64(cold.pct(0.5))/float64(lazy.pct(0.5)), r.Metric+"cold/lazy-restore-x")
+			}
 		}
 		if runcErr == nil {
 			b.ReportMetric(ms(runc.pct(0.5)), "runc-p50-ms")

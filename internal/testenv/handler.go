@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/obdproject/obd/checkpoint"
@@ -34,26 +35,59 @@ func CheckpointHandler(t testing.TB) checkpoint.Spec {
 	return checkpoint.Spec{Path: "/usr/bin/python3", Args: []string{"python3", "-I", ckpthandler.Script()}, Dir: "/", Env: []string{"LANG=C.UTF-8"}}
 }
 
-// NewHandlerClient talks to p, a process of CheckpointHandler.
-func NewHandlerClient(p *checkpoint.Process) *ckpthandler.Client {
-	return ckpthandler.New(p.Stdin, p.Stdout, p.Stderr)
+// ConfinedHandler is CheckpointHandler confined on root, an image's rootfs with python3 (the
+// python image, mounted): checkpoint.Spec.Root, its code passed with -c.
+func ConfinedHandler(t testing.TB, root string) checkpoint.Spec {
+	t.Helper()
+	script, err := os.ReadFile(ckpthandler.Script())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return checkpoint.Spec{Path: "/usr/bin/python3", Args: []string{"python3", "-I", "-c", string(script)}, Env: []string{"LANG=C.UTF-8"},
+		Root: root, UIDBase: 1_000_000_000}
 }
 
-// ColdStartHandler starts the checkpoint handler, waits until it is initialized and asks it
-// request 1: a cold start of the function.
-func ColdStartHandler(t testing.TB) (*checkpoint.Process, *ckpthandler.Client) {
+// StartHandler starts spec's handler and waits until it is initialized.
+func StartHandler(t testing.TB, spec checkpoint.Spec) (*checkpoint.Process, *ckpthandler.Client) {
 	t.Helper()
-	p, err := checkpoint.Start(CheckpointHandler(t))
+	p, err := checkpoint.Start(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
 	c := NewHandlerClient(p)
 	if r, err := c.Read(); err != nil || !r.Ready {
-		t.Fatalf("testenv: cold start: %+v, %v", r, err)
+		t.Fatalf("testenv: start: %+v, %v", r, err)
 	}
+	return p, c
+}
+
+// NewHandlerClient talks to p, a process of CheckpointHandler.
+func NewHandlerClient(p *checkpoint.Process) *ckpthandler.Client {
+	return ckpthandler.New(p.Stdin, p.Stdout, p.Stderr)
+}
+
+// ColdStartHandler starts spec's handler, waits until it is initialized and asks it request
+// 1: a cold start of the function.
+func ColdStartHandler(t testing.TB, spec checkpoint.Spec) (*checkpoint.Process, *ckpthandler.Client) {
+	t.Helper()
+	p, c := StartHandler(t, spec)
 	if _, err := c.Ask(1); err != nil {
 		t.Fatalf("testenv: cold start: %v", err)
 	}
 	return p, c
+}
+
+// SearchableDir is a temp dir whose path the root of a confined handler's user namespace (an
+// unprivileged host uid) can walk, as checkpoint.Spec.Root and a confined restore's images
+// need: every directory from it up to the temp root gets o+x.
+func SearchableDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

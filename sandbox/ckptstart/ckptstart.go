@@ -8,9 +8,11 @@
 // reads are fetched before the handler runs. It sits beside package sandbox as a start path
 // and is a client of bdd (api/bdd/v1 through bddrootfs), never linking the daemon.
 //
-// The handler is package checkpoint's: PID 1 of its own PID namespace, talking over pipes. A
-// handler confined as package sandbox confines it cannot be dumped yet (docs/CHECKPOINT.md,
-// "Checkpointing a sandboxed handler").
+// The handler is package checkpoint's: PID 1 of its own PID namespace, talking over pipes,
+// either unconfined or confined on the function's image as a sandbox is (checkpoint.Spec.Root:
+// nobody of a root-owned user namespace, its own mount namespace rooted in the image). A
+// sandbox of package sandbox itself cannot be dumped (its root is a detached mount tree;
+// docs/CHECKPOINT.md, "Checkpointing a sandboxed handler").
 package ckptstart
 
 import (
@@ -69,9 +71,11 @@ func Prepare(ctx context.Context, criu *checkpoint.CRIU, rootfs *bddrootfs.Provi
 }
 
 // Restore restores the checkpointed handler from the mount: a new process with new pipes,
-// in the state it was dumped in. lazy restores its private memory through userfaultfd.
-func (p *Prepared) Restore(ctx context.Context, lazy bool) (*checkpoint.Process, error) {
-	proc, err := p.criu.Restore(ctx, p.Dir, checkpoint.RestoreOptions{LazyPages: lazy})
+// in the state it was dumped in. opts.LazyPages restores its private memory through
+// userfaultfd; a handler that ran confined (checkpoint.Spec.Root) is restored into
+// opts.Root, the function's image as this node mounted it.
+func (p *Prepared) Restore(ctx context.Context, opts checkpoint.RestoreOptions) (*checkpoint.Process, error) {
+	proc, err := p.criu.Restore(ctx, p.Dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("ckptstart: restore %s: %w", p.Checkpoint.Artifact.Digest, err)
 	}

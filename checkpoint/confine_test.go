@@ -1,0 +1,90 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// pythonRootfs is the Debian python3 rootfs scripts/mkrootfs.sh builds (once per machine).
+func pythonRootfs(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("bash", "../scripts/mkrootfs.sh").Output()
+	if err != nil {
+		t.Skipf("checkpoint: no python rootfs (scripts/mkrootfs.sh: %v)", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestConfinedDumpRestore: a handler confined as a sandbox is (nobody of a root-owned user
+// namespace, no capabilities, no_new_privs, its own mount namespace rooted in the image's
+// rootfs with a /proc of its PID namespace) is checkpointed and restored into a second bind of
+// the same rootfs, eagerly and lazily: the restored processes answer with the dumped state and
+// are as confined as it was (a lazy one only where vm.unprivileged_userfaultfd is 1; refused
+// with ErrLazyConfined otherwise). A confined checkpoint refuses a restore without a root.
+func TestConfinedDumpRestore(t *testing.T) {
+	criu := needCRIU(t)
+	root := pythonRootfs(t)
+	script, err := os.ReadFile("testdata/handler.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Path: "/usr/bin/python3", Args: []string{"python3", "-I", "-c", string(script)}, Env: []string{"LANG=C.UTF-8"},
+		Root: root, UIDBase: 1_000_000_000}
+	orig, _, first := coldStart(t, spec)
+	if first.Served != 1 || first.Pid != 1 {
+		t.Fatalf("confined handler's first reply %+v", first)
+	}
+	status := func(pid int) string {
+		st, _ := os.ReadFile("/proc/" + itoa(pid) + "/status")
+		return string(st)
+	}
+	for _, want := range []string{"Uid:\t1000065534", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"} {
+		if !strings.Contains(status(orig.Pid), want) {
+			t.Fatalf("confined handler's status lacks %q:\n%s", want, status(orig.Pid))
+		}
+	}
+	// The restore reads images as an unprivileged identity: their path must be searchable.
+	base := t.TempDir()
+	for d := base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(base, "img")
+	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := criu.Restore(context.Background(), dir, RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "confined") {
+		t.Fatalf("restore without a root: err = %v", err)
+	}
+	for _, lazy := range []bool{false, true} {
+		if lazy && !unprivilegedUFFD() {
+			if _, err := criu.Restore(context.Background(), dir, RestoreOptions{Root: root, LazyPages: true}); !errors.Is(err, ErrLazyConfined) {
+				t.Fatalf("lazy restore with %s = 0: err = %v, want ErrLazyConfined", uffdSysctl, err)
+			}
+			continue
+		}
+		p, c := restore(t, criu, dir, RestoreOptions{Root: root, LazyPages: lazy})
+		r, err := c.Ask(42)
+		if err != nil || r.Served != 2 || r.Pid != 1 {
+			t.Fatalf("lazy=%v: restored reply %+v, %v; want served 2 by PID 1", lazy, r, err)
+		}
+		for _, want := range []string{"Uid:\t1000065534", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"} {
+			if !strings.Contains(status(p.Pid), want) {
+				t.Fatalf("lazy=%v: restored handler's status lacks %q:\n%s", lazy, want, status(p.Pid))
+			}
+		}
+		if mi, err := os.ReadFile("/proc/" + itoa(p.Pid) + "/mountinfo"); err != nil || strings.Count(string(mi), "\n") != 2 {
+			t.Errorf("lazy=%v: restored handler's mounts = %q, %v; want its root and its /proc", lazy, mi, err)
+		}
+		p.Close()
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
