@@ -37,6 +37,7 @@ func (m *Manager) Invoke(ctx context.Context, name string, event json.RawMessage
 	switch {
 	case b != nil && b.prewarmed:
 		res.Path = sandboxapi.PreWarmed
+		b.prewarmed = false // from here on an ordinary sandbox, frozen when idle
 		err = b.begin(startCtx, request{Event: event}, res.Path)
 		if err != nil {
 			b.destroy(m.pool)

@@ -32,7 +32,9 @@ import (
 // trust each other, which they declare by registering under the same reuse policy.
 
 // lend takes, for fn, an idle sandbox of another function that covers it, charging the
-// lender's idle time; nil when there is none. Lenders are tried in name order. m.mu held.
+// lender's idle time; nil when there is none. Lenders are tried in name order, and a lender
+// gives its least recently cached sandbox (keeping its freshest for itself), as the
+// simulator lends. m.mu held.
 func (m *Manager) lend(fn *function, now time.Time) *box {
 	var donors []*function
 	for _, d := range m.funcs {
@@ -44,7 +46,9 @@ func (m *Manager) lend(fn *function, now time.Time) *box {
 		return nil
 	}
 	d := slices.MinFunc(donors, func(a, b *function) int { return strings.Compare(a.Name, b.Name) })
-	b := d.popIdle(now)
+	b := d.idle[0]
+	d.idle = slices.Delete(d.idle, 0, 1)
+	d.chargeIdle(b, now)
 	d.stats.Lent++
 	m.lends++
 	return b

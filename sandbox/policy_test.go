@@ -35,6 +35,13 @@ func (p *stubPolicy) Decide(fn string, arrival, end time.Time) (time.Duration, t
 	return w[0], w[1]
 }
 
+// set changes fn's window.
+func (p *stubPolicy) set(fn string, preWarm, keepAlive time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.windows[fn] = [2]time.Duration{preWarm, keepAlive}
+}
+
 func (p *stubPolicy) Forget(fn string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -134,6 +141,19 @@ func TestPreWarm(t *testing.T) {
 	}
 	if st, _ := m.Stats("pw"); st.PreWarmed != 1 || st.Idle != 0 {
 		t.Errorf("stats after the pre-warmed call: %+v", st)
+	}
+	// Kept after serving, the once pre-warmed sandbox is an ordinary idle one: frozen, then
+	// thawed.
+	p.set("pw", 0, time.Hour)
+	waitFor(t, "the second pre-warmed sandbox", func() bool {
+		st, _ := m.Stats("pw")
+		return st.Idle == 1 && st.PreWarms == 2
+	})
+	if _, res := invoke(t, m, "pw", map[string]any{"op": "echo"}); res.Path != sandboxapi.PreWarmed {
+		t.Fatalf("call after the second pre-warm took the %s path", res.Path)
+	}
+	if _, res := invoke(t, m, "pw", map[string]any{"op": "echo"}); res.Path != sandboxapi.Hot {
+		t.Errorf("call after a kept sandbox took the %s path, want hot", res.Path)
 	}
 
 	// An invocation before the pre-warm is due cancels it: the instance is not loaded yet.

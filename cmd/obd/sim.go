@@ -115,6 +115,9 @@ func splitList(s string) []string {
 func newProbeCmd() *cobra.Command {
 	var (
 		server, image, prefix    string
+		policies, mix            string
+		verbose                  bool
+		memoryMB                 int64
 		functions, minutes       int
 		seed                     uint64
 		minute, keepAlive, sweep time.Duration
@@ -125,12 +128,22 @@ func newProbeCmd() *cobra.Command {
 		Long: "probe deploys tiny functions to an obd-lambda server, measures how long an idle instance\n" +
 			"lives, replays a synthetic trace (one trace minute lasting --minute of real time) and prints\n" +
 			"cold/warm/hot counts and latencies next to the simulator's prediction for the same arrivals\n" +
-			"under the server's fixed keep-alive. The probe's functions are deleted afterwards.",
+			"under the server's fixed keep-alive. The probe's functions are deleted afterwards.\n\n" +
+			"With --policies it compares policies instead: per policy, it deploys the trace's functions\n" +
+			"under that policy (importing the trace's packages, mapped onto standard modules), replays\n" +
+			"the trace for all of them at once, and prints live against simulated starts, reuse and\n" +
+			"wasted memory-time in trace time. The server must run its policies' clock 1m/--minute\n" +
+			"times as fast (obd-lambda --policy-time-scale).",
 		Example: "  obd-lambda --rootfs-dir /opt/obd-deps/rootfs --keep-alive 10s &\n" +
-			"  obd probe --keep-alive 10s --minute 1s --functions 20 --minutes 30",
+			"  obd probe --keep-alive 10s --minute 1s --functions 20 --minutes 30\n" +
+			"  obd-lambda --rootfs-dir /opt/obd-deps/rootfs --policy-time-scale 60 &\n" +
+			"  obd probe --policies fixed-10m,hybrid,predictive,reuse+fixed-10m,reuse+hybrid --minute 1s --minutes 120",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if policies != "" {
+				return comparePolicies(ctx, &sandboxapi.Client{Base: server}, splitList(policies), image, prefix, mix, functions, minutes, memoryMB, seed, minute, verbose)
+			}
 			if sweep == 0 {
 				sweep = keepAlive / 4
 			}
@@ -199,6 +212,47 @@ func newProbeCmd() *cobra.Command {
 	fl.Uint64Var(&seed, "seed", 1, "seed of the synthetic trace and its arrival times")
 	fl.DurationVar(&minute, "minute", time.Second, "real time one trace minute lasts")
 	fl.DurationVar(&keepAlive, "keep-alive", 10*time.Second, "the server's --keep-alive")
+	fl.StringVar(&policies, "policies", "", "compare these policies live and simulated (comma-separated, as obd sim names them)")
+	fl.StringVar(&mix, "mix", "", "with --policies: functions per arrival pattern, e.g. periodic=4,poisson=3,bursty=1 (default: --functions in the default mix)")
+	fl.BoolVar(&verbose, "per-function", false, "with --policies: also print each function's starts, live and simulated")
+	fl.Int64Var(&memoryMB, "memory", 128, "with --policies: memory (MB) of each function, in the server and the simulator")
 	fl.DurationVar(&sweep, "sweep", 0, "how late the server may expire an idle instance (default keep-alive/4, obd-lambda's sweep)")
 	return cmd
+}
+
+// comparePolicies runs probe.Compare on a synthetic trace and prints the table.
+func comparePolicies(ctx context.Context, c *sandboxapi.Client, policies []string, image, prefix, mix string, functions, minutes int, memoryMB int64, seed uint64, minute time.Duration, verbose bool) error {
+	m := trace.DefaultMix(functions)
+	if mix != "" {
+		var err error
+		if m, err = trace.ParseMix(mix); err != nil {
+			return err
+		}
+	}
+	gen, err := trace.Generate(trace.GenerateConfig{Seed: seed, Minutes: minutes, Mix: m})
+	if err != nil {
+		return err
+	}
+	t, err := probe.ProbeTrace(gen)
+	if err != nil {
+		return err
+	}
+	res, timing, err := probe.Compare(ctx, c, t, probe.Comparison{Image: image, Prefix: prefix, Policies: policies,
+		Minute: minute, MemoryMB: memoryMB, Seed: seed})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d functions, %d trace minutes of %v; measured p50: start %v, borrow %v, hot %v\n\n",
+		len(t.Invocations), t.Minutes, minute, timing.StartP50, timing.BorrowP50, timing.HotP50)
+	fmt.Print(probe.Table(res))
+	if verbose {
+		for _, r := range res {
+			fmt.Printf("%s starts per function, live/sim:", r.Policy)
+			for i := range r.LiveStarts {
+				fmt.Printf(" %d/%d", r.LiveStarts[i], r.SimStarts[i])
+			}
+			fmt.Println()
+		}
+	}
+	return nil
 }

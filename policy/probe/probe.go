@@ -40,6 +40,16 @@ const handlerCode = "def handler(event):\n    return {\"ok\": True}\n"
 // Deploy registers n probe functions named prefix-0 ... on image and returns their names
 // (on error, the names registered so far).
 func Deploy(ctx context.Context, c *sandboxapi.Client, image, prefix string, n int) ([]string, error) {
+	specs := make([]sandboxapi.FunctionSpec, n)
+	for i := range specs {
+		specs[i] = sandboxapi.FunctionSpec{Name: fmt.Sprintf("%s-%d", prefix, i), Image: image, Entry: "main.handler"}
+	}
+	return DeploySpecs(ctx, c, specs)
+}
+
+// DeploySpecs registers the probe's handler as each of specs (their Entry is main.handler)
+// and returns their names (on error, the names registered so far).
+func DeploySpecs(ctx context.Context, c *sandboxapi.Client, specs []sandboxapi.FunctionSpec) ([]string, error) {
 	var code bytes.Buffer
 	tw := tar.NewWriter(&code)
 	if err := tw.WriteHeader(&tar.Header{Name: "main.py", Mode: 0o644, Size: int64(len(handlerCode)), Typeflag: tar.TypeReg}); err != nil {
@@ -51,16 +61,15 @@ func Deploy(ctx context.Context, c *sandboxapi.Client, image, prefix string, n i
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("%s-%d", prefix, i)
-		spec := sandboxapi.FunctionSpec{Name: names[i], Image: image, Entry: "main.handler"}
+	names := make([]string, 0, len(specs))
+	for _, spec := range specs {
 		callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 		err := c.Register(callCtx, spec, bytes.NewReader(code.Bytes()))
 		cancel()
 		if err != nil {
-			return names[:i], fmt.Errorf("probe: register %s: %w", names[i], err)
+			return names, fmt.Errorf("probe: register %s: %w", spec.Name, err)
 		}
+		names = append(names, spec.Name)
 	}
 	return names, nil
 }
@@ -91,6 +100,11 @@ func invoke(ctx context.Context, s Server, name string) (sandboxapi.StartPath, t
 // trace minute lasts scale minutes of real time) and returns every observation in send order.
 // Invocations run concurrently; a late one is sent at once.
 func Replay(ctx context.Context, s Server, names []string, schedule [][]time.Duration, scale float64) ([]Observation, error) {
+	return replayFrom(ctx, s, names, schedule, scale, time.Now())
+}
+
+// replayFrom is Replay with the schedule counted from start.
+func replayFrom(ctx context.Context, s Server, names []string, schedule [][]time.Duration, scale float64, start time.Time) ([]Observation, error) {
 	if len(schedule) != len(names) {
 		return nil, fmt.Errorf("probe: schedule for %d functions, %d names", len(schedule), len(names))
 	}
@@ -101,7 +115,6 @@ func Replay(ctx context.Context, s Server, names []string, schedule [][]time.Dur
 		}
 	}
 	slices.SortStableFunc(obs, func(a, b Observation) int { return int(a.At - b.At) })
-	start := time.Now()
 	var wg sync.WaitGroup
 	for k := range obs {
 		o := &obs[k]
@@ -119,7 +132,7 @@ func Replay(ctx context.Context, s Server, names []string, schedule [][]time.Dur
 
 // Summary counts observations by start path with the median latency of each.
 type Summary struct {
-	Invocations, Cold, Warm, Hot, Errors int
+	Invocations, Cold, Warm, Hot, PreWarmed, Borrowed, Errors int
 	ColdP50, WarmP50, HotP50             time.Duration
 }
 
@@ -144,6 +157,10 @@ func Summarize(obs []Observation) Summary {
 			s.Warm++
 		case sandboxapi.Hot:
 			s.Hot++
+		case sandboxapi.PreWarmed:
+			s.PreWarmed++
+		case sandboxapi.Borrowed:
+			s.Borrowed++
 		}
 		lat[o.Path] = append(lat[o.Path], o.Latency)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/policy/live"
 	"github.com/obdproject/obd/policy/sim"
 	"github.com/obdproject/obd/policy/trace"
 	"github.com/obdproject/obd/sandbox"
@@ -105,5 +106,92 @@ func TestLiveServerMatchesSimulator(t *testing.T) {
 	}
 	if live.HotP50 >= max(live.ColdP50, live.WarmP50) {
 		t.Fatalf("hot median %v is not faster than cold %v / warm %v", live.HotP50, live.ColdP50, live.WarmP50)
+	}
+}
+
+// policyServer starts a real sandbox server whose functions' policies come from package
+// policy through policy/live, on a clock time.Minute/minute times as fast.
+func policyServer(t *testing.T, minute time.Duration) *sandboxapi.Client {
+	t.Helper()
+	rootfs := testenv.PythonRootfs(t)
+	state := t.TempDir()
+	ps, err := live.New("fixed-10m", float64(time.Minute)/float64(minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := sandbox.NewManager(sandbox.Config{StateDir: state, Rootfs: sandbox.DirProvider{Root: filepath.Dir(rootfs)}, PoolSize: 8,
+		Policies: func(spec string) (sandbox.Policy, error) {
+			p, err := ps.Get(spec)
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(state, "code"), ""))
+	t.Cleanup(func() {
+		srv.Close()
+		if err := m.Close(); err != nil {
+			t.Errorf("sandbox manager close: %v", err)
+		}
+	})
+	return &sandboxapi.Client{Base: srv.URL}
+}
+
+// TestLivePoliciesMatchSimulator replays a hand-made trace against a live server under the
+// hybrid histogram and cross-function reuse policies and checks the server's starts, reuse
+// and wasted memory-time against the simulator's for the same arrivals. The trace's idle
+// gaps keep clear of every window edge by a trace minute or more, so arrival spreading and
+// start latency cannot flip an outcome:
+//   - "timer" fires every 4 minutes: the hybrid policy learns it (fixed 10 minutes until 5
+//     idle times are known) and then pre-warms it about 2.7 minutes after each run;
+//   - "lender" (json, decimal) and "borrower" (decimal) are called 3 minutes apart every 16
+//     minutes: under reuse+fixed-10m the borrower takes the lender's idle sandbox each time,
+//     and both are gone by the next round.
+func TestLivePoliciesMatchSimulator(t *testing.T) {
+	const minute = time.Second // of real time per trace minute
+	c := policyServer(t, minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tr := &trace.Trace{Minutes: 48, Packages: map[trace.FunctionKey][]string{}}
+	add := func(name string, packages []string, minutes ...int) {
+		counts := make([]int, tr.Minutes)
+		for _, m := range minutes {
+			counts[m] = 1
+		}
+		key := trace.FunctionKey{Owner: "o", App: "a", Function: name}
+		tr.Invocations = append(tr.Invocations, trace.Invocations{FunctionKey: key, Counts: counts})
+		tr.Packages[key] = packages
+	}
+	add("timer", []string{"csv"}, 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44)
+	add("lender", []string{"decimal", "json"}, 0, 16, 32)
+	add("borrower", []string{"decimal"}, 3, 19, 35)
+
+	results, timing, err := Compare(ctx, c, tr, Comparison{Image: "python3-bookworm", Prefix: "cmp",
+		Policies: []string{"hybrid", "reuse+fixed-10m"}, Minute: minute, MemoryMB: 64, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("measured %+v\n%s", timing, Table(results))
+	for _, r := range results {
+		if r.Live.Errors != 0 || r.Live.Invocations != 18 || r.Sim.Invocations != 18 {
+			t.Errorf("%s: live %+v, simulated %+v: want 18 invocations each, no errors", r.Policy, r.Live, r.Sim)
+		}
+		if r.Live.Starts != r.Sim.Starts || r.Live.Reused != r.Sim.Reused {
+			t.Errorf("%s: live %d starts and %d reused, simulated %d and %d", r.Policy, r.Live.Starts, r.Live.Reused, r.Sim.Starts, r.Sim.Reused)
+		}
+		if d := r.Live.WastedMBSeconds/r.Sim.WastedMBSeconds - 1; d > 0.25 || d < -0.25 {
+			t.Errorf("%s: wasted memory-time live %.0f MB·s, simulated %.0f", r.Policy, r.Live.WastedMBSeconds, r.Sim.WastedMBSeconds)
+		}
+	}
+	hybrid, reuse := results[0], results[1]
+	// 1 start of the timer, 3 each of lender and borrower without reuse.
+	if hybrid.Sim.Starts != 7 || hybrid.Live.PreWarmed == 0 {
+		t.Errorf("hybrid: %d simulated starts (want 7), %d pre-warmed live (want some)", hybrid.Sim.Starts, hybrid.Live.PreWarmed)
+	}
+	if reuse.Sim.Starts != 4 || reuse.Sim.Reused != 3 {
+		t.Errorf("reuse: simulated %d starts and %d reused, want 4 and 3", reuse.Sim.Starts, reuse.Sim.Reused)
 	}
 }

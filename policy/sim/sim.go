@@ -103,6 +103,8 @@ type Result struct {
 	// FunctionColdP75 is the 75th percentile over functions of each function's cold-start
 	// rate, the paper's per-application view.
 	FunctionColdP75 float64
+	// FunctionColdStarts are each function's cold starts, in the trace's order.
+	FunctionColdStarts []int64
 }
 
 // ColdStartRate is the fraction of invocations that were cold starts.
@@ -464,6 +466,7 @@ func (r *replay) result() Result {
 		LatencyP50: r.latency.quantile(0.50), LatencyP99: r.latency.quantile(0.99)}
 	var rates []float64
 	for _, f := range r.fns {
+		res.FunctionColdStarts = append(res.FunctionColdStarts, f.coldStarts)
 		if f.invocations > 0 {
 			rates = append(rates, float64(f.coldStarts)/float64(f.invocations))
 		}
