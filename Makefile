@@ -92,6 +92,14 @@ bench-sandbox:
 	@mkdir -p $(BIN)
 	$(GO) test -run '^$$' -bench '^BenchmarkStartPaths$$' -benchtime 1x -timeout 20m ./sandbox/ | tee $(BIN)/bench-sandbox.out
 
+# probe-policies replays a synthetic trace (240 trace minutes of 1 s) against a real obd-lambda
+# under each keep-alive policy and through the simulator, and prints the live-against-simulated
+# table of policy/RESULTS.md. Needs root; about 6 minutes.
+.PHONY: probe-policies
+probe-policies: build
+	bash scripts/mkrootfs.sh >/dev/null
+	BIN=$(BIN) bash scripts/probe-policies.sh
+
 # bench-coldstart is the cold-start benchmark of issues #8 and #18 (tens of minutes, needs root,
 # deps and the Debian image of convert/bench/mkimage.sh): containerd full pull vs obd lazy vs obd
 # with a local trace or one from the registry vs the stargz snapshotter on plain and optimized

@@ -242,8 +242,8 @@ func comparePolicies(ctx context.Context, c *sandboxapi.Client, policies []strin
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%d functions, %d trace minutes of %v; measured p50: start %v, borrow %v, hot %v\n\n",
-		len(t.Invocations), t.Minutes, minute, timing.StartP50, timing.BorrowP50, timing.HotP50)
+	fmt.Printf("%d functions, %d trace minutes of %v; measured p50: start %v, borrow %v, hot %v; server mean %v per invocation\n\n",
+		len(t.Invocations), t.Minutes, minute, timing.StartP50, timing.BorrowP50, timing.HotP50, timing.ServerMean)
 	fmt.Print(probe.Table(res))
 	if verbose {
 		for _, r := range res {

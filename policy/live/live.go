@@ -83,11 +83,15 @@ type Policies struct {
 var ErrConfig = errors.New("live: invalid policy configuration")
 
 // New returns the policies of a server whose functions are under policy def unless they name
-// another, on a clock scale times as fast as real time from origin (1: real time).
+// another, on a clock scale times as fast as real time from origin, rounded down to a
+// multiple of time.Minute/scale (1: real time).
 func New(def string, scale float64, origin time.Time) (*Policies, error) {
 	if !(scale > 0) || scale > 1e6 {
 		return nil, fmt.Errorf("%w: time scale %v must be above 0 and at most 1e6", ErrConfig, scale)
 	}
+	// The policies' minutes (the predictive policy counts invocations per minute) then start
+	// on multiples of time.Minute/scale of real time, where a replay can start its own.
+	origin = origin.Truncate(time.Duration(float64(time.Minute) / scale))
 	ps := &Policies{def: def, clock: &clock{origin: origin, scale: scale}, by: map[string]*Policy{}}
 	if _, err := ps.Get(""); err != nil {
 		return nil, err

@@ -82,9 +82,12 @@ type PolicyResult struct {
 	LiveStarts, SimStarts []int64
 }
 
-// Timing is what the probe measured of the server and gave the simulator, in real time.
+// Timing is what the probe measured of the server and gave the simulator, in real time:
+// median latencies seen by the client, and the server's mean time per invocation (from
+// taking a sandbox to putting it back).
 type Timing struct {
 	StartP50, BorrowP50, HotP50 time.Duration
+	ServerMean                  time.Duration
 }
 
 // Compare deploys, for each policy, a function per function of t (under that policy, named
@@ -92,7 +95,7 @@ type Timing struct {
 // importing its packages; t as ProbeTrace returns it), replays t's arrivals (sim.Arrivals)
 // for all policies at once against the server, reads each function's counters when the
 // trace ends, and runs the simulator on the same arrivals under each policy, with start,
-// borrow and execution times as measured live. The functions are deleted afterwards.
+// borrow and execution times as measured live (see Timing). The functions are deleted afterwards.
 func Compare(ctx context.Context, c *sandboxapi.Client, t *trace.Trace, cmp Comparison) ([]PolicyResult, Timing, error) {
 	cfg := sim.Config{Seed: cmp.Seed, InstancePerInvocation: true, MaxArrivalsPerMinute: 1 << 20,
 		DefaultMemoryMB: float64(cmp.MemoryMB)}
@@ -116,7 +119,9 @@ func Compare(ctx context.Context, c *sandboxapi.Client, t *trace.Trace, cmp Comp
 		return nil, Timing{}, err
 	}
 	scale := float64(cmp.Minute) / float64(time.Minute)
-	start := time.Now()
+	// Trace minutes start where the server's policy minutes do (policy/live): on a multiple
+	// of Minute.
+	start := time.Now().Truncate(cmp.Minute).Add(cmp.Minute)
 	obs, err := replayFrom(ctx, c, names, all, scale, start)
 	if err != nil {
 		return nil, Timing{}, err
@@ -134,11 +139,22 @@ func Compare(ctx context.Context, c *sandboxapi.Client, t *trace.Trace, cmp Comp
 		}
 	}
 	timing := measure(obs)
-	toTrace := func(d time.Duration) time.Duration { return time.Duration(float64(d) / scale) }
-	cfg.ColdStart, cfg.ReuseStart, cfg.DefaultDuration = toTrace(timing.StartP50), toTrace(timing.BorrowP50), toTrace(timing.HotP50)
-	cfg.ColdStart = max(cfg.ColdStart, 1)
-	cfg.ReuseStart = max(cfg.ReuseStart, 1)
-	cfg.DefaultDuration = max(cfg.DefaultDuration, 1)
+	var busy time.Duration
+	var calls int64
+	for _, st := range stats {
+		busy += st.TotalTime
+		calls += st.Invocations
+	}
+	if calls > 0 {
+		timing.ServerMean = busy / time.Duration(calls)
+	}
+	// The simulator's timing model, from the server's side: an instance is busy for the
+	// server's mean time per invocation (mostly hot ones), and a start or a borrow adds its
+	// latency over a hot call's (the HTTP round trip, in both, cancels out).
+	toTrace := func(d time.Duration) time.Duration { return max(time.Duration(float64(d)/scale), 1) }
+	cfg.DefaultDuration = toTrace(timing.ServerMean)
+	cfg.ColdStart = toTrace(timing.StartP50 - timing.HotP50)
+	cfg.ReuseStart = toTrace(timing.BorrowP50 - timing.HotP50)
 
 	n := len(t.Invocations)
 	out := make([]PolicyResult, len(cmp.Policies))

@@ -133,7 +133,7 @@ func replayFrom(ctx context.Context, s Server, names []string, schedule [][]time
 // Summary counts observations by start path with the median latency of each.
 type Summary struct {
 	Invocations, Cold, Warm, Hot, PreWarmed, Borrowed, Errors int
-	ColdP50, WarmP50, HotP50             time.Duration
+	ColdP50, WarmP50, HotP50                                  time.Duration
 }
 
 // Starts is the number of invocations that found no idle instance (cold or warm path): the
