@@ -18,15 +18,19 @@ import (
 // liveServer starts a real sandbox server (package sandbox behind its HTTP handler) with the
 // given keep-alive, on the python rootfs scripts/mkrootfs.sh builds.
 func liveServer(t *testing.T, keepAlive time.Duration) *sandboxapi.Client {
+	return startServer(t, sandbox.Config{PoolSize: 4, KeepAlive: keepAlive})
+}
+
+// startServer starts a real sandbox server configured by cfg, its state dir and rootfs set.
+func startServer(t *testing.T, cfg sandbox.Config) *sandboxapi.Client {
 	t.Helper()
-	rootfs := testenv.PythonRootfs(t)
-	state := t.TempDir()
-	m, err := sandbox.NewManager(sandbox.Config{StateDir: state, Rootfs: sandbox.DirProvider{Root: filepath.Dir(rootfs)},
-		PoolSize: 4, KeepAlive: keepAlive})
+	cfg.StateDir = t.TempDir()
+	cfg.Rootfs = sandbox.DirProvider{Root: filepath.Dir(testenv.PythonRootfs(t))}
+	m, err := sandbox.NewManager(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(state, "code"), ""))
+	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(cfg.StateDir, "code"), ""))
 	t.Cleanup(func() {
 		srv.Close()
 		if err := m.Close(); err != nil {
@@ -113,31 +117,17 @@ func TestLiveServerMatchesSimulator(t *testing.T) {
 // policy through policy/live, on a clock time.Minute/minute times as fast.
 func policyServer(t *testing.T, minute time.Duration) *sandboxapi.Client {
 	t.Helper()
-	rootfs := testenv.PythonRootfs(t)
-	state := t.TempDir()
 	ps, err := live.New("fixed-10m", float64(time.Minute)/float64(minute), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := sandbox.NewManager(sandbox.Config{StateDir: state, Rootfs: sandbox.DirProvider{Root: filepath.Dir(rootfs)}, PoolSize: 8,
-		Policies: func(spec string) (sandbox.Policy, error) {
-			p, err := ps.Get(spec)
-			if err != nil {
-				return nil, err
-			}
-			return p, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(sandbox.NewHandler(m, filepath.Join(state, "code"), ""))
-	t.Cleanup(func() {
-		srv.Close()
-		if err := m.Close(); err != nil {
-			t.Errorf("sandbox manager close: %v", err)
+	return startServer(t, sandbox.Config{PoolSize: 8, Policies: func(spec string) (sandbox.Policy, error) {
+		p, err := ps.Get(spec)
+		if err != nil {
+			return nil, err
 		}
-	})
-	return &sandboxapi.Client{Base: srv.URL}
+		return p, nil
+	}})
 }
 
 // TestLivePoliciesMatchSimulator replays a hand-made trace against a live server under the
