@@ -72,6 +72,20 @@ func (b *bitReader) refill() bool {
 
 // fill loads bytes until at least want bits are held or the input ends.
 func (b *bitReader) fill(want uint) {
+	if b.n <= 56 && b.end-b.pos >= 8 {
+		// Whole bytes at once, as many as fit the 64-bit buffer.
+		k := (63 - b.n) / 8
+		b.bits |= binary.LittleEndian.Uint64(b.buf[b.pos:]) << b.n
+		if k < 8 {
+			b.bits &= 1<<(b.n+8*k) - 1
+		}
+		b.pos += int(k)
+		b.consumed += int64(k)
+		b.n += 8 * k
+		if b.n >= want {
+			return
+		}
+	}
 	for b.n < want && b.n <= 56 {
 		if b.pos == b.end && !b.refill() {
 			return
@@ -128,7 +142,7 @@ type huffman struct {
 	fast   [1 << fastBits]uint16 // symbol<<4 | length; 0 = not in the table
 }
 
-const fastBits = 9
+const fastBits = 10
 
 // init builds the code from code lengths. Over-subscribed sets are refused;
 // incomplete ones only as compress/flate allows them (a single code).

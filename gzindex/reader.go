@@ -247,7 +247,8 @@ func (r *Reader) advance(c *cursor, need int64) error {
 	// Decode whole pages past need: the next read of a file goes on from there.
 	target := min(spanLen, (need+4095)&^4095)
 	if int64(cap(c.data)) < target {
-		grown := make([]byte, len(c.data), max(target, min(spanLen, 2*int64(cap(c.data)))))
+		// A span of the default spacing at once, longer ones by doubling.
+		grown := make([]byte, len(c.data), max(target, min(spanLen, max(DefaultSpacing, 2*int64(cap(c.data))))))
 		copy(grown, c.data)
 		c.data = grown
 	}
