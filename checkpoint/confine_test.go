@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/obdproject/obd/internal/facility"
 )
 
 // pythonRootfs is the Debian python3 rootfs scripts/mkrootfs.sh builds (once per machine).
@@ -16,7 +18,7 @@ func pythonRootfs(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("bash", "../scripts/mkrootfs.sh").Output()
 	if err != nil {
-		t.Skipf("checkpoint: no python rootfs (scripts/mkrootfs.sh: %v)", err)
+		facility.Missing(t, "checkpoint: no python rootfs (scripts/mkrootfs.sh: %v)", err)
 	}
 	return strings.TrimSpace(string(out))
 }

@@ -159,7 +159,10 @@ func buildServer(t *testing.T) (bin, rootfsDir string) {
 // of extra, reached by c) and waits until it answers. base is the address for clients.
 func startServer(t *testing.T, bin, rootfsDir, stateDir string, c *sandboxapi.Client, extra ...string) (*exec.Cmd, *sandboxapi.Client, chan string) {
 	t.Helper()
-	args := []string{"--state-dir", stateDir, "--rootfs-dir", rootfsDir, "--keep-alive", "1m"}
+	args := []string{"--state-dir", stateDir, "--keep-alive", "1m"}
+	if rootfsDir != "" { // else extra names the image source (--bdd-socket)
+		args = append(args, "--rootfs-dir", rootfsDir)
+	}
 	if c == nil {
 		sock := filepath.Join(filepath.Dir(stateDir), "lambda.sock")
 		args = append(args, "--listen", sock)
