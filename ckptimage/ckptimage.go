@@ -43,9 +43,9 @@ const (
 	// AnnotationCreated is when the checkpoint was taken (RFC 3339): the newest is chosen.
 	AnnotationCreated = ocispec.AnnotationCreated
 	// AnnotationCRIU is the version of the criu that dumped it: a restore needs a compatible one.
-	AnnotationCRIU = "dev.obd.checkpoint.criu"
+	AnnotationCRIU = "org.obdproject.checkpoint.criu"
 	// AnnotationFunction names the function whose handler was checkpointed.
-	AnnotationFunction = "dev.obd.checkpoint.function"
+	AnnotationFunction = "org.obdproject.checkpoint.function"
 	// MaxManifestBytes caps an artifact manifest.
 	MaxManifestBytes = 64 << 10
 	// MaxFiles and MaxBytes cap a checkpoint directory Push stores.
