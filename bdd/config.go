@@ -83,6 +83,11 @@ type CacheConfig struct {
 	// for the file costs less than a round trip per page fault. Needs PrefetchMetadata,
 	// whose walk learns where files lie.
 	PrefetchFileMax quantity.Size `toml:"prefetch_file_max"`
+	// BackgroundDelay is how long after a remote blob opens the rest of it starts
+	// downloading in the background; BackgroundRate bounds that download, in bytes per
+	// second. A node holds a blob whole, and serves it to IPFS peers, once it is done.
+	BackgroundDelay quantity.Duration `toml:"background_delay"`
+	BackgroundRate  quantity.Size     `toml:"background_rate"`
 }
 
 // RegistryConfig configures how remote blobs are fetched.
@@ -135,7 +140,8 @@ func DefaultConfig() Config {
 		// (bench/FINDINGS.md: 1.3-1.4x faster than 64 KiB units for a python start over
 		// 100 Mbit/s + 20 ms, with 30% fewer bytes).
 		Cache: CacheConfig{Dir: "/var/cache/obd", Size: 10 << 30, FillUnit: 16 << 10,
-			PrefetchMetadata: true, PrefetchFileMax: 64 << 20},
+			PrefetchMetadata: true, PrefetchFileMax: 64 << 20,
+			BackgroundDelay: quantity.Duration(10 * time.Second), BackgroundRate: 16 << 20},
 		Registry: RegistryConfig{
 			CertsDir:    "/etc/containerd/certs.d",
 			ReadTimeout: quantity.Duration(30 * time.Second),
@@ -159,6 +165,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Var(&c.Cache.FillUnit, "cache-fill-unit", "least bytes one cache miss fetches, a multiple of 4KiB")
 	fs.Var(&c.Cache.PrefetchFileMax, "prefetch-file-max", "fetch the rest of a file of at most this size when a read of it misses the cache (0: off)")
 	fs.BoolVar(&c.Cache.PrefetchMetadata, "prefetch-metadata", c.Cache.PrefetchMetadata, "fetch the ext4 metadata of new devices with remote layers in the background")
+	fs.Var(&c.Cache.BackgroundDelay, "background-delay", "time after a remote blob opens before the rest of it downloads in the background")
+	fs.Var(&c.Cache.BackgroundRate, "background-rate", "bytes per second of background downloads (e.g. 16MiB)")
 	fs.StringVar(&c.Registry.CertsDir, "certs-dir", c.Registry.CertsDir, "containerd-style hosts directory (certs.d)")
 	fs.StringVar(&c.Registry.DockerConfig, "docker-config", c.Registry.DockerConfig, "docker config.json with registry credentials")
 	fs.StringVar(&c.Registry.CredentialProviderConfig, "credential-provider-config", c.Registry.CredentialProviderConfig, "kubelet credential provider config (empty: none)")
@@ -241,6 +249,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.Size <= 0 {
 		return fmt.Errorf("bdd: config: cache.size must be positive, got %d", c.Cache.Size)
+	}
+	if c.Cache.BackgroundDelay <= 0 || c.Cache.BackgroundRate <= 0 {
+		return fmt.Errorf("bdd: config: cache.background_delay and cache.background_rate must be positive, got %s and %d",
+			c.Cache.BackgroundDelay, c.Cache.BackgroundRate)
 	}
 	if c.Registry.ReadTimeout <= 0 {
 		return fmt.Errorf("bdd: config: registry.read_timeout must be positive, got %s", c.Registry.ReadTimeout)

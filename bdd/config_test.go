@@ -73,6 +73,8 @@ func TestConfigErrors(t *testing.T) {
 		{"ipfs gateway not a URL", "[ipfs]\ngateway = \"127.0.0.1:8080\"\n", "ipfs.gateway"},
 		{"ipfs gateway with a path", "[ipfs]\ngateway = \"http://127.0.0.1:8080/ipfs\"\n", "ipfs.gateway"},
 		{"ipfs api without gateway", "[ipfs]\napi = \"http://127.0.0.1:5001\"\n", "needs ipfs.gateway"},
+		{"zero background delay", "[cache]\nbackground_delay = \"0s\"\n", "cache.background_delay"},
+		{"zero background rate", "[cache]\nbackground_rate = \"0\"\n", "cache.background_rate"},
 		{"ipfs zero wait", "[ipfs]\ngateway = \"http://127.0.0.1:8080\"\nwait = \"0s\"\n", "ipfs.wait"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

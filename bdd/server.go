@@ -116,6 +116,8 @@ func NewServer(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...
 		Credentials:     creds,
 		ReadTimeout:     time.Duration(cfg.Registry.ReadTimeout),
 		RequireVerified: cfg.Registry.RequireVerified,
+		BackgroundDelay: time.Duration(cfg.Cache.BackgroundDelay),
+		BackgroundRate:  int64(cfg.Cache.BackgroundRate),
 		IPFS:            remotefetch.IPFSOptions{Gateway: cfg.IPFS.Gateway, API: cfg.IPFS.API, Wait: time.Duration(cfg.IPFS.Wait)},
 		MaxConnsPerHost: cfg.Limits.MaxRegistryConnections,
 		Registerer:      reg,

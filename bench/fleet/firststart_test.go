@@ -30,16 +30,18 @@ import (
 )
 
 var (
-	runFleet  = flag.Bool("fleet", false, "measure the first node's start per mode (minutes; writes -fleet.out)")
-	flagImage = flag.String("fleet.image", "/opt/obd-deps/images/dedup-set-obd:gcc", "OCI layout DIR:TAG of the overlaybd image (scripts/mkdedupimages.sh, then obd convert --algorithm zstd --block-size 16K)")
-	flagTrace = flag.String("fleet.trace", "/opt/obd-deps/bench/traces/python-registry.json", "block trace of one start of that image (bench/coldstart records them)")
-	flagRuns  = flag.Int("fleet.runs", 3, "runs per mode")
-	flagRTT   = flag.Duration("fleet.origin-rtt", 50*time.Millisecond, "latency per request on the link to the origin")
-	flagBW    = flag.Int64("fleet.origin-bw", 100e6/8, "bytes/s of the link to the origin (0: unshaped)")
-	flagMRTT  = flag.Duration("fleet.mirror-rtt", time.Millisecond, "latency per request on the link to the mirror")
-	flagOut   = flag.String("fleet.out", "firststart.json", "where the figures go")
-	flagModes = flag.String("fleet.modes", "direct,mirror-cold,mirror+prediction,mirror-warm,p2p", "modes to measure, comma-separated")
-	flagMerge = flag.Bool("fleet.merge", false, "keep the modes -fleet.out holds already and replace only those measured")
+	runFleet      = flag.Bool("fleet", false, "measure the first node's start per mode (minutes; writes -fleet.out)")
+	flagImage     = flag.String("fleet.image", "/opt/obd-deps/images/dedup-set-obd:gcc", "OCI layout DIR:TAG of the overlaybd image (scripts/mkdedupimages.sh, then obd convert --algorithm zstd --block-size 16K)")
+	flagTrace     = flag.String("fleet.trace", "/opt/obd-deps/bench/traces/python-registry.json", "block trace of one start of that image (bench/coldstart records them)")
+	flagRuns      = flag.Int("fleet.runs", 3, "runs per mode")
+	flagRTT       = flag.Duration("fleet.origin-rtt", 50*time.Millisecond, "latency per request on the link to the origin")
+	flagBW        = flag.Int64("fleet.origin-bw", 100e6/8, "bytes/s of the link to the origin (0: unshaped)")
+	flagMRTT      = flag.Duration("fleet.mirror-rtt", time.Millisecond, "latency per request on the link to the mirror")
+	flagOut       = flag.String("fleet.out", "firststart.json", "where the figures go")
+	flagModes     = flag.String("fleet.modes", "direct,mirror-cold,mirror+prediction,mirror-warm,p2p", "modes to measure, comma-separated")
+	flagSeedDelay = flag.Duration("fleet.seed-delay", 10*time.Second, "p2p: the canary's background fill starts this long after a blob opens (bdd's cache.background_delay)")
+	flagSeedRate  = flag.Int64("fleet.seed-rate", 16<<20, "p2p: the canary's background fill rate, bytes/s (bdd's cache.background_rate)")
+	flagMerge     = flag.Bool("fleet.merge", false, "keep the modes -fleet.out holds already and replace only those measured")
 )
 
 // TestFirstStart measures one node's start against a far origin (-fleet.origin-rtt,

@@ -19,8 +19,8 @@ import (
 )
 
 // measureP2P measures peer-to-peer starts through IPFS (kubo) against the far origin: a
-// canary node starts the image from the origin with bdd's background fill (after 10 s, at
-// 16 MiB/s) until it holds every layer whole and has added it to its IPFS node (seed: from
+// canary node starts the image from the origin with bdd's background fill (by default after
+// 10 s, at 16 MiB/s: -fleet.seed-delay, -fleet.seed-rate) until it holds every layer whole and has added it to its IPFS node (seed: from
 // its start to then, and the origin's egress for all of it); then a second node, whose IPFS
 // node is a peer of the canary's, starts the image through its own gateway (the sample).
 // Both nodes' IPFS nodes are near each other, unshaped: peers in one zone.
@@ -58,7 +58,7 @@ func measureP2P(t *testing.T, origin *testregistry.Registry, img testzone.Image,
 	}
 	fetcher := func(k *testenv.Kubo, background time.Duration) *remotefetch.Fetcher {
 		f, err := remotefetch.New(remotefetch.Options{CacheDir: t.TempDir(), FillUnit: 16 << 10,
-			DockerConfig: z.NodeConfig(t, true), BackgroundDelay: background, ReadTimeout: time.Minute,
+			DockerConfig: z.NodeConfig(t, true), BackgroundDelay: background, BackgroundRate: *flagSeedRate, ReadTimeout: time.Minute,
 			IPFS: remotefetch.IPFSOptions{Gateway: k.Gateway, API: k.API}})
 		if err != nil {
 			t.Fatal(err)
@@ -70,7 +70,7 @@ func measureP2P(t *testing.T, origin *testregistry.Registry, img testzone.Image,
 	// The canary: the blobs stay open (as on a node running the image) so background fill
 	// completes them.
 	before, beforeGets := origin.BlobBytes(), origin.BlobGets()
-	canary := fetcher(canaryIPFS, 0)
+	canary := fetcher(canaryIPFS, *flagSeedDelay)
 	begin := time.Now()
 	started, canaryBytes := startImage(t, canary, z.Ref(img.Repo), img, trace, opts)
 	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
