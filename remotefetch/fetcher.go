@@ -177,6 +177,9 @@ func New(opts Options) (*Fetcher, error) {
 	if err != nil {
 		return nil, err
 	}
+	if node != nil {
+		node.metrics = m
+	}
 	c, err := cache.Open(cache.Options{Dir: opts.CacheDir, FillUnit: opts.FillUnit, Capacity: opts.CacheSize, Logger: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("remotefetch: %w", err)

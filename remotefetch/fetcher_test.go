@@ -914,6 +914,7 @@ func TestMetrics(t *testing.T) {
 		"obd_remotefetch_cache_hits_total": 2, "obd_remotefetch_cache_misses_total": 1,
 		"obd_remotefetch_fetched_bytes_total": testUnit, "obd_remotefetch_fetch_duration_seconds": 1,
 		"obd_remotefetch_retries_total": 0, "obd_remotefetch_errors_total": 0,
+		"obd_remotefetch_ipfs_served_total": 0, "obd_remotefetch_ipfs_passed_total": 0, "obd_remotefetch_ipfs_seeded_total": 0,
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -63,6 +63,7 @@ type ipfsNode struct {
 	client  *http.Client
 	api     *ipfsnode.Client // nil: the node does not add blobs
 	wait    time.Duration
+	metrics *metrics // the Fetcher's
 }
 
 func newIPFSNode(o IPFSOptions, maxConns int) (*ipfsNode, error) {
@@ -155,12 +156,14 @@ func (r *remote) getPeer(ctx context.Context, off, n int64) io.ReadCloser {
 	}
 	body, err := r.getFromIPFS(ctx, off, n)
 	if err != nil {
+		r.ipfs.node.metrics.ipfsPassed.Inc()
 		r.ipfs.avoid(ipfsMissAvoid)
 		if r.log != nil {
 			r.log.Debug("remotefetch: IPFS read failed; reading from the registry", "cid", r.ipfs.cid, "err", err)
 		}
 		return nil
 	}
+	r.ipfs.node.metrics.ipfsServed.Inc()
 	return body
 }
 
@@ -191,5 +194,6 @@ func (f *filler) seed() {
 			"cid", b.cid, "got", cid)
 	default:
 		f.log.Info("remotefetch: blob added to IPFS for peers", "cid", cid)
+		b.node.metrics.ipfsSeeded.Inc()
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/obdproject/obd/internal/testenv"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/ipfsnode"
@@ -135,8 +137,9 @@ func TestIPFSPeerServesSecondNode(t *testing.T) {
 		t.Fatal("naming the blob stored it: the first node would not need the registry")
 	}
 	ref := reg.Host + "/obd/p2p:v1"
+	metrics := map[*testenv.Kubo]*prometheus.Registry{k1: prometheus.NewRegistry(), k2: prometheus.NewRegistry()}
 	node := func(k *testenv.Kubo) *Blob {
-		f := newFetcher(t, Options{ReadTimeout: 30 * time.Second,
+		f := newFetcher(t, Options{ReadTimeout: 30 * time.Second, Registerer: metrics[k],
 			IPFS: IPFSOptions{Gateway: k.Gateway, API: k.API, Wait: 5 * time.Second}})
 		b, err := f.Open(t.Context(), ref, dgst, int64(len(blob)), WithRangeTable(table, offset), WithIPFS(cid))
 		if err != nil {
@@ -171,4 +174,36 @@ func TestIPFSPeerServesSecondNode(t *testing.T) {
 		t.Fatalf("the second node got %d bytes from the registry; want all from its peer", second)
 	}
 	waitPinned(k2, "the second node")
+	for _, c := range []struct {
+		k          *testenv.Kubo
+		name       string
+		served     func(float64) bool
+		passed     func(float64) bool
+		seededWant float64
+	}{
+		{k1, "first node", func(v float64) bool { return v == 0 }, func(v float64) bool { return v > 0 }, 1},
+		{k2, "second node", func(v float64) bool { return v > 0 }, func(v float64) bool { return v == 0 }, 1},
+	} {
+		served, passed, seeded := counter(t, metrics[c.k], "obd_remotefetch_ipfs_served_total"),
+			counter(t, metrics[c.k], "obd_remotefetch_ipfs_passed_total"), counter(t, metrics[c.k], "obd_remotefetch_ipfs_seeded_total")
+		if !c.served(served) || !c.passed(passed) || seeded != c.seededWant {
+			t.Errorf("%s: IPFS served %v, passed %v, seeded %v", c.name, served, passed, seeded)
+		}
+	}
+}
+
+// counter is the value of the counter name in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -41,6 +41,9 @@ func (c *counters) stats() Stats {
 type metrics struct {
 	hits, misses, bytesFetched, retries, errors prometheus.Counter
 	fetchLatency                                prometheus.Histogram
+	// Reads through the IPFS gateway (ipfs.go): requests it answered, requests passed to the
+	// registry instead, blobs added to the node for its peers.
+	ipfsServed, ipfsPassed, ipfsSeeded prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,11 +59,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		fetchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "obd", Subsystem: "remotefetch",
 			Name: "fetch_duration_seconds", Help: "Duration of one registry range request, headers to last byte.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		ipfsServed: counter("ipfs_served_total", "Range requests the IPFS gateway answered (the bytes come from peers)."),
+		ipfsPassed: counter("ipfs_passed_total", "Range requests the IPFS gateway failed or did not answer in time; the registry served them."),
+		ipfsSeeded: counter("ipfs_seeded_total", "Blobs held whole and added to the node's IPFS for its peers."),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.hits, m.misses, m.bytesFetched, m.retries, m.errors, m.fetchLatency} {
+	for _, c := range []prometheus.Collector{m.hits, m.misses, m.bytesFetched, m.retries, m.errors, m.fetchLatency,
+		m.ipfsServed, m.ipfsPassed, m.ipfsSeeded} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
