@@ -22,7 +22,9 @@ import (
 //
 //   - A gateway that sends no response headers within IPFSOptions.Wait (it finds no peer with
 //     the CID: kubo then searches until its own timeout), or answers with an error, is passed
-//     over by this blob for ipfsMissAvoid; the read goes to the registry at once.
+//     over by this blob for ipfsMissAvoid, doubling with each miss in a row up to
+//     ipfsMissAvoidMax (a blob no peer holds costs a read the wait that rarely); the read goes
+//     to the registry at once. An answer resets the doubling.
 //   - Bytes from the gateway that fail their check make the blob pass it over for
 //     ipfsDistrust: no retry of that read asks it again.
 //
@@ -31,8 +33,9 @@ import (
 // the node computed the CID the descriptor names, and the node serves it to its peers from
 // then on.
 const (
-	ipfsMissAvoid = 10 * time.Second
-	ipfsDistrust  = time.Minute
+	ipfsMissAvoid    = 10 * time.Second
+	ipfsMissAvoidMax = 160 * time.Second
+	ipfsDistrust     = time.Minute
 )
 
 // IPFSOptions configure reads through a local IPFS node. The zero value reads nothing
@@ -95,8 +98,9 @@ type ipfsBlob struct {
 	node *ipfsNode
 	cid  string
 
-	mu    sync.Mutex
-	until time.Time // passed over until then
+	mu     sync.Mutex
+	until  time.Time // passed over until then
+	misses int       // misses in a row
 }
 
 func (b *ipfsBlob) skipped() bool {
@@ -108,6 +112,24 @@ func (b *ipfsBlob) skipped() bool {
 func (b *ipfsBlob) avoid(d time.Duration) {
 	b.mu.Lock()
 	b.until = time.Now().Add(d)
+	b.mu.Unlock()
+}
+
+// missed passes the gateway over after a miss, for longer after each miss in a row, and
+// returns for how long.
+func (b *ipfsBlob) missed() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := min(ipfsMissAvoid<<min(b.misses, 8), ipfsMissAvoidMax)
+	b.until = time.Now().Add(d)
+	b.misses++
+	return d
+}
+
+// answered resets the doubling of missed.
+func (b *ipfsBlob) answered() {
+	b.mu.Lock()
+	b.misses = 0
 	b.mu.Unlock()
 }
 
@@ -157,13 +179,14 @@ func (r *remote) getPeer(ctx context.Context, off, n int64) io.ReadCloser {
 	body, err := r.getFromIPFS(ctx, off, n)
 	if err != nil {
 		r.ipfs.node.metrics.ipfsPassed.Inc()
-		r.ipfs.avoid(ipfsMissAvoid)
+		r.ipfs.missed()
 		if r.log != nil {
 			r.log.Debug("remotefetch: IPFS read failed; reading from the registry", "cid", r.ipfs.cid, "err", err)
 		}
 		return nil
 	}
 	r.ipfs.node.metrics.ipfsServed.Inc()
+	r.ipfs.answered()
 	return body
 }
 

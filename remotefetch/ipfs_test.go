@@ -207,3 +207,26 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// Misses in a row pass the gateway over for longer each time, up to a bound; an answer starts
+// over.
+func TestIPFSMissesBackOff(t *testing.T) {
+	b := &ipfsBlob{}
+	var got []time.Duration
+	for range 6 {
+		got = append(got, b.missed())
+	}
+	want := []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 160 * time.Second}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("pass-over times %v, want %v", got, want)
+		}
+	}
+	if !b.skipped() {
+		t.Fatal("a blob that missed does not pass the gateway over")
+	}
+	b.answered()
+	if d := b.missed(); d != ipfsMissAvoid {
+		t.Fatalf("after an answer a miss passes the gateway over for %v, want %v", d, ipfsMissAvoid)
+	}
+}
