@@ -21,7 +21,8 @@ import (
 // the fallback:
 //
 //   - A gateway that sends no response headers within IPFSOptions.Wait (it finds no peer with
-//     the CID: kubo then searches until its own timeout), or answers with an error, is passed
+//     the CID: kubo then searches until its own timeout), answers with an error, or breaks
+//     off a body (stalls until the watchdog ends it: the peer went away), is passed
 //     over by this blob for ipfsMissAvoid, doubling with each miss in a row up to
 //     ipfsMissAvoidMax (a blob no peer holds costs a read the wait that rarely); the read goes
 //     to the registry at once. An answer resets the doubling.
@@ -166,8 +167,24 @@ func (r *remote) getFromIPFS(ctx context.Context, off, n int64) (io.ReadCloser, 
 	}
 	rb := body.(rangeBody)
 	rb.from = "IPFS gateway " + u.Host
+	rb.Reader = &peerReader{r: rb.Reader, blob: b}
 	rb.closer = cancelOnClose{nil, rb.closer, cancel}
 	return rb, nil
+}
+
+// peerReader is a gateway's response body: a body that breaks off (the stall watchdog
+// cancelled it, the peer went away) counts as a miss, so the retry reads from the registry.
+type peerReader struct {
+	r    io.Reader
+	blob *ipfsBlob
+}
+
+func (p *peerReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if err != nil && !errors.Is(err, io.EOF) {
+		p.blob.missed()
+	}
+	return n, err
 }
 
 // getPeer tries the gateway first, unless this blob passes it over for now; on failure it

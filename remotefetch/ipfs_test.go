@@ -2,8 +2,10 @@ package remotefetch
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -228,5 +230,35 @@ func TestIPFSMissesBackOff(t *testing.T) {
 	b.answered()
 	if d := b.missed(); d != ipfsMissAvoid {
 		t.Fatalf("after an answer a miss passes the gateway over for %v, want %v", d, ipfsMissAvoid)
+	}
+}
+
+// A gateway that answers with headers and then sends nothing (the peer it was fetching from
+// went away) is passed over like one that does not answer: the retry reads from the registry.
+func TestIPFSGatewayStallingBodyFallsBack(t *testing.T) {
+	payload := randomBytes(23, 4*testUnit)
+	blob, table, offset := withTable(t, payload, rangetable.DefaultChunk)
+	reg := testregistry.Start(t, testregistry.Options{})
+	dgst := reg.PushBlob(t, "obd/p2p", blob)
+	gw, requests := fakeGateway(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", len(blob)-1, len(blob)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		w.WriteHeader(http.StatusPartialContent)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	f := newFetcher(t, Options{ReadTimeout: 20 * time.Second, StallTimeout: 300 * time.Millisecond,
+		IPFS: IPFSOptions{Gateway: gw, Wait: 5 * time.Second}})
+	b, err := f.Open(t.Context(), reg.Host+"/obd/p2p:v1", dgst, int64(len(blob)), WithRangeTable(table, offset), WithIPFS(testCID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := checkRead(t, b, blob, 0, int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	// The table's request and the first read's go out together; after their stalls, no more.
+	if n := requests.Load(); n > 2 {
+		t.Fatalf("the stalling gateway was asked %d times, want at most twice", n)
 	}
 }

@@ -123,20 +123,17 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 			from, to = f.table.guessWiden(off, off+n)
 		}
 	}
-	stall := f.opts.StallTimeout
-	watchdog := time.AfterFunc(stall, func() {
-		cancel(fmt.Errorf("stalled: no data for %v", stall))
-	})
+	reset, stop := f.stallWatch(cancel)
 	rc, err := f.remote.get(ctx, from, to-from)
 	if err != nil {
-		watchdog.Stop()
+		stop()
 		return nil, nil, withCause(ctx, err)
 	}
 	closeBody = func() {
-		watchdog.Stop()
+		stop()
 		rc.Close()
 	}
-	body = &progressReader{r: rc, onProgress: func() { watchdog.Reset(stall) }}
+	body = &progressReader{r: rc, onProgress: reset}
 	if f.table != nil {
 		if body, err = f.verifiedBody(ctx, v, body, sourceOf(rc), from, to, off, n); err != nil {
 			closeBody()
@@ -144,6 +141,14 @@ func (f *filler) startAttempt(ctx context.Context, cancel context.CancelCauseFun
 		}
 	}
 	return body, closeBody, nil
+}
+
+// stallWatch starts a watchdog that cancels an attempt (through cancel) when no bytes arrive
+// for StallTimeout: reset says some did, stop ends the watch.
+func (f *filler) stallWatch(cancel context.CancelCauseFunc) (reset, stop func()) {
+	stall := f.opts.StallTimeout
+	w := time.AfterFunc(stall, func() { cancel(fmt.Errorf("stalled: no data for %v", stall)) })
+	return func() { w.Reset(stall) }, func() { w.Stop() }
 }
 
 // verifiedBody is a response body of the chunks [from, to) that hands on [off, off+n) chunk

@@ -355,14 +355,18 @@ func (l *tableLoader) loadOnce(ctx context.Context, f *filler) (v *rangeVerifier
 			l.budget.give(n)
 		}
 	}()
-	rc, err := f.remote.get(ctx, l.offset, n)
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	reset, stop := f.stallWatch(cancel)
+	defer stop()
+	rc, err := f.remote.get(actx, l.offset, n)
 	if err != nil {
-		return nil, fmt.Errorf("remotefetch: blob %s: range table: %w", f.dgst, err)
+		return nil, withCause(actx, fmt.Errorf("remotefetch: blob %s: range table: %w", f.dgst, err))
 	}
 	defer rc.Close()
 	raw := make([]byte, n)
-	if _, err := io.ReadFull(rc, raw); err != nil {
-		return nil, fmt.Errorf("remotefetch: blob %s: range table from %s: %w", f.dgst, sourceOf(rc), err)
+	if _, err := io.ReadFull(&progressReader{r: rc, onProgress: reset}, raw); err != nil {
+		return nil, withCause(actx, fmt.Errorf("remotefetch: blob %s: range table from %s: %w", f.dgst, sourceOf(rc), err))
 	}
 	if got := digest.Canonical.FromBytes(raw); got != l.table {
 		return nil, fmt.Errorf("remotefetch: blob %s: range table (bytes %d-%d) from %s is %s, the image pins %s: %w",
