@@ -201,6 +201,34 @@ func Find(ctx context.Context, resolver remotes.Resolver, img obdimage.Image, fu
 	return Checkpoint{}, fmt.Errorf("%w for %s@%s (function %q)", ErrNoCheckpoint, img.Repository, img.Manifest.Digest, function)
 }
 
+// Get returns the checkpoint artifact of img whose manifest has digest artifact: a checkpoint
+// pinned by whoever trusts it, whatever else the registry lists.
+func Get(ctx context.Context, resolver remotes.Resolver, img obdimage.Image, artifact digest.Digest) (Checkpoint, error) {
+	if err := artifact.Validate(); err != nil {
+		return Checkpoint{}, fmt.Errorf("ckptimage: artifact digest %q: %w", artifact, err)
+	}
+	ref := img.Repository + "@" + artifact.String()
+	_, desc, err := resolver.Resolve(ctx, ref)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("ckptimage: %s: %w", ref, err)
+	}
+	fetcher, err := resolver.Fetcher(ctx, ref)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("ckptimage: %w", err)
+	}
+	desc.Digest = artifact // the registry's word for the size only; the bytes must match the pin
+	data, err := ociartifact.ReadVerified(ctx, fetcher, desc, MaxManifestBytes)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: %s: %w", ErrBadArtifact, ref, err)
+	}
+	c, err := Parse(data, img.Manifest.Digest)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	c.Repository, c.Artifact = img.Repository, ociartifact.Descriptor(ocispec.MediaTypeImageManifest, data)
+	return c, nil
+}
+
 // Parse reads a checkpoint artifact manifest of subject: exactly one overlaybd layer with its
 // annotations, the artifact type, the subject and a creation time.
 func Parse(data []byte, subject digest.Digest) (Checkpoint, error) {

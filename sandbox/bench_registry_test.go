@@ -89,11 +89,12 @@ func checkpointRun(b *testing.B, criu *checkpoint.CRIU, rootfs *bddrootfs.Provid
 	ctx := context.Background()
 	run := sandbox.CheckpointRun{Name: name, Metric: metric}
 	orig, _ := testenv.ColdStartHandler(b, spec)
-	if _, err := ckptstart.Checkpoint(ctx, criu, orig, resolver, img, metric+"bench", b.TempDir()); err != nil {
+	pushed, err := ckptstart.Checkpoint(ctx, criu, orig, resolver, img, metric+"bench", b.TempDir())
+	if err != nil {
 		b.Fatal(err)
 	}
 	t0 := time.Now()
-	prep, err := ckptstart.Prepare(ctx, criu, rootfs, resolver, img, metric+"bench")
+	prep, err := ckptstart.Prepare(ctx, criu, rootfs, resolver, img, metric+"bench", pushed.Artifact.Digest)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/obdproject/obd/checkpoint"
 	"github.com/obdproject/obd/ckptimage"
@@ -55,11 +56,20 @@ type Prepared struct {
 	release    func() error
 }
 
-// Prepare finds the newest checkpoint of img for function in the registry and attaches and
-// mounts its layer through rootfs's bdd. ckptimage.ErrNoCheckpoint when there is none.
+// Prepare finds the checkpoint of img for function in the registry and attaches and mounts
+// its layer through rootfs's bdd: the artifact pinned, when pin is a digest, else the newest
+// the registry lists for the function (ckptimage.ErrNoCheckpoint when there is none). A
+// restore runs criu as root on the checkpoint's files: without a pin, whoever may push to the
+// image's repository decides what runs (docs/CHECKPOINT.md, "Trust").
 func Prepare(ctx context.Context, criu *checkpoint.CRIU, rootfs *bddrootfs.Provider, resolver remotes.Resolver, img obdimage.Image,
-	function string) (*Prepared, error) {
-	c, err := ckptimage.Find(ctx, resolver, img, function)
+	function string, pin digest.Digest) (*Prepared, error) {
+	var c ckptimage.Checkpoint
+	var err error
+	if pin != "" {
+		c, err = ckptimage.Get(ctx, resolver, img, pin)
+	} else {
+		c, err = ckptimage.Find(ctx, resolver, img, function)
+	}
 	if err != nil {
 		return nil, err
 	}

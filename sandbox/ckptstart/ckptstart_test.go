@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/remotes"
 	bddv1 "github.com/obdproject/obd/api/bdd/v1"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/obdproject/obd/checkpoint"
 	"github.com/obdproject/obd/ckptimage"
@@ -49,8 +50,12 @@ func TestCheckpointRestoreThroughRegistry(t *testing.T) {
 	}
 	b := testenv.StartBDD(t)
 	rootfs := &bddrootfs.Provider{Client: b.Client, MountDir: t.TempDir()}
-	if _, err := Prepare(ctx, criu, rootfs, resolvers(), img, "other"); !errors.Is(err, ckptimage.ErrNoCheckpoint) {
+	if _, err := Prepare(ctx, criu, rootfs, resolvers(), img, "other", ""); !errors.Is(err, ckptimage.ErrNoCheckpoint) {
 		t.Errorf("another function: err = %v, want ErrNoCheckpoint", err)
+	}
+	// A pin of something that is not a checkpoint of the image: the image's own manifest.
+	if _, err := Prepare(ctx, criu, rootfs, resolvers(), img, "fn", img.Manifest.Digest); !errors.Is(err, ckptimage.ErrBadArtifact) {
+		t.Errorf("a pin of the image manifest: err = %v, want ErrBadArtifact", err)
 	}
 }
 
@@ -90,7 +95,12 @@ func restoreThroughRegistry(t *testing.T, criu *checkpoint.CRIU, ref string, res
 		defer release()
 		opts.Root = root
 	}
-	prep, err := Prepare(ctx, criu, rootfs, resolver, img, fn)
+	// Pinned when confined, the newest of the function otherwise.
+	var pin digest.Digest
+	if confined {
+		pin = pushed.Artifact.Digest
+	}
+	prep, err := Prepare(ctx, criu, rootfs, resolver, img, fn, pin)
 	if err != nil {
 		t.Fatal(err)
 	}
