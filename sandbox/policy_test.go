@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"pgregory.net/rapid"
+
+	"github.com/obdproject/obd/policy"
 	"github.com/obdproject/obd/sandbox/sandboxapi"
 )
 
@@ -274,4 +277,39 @@ func TestCovers(t *testing.T) {
 	if covers(donor, donor) {
 		t.Error("a function covers itself as a lender")
 	}
+}
+
+// TestCoversIsReuseCanLend checks, on random functions, that the server's lending rule is the
+// simulator's (policy.Reuse.CanLend) with a function's image, imports and packages as its
+// packages: the live server and the simulator lend in the same cases.
+func TestCoversIsReuseCanLend(t *testing.T) {
+	lending := newStub(true, nil)
+	rapid.Check(t, func(rt *rapid.T) {
+		draw := func(label string) *function {
+			f := &function{policy: lending}
+			f.Name = label
+			f.Image = rapid.SampledFrom([]string{"py", "py2"}).Draw(rt, label+" image")
+			f.Imports = rapid.SliceOfDistinct(rapid.SampledFrom([]string{"json", "decimal", "csv"}), rapid.ID).Draw(rt, label+" imports")
+			f.Packages = rapid.SliceOfDistinct(rapid.SampledFrom([]string{"json", "np", "pd"}), rapid.ID).Draw(rt, label+" packages")
+			return f
+		}
+		d, r := draw("donor"), draw("recipient")
+		packages := func(f *function) []string {
+			out := []string{"image:" + f.Image}
+			for _, m := range f.Imports {
+				out = append(out, "import:"+m)
+			}
+			for _, p := range f.Packages {
+				out = append(out, "package:"+p)
+			}
+			return out
+		}
+		reuse, err := policy.NewReuse(policy.Fixed{}, map[string][]string{"donor": packages(d), "recipient": packages(r)})
+		if err != nil {
+			rt.Fatal(err)
+		}
+		if got, want := covers(d, r), reuse.CanLend("donor", "recipient"); got != want {
+			rt.Fatalf("covers = %v, policy.Reuse.CanLend = %v", got, want)
+		}
+	})
 }

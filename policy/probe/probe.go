@@ -2,9 +2,10 @@
 // the way "Peeking behind the curtains of serverless platforms" (Wang et al., ATC'18) measured
 // public platforms: it deploys tiny functions through the server's HTTP API, invokes them on a
 // schedule and reads each response's start path (cold, warm = forked from a zygote, hot =
-// thawed idle instance) and latency. It measures cold against warm/hot start latency, how
-// long an idle instance lives, and whether the server's cold starts over a trace match what
-// the simulator (package policy/sim) predicts for the same schedule. It sits outside the read
+// thawed idle instance; pre-warmed; borrowed from another function) and latency. It measures
+// cold against warm/hot start latency, how long an idle instance lives, and whether the
+// server's starts and wasted memory-time over a trace match what the simulator (package
+// policy/sim) predicts for the same schedule, under each keep-alive policy (compare.go). It sits outside the read
 // path of docs/DESIGN.md, looking at its top box ("container / sandbox") through the API alone
 // (sandbox/sandboxapi), without linking the engine.
 package probe
