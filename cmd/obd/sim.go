@@ -144,9 +144,6 @@ func newProbeCmd() *cobra.Command {
 			if policies != "" {
 				return comparePolicies(ctx, &sandboxapi.Client{Base: server}, splitList(policies), image, prefix, mix, functions, minutes, memoryMB, seed, minute, verbose)
 			}
-			if sweep == 0 {
-				sweep = keepAlive / 4
-			}
 			c := &sandboxapi.Client{Base: server}
 			names, err := probe.Deploy(ctx, c, image, prefix, functions)
 			defer func() {
@@ -162,7 +159,7 @@ func newProbeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gaps := []time.Duration{keepAlive / 2, keepAlive * 9 / 10, keepAlive + sweep, 2 * keepAlive}
+			gaps := []time.Duration{keepAlive / 2, keepAlive * 9 / 10, keepAlive*5/4 + sweep, 2 * keepAlive}
 			samples, err := probe.Lifetime(ctx, c, names[0], gaps)
 			if err != nil {
 				return err
@@ -184,7 +181,7 @@ func newProbeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			time.Sleep(keepAlive + sweep) // let the lifetime probe's instance go
+			time.Sleep(keepAlive*5/4 + sweep) // let the lifetime probe's instance go
 			scale := float64(minute) / float64(time.Minute)
 			obs, err := probe.Replay(ctx, c, names, schedule, scale)
 			if err != nil {
@@ -216,7 +213,7 @@ func newProbeCmd() *cobra.Command {
 	fl.StringVar(&mix, "mix", "", "with --policies: functions per arrival pattern, e.g. periodic=4,poisson=3,bursty=1 (default: --functions in the default mix)")
 	fl.BoolVar(&verbose, "per-function", false, "with --policies: also print each function's starts, live and simulated")
 	fl.Int64Var(&memoryMB, "memory", 128, "with --policies: memory (MB) of each function, in the server and the simulator")
-	fl.DurationVar(&sweep, "sweep", 0, "how late the server may expire an idle instance (default keep-alive/4, obd-lambda's sweep)")
+	fl.DurationVar(&sweep, "sweep", 0, "how late the server may expire an idle instance (obd-lambda expires each at its own time)")
 	return cmd
 }
 
