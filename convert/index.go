@@ -118,8 +118,10 @@ func indexKind(mediaType string) (gzindex.Kind, error) {
 		return gzindex.KindGzip, nil
 	case mediaType == ocispec.MediaTypeImageLayer || mediaType == ocispec.MediaTypeImageLayerNonDistributable: //nolint:staticcheck // still found in images
 		return gzindex.KindRaw, nil
+	case strings.HasSuffix(mediaType, "+zstd"):
+		return gzindex.KindZstd, nil
 	}
-	return 0, fmt.Errorf("layer media type %q cannot be indexed (gzip and uncompressed tars can)", mediaType)
+	return 0, fmt.Errorf("layer media type %q cannot be indexed (gzip, zstd and uncompressed tars can)", mediaType)
 }
 
 // indexLayer indexes one layer whose blob is the local file blobPath: it

@@ -70,17 +70,7 @@ func TestIndexMatchesUmoci(t *testing.T) {
 	requireDevices(t)
 	umoci := fixture.Umoci(t)
 	src := fixtureLayout(t)
-	c, err := convert.New(convert.Options{WorkDir: t.TempDir(), VirtualSize: 256 << 20, Algorithm: zfile.ZSTD})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := c.Index(context.Background(), "oci:"+src+":v1", convert.IndexOptions{Spacing: gzindex.MinSpacing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Images) != 1 || len(res.Images[0].Layers) != 3 {
-		t.Fatalf("result %+v, want one image of 3 layers", res)
-	}
+	res := indexFixture(t, src)
 	var mapped, meta int64
 	for _, l := range res.Images[0].Layers {
 		mapped += l.MappedBytes
@@ -216,4 +206,44 @@ func TestIndexPushedAndLazyRead(t *testing.T) {
 		stack = append(stack, ls...)
 	}
 	checkMatchesUmoci(t, umoci, src, mountLayers(t, stack))
+}
+
+// TestIndexZstdMatchesUmoci is TestIndexMatchesUmoci for an image whose layers are
+// zstd in frames of 4 KiB of tar (the seek index checkpoints at frame boundaries),
+// against umoci's unpack of the same tars gzipped (umoci reads no zstd).
+func TestIndexZstdMatchesUmoci(t *testing.T) {
+	requireDevices(t)
+	umoci := fixture.Umoci(t)
+	tmp := t.TempDir()
+	layers, err := fixture.Layers(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, ref := filepath.Join(tmp, "src"), filepath.Join(tmp, "gzip")
+	if err := fixture.WriteLayoutZstd(src, "v1", layers, 4<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := fixture.WriteLayout(ref, "v1", layers); err != nil {
+		t.Fatal(err)
+	}
+	res := indexFixture(t, src)
+	checkMatchesUmoci(t, umoci, ref, mountLayers(t, indexedLayers(t, src, res.Images[0])))
+}
+
+// indexFixture indexes the fixture image in the layout src, tag v1, at the
+// smallest spacing.
+func indexFixture(t *testing.T, src string) convert.IndexResult {
+	t.Helper()
+	c, err := convert.New(convert.Options{WorkDir: t.TempDir(), VirtualSize: 256 << 20, Algorithm: zfile.ZSTD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Index(context.Background(), "oci:"+src+":v1", convert.IndexOptions{Spacing: gzindex.MinSpacing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Images) != 1 || len(res.Images[0].Layers) != 3 {
+		t.Fatalf("result %+v, want one image of 3 layers", res)
+	}
+	return res
 }

@@ -11,7 +11,7 @@ import (
 
 // BuildOptions configures Build.
 type BuildOptions struct {
-	Kind Kind // KindGzip or KindRaw
+	Kind Kind // KindGzip, KindRaw or KindZstd
 	// Spacing is the uncompressed distance between checkpoints (at the next
 	// deflate block boundary after it); 0 means DefaultSpacing. At least
 	// MinSpacing and at most MaxSpanBytes/2.
@@ -47,6 +47,8 @@ func Build(blob io.Reader, opts BuildOptions, stream io.Writer) (*Index, error) 
 		x, err = buildGzip(tee, table.Len, spacing, stream)
 	case KindRaw:
 		x, err = buildRaw(tee, spacing, stream)
+	case KindZstd:
+		x, err = buildZstd(tee, spacing, stream)
 	default:
 		return nil, fmt.Errorf("gzindex: build: unknown kind %d", uint8(opts.Kind))
 	}

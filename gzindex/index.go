@@ -1,6 +1,7 @@
 // Package gzindex is a seek index for an OCI layer blob: it serves the
-// uncompressed tar stream of a gzip (or uncompressed) layer as an io.ReaderAt
-// over the unchanged blob, fetching and inflating only the spans a read needs.
+// uncompressed tar stream of a gzip, zstd (in frames) or uncompressed layer as
+// an io.ReaderAt over the unchanged blob, fetching and decoding only what a
+// read needs. zstd blobs are indexed at frame boundaries (zstd.go).
 //
 // It is a format box of the read path (docs/DESIGN.md): an index (Index, made
 // by Build in one pass over the blob, encoded by Encode and decoded by Decode)
@@ -32,9 +33,11 @@ type Kind uint8
 const (
 	// KindGzip is a gzip blob (one or more members).
 	KindGzip Kind = 1
-	// KindRaw is an uncompressed blob: the stream is the blob itself and spans
-	// carry only digests.
+	// KindRaw is an uncompressed blob: the stream is the blob itself.
 	KindRaw Kind = 2
+	// KindZstd is a zstd blob (one or more frames); checkpoints are frame
+	// boundaries and need no window.
+	KindZstd Kind = 3
 )
 
 func (k Kind) String() string {
@@ -43,6 +46,8 @@ func (k Kind) String() string {
 		return "gzip"
 	case KindRaw:
 		return "raw"
+	case KindZstd:
+		return "zstd"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -54,7 +59,9 @@ const (
 	MaxSpanStoredBytes = 2 * MaxSpanBytes
 	MaxBlobSize        = 1 << 44
 	MaxRatio           = 1032 // deflate's own limit of uncompressed to compressed bytes
-	DefaultSpacing     = 256 << 10
+	// MaxZstdRatio is zstd's: an RLE block of 4 bytes holds 128 KiB.
+	MaxZstdRatio   = 1 << 15
+	DefaultSpacing = 256 << 10
 	// DefaultChunk is the chunk of the blob's range table: what a read
 	// fetches and checks at least.
 	DefaultChunk   = 32 << 10
@@ -224,7 +231,7 @@ func Open(r io.ReaderAt, size int64, name string) (*Index, error) {
 	x := &Index{Kind: Kind(h[8]), name: name}
 	blob, stream := binary.LittleEndian.Uint64(h[16:]), binary.LittleEndian.Uint64(h[24:])
 	n, tlen := binary.LittleEndian.Uint32(h[32:]), binary.LittleEndian.Uint32(h[36:])
-	if blob > MaxBlobSize || stream > MaxBlobSize*MaxRatio {
+	if blob > MaxBlobSize || stream > MaxBlobSize*MaxZstdRatio {
 		return nil, bad("%s: blob of %d bytes or stream of %d bytes over the limit", name, blob, stream)
 	}
 	x.BlobSize, x.Size = int64(blob), int64(stream)
@@ -254,7 +261,7 @@ func Open(r io.ReaderAt, size int64, name string) (*Index, error) {
 		r := b[i*spanRecordSize:]
 		s := &x.Spans[i]
 		in, out := binary.LittleEndian.Uint64(r[0:]), binary.LittleEndian.Uint64(r[8:])
-		if in > MaxBlobSize*8 || out > MaxBlobSize*MaxRatio {
+		if in > MaxBlobSize*8 || out > MaxBlobSize*MaxZstdRatio {
 			return nil, bad("%s: span %d: offsets %d/%d out of range", name, i, in, out)
 		}
 		s.InBit, s.Out = int64(in), int64(out)
@@ -314,7 +321,7 @@ func allZero(b []byte) bool {
 // table of the whole blob.
 func (x *Index) Validate() error {
 	switch x.Kind {
-	case KindGzip, KindRaw:
+	case KindGzip, KindRaw, KindZstd:
 	default:
 		return bad("unknown kind %d", uint8(x.Kind))
 	}
@@ -327,7 +334,11 @@ func (x *Index) Validate() error {
 	if x.Kind == KindRaw && x.Size != x.BlobSize {
 		return bad("raw blob of %d bytes with a stream of %d", x.BlobSize, x.Size)
 	}
-	if x.Size < 0 || x.Size > x.BlobSize*MaxRatio {
+	ratio := int64(MaxRatio)
+	if x.Kind == KindZstd {
+		ratio = MaxZstdRatio
+	}
+	if x.Size < 0 || x.Size > x.BlobSize*ratio {
 		return bad("stream of %d bytes from a blob of %d", x.Size, x.BlobSize)
 	}
 	if len(x.Spans) == 0 || len(x.Spans) > MaxSpans {
@@ -355,6 +366,10 @@ func (x *Index) Validate() error {
 		case KindRaw:
 			if s.InBit != 8*s.Out || s.WindowLen() != 0 {
 				return bad("raw span %d at bit %d, output %d, window %d", i, s.InBit, s.Out, s.WindowLen())
+			}
+		case KindZstd:
+			if s.InBit%8 != 0 || s.WindowLen() != 0 {
+				return bad("zstd span %d at bit %d with a %d-byte window: want a frame boundary, no window", i, s.InBit, s.WindowLen())
 			}
 		case KindGzip:
 			if want := min(s.Out, WindowSize); i > 0 && int64(s.WindowLen()) != want {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // ErrMismatch reports blob bytes that do not match the index: a chunk whose
@@ -61,8 +63,9 @@ type cursor struct {
 	elem *list.Element // guarded by Reader.mu
 
 	mu   sync.Mutex
-	data []byte    // the span's output [Out, Out+len(data))
-	f    *inflater // nil before the first read and once the span is done
+	data []byte        // the span's output [Out, Out+len(data))
+	f    *inflater     // a gzip span's decoder: nil before the first read and once the span is done
+	z    *zstd.Decoder // a zstd span's decoder, likewise
 	src  *chunkSource
 	held int64 // len(data) as accounted in Reader.held (guarded by Reader.mu)
 }
@@ -230,6 +233,9 @@ func (r *Reader) removeLocked(c *cursor) {
 // ends there). The caller holds c.mu.
 func (r *Reader) advance(c *cursor, need int64) error {
 	x := r.x
+	if x.Kind == KindZstd {
+		return r.advanceZstd(c, need)
+	}
 	i := c.i
 	s := &x.Spans[i]
 	outEnd := x.spanEnd(i)
@@ -244,17 +250,8 @@ func (r *Reader) advance(c *cursor, need int64) error {
 	} else {
 		c.src.expect(x, i, need)
 	}
-	// Decode whole pages past need: the next read of a file goes on from there.
-	target := min(spanLen, (need+4095)&^4095)
-	if int64(cap(c.data)) < target {
-		// A span of the default spacing at once, longer ones by doubling.
-		grown := make([]byte, len(c.data), max(target, min(spanLen, max(DefaultSpacing, 2*int64(cap(c.data))))))
-		copy(grown, c.data)
-		c.data = grown
-	}
-	from := len(c.data)
-	c.data = c.data[:target]
-	k, err := io.ReadFull(c.f, c.data[from:])
+	from, target := c.grow(need, spanLen)
+	k, err := io.ReadFull(c.f, c.data[from:target])
 	c.data = c.data[:from+k]
 	if ferr := c.src.fetchErr; ferr != nil {
 		return ferr
@@ -285,6 +282,31 @@ func (r *Reader) advance(c *cursor, need int64) error {
 	return nil
 }
 
+// grow makes room in c.data for the output up to need, rounded up to whole
+// pages (the next read of a file goes on from there), and returns the
+// output's current end and the target.
+func (c *cursor) grow(need, spanLen int64) (from int, target int64) {
+	target = min(spanLen, (need+4095)&^4095)
+	if int64(cap(c.data)) < target {
+		// A span of the default spacing at once, longer ones by doubling.
+		grown := make([]byte, len(c.data), max(target, min(spanLen, max(DefaultSpacing, 2*int64(cap(c.data))))))
+		copy(grown, c.data)
+		c.data = grown
+	}
+	from = len(c.data)
+	c.data = c.data[:target]
+	return from, target
+}
+
+// newSource returns the source of span i's blob bytes with its first batch
+// fetched.
+func (r *Reader) newSource(i int, need int64) (*chunkSource, error) {
+	start, end := r.x.stored(i)
+	src := &chunkSource{r: r, pos: start, end: end}
+	src.expect(r.x, i, need)
+	return src, src.fill()
+}
+
 // start sets c's decoder at its checkpoint: the window is read while the
 // first batch of blob bytes is fetched.
 func (r *Reader) start(c *cursor, need int64) error {
@@ -303,10 +325,7 @@ func (r *Reader) start(c *cursor, need int64) error {
 		}
 		win <- result{w, err}
 	}()
-	start, end := x.stored(i)
-	src := &chunkSource{r: r, pos: start, end: end}
-	src.expect(x, i, need)
-	ferr := src.fill()
+	src, ferr := r.newSource(i, need)
 	w := <-win
 	if w.err != nil {
 		return w.err

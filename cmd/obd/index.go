@@ -29,7 +29,7 @@ func newIndexCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "index [flags] SRC",
 		Short: "Index an OCI image so obd can start it lazily, without converting it",
-		Long: "index reads the image SRC (gzip or uncompressed tar layers) and builds, per layer, a seek\n" +
+		Long: "index reads the image SRC (gzip, zstd or uncompressed tar layers) and builds, per layer, a seek\n" +
 			"index into the compressed blob and a small ext4 metadata layer whose file data points into\n" +
 			"the layer's tar. It pushes them to SRC's repository as an artifact whose subject is the\n" +
 			"image's manifest: the image, its digest and its signatures do not change. A node whose\n" +
