@@ -27,6 +27,7 @@ import (
 	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/faultproxy"
 	"github.com/obdproject/obd/internal/testregistry"
+	"github.com/obdproject/obd/remotefetch/cache"
 )
 
 const testUnit = 64 << 10
@@ -1015,4 +1016,43 @@ func TestStreamAcrossBatches(t *testing.T) {
 	}
 	e.proxy.CloseIdleConnections()
 	noLeaks(t, before)
+}
+
+// A fill that was already under way when the blob failed its digest check may still store
+// its unit afterwards; a read of that unit must fail like every other read of the blob.
+func TestReadFailsAfterMismatchWhenAUnitIsStoredLate(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 5*testUnit, true)
+	f := newFetcher(t, Options{})
+	b := open(t, f, e)
+	defer b.Close()
+	e.proxy.InjectNext(faultproxy.Corrupt, 1)
+	if err := b.Verify(t.Context()); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Verify with a corrupted body: %v", err)
+	}
+	storeLate(t, b, e.data[:testUnit])
+	if _, err := b.ReadAt(make([]byte, 10), 0); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("read of a unit stored after the mismatch: %v, want ErrDigestMismatch", err)
+	}
+}
+
+// storeLate writes data at the blob's offset 0 into its cache entry, as a fill that began
+// before the blob failed its check would. The blob's own background verification may still
+// discard the entry once meanwhile, so a discarded write is tried again.
+func storeLate(t *testing.T, b *Blob, data []byte) {
+	t.Helper()
+	var err error
+	for range 50 {
+		var w *cache.Writer
+		if w, err = b.entry.NewWriter(0, int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = w.WriteAt(data, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = w.Commit(); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("storing a unit after the mismatch: %v", err)
 }

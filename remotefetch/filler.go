@@ -79,6 +79,11 @@ type filler struct {
 
 	lastErr  atomic.Pointer[error] // most recent fetch failure, for deadline errors
 	poisoned atomic.Pointer[error] // set when digest verification failed
+
+	// verifying is held exclusively by a digest check until a mismatch has poisoned the
+	// filler, and shared by commits: a fill that began before the check cannot store its
+	// bytes between the check's discard and the poisoning.
+	verifying sync.RWMutex
 }
 
 // newFiller returns a filler whose work lives until close, which calls cancel (ctx's).
@@ -87,6 +92,10 @@ func newFiller(ctx context.Context, cancel context.CancelFunc, cfg fillerConfig)
 }
 
 func (f *filler) fetch(ctx context.Context, off, end int64, dst []byte) (missed bool, copied []bool, err error) {
+	// A fill begun before the blob failed its check may still store units; they serve nothing.
+	if err := f.failed(); err != nil {
+		return false, nil, err
+	}
 	if ok, inMem, waited := f.fromRange(ctx, off, end, dst); ok {
 		if inMem {
 			copied = allUnits(f.entry.Layout(), off, end)
@@ -95,11 +104,11 @@ func (f *filler) fetch(ctx context.Context, off, end int64, dst []byte) (missed 
 	}
 	w := &unitWait{lay: f.entry.Layout(), off: off, end: end, dst: dst}
 	for {
-		if f.entry.HasRange(off, end) {
-			return w.missed, w.copied, nil // a range fill stored it meanwhile, or it was there
-		}
 		if err := f.failed(); err != nil {
 			return w.missed, w.copied, err
+		}
+		if f.entry.HasRange(off, end) {
+			return w.missed, w.copied, nil // a range fill stored it meanwhile, or it was there
 		}
 		waits, err := f.claim(w.lay.UnitOf(off), w.lay.UnitOf(end-1))
 		if errors.Is(err, ErrDigestMismatch) {
@@ -284,13 +293,16 @@ func (f *filler) startVerify() {
 // verify checks the complete blob against its digest and, once it matches, moves its cache
 // entry to the shared scope (verify.go): bytes that match the digest may serve any image.
 func (f *filler) verify() error {
+	f.verifying.Lock()
 	err := f.entry.Verify()
 	if errors.Is(err, ErrDigestMismatch) {
-		f.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", f.ref)
 		perr := fmt.Errorf("remotefetch: blob %s from %s: %w", f.dgst, f.ref, err)
 		f.poisoned.Store(&perr)
+		f.verifying.Unlock()
+		f.log.Error("remotefetch: blob does not match its digest; cached copy discarded", "ref", f.ref)
 		return perr
 	}
+	f.verifying.Unlock()
 	if err != nil {
 		return err
 	}

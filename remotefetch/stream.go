@@ -244,7 +244,13 @@ func (f *filler) write(off int64, p []byte) (*cache.Writer, error) {
 // commit commits w, which holds n fetched bytes, and verifies the blob in the background if
 // that completed it.
 func (f *filler) commit(w *cache.Writer, n int64) error {
+	f.verifying.RLock()
+	if err := f.failed(); err != nil {
+		f.verifying.RUnlock()
+		return err
+	}
 	complete, err := w.Commit()
+	f.verifying.RUnlock()
 	if err != nil {
 		return err
 	}
