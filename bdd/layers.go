@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/obdproject/obd/gzindex"
 	"github.com/obdproject/obd/ipfsnode"
 	"github.com/obdproject/obd/layerblob"
 	"github.com/obdproject/obd/lsmt"
@@ -34,8 +35,10 @@ type openLayer struct {
 	source io.Closer
 	// blob is set for remote layers; its counters feed Stats.
 	blob *remotefetch.Blob
-	// index is an indexed layer's seek index blob, read in pieces beside blob.
+	// index is an indexed layer's seek index blob, read in pieces beside blob, and seek the
+	// seek index it holds.
 	index *remotefetch.Blob
+	seek  *gzindex.Index
 	// opening are the ranges of blob that opening the layer read (offset, length).
 	opening [][2]int64
 }
@@ -255,14 +258,14 @@ func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, 
 		return nil, errors.Join(err, gz.Close())
 	}
 	// The seek index is read quietly: a trace names the image's layer blobs alone (a
-	// registry trace may name nothing else). A replayed start fetches each window it
-	// needs beside the replayed blob ranges, at the span's first read.
-	layers, err := ociindex.Open(ociindex.Parts{Meta: bytes.NewReader(meta), MetaSize: int64(len(meta)),
+	// registry trace may name nothing else). A replay of a trace fetches the windows its
+	// blob ranges need beside them (Server.warmSeekIndexes).
+	layers, seek, err := ociindex.OpenIndexed(ociindex.Parts{Meta: bytes.NewReader(meta), MetaSize: int64(len(meta)),
 		GzIndex: gz.Prefetcher(), GzIndexSize: ix.GzIndex.RangeTableOffset, Map: mp, Blob: blob, Name: ls.Name()})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("%w: %w", ErrInvalidRequest, err), blob.Close(), gz.Close())
 	}
-	return &openLayer{layers: layers, indexed: true, source: multiCloser{blob, gz}, blob: blob, index: gz}, nil
+	return &openLayer{layers: layers, indexed: true, source: multiCloser{blob, gz}, blob: blob, index: gz, seek: seek}, nil
 }
 
 // openSeekIndex opens the seek index blob of an indexed layer for reads in pieces, checked
@@ -277,6 +280,19 @@ func (p *layerPool) openSeekIndex(ctx context.Context, ls LayerSpec) (*remotefet
 		return nil, fmt.Errorf("%w: blob %s of %d bytes (1 to %d) with range table %q", ErrInvalidRequest, d, b.Size, ociindex.MaxGzIndexBytes, b.RangeTable)
 	}
 	return p.fetcher.Open(ctx, ls.Ref, d, b.Size, remotefetch.WithRangeTable(digest.Digest(b.RangeTable), b.RangeTableOffset))
+}
+
+// seekIndex returns the seek index, and the blob holding it, of an open indexed layer whose
+// layer blob is d; nil if none is open.
+func (p *layerPool) seekIndex(d digest.Digest) (*gzindex.Index, *remotefetch.Blob) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, l := range p.layers {
+		if l.seek != nil && k.digest == d.String() {
+			return l.seek, l.index
+		}
+	}
+	return nil, nil
 }
 
 // multiCloser closes each of its parts.

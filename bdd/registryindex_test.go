@@ -174,6 +174,33 @@ func TestFUSEIndexedOCIImage(t *testing.T) {
 		t.Errorf("reading one file fetched %d bytes of the %d-byte blob: want some, and under half", fetched, blobSize)
 	}
 	compareSums(t, treeSums(t, tree), treeSums(t, mnt))
+
+	// On a fresh daemon a replay of the trace brings the seek index windows its reads need
+	// with it; reading the file again then fetches none.
+	d2 := startDaemon(t, "")
+	dev2 := d2.attach(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+	if _, err := d2.Client.Prefetch(d2.ctx(), &bddv1.PrefetchRequest{Trace: tr.GetTrace()}); err != nil {
+		t.Fatal(err)
+	}
+	if !d2.LogContains("seek index windows warmed") {
+		t.Fatalf("the replay did not warm the seek index's windows:\n%s", d2.Logs())
+	}
+	seekGets := func() (n int) {
+		for _, d := range reg.BlobGetDigests() {
+			if d.String() == resp.GetLayers()[0].GetGzIndex().GetDigest() {
+				n++
+			}
+		}
+		return n
+	}
+	before := seekGets()
+	mnt2 := mount(t, dev2.GetDevicePath(), true)
+	if got, err := os.ReadFile(filepath.Join(mnt2, "d4/e1/f0004")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after the replay: %d bytes, %v", len(got), err)
+	}
+	if n := seekGets() - before; n != 0 {
+		t.Fatalf("reading the replayed file fetched the seek index %d times: its windows were not warmed", n)
+	}
 }
 
 // TestFetchIndexRefusesForeignIndex: an index artifact of the image's manifest that indexes

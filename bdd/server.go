@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -512,10 +513,65 @@ func (s *Server) Prefetch(ctx context.Context, req *bddv1.PrefetchRequest) (*bdd
 	}
 	s.replays.begin(blobs)
 	defer s.replays.end(blobs)
-	if err := s.fetcher.Prefetch(ctx, trace); err != nil {
+	replayed, warmed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(warmed)
+		s.warmSeekIndexes(ctx, trace, replayed)
+	}()
+	err = s.fetcher.Prefetch(ctx, trace)
+	close(replayed)
+	<-warmed
+	if err != nil {
 		return nil, grpcError(fmt.Errorf("prefetch: %w", err))
 	}
 	return &bddv1.PrefetchResponse{}, nil
+}
+
+// warmIndexPoll is how often a replay looks for the indexed layers of its blobs to open: a
+// snapshotter replays a trace while the device is being attached.
+const warmIndexPoll = 10 * time.Millisecond
+
+// warmSeekIndexes fetches, beside a replay of trace, the seek index windows that the traced
+// reads of indexed layers' blobs will need: without them each span's first read waits for its
+// window. A blob whose indexed layer is not open yet is looked for again until the replay
+// ends. Fetch errors only cost the warm-up.
+func (s *Server) warmSeekIndexes(ctx context.Context, trace blocktrace.Trace, replayed <-chan struct{}) {
+	pending := slices.Clone(trace.Blobs)
+	for {
+		left := pending[:0]
+		for _, tb := range pending {
+			seek, blob := s.layers.seekIndex(tb.Digest)
+			if seek == nil {
+				left = append(left, tb)
+				continue
+			}
+			ranges := make([][2]int64, len(tb.Ranges))
+			for i, r := range tb.Ranges {
+				ranges[i] = [2]int64{r.Off, r.Len}
+			}
+			windows := seek.WindowRanges(ranges)
+			var n int64
+			for _, w := range windows {
+				if err := blob.FillRange(ctx, w[0], w[1]); err != nil {
+					s.log.WarnContext(ctx, "seek index windows not warmed", "blob", tb.Digest, "err", err)
+					break
+				}
+				n += w[1]
+			}
+			s.log.InfoContext(ctx, "seek index windows warmed", "blob", tb.Digest, "ranges", len(windows), "bytes", n)
+		}
+		pending = left
+		if len(pending) == 0 {
+			return
+		}
+		select {
+		case <-replayed:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(warmIndexPoll):
+		}
+	}
 }
 
 // grpcError maps errors to status codes callers can branch on.

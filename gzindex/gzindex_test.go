@@ -370,3 +370,43 @@ func TestSparseWindows(t *testing.T) {
 		t.Fatalf("read through sparse windows: %v", err)
 	}
 }
+
+// TestWindowRanges: the windows a read of blob ranges needs are those of the
+// spans the ranges touch, and reading the stream through an index whose other
+// windows are unreadable works.
+func TestWindowRanges(t *testing.T) {
+	data := sample(13, 1<<20)
+	blob := gz(t, 6, data)
+	x, err := Build(bytes.NewReader(blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := x.Encode()
+	y, err := Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, _ := y.stored(4)
+	_, end := y.stored(5)
+	got := y.WindowRanges([][2]int64{{start + 10, end - start - 20}, {start + 1, 1}})
+	want := [2]int64{y.Spans[4].packedOff, int64(y.Spans[4].packedLen + y.Spans[5].packedLen)}
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("window ranges %v, want %v (spans 4 and 5, merged)", got, want)
+	}
+	if r := y.WindowRanges([][2]int64{{0, 100}}); len(r) != 0 {
+		t.Fatalf("span 0 has no window, got %v", r)
+	}
+	// An index whose bytes outside those ranges (and the head) are zero still
+	// reads spans 4 and 5.
+	holes := make([]byte, len(enc))
+	copy(holes, enc[:y.HeadSize()])
+	copy(holes[want[0]:], enc[want[0]:want[0]+want[1]])
+	z, err := Open(bytes.NewReader(holes), int64(len(holes)), "holes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, y.spanEnd(5)-y.Spans[4].Out)
+	if _, err := NewReader(bytes.NewReader(blob), z, ReaderOptions{}).ReadAt(out, y.Spans[4].Out); err != nil || !bytes.Equal(out, data[y.Spans[4].Out:y.spanEnd(5)]) {
+		t.Fatalf("read of spans 4-5 with their windows alone: %v", err)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/obdproject/obd/rangetable"
 )
@@ -399,4 +400,36 @@ func (x *Index) span(off int64) int {
 		}
 	}
 	return lo - 1
+}
+
+// WindowRanges returns where in the encoded index the windows are that reads
+// of the blob byte ranges (offset, length) would need: those of the spans
+// whose blob bytes the ranges touch, as (offset, length) ranges of the index,
+// neighbours merged. A replay of a start's blob reads warms them with it.
+func (x *Index) WindowRanges(blob [][2]int64) [][2]int64 {
+	var out [][2]int64
+	seen := map[int]bool{}
+	for _, r := range blob {
+		if r[1] <= 0 {
+			continue
+		}
+		// Spans are ordered by blob offset: the first whose bytes reach r.
+		i := sort.Search(len(x.Spans), func(i int) bool { _, end := x.stored(i); return end > r[0] })
+		for ; i < len(x.Spans) && x.Spans[i].InBit/8 < r[0]+r[1]; i++ {
+			if s := &x.Spans[i]; s.packedLen > 0 && !seen[i] {
+				seen[i] = true
+				out = append(out, [2]int64{s.packedOff, int64(s.packedLen)})
+			}
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a][0] < out[b][0] })
+	merged := out[:0]
+	for _, r := range out {
+		if n := len(merged); n > 0 && merged[n-1][0]+merged[n-1][1] == r[0] {
+			merged[n-1][1] += r[1]
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged
 }

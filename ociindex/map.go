@@ -112,28 +112,35 @@ type Parts struct {
 // its metadata layer, then its map over the layer's tar stream. The map must
 // fit the seek index's stream, and both the virtual disk of the metadata layer.
 func Open(p Parts) ([]lsmt.Layer, error) {
+	layers, _, err := OpenIndexed(p)
+	return layers, err
+}
+
+// OpenIndexed is Open that also returns the layer's seek index (e.g. to warm
+// its windows beside a replay of the layer blob's reads).
+func OpenIndexed(p Parts) ([]lsmt.Layer, *gzindex.Index, error) {
 	x, err := gzindex.Open(p.GzIndex, p.GzIndexSize, p.Name+" seek index")
 	if err != nil {
-		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+		return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
 	}
 	m, err := DecodeMap(p.Map)
 	if err != nil {
-		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+		return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
 	}
 	if m.StreamSize != x.Size {
-		return nil, fmt.Errorf("%w: layer %s: map of a %d-byte stream, the seek index has %d", ErrBadMap, p.Name, m.StreamSize, x.Size)
+		return nil, nil, fmt.Errorf("%w: layer %s: map of a %d-byte stream, the seek index has %d", ErrBadMap, p.Name, m.StreamSize, x.Size)
 	}
 	meta, err := layerblob.Open(p.Meta, p.MetaSize, p.Name+" metadata")
 	if err != nil {
-		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+		return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
 	}
 	if meta.VirtualSize() != m.VirtualSize {
-		return nil, fmt.Errorf("%w: layer %s: map of a %d-byte disk, the metadata layer has %d", ErrBadMap, p.Name, m.VirtualSize, meta.VirtualSize())
+		return nil, nil, fmt.Errorf("%w: layer %s: map of a %d-byte disk, the metadata layer has %d", ErrBadMap, p.Name, m.VirtualSize, meta.VirtualSize())
 	}
 	stream := gzindex.NewReader(p.Blob, x, gzindex.ReaderOptions{Name: p.Name, CacheBytes: p.CacheBytes})
 	mapped, err := m.Layer(stream, p.Name)
 	if err != nil {
-		return nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+		return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
 	}
-	return []lsmt.Layer{meta, mapped}, nil
+	return []lsmt.Layer{meta, mapped}, x, nil
 }
