@@ -123,8 +123,11 @@ type countingWriter struct {
 	n *atomic.Int64
 }
 
+// Write counts p before writing it: a client may read the bytes, and its caller ask for the
+// count, before Write returns. Bytes the write does not take are taken off again.
 func (c countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
 	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
+	c.n.Add(int64(n - len(p)))
 	return n, err
 }

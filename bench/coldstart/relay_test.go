@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sync/atomic"
 	"testing"
 )
 
@@ -87,5 +89,39 @@ func TestRelayUnreachableUpstreamClosesClient(t *testing.T) {
 	if err == nil {
 		resp.Body.Close()
 		t.Fatal("a request through a relay to a dead upstream succeeded")
+	}
+}
+
+// countAtWrite is a writer that records, at each write, the count its countingWriter shows.
+type countAtWrite struct {
+	n    *atomic.Int64
+	seen []int64
+	take int // bytes each write takes; the rest is refused
+}
+
+func (w *countAtWrite) Write(p []byte) (int, error) {
+	w.seen = append(w.seen, w.n.Load())
+	if len(p) > w.take {
+		return w.take, io.ErrShortWrite
+	}
+	return len(p), nil
+}
+
+// The count includes bytes as soon as they may reach the client, and only those taken.
+func TestCountingWriterCountsBeforeTheBytesArrive(t *testing.T) {
+	var n atomic.Int64
+	w := &countAtWrite{n: &n, take: 100}
+	cw := countingWriter{w, &n}
+	if _, err := cw.Write(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cw.Write(make([]byte, 300)); err == nil {
+		t.Fatal("a short write reported no error")
+	}
+	if want := []int64{64, 64 + 300}; !slices.Equal(w.seen, want) {
+		t.Fatalf("count seen by the writes: %v, want %v", w.seen, want)
+	}
+	if got := n.Load(); got != 164 {
+		t.Fatalf("count after a short write: %d, want 164", got)
 	}
 }
