@@ -151,7 +151,7 @@ func TestFUSEIndexedOCIImage(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read through the index: %d bytes, %v; want the file's %d", len(got), err, len(want))
 	}
-	// The start's trace names the image's layer blob alone: the index blobs, fetched whole,
+	// The start's trace names the image's layer blob alone: the index blobs, read quietly,
 	// stay out of it, so registry traces of indexed images name only the image's layers.
 	tr, err := d.Client.StopTrace(d.ctx(), &bddv1.StopTraceRequest{})
 	if err != nil {

@@ -39,7 +39,7 @@ type openOptions struct {
 }
 
 // WithCallerChecks says that the caller checks every range it reads against digests of its
-// own (an indexed OCI layer's seek index holds one per span), so Options.RequireVerified lets
+// own (an indexed OCI layer's seek index holds a range table of the layer blob), so Options.RequireVerified lets
 // the blob open without a range table. Its cache entry stays scoped to its repository, as
 // for any blob without a table.
 func WithCallerChecks() OpenOption {

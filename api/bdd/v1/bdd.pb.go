@@ -181,14 +181,15 @@ func (*Layer_Blob) isLayer_Source() {}
 
 func (*Layer_Indexed) isLayer_Source() {}
 
-// IndexedBlob is an unchanged OCI layer blob (gzip or tar) and the blobs of its index
-// artifact, all in one repository. The index blobs are fetched whole and checked against
-// their digests; the layer blob is read in ranges, each checked by the seek index.
+// IndexedBlob is an unchanged OCI layer blob (gzip, zstd or tar) and the blobs of its index
+// artifact, all in one repository. The map and metadata layer are fetched whole and checked
+// against their digests; the seek index is read in pieces, each checked against its range
+// table; the layer blob is read in ranges, each checked against the seek index's table of it.
 type IndexedBlob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The image's layer blob (ref, digest, size; no range table).
 	Blob *RemoteBlob `protobuf:"bytes,1,opt,name=blob,proto3" json:"blob,omitempty"`
-	// Its seek index.
+	// Its seek index, with its range table (required).
 	GzIndex *RemoteBlob `protobuf:"bytes,2,opt,name=gz_index,json=gzIndex,proto3" json:"gz_index,omitempty"`
 	// Its metadata layer (an overlaybd layer blob).
 	Meta *RemoteBlob `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
