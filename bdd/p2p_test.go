@@ -72,13 +72,7 @@ func TestP2PThreeNodes(t *testing.T) {
 	}
 	nw := testenv.StartNet(t, 3)
 	reg := testregistry.Start(t, testregistry.Options{Listen: nw.HostIP + ":0"})
-	hostsDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(hostsDir, reg.Host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(hostsDir, reg.Host, "hosts.toml"), fmt.Appendf(nil, "server = %q\n", reg.URL), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	hostsDir := reg.HostsDir(t)
 
 	nodes := make([]*p2pNode, len(nw.Nodes))
 	for i, node := range nw.Nodes {

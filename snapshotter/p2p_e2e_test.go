@@ -46,13 +46,7 @@ func TestE2EP2PThreeNodes(t *testing.T) {
 	requireOverlay(t)
 	nw := testenv.StartNet(t, 3)
 	reg := testregistry.Start(t, testregistry.Options{Listen: nw.HostIP + ":0"})
-	hostsDir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(hostsDir, reg.Host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(hostsDir, reg.Host, "hosts.toml"), fmt.Appendf(nil, "server = %q\n", reg.URL), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	hostsDir := reg.HostsDir(t)
 
 	// The image: busybox and 8 MiB of random data, its overlaybd blob with a range table.
 	data := make([]byte, 8<<20)

@@ -501,3 +501,17 @@ func (r *Registry) PushManifest(t testing.TB, repo, reference, mediaType string,
 	}
 	return digest.FromBytes(data)
 }
+
+// HostsDir writes a containerd hosts directory (hosts.toml) that sends r's host to r's URL,
+// with its scheme, and returns the directory.
+func (r *Registry) HostsDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, r.Host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, r.Host, "hosts.toml"), fmt.Appendf(nil, "server = %q\n", r.URL), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
