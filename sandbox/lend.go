@@ -21,10 +21,10 @@ import (
 //     of the borrower's size mounted over it; the borrower's code is mounted over /srv; its
 //     cgroup takes the borrower's limits;
 //   - by the runner (runner.py, "rebind"): every other process of its PID namespace is
-//     killed, every file descriptor but its channel and stdio closed, the environment and
-//     sys.path reset to what they were before any handler ran, the lender's modules (those
-//     loaded from /srv) dropped, and the working directory re-entered; then the borrower's
-//     handler is imported.
+//     killed, every open file descriptor but its channel and stdio pointed at /dev/null, the
+//     environment and sys.path reset to what they were before any handler ran, the lender's
+//     modules (those loaded from /srv) dropped, and the working directory re-entered; then
+//     the borrower's handler is imported.
 //
 // What stays is the interpreter with the modules it imported, its PID and UTS namespaces
 // and the lender's network namespace: code of the lender that altered the interpreter

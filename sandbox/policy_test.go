@@ -189,13 +189,13 @@ func TestLendScrubsTheLender(t *testing.T) {
 	register(t, m, "other", func(f *Function) { f.Imports = []string{"csv"} })
 
 	out, _ := invoke(t, m, "lender", map[string]any{"op": "taint"})
-	child := out["child"]
-	out, res := invoke(t, m, "lender", map[string]any{"op": "inspect", "pid": child})
-	if res.Path != sandboxapi.Hot || out["env"] != "secret" || !slices.Contains(toStrings(out["tmp"]), "lender-secret") || out["alive"] != true {
+	child, fd := out["child"], out["fd"]
+	out, res := invoke(t, m, "lender", map[string]any{"op": "inspect", "pid": child, "fd": fd})
+	if res.Path != sandboxapi.Hot || out["env"] != "secret" || !slices.Contains(toStrings(out["tmp"]), "lender-secret") || out["alive"] != true || out["leaked"] != "secret" {
 		t.Fatalf("the lender's own sandbox does not hold its taint (the test proves nothing): %v (%s)", out, res.Path)
 	}
 
-	out, res = invoke(t, m, "borrower", map[string]any{"op": "inspect", "pid": child})
+	out, res = invoke(t, m, "borrower", map[string]any{"op": "inspect", "pid": child, "fd": fd})
 	if res.Path != sandboxapi.Borrowed {
 		t.Fatalf("borrower took the %s path, want borrowed", res.Path)
 	}
@@ -213,6 +213,9 @@ func TestLendScrubsTheLender(t *testing.T) {
 	}
 	if out["alive"] != false {
 		t.Errorf("the lender's child process is alive in the borrower's sandbox")
+	}
+	if out["leaked"] == "secret" {
+		t.Errorf("the borrower reads the lender's open file through descriptor %v", fd)
 	}
 	if out["tainted"] != float64(0) {
 		t.Errorf("the borrower runs the lender's handler module (%v open files of the lender)", out["tainted"])

@@ -231,12 +231,13 @@ def handler(event):
         with open("/tmp/lender-secret", "w") as f:
             f.write("secret")
         os.environ["LENDER_SECRET"] = "secret"
-        LISTENERS.append(open("/tmp/lender-secret"))
+        secret = open("/tmp/lender-secret")
+        LISTENERS.append(secret)
         pid = os.fork()
         if pid == 0:
             time.sleep(60)
             os._exit(0)
-        return {"child": pid}
+        return {"child": pid, "fd": secret.fileno()}
     if op == "inspect":
         # What this sandbox holds: its code dir, its scratch, the environment, whether a pid
         # is alive, and the handler module's own file.
@@ -247,7 +248,13 @@ def handler(event):
                 alive = True
             except OSError:
                 alive = False
-        return {"srv": sorted(os.listdir("/srv")), "tmp": sorted(os.listdir("/tmp")),
+        leaked = None
+        if event.get("fd"):
+            try:
+                leaked = os.pread(event["fd"], 64, 0).decode()
+            except OSError as e:
+                leaked = errno.errorcode[e.errno]
+        return {"leaked": leaked, "srv": sorted(os.listdir("/srv")), "tmp": sorted(os.listdir("/tmp")),
                 "env": os.environ.get("LENDER_SECRET"), "alive": alive, "cwd": sorted(os.listdir(".")),
                 "tainted": len(LISTENERS)}
     if op == "crash":
