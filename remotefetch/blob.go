@@ -27,6 +27,8 @@ type Blob struct {
 	stats *counters
 	fill  source
 	table *tableLoader // the range table's pin; nil for a blob without one
+	// checked: opened WithCallerChecks, whose reader checks every range it reads.
+	checked bool
 
 	ctx context.Context // lives until the filler closes; reads end with it
 

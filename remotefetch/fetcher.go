@@ -310,7 +310,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		if err := checkTablePin(dgst, size, o, f.opts.MaxRangeTable); err != nil {
 			return nil, err
 		}
-	} else if f.opts.RequireVerified && !o.checked {
+	} else if f.opts.RequireVerified && !o.checked && !o.replay {
 		return nil, fmt.Errorf("remotefetch: blob %s of %s: %w", dgst, ref, ErrUnverified)
 	}
 	domain, repo := reference.Domain(named), reference.Path(named)
@@ -328,6 +328,14 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		return nil, ErrClosed
 	}
 	bkey := blobKey{key: key, repo: domain + "/" + repo}
+	// A replay may fill a blob without a table under RequireVerified only while a caller that
+	// checks every range it reads has it open: its bytes reach no one else (every other open
+	// of it is refused or checks too).
+	if o.replay && o.table == "" && f.opts.RequireVerified {
+		if b := f.blobs[bkey]; b == nil || !b.checked {
+			return nil, fmt.Errorf("remotefetch: blob %s of %s: %w", dgst, ref, ErrUnverified)
+		}
+	}
 	if b := f.blobs[bkey]; b != nil {
 		if b.size != size {
 			return nil, fmt.Errorf("remotefetch: blob %s opened with size %d, already open with size %d", dgst, size, b.size)
@@ -349,6 +357,7 @@ func (f *Fetcher) Open(ctx context.Context, ref string, dgst digest.Digest, size
 		table = &tableLoader{table: o.table, offset: o.tableOffset, size: size, budget: &f.tables}
 	}
 	b := newBlob(f, named.String(), bkey, size, entry, rem, table)
+	b.checked = o.checked
 	f.blobs[bkey] = b
 	return b, nil
 }

@@ -129,7 +129,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, t blocktrace.Trace) error {
 		queue  []job
 	)
 	for _, tb := range t.Blobs {
-		var opts []OpenOption
+		opts := []OpenOption{func(o *openOptions) { o.replay = true }}
 		if tb.RangeTable != "" {
 			opts = append(opts, WithRangeTable(tb.RangeTable, tb.RangeTableOffset))
 		}

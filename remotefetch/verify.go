@@ -35,6 +35,7 @@ type openOptions struct {
 	table       digest.Digest
 	tableOffset int64
 	checked     bool   // the caller checks every range it reads
+	replay      bool   // Prefetch: fills the cache, hands no bytes to a reader
 	ipfs        string // the blob's IPFS CID (WithIPFS); "" = none
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/obdproject/obd/blocktrace"
 	"github.com/obdproject/obd/internal/testregistry"
 	"github.com/obdproject/obd/rangetable"
 )
@@ -297,5 +298,29 @@ func TestRangeTableMemoryIsBounded(t *testing.T) {
 	defer second.Close()
 	if err := checkRead(t, second, blobs[1].data, 0, 100); err != nil {
 		t.Fatalf("after the first blob closed: %v", err)
+	}
+}
+
+// TestRequireVerifiedReplaysCallerCheckedBlobs: under RequireVerified a trace replay may fill a
+// blob without a table only while a caller that checks its ranges (an indexed layer) has it
+// open; otherwise it is refused like any open.
+func TestRequireVerifiedReplaysCallerCheckedBlobs(t *testing.T) {
+	e := newEnv(t, testregistry.Options{}, 8*testUnit, true)
+	f := newFetcher(t, Options{RequireVerified: true})
+	tr := blocktrace.Trace{Blobs: []blocktrace.Blob{{Ref: e.ref, Digest: e.dgst, Size: int64(len(e.data)),
+		Ranges: []blocktrace.Range{{Off: 100, Len: 3000, First: 1}}}}}
+	if err := f.Prefetch(t.Context(), tr); !errors.Is(err, ErrUnverified) {
+		t.Fatalf("replay of a blob no checking caller has open: %v, want ErrUnverified", err)
+	}
+	b, err := f.Open(t.Context(), e.ref, e.dgst, int64(len(e.data)), WithCallerChecks())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := f.Prefetch(t.Context(), tr); err != nil {
+		t.Fatalf("replay beside a checking caller: %v", err)
+	}
+	if got := b.Stats().BytesFetched; got != 3000 {
+		t.Fatalf("replay fetched %d bytes, want the traced 3000", got)
 	}
 }
