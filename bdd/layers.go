@@ -238,12 +238,20 @@ func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, 
 			return nil
 		})
 	}
+	// The seek index is read quietly: a trace names the image's layer blobs alone (a
+	// registry trace may name nothing else). A replay of a trace fetches the windows its
+	// blob ranges need beside them (Server.warmSeekIndexes). Its head is read here, beside
+	// the other blobs.
+	var seek *gzindex.Index
 	g.Go(func() error {
 		b, err := p.openSeekIndex(ctx, ls)
 		if err != nil {
 			return fmt.Errorf("indexed layer %s: seek index: %w", ls.Name(), err)
 		}
 		gz = b
+		if seek, err = gzindex.Open(b.Prefetcher(), ix.GzIndex.RangeTableOffset, ls.Name()+" seek index"); err != nil {
+			return fmt.Errorf("%w: indexed layer %s: %w", ErrInvalidRequest, ls.Name(), err)
+		}
 		return nil
 	})
 	err := g.Wait()
@@ -257,11 +265,8 @@ func (p *layerPool) openIndexed(ctx context.Context, ls LayerSpec) (*openLayer, 
 	if err != nil {
 		return nil, errors.Join(err, gz.Close())
 	}
-	// The seek index is read quietly: a trace names the image's layer blobs alone (a
-	// registry trace may name nothing else). A replay of a trace fetches the windows its
-	// blob ranges need beside them (Server.warmSeekIndexes).
 	layers, seek, err := ociindex.OpenIndexed(ociindex.Parts{Meta: bytes.NewReader(meta), MetaSize: int64(len(meta)),
-		GzIndex: gz.Prefetcher(), GzIndexSize: ix.GzIndex.RangeTableOffset, Map: mp, Blob: blob, Name: ls.Name()})
+		Seek: seek, Map: mp, Blob: blob, Name: ls.Name()})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("%w: %w", ErrInvalidRequest, err), blob.Close(), gz.Close())
 	}

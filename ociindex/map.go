@@ -101,9 +101,12 @@ type Parts struct {
 	// index's own bytes (a caller fetching it checks them against its table).
 	GzIndex     io.ReaderAt
 	GzIndexSize int64
-	Map         []byte      // the map, verified against its digest
-	Blob        io.ReaderAt // the image's layer blob
-	Name        string      // the layer blob's digest, for errors
+	// Seek, when set, is the seek index already opened (gzindex.Open) from
+	// GzIndex, which is then not read here.
+	Seek *gzindex.Index
+	Map  []byte      // the map, verified against its digest
+	Blob io.ReaderAt // the image's layer blob
+	Name string      // the layer blob's digest, for errors
 	// CacheBytes bounds the inflated spans kept (0: gzindex's default).
 	CacheBytes int64
 }
@@ -119,9 +122,12 @@ func Open(p Parts) ([]lsmt.Layer, error) {
 // OpenIndexed is Open that also returns the layer's seek index (e.g. to warm
 // its windows beside a replay of the layer blob's reads).
 func OpenIndexed(p Parts) ([]lsmt.Layer, *gzindex.Index, error) {
-	x, err := gzindex.Open(p.GzIndex, p.GzIndexSize, p.Name+" seek index")
-	if err != nil {
-		return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+	x := p.Seek
+	if x == nil {
+		var err error
+		if x, err = gzindex.Open(p.GzIndex, p.GzIndexSize, p.Name+" seek index"); err != nil {
+			return nil, nil, fmt.Errorf("ociindex: layer %s: %w", p.Name, err)
+		}
 	}
 	m, err := DecodeMap(p.Map)
 	if err != nil {
