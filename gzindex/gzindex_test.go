@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -408,5 +409,64 @@ func TestWindowRanges(t *testing.T) {
 	out := make([]byte, y.spanEnd(5)-y.Spans[4].Out)
 	if _, err := NewReader(bytes.NewReader(blob), z, ReaderOptions{}).ReadAt(out, y.Spans[4].Out); err != nil || !bytes.Equal(out, data[y.Spans[4].Out:y.spanEnd(5)]) {
 		t.Fatalf("read of spans 4-5 with their windows alone: %v", err)
+	}
+}
+
+// withHeader returns a gzip member of payload whose header has flags flg and the given
+// extra, name and comment fields, and a CRC16 (FHCRC) of crcDelta plus the right one.
+func withHeader(t *testing.T, flg byte, extra []byte, name, comment string, crcDelta uint16, payload []byte) []byte {
+	t.Helper()
+	h := []byte{0x1f, 0x8b, 8, flg, 0, 0, 0, 0, 0, 0xff}
+	if flg&4 != 0 {
+		h = append(h, byte(len(extra)), byte(len(extra)>>8))
+		h = append(h, extra...)
+	}
+	if flg&8 != 0 {
+		h = append(append(h, name...), 0)
+	}
+	if flg&16 != 0 {
+		h = append(append(h, comment...), 0)
+	}
+	if flg&2 != 0 {
+		c := uint16(crc32.ChecksumIEEE(h)) + crcDelta
+		h = append(h, byte(c), byte(c>>8))
+	}
+	body := gz(t, 6, payload)
+	return append(h, body[10+len("layer.tar")+1:]...) // gz's header has FNAME only
+}
+
+// Headers are read as compress/gzip reads them: every field skipped, the CRC16 checked, a
+// name or comment of 512 bytes or more refused.
+func TestMemberHeaderFields(t *testing.T) {
+	payload := sample(9, 70<<10)
+	long := strings.Repeat("n", 512)
+	for _, tc := range []struct {
+		name string
+		blob []byte
+		ok   bool
+	}{
+		{"all fields", withHeader(t, 2|4|8|16, []byte("xy\x00z"), "layer.tar", "a comment", 0, payload), true},
+		{"bad CRC16", withHeader(t, 2|8, nil, "layer.tar", "", 1, payload), false},
+		{"511-byte name", withHeader(t, 8, nil, long[:511], "", 0, payload), true},
+		{"512-byte name", withHeader(t, 8, nil, long, "", 0, payload), false},
+		{"512-byte comment", withHeader(t, 16, nil, "", long, 0, payload), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got bytes.Buffer
+			_, err := Build(bytes.NewReader(tc.blob), BuildOptions{Kind: KindGzip, Spacing: MinSpacing}, &got)
+			zr, zerr := gzip.NewReader(bytes.NewReader(tc.blob))
+			if zerr == nil {
+				_, zerr = io.ReadAll(zr)
+			}
+			if (err == nil) != tc.ok || (zerr == nil) != tc.ok {
+				t.Fatalf("Build: %v, compress/gzip: %v; want accepted %v", err, zerr, tc.ok)
+			}
+			if tc.ok && !bytes.Equal(got.Bytes(), payload) {
+				t.Fatal("stream differs from the payload")
+			}
+			if !tc.ok && !errors.Is(err, errCorrupt) {
+				t.Fatalf("error %v does not say the stream is corrupt", err)
+			}
+		})
 	}
 }

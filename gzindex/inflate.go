@@ -431,6 +431,12 @@ func (f *inflater) readBytes(p []byte) error {
 	return nil
 }
 
+// maxHeaderString bounds a member header's file name and comment, terminator included, as
+// compress/gzip (which containerd unpacks layers with) does: a layer it cannot unpack is not
+// served lazily either.
+const maxHeaderString = 512
+
+// memberHeader reads a gzip member header (RFC 1952 2.3), checking its CRC16 when it has one.
 func (f *inflater) memberHeader() error {
 	var h [10]byte
 	if err := f.readBytes(h[:]); err != nil {
@@ -443,37 +449,58 @@ func (f *inflater) memberHeader() error {
 	if flg&0xe0 != 0 {
 		return corrupt("gzip header has reserved flags %#x", flg)
 	}
+	crc := crc32.Update(0, crc32.IEEETable, h[:])
 	var b [2]byte
 	if flg&4 != 0 { // FEXTRA
 		if err := f.readBytes(b[:]); err != nil {
 			return err
 		}
-		for n := binary.LittleEndian.Uint16(b[:]); n > 0; n-- {
-			if _, err := f.br.get(8); err != nil {
-				return err
-			}
+		crc = crc32.Update(crc, crc32.IEEETable, b[:])
+		extra := make([]byte, binary.LittleEndian.Uint16(b[:]))
+		if err := f.readBytes(extra); err != nil {
+			return err
 		}
+		crc = crc32.Update(crc, crc32.IEEETable, extra)
 	}
-	for _, bit := range []byte{8, 16} { // FNAME, FCOMMENT: zero-terminated
-		if flg&bit == 0 {
+	for _, field := range []struct {
+		bit  byte
+		name string
+	}{{8, "file name"}, {16, "comment"}} {
+		if flg&field.bit == 0 {
 			continue
 		}
-		for {
-			c, err := f.br.get(8)
-			if err != nil {
-				return err
-			}
-			if c == 0 {
-				break
-			}
+		var err error
+		if crc, err = f.headerString(crc, field.name); err != nil {
+			return err
 		}
 	}
 	if flg&2 != 0 { // FHCRC
 		if err := f.readBytes(b[:]); err != nil {
 			return err
 		}
+		if got := binary.LittleEndian.Uint16(b[:]); got != uint16(crc) {
+			return corrupt("gzip header CRC16 %#04x, the header's is %#04x", got, uint16(crc))
+		}
 	}
 	return nil
+}
+
+// headerString reads a zero-terminated header field of at most maxHeaderString bytes and
+// returns crc updated with it.
+func (f *inflater) headerString(crc uint32, name string) (uint32, error) {
+	var c [1]byte
+	for n := 1; ; n++ {
+		if n > maxHeaderString {
+			return crc, corrupt("gzip header %s longer than %d bytes", name, maxHeaderString-1)
+		}
+		if err := f.readBytes(c[:]); err != nil {
+			return crc, err
+		}
+		crc = crc32.Update(crc, crc32.IEEETable, c[:])
+		if c[0] == 0 {
+			return crc, nil
+		}
+	}
 }
 
 func (f *inflater) blockHeader() error {
