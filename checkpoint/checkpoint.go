@@ -53,15 +53,21 @@ type meta struct {
 	// UIDBase is the host uid of root in the user namespace of a handler Start confined
 	// (Spec.Root); 0 for an unconfined one. Restore then needs RestoreOptions.Root.
 	UIDBase int `json:"uid_base,omitempty"`
+	// Binds are the targets of a confined handler's binds (Spec.Binds), left out of the
+	// checkpoint: RestoreOptions.Binds gives their sources.
+	Binds []string `json:"binds,omitempty"`
 }
 
 var pipeID = regexp.MustCompile(`^pipe:\[[0-9]{1,20}\]$`)
+
+// bindKey names bind i among a checkpoint's external mounts.
+func bindKey(i int) string { return "obd-bind-" + strconv.Itoa(i) }
 
 // Dump checkpoints p, which Start or Restore made, into dir (created if missing; it must hold no
 // earlier checkpoint) and ends it, as criu dump does. The handler should be quiescent, blocked
 // reading its next request.
 func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
-	m := meta{Version: metaVersion, CRIU: c.Version, UIDBase: p.uidBase}
+	m := meta{Version: metaVersion, CRIU: c.Version, UIDBase: p.uidBase, Binds: p.binds}
 	for fd := range m.Stdio {
 		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", p.Pid, fd))
 		if err != nil {
@@ -82,6 +88,9 @@ func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
 	if m.UIDBase > 0 {
 		// The root is the image's, bound in again at restore; not part of the checkpoint.
 		args = append(args, "--external", "mnt[/]:"+rootMountKey)
+		for i, target := range m.Binds {
+			args = append(args, "--external", "mnt["+target+"]:"+bindKey(i))
+		}
 	}
 	if err := c.run(ctx, filepath.Join(dir, "dump.log"), nil, args...); err != nil {
 		return err
@@ -133,6 +142,16 @@ func readMeta(dir string) (meta, error) {
 		if !pipeID.MatchString(id) {
 			return m, fmt.Errorf("%w: %s: fd %d is %q, want pipe:[N]", ErrBadImage, MetaFile, fd, id)
 		}
+	}
+	if len(m.Binds) > 0 && m.UIDBase == 0 {
+		return m, fmt.Errorf("%w: %s: binds of an unconfined handler", ErrBadImage, MetaFile)
+	}
+	binds := make([]Bind, len(m.Binds))
+	for i, t := range m.Binds {
+		binds[i].Target = t
+	}
+	if err := checkBinds(binds); err != nil {
+		return m, fmt.Errorf("%w: %s: %v", ErrBadImage, MetaFile, err)
 	}
 	return m, nil
 }
@@ -191,6 +210,9 @@ type RestoreOptions struct {
 	// Root is the root filesystem a confined handler (Spec.Root) is restored into: the same
 	// image tree it ran on, at any path. Required for such a checkpoint, refused otherwise.
 	Root string
+	// Binds maps each bind target the checkpoint records (Spec.Binds) to the host directory
+	// bound there now; every target needs one.
+	Binds map[string]string
 }
 
 // Restore restores the handler checkpointed in dir, with new stdio pipes, as a child of the
@@ -230,6 +252,13 @@ func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ 
 		// iptables-restore (about 140 ms of a 180 ms restore here); and nothing to lock
 		// while restoring (--network-lock skip spares the iptables runs of the lock).
 		args = append(args, "--root", opts.Root, "--external", "mnt["+rootMountKey+"]:"+opts.Root, "--empty-ns", "net", "--network-lock", "skip")
+		for i, target := range m.Binds {
+			src, ok := opts.Binds[target]
+			if !ok || !filepath.IsAbs(src) {
+				return nil, fmt.Errorf("checkpoint: restore: %s binds %s: give its absolute source", dir, target)
+			}
+			args = append(args, "--external", "mnt["+bindKey(i)+"]:"+src)
+		}
 		if opts.LazyPages && !unprivilegedUFFD() {
 			return nil, fmt.Errorf("%w (%s is 0)", ErrLazyConfined, uffdSysctl)
 		}
@@ -260,7 +289,7 @@ func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ 
 		return nil, err
 	}
 	p := newProcess(proc, pipes, cleanup)
-	p.work, p.uidBase = work, m.UIDBase
+	p.work, p.uidBase, p.binds = work, m.UIDBase, m.Binds
 	return p, nil
 }
 

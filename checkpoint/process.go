@@ -30,6 +30,21 @@ type Spec struct {
 	// capability over the host's files): every directory above it needs o+x.
 	Root    string
 	UIDBase int
+	// For a confined handler: Binds are host directories bound read-only into Root (not
+	// part of a checkpoint: RestoreOptions.Binds gives them again); Hostname its UTS name;
+	// Rlimits [resource, value] pairs set as soft and hard limits; Filter a seccomp program
+	// (struct sock_filter array) loaded last before the exec, so the handler runs under it
+	// from its first instruction.
+	Binds    []Bind
+	Hostname string
+	Rlimits  [][2]uint64
+	Filter   []byte
+}
+
+// Bind is a host directory (Source) bound read-only, nosuid and nodev at Target, an
+// absolute path that exists in a confined handler's root.
+type Bind struct {
+	Source, Target string
 }
 
 // Process is a handler: PID 1 of its own PID namespace, leader of its own session, with its
@@ -56,6 +71,8 @@ type Process struct {
 	// uidBase is the host uid of root in a confined handler's user namespace; 0 when it runs
 	// unconfined.
 	uidBase int
+	// binds are the targets of a confined handler's binds.
+	binds []string
 }
 
 // childPipes are a handler's three stdio pipes: the ends the child gets and the caller's.
@@ -115,14 +132,19 @@ func Start(spec Spec) (*Process, error) {
 	}
 	path, args, dir := spec.Path, spec.Args, spec.Dir
 	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setsid: true}
+	var extra []*os.File // a confined handler's bind sources
 	if spec.Root != "" {
-		if path, args, attr, err = confined(spec); err != nil {
+		if path, args, attr, extra, err = confined(spec); err != nil {
 			pipes.closeAll()
 			return nil, err
 		}
+		defer closeFiles(extra)
 		dir = "/"
+	} else if len(spec.Binds) > 0 || spec.Filter != nil || spec.Hostname != "" || spec.Rlimits != nil {
+		pipes.closeAll()
+		return nil, errors.New("checkpoint: start: binds, hostname, rlimits and filter need a confined handler (Root)")
 	}
-	proc, err := os.StartProcess(path, args, &os.ProcAttr{Dir: dir, Env: spec.Env, Files: pipes.child[:], Sys: attr})
+	proc, err := os.StartProcess(path, args, &os.ProcAttr{Dir: dir, Env: spec.Env, Files: append(pipes.child[:], extra...), Sys: attr})
 	pipes.closeChild()
 	if err != nil {
 		pipes.closeAll()
@@ -131,6 +153,9 @@ func Start(spec Spec) (*Process, error) {
 	p := newProcess(proc, pipes, nil)
 	if spec.Root != "" {
 		p.uidBase = spec.UIDBase
+		for _, b := range spec.Binds {
+			p.binds = append(p.binds, b.Target)
+		}
 	}
 	return p, nil
 }
