@@ -6,7 +6,8 @@
 # tree the caller cloned from a host directory, read-only, attached at target), hostname,
 # rlimits ([resource, value] pairs) and filter (hex of a seccomp program, a struct
 # sock_filter array).
-# It attaches root as the mount namespace's root (a recursive bind onto itself, the binds, a
+# It attaches root as the mount namespace's root (a recursive bind onto itself, read-only,
+# nosuid and nodev, the binds, a
 # /proc of the PID namespace, pivot_root, the host's tree detached), closes every fd but
 # stdio, becomes uid with no capabilities and no_new_privs, loads the
 # filter and execs argv inside root.
@@ -18,6 +19,7 @@ import socket
 import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
 MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 4096, 16384, 1 << 18, 2
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
@@ -38,6 +40,8 @@ cfg = json.loads(sys.argv[1])
 root = cfg["root"].encode()
 check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
 check(libc.mount(root, root, None, MS_BIND | MS_REC, None), "bind the root")
+flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+check(libc.mount(None, root, None, flags, None), "make the root read-only")
 for fd, target in cfg.get("binds", []):
     dst = root + target.encode()
     check(libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH), "attach " + target)

@@ -247,6 +247,11 @@ type confined struct {
 	stderr   io.Writer
 }
 
+// sandboxEnv is the environment of image code.
+func sandboxEnv(poolName string) []string {
+	return []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "OBD_SANDBOX=" + poolName}
+}
+
 // command returns the exec.Cmd that starts p through confine. exe is the server's binary.
 func (m *Manager) command(p confined) (*exec.Cmd, error) {
 	sandboxF, zygoteF, _, err := filters()
@@ -259,7 +264,7 @@ func (m *Manager) command(p confined) (*exec.Cmd, error) {
 	}
 	files := append(append([]*os.File{}, p.files...), p.cgroups...)
 	s := confineSpec{Keep: len(p.files), Hostname: p.hostname, Zygote: p.zygote, Filter: filterBytes(filter), Argv: p.argv,
-		Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "OBD_SANDBOX=" + m.poolName}}
+		Env: sandboxEnv(m.poolName)}
 	for i := range p.cgroups {
 		s.Cgroups = append(s.Cgroups, 3+len(p.files)+i)
 	}

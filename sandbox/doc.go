@@ -23,6 +23,12 @@
 //   - hot: an idle sandbox from the handler cache, frozen by the cgroup freezer, is thawed
 //     (or a pre-warmed one gets its first event: path "prewarmed"; a lent one: "borrowed").
 //
+// A function registered with Checkpoint has a fourth, between cold and warm: "restored".
+// Its sandbox, modules and handler imported, is checkpointed once with CRIU (package
+// checkpoint), and a start with no warm zygote restores it instead of starting cold
+// (checkpoint.go: such sandboxes are confined by package checkpoint, in a mount namespace
+// of their own, as a detached tree cannot be dumped).
+//
 // How long an idle sandbox stays, and whether one is started ahead of an expected invocation
 // (pre-warmed: set up and waiting, as a spare, but counted as a loaded instance), is decided
 // per function by a Policy (policy.go; Config.Policies, which cmd/obd-lambda fills from

@@ -29,6 +29,9 @@ type Function struct {
 	Imports   []string      // modules its own zygote imports
 	Packages  []string      // install-cache packages on its sys.path
 	Policy    string        // keep-alive and pre-warm policy (Config.Policies); empty: the server's default
+	// Checkpoint: restore starts from a checkpoint of an initialized sandbox (checkpoint.go);
+	// needs Config.CRIU. Its sandboxes are not lent.
+	Checkpoint bool
 }
 
 var namePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -89,6 +92,7 @@ type function struct {
 	policy     Policy        // keep-alive and pre-warm decisions (Function.Policy)
 	pending    []pendingWarm // pre-warms not yet started
 	gone       bool          // deleted; its sandboxes are destroyed instead of cached
+	ckpt       *fnCheckpoint // with Checkpoint: its checkpoint, once made
 }
 
 // registration is a function between reserve and commit: its name is taken and its image
@@ -127,6 +131,9 @@ func (m *Manager) admit(f *Function) error {
 	}
 	if st, err := os.Stat(f.Dir); err != nil || !st.IsDir() {
 		return fmt.Errorf("sandbox: function %s: handler dir %q: not a directory", f.Name, f.Dir)
+	}
+	if f.Checkpoint && m.cfg.CRIU == nil {
+		return fmt.Errorf("sandbox: function %s: checkpoint: the server has no criu", f.Name)
 	}
 	for _, p := range f.Packages {
 		if m.cfg.PackagesDir == "" {
@@ -204,6 +211,12 @@ func (m *Manager) commit(fn *function, installErr error) error {
 		return fmt.Errorf("sandbox: function %s: %w", fn.Name, err)
 	}
 	m.funcs[fn.Name] = fn
+	if fn.Checkpoint {
+		m.nextID++
+		fn.ckpt = &fnCheckpoint{ready: make(chan struct{}), dir: m.checkpointDir(fn, m.nextID)}
+		m.background.Add(1)
+		go m.makeCheckpoint(fn, fn.ckpt)
+	}
 	if m.cfg.SpareRoots > 0 {
 		go m.keepSpares(fn)
 	} else {
@@ -301,6 +314,10 @@ func (m *Manager) remove(fn *function) error {
 		errs = append(errs, fn.zygote.close())
 	}
 	errs = append(errs, fn.closeTree())
+	if fn.ckpt != nil {
+		<-fn.ckpt.ready
+		errs = append(errs, os.RemoveAll(fn.ckpt.dir))
+	}
 	closing := m.releaseImage(fn.Image, fn.image)
 	m.mu.Unlock()
 	if closing != nil {

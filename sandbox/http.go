@@ -22,14 +22,14 @@ import (
 func functionOf(s sandboxapi.FunctionSpec) Function {
 	return Function{Name: s.Name, Image: s.Image, Entry: s.Entry, MemoryMB: s.MemoryMB, CPUs: s.CPUs, Pids: s.Pids,
 		Timeout: time.Duration(s.TimeoutMS) * time.Millisecond, ScratchMB: s.ScratchMB, Imports: s.Imports, Packages: s.Packages,
-		Policy: s.Policy}
+		Policy: s.Policy, Checkpoint: s.Checkpoint}
 }
 
 // specOf is f on the wire.
 func specOf(f Function) sandboxapi.FunctionSpec {
 	return sandboxapi.FunctionSpec{Name: f.Name, Image: f.Image, Entry: f.Entry, MemoryMB: f.MemoryMB, CPUs: f.CPUs, Pids: f.Pids,
 		TimeoutMS: f.Timeout.Milliseconds(), ScratchMB: f.ScratchMB, Imports: f.Imports, Packages: f.Packages,
-		Policy: f.Policy}
+		Policy: f.Policy, Checkpoint: f.Checkpoint}
 }
 
 const maxEventBytes = maxFrame - 64

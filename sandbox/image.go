@@ -18,6 +18,10 @@ type image struct {
 	zygote  *zygote
 	users   int
 	closed  bool // its last user released it
+	// ckptRoot is the root of its checkpointed sandboxes (checkpoint.go), made once.
+	ckptRoot     string
+	ckptRootErr  error
+	ckptRootOnce sync.Once
 
 	reviving sync.Mutex // one revival of its zygotes at a time
 }
@@ -112,7 +116,7 @@ func (img *image) close() error {
 		errs = append(errs, img.zygote.close())
 		img.zygote = nil
 	}
-	errs = append(errs, img.tree.close())
+	errs = append(errs, img.tree.close(), img.closeCheckpointRoot())
 	if img.release != nil {
 		errs = append(errs, img.release())
 		img.release = nil

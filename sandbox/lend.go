@@ -38,7 +38,9 @@ import (
 func (m *Manager) lend(fn *function, now time.Time) *box {
 	var donors []*function
 	for _, d := range m.funcs {
-		if len(d.idle) > 0 && !d.gone && covers(d, fn) {
+		// A checkpointed function's sandboxes may be restored ones, whose code the server
+		// cannot swap: they are not lent, nor is one lent to it.
+		if len(d.idle) > 0 && !d.gone && !d.Checkpoint && !fn.Checkpoint && covers(d, fn) {
 			donors = append(donors, d)
 		}
 	}

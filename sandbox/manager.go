@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/obdproject/obd/checkpoint"
 	"github.com/obdproject/obd/sandbox/cgroup"
 	"golang.org/x/sys/unix"
 )
@@ -43,11 +44,14 @@ type Config struct {
 	// is the server's default). One Policy may serve many functions: it keeps state per
 	// function. Nil: every function keeps idle sandboxes for KeepAlive.
 	Policies     func(spec string) (Policy, error)
-	PackagesDir  string           // install cache: read-only at /opt in every sandbox; optional
-	Imports      []string         // modules the runtime zygote imports; default json, sqlite3
-	StartTimeout time.Duration    // bound on starting a sandbox (import of the handler included); default 30s
-	SpareRoots   int              // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
-	NoZygotes    bool             // start every sandbox cold (for comparison)
+	PackagesDir  string        // install cache: read-only at /opt in every sandbox; optional
+	Imports      []string      // modules the runtime zygote imports; default json, sqlite3
+	StartTimeout time.Duration // bound on starting a sandbox (import of the handler included); default 30s
+	SpareRoots   int           // sandboxes prepared ahead per function (cgroup, mounts; with a zygote, the set-up process); default 2, <0 for none
+	NoZygotes    bool          // start every sandbox cold, or restored (for comparison)
+	// CRIU checkpoints and restores the sandboxes of functions registered with Checkpoint
+	// (checkpoint.go); nil: such functions are refused.
+	CRIU         *checkpoint.CRIU
 	UIDBase      int              // sandbox uids and gids 0..65535 are these on the host; default 1000000000
 	MaxLimits    Limits           // what a function may ask for; zero fields take DefaultMaxLimits
 	PoolLimits   cgroup.Limits    // all sandboxes and zygotes together (the pool's parent cgroup); zero fields: unlimited
@@ -201,7 +205,7 @@ func NewManager(cfg Config) (*Manager, error) {
 // resetStateDir unmounts and removes the sandbox and zygote roots a killed server left under
 // stateDir, and makes the empty dirs a manager works in.
 func resetStateDir(stateDir string) error {
-	for _, d := range []string{"sandboxes", "images"} {
+	for _, d := range []string{"sandboxes", "images", "checkpoints"} {
 		dir := filepath.Join(stateDir, d)
 		if err := unmountUnder(dir); err != nil {
 			return err
@@ -210,7 +214,7 @@ func resetStateDir(stateDir string) error {
 			return fmt.Errorf("sandbox: state dir: %w", err)
 		}
 	}
-	for _, d := range []string{"sandboxes", "images", "functions"} {
+	for _, d := range []string{"sandboxes", "images", "functions", "checkpoints"} {
 		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o755); err != nil {
 			return fmt.Errorf("sandbox: state dir: %w", err)
 		}

@@ -42,6 +42,7 @@ type spec struct {
 	UID      int      `json:"uid"`
 	Hostname string   `json:"hostname"`
 	Cgroups  int      `json:"cgroups"`
+	Imports  []string `json:"imports,omitempty"` // imported before the handler (checkpointed sandboxes)
 }
 
 // runnerArgv is python3 running runner.py with args.

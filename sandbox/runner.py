@@ -2,6 +2,8 @@
 #
 #   python3 -I -c RUNNER zygote MODULES FILTER   serve fork requests on fd 3 (SOCK_SEQPACKET)
 #   python3 -I -c RUNNER cold SPEC               be one sandbox, channel on fd 3
+#   python3 -I -c RUNNER checkpoint SPEC         be one sandbox to checkpoint, channel on
+#                                                stdin and stdout (pipes: CRIU restores them)
 #
 # The server started it confined (confine.go): in a user namespace, chrooted, with a seccomp
 # filter; a cold sandbox is nobody already and in its cgroup. A zygote holds the few
@@ -163,16 +165,42 @@ def fail(conn):
     os._exit(1)
 
 
+class PipeConn:
+    """A channel over two pipes, with the socket methods the runner uses."""
+
+    def __init__(self, r, w):
+        self.r, self.w = r, w
+
+    def recv(self, n):
+        return os.read(self.r, n)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.w, view):]
+
+
 def run_sandbox(spec, chan):
     """Final stage of every sandbox: already in its chroot, namespaces and cgroup."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # The handler's output goes nowhere: its errors come back in replies, and the server's
     # log (inherited as stderr) is not the handler's to fill.
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    conn = socket.socket(fileno=chan)
+    serve(spec, socket.socket(fileno=chan), chan)
+
+
+def run_checkpointed(spec):
+    """A sandbox made to be checkpointed (package checkpoint confined it; no /dev here): its
+    channel is stdin and stdout, which CRIU gives back at restore, and print() goes to stderr.
+    It imports its modules and its handler before it reports waiting, where it is dumped."""
+    sys.stdout = sys.stderr
+    serve(spec, PipeConn(0, 1), None, preload=True)
+
+
+def serve(spec, conn, chan, preload=False):
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # What a lent sandbox is reset to before another function's handler runs (rebind).
     pristine = (dict(os.environ), list(sys.path))
     try:
@@ -183,9 +211,17 @@ def run_sandbox(spec, chan):
         fail(conn)
     module, _, func = spec["entry"].rpartition(".")
     code = find_code(module)
+    handler = None
+    if preload:
+        try:
+            for name in spec.get("imports") or []:
+                importlib.import_module(name)
+            handler = getattr(import_handler(module, code), func)
+        except BaseException:
+            fail(conn)
     send_frame(conn, {"waiting": True})
     req = recv_frame(conn)
-    handler = None
+    announced = False
     while req is not None:
         if req.get("rebind"):
             # Lent to another function: the server swapped /srv and /tmp already.
@@ -200,7 +236,10 @@ def run_sandbox(spec, chan):
                 handler = getattr(import_handler(module, code), func)
             except BaseException:
                 fail(conn)
+            announced = False
+        if not announced:
             send_frame(conn, {"ready": True})
+            announced = True
         try:
             reply = {"result": handler(req.get("event"))}
         except BaseException:
@@ -348,6 +387,8 @@ def main():
         serve_zygote(socket.socket(fileno=3))
     elif mode == "cold":
         run_sandbox(json.loads(sys.argv[2]), 3)
+    elif mode == "checkpoint":
+        run_checkpointed(json.loads(sys.argv[2]))
     else:
         sys.exit("runner: unknown mode " + mode)
 

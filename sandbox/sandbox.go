@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/obdproject/obd/checkpoint"
 	"github.com/obdproject/obd/sandbox/cgroup"
 	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"golang.org/x/sys/unix"
@@ -33,10 +34,12 @@ type box struct {
 	group *cgroup.Group
 	root  *mountTree
 	conn  net.Conn
-	procs []*os.File           // the group's cgroup.procs files, until the process has joined
-	cmd   *exec.Cmd            // cold sandboxes: the server's child, reaped here
-	path  sandboxapi.StartPath // how its process was started, once it has one
-	sent  bool                 // the first event is sent and its reply not yet read (start, then call)
+	procs []*os.File // the group's cgroup.procs files, until the process has joined
+	cmd   *exec.Cmd  // cold sandboxes: the server's child, reaped here
+	// restored sandboxes: the process restored from the function's checkpoint, reaped here
+	restored *checkpoint.Process
+	path     sandboxapi.StartPath // how its process was started, once it has one
+	sent     bool                 // the first event is sent and its reply not yet read (start, then call)
 	// In the handler cache: idle since idleSince, destroyed at expires. A pre-warmed box has
 	// a process set up and waiting for its first event (as a spare), not frozen.
 	idleSince, expires time.Time
@@ -178,6 +181,9 @@ func (b *box) destroy(pool *cgroup.Pool) error {
 	}
 	if b.cmd != nil {
 		b.cmd.Wait()
+	}
+	if b.restored != nil {
+		b.restored.Close()
 	}
 	if err := b.root.close(); err != nil {
 		errs = append(errs, err)

@@ -61,19 +61,30 @@ func (b *box) begin(ctx context.Context, req request, path sandboxapi.StartPath)
 	return nil
 }
 
-// plannedPath is the path a new sandbox of fn would take: warm with a zygote, else cold.
+// plannedPath is the path a new sandbox of fn would take: warm with a zygote, else restored
+// from its checkpoint, else cold.
 func (m *Manager) plannedPath(fn *function) sandboxapi.StartPath {
-	if m.zygoteOf(fn) != nil {
+	switch {
+	case m.zygoteOf(fn) != nil:
 		return sandboxapi.Warm
+	case fn.ckpt.usable():
+		return sandboxapi.Restored
 	}
 	return sandboxapi.Cold
 }
 
-// launchOrCold starts the process of b, a prepared sandbox of fn, from fn's zygote. A zygote
-// that no longer answers does not fail the start: it goes cold, and the zygotes are started
-// again.
+// launchOrCold starts the process of b, a prepared sandbox of fn, from fn's zygote, or with
+// none from fn's checkpoint when it has one. A zygote that no longer answers, or a restore
+// that fails, does not fail the start: it goes cold, and the zygotes are started again.
 func (m *Manager) launchOrCold(fn *function, b *box) error {
 	z := m.zygoteOf(fn)
+	if z == nil && fn.ckpt.usable() {
+		err := m.restore(fn, b)
+		if err == nil {
+			return nil
+		}
+		m.log.Warn("restore failed, starting cold", "function", fn.Name, "err", err)
+	}
 	err := m.launch(fn, b, z)
 	if errors.Is(err, errZygoteGone) {
 		m.log.Warn("zygote gone, starting cold", "function", fn.Name, "err", err)

@@ -26,6 +26,8 @@ func (fn *function) count(path sandboxapi.StartPath, err error, took time.Durati
 		fn.stats.PreWarmed++
 	case sandboxapi.Borrowed:
 		fn.stats.Borrowed++
+	case sandboxapi.Restored:
+		fn.stats.Restored++
 	}
 }
 

@@ -43,6 +43,10 @@ type FunctionSpec struct {
 	// names policies ("fixed-10m", "hybrid", "predictive", "reuse+hybrid"); empty: the
 	// server's default.
 	Policy string `json:"policy,omitempty"`
+	// Checkpoint asks for restore starts: the server checkpoints an initialized sandbox of
+	// the function (modules and handler imported) once, and a start with no warm zygote
+	// restores it. Its memory after initialization is kept in the checkpoint.
+	Checkpoint bool `json:"checkpoint,omitempty"`
 }
 
 // Stats are a function's counters.
@@ -55,6 +59,7 @@ type Stats struct {
 	Hot         int64  `json:"hot"`
 	PreWarmed   int64  `json:"prewarmed"` // served by a sandbox its policy started ahead
 	Borrowed    int64  `json:"borrowed"`  // served by an idle sandbox lent by another function
+	Restored    int64  `json:"restored"`  // served by a sandbox restored from its checkpoint
 	Lent        int64  `json:"lent"`      // its idle sandboxes lent to other functions
 	PreWarms    int64  `json:"prewarms"`  // sandboxes started ahead by its policy
 	// IdleMBSeconds is memory (the function's limit) × time its sandboxes sat idle in the
@@ -78,6 +83,9 @@ const (
 	// Borrowed: another function's idle sandbox, lent under a reuse policy: its code, /tmp,
 	// environment and modules scrubbed, the function's own code imported.
 	Borrowed StartPath = "borrowed"
+	// Restored: restored from the function's checkpoint (CRIU), its modules and handler
+	// imported, where no zygote was warm.
+	Restored StartPath = "restored"
 )
 
 // ServerStats are the server's counters over all functions.

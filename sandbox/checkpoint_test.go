@@ -1,0 +1,124 @@
+package sandbox
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/obdproject/obd/internal/testenv"
+	"github.com/obdproject/obd/sandbox/sandboxapi"
+)
+
+// waitCheckpoint waits until fn's checkpoint is made and fails the test if it was not.
+func waitCheckpoint(t *testing.T, m *Manager, name string) {
+	t.Helper()
+	m.mu.Lock()
+	c := m.funcs[name].ckpt
+	m.mu.Unlock()
+	select {
+	case <-c.ready:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no checkpoint after 2 minutes")
+	}
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+}
+
+// searchableTo makes the directories above dir, up to the temp dir, searchable by anyone
+// (restores of a checkpoint need it).
+func searchableTo(t *testing.T, dir string) {
+	t.Helper()
+	for d := filepath.Dir(dir); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRestoreStartPath: a function registered with Checkpoint is checkpointed once its
+// handler is imported; with no zygote its starts restore that checkpoint (the handler
+// module ran before the invocation, at checkpoint time), in the sandbox's cgroup, as
+// confined as a cold sandbox (nobody, no capabilities, no_new_privs, seccomp, rlimits, PID 1
+// of its own namespace, nothing of the host's reachable); the restored sandbox is cached and
+// thawed as any other.
+func TestRestoreStartPath(t *testing.T) {
+	requireAmd64(t)
+	criu := testenv.NeedCRIU(t)
+	secret := hostFile(t)
+	m := newTestManager(t, func(c *Config) { c.NoZygotes, c.CRIU = true, criu })
+	searchableTo(t, m.cfg.StateDir)
+	register(t, m, "ck", func(f *Function) {
+		f.Checkpoint, f.Imports = true, []string{"json"}
+		searchableTo(t, f.Dir)
+	})
+	waitCheckpoint(t, m, "ck")
+
+	before := float64(time.Now().UnixNano()) / 1e9
+	out, res := invoke(t, m, "ck", map[string]any{"op": "imported_at"})
+	if res.Path != sandboxapi.Restored {
+		t.Fatalf("start path %s, want restored", res.Path)
+	}
+	if at := out["imported_at"].(float64); at >= before {
+		t.Errorf("handler module ran at the invocation (%.3f ≥ %.3f), not at checkpoint time", at, before)
+	}
+	out, res = invoke(t, m, "ck", map[string]any{"op": "whoami"})
+	if res.Path != sandboxapi.Hot || out["pid"] != 1.0 || out["uid"] != float64(nobody) || out["cwd"] != "/srv" {
+		t.Errorf("second call: path %s, %v; want hot, PID 1, nobody, in /srv", res.Path, out)
+	}
+	creds, _ := invoke(t, m, "ck", map[string]any{"op": "creds"})
+	want := map[string]any{"cap_effective": 0.0, "cap_permitted": 0.0, "no_new_privs": 1.0, "seccomp": 2.0,
+		"rlimit_core": 0.0, "rlimit_nofile": 4096.0}
+	for k, v := range want {
+		if creds[k] != v {
+			t.Errorf("restored sandbox %s = %v, want %v", k, creds[k], v)
+		}
+	}
+	pids := runnerPids(t, m, true)
+	if len(pids) != 1 {
+		t.Fatalf("sandbox processes %v, want the restored one", pids)
+	}
+	if cg, _ := os.ReadFile("/proc/" + pids[0] + "/cgroup"); !strings.Contains(string(cg), m.poolName) {
+		t.Errorf("restored sandbox is not in a cgroup of the pool:\n%s", cg)
+	}
+	// Its root and binds read-only, nosuid and nodev (an image's device nodes do not open),
+	// besides its own /proc.
+	mi, err := os.ReadFile("/proc/" + pids[0] + "/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(mi)), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] != "/proc" && !strings.HasPrefix(f[5], "ro,nosuid,nodev") {
+			t.Errorf("restored sandbox's mount %s: %s, want ro,nosuid,nodev", f[4], f[5])
+		}
+	}
+	escape, _ := invoke(t, m, "ck", map[string]any{"op": "escape", "paths": []string{secret}})
+	checkDenied(t, "restored handler", escape)
+	for path, errno := range map[string]string{"/etc/passwd": "EROFS", "/srv/main.py": "EROFS"} {
+		if out, _ := invoke(t, m, "ck", map[string]any{"op": "write", "path": path}); out["errno"] != errno {
+			t.Errorf("writing %s: %v, want %s", path, out["errno"], errno)
+		}
+	}
+	if out, _ := invoke(t, m, "ck", map[string]any{"op": "kill", "pid": os.Getpid()}); out["errno"] != "ESRCH" {
+		t.Errorf("signalling the host's test process: %v, want ESRCH", out["errno"])
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if out, _ := invoke(t, m, "ck", map[string]any{"op": "connect", "port": l.Addr().(*net.TCPAddr).Port}); out["errno"] == 0.0 {
+		t.Errorf("restored sandbox reached the host's loopback listener")
+	}
+	st, err := m.Stats("ck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Restored != 1 || st.Cold != 0 || st.Errors != 0 {
+		t.Errorf("stats %+v, want one restored start and no cold one", st)
+	}
+}
