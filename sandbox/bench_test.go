@@ -77,6 +77,13 @@ func benchManager(b *testing.B, mod func(*Config)) *Manager {
 
 // benchManagerOn is benchManager on image ref of rootfs.
 func benchManagerOn(b *testing.B, rootfs RootfsProvider, ref string, mod func(*Config)) *Manager {
+	return benchFunction(b, rootfs, ref, benchHandler, mod, nil)
+}
+
+// benchFunction is a manager on image ref of rootfs with function "bench" registered: code
+// as its main.py, fmod applied to it. A function with Checkpoint has its checkpoint made
+// before it returns.
+func benchFunction(b *testing.B, rootfs RootfsProvider, ref, code string, mod func(*Config), fmod func(*Function)) *Manager {
 	cfg := Config{StateDir: b.TempDir(), Rootfs: rootfs, PoolSize: 16}
 	if mod != nil {
 		mod(&cfg)
@@ -86,11 +93,56 @@ func benchManagerOn(b *testing.B, rootfs RootfsProvider, ref string, mod func(*C
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Close() })
-	f := Function{Name: "bench", Image: ref, Entry: "main.handler", Dir: benchHandlerDir(b), MemoryMB: 128, Timeout: 30 * time.Second}
+	dir := b.TempDir()
+	os.Chmod(dir, 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "main.py"), []byte(code), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	f := Function{Name: "bench", Image: ref, Entry: "main.handler", Dir: dir, MemoryMB: 256, Timeout: 30 * time.Second}
+	if fmod != nil {
+		fmod(&f)
+	}
+	if f.Checkpoint {
+		searchableTo(b, cfg.StateDir)
+		searchableTo(b, dir)
+	}
 	if err := m.Register(context.Background(), f); err != nil {
 		b.Fatal(err)
 	}
+	if f.Checkpoint {
+		waitCheckpoint(b, m, f.Name)
+	}
 	return m
+}
+
+// restoreRun is the restore start path against the cold one for one handler, measured
+// through the manager in one run.
+type restoreRun struct {
+	name           string
+	cold, restored latencies
+}
+
+// restoreStarts measures, for the bench handler and for initheavy.py (the initialization a
+// checkpoint saves), n cold starts and n restored starts of the same function on image ref of
+// rootfs (no zygotes, no handler cache: every call a start).
+func restoreStarts(b *testing.B, rootfs RootfsProvider, ref string, n int) []restoreRun {
+	criu := testenv.NeedCRIU(b)
+	heavy, err := os.ReadFile("testdata/initheavy.py")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var runs []restoreRun
+	for _, h := range []struct{ name, code string }{{"bench handler (json, sqlite3)", benchHandler}, {"initheavy.py (20 imports, a sqlite table)", string(heavy)}} {
+		noZygotes := func(c *Config) { c.NoZygotes, c.CRIU = true, criu }
+		coldM := benchFunction(b, rootfs, ref, h.code, noZygotes, nil)
+		measureInvoke(b, coldM, "bench", 1, sandboxapi.Cold, arrivalGap)
+		cold := measureInvoke(b, coldM, "bench", n, sandboxapi.Cold, arrivalGap)
+		restoreM := benchFunction(b, rootfs, ref, h.code, noZygotes, func(f *Function) { f.Checkpoint = true })
+		measureInvoke(b, restoreM, "bench", 1, sandboxapi.Restored, arrivalGap)
+		restored := measureInvoke(b, restoreM, "bench", n, sandboxapi.Restored, arrivalGap)
+		runs = append(runs, restoreRun{name: h.name, cold: cold, restored: restored})
+	}
+	return runs
 }
 
 // runcBaseline times `runc run` of python3 importing json and sqlite3 in the same rootfs, with
@@ -280,6 +332,7 @@ func BenchmarkStartPaths(b *testing.B) {
 		if RegistryImage != nil {
 			regFirst, regCold, regWarm, regHot = registryPaths(b, coldN, warmN, hotN)
 		}
+		restores := restoreStarts(b, DirProvider{Root: testRootfs(b)}, "python3-bookworm", restoreN)
 		var ckRuns []CheckpointRun
 		if CheckpointStarts != nil {
 			ckRuns = CheckpointStarts(b, restoreN, arrivalGap)
@@ -304,6 +357,12 @@ func BenchmarkStartPaths(b *testing.B) {
 			row("  cold", regCold)
 			row("  warm", regWarm)
 			row("  hot", regHot)
+		}
+		for _, r := range restores {
+			fmt.Printf("  restored from the function's checkpoint (manager, no zygote), %s:\n", r.name)
+			row("  cold (new python3)", r.cold)
+			row("  restored (CRIU)", r.restored)
+			fmt.Printf("    cold / restored: %.1fx\n", float64(r.cold.pct(0.5))/float64(r.restored.pct(0.5)))
 		}
 		for _, r := range ckRuns {
 			fmt.Printf("  checkpoint/restore, %s (handler: 20 imports, a sqlite table; checkpoint an obd layer artifact via bdd):\n", r.Name)
@@ -344,6 +403,12 @@ func BenchmarkStartPaths(b *testing.B) {
 			b.ReportMetric(ms(regWarm.pct(0.5)), "ref-warm-p50-ms")
 			b.ReportMetric(ms(regHot.pct(0.5)), "ref-hot-p50-ms")
 		}
+		for i, r := range restores {
+			metric := [...]string{"manager-", "manager-heavy-"}[i]
+			b.ReportMetric(ms(r.cold.pct(0.5)), metric+"cold-p50-ms")
+			b.ReportMetric(ms(r.restored.pct(0.5)), metric+"restored-p50-ms")
+			b.ReportMetric(float64(r.cold.pct(0.5))/float64(r.restored.pct(0.5)), metric+"cold/restored-x")
+		}
 		for _, r := range ckRuns {
 			cold, eager := latencies(r.Cold), latencies(r.Eager)
 			b.ReportMetric(ms(cold.pct(0.5)), r.Metric+"ckpt-cold-p50-ms")
@@ -364,6 +429,17 @@ func BenchmarkStartPaths(b *testing.B) {
 		if nerdctlErr == nil {
 			b.ReportMetric(ms(nerdctl.pct(0.5)), "nerdctl-p50-ms")
 			b.ReportMetric(float64(nerdctl.pct(0.5))/float64(warm.pct(0.5)), "nerdctl/warm-x")
+		}
+	}
+}
+
+// BenchmarkRestoreStarts measures only the restore start path against the cold one
+// (restoreStarts), for a quicker look than BenchmarkStartPaths.
+func BenchmarkRestoreStarts(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		for _, r := range restoreStarts(b, DirProvider{Root: testRootfs(b)}, "python3-bookworm", 10) {
+			b.Logf("%s: cold p50 %.1f ms, restored p50 %.1f ms (p99 %.1f): %.1fx", r.name, ms(r.cold.pct(0.5)),
+				ms(r.restored.pct(0.5)), ms(r.restored.pct(0.99)), float64(r.cold.pct(0.5))/float64(r.restored.pct(0.5)))
 		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // waitCheckpoint waits until fn's checkpoint is made and fails the test if it was not.
-func waitCheckpoint(t *testing.T, m *Manager, name string) {
+func waitCheckpoint(t testing.TB, m *Manager, name string) {
 	t.Helper()
 	m.mu.Lock()
 	c := m.funcs[name].ckpt
@@ -30,7 +30,7 @@ func waitCheckpoint(t *testing.T, m *Manager, name string) {
 
 // searchableTo makes the directories above dir, up to the temp dir, searchable by anyone
 // (restores of a checkpoint need it).
-func searchableTo(t *testing.T, dir string) {
+func searchableTo(t testing.TB, dir string) {
 	t.Helper()
 	for d := filepath.Dir(dir); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		if err := os.Chmod(d, 0o711); err != nil {
