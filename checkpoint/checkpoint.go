@@ -88,6 +88,11 @@ func (c *CRIU) Dump(ctx context.Context, p *Process, dir string) error {
 	if m.UIDBase > 0 {
 		// The root is the image's, bound in again at restore; not part of the checkpoint.
 		args = append(args, "--external", "mnt[/]:"+rootMountKey)
+		// No network lock: the handler's network namespace has nothing to lock (no link
+		// out), and a restore uses the lock method the dump recorded whatever it is told,
+		// running iptables-restore and ip6tables-restore in the namespace to unlock (about
+		// 60 ms of a 90 ms restore).
+		args = append(args, "--network-lock", "skip")
 		for i, target := range m.Binds {
 			args = append(args, "--external", "mnt["+target+"]:"+bindKey(i))
 		}
