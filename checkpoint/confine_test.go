@@ -14,7 +14,7 @@ import (
 )
 
 // pythonRootfs is the Debian python3 rootfs scripts/mkrootfs.sh builds (once per machine).
-func pythonRootfs(t *testing.T) string {
+func pythonRootfs(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("bash", "../scripts/mkrootfs.sh").Output()
 	if err != nil {
