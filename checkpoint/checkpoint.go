@@ -254,9 +254,9 @@ func (c *CRIU) Restore(ctx context.Context, dir string, opts RestoreOptions) (_ 
 	case m.UIDBase > 0:
 		// --empty-ns net: a new network namespace with nothing in it, as the handler's was
 		// at its start (a loopback, down), rather than criu restoring its state with ip and
-		// iptables-restore (about 140 ms of a 180 ms restore here); and nothing to lock
-		// while restoring (--network-lock skip spares the iptables runs of the lock).
-		args = append(args, "--root", opts.Root, "--external", "mnt["+rootMountKey+"]:"+opts.Root, "--empty-ns", "net", "--network-lock", "skip")
+		// iptables-restore (about 140 ms of a 180 ms restore here). No --network-lock: a
+		// restore ignores it and unlocks as the dump locked (Dump passes skip).
+		args = append(args, "--root", opts.Root, "--external", "mnt["+rootMountKey+"]:"+opts.Root, "--empty-ns", "net")
 		for i, target := range m.Binds {
 			src, ok := opts.Binds[target]
 			if !ok || !filepath.IsAbs(src) {

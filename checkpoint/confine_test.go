@@ -32,12 +32,7 @@ func pythonRootfs(t testing.TB) string {
 func TestConfinedDumpRestore(t *testing.T) {
 	criu := needCRIU(t)
 	root := pythonRootfs(t)
-	script, err := os.ReadFile("testdata/handler.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := Spec{Path: "/usr/bin/python3", Args: []string{"python3", "-I", "-c", string(script)}, Env: []string{"LANG=C.UTF-8"},
-		Root: root, UIDBase: 1_000_000_000}
+	spec := confinedSpec(t, root)
 	orig, _, first := coldStart(t, spec)
 	if first.Served != 1 || first.Pid != 1 {
 		t.Fatalf("confined handler's first reply %+v", first)
