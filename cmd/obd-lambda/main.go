@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/obdproject/obd/bddclient"
+	"github.com/obdproject/obd/checkpoint"
 	"github.com/obdproject/obd/convert"
 	"github.com/obdproject/obd/policy/live"
 	"github.com/obdproject/obd/sandbox"
@@ -91,6 +92,7 @@ type options struct {
 	poolSize  int
 	imports   []string
 	noZygotes bool
+	criu      bool
 	uidBase   int
 	max       sandbox.Limits
 	poolMemMB int64
@@ -167,7 +169,8 @@ cgroup it made is removed.`,
 	f.IntVar(&o.spares, "spare-sandboxes", 2, "sandboxes per function forked ahead of demand (0: none)")
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
-	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold (for comparison)")
+	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold, or restored from its checkpoint (for comparison)")
+	f.BoolVar(&o.criu, "checkpoints", false, "allow functions registered with checkpoint: restore starts from a CRIU checkpoint (criu 4.x from make deps or PATH; the state dir's parents must be o+x)")
 	d := sandbox.DefaultMaxLimits
 	f.Int64Var(&o.max.MemoryMB, "max-memory", d.MemoryMB, "most memory (MB) a function may ask for")
 	f.Float64Var(&o.max.CPUs, "max-cpus", d.CPUs, "most CPUs a function may ask for")
@@ -259,7 +262,14 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	var criu *checkpoint.CRIU
+	if o.criu {
+		if criu, err = checkpoint.Find(); err != nil {
+			return fmt.Errorf("--checkpoints: %w", err)
+		}
+	}
 	m, err := sandbox.NewManager(sandbox.Config{
+		CRIU:     criu,
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize, Policies: policies, SpareRoots: spareRoots(o.spares),
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
 		MaxLimits:    o.max,

@@ -128,6 +128,7 @@ func newSandboxRegisterCmd(f *lambdaFlags) *cobra.Command {
 	fl.StringSliceVar(&spec.Imports, "imports", nil, "modules the function's own zygote imports")
 	fl.StringSliceVar(&spec.Packages, "packages", nil, "install-cache packages put on the handler's sys.path")
 	fl.StringVar(&spec.Policy, "policy", "", "keep-alive and pre-warm policy of its idle sandboxes, as obd sim names them (fixed-10m, hybrid, predictive, reuse+hybrid); default: the server's")
+	fl.BoolVar(&spec.Checkpoint, "checkpoint", false, "restore starts: the server checkpoints an initialized sandbox once (modules and handler imported) and restores it where no zygote is warm (needs obd-lambda --checkpoints)")
 	cmd.MarkFlagRequired("image")
 	return cmd
 }
