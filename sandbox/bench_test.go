@@ -84,7 +84,9 @@ func benchManagerOn(b *testing.B, rootfs RootfsProvider, ref string, mod func(*C
 // as its main.py, fmod applied to it. A function with Checkpoint has its checkpoint made
 // before it returns.
 func benchFunction(b *testing.B, rootfs RootfsProvider, ref, code string, mod func(*Config), fmod func(*Function)) *Manager {
-	cfg := Config{StateDir: b.TempDir(), Rootfs: rootfs, PoolSize: 16}
+	// Searchable dirs: restores read the checkpoint and bind the code as the sandboxes' user
+	// namespace.
+	cfg := Config{StateDir: testenv.SearchableDir(b), Rootfs: rootfs, PoolSize: 16}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -93,7 +95,7 @@ func benchFunction(b *testing.B, rootfs RootfsProvider, ref, code string, mod fu
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Close() })
-	dir := b.TempDir()
+	dir := testenv.SearchableDir(b)
 	os.Chmod(dir, 0o755)
 	if err := os.WriteFile(filepath.Join(dir, "main.py"), []byte(code), 0o644); err != nil {
 		b.Fatal(err)
@@ -101,10 +103,6 @@ func benchFunction(b *testing.B, rootfs RootfsProvider, ref, code string, mod fu
 	f := Function{Name: "bench", Image: ref, Entry: "main.handler", Dir: dir, MemoryMB: 256, Timeout: 30 * time.Second}
 	if fmod != nil {
 		fmod(&f)
-	}
-	if f.Checkpoint {
-		searchableTo(b, cfg.StateDir)
-		searchableTo(b, dir)
 	}
 	if err := m.Register(context.Background(), f); err != nil {
 		b.Fatal(err)

@@ -2,9 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"maps"
 	"net"
 	"os"
@@ -33,12 +37,37 @@ import (
 // sandbox then joins its cgroup and is served, frozen and cached as any other; it is not lent
 // (the server cannot swap the code in its mount namespace).
 
-// fnCheckpoint is a function's checkpoint: CRIU's images in dir, once made (ready closed);
-// err when making it failed.
+// CheckpointStore keeps checkpoints beyond one node (Config.Checkpoints):
+// sandbox/ckptstart.Store pushes them to the registry as obd layer artifacts of the
+// function's image and mounts them through bdd, lazily. A node that finds one restores from
+// it instead of making its own. key names a function's checkpoint: its name and a digest of
+// everything the checkpointed process depends on (code, entry, imports, packages, uid base,
+// criu version), so a changed function never restores an old checkpoint.
+type CheckpointStore interface {
+	// Get returns a directory holding the checkpoint stored under key for image ref, and
+	// its release; "" when there is none.
+	Get(ctx context.Context, ref, key string) (dir string, release func() error, err error)
+	// Put stores the checkpoint in dir under key for image ref.
+	Put(ctx context.Context, ref, key, dir string) error
+}
+
+// fnCheckpoint is a function's checkpoint: CRIU's images in dir, once made or found
+// (ready closed); err when neither worked. release, when set, gives back a checkpoint the
+// store mounted.
 type fnCheckpoint struct {
-	ready chan struct{}
-	dir   string
-	err   error
+	ready   chan struct{}
+	dir     string
+	err     error
+	release func() error
+}
+
+// close removes or releases c, once ready.
+func (c *fnCheckpoint) close() error {
+	<-c.ready
+	if c.release != nil {
+		return c.release()
+	}
+	return os.RemoveAll(c.dir)
 }
 
 // usable reports whether c holds a checkpoint to restore. c may be nil.
@@ -63,18 +92,90 @@ func (m *Manager) checkpointBinds(fn *function) map[string]string {
 	return binds
 }
 
-// makeCheckpoint starts fn's sandbox to be checkpointed, waits until it has imported its
-// modules and handler, and dumps it into c.dir. Failure leaves fn with cold starts, logged.
+// makeCheckpoint gets fn a checkpoint: the store's, when it has one under fn's key; else it
+// starts fn's sandbox to be checkpointed, waits until it has imported its modules and
+// handler, dumps it into c.dir and stores it. Failure leaves fn with cold starts, logged.
 func (m *Manager) makeCheckpoint(fn *function, c *fnCheckpoint) {
 	defer m.background.Done()
 	defer close(c.ready)
 	start := time.Now()
-	c.err = m.dumpSandbox(fn, c.dir)
-	if c.err != nil {
-		m.log.Warn("checkpoint failed; starts stay cold", "function", fn.Name, "err", c.err)
+	key, err := m.checkpointKey(fn)
+	if err == nil && m.cfg.Checkpoints != nil && m.findCheckpoint(fn, key, c) {
 		return
 	}
-	m.log.Info("checkpoint made", "function", fn.Name, "took", time.Since(start).Round(time.Millisecond))
+	if err == nil {
+		err = m.dumpSandbox(fn, c.dir)
+	}
+	if c.err = err; err != nil {
+		m.log.Warn("checkpoint failed; starts stay cold", "function", fn.Name, "err", err)
+		return
+	}
+	m.log.Info("checkpoint made", "function", fn.Name, "key", key, "took", time.Since(start).Round(time.Millisecond))
+	if m.cfg.Checkpoints == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := m.cfg.Checkpoints.Put(ctx, fn.Image, key, c.dir); err != nil {
+		m.log.Warn("checkpoint not stored", "function", fn.Name, "key", key, "err", err)
+		return
+	}
+	m.log.Info("checkpoint stored", "function", fn.Name, "key", key, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// storeTimeout bounds one exchange with the checkpoint store.
+const storeTimeout = 5 * time.Minute
+
+// findCheckpoint looks fn's checkpoint up in the store and takes it into c when found.
+func (m *Manager) findCheckpoint(fn *function, key string, c *fnCheckpoint) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	dir, release, err := m.cfg.Checkpoints.Get(ctx, fn.Image, key)
+	if err == nil && dir != "" {
+		if err = searchable(dir); err != nil {
+			release()
+		}
+	}
+	if err != nil {
+		m.log.Warn("checkpoint store", "function", fn.Name, "key", key, "err", err)
+		return false
+	}
+	if dir == "" {
+		return false
+	}
+	if _, err := m.checkpointRoot(fn.image); err != nil {
+		release()
+		m.log.Warn("checkpoint root", "function", fn.Name, "err", err)
+		return false
+	}
+	c.dir, c.release = dir, release
+	m.log.Info("checkpoint found in the store", "function", fn.Name, "key", key)
+	return true
+}
+
+// checkpointKey names fn's checkpoint in the store: fn's name and a digest of what its
+// checkpointed process depends on.
+func (m *Manager) checkpointKey(fn *function) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "entry %q imports %q packages %q uid-base %d criu %q\n", fn.Entry, fn.Imports, fn.Packages, m.cfg.UIDBase, m.cfg.CRIU.Version)
+	err := filepath.WalkDir(fn.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(fn.Dir, path)
+		fmt.Fprintf(h, "file %q\n", rel)
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(h, f)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("sandbox: checkpoint key of %s: %w", fn.Name, err)
+	}
+	return fn.Name + "@" + hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 func (m *Manager) dumpSandbox(fn *function, dir string) error {

@@ -3,7 +3,6 @@ package sandbox
 import (
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,17 +27,6 @@ func waitCheckpoint(t testing.TB, m *Manager, name string) {
 	}
 }
 
-// searchableTo makes the directories above dir, up to the temp dir, searchable by anyone
-// (restores of a checkpoint need it).
-func searchableTo(t testing.TB, dir string) {
-	t.Helper()
-	for d := filepath.Dir(dir); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestRestoreStartPath: a function registered with Checkpoint is checkpointed once its
 // handler is imported; with no zygote its starts restore that checkpoint (the handler
 // module ran before the invocation, at checkpoint time), in the sandbox's cgroup, as
@@ -49,12 +37,10 @@ func TestRestoreStartPath(t *testing.T) {
 	requireAmd64(t)
 	criu := testenv.NeedCRIU(t)
 	secret := hostFile(t)
-	m := newTestManager(t, func(c *Config) { c.NoZygotes, c.CRIU = true, criu })
-	searchableTo(t, m.cfg.StateDir)
-	register(t, m, "ck", func(f *Function) {
-		f.Checkpoint, f.Imports = true, []string{"json"}
-		searchableTo(t, f.Dir)
-	})
+	// The restore reads the checkpoint and binds the code as the sandboxes' user namespace:
+	// their paths must be searchable.
+	m := newTestManager(t, func(c *Config) { c.NoZygotes, c.CRIU, c.StateDir = true, criu, testenv.SearchableDir(t) })
+	register(t, m, "ck", func(f *Function) { f.Checkpoint, f.Imports = true, []string{"json"} })
 	waitCheckpoint(t, m, "ck")
 
 	before := float64(time.Now().UnixNano()) / 1e9

@@ -315,8 +315,7 @@ func (m *Manager) remove(fn *function) error {
 	}
 	errs = append(errs, fn.closeTree())
 	if fn.ckpt != nil {
-		<-fn.ckpt.ready
-		errs = append(errs, os.RemoveAll(fn.ckpt.dir))
+		errs = append(errs, fn.ckpt.close())
 	}
 	closing := m.releaseImage(fn.Image, fn.image)
 	m.mu.Unlock()

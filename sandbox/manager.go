@@ -51,7 +51,10 @@ type Config struct {
 	NoZygotes    bool          // start every sandbox cold, or restored (for comparison)
 	// CRIU checkpoints and restores the sandboxes of functions registered with Checkpoint
 	// (checkpoint.go); nil: such functions are refused.
-	CRIU         *checkpoint.CRIU
+	CRIU *checkpoint.CRIU
+	// Checkpoints, when set, keeps checkpoints beyond this node: one found there is restored
+	// instead of made, one made here is stored.
+	Checkpoints  CheckpointStore
 	UIDBase      int              // sandbox uids and gids 0..65535 are these on the host; default 1000000000
 	MaxLimits    Limits           // what a function may ask for; zero fields take DefaultMaxLimits
 	PoolLimits   cgroup.Limits    // all sandboxes and zygotes together (the pool's parent cgroup); zero fields: unlimited

@@ -30,7 +30,7 @@ func handlerDir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := testenv.SearchableDir(t) // searchable: restores bind it as the sandboxes' user namespace
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/obdproject/obd/sandbox"
 	"github.com/obdproject/obd/sandbox/bddrootfs"
 	"github.com/obdproject/obd/sandbox/cgroup"
+	"github.com/obdproject/obd/sandbox/ckptstart"
 	"github.com/spf13/cobra"
 )
 
@@ -93,6 +94,7 @@ type options struct {
 	imports   []string
 	noZygotes bool
 	criu      bool
+	ckptReg   bool
 	uidBase   int
 	max       sandbox.Limits
 	poolMemMB int64
@@ -170,6 +172,7 @@ cgroup it made is removed.`,
 	f.IntVar(&o.poolSize, "pool-size", 16, "cgroups created at start")
 	f.StringSliceVar(&o.imports, "imports", []string{"json", "sqlite3"}, "modules the runtime zygote imports")
 	f.BoolVar(&o.noZygotes, "no-zygotes", false, "start every sandbox cold, or restored from its checkpoint (for comparison)")
+	f.BoolVar(&o.ckptReg, "checkpoint-registry", false, "with --checkpoints and --bdd-socket: keep checkpoints in the registry as artifacts of the function's image, pushing those made here and restoring those found there through bdd (whoever may push to the image's repository decides what is restored)")
 	f.BoolVar(&o.criu, "checkpoints", false, "allow functions registered with checkpoint: restore starts from a CRIU checkpoint (criu 4.x from make deps or PATH; the state dir's parents must be o+x)")
 	d := sandbox.DefaultMaxLimits
 	f.Int64Var(&o.max.MemoryMB, "max-memory", d.MemoryMB, "most memory (MB) a function may ask for")
@@ -268,8 +271,16 @@ func run(o options) error {
 			return fmt.Errorf("--checkpoints: %w", err)
 		}
 	}
+	var store sandbox.CheckpointStore
+	if o.ckptReg {
+		p, ok := rootfs.(*bddrootfs.Provider)
+		if !ok || criu == nil {
+			return errors.New("--checkpoint-registry needs --checkpoints and --bdd-socket")
+		}
+		store = &ckptstart.Store{Rootfs: p, Resolver: p.Resolver, CRIU: criu, WorkDir: filepath.Join(o.stateDir, "checkpoint-work")}
+	}
 	m, err := sandbox.NewManager(sandbox.Config{
-		CRIU:     criu,
+		CRIU: criu, Checkpoints: store,
 		StateDir: o.stateDir, Rootfs: rootfs, PoolSize: o.poolSize, Policies: policies, SpareRoots: spareRoots(o.spares),
 		KeepAlive: o.keepAlive, PackagesDir: o.packages, Imports: o.imports, NoZygotes: o.noZygotes, UIDBase: o.uidBase, Log: log,
 		MaxLimits:    o.max,

@@ -102,3 +102,46 @@ func (p *Prepared) Close() error {
 	p.release = nil
 	return err
 }
+
+// Store keeps the sandbox manager's checkpoints in the registry (sandbox.CheckpointStore): a
+// checkpoint is pushed as an obd layer artifact of the function's image (the key as its
+// function annotation) and mounted through bdd when found. Whoever may push to the image's
+// repository decides what a node restores (docs/CHECKPOINT.md, "Trust").
+type Store struct {
+	Rootfs   *bddrootfs.Provider
+	Resolver remotes.Resolver
+	CRIU     *checkpoint.CRIU
+	WorkDir  string // the conversion's scratch files; made when missing
+}
+
+// Get finds the newest checkpoint of image ref under key and mounts it; "" when there is none.
+func (s *Store) Get(ctx context.Context, ref, key string) (string, func() error, error) {
+	img, err := obdimage.Resolve(ctx, s.Resolver, ref, s.Rootfs.Platform)
+	if err != nil {
+		return "", nil, fmt.Errorf("ckptstart: %w", err)
+	}
+	p, err := Prepare(ctx, s.CRIU, s.Rootfs, s.Resolver, img, key, "")
+	if errors.Is(err, ckptimage.ErrNoCheckpoint) {
+		return "", nil, nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	return p.Dir, p.Close, nil
+}
+
+// Put pushes the checkpoint in dir as image ref's artifact under key.
+func (s *Store) Put(ctx context.Context, ref, key, dir string) error {
+	img, err := obdimage.Resolve(ctx, s.Resolver, ref, s.Rootfs.Platform)
+	if err != nil {
+		return fmt.Errorf("ckptstart: %w", err)
+	}
+	if err := os.MkdirAll(s.WorkDir, 0o700); err != nil {
+		return fmt.Errorf("ckptstart: %w", err)
+	}
+	if _, err := ckptimage.Push(ctx, s.Resolver, img, dir, ckptimage.Info{Function: key, CRIU: s.CRIU.Version},
+		ckptimage.Options{WorkDir: s.WorkDir}); err != nil {
+		return fmt.Errorf("ckptstart: %w", err)
+	}
+	return nil
+}
