@@ -1,8 +1,11 @@
 package sandbox
 
 import (
+	"context"
+	"encoding/json"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +109,38 @@ func TestRestoreStartPath(t *testing.T) {
 	}
 	if st.Restored != 1 || st.Cold != 0 || st.Errors != 0 {
 		t.Errorf("stats %+v, want one restored start and no cold one", st)
+	}
+}
+
+// TestStartsSurviveRetiredThreads: sandboxes start while the Go runtime retires the
+// server's threads (a goroutine that ends locked to its thread takes the thread along, as
+// convert's onOneCPU does while a checkpoint is pushed), and none is killed by its Pdeathsig,
+// which follows the thread that forked it.
+func TestStartsSurviveRetiredThreads(t *testing.T) {
+	m := newTestManager(t, func(c *Config) { c.NoZygotes, c.KeepAlive = true, 0 })
+	register(t, m, "fn", nil)
+	stop := make(chan struct{})
+	retired := make(chan struct{})
+	go func() {
+		defer close(retired)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			}()
+			<-done
+		}
+	}()
+	defer func() { close(stop); <-retired }()
+	for i := 0; i < 30; i++ {
+		if _, err := m.Invoke(context.Background(), "fn", json.RawMessage(`{"op": "echo"}`)); err != nil {
+			t.Fatalf("start %d while threads are retired: %v", i, err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/obdproject/obd/internal/deathsig"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,7 +43,7 @@ func (m *Manager) compile(img *image, codeDir string) error {
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		return fmt.Errorf("compile handler: %w", err)
 	}
 	if err := waitOrKill(cmd, compileTimeout); err != nil {

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/obdproject/obd/internal/deathsig"
 	"github.com/obdproject/obd/sandbox/cgroup"
 	"golang.org/x/sys/unix"
 )
@@ -116,7 +117,7 @@ func (m *Manager) startRuntimeZygote(root *mountTree) (_ *zygote, err error) {
 		ours.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := deathsig.Start(cmd); err != nil {
 		ours.Close()
 		return nil, fmt.Errorf("sandbox: start zygote: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/obdproject/obd/internal/deathsig"
 	"github.com/obdproject/obd/sandbox/cgroup"
 	"github.com/obdproject/obd/sandbox/sandboxapi"
 	"golang.org/x/sys/unix"
@@ -172,7 +173,7 @@ func (m *Manager) startCold(b *box, s spec, chanFile *os.File, procs []*os.File)
 		flags: sandboxFlags, stderr: m.stderr, argv: runnerArgv("cold", string(js))}); err != nil {
 		return err
 	}
-	if err := b.cmd.Start(); err != nil {
+	if err := deathsig.Start(b.cmd); err != nil {
 		b.cmd = nil
 		return fmt.Errorf("sandbox: start cold sandbox: %w", err)
 	}

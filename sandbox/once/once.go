@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/user"
+	"github.com/obdproject/obd/internal/deathsig"
 	"golang.org/x/sys/unix"
 )
 
@@ -132,7 +133,9 @@ func Run(ctx context.Context, c Command) (err error) {
 	// Killing the command, PID 1 of its namespace, kills everything it started; what is left
 	// holding its output goes after this.
 	cmd.WaitDelay = 5 * time.Second
-	err = cmd.Run()
+	if err = deathsig.Start(cmd); err == nil {
+		err = cmd.Wait()
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("once: %s: %w", c.Args[0], ctx.Err())
 	}
