@@ -10,9 +10,9 @@
 //
 // The handler is package checkpoint's: PID 1 of its own PID namespace, talking over pipes,
 // either unconfined or confined on the function's image as a sandbox is (checkpoint.Spec.Root:
-// nobody of a root-owned user namespace, its own mount namespace rooted in the image). A
-// sandbox of package sandbox itself cannot be dumped (its root is a detached mount tree;
-// docs/CHECKPOINT.md, "Checkpointing a sandboxed handler").
+// nobody of a root-owned user namespace, its own mount namespace rooted in the image). Store
+// serves the sandbox manager's restore start path the same way (sandbox.CheckpointStore):
+// the manager dumps its own checkpointed sandboxes and Store pushes and finds them.
 package ckptstart
 
 import (
