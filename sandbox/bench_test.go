@@ -282,7 +282,7 @@ var CheckpointStarts func(b *testing.B, n int, gap time.Duration) []CheckpointRu
 // registryPaths measures the cold, warm and hot paths on the obd image by reference: register
 // (resolve, attach, mount, runtime zygote) on a bdd that never read the image, its first
 // start, then the paths as on the local rootfs.
-func registryPaths(b *testing.B, coldN, warmN, hotN int) (first, cold, warm, hot latencies) {
+func registryPaths(b *testing.B, coldN, warmN, hotN int) (first, cold, warm, hot, restored latencies) {
 	rootfs, ref := RegistryImage(b)
 	t0 := time.Now()
 	firstM := benchManagerOn(b, rootfs, ref, func(c *Config) { c.NoZygotes = true })
@@ -295,7 +295,12 @@ func registryPaths(b *testing.B, coldN, warmN, hotN int) (first, cold, warm, hot
 	hotM := benchManagerOn(b, rootfs, ref, func(c *Config) { c.KeepAlive = time.Hour })
 	measureInvoke(b, hotM, "bench", 1, sandboxapi.Warm, arrivalGap)
 	hot = measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, arrivalGap)
-	return first, cold, warm, hot
+	criu := testenv.NeedCRIU(b)
+	restoreM := benchFunction(b, rootfs, ref, benchHandler, func(c *Config) { c.NoZygotes, c.CRIU = true, criu },
+		func(f *Function) { f.Checkpoint = true })
+	measureInvoke(b, restoreM, "bench", 1, sandboxapi.Restored, arrivalGap)
+	restored = measureInvoke(b, restoreM, "bench", coldN, sandboxapi.Restored, arrivalGap)
+	return first, cold, warm, hot, restored
 }
 
 // BenchmarkStartPaths measures, in one run, the start latency of the cold, warm (zygote) and
@@ -326,9 +331,9 @@ func BenchmarkStartPaths(b *testing.B) {
 		measureInvoke(b, hotM, "bench", 1, sandboxapi.Warm, arrivalGap)
 		hot := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, arrivalGap)
 		hotB2B := measureInvoke(b, hotM, "bench", hotN, sandboxapi.Hot, 0)
-		var regFirst, regCold, regWarm, regHot latencies
+		var regFirst, regCold, regWarm, regHot, regRestored latencies
 		if RegistryImage != nil {
-			regFirst, regCold, regWarm, regHot = registryPaths(b, coldN, warmN, hotN)
+			regFirst, regCold, regWarm, regHot, regRestored = registryPaths(b, coldN, warmN, hotN)
 		}
 		restores := restoreStarts(b, DirProvider{Root: testRootfs(b)}, "python3-bookworm", restoreN)
 		var ckRuns []CheckpointRun
@@ -355,6 +360,7 @@ func BenchmarkStartPaths(b *testing.B) {
 			row("  cold", regCold)
 			row("  warm", regWarm)
 			row("  hot", regHot)
+			row("  restored (CRIU)", regRestored)
 		}
 		for _, r := range restores {
 			fmt.Printf("  restored from the function's checkpoint (manager, no zygote), %s:\n", r.name)
@@ -400,6 +406,7 @@ func BenchmarkStartPaths(b *testing.B) {
 			b.ReportMetric(ms(regCold.pct(0.5)), "ref-cold-p50-ms")
 			b.ReportMetric(ms(regWarm.pct(0.5)), "ref-warm-p50-ms")
 			b.ReportMetric(ms(regHot.pct(0.5)), "ref-hot-p50-ms")
+			b.ReportMetric(ms(regRestored.pct(0.5)), "ref-restored-p50-ms")
 		}
 		for i, r := range restores {
 			metric := [...]string{"manager-", "manager-heavy-"}[i]
