@@ -159,6 +159,11 @@ func (m *Manager) checkpointKey(fn *function) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "entry %q imports %q packages %q uid-base %d criu %q\n", fn.Entry, fn.Imports, fn.Packages, m.cfg.UIDBase, m.cfg.CRIU.Version)
 	err := filepath.WalkDir(fn.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "__pycache__" {
+			// Byte code made at registration: it records the source's mtime, which differs
+			// between nodes that unpacked the same code.
+			return filepath.SkipDir
+		}
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
