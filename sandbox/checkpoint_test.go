@@ -58,14 +58,7 @@ func TestRestoreStartPath(t *testing.T) {
 	if res.Path != sandboxapi.Hot || out["pid"] != 1.0 || out["uid"] != float64(nobody) || out["cwd"] != "/srv" {
 		t.Errorf("second call: path %s, %v; want hot, PID 1, nobody, in /srv", res.Path, out)
 	}
-	creds, _ := invoke(t, m, "ck", map[string]any{"op": "creds"})
-	want := map[string]any{"cap_effective": 0.0, "cap_permitted": 0.0, "no_new_privs": 1.0, "seccomp": 2.0,
-		"rlimit_core": 0.0, "rlimit_nofile": 4096.0}
-	for k, v := range want {
-		if creds[k] != v {
-			t.Errorf("restored sandbox %s = %v, want %v", k, creds[k], v)
-		}
-	}
+	checkSandboxCreds(t, "restored sandbox", m, "ck")
 	pids := runnerPids(t, m, true)
 	if len(pids) != 1 {
 		t.Fatalf("sandbox processes %v, want the restored one", pids)

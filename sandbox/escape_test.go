@@ -58,6 +58,20 @@ func checkDenied(t *testing.T, who string, out map[string]any, allowed ...string
 	}
 }
 
+// checkSandboxCreds checks the privileges of function fn's sandbox as the kernel reports them:
+// none, no_new_privs, a seccomp filter, the rlimits.
+func checkSandboxCreds(t *testing.T, who string, m *Manager, fn string) {
+	t.Helper()
+	creds, _ := invoke(t, m, fn, map[string]any{"op": "creds"})
+	want := map[string]any{"cap_effective": 0.0, "cap_permitted": 0.0, "no_new_privs": 1.0, "seccomp": 2.0,
+		"rlimit_core": 0.0, "rlimit_nofile": 4096.0}
+	for k, v := range want {
+		if creds[k] != v {
+			t.Errorf("%s %s = %v, want %v", who, k, creds[k], v)
+		}
+	}
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -84,14 +98,7 @@ func TestEscapeFromHandler(t *testing.T) {
 		before := mountPoints(t, watch...)
 		out, _ := invoke(t, m, "attacker", map[string]any{"op": "escape", "paths": []string{victimCode, secret}})
 		checkDenied(t, "handler", out)
-		creds, _ := invoke(t, m, "attacker", map[string]any{"op": "creds"})
-		want := map[string]any{"cap_effective": 0.0, "cap_permitted": 0.0, "no_new_privs": 1.0, "seccomp": 2.0,
-			"rlimit_core": 0.0, "rlimit_nofile": 4096.0}
-		for k, v := range want {
-			if creds[k] != v {
-				t.Errorf("handler %s = %v, want %v", k, creds[k], v)
-			}
-		}
+		checkSandboxCreds(t, "handler", m, "attacker")
 		for _, k := range []string{"read_0", "read_1", "walk_0", "walk_1"} {
 			if out[k] != "ENOENT" {
 				t.Errorf("%s: %v, want ENOENT (not in the sandbox's root)", k, out[k])
