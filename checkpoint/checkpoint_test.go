@@ -194,6 +194,13 @@ func TestRestoreBadImage(t *testing.T) {
 		"unknown key": `{"version": 1, "criu": "4.1.1", "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "x": 1}`,
 		"trailing":    `{"version": 1, "criu": "4.1.1", "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"]} {}`,
 		"huge":        `{"version": 1, "criu": "` + strings.Repeat("x", maxMetaSize) + `"}`,
+		// Bind targets go on criu's command line as external mount keys.
+		"binds unconfined": `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "binds": ["/srv"]}`,
+		"bind syntax":      `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": ["/srv]:x"]}`,
+		"bind relative":    `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": ["../etc"]}`,
+		"bind proc":        `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": ["/proc/1"]}`,
+		"bind twice":       `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": ["/srv", "/srv"]}`,
+		"many binds":       `{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": [` + strings.TrimSuffix(strings.Repeat(`"/srv",`, maxBinds+1), ",") + `]}`,
 	}
 	for name, content := range cases {
 		t.Run(name, func(t *testing.T) {

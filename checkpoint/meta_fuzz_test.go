@@ -15,6 +15,7 @@ func FuzzReadMeta(f *testing.F) {
 	f.Add([]byte(`{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]", "pipe:[4]"]}`))
 	f.Add([]byte(`{"version": 1, "stdio": ["pipe:[1]\n--x", "pipe:[2]", "pipe:[3]"]}`))
 	f.Add([]byte(`{"version": 1} {"version": 2}`))
+	f.Add([]byte(`{"version": 1, "stdio": ["pipe:[1]", "pipe:[2]", "pipe:[3]"], "uid_base": 100000, "binds": ["/srv", "/opt"]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, MetaFile), data, 0o600); err != nil {
@@ -33,6 +34,11 @@ func FuzzReadMeta(f *testing.F) {
 		for fd, id := range m.Stdio {
 			if !pipeID.MatchString(id) {
 				t.Fatalf("accepted fd %d = %q", fd, id)
+			}
+		}
+		for _, target := range m.Binds {
+			if err := checkBindTarget(target); err != nil || m.UIDBase == 0 || len(m.Binds) > maxBinds {
+				t.Fatalf("accepted binds %q of uid base %d", m.Binds, m.UIDBase)
 			}
 		}
 	})
