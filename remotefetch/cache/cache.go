@@ -348,7 +348,7 @@ func (c *Cache) Verified(d digest.Digest) bool {
 // renamed; holders of e keep using it.
 func (e *Entry) Promote() (bool, error) {
 	if !e.isVerified() {
-		return false, fmt.Errorf("cache: promote %s: not verified", e.key)
+		return false, fmt.Errorf("cache: promote %s: not verified", e.dgst)
 	}
 	c := e.cache
 	c.mu.Lock()
@@ -392,10 +392,11 @@ func (c *Cache) release(e *Entry) error {
 	}
 	r.entry = nil
 	r.dirty = false
+	key := e.key
 	c.mu.Unlock()
 
 	err := e.sync()
-	bmPath, _ := c.paths(e.key)
+	bmPath, _ := c.paths(key)
 	now := time.Now()
 	_ = os.Chtimes(bmPath, now, now) // LRU order across restarts
 	e.closeFiles()
@@ -405,11 +406,11 @@ func (c *Cache) release(e *Entry) error {
 	return err
 }
 
-// grew accounts n more filled bytes for d and evicts if the cache is over capacity.
-func (c *Cache) grew(d Key, n int64) {
+// grew accounts n more filled bytes for e and evicts if the cache is over capacity.
+func (c *Cache) grew(e *Entry, n int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if r := c.records[d]; r != nil {
+	if r := c.records[e.key]; r != nil {
 		r.filled += n
 		r.dirty = true
 		c.usage += n

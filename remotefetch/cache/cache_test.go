@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -528,5 +529,43 @@ func TestPromoteVerified(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sha256", d.Encoded()+".aa.data")); !os.IsNotExist(err) {
 		t.Fatalf("the scoped files are still there: %v", err)
+	}
+}
+
+// An entry promoted while the Commit that completed it is still accounting its bytes keeps
+// them in the cache's usage (run under -race: the entry's key is shared between the two).
+func TestPromoteWhileCommitCompletes(t *testing.T) {
+	c := openCache(t, t.TempDir(), 0)
+	for i := range 50 {
+		data := blobData(uint64(100+i), 3*testUnit)
+		e, err := c.AcquireKey(Key{Digest: digest.FromBytes(data), Scope: "aa"}, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fillUnits(t, e, data, 0, 1)
+		before := c.Usage()
+		done := make(chan error, 1)
+		go func() {
+			_, err := fillRange(e, data, 2*testUnit, 3*testUnit)
+			done <- err
+		}()
+		for !e.HasRange(0, int64(len(data))) {
+			runtime.Gosched()
+		}
+		if err := e.Verify(); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := e.Promote(); !ok || err != nil {
+			t.Fatalf("Promote: %v, %v", ok, err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Usage() - before; got != testUnit {
+			t.Fatalf("blob %d: usage grew by %d, want %d", i, got, testUnit)
+		}
+		if err := e.Release(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -35,7 +35,7 @@ func (l Layout) UnitOf(off int64) int { return int(off / l.Unit) }
 // (Verify on a mismatch). It is safe for concurrent use.
 type Entry struct {
 	cache *Cache
-	key   Key
+	key   Key           // changes on Promote; guarded by cache.mu
 	dgst  digest.Digest // key.Digest
 	lay   Layout
 	units int

@@ -97,7 +97,7 @@ func (w *Writer) Commit() (complete bool, err error) {
 	complete = grown > 0 && e.completeLocked()
 	e.mu.Unlock()
 	if grown > 0 {
-		e.cache.grew(e.key, grown)
+		e.cache.grew(e, grown)
 	}
 	return complete, nil
 }
