@@ -76,7 +76,7 @@ func coldStart(tb testing.TB, spec Spec) (*Process, *client, reply) {
 
 func restore(tb testing.TB, criu *CRIU, dir string, opts RestoreOptions) (*Process, *client) {
 	tb.Helper()
-	p, err := criu.Restore(context.Background(), dir, opts)
+	p, err := criu.Restore(criuCtx(tb), dir, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestDumpRestore(t *testing.T) {
 		t.Fatalf("cold handler's first reply %+v: want served 1 by PID 1 of its namespace", first)
 	}
 	dir := filepath.Join(t.TempDir(), "img")
-	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+	if err := criu.Dump(criuCtx(t), orig, dir); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -106,7 +106,7 @@ func TestDumpRestore(t *testing.T) {
 	if _, err := origClient.Ask(2); err == nil {
 		t.Fatal("the dumped handler still answers")
 	}
-	if err := criu.Dump(context.Background(), orig, dir); err == nil {
+	if err := criu.Dump(criuCtx(t), orig, dir); err == nil {
 		t.Fatal("a second dump into the same dir succeeded")
 	}
 
@@ -118,7 +118,7 @@ func TestDumpRestore(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p, err := criu.Restore(context.Background(), dir, RestoreOptions{})
+			p, err := criu.Restore(criuCtx(t), dir, RestoreOptions{})
 			if err != nil {
 				errs[i] = err
 				return
@@ -210,7 +210,7 @@ func TestRestoreBadImage(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, err := c.Restore(context.Background(), dir, RestoreOptions{})
+			_, err := c.Restore(criuCtx(t), dir, RestoreOptions{})
 			if !errors.Is(err, ErrBadImage) {
 				t.Fatalf("Restore: %v, want ErrBadImage", err)
 			}
@@ -255,7 +255,7 @@ func TestConfinedNoNetworkLock(t *testing.T) {
 	t.Setenv("PATH", fake+":"+os.Getenv("PATH"))
 	orig, _, _ := coldStart(t, confinedSpec(t, root))
 	dir := filepath.Join(searchableTempDir(t), "img")
-	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+	if err := criu.Dump(criuCtx(t), orig, dir); err != nil {
 		t.Fatal(err)
 	}
 	p, c := restore(t, criu, dir, RestoreOptions{Root: root})
@@ -322,7 +322,7 @@ func benchmarkStart(b *testing.B, criu *CRIU, spec Spec, base string, opts Resto
 	}
 	dir := filepath.Join(base, "img")
 	orig, _, _ := coldStart(b, spec)
-	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+	if err := criu.Dump(criuCtx(b), orig, dir); err != nil {
 		b.Fatal(err)
 	}
 	withLazy := opts.Root == "" || unprivilegedUFFD()
@@ -369,4 +369,12 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// criuCtx bounds a criu call of a test, so that a criu that never returns fails the test with
+// its log instead of running into the package's timeout.
+func criuCtx(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
+	tb.Cleanup(cancel)
+	return ctx
 }

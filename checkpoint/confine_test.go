@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -54,15 +53,15 @@ func TestConfinedDumpRestore(t *testing.T) {
 		}
 	}
 	dir := filepath.Join(base, "img")
-	if err := criu.Dump(context.Background(), orig, dir); err != nil {
+	if err := criu.Dump(criuCtx(t), orig, dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := criu.Restore(context.Background(), dir, RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "confined") {
+	if _, err := criu.Restore(criuCtx(t), dir, RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "confined") {
 		t.Fatalf("restore without a root: err = %v", err)
 	}
 	for _, lazy := range []bool{false, true} {
 		if lazy && !unprivilegedUFFD() {
-			if _, err := criu.Restore(context.Background(), dir, RestoreOptions{Root: root, LazyPages: true}); !errors.Is(err, ErrLazyConfined) {
+			if _, err := criu.Restore(criuCtx(t), dir, RestoreOptions{Root: root, LazyPages: true}); !errors.Is(err, ErrLazyConfined) {
 				t.Fatalf("lazy restore with %s = 0: err = %v, want ErrLazyConfined", uffdSysctl, err)
 			}
 			continue
@@ -142,13 +141,13 @@ func TestConfinedBinds(t *testing.T) {
 	}
 	ask(p, "1 src0 box-1\n")
 	dir := filepath.Join(base, "img")
-	if err := criu.Dump(context.Background(), p, dir); err != nil {
+	if err := criu.Dump(criuCtx(t), p, dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := criu.Restore(context.Background(), dir, RestoreOptions{Root: root}); err == nil || !strings.Contains(err.Error(), "/srv") {
+	if _, err := criu.Restore(criuCtx(t), dir, RestoreOptions{Root: root}); err == nil || !strings.Contains(err.Error(), "/srv") {
 		t.Fatalf("restore without the bind's source: err = %v", err)
 	}
-	r, err := criu.Restore(context.Background(), dir, RestoreOptions{Root: root, Binds: map[string]string{"/srv": srcs[1]}})
+	r, err := criu.Restore(criuCtx(t), dir, RestoreOptions{Root: root, Binds: map[string]string{"/srv": srcs[1]}})
 	if err != nil {
 		t.Fatal(err)
 	}

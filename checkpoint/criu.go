@@ -103,6 +103,7 @@ func (c *CRIU) run(ctx context.Context, logPath string, extra []*os.File, args .
 		return err
 	}
 	cmd := exec.CommandContext(ctx, c.Path, append(args, c.logArgs(logPath)...)...)
+	cmd.Env = criuEnv()
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	cmd.ExtraFiles = extra
@@ -110,6 +111,25 @@ func (c *CRIU) run(ctx context.Context, logPath string, extra []*os.File, args .
 		return fmt.Errorf("checkpoint: criu %s: %w: %s%s", args[0], err, strings.TrimSpace(stderr.String()), logTail(logPath))
 	}
 	return nil
+}
+
+// noBreakpoints is criu's switch (its fault-injection code FI_NO_BREAKPOINTS, read from
+// CRIU_FAULT) for catching a task's return from the parasite or the restorer by stepping its
+// system calls instead of with a hardware breakpoint. Some VMs never deliver a debug-register
+// breakpoint to the guest (seen here on an AMD EPYC host): there criu waits in wait4 for
+// ever, a dump once the parasite is cured, a restore once the restorer is done. Stepping costs
+// a few ptrace stops more.
+const noBreakpoints = "CRIU_FAULT=130"
+
+// criuEnv is the environment criu runs with: obd's, without breakpoints.
+func criuEnv() []string {
+	env := []string{noBreakpoints}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CRIU_FAULT=") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // logArgs are criu's options for logging to path at c.LogLevel.

@@ -37,6 +37,7 @@ func (c *CRIU) startLazyPages(ctx context.Context, dir, work string, timeout tim
 	// Not CommandContext: the daemon outlives this call, serving the restored process.
 	cmd := exec.Command(c.Path, append([]string{"lazy-pages", "--images-dir", dir, "--work-dir", work,
 		"--status-fd", "3"}, c.logArgs(logPath)...)...)
+	cmd.Env = criuEnv()
 	cmd.ExtraFiles = []*os.File{statusW}
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
