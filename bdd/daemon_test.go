@@ -76,11 +76,25 @@ func (d *daemon) ctx() context.Context {
 
 func (d *daemon) attach(req *bddv1.AttachRequest) *bddv1.Device {
 	d.t.Helper()
-	resp, err := d.Client.Attach(d.ctx(), req)
-	if err != nil {
-		d.t.Fatalf("attach: %v\n%s", err, d.Logs())
+	return d.attachTries(req, 1)
+}
+
+// attachTries attaches req, trying up to tries times, each failure logged; the last fails
+// the test with bdd's log.
+func (d *daemon) attachTries(req *bddv1.AttachRequest, tries int) *bddv1.Device {
+	d.t.Helper()
+	var err error
+	for try := 1; try <= tries; try++ {
+		var resp *bddv1.AttachResponse
+		if resp, err = d.Client.Attach(d.ctx(), req); err == nil {
+			return resp.GetDevice()
+		}
+		if try < tries {
+			d.t.Logf("attach, try %d: %v", try, err)
+		}
 	}
-	return resp.GetDevice()
+	d.t.Fatalf("attach: %v\n%s", err, d.Logs())
+	return nil
 }
 
 func pathLayers(paths ...string) []*bddv1.Layer {

@@ -116,7 +116,8 @@ func TestZoneOriginGoneMidStart(t *testing.T) {
 			z := testzone.Start(t, testzone.Options{})
 			layers, _ := pushZoneImage(t, z, "obd/app", blobs)
 			node := zoneNode(t, z, readTimeout.String())
-			dev := attachRetrying(node, &bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE})
+			// Three tries: what the test checks comes after the attach.
+			dev := node.attachTries(&bddv1.AttachRequest{Layers: layers, ReadOnly: true, Transport: bddv1.Transport_TRANSPORT_FUSE}, 3)
 			mnt := mount(t, dev.GetDevicePath(), true)
 			tc.cut(z)
 			failed := 0
@@ -143,22 +144,6 @@ func TestZoneOriginGoneMidStart(t *testing.T) {
 }
 
 var errHung = errors.New("read hung")
-
-// attachRetrying attaches req, trying three times: what a test checks comes after the attach,
-// and a loaded host can make a cold mirror miss the read deadline of the attach's first reads.
-func attachRetrying(d *daemon, req *bddv1.AttachRequest) *bddv1.Device {
-	d.t.Helper()
-	var err error
-	for try := 1; try <= 3; try++ {
-		var resp *bddv1.AttachResponse
-		if resp, err = d.Client.Attach(d.ctx(), req); err == nil {
-			return resp.GetDevice()
-		}
-		d.t.Logf("attach, try %d: %v", try, err)
-	}
-	d.t.Fatalf("attach: %v\n%s", err, d.Logs())
-	return nil
-}
 
 // readWithin reads a file whole, giving up (errHung) after d.
 func readWithin(path string, d time.Duration) error {
